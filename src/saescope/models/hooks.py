@@ -1,0 +1,238 @@
+"""Uniform hookpoints over GPT-2, Gemma 3 and Llama-family (Llama, Qwen2, SmolLM2) `transformers` models.
+
+Hookpoint names (L = layer index):
+
+| name              | per-token shape       | what                                                        |
+|-------------------|-----------------------|-------------------------------------------------------------|
+| resid_pre.L       | [d_model]             | residual stream entering block L                            |
+| resid_post.L      | [d_model]             | residual stream leaving block L (= hidden_states[L+1])      |
+| attn_out.L        | [d_model]             | what attention writes to the residual (after Gemma's norm)  |
+| mlp_out.L         | [d_model]             | what the MLP writes to the residual (after Gemma's norm)    |
+| mlp_post_act.L    | [d_mlp]               | MLP hidden activation, the input of the down projection     |
+| attn_pattern.L    | [n_heads, T] (query)  | post-softmax attention, [heads, q, k] per sequence          |
+| attn_value.L      | [n_kv_heads, d_head]  | value vectors, before grouped-query expansion               |
+
+The forward stops after the deepest block a request needs (no later blocks, no unembedding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from saescope.errors import SaescopeError
+
+HOOK_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post_act", "attn_pattern", "attn_value")
+
+
+class _StopForward(Exception):
+    """Raised by a hook after the deepest needed block to skip the rest of the model."""
+
+
+def natural_key(s: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def parse_hookpoint(name: str) -> tuple[str, int]:
+    kind, _, layer = name.partition(".")
+    if kind not in HOOK_KINDS or not layer.isdigit():
+        raise SaescopeError(
+            f"hookpoint '{name}': expected <kind>.<layer> with kind one of {', '.join(HOOK_KINDS)} (e.g. resid_post.5)"
+        )
+    return kind, int(layer)
+
+
+def _find_layers(model: nn.Module, n_layers: int) -> nn.ModuleList:
+    for cand in ("transformer.h", "model.layers", "model.language_model.layers", "language_model.model.layers"):
+        mod: Any = model
+        try:
+            for part in cand.split("."):
+                mod = getattr(mod, part)
+        except AttributeError:
+            continue
+        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
+            return mod
+    raise SaescopeError(f"model {type(model).__name__}: cannot find its list of {n_layers} transformer blocks")
+
+
+def _text_config(config: Any) -> Any:
+    return getattr(config, "text_config", None) or config
+
+
+class HookedModel:
+    """A causal LM plus its tokenizer with hookpoints named the same way across architectures."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, name: str = "model") -> None:
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        cfg = _text_config(model.config)
+        self.n_layers: int = cfg.num_hidden_layers if hasattr(cfg, "num_hidden_layers") else cfg.n_layer
+        self.d_model: int = cfg.hidden_size
+        self.n_heads: int = cfg.num_attention_heads
+        self.n_kv_heads: int = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.d_head: int = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
+        self.layers = _find_layers(model, self.n_layers)
+        block = self.layers[0]
+        self.arch = "gpt2" if hasattr(block, "attn") and hasattr(block, "ln_1") else (
+            "gemma" if hasattr(block, "pre_feedforward_layernorm") else "llama"
+        )
+        self.d_mlp: int = self._down_proj(0).weight.shape[0 if self.arch == "gpt2" else 1]
+
+    # ---- module lookup -------------------------------------------------------------------------------------
+    def _attn(self, layer: int) -> nn.Module:
+        block = self.layers[layer]
+        return block.attn if self.arch == "gpt2" else block.self_attn
+
+    def _down_proj(self, layer: int) -> nn.Module:
+        mlp = self.layers[layer].mlp
+        return mlp.c_proj if self.arch == "gpt2" else mlp.down_proj
+
+    def W_O(self, layer: int) -> Tensor:
+        """Per-head output projection, [n_heads, d_head, d_model]: head h writes z_h @ W_O[h]."""
+        attn = self._attn(layer)
+        if self.arch == "gpt2":
+            w = attn.c_proj.weight  # Conv1D: [in = H*dh, out = d]
+        else:
+            w = attn.o_proj.weight.T  # Linear: [out = d, in = H*dh]
+        return w.reshape(self.n_heads, self.d_head, self.d_model)
+
+    def W_out_mlp(self, layer: int) -> Tensor:
+        """MLP output weights, [d_mlp, d_model]: neuron i writes along row i."""
+        w = self._down_proj(layer).weight
+        return w if self.arch == "gpt2" else w.T
+
+    def W_U(self) -> Tensor:
+        """Unembedding, [d_model, vocab]."""
+        return self.model.get_output_embeddings().weight.T
+
+    # ---- hookpoint names -----------------------------------------------------------------------------------
+    def hookpoints(self) -> list[str]:
+        return [f"{k}.{layer}" for layer in range(self.n_layers) for k in HOOK_KINDS]
+
+    def select(self, patterns: str | Sequence[str]) -> list[str]:
+        """Expand comma-separated names or globs (`resid_post.*`) into hookpoints, sorted naturally."""
+        if isinstance(patterns, str):
+            patterns = [p.strip() for p in patterns.split(",") if p.strip()]
+        names: set[str] = set()
+        every = self.hookpoints()
+        for pat in patterns:
+            if any(c in pat for c in "*?["):
+                hits = fnmatch.filter(every, pat)
+                if not hits:
+                    raise SaescopeError(f"hookpoint pattern '{pat}' matches nothing; e.g. resid_post.* or mlp_out.3")
+                names.update(hits)
+            else:
+                kind, layer = parse_hookpoint(pat)
+                if layer >= self.n_layers:
+                    raise SaescopeError(f"hookpoint '{pat}': layer {layer} out of range, model has {self.n_layers}")
+                names.add(pat)
+        return sorted(names, key=natural_key)
+
+    def width(self, hookpoint: str) -> int:
+        """Per-token vector size of a hookpoint that yields [B, T, width] (not attn_pattern/attn_value)."""
+        kind, _ = parse_hookpoint(hookpoint)
+        if kind == "mlp_post_act":
+            return self.d_mlp
+        if kind in ("attn_pattern", "attn_value"):
+            raise SaescopeError(f"hookpoint '{hookpoint}' is not a per-token vector")
+        return self.d_model
+
+    # ---- running -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _eager_attention(self, needed: bool) -> Iterator[None]:
+        # SDPA never materialises the pattern; eager returns it as the second output of the attention module.
+        if not needed:
+            yield
+            return
+        prev = self.model.config._attn_implementation
+        self.model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.model.set_attn_implementation(prev)
+
+    def _register(self, hookpoint: str, out: dict[str, Tensor]) -> Any:
+        kind, layer = parse_hookpoint(hookpoint)
+        block = self.layers[layer]
+
+        def first(x: Any) -> Tensor:
+            return x[0] if isinstance(x, tuple) else x
+
+        if kind == "resid_pre":
+            def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+                out[hookpoint] = (args[0] if args else kwargs["hidden_states"]).detach()
+            return block.register_forward_pre_hook(pre, with_kwargs=True)
+        if kind == "mlp_post_act":
+            def pre_down(mod: nn.Module, args: tuple) -> None:
+                out[hookpoint] = args[0].detach()
+            return self._down_proj(layer).register_forward_pre_hook(pre_down)
+
+        if kind == "resid_post":
+            mod = block
+        elif kind == "mlp_out":
+            mod = block.post_feedforward_layernorm if self.arch == "gemma" else block.mlp
+        elif kind == "attn_out":
+            mod = block.post_attention_layernorm if self.arch == "gemma" else self._attn(layer)
+        elif kind == "attn_pattern":
+            def pat(mod: nn.Module, args: tuple, output: Any) -> None:
+                out[hookpoint] = output[1].detach()
+            return self._attn(layer).register_forward_hook(pat)
+        else:  # attn_value
+            src = self._attn(layer).c_attn if self.arch == "gpt2" else self._attn(layer).v_proj
+
+            def val(mod: nn.Module, args: tuple, output: Tensor) -> None:
+                v = output[..., 2 * self.d_model:] if self.arch == "gpt2" else output
+                out[hookpoint] = v.detach().unflatten(-1, (self.n_kv_heads, self.d_head))
+            return src.register_forward_hook(val)
+
+        def post(mod: nn.Module, args: tuple, output: Any) -> None:
+            out[hookpoint] = first(output).detach()
+        return mod.register_forward_hook(post)
+
+    @torch.no_grad()
+    def run_with_cache(
+        self, input_ids: Tensor, attention_mask: Tensor | None, hookpoints: Sequence[str], stop_early: bool = True
+    ) -> dict[str, Tensor]:
+        """Run the model on [B, T] ids and return {hookpoint: tensor}; blocks after the deepest one are skipped.
+
+        Shapes: per-token vectors [B, T, width]; attn_pattern [B, H, T, T]; attn_value [B, T, n_kv, d_head].
+        """
+        out: dict[str, Tensor] = {}
+        deepest = max(parse_hookpoint(h)[1] for h in hookpoints)
+        handles = [self._register(h, out) for h in hookpoints]
+        if stop_early:
+            def stop(mod: nn.Module, args: tuple, output: Any) -> None:
+                raise _StopForward
+            handles.append(self.layers[deepest].register_forward_hook(stop))
+        needs_pattern = any(h.startswith("attn_pattern") for h in hookpoints)
+        try:
+            with self._eager_attention(needs_pattern):
+                self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+    def head_write_norms(self, layer: int, values: Tensor) -> Tensor:
+        """‖v_h[j] W_O[h]‖ for every head and key position: [B, T, n_kv, d_head] → [B, n_heads, T]."""
+        group = self.n_heads // self.n_kv_heads
+        v = values.repeat_interleave(group, dim=2)  # [B, T, H, dh] (grouped-query heads share a KV head)
+        W_O = self.W_O(layer).to(v.dtype)  # [H, dh, d]
+        writes = torch.einsum("bthk,hkd->bhtd", v, W_O)  # [B, H, T, d]
+        return writes.norm(dim=-1)
+
+    # ---- tokens --------------------------------------------------------------------------------------------
+    @property
+    def bos_id(self) -> int | None:
+        return self.tokenizer.bos_token_id
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """Decoded token strings with their leading spaces (TDB style: ' the', 'ulously')."""
+        return [self.tokenizer.decode([int(i)]) for i in ids]

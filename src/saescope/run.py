@@ -1,0 +1,59 @@
+"""`saescope run`: every stage on the embedded default model, reusing whatever is already complete."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from saescope.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    """Run the whole pipeline: seed dataset, corpus capture, (then SAE, collation, explanations, viewer)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    out: str = "runs/default"
+    """Output directory; re-running reuses every complete stage."""
+    layer: int = -1
+    """Layer to study (-1 = the middle layer)."""
+    generate: int = 50
+    """Tokens generated per seed prompt."""
+    corpus: str = "wiki"
+    """Corpus for the activation store."""
+    max_tokens: int = 200_000
+    """Tokens captured into the store."""
+    context_len: int = 128
+    """Tokens per corpus context."""
+
+
+def main_run(cfg: RunConfig) -> int:
+    from saescope.capture import CaptureConfig, capture_corpus, generate_seed_dataset, read_prompts
+
+    out = Path(cfg.out)
+    hm = cfg.model.load()
+    layer = cfg.layer if cfg.layer >= 0 else hm.n_layers // 2
+    hookpoint = f"resid_post.{layer}"
+    done: list[tuple[str, Path]] = []
+
+    seed_dir = out / "seed_dataset"
+    if (seed_dir / "metadata.json").exists():
+        log.info("seed dataset already in %s", seed_dir)
+    else:
+        generate_seed_dataset(hm, seed_dir, hookpoint, read_prompts(""), cfg.generate)
+    done.append(("seed dataset (activations_<i>.pt + metadata.json)", seed_dir))
+
+    store_cfg = CaptureConfig(
+        model=cfg.model, out=str(out / "store"), hookpoints=f"{hookpoint},mlp_post_act.{layer}", corpus=cfg.corpus,
+        max_tokens=cfg.max_tokens, context_len=cfg.context_len,
+    )
+    store = capture_corpus(store_cfg, hm)
+    done.append((f"activation store ({store.rows:,} tokens)", out / "store"))
+
+    print("\nsaescope run finished:")
+    for what, where in done:
+        print(f"  {what:<55} {where}")
+    return 0

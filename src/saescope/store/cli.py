@@ -1,0 +1,68 @@
+"""CLI configs for the store commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saescope.store.seed import export_seed, import_seed
+from saescope.store.store import ActivationStore
+
+
+@dataclass
+class StoreInfoConfig:
+    """Print a store's summary (model, hookpoints, rows, disk use) and verify every shard's checksum."""
+
+    store: str = "runs/default/store"
+    """Store directory."""
+    verify: bool = True
+    """Check every shard's sha256 and shape."""
+
+
+@dataclass
+class ImportSeedConfig:
+    """Turn a seed activation dataset (activations_<i>.pt + metadata.json) into a store."""
+
+    seed: str = "runs/default/seed_dataset"
+    """Seed-format folder."""
+    out: str = "runs/default/seed_store"
+    """Store directory to write."""
+    overwrite: bool = False
+    """Replace an existing store."""
+
+
+@dataclass
+class ExportSeedConfig:
+    """Write a store back in the seed format (one activations_<i>.pt per context + metadata.json)."""
+
+    store: str = "runs/default/seed_store"
+    """Store directory."""
+    out: str = "runs/default/seed_export"
+    """Folder to write."""
+    hookpoint: str = ""
+    """Hookpoint to export (default: the store's first)."""
+
+
+def cli_info(cfg: StoreInfoConfig) -> int:
+    store = ActivationStore(cfg.store, verify=cfg.verify)
+    if cfg.verify:
+        for hp in store.hookpoints:
+            for i in range(len(store.shards)):
+                store.load_shard(hp, i)
+        for i in range(len(store.shards)):
+            store.load_tokens(i)
+    print(store.info())
+    if cfg.verify:
+        print(f"verified {len(store.shards)} shards x {len(store.hookpoints) + 1} files: OK")
+    return 0
+
+
+def cli_import(cfg: ImportSeedConfig) -> int:
+    store = import_seed(cfg.seed, cfg.out, overwrite=cfg.overwrite)
+    print(store.info())
+    return 0
+
+
+def cli_export(cfg: ExportSeedConfig) -> int:
+    out = export_seed(cfg.store, cfg.out, cfg.hookpoint or None)
+    print(f"seed dataset written to {out}")
+    return 0
