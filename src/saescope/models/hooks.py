@@ -172,17 +172,11 @@ class HookedModel:
                 out[hookpoint] = args[0].detach()
             return self._down_proj(layer).register_forward_pre_hook(pre_down)
 
-        if kind == "resid_post":
-            mod = block
-        elif kind == "mlp_out":
-            mod = block.post_feedforward_layernorm if self.arch == "gemma" else block.mlp
-        elif kind == "attn_out":
-            mod = block.post_attention_layernorm if self.arch == "gemma" else self._attn(layer)
-        elif kind == "attn_pattern":
+        if kind == "attn_pattern":
             def pat(mod: nn.Module, args: tuple, output: Any) -> None:
                 out[hookpoint] = output[1].detach()
             return self._attn(layer).register_forward_hook(pat)
-        else:  # attn_value
+        if kind == "attn_value":
             src = self._attn(layer).c_attn if self.arch == "gpt2" else self._attn(layer).v_proj
 
             def val(mod: nn.Module, args: tuple, output: Tensor) -> None:
@@ -192,7 +186,40 @@ class HookedModel:
 
         def post(mod: nn.Module, args: tuple, output: Any) -> None:
             out[hookpoint] = first(output).detach()
-        return mod.register_forward_hook(post)
+        return self._module_for(kind, layer).register_forward_hook(post)
+
+    def _module_for(self, kind: str, layer: int) -> nn.Module:
+        block = self.layers[layer]
+        if kind == "resid_post":
+            return block
+        if kind == "mlp_out":
+            return block.post_feedforward_layernorm if self.arch == "gemma" else block.mlp
+        if kind == "attn_out":
+            return block.post_attention_layernorm if self.arch == "gemma" else self._attn(layer)
+        raise SaescopeError(f"hookpoint kind '{kind}' cannot be patched")
+
+    @contextlib.contextmanager
+    def patch(self, hookpoint: str, fn: Any) -> Iterator[None]:
+        """Replace a per-token hookpoint's activation x [B, T, width] by fn(x) during the forward passes inside."""
+        kind, layer = parse_hookpoint(hookpoint)
+        if kind == "resid_pre":
+            def pre(mod: nn.Module, args: tuple, kwargs: dict) -> tuple:
+                if args:
+                    return (fn(args[0]), *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+            handle = self.layers[layer].register_forward_pre_hook(pre, with_kwargs=True)
+        elif kind == "mlp_post_act":
+            handle = self._down_proj(layer).register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
+        else:
+            def post(mod: nn.Module, args: tuple, output: Any) -> Any:
+                if isinstance(output, tuple):
+                    return (fn(output[0]), *output[1:])
+                return fn(output)
+            handle = self._module_for(kind, layer).register_forward_hook(post)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     @torch.no_grad()
     def run_with_cache(

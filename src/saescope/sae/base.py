@@ -1,0 +1,182 @@
+"""Shared SAE base: parameters, encode/decode, the one loss path, folding, and SAELens-layout save/load.
+
+    f  = act((x − b_dec·[apply_b_dec_to_input]) W_enc + b_enc)        W_enc [d, F], b_enc [F]
+    x̂  = f W_dec + b_dec                                             W_dec [F, d], b_dec [d]
+
+Each architecture (one file each) defines `act` for inference (`encode`) and its training forward
+(`training_forward`) that returns the reconstruction plus its extra loss terms; the reconstruction loss itself
+(FVU: squared error over the batch's variance about its mean) is computed here once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from saescope.errors import SaescopeError
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+SPARSITY_FILE = "sparsity.safetensors"
+
+
+@dataclass
+class SAEConfig:
+    """What defines an SAE's shape and inference behaviour (saved as cfg.json, SAELens keys)."""
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    k: int = 32
+    """TopK / BatchTopK: latents per token (BatchTopK: on average)."""
+    apply_b_dec_to_input: bool = True
+    dtype: str = "float32"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """model_name, hook_name, context_size, ... (SAELens metadata block)."""
+
+
+class TrainOutput(NamedTuple):
+    x_hat: Tensor
+    """Reconstruction [N, d]."""
+    l0: Tensor
+    """Mean number of active latents per token (scalar, no grad)."""
+    fired: Tensor
+    """Latents that fired in this batch, bool [F] (for dead-latent tracking)."""
+    losses: dict[str, Tensor]
+    """Extra loss terms, already weighted by their coefficients (summed with the reconstruction loss)."""
+
+
+def fvu_loss(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Σ(x − x̂)² / Σ(x − mean_batch x)²: 0 is perfect, 1 is as good as predicting the batch mean."""
+    denom = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return (x - x_hat).pow(2).sum() / denom
+
+
+class BaseSAE(nn.Module):
+    """Parameters and the parts every architecture shares."""
+
+    architecture: ClassVar[str] = ""
+    extra_params: ClassVar[tuple[str, ...]] = ()
+    unit_norm_decoder: ClassVar[bool] = False
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, n = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.empty(d, n))
+        self.b_enc = nn.Parameter(torch.zeros(n))
+        self.W_dec = nn.Parameter(torch.empty(n, d))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Tied init: W_dec rows random unit directions, W_enc = W_decᵀ (sparsify, openai, dictionary_learning).
+        with torch.no_grad():
+            w = torch.randn(self.cfg.d_sae, self.cfg.d_in)
+            w /= w.norm(dim=1, keepdim=True)
+            self.W_dec.copy_(w)
+            self.W_enc.copy_(w.T)
+
+    # ---- inference -----------------------------------------------------------------------------------------
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """[N, d] → [N, F] encoder pre-activations."""
+        x_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+        return x_in @ self.W_enc + self.b_enc
+
+    def encode(self, x: Tensor) -> Tensor:
+        """[N, d] → dense latent activations [N, F]."""
+        raise NotImplementedError
+
+    def decode(self, f: Tensor) -> Tensor:
+        """[N, F] → [N, d]."""
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    def training_forward(self, x: Tensor, step_frac: float = 1.0) -> TrainOutput:
+        """Training forward: reconstruction and this architecture's extra loss terms."""
+        raise NotImplementedError
+
+    def inference_state(self) -> tuple[str, dict[str, Tensor], dict[str, Any]]:
+        """(architecture, tensors, extra cfg) as saved for inference (BatchTopK saves as JumpReLU)."""
+        return self.architecture, {k: v.detach() for k, v in self.state_dict().items()}, {}
+
+    # ---- decoder norms and folding ------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_decoder_unit_norm(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Project out the gradient component along each (unit) decoder row, so the step keeps norms ≈ 1."""
+        if self.W_dec.grad is not None:
+            w = self.W_dec
+            self.W_dec.grad -= (self.W_dec.grad * w).sum(1, keepdim=True) * w
+
+    @torch.no_grad()
+    def fold_input_scale(self, s: float) -> None:
+        """The SAE was trained on s·x; rewrite it to take raw x with identical latents and x̂ = x̂'/s."""
+        self.W_enc *= s
+        self.W_dec /= s
+        self.b_dec /= s
+
+    # ---- save / load (SAELens layout) ----------------------------------------------------------------------
+    def save(self, path: str | Path, sparsity: Tensor | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        from saescope.io import atomic_path, write_json
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        arch, tensors, extra = self.inference_state()
+        with atomic_path(path / WEIGHTS_FILE) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        if sparsity is not None:
+            with atomic_path(path / SPARSITY_FILE) as tmp:
+                save_file({"sparsity": sparsity.contiguous().cpu()}, str(tmp))
+        cfg = asdict(self.cfg)
+        cfg.update(architecture=arch, normalize_activations="none", reshape_activations="none", device="cpu",
+                   **extra)
+        if arch not in ("topk",):
+            cfg.pop("k", None)
+        write_json(path / CFG_FILE, cfg)
+        return path
+
+
+def check_weights(path: Path, tensors: dict[str, Tensor], cfg: SAEConfig, required: tuple[str, ...]) -> None:
+    """One-line errors for missing keys or shapes that disagree with cfg.json."""
+    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in), "b_enc": (cfg.d_sae,),
+              "b_dec": (cfg.d_in,), "threshold": (cfg.d_sae,)}
+    for key in required:
+        if key not in tensors:
+            raise SaescopeError(f"{path}: weights lack '{key}' (have {', '.join(sorted(tensors))})")
+        if key in shapes and tuple(tensors[key].shape) != shapes[key]:
+            raise SaescopeError(
+                f"{path}: '{key}' has shape {tuple(tensors[key].shape)}, cfg.json (d_in={cfg.d_in}, "
+                f"d_sae={cfg.d_sae}) implies {shapes[key]}"
+            )
+
+
+def read_cfg(path: Path) -> dict[str, Any]:
+    from saescope.io import read_json
+
+    cfg = read_json(path, "SAE config")
+    if not isinstance(cfg, dict):
+        raise SaescopeError(f"{path}: expected a JSON object")
+    return cfg
+
+
+def cfg_from_dict(d: dict[str, Any], path: Path) -> SAEConfig:
+    known = {f for f in SAEConfig.__dataclass_fields__}
+    for key in ("architecture", "d_in", "d_sae"):
+        if key not in d:
+            raise SaescopeError(f"{path}: cfg.json lacks field '{key}'")
+    return SAEConfig(**{k: v for k, v in d.items() if k in known})  # unknown keys tolerated
+
+

@@ -1,0 +1,132 @@
+"""Load SAEs from saescope/SAELens, sparsify, OpenAI sparse_autoencoder and Gemma Scope files.
+
+Every loader returns a saescope SAE whose `encode`/`forward` on raw activations equals the source's.
+Only safetensors, npz and `torch.load(weights_only=True)` are read: no arbitrary unpickling.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from saescope.errors import SaescopeError
+from saescope.sae.base import CFG_FILE, WEIGHTS_FILE, BaseSAE, SAEConfig, cfg_from_dict, check_weights, read_cfg
+from saescope.sae.jumprelu import JumpReLUSAE
+from saescope.sae.registry import sae_class
+
+log = logging.getLogger(__name__)
+
+
+def _safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise SaescopeError(f"{path}: unreadable safetensors file ({e})") from None
+
+
+def _build(cfg: SAEConfig, tensors: dict[str, Tensor], path: Path) -> BaseSAE:
+    cls = sae_class(cfg.architecture)
+    required = ("W_enc", "W_dec", "b_enc", "b_dec") + (("threshold",) if cls is JumpReLUSAE and "log_threshold" not in tensors else ())
+    check_weights(path, tensors, cfg, required)
+    sae = cls(cfg)
+    with torch.no_grad():
+        for key in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            getattr(sae, key).copy_(tensors[key].float())
+        if isinstance(sae, JumpReLUSAE):
+            if "log_threshold" in tensors:
+                sae.log_threshold.copy_(tensors["log_threshold"].float())
+            else:
+                sae.load_threshold(tensors["threshold"].float())
+    return sae.eval()
+
+
+def load_saelens_dir(path: Path) -> BaseSAE:
+    raw = read_cfg(path / CFG_FILE)
+    cfg = cfg_from_dict(raw, path / CFG_FILE)
+    if raw.get("normalize_activations", "none") not in ("none", None):
+        raise SaescopeError(
+            f"{path / CFG_FILE}: normalize_activations={raw['normalize_activations']!r} is not folded into the "
+            "weights; fold it in SAELens (fold_activation_norm_scaling_factor) and save again"
+        )
+    return _build(cfg, _safetensors(path / WEIGHTS_FILE), path / WEIGHTS_FILE)
+
+
+def load_sparsify_dir(path: Path) -> BaseSAE:
+    raw = read_cfg(path / CFG_FILE)
+    t = _safetensors(path / "sae.safetensors")
+    if "encoder.weight" not in t:
+        raise SaescopeError(f"{path / 'sae.safetensors'}: no 'encoder.weight'; not a sparsify SAE")
+    n_lat, d = t["encoder.weight"].shape
+    if raw.get("activation", "topk") != "topk":
+        raise SaescopeError(f"{path / CFG_FILE}: activation {raw.get('activation')!r} is not supported (topk only)")
+    if raw.get("transcode") or "W_skip" in t:
+        raise SaescopeError(f"{path}: sparsify transcoders are not SAEs; not supported yet")
+    cfg = SAEConfig("topk", d_in=int(raw.get("d_in", d)), d_sae=n_lat, k=int(raw.get("k", 32)),
+                    metadata={"source": "sparsify"})
+    tensors = {"W_enc": t["encoder.weight"].T, "b_enc": t["encoder.bias"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    return _build(cfg, tensors, path / "sae.safetensors")
+
+
+def load_openai_pt(path: Path) -> BaseSAE:
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise SaescopeError(f"{path}: not a weights-only state dict ({type(e).__name__})") from None
+    if not isinstance(sd, dict) or "encoder.weight" not in sd or "pre_bias" not in sd:
+        raise SaescopeError(f"{path}: not an OpenAI sparse_autoencoder state dict (needs encoder.weight, pre_bias)")
+    n_lat, d = sd["encoder.weight"].shape
+    act = str(sd.get("activation", "ReLU"))
+    k = int((sd.get("activation_state_dict") or {}).get("k", 0) or 0)
+    arch = "topk" if act == "TopK" else "standard"
+    cfg = SAEConfig(arch, d_in=d, d_sae=n_lat, k=k or 32,
+                    metadata={"source": "openai", "note": "OpenAI v5 SAEs expect per-token layer-normed inputs"})
+    tensors = {"W_enc": sd["encoder.weight"].T, "b_enc": sd["latent_bias"], "W_dec": sd["decoder.weight"].T,
+               "b_dec": sd["pre_bias"]}
+    return _build(cfg, tensors, path)
+
+
+def load_gemma_scope(path: Path) -> BaseSAE:
+    if path.suffix == ".npz":
+        import numpy as np
+
+        with np.load(path) as z:
+            raw = {k: torch.from_numpy(z[k]) for k in z.files}
+    else:
+        raw = _safetensors(path)
+    t = {k.replace("w_enc", "W_enc").replace("w_dec", "W_dec"): v for k, v in raw.items()}
+    if "W_enc" not in t:
+        raise SaescopeError(f"{path}: no W_enc/w_enc; not a Gemma Scope params file")
+    if "affine_skip_connection" in t:
+        raise SaescopeError(f"{path}: skip transcoders are not supported yet")
+    d, n_lat = t["W_enc"].shape
+    cfg = SAEConfig("jumprelu", d_in=d, d_sae=n_lat, apply_b_dec_to_input=False, metadata={"source": "gemma_scope"})
+    return _build(cfg, t, path)
+
+
+def load_sae(path: str | Path) -> BaseSAE:
+    """Load any supported SAE: a directory (saescope/SAELens or sparsify) or a file (.pt OpenAI, .npz/.safetensors Gemma Scope)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if (path / WEIGHTS_FILE).is_file() and (path / CFG_FILE).is_file():
+            return load_saelens_dir(path)
+        if (path / "sae.safetensors").is_file():
+            return load_sparsify_dir(path)
+        for name in ("params.safetensors", "params.npz"):
+            if (path / name).is_file():
+                return load_gemma_scope(path / name)
+        raise SaescopeError(
+            f"{path}: no SAE found (expected cfg.json + {WEIGHTS_FILE}, sparsify sae.safetensors, or params.npz)"
+        )
+    if not path.is_file():
+        raise SaescopeError(f"{path}: no such SAE file or directory")
+    if path.suffix == ".pt":
+        return load_openai_pt(path)
+    if path.suffix in (".npz", ".safetensors"):
+        return load_gemma_scope(path)
+    raise SaescopeError(f"{path}: unknown SAE file type; give a directory, .pt, .npz or .safetensors")

@@ -1,0 +1,25 @@
+"""Architecture name (cfg.json `architecture`) → class."""
+
+from __future__ import annotations
+
+from saescope.errors import SaescopeError
+from saescope.sae.base import BaseSAE
+from saescope.sae.batchtopk import BatchTopKSAE
+from saescope.sae.jumprelu import JumpReLUSAE
+from saescope.sae.relu import ReLUSAE
+from saescope.sae.topk import TopKSAE
+
+REGISTRY: dict[str, type[BaseSAE]] = {
+    "topk": TopKSAE,
+    "batchtopk": BatchTopKSAE,
+    "jumprelu": JumpReLUSAE,
+    "standard": ReLUSAE,
+}
+ALIASES = {"relu": "standard", "relu_l1": "standard", "batch_topk": "batchtopk"}
+
+
+def sae_class(name: str) -> type[BaseSAE]:
+    key = ALIASES.get(name, name)
+    if key not in REGISTRY:
+        raise SaescopeError(f"architecture '{name}': choose one of {', '.join(REGISTRY)} (or relu)")
+    return REGISTRY[key]

@@ -1,0 +1,1 @@
+"""SAE training: trainer, metrics, evaluation (incl. spliced CE/KL), synthetic ground truth, torchrun DP."""

@@ -1,0 +1,160 @@
+"""Train an SAE on an activation store, evaluate it, and save it (used by the CLI and `saescope run`)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saescope.errors import SaescopeError
+from saescope.io import write_json
+from saescope.store import ActivationStore, shuffled_batches
+from saescope.train import distributed as dist_utils
+from saescope.train.trainer import Trainer, TrainerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Train a sparse autoencoder on an activation store; writes an SAELens-layout SAE directory."""
+
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    store: str = "runs/default/store"
+    """Activation store directory."""
+    hookpoint: str = ""
+    """Hookpoint inside the store (default: its first)."""
+    out: str = "runs/default/sae"
+    """Output SAE directory (cfg.json + sae_weights.safetensors + sparsity.safetensors + metrics.json)."""
+    holdout_shards: int = 1
+    """Last shards kept out of training for evaluation."""
+    buffer_rows: int = 65536
+    """Shuffle buffer size in rows."""
+    resume: bool = True
+    """Continue from <out>/checkpoint if present."""
+    device: str = "auto"
+    """cpu, cuda, ... or auto."""
+
+
+def split_shards(store: ActivationStore, holdout: int) -> tuple[list[int], list[int]]:
+    n = len(store.shards)
+    if n == 0:
+        raise SaescopeError(f"{store.root}: the store has no shards; capture some activations first")
+    if holdout <= 0 or n <= holdout:
+        return list(range(n)), list(range(n))[-1:]
+    return list(range(n - holdout)), list(range(n - holdout, n))
+
+
+def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    from saescope.train.evaluate import evaluate_batches
+
+    dist_utils.init_from_env()
+    store = ActivationStore(cfg.store)
+    hp = cfg.hookpoint or next(iter(store.hookpoints))
+    if hp not in store.hookpoints:
+        raise SaescopeError(f"{cfg.store}: no hookpoint '{hp}'; it has {', '.join(store.hookpoints)}")
+    d = store.hookpoints[hp]
+    tc = cfg.trainer
+    ws = dist_utils.world_size()
+    if tc.batch_size % ws:
+        raise SaescopeError(f"--batch_size {tc.batch_size} is not divisible by the {ws} data-parallel ranks")
+    train_ids, eval_ids = split_shards(store, cfg.holdout_shards)
+    train_rows = sum(store.shards[i]["rows"] for i in train_ids)
+    tokens = tc.tokens or train_rows
+    steps = max(1, tokens // tc.batch_size)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and dist_utils.is_distributed():
+        device = f"cuda:{dist_utils.rank() % torch.cuda.device_count()}"
+    out = Path(cfg.out)
+    meta = {"model_name": store.model, "hook_name": hp, "context_size": store.manifest.get("context_len"),
+            "prepend_bos": True, "dataset_path": str(store.root), "trained_with": "saescope"}
+    trainer = Trainer(tc, d, steps, metadata=meta, device=device, out=out)
+    if cfg.resume:
+        trainer.try_resume()
+    elif (out / "checkpoint").exists() and dist_utils.is_main():
+        import shutil
+
+        shutil.rmtree(out / "checkpoint")
+    # The stream is a pure function of the seed, so skipping `step` batches resumes at the exact data position.
+    batches = shuffled_batches(lambda i: store.load_shard(hp, train_ids[i]), len(train_ids), tc.batch_size,
+                               seed=tc.seed, buffer_rows=cfg.buffer_rows, skip_batches=trainer.step)
+    log.info("training %s (F=%d, k=%d) on %s: %d steps x %d tokens (%d train rows)", tc.arch, tc.width, tc.k, hp,
+             steps, tc.batch_size, train_rows)
+    result = trainer.fit(batches, progress=progress)
+    trainer.save_checkpoint()
+    sae = trainer.finalize()
+    if not dist_utils.is_main():
+        return {}
+    ev = evaluate_batches(sae, (store.load_shard(hp, i) for i in eval_ids), device)
+    density = ev.pop("_density")
+    sae.cpu().save(out, sparsity=density.clamp_min(1e-10).log10().float())
+    last = result.history[-1] if result.history else {}
+    report = {"hookpoint": hp, "steps": result.steps, "tokens": result.tokens,
+              "train_tokens_per_s": last.get("tokens_per_s"), "heldout": ev, "config": asdict(cfg)}
+    write_json(out / "metrics.json", report)
+    write_json(out / "train_history.json", result.history)
+    return report
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a saved SAE on a store's held-out shards (and, with --spliced, inside the model)."""
+
+    sae: str = "runs/default/sae"
+    """SAE directory or file (saescope/SAELens, sparsify, OpenAI .pt, Gemma Scope)."""
+    store: str = "runs/default/store"
+    """Activation store."""
+    hookpoint: str = ""
+    """Hookpoint (default: the SAE's hook_name, else the store's first)."""
+    holdout_shards: int = 1
+    """Evaluate on the last N shards (0 = all)."""
+    spliced: bool = True
+    """Also splice the SAE into the model: CE loss recovered and KL."""
+    contexts: int = 32
+    """Contexts for the spliced metrics."""
+    model: str = ""
+    """Model spec for spliced metrics (default: the store's model)."""
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    from saescope.sae import load_sae
+    from saescope.train.evaluate import evaluate_batches, spliced_metrics
+
+    sae = load_sae(cfg.sae)
+    store = ActivationStore(cfg.store)
+    hp = cfg.hookpoint or sae.cfg.metadata.get("hook_name") or next(iter(store.hookpoints))
+    if hp not in store.hookpoints:
+        raise SaescopeError(f"{cfg.store}: no hookpoint '{hp}'; pass --hookpoint (store has {', '.join(store.hookpoints)})")
+    if store.hookpoints[hp] != sae.cfg.d_in:
+        raise SaescopeError(f"{cfg.sae}: d_in={sae.cfg.d_in} but {hp} in the store has d={store.hookpoints[hp]}")
+    _, eval_ids = split_shards(store, cfg.holdout_shards)
+    if cfg.holdout_shards == 0:
+        eval_ids = list(range(len(store.shards)))
+    ev = evaluate_batches(sae, (store.load_shard(hp, i) for i in eval_ids))
+    ev.pop("_density")
+    if cfg.spliced:
+        from saescope.models import load_model
+
+        hm = load_model(cfg.model or store.model)
+        ctx = contexts_from_store(store, eval_ids, cfg.contexts, hm.tokenizer.bos_token_id)
+        ev.update(spliced_metrics(hm, sae, hp, ctx))
+    return ev
+
+
+def contexts_from_store(store: ActivationStore, shard_ids: list[int], n: int, bos: int | None) -> torch.Tensor:
+    """Rebuild up to n full contexts [n, T] from the token ids recorded in the store (BOS re-prepended)."""
+    rows: list[torch.Tensor] = []
+    for i in shard_ids:
+        t = store.load_tokens(i)
+        for c in torch.unique(t["context"]).tolist():
+            ids = t["token_ids"][t["context"] == c].long()
+            rows.append(torch.cat([torch.tensor([bos]), ids]) if bos is not None else ids)
+            if len(rows) >= n:
+                break
+        if len(rows) >= n:
+            break
+    length = min(len(r) for r in rows)
+    return torch.stack([r[:length] for r in rows])

@@ -1,0 +1,270 @@
+"""SAE training loop: any iterator of activation batches in, an SAE directory (SAELens layout) out.
+
+Recipe (each part switchable in TrainConfig): tied init; b_dec from the geometric median (or mean); inputs scaled
+so E‖x‖ = √d (folded into the weights at save); Adam with LR ∝ 1/√F, linear warm-up and final linear decay;
+gradient clipping; sparsity-coefficient warm-up; AuxK for dead latents (TopK family); unit-norm decoder with the
+parallel gradient removed (TopK family). Dead latents are tracked in tokens since last fire.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saescope.sae import BaseSAE, SAEConfig, TrainContext, fvu_loss, sae_class
+from saescope.train import distributed as dist_utils
+from saescope.train.checkpoint import (
+    find_checkpoint, load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerConfig:
+    """The optimisation recipe (shared by `saescope train` and the Python API)."""
+
+    arch: str = "topk"
+    """topk, batchtopk, jumprelu or standard (= relu: ReLU + L1)."""
+    k: int = 32
+    """Active latents per token (TopK; BatchTopK on average)."""
+    width: int = 4096
+    """Number of latents F."""
+    tokens: int = 0
+    """Training tokens (0 = one pass over the training shards)."""
+    batch_size: int = 1024
+    """Tokens per step (global, across data-parallel ranks)."""
+    lr: float = 0.0
+    """Adam learning rate; 0 = 2e-4·√(2^14 / F)."""
+    warmup_frac: float = 0.02
+    """Fraction of steps with linear LR warm-up."""
+    decay_frac: float = 0.2
+    """Final fraction of steps with linear LR decay to 0."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip (0 = off)."""
+    b_dec_init: str = "geometric_median"
+    """geometric_median, mean or zeros."""
+    normalize: bool = True
+    """Scale inputs to E‖x‖ = √d during training (folded into the saved weights)."""
+    auxk_alpha: float = 1 / 32
+    """AuxK coefficient (TopK family)."""
+    dead_tokens: int = 1_000_000
+    """A latent is dead after this many tokens without firing."""
+    l1_coefficient: float = 0.01
+    """ReLU+L1 sparsity coefficient (on the FVU-normalised loss)."""
+    l0_coefficient: float = 0.002
+    """JumpReLU L0 coefficient (on the FVU-normalised loss)."""
+    pre_act_coefficient: float = 0.0
+    """JumpReLU pre-act loss for dead latents (0 = off)."""
+    sparsity_warmup_frac: float = 0.05
+    """Fraction of steps over which the sparsity coefficient ramps from 0."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from saescope.errors import SaescopeError
+
+        sae_class(self.arch)
+        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+            raise SaescopeError(f"--b_dec_init {self.b_dec_init}: choose geometric_median, mean or zeros")
+        if self.width < 1 or self.k < 1 or self.batch_size < 1:
+            raise SaescopeError("--width, --k and --batch_size must be positive")
+        if self.arch in ("topk", "batchtopk") and self.k > self.width:
+            raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
+
+    def learning_rate(self) -> float:
+        return self.lr or 2e-4 / math.sqrt(self.width / 2**14)
+
+
+def geometric_median(x: Tensor, iters: int = 100, eps: float = 1e-6) -> Tensor:
+    """Weiszfeld iterations on [N, d] → [d]."""
+    y = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - y).norm(dim=1).clamp_min(eps)
+        y_new = (w[:, None] * x).sum(0) / w.sum()
+        if (y_new - y).norm() < eps * (1 + y.norm()):
+            return y_new
+        y = y_new
+    return y
+
+
+def lr_lambda(total: int, warmup: int, decay: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if decay and step >= total - decay:
+            return max(0.0, (total - step) / decay)
+        return 1.0
+    return f
+
+
+@dataclass
+class TrainResult:
+    sae: BaseSAE
+    steps: int
+    tokens: int
+    fire_counts: Tensor
+    """[F] firings over the last dead window (for density)."""
+    history: list[dict[str, float]]
+    scale: float
+
+
+class Trainer:
+    """Owns the SAE, optimizer, schedule and dead-latent counters; `fit` consumes batches."""
+
+    def __init__(self, cfg: TrainerConfig, d_in: int, total_steps: int, metadata: dict[str, Any] | None = None,
+                 device: str = "cpu", out: Path | None = None) -> None:
+        self.cfg, self.total_steps, self.out, self.device = cfg, total_steps, out, device
+        torch.manual_seed(cfg.seed)
+        sae_cfg = SAEConfig(sae_class(cfg.arch).architecture, d_in, cfg.width, k=cfg.k, metadata=metadata or {})
+        self.sae = sae_class(cfg.arch)(sae_cfg).to(device)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.learning_rate(), betas=(0.9, 0.999))
+        warm = int(cfg.warmup_frac * total_steps)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lr_lambda(total_steps, max(warm, 1), int(cfg.decay_frac * total_steps)))
+        self.step, self.tokens, self.scale, self.initialised = 0, 0, 1.0, False
+        self.since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
+        self.fire_counts = torch.zeros(cfg.width, dtype=torch.long, device=device)
+        self.history: list[dict[str, float]] = []
+
+    # ---- init from the first batch -------------------------------------------------------------------------
+    @torch.no_grad()
+    def _initialise(self, x: Tensor) -> None:
+        d = x.shape[1]
+        if self.cfg.normalize:
+            self.scale = float(math.sqrt(d) / x.norm(dim=1).mean().clamp_min(1e-12))
+        xs = x * self.scale
+        if self.cfg.b_dec_init == "geometric_median":
+            self.sae.b_dec.copy_(geometric_median(xs))
+        elif self.cfg.b_dec_init == "mean":
+            self.sae.b_dec.copy_(xs.mean(0))
+        self.scale = dist_utils.broadcast_float(self.scale)
+        dist_utils.broadcast_params(self.sae)
+        self.initialised = True
+
+    # ---- one step ------------------------------------------------------------------------------------------
+    def train_step(self, x: Tensor) -> dict[str, float]:
+        cfg, sae = self.cfg, self.sae
+        x = x.to(self.device, torch.float32) * self.scale
+        frac = self.step / max(self.total_steps, 1)
+        ctx = TrainContext(
+            dead=self.since_fired >= cfg.dead_tokens, auxk_alpha=cfg.auxk_alpha, l1_coefficient=cfg.l1_coefficient,
+            l0_coefficient=cfg.l0_coefficient, pre_act_coefficient=cfg.pre_act_coefficient,
+            sparsity_scale=min(1.0, frac / cfg.sparsity_warmup_frac) if cfg.sparsity_warmup_frac > 0 else 1.0,
+        )
+        out = sae.training_forward(x, ctx)
+        fvu = fvu_loss(x, out.x_hat)
+        loss = fvu + sum(out.losses.values(), torch.zeros(()))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        dist_utils.average_gradients(sae)
+        if sae.unit_norm_decoder:
+            sae.remove_parallel_grad()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        if sae.unit_norm_decoder:
+            sae.set_decoder_unit_norm()
+        dist_utils.average_buffers(sae)
+        fired = dist_utils.any_across_ranks(out.fired)
+        n_global = x.shape[0] * dist_utils.world_size()
+        self.since_fired += n_global
+        self.since_fired[fired] = 0
+        self.fire_counts += fired.long()
+        self.step += 1
+        self.tokens += n_global
+        stats = {"loss": float(loss.detach()), "fvu": float(fvu.detach()), "l0": float(out.l0),
+                 "dead": float((self.since_fired >= cfg.dead_tokens).float().mean()),
+                 **{k: float(v.detach()) for k, v in out.losses.items()}}
+        return stats
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
+        opt_t, groups = optimizer_tensors(self.opt)
+        tensors.update(opt_t)
+        tensors["since_fired"] = self.since_fired
+        tensors["fire_counts"] = self.fire_counts
+        tensors["rng"] = torch.get_rng_state()
+        meta = {"step": self.step, "tokens": self.tokens, "scale": self.scale, "initialised": self.initialised,
+                "param_groups": groups, "sched": self.sched.state_dict(), "config": asdict(self.cfg),
+                "total_steps": self.total_steps, "history": self.history[-200:]}
+        return tensors, meta
+
+    def save_checkpoint(self) -> None:
+        if self.out is not None and dist_utils.is_main():
+            save_checkpoint(self.out, *self.state())
+
+    def try_resume(self) -> bool:
+        if self.out is None:
+            return False
+        path = find_checkpoint(self.out)
+        if path is None:
+            return False
+        tensors, meta = load_checkpoint(path)
+        from saescope.errors import SaescopeError
+
+        saved = {k: v for k, v in meta["config"].items() if k != "checkpoint_every"}
+        now = {k: v for k, v in asdict(self.cfg).items() if k != "checkpoint_every"}
+        if saved != now or meta["total_steps"] != self.total_steps:
+            diff = sorted(k for k in now if saved.get(k) != now[k]) or ["tokens/steps"]
+            raise SaescopeError(
+                f"{path}: checkpoint was made with different {', '.join(diff)}; use another --out or --no_resume"
+            )
+        self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+        restore_optimizer(self.opt, tensors, meta["param_groups"])
+        self.sched.load_state_dict(meta["sched"])
+        self.since_fired.copy_(tensors["since_fired"])
+        self.fire_counts.copy_(tensors["fire_counts"])
+        torch.set_rng_state(tensors["rng"])
+        self.step, self.tokens, self.scale = meta["step"], meta["tokens"], meta["scale"]
+        self.initialised, self.history = meta["initialised"], meta.get("history", [])
+        log.info("resumed from %s at step %d (%d tokens)", path, self.step, self.tokens)
+        return True
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def fit(self, batches: Iterator[Tensor], progress: bool = True) -> TrainResult:
+        """Consume batches until `total_steps`; the iterator must already be positioned at `self.step`."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not (progress and dist_utils.is_main()),
+                   desc=f"train {self.cfg.arch} F={self.cfg.width}")
+        t0, tok0 = time.perf_counter(), self.tokens
+        for x in batches:
+            if self.step >= self.total_steps:
+                break
+            x = dist_utils.local_slice(x)
+            if not self.initialised:
+                self._initialise(x)
+            stats = self.train_step(x)
+            if not math.isfinite(stats["loss"]):
+                from saescope.errors import SaescopeError
+
+                raise SaescopeError(f"step {self.step}: loss is {stats['loss']}; lower --lr or check the inputs")
+            if self.step % 10 == 0 or self.step == self.total_steps:
+                tps = (self.tokens - tok0) / max(time.perf_counter() - t0, 1e-9)
+                stats["tokens_per_s"] = tps
+                self.history.append({"step": self.step, **stats})
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}",
+                                dead=f"{stats['dead']:.1%}", tok_s=f"{tps:,.0f}")
+            bar.update(1)
+            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        return TrainResult(self.sae, self.step, self.tokens, self.fire_counts, self.history, self.scale)
+
+    def finalize(self) -> BaseSAE:
+        """Fold the input scale into the weights: the returned SAE takes raw activations."""
+        self.sae.fold_input_scale(self.scale)
+        self.scale = 1.0
+        return self.sae
