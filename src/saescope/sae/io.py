@@ -32,17 +32,16 @@ def _safetensors(path: Path) -> dict[str, Tensor]:
 
 def _build(cfg: SAEConfig, tensors: dict[str, Tensor], path: Path) -> BaseSAE:
     cls = sae_class(cfg.architecture)
-    required = ("W_enc", "W_dec", "b_enc", "b_dec") + (("threshold",) if cls is JumpReLUSAE and "log_threshold" not in tensors else ())
+    if "log_threshold" in tensors and "threshold" not in tensors:  # SAELens ≤ 6.47 training checkpoints
+        tensors = {**tensors, "threshold": tensors["log_threshold"].exp()}
+    required = ("W_enc", "W_dec", "b_enc", "b_dec") + (("threshold",) if cls is JumpReLUSAE else ())
     check_weights(path, tensors, cfg, required)
     sae = cls(cfg)
     with torch.no_grad():
         for key in ("W_enc", "W_dec", "b_enc", "b_dec"):
             getattr(sae, key).copy_(tensors[key].float())
         if isinstance(sae, JumpReLUSAE):
-            if "log_threshold" in tensors:
-                sae.log_threshold.copy_(tensors["log_threshold"].float())
-            else:
-                sae.load_threshold(tensors["threshold"].float())
+            sae.load_threshold(tensors["threshold"].float())
     return sae.eval()
 
 

@@ -57,20 +57,18 @@ class JumpReLUSAE(BaseSAE):
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
-        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), float(torch.tensor(self.init_threshold).log())))
-
-    @property
-    def threshold(self) -> Tensor:
-        return self.log_threshold.exp()
+        # θ is a plain parameter (as in SAELens ≥ 6.48): with log θ, Adam's fixed-size steps move θ by a factor
+        # per step, far too slowly from the 0.01 init to useful thresholds at small step counts.
+        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), self.init_threshold))
 
     def encode(self, x: Tensor) -> Tensor:
         z = self.pre_acts(x)
-        return z * (z > self.threshold)
+        return z * (z > self.threshold.clamp_min(0.0))
 
     def training_forward(self, x: Tensor, ctx: TrainContext | None = None) -> TrainOutput:
         ctx = ctx or TrainContext()
         z = self.pre_acts(x)  # [N, F]
-        theta = self.threshold
+        theta = self.threshold.clamp_min(0.0)
         f = JumpReLUFn.apply(z, theta, self.bandwidth)
         x_hat = self.decode(f)
         dec_norm = self.W_dec.norm(dim=1)
@@ -86,11 +84,6 @@ class JumpReLUSAE(BaseSAE):
         active = f.detach() != 0
         return TrainOutput(x_hat, active.sum(1).float().mean(), active.any(0), losses)
 
-    def inference_state(self):  # noqa: ANN201
-        tensors = {k: v.detach() for k, v in self.state_dict().items() if k != "log_threshold"}
-        tensors["threshold"] = self.threshold.detach().clone()
-        return "jumprelu", tensors, {}
-
     @torch.no_grad()
     def load_threshold(self, threshold: Tensor) -> None:
-        self.log_threshold.copy_(threshold.clamp_min(1e-12).log())
+        self.threshold.copy_(threshold)

@@ -38,7 +38,8 @@ class ToyModel:
 
 def make_toy(d: int = 64, n_features: int = 256, active: float = 5.0, alpha: float = 0.5, seed: int = 0,
              mean_scale: float = 0.5, noise: float = 0.01, correlated_blocks: int = 0) -> ToyModel:
-    g = torch.Generator().manual_seed(seed)
+    # Offset the seed: an SAE initialised from torch.manual_seed(seed) must not start on the true features.
+    g = torch.Generator().manual_seed(0x5EED_0000 + seed)
     u = torch.randn(n_features, d, generator=g)
     u /= u.norm(dim=1, keepdim=True)
     p = 1.0 / (torch.arange(n_features) + 1.0) ** alpha

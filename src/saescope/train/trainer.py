@@ -58,9 +58,9 @@ class TrainerConfig:
     """AuxK coefficient (TopK family)."""
     dead_tokens: int = 1_000_000
     """A latent is dead after this many tokens without firing."""
-    l1_coefficient: float = 0.01
+    l1_coefficient: float = 0.08
     """ReLU+L1 sparsity coefficient (on the FVU-normalised loss)."""
-    l0_coefficient: float = 0.002
+    l0_coefficient: float = 0.1
     """JumpReLU L0 coefficient (on the FVU-normalised loss)."""
     pre_act_coefficient: float = 0.0
     """JumpReLU pre-act loss for dead latents (0 = off)."""
