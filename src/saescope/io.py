@@ -35,21 +35,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _clean_nans(obj: Any) -> Any:
+def clean_nans(obj: Any) -> Any:
     # JSON has no NaN; TDB's orjson writer emits null for NaN/Inf, so we do the same.
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _clean_nans(v) for k, v in obj.items()}
+        return {k: clean_nans(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean_nans(v) for v in obj]
+        return [clean_nans(v) for v in obj]
     return obj
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     """Write `obj` as JSON atomically (NaN/Inf become null)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_clean_nans(obj), indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(clean_nans(obj), indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

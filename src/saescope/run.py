@@ -28,6 +28,12 @@ class RunConfig:
     """Tokens captured into the store."""
     context_len: int = 128
     """Tokens per corpus context."""
+    arch: str = "topk"
+    """SAE architecture."""
+    k: int = 32
+    """SAE latents per token (TopK family)."""
+    width: int = 4096
+    """SAE latents."""
 
 
 def main_run(cfg: RunConfig) -> int:
@@ -52,6 +58,27 @@ def main_run(cfg: RunConfig) -> int:
     )
     store = capture_corpus(store_cfg, hm)
     done.append((f"activation store ({store.rows:,} tokens)", out / "store"))
+
+    from saescope.train.api import EvalConfig, TrainConfig, evaluate, train_from_store
+    from saescope.train.trainer import TrainerConfig
+
+    sae_dir = out / "sae"
+    if (sae_dir / "metrics.json").exists() and (sae_dir / "cfg.json").exists():
+        log.info("SAE already trained in %s", sae_dir)
+    else:
+        train_from_store(TrainConfig(
+            trainer=TrainerConfig(arch=cfg.arch, k=cfg.k, width=cfg.width), store=str(out / "store"),
+            hookpoint=hookpoint, out=str(sae_dir), device=cfg.model.device))
+    if not (sae_dir / "eval.json").exists():
+        from saescope.io import write_json
+
+        ev = evaluate(EvalConfig(sae=str(sae_dir), store=str(out / "store"), hookpoint=hookpoint), hm=hm)
+        write_json(sae_dir / "eval.json", ev)
+    from saescope.io import read_json
+
+    ev = read_json(sae_dir / "eval.json")
+    done.append((f"SAE {cfg.arch} F={cfg.width} (FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, "
+                 f"CE recovered {ev.get('ce_loss_recovered', float('nan')):.3f})", sae_dir))
 
     print("\nsaescope run finished:")
     for what, where in done:

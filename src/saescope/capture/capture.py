@@ -84,7 +84,7 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
         model=hm.name, hookpoints={h: hm.width(h) for h in hookpoints}, dtype=cfg.store_dtype,
         context_len=cfg.context_len, source={**describe(cfg.corpus), "text_field": cfg.text_field,
                                               "max_tokens": cfg.max_tokens},
-        tokenizer=getattr(hm.tokenizer, "name_or_path", ""),
+        tokenizer=getattr(hm.tokenizer, "name_or_path", ""), extra={"model_spec": cfg.model.model},
     )
     writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
     if writer.complete:

@@ -119,7 +119,7 @@ class EvalConfig:
     """Model spec for spliced metrics (default: the store's model)."""
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+def evaluate(cfg: EvalConfig, hm: Any = None) -> dict[str, Any]:
     from saescope.sae import load_sae
     from saescope.train.evaluate import evaluate_batches, spliced_metrics
 
@@ -138,7 +138,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.spliced:
         from saescope.models import load_model
 
-        hm = load_model(cfg.model or store.model)
+        hm = hm or load_model(cfg.model or store.manifest.get("extra", {}).get("model_spec") or store.model)
         ctx = contexts_from_store(store, eval_ids, cfg.contexts, hm.tokenizer.bos_token_id)
         ev.update(spliced_metrics(hm, sae, hp, ctx))
     return ev

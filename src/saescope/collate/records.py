@@ -1,0 +1,128 @@
+"""Transformer-Debugger `NeuronRecord` JSON: the schema declared once, with reading, writing and legacy renames.
+
+Every object carries `dataclass_name` (TDB's FastDataclass convention); NaN statistics are written as null.
+Files live at `{root}/{layer}/{index}.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from saescope.errors import SaescopeError
+from saescope.io import atomic_path, clean_nans
+
+
+@dataclass
+class ActivationRecord:
+    """One excerpt: decoded tokens (leading spaces kept) and the unit's activation per token (per token pair for
+    attention heads: the row-major lower triangle, length T(T+1)/2)."""
+
+    activations: list[float]
+    tokens: list[str]
+
+
+@dataclass
+class NeuronId:
+    neuron_index: int
+    """Neuron / head / latent index within the layer."""
+    layer_index: int
+
+
+@dataclass
+class NeuronRecord:
+    neuron_id: NeuronId
+    random_sample: list[ActivationRecord] = field(default_factory=list)
+    """Uniform random excerpts, drawn independently for every unit."""
+    random_sample_by_quantile: list[list[ActivationRecord]] | None = None
+    """Five buckets of random excerpts whose max activation lies in [q0, q.5), [.5, .9), [.9, .99), [.99, .999), [.999, 1]."""
+    quantile_boundaries: list[float] | None = None
+    """The four excerpt-max activation values at quantiles 0.5, 0.9, 0.99, 0.999."""
+    mean: float | None = float("nan")
+    variance: float | None = float("nan")
+    skewness: float | None = float("nan")
+    kurtosis: float | None = float("nan")
+    most_positive_activation_records: list[ActivationRecord] = field(default_factory=list)
+    """Excerpts with the highest max activation, descending."""
+
+    @property
+    def max_activation(self) -> float:
+        return max((max(r.activations) for r in self.most_positive_activation_records if r.activations), default=0.0)
+
+
+_CLASSES = {c.__name__: c for c in (ActivationRecord, NeuronId, NeuronRecord)}
+_RENAMES = {"NeuronId": {"idx": "neuron_index", "layer": "layer_index"}}
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass → JSON-ready dict with `dataclass_name` on every object."""
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if hasattr(obj, "__dataclass_fields__"):
+        d = {"dataclass_name": type(obj).__name__}
+        d.update({f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)})
+        return d
+    return obj
+
+
+def _fieldset(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _hook(d: dict[str, Any]) -> Any:
+    name = d.pop("dataclass_name", None)
+    cls = _CLASSES.get(name) if name else None
+    if cls is None:  # older files: pick the class by its field names (legacy renames applied first)
+        for exact in (True, False):
+            for cname, c in _CLASSES.items():
+                keys = {_RENAMES.get(cname, {}).get(k, k) for k in d}
+                if keys and (keys == _fieldset(c) if exact else keys <= _fieldset(c)):
+                    cls = c
+                    break
+            if cls is not None:
+                break
+    if cls is None:
+        return d
+    d = {_RENAMES.get(cls.__name__, {}).get(k, k): v for k, v in d.items()}
+    d = {k: v for k, v in d.items() if k in _fieldset(cls)}
+    if cls is NeuronId:
+        d = {k: int(v) for k, v in d.items()}  # some published files have string layer indices
+    if cls is NeuronRecord:
+        for k in ("mean", "variance", "skewness", "kurtosis"):
+            if d.get(k) is None:
+                d[k] = float("nan")
+    return cls(**d)
+
+
+def dumps(record: NeuronRecord) -> str:
+    return json.dumps(clean_nans(to_dict(record)), ensure_ascii=False, separators=(",", ":"))
+
+
+def loads(text: str) -> NeuronRecord:
+    obj = json.loads(text, object_hook=_hook)
+    if not isinstance(obj, NeuronRecord):
+        raise ValueError("not a NeuronRecord")
+    return obj
+
+
+def record_path(root: str | Path, layer: int, index: int) -> Path:
+    return Path(root) / str(layer) / f"{index}.json"
+
+
+def write_record(root: str | Path, record: NeuronRecord) -> Path:
+    path = record_path(root, record.neuron_id.layer_index, record.neuron_id.neuron_index)
+    with atomic_path(path) as tmp:
+        tmp.write_text(dumps(record), encoding="utf-8")
+    return path
+
+
+def read_record(path: str | Path) -> NeuronRecord:
+    path = Path(path)
+    try:
+        return loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SaescopeError(f"{path}: no such record") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise SaescopeError(f"{path}: not a valid NeuronRecord ({e})") from None

@@ -1,0 +1,99 @@
+"""Streaming per-unit state for collation: exact running top-k, keyed reservoirs, float64 power sums.
+
+All updates are batched tensor ops over every unit at once. Each piece merges exactly with another instance
+(top-k ∪ top-k, reservoir ∪ reservoir by key, sums + sums), which is what data-parallel collation relies on.
+
+Shapes: U units, k slots, L values per excerpt (T tokens, or T(T+1)/2 token pairs for attention heads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def excerpt_keys(seed: int, excerpt_ids: Tensor, n_units: int) -> Tensor:
+    """Deterministic uniform keys in [0, 1) for every (excerpt, unit): [B] ids → [B, U] (splitmix64 hash).
+
+    Keys depend only on (seed, excerpt id, unit), so a reservoir built on any sharding of the corpus is identical.
+    """
+    x = excerpt_ids.to(torch.int64)[:, None] * 1_000_003 + torch.arange(n_units, dtype=torch.int64)[None, :]
+    x = x + seed * 0x9E3779B9
+    x = (x ^ (x >> 30)) * -4658895280553007687  # 0xBF58476D1CE4E5B9 as a signed int64 (wrapping multiply)
+    x = (x ^ (x >> 27)) * -7723592293110705685  # 0x94D049BB133111EB
+    x = x ^ (x >> 31)
+    return ((x >> 11) & ((1 << 53) - 1)).double() / float(1 << 53)
+
+
+@dataclass
+class TopSlots:
+    """Per unit, the k excerpts with the largest score (ties broken by the smaller excerpt id)."""
+
+    score: Tensor
+    """[U, k] float64 (−inf = empty)."""
+    ids: Tensor
+    """[U, k] int64 excerpt ids (−1 = empty)."""
+    acts: Tensor
+    """[U, k, L] the unit's activations on that excerpt."""
+
+    @classmethod
+    def empty(cls, n_units: int, k: int, length: int, dtype: torch.dtype = torch.float32) -> "TopSlots":
+        return cls(torch.full((n_units, k), float("-inf"), dtype=torch.float64),
+                   torch.full((n_units, k), -1, dtype=torch.int64), torch.zeros(n_units, k, length, dtype=dtype))
+
+    def _keep(self, all_score: Tensor, all_ids: Tensor, all_acts: Tensor) -> None:
+        k = self.score.shape[1]
+        # lexicographic (score desc, id asc): stable sort by id first, then stably by score
+        order = torch.argsort(all_ids, dim=1, stable=True)
+        by_score = torch.argsort(torch.gather(all_score, 1, order), dim=1, descending=True, stable=True)
+        order = torch.gather(order, 1, by_score)[:, :k]
+        self.score = torch.gather(all_score, 1, order)
+        self.ids = torch.gather(all_ids, 1, order)
+        self.acts = torch.gather(all_acts, 1, order[:, :, None].expand(-1, -1, all_acts.shape[2]))
+
+    def update(self, score: Tensor, ids: Tensor, acts: Tensor) -> None:
+        """score [U, B] float64, ids [B] int64, acts [U, B, L]."""
+        U = self.score.shape[0]
+        self._keep(torch.cat([self.score, score], 1), torch.cat([self.ids, ids[None, :].expand(U, -1)], 1),
+                   torch.cat([self.acts, acts.to(self.acts.dtype)], 1))
+
+    def merge(self, other: "TopSlots") -> None:
+        self._keep(torch.cat([self.score, other.score], 1), torch.cat([self.ids, other.ids], 1),
+                   torch.cat([self.acts, other.acts], 1))
+
+
+@dataclass
+class Moments:
+    """Exact power sums Σx^p (p = 0..4) per unit in float64."""
+
+    sums: Tensor
+    """[U, 5]."""
+
+    @classmethod
+    def empty(cls, n_units: int) -> "Moments":
+        return cls(torch.zeros(n_units, 5, dtype=torch.float64))
+
+    def update(self, x: Tensor) -> None:
+        """x [U, N] values (all tokens of the batch)."""
+        x = x.double()
+        x2 = x * x
+        self.sums += torch.stack([torch.full((x.shape[0],), float(x.shape[1]), dtype=torch.float64),
+                                  x.sum(1), x2.sum(1), (x2 * x).sum(1), (x2 * x2).sum(1)], dim=1)
+
+    def merge(self, other: "Moments") -> None:
+        self.sums += other.sums
+
+    def stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """mean, variance (population), skewness, excess kurtosis — NaN where undefined."""
+        n, s1, s2, s3, s4 = self.sums.unbind(1)
+        mean = s1 / n
+        m2 = s2 / n - mean**2
+        m3 = s3 / n - 3 * mean * s2 / n + 2 * mean**3
+        m4 = s4 / n - 4 * mean * s3 / n + 6 * mean**2 * s2 / n - 3 * mean**4
+        m2c = m2.clamp_min(0)
+        ok = m2c > 1e-20 * (s2 / n).clamp_min(1e-300)
+        skew = torch.where(ok, m3 / m2c.clamp_min(1e-300) ** 1.5, torch.full_like(m2, float("nan")))
+        kurt = torch.where(ok, m4 / m2c.clamp_min(1e-300) ** 2 - 3.0, torch.full_like(m2, float("nan")))
+        return mean, m2c, skew, kurt
