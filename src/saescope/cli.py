@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "export-seed": ("saescope.store.cli", "ExportSeedConfig", "cli_export", "Store → seed-format folder."),
     "train": ("saescope.train.cli", "TrainConfig", "cli_train", "Train a sparse autoencoder on a store."),
     "eval": ("saescope.train.cli", "EvalConfig", "cli_eval", "Evaluate a saved SAE on a store (and spliced in the model)."),
+    "collate": ("saescope.collate.run_collate", "CollateConfig", "cli_collate", "Write TDB NeuronRecords for neurons, heads, SAE latents."),
 }
 
 

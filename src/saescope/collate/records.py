@@ -59,6 +59,8 @@ _RENAMES = {"NeuronId": {"idx": "neuron_index", "layer": "layer_index"}}
 def to_dict(obj: Any) -> Any:
     """Dataclass → JSON-ready dict with `dataclass_name` on every object."""
     if isinstance(obj, list):
+        if not obj or isinstance(obj[0], (int, float, str)):  # activations / tokens: plain values, no recursion
+            return obj
         return [to_dict(v) for v in obj]
     if hasattr(obj, "__dataclass_fields__"):
         d = {"dataclass_name": type(obj).__name__}
@@ -97,7 +99,10 @@ def _hook(d: dict[str, Any]) -> Any:
 
 
 def dumps(record: NeuronRecord) -> str:
-    return json.dumps(clean_nans(to_dict(record)), ensure_ascii=False, separators=(",", ":"))
+    d = to_dict(record)
+    for k in ("mean", "variance", "skewness", "kurtosis", "quantile_boundaries"):  # NaN → null, as orjson does
+        d[k] = clean_nans(d[k])
+    return json.dumps(d, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def loads(text: str) -> NeuronRecord:

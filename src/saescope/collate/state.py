@@ -14,17 +14,21 @@ import torch
 from torch import Tensor
 
 
-def excerpt_keys(seed: int, excerpt_ids: Tensor, n_units: int) -> Tensor:
-    """Deterministic uniform keys in [0, 1) for every (excerpt, unit): [B] ids → [B, U] (splitmix64 hash).
+def pair_keys(seed: int, ids: Tensor, units: Tensor) -> Tensor:
+    """Deterministic uniform keys in [0, 1) for (excerpt id, unit) pairs (broadcast together; splitmix64 hash).
 
     Keys depend only on (seed, excerpt id, unit), so a reservoir built on any sharding of the corpus is identical.
     """
-    x = excerpt_ids.to(torch.int64)[:, None] * 1_000_003 + torch.arange(n_units, dtype=torch.int64)[None, :]
-    x = x + seed * 0x9E3779B9
+    x = ids.to(torch.int64) * 1_000_003 + units.to(torch.int64) + seed * 0x9E3779B9
     x = (x ^ (x >> 30)) * -4658895280553007687  # 0xBF58476D1CE4E5B9 as a signed int64 (wrapping multiply)
     x = (x ^ (x >> 27)) * -7723592293110705685  # 0x94D049BB133111EB
     x = x ^ (x >> 31)
     return ((x >> 11) & ((1 << 53) - 1)).double() / float(1 << 53)
+
+
+def excerpt_keys(seed: int, excerpt_ids: Tensor, n_units: int) -> Tensor:
+    """Keys for every (excerpt, unit): [B] ids → [B, U]."""
+    return pair_keys(seed, excerpt_ids[:, None], torch.arange(n_units)[None, :])
 
 
 @dataclass
@@ -66,28 +70,32 @@ class TopSlots:
 
 @dataclass
 class Moments:
-    """Exact power sums Σx^p (p = 0..4) per unit in float64."""
+    """Exact power sums Σx^p (p = 0..4) per unit in float64, plus the count of positive values."""
 
     sums: Tensor
-    """[U, 5]."""
+    """[U, 6]: n, Σx, Σx², Σx³, Σx⁴, #(x > 0)."""
 
     @classmethod
     def empty(cls, n_units: int) -> "Moments":
-        return cls(torch.zeros(n_units, 5, dtype=torch.float64))
+        return cls(torch.zeros(n_units, 6, dtype=torch.float64))
 
     def update(self, x: Tensor) -> None:
         """x [U, N] values (all tokens of the batch)."""
+        pos = (x > 0).sum(1).double()
         x = x.double()
         x2 = x * x
         self.sums += torch.stack([torch.full((x.shape[0],), float(x.shape[1]), dtype=torch.float64),
-                                  x.sum(1), x2.sum(1), (x2 * x).sum(1), (x2 * x2).sum(1)], dim=1)
+                                  x.sum(1), x2.sum(1), (x2 * x).sum(1), (x2 * x2).sum(1), pos], dim=1)
+
+    def density(self) -> Tensor:
+        return self.sums[:, 5] / self.sums[:, 0].clamp_min(1)
 
     def merge(self, other: "Moments") -> None:
         self.sums += other.sums
 
     def stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """mean, variance (population), skewness, excess kurtosis — NaN where undefined."""
-        n, s1, s2, s3, s4 = self.sums.unbind(1)
+        n, s1, s2, s3, s4, _ = self.sums.unbind(1)
         mean = s1 / n
         m2 = s2 / n - mean**2
         m3 = s3 / n - 3 * mean * s2 / n + 2 * mean**3

@@ -1,0 +1,195 @@
+"""`saescope collate`: stream a corpus through the model once and write TDB NeuronRecords for every unit.
+
+Layout::
+
+    <out>/<model>/manifest.json
+    <out>/<model>/mlp_neurons/<layer>/<index>.json
+    <out>/<model>/attention_heads/<layer>/<head>.json          (activations by token pair)
+    <out>/<model>/sae_latents/<sae-name>/<layer>/<latent>.json
+    <dataset>/summary.json                                     (one row per unit, for the viewer's index)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saescope.collate.collator import ExcerptTokens, GroupState, SlotSizes, build_records
+from saescope.collate.records import write_record
+from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group
+from saescope.config import ModelConfig
+from saescope.errors import SaescopeError
+from saescope.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CollateConfig:
+    """Collate top-activating excerpts, random/quantile samples and moments for MLP neurons, heads and SAE latents."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sizes: SlotSizes = field(default_factory=SlotSizes)
+    out: str = "runs/default/collated"
+    """Output root; records go to <out>/<model>/<unit_type>/..."""
+    corpus: str = "wiki"
+    """wiki, a .txt/.jsonl file, a folder, or a HF datasets directory."""
+    text_field: str = "text"
+    """Text field of .jsonl rows / dataset columns."""
+    layers: str = ""
+    """Comma-separated layers for mlp/heads (default: the middle layer)."""
+    units: str = "mlp,heads"
+    """Unit kinds: any of mlp, heads (SAE latents are added by --sae)."""
+    sae: str = ""
+    """SAE directories or files, comma-separated (each collated at its own hookpoint)."""
+    excerpt_len: int = 64
+    """Tokens per excerpt (BOS is prepended for the forward pass and never recorded)."""
+    max_tokens: int = 100_000
+    """Corpus tokens to stream (0 = the whole corpus)."""
+    batch_size: int = 16
+    """Excerpts per forward pass."""
+    seed: int = 0
+    """Seed of the random and quantile samples."""
+
+    def __post_init__(self) -> None:
+        bad = {u.strip() for u in self.units.split(",") if u.strip()} - {"mlp", "heads"}
+        if bad:
+            raise SaescopeError(f"--units {self.units}: unknown kind(s) {', '.join(sorted(bad))}; use mlp,heads")
+        if self.sizes.top_k < 1 or self.excerpt_len < 2:
+            raise SaescopeError("--top_k must be ≥ 1 and --excerpt_len ≥ 2")
+
+
+def make_groups(cfg: CollateConfig, hm) -> list[UnitGroup]:  # noqa: ANN001
+    from saescope.sae import load_sae
+
+    layers = [int(x) for x in cfg.layers.split(",") if x.strip()] if cfg.layers else [hm.n_layers // 2]
+    for layer in layers:
+        if not 0 <= layer < hm.n_layers:
+            raise SaescopeError(f"--layers: layer {layer} out of range (model has {hm.n_layers})")
+    kinds = [u.strip() for u in cfg.units.split(",") if u.strip()]
+    groups = []
+    for layer in layers:
+        if "mlp" in kinds:
+            groups.append(mlp_group(hm, layer))
+        if "heads" in kinds:
+            groups.append(head_group(hm, layer))
+    for spec in [s.strip() for s in cfg.sae.split(",") if s.strip()]:
+        sae = load_sae(spec)
+        hp = sae.cfg.metadata.get("hook_name")
+        if not hp:
+            raise SaescopeError(f"{spec}: cfg.json metadata has no hook_name; cannot tell where to read its input")
+        if hm.width(hp) != sae.cfg.d_in:
+            raise SaescopeError(f"{spec}: d_in={sae.cfg.d_in} but {hp} of {hm.name} has width {hm.width(hp)}")
+        groups.append(sae_group(sae.to(next(hm.model.parameters()).device).eval(), hp, Path(spec).name))
+    if not groups:
+        raise SaescopeError("nothing to collate: pass --units mlp,heads and/or --sae DIR")
+    return groups
+
+
+def collate(cfg: CollateConfig, hm=None) -> dict[str, Any]:  # noqa: ANN001
+    """Run the streaming pass and write every record; returns the manifest."""
+    from tqdm.auto import tqdm
+
+    from saescope.capture.corpus import describe, iter_contexts, iter_texts
+
+    hm = hm or cfg.model.load()
+    groups = make_groups(cfg, hm)
+    T = cfg.excerpt_len
+    states = [GroupState.create(g, T * (T + 1) // 2 if g.by_token_pair else T, cfg.sizes, cfg.seed) for g in groups]
+    hookpoints = sorted({h for g in groups for h in g.hookpoints})
+    tokens = ExcerptTokens()
+    device = next(hm.model.parameters()).device
+    contexts = iter_contexts(hm.tokenizer, iter_texts(cfg.corpus, cfg.text_field), T + 1)
+    n_excerpts = -(-cfg.max_tokens // T) if cfg.max_tokens else None
+    contexts = itertools.islice(contexts, n_excerpts)
+    bar = tqdm(total=n_excerpts and n_excerpts * T, unit="tok", unit_scale=True, desc=f"collate {hm.name}")
+    t0, seen, step = time.perf_counter(), 0, 0
+    while batch := list(itertools.islice(contexts, cfg.batch_size)):
+        ids = torch.tensor(batch, device=device)  # [B, T+1]
+        eids = torch.arange(seen, seen + len(batch))
+        cache = hm.run_with_cache(ids, None, hookpoints)
+        with torch.no_grad():
+            for g, st in zip(groups, states):
+                st.update(g.extract(cache).float().cpu(), eids)
+        tokens.add(eids, ids[:, 1:].cpu())
+        seen += len(batch)
+        step += 1
+        if step % 64 == 0:
+            tokens.prune(torch.unique(torch.cat([st.referenced_ids() for st in states])))
+        bar.update(len(batch) * T)
+    bar.close()
+    if seen == 0:
+        raise SaescopeError(f"corpus '{cfg.corpus}' gave no excerpts of {T} tokens")
+    elapsed = time.perf_counter() - t0
+    return write_outputs(cfg, hm, groups, states, tokens, seen, elapsed, describe(cfg.corpus))
+
+
+def write_outputs(cfg: CollateConfig, hm, groups, states, tokens, seen, elapsed, source) -> dict[str, Any]:  # noqa: ANN001
+    from tqdm.auto import tqdm
+
+    cache: dict[int, str] = {}
+    decoded: dict[int, list[str]] = {}  # excerpt token ids → strings, decoded once per excerpt
+
+    def decode(ids: list[int]) -> list[str]:
+        key = id(ids)
+        if key not in decoded:
+            for i in ids:
+                if i not in cache:
+                    cache[i] = hm.tokenizer.decode([i])
+            decoded[key] = [cache[i] for i in ids]
+        return decoded[key]
+
+    root = Path(cfg.out) / hm.name
+    datasets = []
+    for g, st in zip(groups, states):
+        ds_root = root / g.rel_dir
+        records = build_records(st, tokens, decode, cfg.sizes)
+        density = st.moments.density()
+        rows = []
+        for r in tqdm(records, desc=f"write {g.rel_dir}/{g.layer}", unit="rec", leave=False):
+            write_record(ds_root, r)
+            top = r.most_positive_activation_records
+            top_token = ""
+            if top:
+                acts = top[0].activations
+                j = max(range(len(acts)), key=acts.__getitem__)
+                if g.by_token_pair:
+                    from saescope.collate.units import tril_unflatten_index
+
+                    j = tril_unflatten_index(j)[0]
+                top_token = top[0].tokens[j]
+            rows.append({"index": r.neuron_id.neuron_index, "max_activation": r.max_activation, "mean": r.mean,
+                         "variance": r.variance, "density": float(density[r.neuron_id.neuron_index]),
+                         "top_token": top_token})
+        write_json(ds_root / str(g.layer) / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
+                                                               "by_token_pair": g.by_token_pair, "units": rows})
+        datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer, "path": f"{g.rel_dir}/{g.layer}",
+                         "units": g.n_units, "by_token_pair": g.by_token_pair, "hookpoints": g.hookpoints})
+    manifest_path = root / "manifest.json"
+    old = []
+    if manifest_path.exists():
+        from saescope.io import read_json
+
+        old = [d for d in read_json(manifest_path).get("datasets", []) if d["path"] not in {x["path"] for x in datasets}]
+    manifest = {
+        "format": "saescope-collated", "version": 1, "model": hm.name, "model_spec": cfg.model.model,
+        "corpus": source, "excerpt_len": cfg.excerpt_len, "excerpts": seen, "tokens": seen * cfg.excerpt_len,
+        "tokens_per_second": seen * cfg.excerpt_len / max(elapsed, 1e-9), "sizes": asdict(cfg.sizes),
+        "seed": cfg.seed, "datasets": old + datasets,
+    }
+    write_json(manifest_path, manifest)
+    return manifest
+
+
+def cli_collate(cfg: CollateConfig) -> int:
+    m = collate(cfg)
+    print(f"collated {m['tokens']:,} tokens ({m['tokens_per_second']:,.0f} tokens/s) into {Path(cfg.out) / m['model']}:")
+    for d in m["datasets"]:
+        print(f"  {d['path']:<40} {d['units']:>6} units")
+    return 0

@@ -1,0 +1,83 @@
+"""Unit groups: what each kind of unit reads from a hooked forward pass, as [U, B, L] activations per excerpt.
+
+- MLP neurons: `mlp_post_act.L`, one value per token (L = T).
+- Attention heads: `attn_write_norm` = A_h[i, j]·‖v_h[j] W_O[h]‖ per token pair, flattened as the row-major lower
+  triangle (query i, key j ≤ i): index i(i+1)/2 + j, L = T(T+1)/2 (TDB's convention). Grouped-query heads use
+  their shared KV head's values.
+- SAE latents: the SAE's encoding of its hookpoint, one value per token.
+The BOS position (index 0 of every context) is dropped first, so it can never be a top activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saescope.models import HookedModel
+
+
+@dataclass
+class UnitGroup:
+    unit_type: str
+    """mlp_neurons, attention_heads or sae_latents."""
+    layer: int
+    n_units: int
+    hookpoints: list[str]
+    extract: Callable[[dict[str, Tensor]], Tensor]
+    """cache → [U, B, L] activations (BOS removed)."""
+    by_token_pair: bool = False
+    name: str = ""
+    """SAE name for sae_latents."""
+
+    @property
+    def rel_dir(self) -> str:
+        return f"{self.unit_type}/{self.name}" if self.name else self.unit_type
+
+
+def tril_flatten(x: Tensor) -> Tensor:
+    """[..., T, T] → [..., T(T+1)/2]: row-major lower triangle, (0,0), (1,0), (1,1), (2,0), …"""
+    T = x.shape[-1]
+    i, j = torch.tril_indices(T, T)
+    return x[..., i, j]
+
+
+def tril_unflatten_index(k: int) -> tuple[int, int]:
+    """Flattened index → (query i, key j)."""
+    i = int(((8 * k + 1) ** 0.5 - 1) // 2)
+    while (i + 1) * (i + 2) // 2 <= k:
+        i += 1
+    while i * (i + 1) // 2 > k:
+        i -= 1
+    return i, k - i * (i + 1) // 2
+
+
+def mlp_group(hm: HookedModel, layer: int) -> UnitGroup:
+    hp = f"mlp_post_act.{layer}"
+    return UnitGroup("mlp_neurons", layer, hm.d_mlp, [hp], lambda c: c[hp][:, 1:].permute(2, 0, 1))
+
+
+def head_group(hm: HookedModel, layer: int) -> UnitGroup:
+    pat, val = f"attn_pattern.{layer}", f"attn_value.{layer}"
+
+    def extract(c: dict[str, Tensor]) -> Tensor:
+        A = c[pat].float()  # [B, H, T1, T1]
+        norms = hm.head_write_norms(layer, c[val].float())  # [B, H, T1] (per key position)
+        write = A * norms[:, :, None, :]  # [B, H, q, k]
+        return tril_flatten(write[:, :, 1:, 1:]).permute(1, 0, 2)  # [H, B, T(T+1)/2], BOS row/column dropped
+    return UnitGroup("attention_heads", layer, hm.n_heads, [pat, val], extract, by_token_pair=True)
+
+
+def sae_group(sae, hookpoint: str, name: str) -> UnitGroup:  # noqa: ANN001
+    from saescope.models import parse_hookpoint
+
+    layer = parse_hookpoint(hookpoint)[1]
+
+    def extract(c: dict[str, Tensor]) -> Tensor:
+        x = c[hookpoint][:, 1:].float()  # [B, T, d]
+        with torch.no_grad():
+            f = sae.encode(x.reshape(-1, x.shape[-1])).reshape(x.shape[0], x.shape[1], -1)
+        return f.permute(2, 0, 1)
+    return UnitGroup("sae_latents", layer, sae.cfg.d_sae, [hookpoint], extract, name=name)

@@ -1,0 +1,169 @@
+"""Collation against brute force on a tiny model: top excerpts, moments, buckets, uniform samples, head pairs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from saescope.capture.corpus import iter_contexts, iter_texts
+from saescope.collate.collator import GroupState, SlotSizes
+from saescope.collate.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
+from saescope.collate.run_collate import CollateConfig, collate
+from saescope.collate.units import head_group, mlp_group, tril_flatten, tril_unflatten_index
+
+T = 8
+
+
+def _excerpts(hm, corpus, n):
+    return list(itertools.islice(iter_contexts(hm.tokenizer, iter_texts(str(corpus)), T + 1), n))
+
+
+def _brute_mlp(hm, ctxs, layer):
+    ids = torch.tensor(ctxs)
+    return hm.run_with_cache(ids, None, [f"mlp_post_act.{layer}"])[f"mlp_post_act.{layer}"][:, 1:]  # [N, T, U]
+
+
+@pytest.fixture
+def collated(tiny_gpt2, text_corpus, tmp_path):
+    cfg = CollateConfig(out=str(tmp_path / "col"), corpus=str(text_corpus), layers="1", excerpt_len=T,
+                        max_tokens=T * 60, batch_size=7, sizes=SlotSizes(top_k=20, n_random=15, pool=24))
+    manifest = collate(cfg, tiny_gpt2)
+    return tiny_gpt2, text_corpus, tmp_path / "col" / tiny_gpt2.name, manifest
+
+
+def test_top_excerpts_and_moments_match_brute_force(collated):
+    hm, corpus, root, manifest = collated
+    assert manifest["excerpts"] == 60
+    ctxs = _excerpts(hm, corpus, 60)
+    acts = _brute_mlp(hm, ctxs, 1)  # [N, T, U]
+    for u in (0, 5, hm.d_mlp - 1):
+        r = read_record(root / "mlp_neurons" / "1" / f"{u}.json")
+        a = acts[:, :, u]
+        mx = a.amax(1)
+        order = sorted(range(60), key=lambda i: (-float(mx[i]), i))[:20]
+        assert [max(x.activations) for x in r.most_positive_activation_records] == pytest.approx(
+            [float(mx[i]) for i in order], abs=1e-5)
+        for rec, i in zip(r.most_positive_activation_records, order):
+            assert rec.activations == pytest.approx(a[i].tolist(), abs=1e-5)
+            assert rec.tokens == hm.token_strings(ctxs[i][1:])
+        flat = a.flatten().double().numpy()
+        from scipy import stats
+
+        assert r.mean == pytest.approx(flat.mean(), rel=1e-6, abs=1e-9)
+        assert r.variance == pytest.approx(flat.var(), rel=1e-6)
+        assert r.skewness == pytest.approx(stats.skew(flat), rel=1e-4, abs=1e-6)
+        assert r.kurtosis == pytest.approx(stats.kurtosis(flat), rel=1e-4, abs=1e-6)
+        assert len(r.random_sample) == 15 and len(r.most_positive_activation_records) == 20
+        # every quantile-bucket sample lies inside its bucket
+        b = [-np.inf, *r.quantile_boundaries, np.inf]
+        assert len(r.random_sample_by_quantile) == 5 and len(r.quantile_boundaries) == 4
+        for q, bucket in enumerate(r.random_sample_by_quantile):
+            for rec in bucket:
+                assert b[q] - 1e-6 <= max(rec.activations) <= b[q + 1] + 1e-6
+        # the records are real excerpts: random samples equal the brute-force activations of some excerpt
+        rand = r.random_sample[0]
+        hits = [i for i in range(60) if hm.token_strings(ctxs[i][1:]) == rand.tokens]
+        assert any(np.allclose(a[i].numpy(), rand.activations, atol=1e-5) for i in hits)
+
+
+def test_bos_never_recorded_and_tdb_json_shape(collated):
+    hm, _, root, manifest = collated
+    bos = hm.tokenizer.decode([hm.tokenizer.bos_token_id])
+    raw = json.loads((root / "attention_heads" / "1" / "0.json").read_text())
+    assert raw["dataclass_name"] == "NeuronRecord" and raw["neuron_id"]["dataclass_name"] == "NeuronId"
+    assert isinstance(raw["neuron_id"]["layer_index"], int)
+    assert raw["most_positive_activation_records"][0]["dataclass_name"] == "ActivationRecord"
+    for p in (root / "mlp_neurons" / "1").glob("*.json"):
+        if p.name == "summary.json":
+            continue
+        r = read_record(p)
+        assert all(bos not in rec.tokens for rec in r.most_positive_activation_records + r.random_sample)
+    summary = json.loads((root / "mlp_neurons" / "1" / "summary.json").read_text())
+    assert len(summary["units"]) == hm.d_mlp
+    assert {d["path"] for d in manifest["datasets"]} == {"mlp_neurons/1", "attention_heads/1"}
+
+
+def test_head_pair_values_match_naive(collated):
+    hm, corpus, root, _ = collated
+    ctxs = _excerpts(hm, corpus, 60)
+    r = read_record(root / "attention_heads" / "1" / "2.json")
+    top = r.most_positive_activation_records[0]
+    assert len(top.activations) == T * (T + 1) // 2
+    i = next(i for i in range(60) if hm.token_strings(ctxs[i][1:]) == top.tokens)
+    ids = torch.tensor([ctxs[i]])
+    c = hm.run_with_cache(ids, None, ["attn_pattern.1", "attn_value.1"])
+    A, v = c["attn_pattern.1"][0, 2], c["attn_value.1"][0]  # [T1, T1], [T1, KV, dh]
+    W_O = hm.W_O(1)[2].detach()
+    for k, val in enumerate(top.activations):
+        q, key = tril_unflatten_index(k)
+        naive = float(A[q + 1, key + 1] * (v[key + 1, 2 // (hm.n_heads // hm.n_kv_heads)] @ W_O).norm())
+        assert val == pytest.approx(naive, rel=1e-4, abs=1e-6)
+
+
+def test_tril_flatten_order():
+    x = torch.arange(16).reshape(4, 4)
+    flat = tril_flatten(x).tolist()
+    assert flat == [0, 4, 5, 8, 9, 10, 12, 13, 14, 15]
+    assert [tril_unflatten_index(k) for k in range(10)] == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0),
+                                                           (3, 1), (3, 2), (3, 3)]
+
+
+def test_random_samples_are_uniform():
+    """With deterministic per-(excerpt, unit) keys, each excerpt is chosen equally often across units (chi²)."""
+    from scipy.stats import chisquare
+
+    from saescope.collate.units import UnitGroup
+
+    U, N, L, n = 400, 50, 3, 10
+    g = UnitGroup("mlp_neurons", 0, U, [], lambda c: c)
+    st = GroupState.create(g, L, SlotSizes(top_k=2, pool=n, max_pool=16), seed=3)
+    for s in range(0, N, 7):
+        ids = torch.arange(s, min(s + 7, N))
+        st.update(torch.randn(U, len(ids), L), ids)
+    counts = np.bincount(st.pool.ids.flatten().numpy(), minlength=N)
+    assert counts.sum() == U * n
+    assert chisquare(counts).pvalue > 0.001
+
+
+def test_merged_states_equal_single_pass(tiny_gpt2, text_corpus):
+    hm = tiny_gpt2
+    ctxs = _excerpts(hm, text_corpus, 40)
+    groups = [mlp_group(hm, 1), head_group(hm, 1)]
+    sizes = SlotSizes(top_k=5, n_random=4, pool=8, max_pool=16)
+
+    def run(chunks):
+        states = [GroupState.create(g, T * (T + 1) // 2 if g.by_token_pair else T, sizes, 0) for g in groups]
+        for lo, hi in chunks:
+            ids = torch.tensor(ctxs[lo:hi])
+            cache = hm.run_with_cache(ids, None, ["mlp_post_act.1", "attn_pattern.1", "attn_value.1"])
+            with torch.no_grad():
+                for g, st in zip(groups, states):
+                    st.update(g.extract(cache).float(), torch.arange(lo, hi))
+        return states
+
+    single = run([(0, 13), (13, 40)])
+    a, b = run([(0, 20)]), run([(20, 40)])
+    for sa, sb, ss in zip(a, b, single):
+        sa.merge(sb)
+        for part in ("top", "pool", "maxima"):
+            assert torch.equal(getattr(sa, part).ids, getattr(ss, part).ids)
+            torch.testing.assert_close(getattr(sa, part).acts, getattr(ss, part).acts)
+        torch.testing.assert_close(sa.moments.sums, ss.moments.sums)
+
+
+def test_record_round_trip_and_legacy_names():
+    r = NeuronRecord(NeuronId(3, 2), random_sample=[ActivationRecord([0.5, 1.0], [" a", "b"])],
+                     most_positive_activation_records=[ActivationRecord([2.0, 0.0], ["x", " y"])])
+    back = loads(dumps(r))
+    assert back.neuron_id == r.neuron_id and back.random_sample == r.random_sample
+    assert back.max_activation == 2.0 and np.isnan(back.mean)
+    assert '"mean":null' in dumps(r)
+    legacy = {"neuron_id": {"idx": 7, "layer": "4"}, "random_sample": [],
+              "most_positive_activation_records": [{"tokens": ["t"], "activations": [1.0]}]}
+    old = loads(json.dumps(legacy))
+    assert old.neuron_id == NeuronId(7, 4)
+    assert old.most_positive_activation_records[0].tokens == ["t"]
