@@ -68,7 +68,9 @@ class BaseSAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, n = cfg.d_in, cfg.d_sae
-        self.W_enc = nn.Parameter(torch.empty(d, n))
+        # W_enc is [d, F] as SAELens has it, but stored latent-major ([F, d] memory, a transposed view) so the
+        # sparse backward writes whole contiguous rows per latent and needs no transposed copies.
+        self.W_enc = nn.Parameter(torch.empty(n, d).T)
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.W_dec = nn.Parameter(torch.empty(n, d))
         self.b_dec = nn.Parameter(torch.zeros(d))

@@ -8,17 +8,31 @@ weighted by the values), whose backward also touches only those rows.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_CHUNK = 1 << 16  # nnz per scatter chunk: bounds the [nnz, d] temporary of the encoder backward
+def _csr(major: Tensor, minor: Tensor, vals: Tensor, shape: tuple[int, int], is_sorted: bool = False) -> Tensor:
+    """A CSR matrix from COO triplets (sorted by `major` here unless already so)."""
+    if not is_sorted:
+        order = torch.argsort(major, stable=True)
+        major, minor, vals = major[order], minor[order], vals[order]
+    crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=vals.device)
+    crow[1:] = torch.cumsum(torch.bincount(major, minlength=shape[0]), 0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, minor, vals, shape, check_invariants=False)
 
 
 class GatherEncode(torch.autograd.Function):
-    """vals[n] = pre[rows[n], cols[n]] where pre = x_in @ W_enc + b_enc; backward is sparse in (rows, cols)."""
+    """vals[n] = pre[rows[n], cols[n]] where pre = x_in @ W_enc + b_enc; backward is sparse in (rows, cols).
+
+    The backward multiplies the sparse [N, F] gradient (nnz = N·k) with dense matrices as CSR: on this CPU that is
+    ~9x faster than gathering rows and index-adding them, and ~3x faster than a dense [N, F] matmul (bench/).
+    """
 
     @staticmethod
     def forward(ctx: Any, x_in: Tensor, W_enc: Tensor, b_enc: Tensor, rows: Tensor, cols: Tensor, pre: Tensor) -> Tensor:
@@ -29,17 +43,15 @@ class GatherEncode(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # grad: [nnz]
         x_in, W_enc, rows, cols = ctx.saved_tensors
         d, n_lat = W_enc.shape
+        N = x_in.shape[0]
         g_x = g_W = g_b = None
         if ctx.needs_input_grad[1]:
-            g_WT = torch.zeros(n_lat, d, dtype=grad.dtype, device=grad.device)  # [F, d]: rows contiguous
-            for s in range(0, grad.numel(), _CHUNK):
-                r, c, g = rows[s:s + _CHUNK], cols[s:s + _CHUNK], grad[s:s + _CHUNK]
-                g_WT.index_add_(0, c, x_in[r] * g[:, None])
-            g_W = g_WT.T
+            g_WT = _csr(cols, rows, grad, (n_lat, N)) @ x_in  # [F, d] = Gᵀ x
+            g_W = g_WT.T if W_enc.stride(0) == 1 else g_WT.T.contiguous()  # match the parameter's layout
         if ctx.needs_input_grad[2]:
             g_b = torch.zeros(n_lat, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
         if ctx.needs_input_grad[0]:
-            g_x = torch.zeros_like(x_in).index_add_(0, rows, W_enc.T[cols] * grad[:, None])
+            g_x = _csr(rows, cols, grad, (N, n_lat), is_sorted=True) @ W_enc.T.contiguous()  # [N, d] = G W_encᵀ
         return g_x, g_W, g_b, None, None, None
 
 

@@ -48,7 +48,7 @@ class TopKSAE(BaseSAE):
         N = x.shape[0]
         x_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x  # [N, d]
         with torch.no_grad():
-            pre = x_in @ self.W_enc + self.b_enc  # [N, F] — the only dense matmul
+            pre = torch.addmm(self.b_enc, x_in, self.W_enc)  # [N, F] — the only dense matmul
         rows, cols = self._select(pre)
         vals = GatherEncode.apply(x_in, self.W_enc, self.b_enc, rows, cols, pre).relu()  # [nnz]
         x_hat = sparse_decode(rows, cols, vals, self.W_dec, N) + self.b_dec  # [N, d]
