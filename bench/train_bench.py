@@ -94,7 +94,8 @@ def run_one(name: str, width: int, args: argparse.Namespace, data: Path) -> dict
         from sae_lens.training.sae_trainer import SAETrainer
 
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=dim, d_sae=width, k=k))
-        cfg = SAETrainerConfig(total_training_samples=steps * bs, train_batch_size_samples=bs, lr=lr, device="cpu")
+        cfg = SAETrainerConfig(total_training_samples=steps * bs, train_batch_size_samples=bs, lr=lr, lr_end=lr,
+                               device="cpu")
         cfg.logger.log_to_wandb = False
         trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(batches(x, bs)))
         import contextlib

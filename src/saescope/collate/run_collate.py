@@ -86,7 +86,8 @@ def make_groups(cfg: CollateConfig, hm) -> list[UnitGroup]:  # noqa: ANN001
             raise SaescopeError(f"{spec}: cfg.json metadata has no hook_name; cannot tell where to read its input")
         if hm.width(hp) != sae.cfg.d_in:
             raise SaescopeError(f"{spec}: d_in={sae.cfg.d_in} but {hp} of {hm.name} has width {hm.width(hp)}")
-        groups.append(sae_group(sae.to(next(hm.model.parameters()).device).eval(), hp, Path(spec).name))
+        groups.append(sae_group(sae.to(next(hm.model.parameters()).device).eval(), hp, Path(spec).name,
+                                str(Path(spec).resolve())))
     if not groups:
         raise SaescopeError("nothing to collate: pass --units mlp,heads and/or --sae DIR")
     return groups
@@ -170,7 +171,8 @@ def write_outputs(cfg: CollateConfig, hm, groups, states, tokens, seen, elapsed,
         write_json(ds_root / str(g.layer) / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
                                                                "by_token_pair": g.by_token_pair, "units": rows})
         datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer, "path": f"{g.rel_dir}/{g.layer}",
-                         "units": g.n_units, "by_token_pair": g.by_token_pair, "hookpoints": g.hookpoints})
+                         "units": g.n_units, "by_token_pair": g.by_token_pair, "hookpoints": g.hookpoints,
+                         "source": g.source})
     manifest_path = root / "manifest.json"
     old = []
     if manifest_path.exists():

@@ -31,6 +31,8 @@ class UnitGroup:
     by_token_pair: bool = False
     name: str = ""
     """SAE name for sae_latents."""
+    source: str = ""
+    """Where the SAE was loaded from (for the viewer's live probe and logit lens)."""
 
     @property
     def rel_dir(self) -> str:
@@ -70,7 +72,7 @@ def head_group(hm: HookedModel, layer: int) -> UnitGroup:
     return UnitGroup("attention_heads", layer, hm.n_heads, [pat, val], extract, by_token_pair=True)
 
 
-def sae_group(sae, hookpoint: str, name: str) -> UnitGroup:  # noqa: ANN001
+def sae_group(sae, hookpoint: str, name: str, source: str = "") -> UnitGroup:  # noqa: ANN001
     from saescope.models import parse_hookpoint
 
     layer = parse_hookpoint(hookpoint)[1]
@@ -80,4 +82,4 @@ def sae_group(sae, hookpoint: str, name: str) -> UnitGroup:  # noqa: ANN001
         with torch.no_grad():
             f = sae.encode(x.reshape(-1, x.shape[-1])).reshape(x.shape[0], x.shape[1], -1)
         return f.permute(2, 0, 1)
-    return UnitGroup("sae_latents", layer, sae.cfg.d_sae, [hookpoint], extract, name=name)
+    return UnitGroup("sae_latents", layer, sae.cfg.d_sae, [hookpoint], extract, name=name, source=source)

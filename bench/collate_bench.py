@@ -1,0 +1,112 @@
+"""Collation throughput and memory: saescope's streaming pass vs the bare capture forward vs delphi-style caching.
+
+- forward only: the hooked forward pass that collation needs (same hookpoints, early stop), no per-unit state;
+- saescope collate: the same forward + streaming top-k / reservoirs / moments for every unit;
+- store-then-sort (delphi's approach): keep every non-zero SAE latent activation, sort per latent at the end.
+Peak RSS is measured in a fresh subprocess per configuration, at two corpus sizes, to show what grows.
+
+    python bench/collate_bench.py [--sae runs/default/sae] [--tokens 20000,100000] [--layer 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
+    from saescope.capture.corpus import iter_contexts, iter_texts
+    from saescope.collate.run_collate import CollateConfig, collate, make_groups
+    from saescope.models import load_model
+
+    torch.set_grad_enabled(False)
+    hm = load_model(args.model)
+    cfg = CollateConfig(layers=str(args.layer), units="mlp,heads", sae=args.sae, max_tokens=tokens,
+                        excerpt_len=64, batch_size=16)
+    rss0 = peak_rss_mb()
+    t0 = time.perf_counter()
+    if mode == "collate":
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg.out = tmp
+            t_pass = time.perf_counter()
+            m = collate(cfg, hm)
+            total = time.perf_counter() - t_pass
+            tps = m["tokens_per_second"]
+            n = m["tokens"]
+        return {"mode": mode, "tokens": n, "tokens_per_s": tps, "total_s": total, "peak_rss_mb": peak_rss_mb(),
+                "rss_after_load_mb": rss0}
+    groups = make_groups(cfg, hm)
+    hps = sorted({h for g in groups for h in g.hookpoints})
+    ctxs = itertools.islice(iter_contexts(hm.tokenizer, iter_texts("wiki"), 65), -(-tokens // 64))
+    sae_group = next(g for g in groups if g.unit_type == "sae_latents")
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+    n = 0
+    while batch := list(itertools.islice(ctxs, 16)):
+        ids = torch.tensor(batch)
+        cache = hm.run_with_cache(ids, None, hps)
+        if mode == "store_then_sort":
+            f = sae_group.extract(cache)  # [F, B, T]
+            nz = f.nonzero()
+            kept.append((nz.to(torch.int32), f[nz[:, 0], nz[:, 1], nz[:, 2]].half()))
+        n += ids.shape[0] * 64
+    if mode == "store_then_sort":
+        idx = torch.cat([k[0] for k in kept])
+        val = torch.cat([k[1] for k in kept]).float()
+        order = torch.argsort(idx[:, 0].long() * 1e9 - val.double(), stable=True)  # per latent, descending value
+        del order
+    el = time.perf_counter() - t0
+    return {"mode": mode, "tokens": n, "tokens_per_s": n / el, "total_s": el, "peak_rss_mb": peak_rss_mb(),
+            "rss_after_load_mb": rss0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--sae", default="runs/default/sae")
+    ap.add_argument("--layer", type=int, default=9)
+    ap.add_argument("--tokens", default="20000,100000")
+    ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args)))
+        return
+    rows = []
+    for tokens in [int(t) for t in args.tokens.split(",")]:
+        for mode in ("forward_only", "collate", "store_then_sort"):
+            cmd = [sys.executable, __file__, "--one", mode, str(tokens), "--model", args.model, "--sae", args.sae,
+                   "--layer", str(args.layer)]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                print(r.stderr[-1500:], file=sys.stderr)
+                continue
+            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(f"  done {mode} {tokens}", file=sys.stderr)
+    print(f"\n{args.model} layer {args.layer}: MLP neurons + heads + SAE latents ({args.sae}); excerpts of 64 tokens, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| mode | tokens | tokens/s (streaming pass) | vs forward only | peak RSS MiB | RSS above model load |")
+    print("|---|---|---|---|---|---|")
+    for tokens in sorted({r["tokens"] for r in rows}):
+        base = next((r["tokens_per_s"] for r in rows if r["tokens"] == tokens and r["mode"] == "forward_only"), None)
+        for r in [r for r in rows if r["tokens"] == tokens]:
+            vs = f"{base / r['tokens_per_s']:.2f}x cost" if base else "-"
+            print(f"| {r['mode']} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | {vs} | {r['peak_rss_mb']:,.0f} | "
+                  f"{r['peak_rss_mb'] - r['rss_after_load_mb']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()

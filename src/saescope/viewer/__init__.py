@@ -1,0 +1,1 @@
+"""Neuron viewer: FastAPI app + static page over collated records."""

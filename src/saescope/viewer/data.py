@@ -1,0 +1,126 @@
+"""Read-only access to a collated data root for the viewer: datasets, unit summaries, records, explanations.
+
+Every path is built from validated components (known unit types, names matching a safe pattern, integers) and
+checked to resolve inside the data root, so no request can read outside it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from saescope.errors import SaescopeError
+
+SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+UNIT_TYPES = ("mlp_neurons", "attention_heads", "sae_latents")
+
+
+class NotFound(Exception):
+    pass
+
+
+class BrokenFile(Exception):
+    """A file exists but cannot be read; the message names it."""
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    model: str
+    unit_type: str
+    name: str
+    layer: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.unit_type}/{self.name}/{self.layer}" if self.name else f"{self.unit_type}/{self.layer}"
+
+
+def parse_dataset(model: str, parts: list[str]) -> DatasetRef:
+    """['mlp_neurons', '9'] or ['sae_latents', 'sae', '9'] → DatasetRef (NotFound on anything else)."""
+    if not SAFE.match(model) or not parts or parts[0] not in UNIT_TYPES:
+        raise NotFound("unknown dataset")
+    if parts[0] == "sae_latents":
+        if len(parts) != 3 or not SAFE.match(parts[1]):
+            raise NotFound("unknown dataset")
+        name, layer = parts[1], parts[2]
+    else:
+        if len(parts) != 2:
+            raise NotFound("unknown dataset")
+        name, layer = "", parts[1]
+    if not layer.isdigit():
+        raise NotFound("unknown dataset")
+    return DatasetRef(model, parts[0], name, int(layer))
+
+
+class DataRoot:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise SaescopeError(f"{root}: no such directory; point `saescope view` at a collated/ folder")
+
+    def _inside(self, *parts: str) -> Path:
+        p = self.root.joinpath(*parts).resolve()
+        if p != self.root and self.root not in p.parents:
+            raise NotFound("outside the data root")
+        return p
+
+    def _json(self, path: Path) -> Any:
+        if not path.is_file():
+            raise NotFound(str(path.relative_to(self.root)))
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BrokenFile(f"{path.relative_to(self.root)} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+    def manifests(self) -> list[dict[str, Any]]:
+        out = []
+        for m in sorted(self.root.glob("*/manifest.json")):
+            try:
+                data = self._json(m)
+            except BrokenFile:
+                continue
+            if data.get("format") == "saescope-collated":
+                out.append(data)
+        return out
+
+    def datasets(self) -> list[dict[str, Any]]:
+        rows = []
+        for m in self.manifests():
+            for d in m.get("datasets", []):
+                rows.append({"model": m["model"], "model_spec": m.get("model_spec", m["model"]), **d,
+                             "tokens": m.get("tokens"), "excerpt_len": m.get("excerpt_len")})
+        return rows
+
+    def manifest(self, model: str) -> dict[str, Any]:
+        if not SAFE.match(model):
+            raise NotFound("unknown model")
+        return self._json(self._inside(model, "manifest.json"))
+
+    def summary(self, ds: DatasetRef) -> dict[str, Any]:
+        s = self._json(self._inside(ds.model, *ds.path.split("/"), "summary.json"))
+        expl = self.explanations(ds)
+        for row in s["units"]:
+            e = expl.get(row["index"])
+            row["explanation"] = e["explanation"] if e else None
+            row["score"] = e["score"] if e else None
+        return s
+
+    def record(self, ds: DatasetRef, index: int) -> dict[str, Any]:
+        return self._json(self._inside(ds.model, *ds.path.split("/"), f"{int(index)}.json"))
+
+    def explanations(self, ds: DatasetRef) -> dict[int, dict[str, Any]]:
+        """index → {explanation, score, scores} from <model>/explanations/<dataset path>/scores.json if present."""
+        p = self._inside(ds.model, "explanations", *ds.path.split("/"), "scores.json")
+        if not p.is_file():
+            return {}
+        return _load_scores(str(p), p.stat().st_mtime)
+
+
+@lru_cache(maxsize=64)
+def _load_scores(path: str, mtime: float) -> dict[int, dict[str, Any]]:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {int(k): v for k, v in data.get("units", {}).items()}

@@ -1,0 +1,206 @@
+"""The viewer's ASGI app: static page + a small JSON API over a collated data root.
+
+API (all JSON):
+    GET  /api/datasets                                   every dataset in every <model>/manifest.json
+    GET  /api/units/{model}/{dataset}?offset&limit&sort&desc&q    one page of the unit table (from summary.json)
+    GET  /api/record/{model}/{dataset}/{index}           record + stats + histogram + prev/next + explanation
+    GET  /api/logit_lens/{model}/{dataset}/{index}       top/bottom output tokens of the unit's write direction
+    POST /api/probe  {model, dataset, index, text}        the unit's activations on a prompt, normalised by its max
+`{dataset}` is `mlp_neurons/<layer>`, `attention_heads/<layer>` or `sae_latents/<sae>/<layer>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from saescope.viewer.data import BrokenFile, DataRoot, DatasetRef, NotFound, parse_dataset
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+class ModelHub:
+    """Loads the model (and SAEs) behind the live probe and logit lens on first use, once."""
+
+    def __init__(self, data: DataRoot, model_override: str | None = None) -> None:
+        self.data, self.override = data, model_override
+        self._models: dict[str, Any] = {}
+        self._saes: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def model(self, model: str):  # noqa: ANN201
+        from saescope.models import load_model
+
+        with self._lock:
+            if model not in self._models:
+                spec = self.override or self.data.manifest(model).get("model_spec") or model
+                self._models[model] = load_model(spec)
+            return self._models[model]
+
+    def sae(self, ds: DatasetRef):  # noqa: ANN201
+        from saescope.sae import load_sae
+
+        entry = next((d for d in self.data.manifest(ds.model)["datasets"] if d["path"] == ds.path), None)
+        if entry is None or not entry.get("source"):
+            raise NotFound("this dataset does not record where its SAE is")
+        with self._lock:
+            if entry["source"] not in self._saes:
+                self._saes[entry["source"]] = load_sae(entry["source"]).eval()
+            return self._saes[entry["source"]], entry
+
+
+class Probe(BaseModel):
+    """POST /api/probe body."""
+
+    model: str
+    dataset: str
+    index: int
+    text: str
+
+
+def histogram(values: list[float], bins: int = 30) -> dict[str, list[float]]:
+    if not values:
+        return {"edges": [], "counts": []}
+    lo, hi = min(values), max(values)
+    if hi <= lo:
+        hi = lo + 1e-6
+    width = (hi - lo) / bins
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, int((v - lo) / width))] += 1
+    return {"edges": [lo + i * width for i in range(bins + 1)], "counts": counts}
+
+
+def create_app(root: str | Path, model: str | None = None):  # noqa: ANN201
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    data = DataRoot(root)
+    hub = ModelHub(data, model)
+    app = FastAPI(title="saescope viewer", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, e: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": f"not found: {e}"}, status_code=404)
+
+    @app.exception_handler(BrokenFile)
+    async def broken(_: Request, e: BrokenFile) -> JSONResponse:
+        return JSONResponse({"detail": f"broken file: {e}"}, status_code=422)
+
+    def ds_of(model: str, dataset: str) -> DatasetRef:
+        return parse_dataset(model, dataset.strip("/").split("/"))
+
+    @app.get("/", include_in_schema=False)
+    @app.get("/u/{rest:path}", include_in_schema=False)
+    def page(rest: str = "") -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/datasets")
+    def datasets() -> list[dict[str, Any]]:
+        return data.datasets()
+
+    @app.get("/api/units/{model}/{dataset:path}")
+    def units(model: str, dataset: str, offset: int = 0, limit: int = 100, sort: str = "index", desc: bool = False,
+              q: str = "") -> dict[str, Any]:
+        s = data.summary(ds_of(model, dataset))
+        rows = s["units"]
+        if q:
+            ql = q.lower()
+            rows = [r for r in rows if ql in (r.get("explanation") or "").lower() or ql in r.get("top_token", "").lower()]
+        if sort not in ("index", "max_activation", "density", "mean", "variance", "score"):
+            raise HTTPException(400, f"cannot sort by {sort!r}")
+        rows = sorted(rows, key=lambda r: (r.get(sort) is None, r.get(sort) if r.get(sort) is not None else 0),
+                      reverse=desc)
+        if desc:  # keep units without a value last
+            rows = [r for r in rows if r.get(sort) is not None] + [r for r in rows if r.get(sort) is None]
+        limit = max(1, min(limit, 1000))
+        return {"total": len(rows), "offset": offset, "units": rows[offset:offset + limit],
+                "by_token_pair": s.get("by_token_pair", False)}
+
+    @app.get("/api/record/{model}/{dataset:path}/{index}")
+    def record(model: str, dataset: str, index: int) -> dict[str, Any]:
+        ds = ds_of(model, dataset)
+        rec = data.record(ds, index)
+        s = data.summary(ds)
+        n = len(s["units"])
+        if not 0 <= index < n:
+            raise NotFound(f"unit {index}")
+        tops = rec.get("most_positive_activation_records") or []
+        mx = max((max(r["activations"]) for r in tops if r["activations"]), default=0.0)
+        sample = [a for r in rec.get("random_sample") or [] for a in r["activations"]]
+        return {"record": rec, "max_activation": mx, "summary": s["units"][index], "by_token_pair":
+                s.get("by_token_pair", False), "histogram": histogram(sample), "n_units": n,
+                "prev": index - 1 if index > 0 else None, "next": index + 1 if index + 1 < n else None,
+                "explanation": data.explanations(ds).get(index)}
+
+    @app.get("/api/logit_lens/{model}/{dataset:path}/{index}")
+    def logit_lens(model: str, dataset: str, index: int, k: int = 10) -> dict[str, Any]:
+        import torch
+
+        ds = ds_of(model, dataset)
+        hm = hub.model(model)
+        with torch.no_grad():
+            if ds.unit_type == "sae_latents":
+                sae, _ = hub.sae(ds)
+                if not 0 <= index < sae.cfg.d_sae:
+                    raise NotFound(f"latent {index}")
+                direction = sae.W_dec[index]
+            elif ds.unit_type == "mlp_neurons":
+                if not 0 <= index < hm.d_mlp:
+                    raise NotFound(f"neuron {index}")
+                direction = hm.W_out_mlp(ds.layer)[index]
+            else:
+                raise NotFound("no logit lens for attention heads")
+            logits = direction.float() @ hm.W_U().float()
+            top, bottom = logits.topk(k), (-logits).topk(k)
+        tok = lambda ids: [hm.tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
+        return {"top": [{"token": t, "logit": float(v)} for t, v in zip(tok(top.indices), top.values)],
+                "bottom": [{"token": t, "logit": -float(v)} for t, v in zip(tok(bottom.indices), bottom.values)]}
+
+    @app.post("/api/probe")
+    def probe(req: Probe) -> dict[str, Any]:
+        import torch
+
+        from saescope.collate.units import head_group, mlp_group, sae_group
+
+        ds = ds_of(req.model, req.dataset)
+        if not req.text.strip():
+            raise HTTPException(400, "empty prompt")
+        if len(req.text) > 4000:
+            raise HTTPException(400, "prompt longer than 4000 characters")
+        hm = hub.model(req.model)
+        if ds.unit_type == "mlp_neurons":
+            group = mlp_group(hm, ds.layer)
+        elif ds.unit_type == "attention_heads":
+            group = head_group(hm, ds.layer)
+        else:
+            sae, entry = hub.sae(ds)
+            group = sae_group(sae, entry["hookpoints"][0], ds.name)
+        if not 0 <= req.index < group.n_units:
+            raise NotFound(f"unit {req.index}")
+        ids = hm.tokenizer(req.text, add_special_tokens=False)["input_ids"][:256]
+        bos = hm.tokenizer.bos_token_id
+        full = torch.tensor([([bos] if bos is not None else [hm.tokenizer.eos_token_id]) + ids])
+        with torch.no_grad():
+            acts = group.extract(hm.run_with_cache(full, None, group.hookpoints))[req.index, 0].float()
+        rec = data.record(ds, req.index)
+        tops = rec.get("most_positive_activation_records") or []
+        mx = max((max(r["activations"]) for r in tops if r["activations"]), default=0.0)
+        values = acts.tolist()
+        return {"tokens": hm.token_strings(ids), "activations": values, "max_activation": mx,
+                "normalized": [max(v / mx, 0.0) if mx > 0 else 0.0 for v in values],
+                "by_token_pair": group.by_token_pair}
+
+    return app
+
+
+def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8000, model: str | None = None) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(root, model), host=host, port=port, log_level="warning")

@@ -1,0 +1,141 @@
+"""Viewer: JSON API over a collated tiny-model dataset, safety (traversal, 404, broken files), and a real browser."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from saescope.collate.collator import SlotSizes
+from saescope.collate.run_collate import CollateConfig, collate
+from saescope.config import ModelConfig
+from saescope.sae import SAEConfig, TopKSAE
+
+
+@pytest.fixture(scope="module")
+def collated_root(tiny_dir, tmp_path_factory) -> Path:
+    from conftest import TEXT
+
+    tmp = tmp_path_factory.mktemp("view")
+    (tmp / "corpus.txt").write_text(TEXT * 4)
+    sae = TopKSAE(SAEConfig("topk", 32, 48, k=4, metadata={"hook_name": "resid_post.1"}))
+    sae.save(tmp / "tiny_sae")
+    cfg = CollateConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), out=str(tmp / "collated"),
+                        corpus=str(tmp / "corpus.txt"), layers="1", excerpt_len=8, max_tokens=8 * 40,
+                        sae=str(tmp / "tiny_sae"), sizes=SlotSizes(top_k=20, n_random=15, pool=24))
+    collate(cfg)
+    return tmp / "collated"
+
+
+@pytest.fixture(scope="module")
+def client(collated_root):
+    from fastapi.testclient import TestClient
+
+    from saescope.viewer.server import create_app
+
+    return TestClient(create_app(collated_root))
+
+
+def test_datasets_units_and_records(client, tiny_dir):
+    ds = client.get("/api/datasets").json()
+    paths = {d["path"] for d in ds}
+    assert paths == {"mlp_neurons/1", "attention_heads/1", "sae_latents/tiny_sae/1"}
+    model = ds[0]["model"]
+    r = client.get(f"/api/units/{model}/mlp_neurons/1", params={"sort": "max_activation", "desc": True, "limit": 5})
+    body = r.json()
+    assert r.status_code == 200 and body["total"] == 48 and len(body["units"]) == 5
+    maxes = [u["max_activation"] for u in body["units"]]
+    assert maxes == sorted(maxes, reverse=True)
+    rec = client.get(f"/api/record/{model}/mlp_neurons/1/3").json()
+    assert rec["record"]["neuron_id"] == {"dataclass_name": "NeuronId", "neuron_index": 3, "layer_index": 1}
+    assert rec["prev"] == 2 and rec["next"] == 4 and sum(rec["histogram"]["counts"]) > 0
+    head = client.get(f"/api/record/{model}/attention_heads/1/0").json()
+    assert head["by_token_pair"] and len(head["record"]["most_positive_activation_records"][0]["activations"]) == 36
+    lens = client.get(f"/api/logit_lens/{model}/sae_latents/tiny_sae/1/5").json()
+    assert len(lens["top"]) == 10 and lens["top"][0]["logit"] >= lens["top"][-1]["logit"]
+    probe = client.post("/api/probe", json={"model": model, "dataset": "mlp_neurons/1", "index": 3,
+                                             "text": "the quick brown fox"}).json()
+    assert len(probe["tokens"]) == len(probe["activations"]) > 0
+    assert all(0 <= v for v in probe["normalized"])
+    hp = client.post("/api/probe", json={"model": model, "dataset": "attention_heads/1", "index": 1,
+                                          "text": "the quick brown fox"}).json()
+    n = len(hp["tokens"])
+    assert len(hp["activations"]) == n * (n + 1) // 2
+    assert client.get("/u/x/mlp_neurons/1/3").status_code == 200  # stable URLs serve the page
+
+
+def test_unknown_units_traversal_and_broken_files(client, collated_root):
+    model = client.get("/api/datasets").json()[0]["model"]
+    assert client.get(f"/api/record/{model}/mlp_neurons/1/9999").status_code == 404
+    assert client.get(f"/api/record/{model}/secrets/1/0").status_code == 404
+    for bad in ("/api/record/..%2F..%2Fetc/mlp_neurons/1/0", f"/api/units/{model}/mlp_neurons/..%2F..%2F..",
+                f"/api/units/{model}/sae_latents/..%2F/1", "/static/..%2F..%2Fdata.py", "/static/../../io.py"):
+        r = client.get(bad)
+        assert r.status_code == 404, bad
+        assert "root:" not in r.text
+    broken = collated_root / model / "mlp_neurons" / "1" / "7.json"
+    good = broken.read_text()
+    broken.write_text(good[:50])
+    r = client.get(f"/api/record/{model}/mlp_neurons/1/7")
+    assert r.status_code == 422 and "mlp_neurons/1/7.json" in r.json()["detail"]
+    broken.write_text(good)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_browser_end_to_end(collated_root, tmp_path):
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from saescope.viewer.server import create_app
+
+    import json
+
+    model = json.loads(next(collated_root.glob("*/manifest.json")).read_text())["model"]
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(collated_root), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.click("#datasets a >> text=mlp_neurons")
+            page.wait_for_selector("#units td a")
+            page.click("#units th[data-k=max_activation]")  # toggles the sort order
+            page.click("#units td a >> nth=0")
+            page.wait_for_selector("#top .seq .tok")
+            assert page.locator("#top .seq").count() == 20
+            assert page.locator("#random .seq").count() == 15
+            styled = page.eval_on_selector_all("#top .seq .tok", "els => els.filter(e => e.style.background).length")
+            assert styled > 0
+            assert int(page.get_attribute("#hist", "data-drawn")) > 0
+            page.wait_for_selector("#lens ol li")
+            page.fill("#probe-text", "the cat sat on the mat")
+            page.click("#probe-run")
+            page.wait_for_selector("#probe-out .tok")
+            assert page.locator("#probe-out .tok").count() > 3
+            page.screenshot(path=str(tmp_path / "unit.png"), full_page=True)
+            page.goto(f"http://127.0.0.1:{port}/u/{model}/attention_heads/1/0")
+            page.wait_for_selector("#top .seq.pairs .tok")
+            page.hover("#top .seq.pairs .tok >> nth=3")
+            page.goto(f"http://127.0.0.1:{port}/u/{model}/mlp_neurons/1/99999")
+            page.wait_for_selector("#error")
+            browser.close()
+        assert (tmp_path / "unit.png").stat().st_size > 10_000
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
