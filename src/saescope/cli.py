@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "export-seed": ("saescope.store.cli", "ExportSeedConfig", "cli_export", "Store → seed-format folder."),
     "train": ("saescope.train.cli", "TrainConfig", "cli_train", "Train a sparse autoencoder on a store."),
     "eval": ("saescope.train.cli", "EvalConfig", "cli_eval", "Evaluate a saved SAE on a store (and spliced in the model)."),
+    "explain": ("saescope.interp.cli", "ExplainConfig", "cli_explain", "Explain units of a collated dataset."),
+    "score": ("saescope.interp.cli", "ScoreConfig", "cli_score", "Simulate and score explanations."),
     "view": ("saescope.viewer.cli", "ViewConfig", "cli_view", "Serve the neuron viewer for a collated folder."),
     "collate": ("saescope.collate.run_collate", "CollateConfig", "cli_collate", "Write TDB NeuronRecords for neurons, heads, SAE latents."),
 }
@@ -47,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["store", "info"]:
         argv = ["store-info", *argv[2:]]
-    if len(argv) >= 2 and argv[0] == "view" and not argv[1].startswith("-"):  # `saescope view DIR`
-        argv = ["view", "--root", argv[1], *argv[2:]]
+    if len(argv) >= 2 and argv[0] in ("view", "explain", "score") and not argv[1].startswith("-"):
+        argv = [argv[0], "--root", argv[1], *argv[2:]]  # `saescope view DIR`, `saescope explain DIR`
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,12 @@ class RunConfig:
     """SAE latents per token (TopK family)."""
     width: int = 4096
     """SAE latents."""
+    collate_tokens: int = 32_768
+    """Corpus tokens streamed for the collated records."""
+    serve: bool = True
+    """End by serving the viewer (only when run from a terminal; CI and pipes just get the command printed)."""
+    port: int = 8000
+    """Viewer port."""
 
 
 def main_run(cfg: RunConfig) -> int:
@@ -80,7 +87,33 @@ def main_run(cfg: RunConfig) -> int:
     done.append((f"SAE {cfg.arch} F={cfg.width} (FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, "
                  f"CE recovered {ev.get('ce_loss_recovered', float('nan')):.3f})", sae_dir))
 
+    from saescope.collate.run_collate import CollateConfig, collate
+
+    col_root = out / "collated"
+    manifest_path = col_root / hm.name / "manifest.json"
+    if manifest_path.exists():
+        log.info("collated records already in %s", col_root)
+    else:
+        collate(CollateConfig(model=cfg.model, out=str(col_root), corpus=cfg.corpus, layers=str(layer),
+                              units="mlp,heads", sae=str(sae_dir), max_tokens=cfg.collate_tokens), hm)
+    done.append((f"collated records (MLP neurons, heads, SAE latents at layer {layer})", col_root / hm.name))
+
+    from saescope.interp.pipeline import InterpConfig, run_interp
+
+    interp = run_interp(InterpConfig(root=str(col_root / hm.name), dataset=f"sae_latents/{sae_dir.name}/{layer}",
+                                     explainer="baseline", simulator="baseline", max_units=cfg.width), hm=hm)
+    done.append((f"explanations + scores (token-lookup baseline: mean {interp['mean_score']:.3f}, "
+                 f"null {interp['mean_null_score']:.3f})", Path(interp['out'])))
+
     print("\nsaescope run finished:")
     for what, where in done:
         print(f"  {what:<55} {where}")
+    view_cmd = f"saescope view {col_root} --port {cfg.port}"
+    if cfg.serve and sys.stdin.isatty() and sys.stdout.isatty():
+        from saescope.viewer.server import serve
+
+        print(f"\nserving the viewer on http://127.0.0.1:{cfg.port}/  (Ctrl-C to stop)")
+        serve(col_root, "127.0.0.1", cfg.port)
+    else:
+        print(f"\nbrowse the results with:  {view_cmd}")
     return 0

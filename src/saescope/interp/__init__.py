@@ -1,0 +1,1 @@
+"""Automated interpretability: explain → simulate → score with offline baselines, hf and OpenAI-compatible backends."""

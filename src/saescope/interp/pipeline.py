@@ -1,0 +1,215 @@
+"""explain → simulate → score over a collated dataset; resumable; writes automated-interpretability JSONL.
+
+Outputs under `<model root>/explanations/<dataset>/`:
+    explanations.json        index → explanation (or failure), written as the explain phase goes
+    <index>.jsonl            one NeuronSimulationResults line per unit (TDB/automated-interpretability schema)
+    scores.json              index → scores (read by the viewer) + a summary
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from saescope.collate.records import NeuronId, to_dict
+from saescope.errors import SaescopeError
+from saescope.interp import scoring
+from saescope.interp.backends import Backend, BackendError, make_backend
+from saescope.interp.baseline import token_lookup_explanation
+from saescope.interp.prompts import delphi_explain_messages, explain_messages, max_activation, parse_explanation, splits
+from saescope.interp.schema import (
+    NeuronSimulationResults, ScoredExplanation, ScoredSequenceSimulation, ScoredSimulation, SequenceSimulation,
+)
+from saescope.interp.simulate import simulate
+from saescope.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InterpConfig:
+    """Explain and score the units of a collated dataset."""
+
+    root: str = "runs/default/collated/gemma-3-270m"
+    """A collated model folder (holds manifest.json), or a dataset folder inside it."""
+    dataset: str = ""
+    """Dataset path inside root, e.g. sae_latents/sae/9 (default: the first SAE dataset, else the first)."""
+    explainer: str = "baseline"
+    """baseline (token lookup, offline), openai:<model> or hf:<model spec>."""
+    simulator: str = "baseline"
+    """baseline, openai:<model>, hf:<model spec>, or same (= the explainer's backend)."""
+    base_url: str = ""
+    """OpenAI-compatible server URL (default https://api.openai.com/v1)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (never saved)."""
+    prompt_style: Literal["tdb", "delphi"] = "tdb"
+    """tdb: token<TAB>activation lines; delphi: <<highlighted>> tokens."""
+    units: str = ""
+    """Comma-separated unit indices (default: all, in order)."""
+    max_units: int = 0
+    """At most this many live units (0 = all)."""
+    concurrency: int = 4
+    """Units in flight at once (API backends)."""
+    timeout: float = 60.0
+    """Seconds per request."""
+    retries: int = 3
+    """Retries per request (exponential backoff)."""
+    null_baseline: bool = True
+    """Also score another unit's explanation on each unit (the floor every score is compared with)."""
+    overwrite: bool = False
+    """Redo units already explained/scored."""
+
+
+def resolve(cfg: InterpConfig) -> tuple[Path, str, dict[str, Any]]:
+    root = Path(cfg.root)
+    manifest_dir = next((p for p in [root, *root.parents] if (p / "manifest.json").is_file()), None)
+    if manifest_dir is None:
+        raise SaescopeError(f"{cfg.root}: no collated manifest.json here or above; run `saescope collate` first")
+    manifest = read_json(manifest_dir / "manifest.json", "collated manifest")
+    paths = [d["path"] for d in manifest.get("datasets", [])]
+    ds = cfg.dataset or (str(root.relative_to(manifest_dir)) if root != manifest_dir else "")
+    if not ds:
+        ds = next((p for p in paths if p.startswith("sae_latents")), paths[0] if paths else "")
+    if ds not in paths:
+        raise SaescopeError(f"{manifest_dir / 'manifest.json'}: no dataset '{ds}' (have {', '.join(paths)})")
+    return manifest_dir, ds, manifest
+
+
+def _read(manifest_dir: Path, ds: str, index: int) -> dict[str, Any]:
+    return read_json(manifest_dir / ds / f"{index}.json", "record")
+
+
+def explain_unit(backend: Backend | None, rec: dict[str, Any], style: str) -> str:
+    parts = splits(rec["most_positive_activation_records"], rec["random_sample"])
+    train = parts["train"]
+    if backend is None:
+        return token_lookup_explanation(train)
+    msgs = delphi_explain_messages(train) if style == "delphi" else explain_messages(train)
+    text = parse_explanation(backend.chat(msgs, max_tokens=60))
+    if not text:
+        raise BackendError("empty explanation")
+    return text
+
+
+def score_unit(backend: Backend | None, rec: dict[str, Any], explanation: str) -> tuple[NeuronSimulationResults, dict[str, Any]]:
+    parts = splits(rec["most_positive_activation_records"], rec["random_sample"])
+    mx = max_activation(rec["most_positive_activation_records"])
+    sims, methods = [], set()
+    for r in parts["valid"]:
+        pred, method = simulate(backend, explanation, r["tokens"])
+        methods.add(method)
+        c = scoring.correlation(r["activations"], pred)
+        sims.append(ScoredSequenceSimulation(SequenceSimulation(r["tokens"], pred), r["activations"], c.score,
+                                             scoring.rsquared(r["activations"], pred),
+                                             scoring.absolute_dev_explained(r["activations"], pred)))
+    true = [a for s in sims for a in s.true_activations]
+    pred = [a for s in sims for a in s.simulation.expected_activations]
+    allc = scoring.correlation(true, pred)
+    n_top = len(parts["valid"]) - len(parts["valid_random"])
+    rnd = sims[n_top:]
+    rc = scoring.correlation([a for s in rnd for a in s.true_activations],
+                             [a for s in rnd for a in s.simulation.expected_activations])
+    # simulation-derived detection: does the simulator flag activating excerpts (max ≥ 0.3·max) and not the others?
+    labels = [1 if max(s.true_activations, default=0) >= 0.3 * mx > 0 else 0 for s in sims]
+    det = [1 if max(s.simulation.expected_activations, default=0) >= 1.0 else 0 for s in sims]
+    # fuzzing: marked tokens are the truly active ones (positives) or random ones (negatives); is the marking right?
+    fuzz_labels, fuzz_pred = [], []
+    for s, y in zip(sims, labels):
+        acts, sim = s.true_activations, s.simulation.expected_activations
+        marked = [i for i, a in enumerate(acts) if a >= 0.3 * mx > 0] if y else list(range(0, len(acts), 4))
+        fuzz_labels.append(y)
+        fuzz_pred.append(1 if marked and sum(sim[i] for i in marked) / len(marked) >= 1.0 else 0)
+    scored = ScoredSimulation(sims, allc.score, scoring.rsquared(true, pred), scoring.absolute_dev_explained(true, pred))
+    result = NeuronSimulationResults(NeuronId(**{k: rec["neuron_id"][k] for k in ("neuron_index", "layer_index")}),
+                                     [ScoredExplanation(explanation, scored)])
+    scores = {"top_and_random": allc.score, "random_only": rc.score,
+              "detection": scoring.balanced_accuracy(labels, det), "fuzzing": scoring.balanced_accuracy(fuzz_labels, fuzz_pred),
+              "constant_prediction": allc.constant, "method": ",".join(sorted(methods))}
+    return result, scores
+
+
+def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_score: bool = True) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    manifest_dir, ds, manifest = resolve(cfg)
+    out = manifest_dir / "explanations" / ds
+    summary = read_json(manifest_dir / ds / "summary.json", "dataset summary")
+    live = [u["index"] for u in summary["units"] if (u.get("max_activation") or 0) > 0]
+    if cfg.units:
+        wanted = {int(x) for x in cfg.units.split(",") if x.strip()}
+        live = [i for i in live if i in wanted]
+    if cfg.max_units:
+        live = live[: cfg.max_units]
+    if not live:
+        raise SaescopeError(f"{manifest_dir / ds}: no live units to explain (all max activations are 0)")
+    explainer = make_backend(cfg.explainer, cfg.base_url, cfg.api_key_env, cfg.timeout, cfg.retries, hm)
+    sim_name = cfg.explainer if cfg.simulator == "same" else cfg.simulator
+    simulator = explainer if cfg.simulator == "same" else make_backend(sim_name, cfg.base_url, cfg.api_key_env,
+                                                                      cfg.timeout, cfg.retries, hm)
+    expl_path = out / "explanations.json"
+    expl: dict[str, Any] = {} if cfg.overwrite or not expl_path.exists() else read_json(expl_path)["units"]
+    workers = max(1, cfg.concurrency if explainer is not None else 1)
+    if do_explain:
+        todo = [i for i in live if str(i) not in expl or expl[str(i)].get("failure")]
+
+        def one(i: int) -> tuple[int, dict[str, Any]]:
+            try:
+                return i, {"explanation": explain_unit(explainer, _read(manifest_dir, ds, i), cfg.prompt_style)}
+            except BackendError as e:
+                return i, {"explanation": None, "failure": str(e)}
+        with ThreadPoolExecutor(workers) as pool:
+            for n, (i, res) in enumerate(tqdm(pool.map(one, todo), total=len(todo), desc=f"explain {ds}", unit="unit")):
+                expl[str(i)] = res
+                if n % 50 == 49:
+                    write_json(expl_path, {"explainer": cfg.explainer, "units": expl})
+        write_json(expl_path, {"explainer": cfg.explainer, "units": expl})
+    if not do_score:
+        return {"out": str(out), "explained": sum(1 for v in expl.values() if v.get("explanation"))}
+    scores_path = out / "scores.json"
+    scores: dict[str, Any] = {} if cfg.overwrite or not scores_path.exists() else read_json(scores_path)["units"]
+    ok = [i for i in live if (expl.get(str(i)) or {}).get("explanation")]
+    todo = [i for i in ok if str(i) not in scores]
+
+    def score_one(pos_i: tuple[int, int]) -> tuple[int, dict[str, Any]]:
+        pos, i = pos_i
+        rec = _read(manifest_dir, ds, i)
+        text = expl[str(i)]["explanation"]
+        try:
+            result, s = score_unit(simulator, rec, text)
+        except BackendError as e:
+            return i, {"explanation": text, "score": None, "failure": str(e)}
+        if cfg.null_baseline and len(ok) > 1:
+            other = expl[str(ok[(pos + 1) % len(ok)])]["explanation"]  # another unit's explanation: the floor
+            try:
+                s["null"] = score_unit(simulator, rec, other)[1]["top_and_random"]
+            except BackendError:
+                s["null"] = None
+        path = out / f"{i}.jsonl"
+        from saescope.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            import json
+
+            tmp.write_text(json.dumps(to_dict(result), ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+        return i, {"explanation": text, "score": s["top_and_random"], "scores": s, "failure": None}
+    with ThreadPoolExecutor(workers) as pool:
+        pairs = [(ok.index(i), i) for i in todo]
+        for n, (i, res) in enumerate(tqdm(pool.map(score_one, pairs), total=len(pairs), desc=f"score {ds}", unit="unit")):
+            scores[str(i)] = res
+            if n % 50 == 49:
+                write_json(scores_path, {"units": scores})
+    vals = [v["score"] for v in scores.values() if v.get("score") is not None]
+    nulls = [v["scores"].get("null") for v in scores.values() if v.get("scores") and v["scores"].get("null") is not None]
+    failures = [i for i, v in expl.items() if v.get("failure")] + [i for i, v in scores.items() if v.get("failure")]
+    usage = {b.name: b.usage for b in {explainer, simulator} if b is not None}
+    summ = {"dataset": ds, "explainer": cfg.explainer, "simulator": sim_name, "units": len(scores),
+            "mean_score": sum(vals) / len(vals) if vals else float("nan"),
+            "fraction_ge_0.8": sum(v >= 0.8 for v in vals) / len(vals) if vals else float("nan"),
+            "mean_null_score": sum(nulls) / len(nulls) if nulls else float("nan"),
+            "constant_predictions": sum(1 for v in scores.values() if (v.get("scores") or {}).get("constant_prediction")),
+            "failures": len(failures), "usage": usage, "out": str(out)}
+    write_json(scores_path, {"units": scores, "summary": summ})
+    return summ
