@@ -22,10 +22,14 @@ run: $(STAMP)
 	$(BIN)/saescope run
 
 test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/capture_bench.py
+	$(BIN)/python bench/train_bench.py
+	$(BIN)/python bench/collate_bench.py
+	$(BIN)/python bench/autointerp_bench.py
 
 clean:
 	rm -rf $(VENV) runs
