@@ -139,3 +139,14 @@ def test_cli_one_line_errors(tmp_path):
 
 def test_model_config_device():
     assert ModelConfig(device="cpu").resolved_device() == "cpu"
+
+
+def test_cli_positional_directories(tmp_path, capsys):
+    from saescope.cli import main
+    from saescope.store import StoreMeta, StoreWriter
+
+    w = StoreWriter(tmp_path / "s", StoreMeta(model="m", hookpoints={"resid_post.0": 4}, source={"kind": "t"}))
+    w.add_shard({"resid_post.0": torch.randn(3, 4)}, torch.arange(3), torch.zeros(3), torch.arange(3), (0, 1))
+    assert main(["store", "info", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "rows       3 in 1 shards" in out and "verified 1 shards" in out

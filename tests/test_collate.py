@@ -167,3 +167,40 @@ def test_record_round_trip_and_legacy_names():
     old = loads(json.dumps(legacy))
     assert old.neuron_id == NeuronId(7, 4)
     assert old.most_positive_activation_records[0].tokens == ["t"]
+
+
+def test_two_gloo_ranks_write_the_same_records_as_one_process(tiny_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import TEXT
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT * 4)
+    args = ["collate", "--model", str(tiny_dir), "--corpus", str(corpus), "--layers", "1", "--excerpt_len", "8",
+            "--max_tokens", "400", "--batch_size", "4", "--top_k", "20", "--n_random", "15", "--pool", "24",
+            "--device", "cpu"]
+    env = {**os.environ, "SAESCOPE_LOG": "WARNING", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "saescope", *args, "--out", str(tmp_path / "one")], check=True, env=env,
+                   capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29541", "-m", "saescope", *args, "--out", str(tmp_path / "two")], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one, two = tmp_path / "one" / tiny_dir.name, tmp_path / "two" / tiny_dir.name
+    files = sorted(p.relative_to(one) for p in one.rglob("*.json") if p.name not in ("manifest.json", "summary.json"))
+    assert len(files) == 48 + 4
+    for f in files:
+        a, b = read_record(one / f), read_record(two / f)
+        for part in ("most_positive_activation_records", "random_sample"):
+            ra, rb = getattr(a, part), getattr(b, part)
+            assert [x.tokens for x in ra] == [x.tokens for x in rb], f
+            for x, y in zip(ra, rb):
+                assert x.activations == pytest.approx(y.activations, abs=1e-5)
+        assert [[x.tokens for x in q] for q in a.random_sample_by_quantile] == \
+               [[x.tokens for x in q] for q in b.random_sample_by_quantile]
+        assert a.mean == pytest.approx(b.mean, rel=1e-6, abs=1e-9)
+        assert a.variance == pytest.approx(b.variance, rel=1e-6, abs=1e-12)
+    assert json.loads((one / "manifest.json").read_text())["excerpts"] == \
+           json.loads((two / "manifest.json").read_text())["excerpts"] == 50

@@ -205,3 +205,14 @@ def test_bad_sae_files_give_one_line_errors(tmp_path):
         load_sae(tmp_path / "bad.pt")
     with pytest.raises(SaescopeError, match="architecture 'gated'"):
         sae_class("gated")
+
+
+def test_saelens_loads_our_directories_with_identical_outputs(tmp_path):
+    """Runs where sae_lens is installed (the bench environment); checked by hand with sae-lens 6.54.12."""
+    sae_lens = pytest.importorskip("sae_lens")
+    for arch in ARCHS:
+        sae = make(arch)
+        sae.save(tmp_path / arch)
+        theirs = sae_lens.SAE.load_from_disk(str(tmp_path / arch), device="cpu")
+        x = torch.randn(8, 16)
+        torch.testing.assert_close(theirs(x), sae(x), rtol=1e-5, atol=1e-5)

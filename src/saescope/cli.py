@@ -28,6 +28,11 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+# Commands whose first positional argument is a directory: the option it stands for.
+POSITIONAL = {"view": "--root", "explain": "--root", "score": "--root", "store-info": "--store",
+              "import-seed": "--seed", "export-seed": "--store"}
+
+
 def _usage() -> str:
     lines = ["usage: saescope <command> [options]   (saescope <command> --help for its options)", "", "commands:"]
     lines += [f"  {name:<12} {spec[3]}" for name, spec in COMMANDS.items()]
@@ -49,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["store", "info"]:
         argv = ["store-info", *argv[2:]]
-    if len(argv) >= 2 and argv[0] in ("view", "explain", "score") and not argv[1].startswith("-"):
-        argv = [argv[0], "--root", argv[1], *argv[2:]]  # `saescope view DIR`, `saescope explain DIR`
+    if len(argv) >= 2 and argv[0] in POSITIONAL and not argv[1].startswith("-"):
+        argv = [argv[0], POSITIONAL[argv[0]], argv[1], *argv[2:]]  # `saescope view DIR`, `store info DIR`, ...
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0

@@ -99,6 +99,10 @@ def collate(cfg: CollateConfig, hm=None) -> dict[str, Any]:  # noqa: ANN001
 
     from saescope.capture.corpus import describe, iter_contexts, iter_texts
 
+    from saescope.train import distributed as dist
+
+    dist.init_from_env()
+    rank, world = dist.rank(), dist.world_size()
     hm = hm or cfg.model.load()
     groups = make_groups(cfg, hm)
     T = cfg.excerpt_len
@@ -108,12 +112,15 @@ def collate(cfg: CollateConfig, hm=None) -> dict[str, Any]:  # noqa: ANN001
     device = next(hm.model.parameters()).device
     contexts = iter_contexts(hm.tokenizer, iter_texts(cfg.corpus, cfg.text_field), T + 1)
     n_excerpts = -(-cfg.max_tokens // T) if cfg.max_tokens else None
-    contexts = itertools.islice(contexts, n_excerpts)
-    bar = tqdm(total=n_excerpts and n_excerpts * T, unit="tok", unit_scale=True, desc=f"collate {hm.name}")
+    # Under torchrun each rank takes every world-th excerpt; ids stay global so the merge is exact.
+    numbered = ((i, c) for i, c in enumerate(itertools.islice(contexts, n_excerpts)) if i % world == rank)
+    bar = tqdm(total=n_excerpts and n_excerpts * T // world, unit="tok", unit_scale=True, desc=f"collate {hm.name}",
+               disable=rank != 0)
     t0, seen, step = time.perf_counter(), 0, 0
-    while batch := list(itertools.islice(contexts, cfg.batch_size)):
+    while chunk := list(itertools.islice(numbered, cfg.batch_size)):
+        batch = [c for _, c in chunk]
         ids = torch.tensor(batch, device=device)  # [B, T+1]
-        eids = torch.arange(seen, seen + len(batch))
+        eids = torch.tensor([i for i, _ in chunk])
         cache = hm.run_with_cache(ids, None, hookpoints)
         with torch.no_grad():
             for g, st in zip(groups, states):
@@ -125,10 +132,32 @@ def collate(cfg: CollateConfig, hm=None) -> dict[str, Any]:  # noqa: ANN001
             tokens.prune(torch.unique(torch.cat([st.referenced_ids() for st in states])))
         bar.update(len(batch) * T)
     bar.close()
+    elapsed = time.perf_counter() - t0
+    if world > 1:
+        states, tokens, seen = merge_ranks(states, tokens, seen)
+        if rank != 0:
+            return {}
     if seen == 0:
         raise SaescopeError(f"corpus '{cfg.corpus}' gave no excerpts of {T} tokens")
-    elapsed = time.perf_counter() - t0
     return write_outputs(cfg, hm, groups, states, tokens, seen, elapsed, describe(cfg.corpus))
+
+
+def merge_ranks(states: list[GroupState], tokens: ExcerptTokens, seen: int):  # noqa: ANN201
+    """Gather every rank's state on rank 0 and merge exactly (top-k ∪ top-k, keyed reservoirs, power sums)."""
+    import torch.distributed as td
+
+    payload = ([(s.top, s.pool, s.maxima, s.moments) for s in states], tokens.tokens, seen)
+    gathered: list | None = [None] * td.get_world_size() if td.get_rank() == 0 else None
+    td.gather_object(payload, gathered, dst=0)  # in-memory exchange between our own ranks only
+    if td.get_rank() != 0:
+        return states, tokens, seen
+    assert gathered is not None
+    for parts, toks, n in gathered[1:]:
+        for st, (top, pool, maxima, moments) in zip(states, parts):
+            st.merge(GroupState(st.group, top, pool, maxima, moments, st.seed))
+        tokens.tokens.update(toks)
+        seen += n
+    return states, tokens, seen
 
 
 def write_outputs(cfg: CollateConfig, hm, groups, states, tokens, seen, elapsed, source) -> dict[str, Any]:  # noqa: ANN001
@@ -191,6 +220,8 @@ def write_outputs(cfg: CollateConfig, hm, groups, states, tokens, seen, elapsed,
 
 def cli_collate(cfg: CollateConfig) -> int:
     m = collate(cfg)
+    if not m:  # a non-zero torchrun rank: rank 0 writes and reports
+        return 0
     print(f"collated {m['tokens']:,} tokens ({m['tokens_per_second']:,.0f} tokens/s) into {Path(cfg.out) / m['model']}:")
     for d in m["datasets"]:
         print(f"  {d['path']:<40} {d['units']:>6} units")
