@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=os.environ.get("SAESCOPE_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # --no-serve and --no_serve both work: option names are the dataclass field names, dashes accepted
+    rest = [("--" + a[2:].split("=", 1)[0].replace("-", "_") + ("=" + a.split("=", 1)[1] if "=" in a else ""))
+            if a.startswith("--") else a for a in rest]
     module, cls_name, fn_name, _ = COMMANDS[cmd]
     try:
         mod = importlib.import_module(module)

@@ -37,8 +37,8 @@ class RunConfig:
     """SAE latents."""
     collate_tokens: int = 32_768
     """Corpus tokens streamed for the collated records."""
-    serve: bool = True
-    """End by serving the viewer (only when run from a terminal; CI and pipes just get the command printed)."""
+    no_serve: bool = False
+    """Do not serve the viewer at the end (it is only served when run from a terminal anyway)."""
     port: int = 8000
     """Viewer port."""
 
@@ -109,7 +109,7 @@ def main_run(cfg: RunConfig) -> int:
     for what, where in done:
         print(f"  {what:<55} {where}")
     view_cmd = f"saescope view {col_root} --port {cfg.port}"
-    if cfg.serve and sys.stdin.isatty() and sys.stdout.isatty():
+    if not cfg.no_serve and sys.stdin.isatty() and sys.stdout.isatty():
         from saescope.viewer.server import serve
 
         print(f"\nserving the viewer on http://127.0.0.1:{cfg.port}/  (Ctrl-C to stop)")
