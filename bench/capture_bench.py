@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1_000_000, help="tokens for the saescope capture (RSS check)")
     ap.add_argument("--naive-tokens", type=int, default=30_000, help="tokens for the speed comparison")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=2, help="the bundled corpus is ~640k tokens: repeat it for >= 1M")
     args = ap.parse_args()
 
     from saescope.capture import CaptureConfig, capture_corpus
@@ -80,11 +81,18 @@ def main() -> None:
     naive_tps, hooked_tps = naive(), hooked()
 
     with tempfile.TemporaryDirectory() as tmp:
+        import json
+
+        corpus = Path(tmp) / "wiki_repeated.jsonl"
+        with corpus.open("w") as f:
+            for _ in range(args.repeat):
+                for doc in iter_texts("wiki"):
+                    f.write(json.dumps({"text": doc}) + "\n")
         sampler = RssSampler()
         sampler.start()
         t0 = time.perf_counter()
         cfg = CaptureConfig(out=str(Path(tmp) / "store"), hookpoints=args.hookpoint, max_tokens=args.tokens,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, corpus=str(corpus))
         store = capture_corpus(cfg, hm)
         elapsed = time.perf_counter() - t0
         sampler.stop = True

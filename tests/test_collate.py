@@ -18,6 +18,14 @@ from saescope.collate.units import head_group, mlp_group, tril_flatten, tril_unf
 T = 8
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _excerpts(hm, corpus, n):
     return list(itertools.islice(iter_contexts(hm.tokenizer, iter_texts(str(corpus)), T + 1), n))
 
@@ -185,7 +193,7 @@ def test_two_gloo_ranks_write_the_same_records_as_one_process(tiny_dir, tmp_path
     subprocess.run([sys.executable, "-m", "saescope", *args, "--out", str(tmp_path / "one")], check=True, env=env,
                    capture_output=True)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        "29541", "-m", "saescope", *args, "--out", str(tmp_path / "two")], env=env,
+                        str(free_port()), "-m", "saescope", *args, "--out", str(tmp_path / "two")], env=env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     one, two = tmp_path / "one" / tiny_dir.name, tmp_path / "two" / tiny_dir.name

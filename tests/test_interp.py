@@ -194,3 +194,21 @@ def test_pipeline_end_to_end_resumable_with_failure_accounting(tiny_gpt2, text_c
     scores = json.loads((root / "explanations" / "mlp_neurons" / "1" / "scores.json").read_text())["units"]
     failed = [v for v in scores.values() if v["failure"]]
     assert len(failed) == 2 and all(v["score"] is None for v in failed) and s3["failures"] == 2
+
+
+def test_llm_detection_and_fuzzing_parse_and_score(server):
+    from saescope.interp.classify import classify_scores, examples, parse_labels
+
+    recs = [{"tokens": [" a", " cat"], "activations": [0.0, 4.0]}, {"tokens": [" a", " dog"], "activations": [0.0, 0.0]}]
+    plain, marked, labels = examples(recs, 4.0, seed=0)
+    assert labels == [1, 0] and marked[0] == " a<< cat>>" and plain[1] == " a dog"
+    assert parse_labels("Sure: [1, 0]", 2) == [1, 0]
+    with pytest.raises(BackendError, match="2 labels for 3"):
+        parse_labels("[1, 0]", 3)
+    b = OpenAIBackend("m", server, retries=0)
+    _Handler.script = [("ok", "[1, 0]"), ("ok", "[1, 1]")]
+    s = classify_scores(b, "cats", recs, 4.0)
+    assert s == {"llm_detection": 1.0, "llm_fuzzing": 0.5}
+    _Handler.script = [("ok", "I don't know")]
+    with pytest.raises(BackendError, match="no \\[..\\] list"):
+        classify_scores(b, "cats", recs, 4.0)

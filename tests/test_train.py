@@ -20,6 +20,14 @@ from saescope.train.synthetic import make_toy, mcc, mmcs
 from saescope.train.trainer import Trainer, TrainerConfig, geometric_median
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _fit_toy(cfg: TrainerConfig, steps: int, toy, seed=1):
     g = torch.Generator().manual_seed(seed)
 
@@ -120,7 +128,7 @@ def test_data_parallel_two_gloo_ranks_match_single_process(tmp_path):
     single = tmp_path / "single"
     subprocess.run(_train_cmd(store, single, "--checkpoint_every", "0"), check=True, env=env, capture_output=True)
     dp = tmp_path / "dp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "saescope", *_train_cmd(store, dp, "--checkpoint_every", "0")[3:]]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

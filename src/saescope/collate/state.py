@@ -58,10 +58,24 @@ class TopSlots:
         self.acts = torch.gather(all_acts, 1, order[:, :, None].expand(-1, -1, all_acts.shape[2]))
 
     def update(self, score: Tensor, ids: Tensor, acts: Tensor) -> None:
-        """score [U, B] float64, ids [B] int64, acts [U, B, L]."""
+        """score [U, B] float64, ids [B] int64, acts [U, B, L].
+
+        Only units where a new excerpt beats the current last slot are touched: once the slots fill up, most
+        batches change few units (a reservoir of P among n seen admits a newcomer with probability P/n).
+        """
         U = self.score.shape[0]
-        self._keep(torch.cat([self.score, score], 1), torch.cat([self.ids, ids[None, :].expand(U, -1)], 1),
-                   torch.cat([self.acts, acts.to(self.acts.dtype)], 1))
+        need = (score >= self.score[:, -1:]).any(1)  # ≥: a tie may still win on the smaller excerpt id
+        rows = need.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return
+        if rows.numel() == U:
+            self._keep(torch.cat([self.score, score], 1), torch.cat([self.ids, ids[None, :].expand(U, -1)], 1),
+                       torch.cat([self.acts, acts.to(self.acts.dtype)], 1))
+            return
+        sub = TopSlots(self.score[rows], self.ids[rows], self.acts[rows])
+        sub._keep(torch.cat([sub.score, score[rows]], 1), torch.cat([sub.ids, ids[None, :].expand(len(rows), -1)], 1),
+                  torch.cat([sub.acts, acts[rows].to(self.acts.dtype)], 1))
+        self.score[rows], self.ids[rows], self.acts[rows] = sub.score, sub.ids, sub.acts
 
     def merge(self, other: "TopSlots") -> None:
         self._keep(torch.cat([self.score, other.score], 1), torch.cat([self.ids, other.ids], 1),

@@ -18,6 +18,7 @@ from saescope.collate.records import NeuronId, to_dict
 from saescope.errors import SaescopeError
 from saescope.interp import scoring
 from saescope.interp.backends import Backend, BackendError, make_backend
+from saescope.interp.classify import classify_scores
 from saescope.interp.baseline import token_lookup_explanation
 from saescope.interp.prompts import delphi_explain_messages, explain_messages, max_activation, parse_explanation, splits
 from saescope.interp.schema import (
@@ -125,7 +126,13 @@ def score_unit(backend: Backend | None, rec: dict[str, Any], explanation: str) -
     scored = ScoredSimulation(sims, allc.score, scoring.rsquared(true, pred), scoring.absolute_dev_explained(true, pred))
     result = NeuronSimulationResults(NeuronId(**{k: rec["neuron_id"][k] for k in ("neuron_index", "layer_index")}),
                                      [ScoredExplanation(explanation, scored)])
-    scores = {"top_and_random": allc.score, "random_only": rc.score,
+    scores_llm: dict[str, Any] = {}
+    if backend is not None:  # delphi-style detection/fuzzing asked of the LLM itself
+        try:
+            scores_llm = classify_scores(backend, explanation, parts["valid"], mx)
+        except BackendError as e:  # recorded as a failure of these two scores, never as a score
+            scores_llm = {"llm_detection": None, "llm_fuzzing": None, "classify_failure": str(e)}
+    scores = {**scores_llm, "top_and_random": allc.score, "random_only": rc.score,
               "detection": scoring.balanced_accuracy(labels, det), "fuzzing": scoring.balanced_accuracy(fuzz_labels, fuzz_pred),
               "constant_prediction": allc.constant, "method": ",".join(sorted(methods))}
     return result, scores

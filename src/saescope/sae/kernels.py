@@ -37,7 +37,7 @@ class GatherEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x_in: Tensor, W_enc: Tensor, b_enc: Tensor, rows: Tensor, cols: Tensor, pre: Tensor) -> Tensor:
         ctx.save_for_backward(x_in, W_enc, rows, cols)
-        return pre[rows, cols]
+        return pre[rows, cols].to(x_in.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # grad: [nnz]

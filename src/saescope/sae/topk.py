@@ -34,6 +34,9 @@ class TrainContext:
 class TopKSAE(BaseSAE):
     architecture = "topk"
     unit_norm_decoder = True
+    encoder_dtype: torch.dtype = torch.float32
+    """dtype of the training forward's dense encoder matmul (the trainer sets bfloat16 where it is fast: GPUs and
+    CPUs with AMX/AVX512-BF16, like autocast). Selected values and every gradient stay in float32."""
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_acts(x)
@@ -48,7 +51,8 @@ class TopKSAE(BaseSAE):
         N = x.shape[0]
         x_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x  # [N, d]
         with torch.no_grad():
-            pre = torch.addmm(self.b_enc, x_in, self.W_enc)  # [N, F] — the only dense matmul
+            dt = self.encoder_dtype
+            pre = torch.addmm(self.b_enc.to(dt), x_in.to(dt), self.W_enc.to(dt))  # [N, F] — the only dense matmul
         rows, cols = self._select(pre)
         vals = GatherEncode.apply(x_in, self.W_enc, self.b_enc, rows, cols, pre).relu()  # [nnz]
         x_hat = sparse_decode(rows, cols, vals, self.W_dec, N) + self.b_dec  # [N, d]

@@ -59,6 +59,8 @@ def parse_dataset(model: str, parts: list[str]) -> DatasetRef:
 class DataRoot:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
+        self._summaries: dict[tuple[str, float, float], dict[str, Any]] = {}
+        self._valid: set[tuple[str, int, int]] = set()
         if not self.root.is_dir():
             raise SaescopeError(f"{root}: no such directory; point `saescope view` at a collated/ folder")
 
@@ -101,16 +103,42 @@ class DataRoot:
         return self._json(self._inside(model, "manifest.json"))
 
     def summary(self, ds: DatasetRef) -> dict[str, Any]:
-        s = self._json(self._inside(ds.model, *ds.path.split("/"), "summary.json"))
-        expl = self.explanations(ds)
-        for row in s["units"]:
-            e = expl.get(row["index"])
-            row["explanation"] = e["explanation"] if e else None
-            row["score"] = e["score"] if e else None
-        return s
+        """The dataset's unit table with explanations merged in; cached until either file changes (read-only)."""
+        path = self._inside(ds.model, *ds.path.split("/"), "summary.json")
+        scores = self._inside(ds.model, "explanations", *ds.path.split("/"), "scores.json")
+        if not path.is_file():
+            raise NotFound(str(path.relative_to(self.root)))
+        key = (str(path), path.stat().st_mtime, scores.stat().st_mtime if scores.is_file() else 0.0)
+        if key not in self._summaries:
+            s = self._json(path)
+            expl = self.explanations(ds)
+            for row in s["units"]:
+                e = expl.get(row["index"])
+                row["explanation"] = e["explanation"] if e else None
+                row["score"] = e["score"] if e else None
+            self._summaries = {k: v for k, v in self._summaries.items() if k[0] != key[0]}
+            self._summaries[key] = s
+        return self._summaries[key]
 
     def record(self, ds: DatasetRef, index: int) -> dict[str, Any]:
-        return self._json(self._inside(ds.model, *ds.path.split("/"), f"{int(index)}.json"))
+        return json.loads(self.record_text(ds, index))
+
+    def record_text(self, ds: DatasetRef, index: int) -> str:
+        """The record file's JSON text, validated (a broken file raises BrokenFile naming it)."""
+        path = self._inside(ds.model, *ds.path.split("/"), f"{int(index)}.json")
+        if not path.is_file():
+            raise NotFound(str(path.relative_to(self.root)))
+        text = path.read_text(encoding="utf-8")
+        key = (str(path), path.stat().st_mtime_ns, len(text))
+        if key not in self._valid:  # parse each file version once; afterwards its text is served as it is
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as e:
+                raise BrokenFile(f"{path.relative_to(self.root)} is not valid JSON ({e.msg} at line {e.lineno})") from None
+            if len(self._valid) > 200_000:
+                self._valid.clear()
+            self._valid.add(key)
+        return text
 
     def explanations(self, ds: DatasetRef) -> dict[int, dict[str, Any]]:
         """index → {explanation, score, scores} from <model>/explanations/<dataset path>/scores.json if present."""

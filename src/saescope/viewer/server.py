@@ -3,7 +3,7 @@
 API (all JSON):
     GET  /api/datasets                                   every dataset in every <model>/manifest.json
     GET  /api/units/{model}/{dataset}?offset&limit&sort&desc&q    one page of the unit table (from summary.json)
-    GET  /api/record/{model}/{dataset}/{index}           record + stats + histogram + prev/next + explanation
+    GET  /api/record/{model}/{dataset}/{index}           record + summary row + prev/next + explanation
     GET  /api/logit_lens/{model}/{dataset}/{index}       top/bottom output tokens of the unit's write direction
     POST /api/probe  {model, dataset, index, text}        the unit's activations on a prompt, normalised by its max
 `{dataset}` is `mlp_neurons/<layer>`, `attention_heads/<layer>` or `sae_latents/<sae>/<layer>`.
@@ -11,6 +11,7 @@ API (all JSON):
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
@@ -63,22 +64,9 @@ class Probe(BaseModel):
     text: str
 
 
-def histogram(values: list[float], bins: int = 30) -> dict[str, list[float]]:
-    if not values:
-        return {"edges": [], "counts": []}
-    lo, hi = min(values), max(values)
-    if hi <= lo:
-        hi = lo + 1e-6
-    width = (hi - lo) / bins
-    counts = [0] * bins
-    for v in values:
-        counts[min(bins - 1, int((v - lo) / width))] += 1
-    return {"edges": [lo + i * width for i in range(bins + 1)], "counts": counts}
-
-
 def create_app(root: str | Path, model: str | None = None):  # noqa: ANN201
     from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     data = DataRoot(root)
     hub = ModelHub(data, model)
@@ -124,20 +112,21 @@ def create_app(root: str | Path, model: str | None = None):  # noqa: ANN201
                 "by_token_pair": s.get("by_token_pair", False)}
 
     @app.get("/api/record/{model}/{dataset:path}/{index}")
-    def record(model: str, dataset: str, index: int) -> dict[str, Any]:
+    def record(model: str, dataset: str, index: int) -> Response:
         ds = ds_of(model, dataset)
-        rec = data.record(ds, index)
         s = data.summary(ds)
         n = len(s["units"])
         if not 0 <= index < n:
             raise NotFound(f"unit {index}")
-        tops = rec.get("most_positive_activation_records") or []
-        mx = max((max(r["activations"]) for r in tops if r["activations"]), default=0.0)
-        sample = [a for r in rec.get("random_sample") or [] for a in r["activations"]]
-        return {"record": rec, "max_activation": mx, "summary": s["units"][index], "by_token_pair":
-                s.get("by_token_pair", False), "histogram": histogram(sample), "n_units": n,
-                "prev": index - 1 if index > 0 else None, "next": index + 1 if index + 1 < n else None,
-                "explanation": data.explanations(ds).get(index)}
+        text = data.record_text(ds, index)  # validated JSON text; the page draws the histogram from it
+        row = s["units"][index]
+        rest = {"max_activation": row.get("max_activation", 0.0), "summary": row,
+                "by_token_pair": s.get("by_token_pair", False), "n_units": n, "prev": index - 1 if index > 0 else None,
+                "next": index + 1 if index + 1 < n else None, "explanation": data.explanations(ds).get(index)}
+        # The record is passed through as its file's text: re-encoding ~10⁵ floats per request costs more than
+        # everything else here.
+        body = '{"record":' + text.strip() + "," + json.dumps(rest, allow_nan=False)[1:]
+        return Response(content=body, media_type="application/json")
 
     @app.get("/api/logit_lens/{model}/{dataset:path}/{index}")
     def logit_lens(model: str, dataset: str, index: int, k: int = 10) -> dict[str, Any]:

@@ -53,6 +53,15 @@ function pairmap(tokens, flat, max) {
   return div;
 }
 
+function histogram(values, bins = 30) {
+  if (!values.length) return {edges: [], counts: []};
+  let lo = Math.min(...values), hi = Math.max(...values);
+  if (hi <= lo) hi = lo + 1e-6;
+  const w = (hi - lo) / bins, counts = new Array(bins).fill(0);
+  values.forEach(v => counts[Math.min(bins - 1, Math.floor((v - lo) / w))]++);
+  return {edges: Array.from({length: bins + 1}, (_, i) => lo + i * w), counts};
+}
+
 function drawHistogram(canvas, h) {
   const ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height;
   ctx.clearRect(0, 0, W, H);
@@ -119,7 +128,7 @@ async function unitPage(model, dataset, index) {
     <h3>Top activations</h3><div id="top"></div>
     <div id="quantiles"></div>
     <h3>Random sample</h3><div id="random"></div>`;
-  drawHistogram($("#hist"), r.histogram);
+  drawHistogram($("#hist"), histogram((rec.random_sample || []).flatMap(x => x.activations)));
   (rec.most_positive_activation_records || []).forEach(x => $("#top").appendChild(view(x)));
   (rec.random_sample || []).forEach(x => $("#random").appendChild(view(x)));
   (rec.random_sample_by_quantile || []).map((b, q) => [b, q]).reverse().forEach(([b, q]) => {
