@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +42,8 @@ class RunConfig:
     """Viewer port."""
 
 
-def main_run(cfg: RunConfig) -> int:
+def run_pipeline(cfg: RunConfig) -> tuple[list[tuple[str, Path]], Path]:
+    """Run (or reuse) every stage; returns [(what, where)] and the collated root for the viewer."""
     from saescope.capture import CaptureConfig, capture_corpus, generate_seed_dataset, read_prompts
 
     out = Path(cfg.out)
@@ -105,15 +105,4 @@ def main_run(cfg: RunConfig) -> int:
     done.append((f"explanations + scores (token-lookup baseline: mean {interp['mean_score']:.3f}, "
                  f"null {interp['mean_null_score']:.3f})", Path(interp['out'])))
 
-    print("\nsaescope run finished:")
-    for what, where in done:
-        print(f"  {what:<55} {where}")
-    view_cmd = f"saescope view {col_root} --port {cfg.port}"
-    if not cfg.no_serve and sys.stdin.isatty() and sys.stdout.isatty():
-        from saescope.viewer.server import serve
-
-        print(f"\nserving the viewer on http://127.0.0.1:{cfg.port}/  (Ctrl-C to stop)")
-        serve(col_root, "127.0.0.1", cfg.port)
-    else:
-        print(f"\nbrowse the results with:  {view_cmd}")
-    return 0
+    return done, col_root

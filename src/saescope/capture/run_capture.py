@@ -17,16 +17,3 @@ def run_capture(cfg: CaptureConfig, hm=None) -> Path:  # noqa: ANN001
         capture_corpus(cfg, hm)
     return Path(cfg.out)
 
-
-def cli_capture(cfg: CaptureConfig) -> int:
-    out = run_capture(cfg)
-    if cfg.generate:
-        from saescope.store.seed import seed_summary
-
-        print(seed_summary(out / "metadata.json"))
-        print(f"seed dataset written to {out}")
-    else:
-        from saescope.store import ActivationStore
-
-        print(ActivationStore(out, verify=False).info())
-    return 0

@@ -217,12 +217,3 @@ def write_outputs(cfg: CollateConfig, hm, groups, states, tokens, seen, elapsed,
     write_json(manifest_path, manifest)
     return manifest
 
-
-def cli_collate(cfg: CollateConfig) -> int:
-    m = collate(cfg)
-    if not m:  # a non-zero torchrun rank: rank 0 writes and reports
-        return 0
-    print(f"collated {m['tokens']:,} tokens ({m['tokens_per_second']:,.0f} tokens/s) into {Path(cfg.out) / m['model']}:")
-    for d in m["datasets"]:
-        print(f"  {d['path']:<40} {d['units']:>6} units")
-    return 0

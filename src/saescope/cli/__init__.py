@@ -14,8 +14,8 @@ from typing import Any
 
 # command → (module, config class, function taking the config); modules are imported only when used.
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "run": ("saescope.run", "RunConfig", "main_run", "Run every stage on the embedded default model."),
-    "capture": ("saescope.capture.run_capture", "CaptureConfig", "cli_capture", "Capture activations (corpus or --generate)."),
+    "run": ("saescope.cli.run", "RunConfig", "cli_run", "Run every stage on the embedded default model."),
+    "capture": ("saescope.capture.cli", "CaptureConfig", "cli_capture", "Capture activations (corpus or --generate)."),
     "store-info": ("saescope.store.cli", "StoreInfoConfig", "cli_info", "Summarise an activation store."),
     "import-seed": ("saescope.store.cli", "ImportSeedConfig", "cli_import", "Seed-format folder → store."),
     "export-seed": ("saescope.store.cli", "ExportSeedConfig", "cli_export", "Store → seed-format folder."),
@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "explain": ("saescope.interp.cli", "ExplainConfig", "cli_explain", "Explain units of a collated dataset."),
     "score": ("saescope.interp.cli", "ScoreConfig", "cli_score", "Simulate and score explanations."),
     "view": ("saescope.viewer.cli", "ViewConfig", "cli_view", "Serve the neuron viewer for a collated folder."),
-    "collate": ("saescope.collate.run_collate", "CollateConfig", "cli_collate", "Write TDB NeuronRecords for neurons, heads, SAE latents."),
+    "collate": ("saescope.collate.cli", "CollateConfig", "cli_collate", "Write TDB NeuronRecords for neurons, heads, SAE latents."),
 }
 
 

@@ -1,0 +1,19 @@
+"""`saescope collate` entry point (the CLI layer prints; the library logs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saescope.collate.run_collate import CollateConfig, collate
+
+__all__ = ["CollateConfig", "cli_collate"]
+
+
+def cli_collate(cfg: CollateConfig) -> int:
+    m = collate(cfg)
+    if not m:  # a non-zero torchrun rank: rank 0 writes and reports
+        return 0
+    print(f"collated {m['tokens']:,} tokens ({m['tokens_per_second']:,.0f} tokens/s) into {Path(cfg.out) / m['model']}:")
+    for d in m["datasets"]:
+        print(f"  {d['path']:<40} {d['units']:>6} units")
+    return 0
