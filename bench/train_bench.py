@@ -63,7 +63,9 @@ def run_one(name: str, width: int, args: argparse.Namespace, data: Path) -> dict
     if name == "saescope":
         from saescope.train.trainer import Trainer, TrainerConfig
 
-        tr = Trainer(TrainerConfig(arch="topk", k=k, width=width, batch_size=bs, lr=lr, checkpoint_every=0), dim, steps)
+        # constant LR like the peers' loops here (saescope's default adds a final 20 % linear decay)
+        tr = Trainer(TrainerConfig(arch="topk", k=k, width=width, batch_size=bs, lr=lr, decay_frac=0.0,
+                                   checkpoint_every=0), dim, steps)
         tr.fit(batches(x, bs), progress=False)
         sae = tr.finalize()
         fwd = sae
