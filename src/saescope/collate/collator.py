@@ -31,7 +31,7 @@ class SlotSizes:
     """Excerpts per quantile bucket."""
     pool: int = 64
     """Uniform candidate pool with activations, from which random and quantile samples are drawn."""
-    max_pool: int = 512
+    max_pool: int = 256
     """Uniform pool of excerpt maxima used to place the quantile boundaries."""
 
 
@@ -47,8 +47,9 @@ class GroupState:
     @classmethod
     def create(cls, group: UnitGroup, length: int, sizes: SlotSizes, seed: int) -> "GroupState":
         U = group.n_units
-        return cls(group, TopSlots.empty(U, sizes.top_k, length), TopSlots.empty(U, sizes.pool, length),
-                   TopSlots.empty(U, sizes.max_pool, 1), Moments.empty(U), seed)
+        return cls(group, TopSlots.empty(U, sizes.top_k, length),
+                   TopSlots.empty(U, sizes.pool, length, unique_scores=True),
+                   TopSlots.empty(U, sizes.max_pool, 1, unique_scores=True), Moments.empty(U), seed)
 
     def update(self, acts: Tensor, ids: Tensor) -> None:
         """acts [U, B, L] for excerpts `ids` [B]."""

@@ -41,18 +41,24 @@ class TopSlots:
     """[U, k] int64 excerpt ids (−1 = empty)."""
     acts: Tensor
     """[U, k, L] the unit's activations on that excerpt."""
+    unique_scores: bool = False
+    """Scores never tie (hash keys of keyed reservoirs): one sort instead of two."""
 
     @classmethod
-    def empty(cls, n_units: int, k: int, length: int, dtype: torch.dtype = torch.float32) -> "TopSlots":
+    def empty(cls, n_units: int, k: int, length: int, dtype: torch.dtype = torch.float32,
+              unique_scores: bool = False) -> "TopSlots":
         return cls(torch.full((n_units, k), float("-inf"), dtype=torch.float64),
-                   torch.full((n_units, k), -1, dtype=torch.int64), torch.zeros(n_units, k, length, dtype=dtype))
+                   torch.full((n_units, k), -1, dtype=torch.int64), torch.zeros(n_units, k, length, dtype=dtype),
+                   unique_scores)
 
     def _keep(self, all_score: Tensor, all_ids: Tensor, all_acts: Tensor) -> None:
         k = self.score.shape[1]
-        # lexicographic (score desc, id asc): stable sort by id first, then stably by score
-        order = torch.argsort(all_ids, dim=1, stable=True)
-        by_score = torch.argsort(torch.gather(all_score, 1, order), dim=1, descending=True, stable=True)
-        order = torch.gather(order, 1, by_score)[:, :k]
+        if self.unique_scores:
+            order = torch.topk(all_score, k, dim=1, sorted=True).indices
+        else:  # lexicographic (score desc, id asc): stable sort by id first, then stably by score
+            order = torch.argsort(all_ids, dim=1, stable=True)
+            by_score = torch.argsort(torch.gather(all_score, 1, order), dim=1, descending=True, stable=True)
+            order = torch.gather(order, 1, by_score)[:, :k]
         self.score = torch.gather(all_score, 1, order)
         self.ids = torch.gather(all_ids, 1, order)
         self.acts = torch.gather(all_acts, 1, order[:, :, None].expand(-1, -1, all_acts.shape[2]))
@@ -72,7 +78,7 @@ class TopSlots:
             self._keep(torch.cat([self.score, score], 1), torch.cat([self.ids, ids[None, :].expand(U, -1)], 1),
                        torch.cat([self.acts, acts.to(self.acts.dtype)], 1))
             return
-        sub = TopSlots(self.score[rows], self.ids[rows], self.acts[rows])
+        sub = TopSlots(self.score[rows], self.ids[rows], self.acts[rows], self.unique_scores)
         sub._keep(torch.cat([sub.score, score[rows]], 1), torch.cat([sub.ids, ids[None, :].expand(len(rows), -1)], 1),
                   torch.cat([sub.acts, acts[rows].to(self.acts.dtype)], 1))
         self.score[rows], self.ids[rows], self.acts[rows] = sub.score, sub.ids, sub.acts
