@@ -94,7 +94,7 @@ def test_seed_import_rejects_non_tensor_pickles(tmp_path):
 
 
 def _capture_cmd(model_dir, corpus, out):
-    return [sys.executable, "-m", "saescope.cli", "capture", "--model", str(model_dir), "--corpus", str(corpus),
+    return [sys.executable, "-m", "saescope", "capture", "--model", str(model_dir), "--corpus", str(corpus),
             "--out", str(out), "--context_len", "32", "--batch_size", "1", "--shard_contexts", "1",
             "--hookpoints", "resid_post.2", "--device", "cpu"]
 

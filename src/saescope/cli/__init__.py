@@ -86,6 +86,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"saescope {cmd}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
