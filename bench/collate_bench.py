@@ -29,6 +29,24 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def corpus_for(tokens: int) -> str:
+    """The bundled corpus (~640k tokens), repeated into a jsonl when more tokens are asked for."""
+    if tokens <= 600_000:
+        return "wiki"
+    import json
+    from pathlib import Path
+
+    from saescope.capture.corpus import iter_texts
+
+    path = Path(tempfile.gettempdir()) / f"saescope_wiki_x{tokens // 600_000 + 1}.jsonl"
+    if not path.exists():
+        with path.open("w") as f:
+            for _ in range(tokens // 600_000 + 1):
+                for doc in iter_texts("wiki"):
+                    f.write(json.dumps({"text": doc}) + "\n")
+    return str(path)
+
+
 def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
     from saescope.capture.corpus import iter_contexts, iter_texts
     from saescope.collate.run_collate import CollateConfig, collate, make_groups
@@ -37,7 +55,7 @@ def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
     torch.set_grad_enabled(False)
     hm = load_model(args.model)
     cfg = CollateConfig(layers=str(args.layer), units="mlp,heads", sae=args.sae, max_tokens=tokens,
-                        excerpt_len=64, batch_size=16)
+                        excerpt_len=64, batch_size=16, corpus=corpus_for(tokens))
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     if mode == "collate":
@@ -52,7 +70,7 @@ def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
                 "rss_after_load_mb": rss0}
     groups = make_groups(cfg, hm)
     hps = sorted({h for g in groups for h in g.hookpoints})
-    ctxs = itertools.islice(iter_contexts(hm.tokenizer, iter_texts("wiki"), 65), -(-tokens // 64))
+    ctxs = itertools.islice(iter_contexts(hm.tokenizer, iter_texts(cfg.corpus), 65), -(-tokens // 64))
     sae_group = next(g for g in groups if g.unit_type == "sae_latents")
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     n = 0
@@ -80,6 +98,7 @@ def main() -> None:
     ap.add_argument("--sae", default="runs/default/sae")
     ap.add_argument("--layer", type=int, default=9)
     ap.add_argument("--tokens", default="20000,100000")
+    ap.add_argument("--modes", default="forward_only,collate,store_then_sort")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -87,7 +106,7 @@ def main() -> None:
         return
     rows = []
     for tokens in [int(t) for t in args.tokens.split(",")]:
-        for mode in ("forward_only", "collate", "store_then_sort"):
+        for mode in args.modes.split(","):
             cmd = [sys.executable, __file__, "--one", mode, str(tokens), "--model", args.model, "--sae", args.sae,
                    "--layer", str(args.layer)]
             r = subprocess.run(cmd, capture_output=True, text=True)

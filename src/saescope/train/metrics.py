@@ -8,8 +8,6 @@ Conventions (stated because the anchors disagree, see reference/sae_training.md 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -85,14 +83,3 @@ def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     """Per-position KL(p ‖ q) from logits [..., V]."""
     lp, lq = logits_p.log_softmax(-1), logits_q.log_softmax(-1)
     return (lp.exp() * (lp - lq)).sum(-1)
-
-
-def summarize(x: Tensor, x_hat: Tensor, f: Tensor) -> dict[str, float]:
-    """The per-batch numbers a progress bar or eval table shows."""
-    return {"fvu": fvu(x, x_hat), "explained_variance": explained_variance(x, x_hat), "mse": mse(x, x_hat),
-            "cosine": cosine(x, x_hat), "l0": l0(f), "l1": l1(f), "shrinkage": shrinkage(x, x_hat),
-            "relative_reconstruction_bias": relative_reconstruction_bias(x, x_hat)}
-
-
-def is_finite(v: float) -> bool:
-    return math.isfinite(v)
