@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import resource
 import sys
 import tempfile
 import threading
@@ -18,14 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from _common import proc_status_mb
 
 
 class RssSampler(threading.Thread):
@@ -36,7 +28,7 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop:
-            self.samples.append((time.perf_counter(), rss_mb()))
+            self.samples.append((time.perf_counter(), proc_status_mb("VmRSS")))
             time.sleep(0.2)
 
 

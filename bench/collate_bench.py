@@ -19,14 +19,7 @@ import tempfile
 import time
 
 import torch
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from _common import proc_status_mb
 
 
 def corpus_for(tokens: int) -> str:
@@ -56,7 +49,7 @@ def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
     hm = load_model(args.model)
     cfg = CollateConfig(layers=str(args.layer), units="mlp,heads", sae=args.sae, max_tokens=tokens,
                         excerpt_len=64, batch_size=16, corpus=corpus_for(tokens))
-    rss0 = peak_rss_mb()
+    rss0 = proc_status_mb("VmHWM")
     t0 = time.perf_counter()
     if mode == "collate":
         with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +59,8 @@ def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
             total = time.perf_counter() - t_pass
             tps = m["tokens_per_second"]
             n = m["tokens"]
-        return {"mode": mode, "tokens": n, "tokens_per_s": tps, "total_s": total, "peak_rss_mb": peak_rss_mb(),
+        return {"mode": mode, "tokens": n, "tokens_per_s": tps, "total_s": total,
+                "peak_rss_mb": proc_status_mb("VmHWM"),
                 "rss_after_load_mb": rss0}
     groups = make_groups(cfg, hm)
     hps = sorted({h for g in groups for h in g.hookpoints})
@@ -88,7 +82,7 @@ def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
         order = torch.argsort(idx[:, 0].long() * 1e9 - val.double(), stable=True)  # per latent, descending value
         del order
     el = time.perf_counter() - t0
-    return {"mode": mode, "tokens": n, "tokens_per_s": n / el, "total_s": el, "peak_rss_mb": peak_rss_mb(),
+    return {"mode": mode, "tokens": n, "tokens_per_s": n / el, "total_s": el, "peak_rss_mb": proc_status_mb("VmHWM"),
             "rss_after_load_mb": rss0}
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import proc_status_mb
 
 TRAINERS = ["naive", "saescope", "sae_lens", "sparsify"]
 
@@ -150,16 +150,7 @@ def run_one(name: str, width: int, args: argparse.Namespace, data: Path) -> dict
                 fired[sae.encode(h).top_indices.flatten()] = True
         dead = float((~fired).float().mean())
     return {"trainer": name, "width": width, "tokens_per_s": steps * bs / elapsed, "fvu": fvu, "dead": dead,
-            "mmcs": mmcs, "peak_rss_mb": peak_rss_mb()}
-
-
-def peak_rss_mb() -> float:
-    # VmHWM belongs to this process image (ru_maxrss would inherit the parent's high-water mark across exec).
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            "mmcs": mmcs, "peak_rss_mb": proc_status_mb("VmHWM")}
 
 
 def mm_gflops(bs: int, d: int, F: int) -> float:

@@ -24,6 +24,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+def free_port() -> int:
+    """A free loopback port (torchrun masters, test servers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def make_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers, decoders
     from transformers import PreTrainedTokenizerFast

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import free_port
+
 from saescope.capture.corpus import iter_contexts, iter_texts
 from saescope.collate.collator import GroupState, SlotSizes
 from saescope.collate.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
@@ -16,14 +18,6 @@ from saescope.collate.run_collate import CollateConfig, collate
 from saescope.collate.units import head_group, mlp_group, tril_flatten, tril_unflatten_index
 
 T = 8
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _excerpts(hm, corpus, n):

@@ -13,19 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
+
 from saescope.sae import load_sae
 from saescope.store import StoreMeta, StoreWriter
 from saescope.train import metrics as M
 from saescope.train.synthetic import make_toy, mcc, mmcs
 from saescope.train.trainer import Trainer, TrainerConfig, geometric_median
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fit_toy(cfg: TrainerConfig, steps: int, toy, seed=1):

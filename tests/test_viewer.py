@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -84,14 +83,9 @@ def test_unknown_units_traversal_and_broken_files(client, collated_root):
     broken.write_text(good)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_browser_end_to_end(collated_root, tmp_path):
     import uvicorn
+    from conftest import free_port
     from playwright.sync_api import sync_playwright
 
     from saescope.viewer.server import create_app
@@ -99,7 +93,7 @@ def test_browser_end_to_end(collated_root, tmp_path):
     import json
 
     model = json.loads(next(collated_root.glob("*/manifest.json")).read_text())["model"]
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(collated_root), host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
