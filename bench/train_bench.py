@@ -139,15 +139,14 @@ def run_one(name: str, width: int, args: argparse.Namespace, data: Path) -> dict
         mmcs = _mmcs(load_file(str(fpath))["features"], dec().detach())
     # dead: latents never active on the held-out rows
     dead = float("nan")
-    if name in ("saescope", "sae_lens"):
+    if name in ("saescope", "sae_lens", "sparsify"):
+        fired = torch.zeros(width, dtype=torch.bool)
         with torch.no_grad():
-            f = torch.cat([sae.encode(h) for h in batches(held, 1024)])
-        dead = float(((f != 0).sum(0) == 0).float().mean())
-    elif name == "sparsify":
-        with torch.no_grad():
-            fired = torch.zeros(width, dtype=torch.bool)
             for h in batches(held, 1024):
-                fired[sae.encode(h).top_indices.flatten()] = True
+                if name == "sparsify":
+                    fired[sae.encode(h).top_indices.flatten()] = True
+                else:
+                    fired |= (sae.encode(h) != 0).any(0)
         dead = float((~fired).float().mean())
     return {"trainer": name, "width": width, "tokens_per_s": steps * bs / elapsed, "fvu": fvu, "dead": dead,
             "mmcs": mmcs, "peak_rss_mb": proc_status_mb("VmHWM")}

@@ -66,23 +66,54 @@ class GroupState:
             a.merge(b)
         self.moments.merge(other.moments)
 
+    def sort(self) -> None:
+        for slots in (self.top, self.pool, self.maxima):
+            slots.sort()
+
     def referenced_ids(self) -> Tensor:
         return torch.unique(torch.cat([self.top.ids.flatten(), self.pool.ids.flatten()]))
 
 
 @dataclass
 class ExcerptTokens:
-    """Token ids of excerpts still referenced by some slot."""
+    """Token ids of the excerpts still referenced by some slot, as int32 rows (256 bytes per 64-token excerpt).
 
-    tokens: dict[int, list[int]] = field(default_factory=dict)
+    Rows arrive in per-batch chunks and are compacted to the referenced ones by `prune`; a lookup index is
+    built on first `get` (after the pass).
+    """
+
+    chunks: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    """([n] int64 excerpt ids, [n, T] int32 token ids) pairs."""
+    _index: dict[int, int] | None = None
 
     def add(self, ids: Tensor, token_ids: Tensor) -> None:
-        for i, row in zip(ids.tolist(), token_ids.tolist()):
-            self.tokens[i] = row
+        self.chunks.append((ids.to(torch.int64).cpu().clone(), token_ids.to(torch.int32).cpu().clone()))
+        self._index = None
+
+    def flat(self) -> tuple[Tensor, Tensor]:
+        if len(self.chunks) != 1:
+            ids = torch.cat([c[0] for c in self.chunks]) if self.chunks else torch.zeros(0, dtype=torch.int64)
+            toks = torch.cat([c[1] for c in self.chunks]) if self.chunks else torch.zeros(0, 0, dtype=torch.int32)
+            self.chunks, self._index = [(ids, toks)], None
+        return self.chunks[0]
 
     def prune(self, keep: Tensor) -> None:
-        keep_set = set(keep.tolist())
-        self.tokens = {i: t for i, t in self.tokens.items() if i in keep_set}
+        ids, toks = self.flat()
+        mask = torch.isin(ids, keep)
+        self.chunks, self._index = [(ids[mask], toks[mask])], None
+
+    def merge(self, other: "ExcerptTokens") -> None:
+        self.chunks += other.chunks
+        self._index = None
+
+    def __len__(self) -> int:
+        return sum(len(c[0]) for c in self.chunks)
+
+    def get(self, eid: int) -> list[int]:
+        ids, toks = self.flat()
+        if self._index is None:
+            self._index = {i: r for r, i in enumerate(ids.tolist())}
+        return toks[self._index[eid]].tolist()
 
 
 def quantile_boundaries(maxima: TopSlots) -> Tensor:
@@ -101,10 +132,13 @@ def quantile_boundaries(maxima: TopSlots) -> Tensor:
     return out
 
 
-def build_records(state: GroupState, tokens: ExcerptTokens, decode, sizes: SlotSizes) -> list[NeuronRecord]:  # noqa: ANN001
-    """Finalize one group's state into NeuronRecords (index = unit). Vectorised per group; Python per record."""
+def build_records(state: GroupState, decode, sizes: SlotSizes) -> list[NeuronRecord]:  # noqa: ANN001
+    """Finalize one group's state into NeuronRecords (index = unit). Vectorised per group; Python per record.
+
+    `decode(excerpt_id)` gives the excerpt's token strings."""
     g = state.group
     U = g.n_units
+    state.sort()
     mean, var, skew, kurt = (t.tolist() for t in state.moments.stats())
     bounds = quantile_boundaries(state.maxima)  # [U, 4]
     # candidates for the quantile buckets: pool ∪ top, each with its excerpt max, bucket and key
@@ -124,7 +158,7 @@ def build_records(state: GroupState, tokens: ExcerptTokens, decode, sizes: SlotS
         top_a, pool_a, cand_a = acts_r(state.top.acts[u]), acts_r(state.pool.acts[u]), acts_r(cand_acts[u])
 
         def rec(eid: int, acts) -> ActivationRecord:  # noqa: ANN001
-            return ActivationRecord(activations=acts.tolist(), tokens=decode(tokens.tokens[eid]))
+            return ActivationRecord(activations=acts.tolist(), tokens=decode(eid))
 
         top = [rec(i, top_a[s]) for s, i in enumerate(top_ids[u]) if i >= 0 and top_score[u][s] > float("-inf")]
         random_sample = [rec(i, pool_a[s]) for s, i in enumerate(pool_ids[u]) if i >= 0][: sizes.n_random]

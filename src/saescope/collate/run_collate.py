@@ -146,7 +146,7 @@ def merge_ranks(states: list[GroupState], tokens: ExcerptTokens, seen: int):  # 
     """Gather every rank's state on rank 0 and merge exactly (top-k ∪ top-k, keyed reservoirs, power sums)."""
     import torch.distributed as td
 
-    payload = ([(s.top, s.pool, s.maxima, s.moments) for s in states], tokens.tokens, seen)
+    payload = ([(s.top, s.pool, s.maxima, s.moments) for s in states], tokens.flat(), seen)
     gathered: list | None = [None] * td.get_world_size() if td.get_rank() == 0 else None
     td.gather_object(payload, gathered, dst=0)  # in-memory exchange between our own ranks only
     if td.get_rank() != 0:
@@ -155,7 +155,7 @@ def merge_ranks(states: list[GroupState], tokens: ExcerptTokens, seen: int):  # 
     for parts, toks, n in gathered[1:]:
         for st, (top, pool, maxima, moments) in zip(states, parts):
             st.merge(GroupState(st.group, top, pool, maxima, moments, st.seed))  # slots keep their unique_scores flag
-        tokens.tokens.update(toks)
+        tokens.chunks.append(toks)
         seen += n
     return states, tokens, seen
 
@@ -163,23 +163,23 @@ def merge_ranks(states: list[GroupState], tokens: ExcerptTokens, seen: int):  # 
 def write_outputs(cfg: CollateConfig, hm, groups, states, tokens, seen, elapsed, source) -> dict[str, Any]:  # noqa: ANN001
     from tqdm.auto import tqdm
 
-    cache: dict[int, str] = {}
-    decoded: dict[int, list[str]] = {}  # excerpt token ids → strings, decoded once per excerpt
+    cache: dict[int, str] = {}  # token id → string
+    decoded: dict[int, list[str]] = {}  # excerpt id → strings, decoded once per excerpt
 
-    def decode(ids: list[int]) -> list[str]:
-        key = id(ids)
-        if key not in decoded:
+    def decode(eid: int) -> list[str]:
+        if eid not in decoded:
+            ids = tokens.get(eid)
             for i in ids:
                 if i not in cache:
                     cache[i] = hm.tokenizer.decode([i])
-            decoded[key] = [cache[i] for i in ids]
-        return decoded[key]
+            decoded[eid] = [cache[i] for i in ids]
+        return decoded[eid]
 
     root = Path(cfg.out) / hm.name
     datasets = []
     for g, st in zip(groups, states):
         ds_root = root / g.rel_dir
-        records = build_records(st, tokens, decode, cfg.sizes)
+        records = build_records(st, decode, cfg.sizes)
         density = st.moments.density()
         rows = []
         for r in tqdm(records, desc=f"write {g.rel_dir}/{g.layer}", unit="rec", leave=False):

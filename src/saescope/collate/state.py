@@ -51,37 +51,49 @@ class TopSlots:
                    torch.full((n_units, k), -1, dtype=torch.int64), torch.zeros(n_units, k, length, dtype=dtype),
                    unique_scores)
 
-    def _keep(self, all_score: Tensor, all_ids: Tensor, all_acts: Tensor) -> None:
-        k = self.score.shape[1]
+    def _order(self, all_score: Tensor, all_ids: Tensor, k: int) -> Tensor:
+        """[R, n] → [R, k] positions of the k best entries, best first (score desc, then id asc)."""
         if self.unique_scores:
-            order = torch.topk(all_score, k, dim=1, sorted=True).indices
-        else:  # lexicographic (score desc, id asc): stable sort by id first, then stably by score
-            order = torch.argsort(all_ids, dim=1, stable=True)
-            by_score = torch.argsort(torch.gather(all_score, 1, order), dim=1, descending=True, stable=True)
-            order = torch.gather(order, 1, by_score)[:, :k]
+            return torch.topk(all_score, k, dim=1, sorted=True).indices
+        order = torch.argsort(all_ids, dim=1, stable=True)  # lexicographic: stably by id, then stably by score
+        by_score = torch.argsort(torch.gather(all_score, 1, order), dim=1, descending=True, stable=True)
+        return torch.gather(order, 1, by_score)[:, :k]
+
+    def _keep(self, all_score: Tensor, all_ids: Tensor, all_acts: Tensor) -> None:
+        order = self._order(all_score, all_ids, self.score.shape[1])
         self.score = torch.gather(all_score, 1, order)
         self.ids = torch.gather(all_ids, 1, order)
         self.acts = torch.gather(all_acts, 1, order[:, :, None].expand(-1, -1, all_acts.shape[2]))
 
-    def update(self, score: Tensor, ids: Tensor, acts: Tensor) -> None:
-        """score [U, B] float64, ids [B] int64, acts [U, B, L].
+    def sort(self) -> None:
+        """Order each unit's slots best first (`update` leaves them unordered)."""
+        self._keep(self.score, self.ids, self.acts)
 
-        Only units where a new excerpt beats the current last slot are touched: once the slots fill up, most
+    def update(self, score: Tensor, ids: Tensor, acts: Tensor) -> None:
+        """score [U, B] float64, ids [B] int64, acts [U, B, L]. Slots stay unordered until `sort`.
+
+        Only units where a new excerpt beats the current worst slot are touched, and in those only the evicted
+        slots are overwritten: the kept excerpts' activations are never moved. Once the slots fill up, most
         batches change few units (a reservoir of P among n seen admits a newcomer with probability P/n).
         """
-        U = self.score.shape[0]
-        need = (score >= self.score[:, -1:]).any(1)  # ≥: a tie may still win on the smaller excerpt id
+        k = self.score.shape[1]
+        need = (score >= self.score.amin(1, keepdim=True)).any(1)  # ≥: a tie may still win on the smaller id
         rows = need.nonzero().squeeze(1)
         if rows.numel() == 0:
             return
-        if rows.numel() == U:
-            self._keep(torch.cat([self.score, score], 1), torch.cat([self.ids, ids[None, :].expand(U, -1)], 1),
-                       torch.cat([self.acts, acts.to(self.acts.dtype)], 1))
-            return
-        sub = TopSlots(self.score[rows], self.ids[rows], self.acts[rows], self.unique_scores)
-        sub._keep(torch.cat([sub.score, score[rows]], 1), torch.cat([sub.ids, ids[None, :].expand(len(rows), -1)], 1),
-                  torch.cat([sub.acts, acts[rows].to(self.acts.dtype)], 1))
-        self.score[rows], self.ids[rows], self.acts[rows] = sub.score, sub.ids, sub.acts
+        R, B = rows.numel(), score.shape[1]
+        new_score = score[rows]  # [R, B]
+        best = self._order(torch.cat([self.score[rows], new_score], 1),
+                           torch.cat([self.ids[rows], ids[None, :].expand(R, -1)], 1), k)  # [R, k] of k + B
+        kept = torch.zeros(R, k + B, dtype=torch.bool).scatter_(1, best, True)
+        # Each row evicts as many old slots as it admits new excerpts; nonzero() lists both row-major, so the
+        # j-th evicted slot of a row pairs with the j-th admitted excerpt of the same row.
+        r, slot = (~kept[:, :k]).nonzero(as_tuple=True)
+        _, new = kept[:, k:].nonzero(as_tuple=True)
+        u = rows[r]
+        self.score[u, slot] = new_score[r, new]
+        self.ids[u, slot] = ids[new]
+        self.acts[u, slot] = acts[u, new].to(self.acts.dtype)
 
     def merge(self, other: "TopSlots") -> None:
         self._keep(torch.cat([self.score, other.score], 1), torch.cat([self.ids, other.ids], 1),

@@ -119,9 +119,9 @@ class BaseSAE(nn.Module):
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
         """Project out the gradient component along each (unit) decoder row, so the step keeps norms ≈ 1."""
-        if self.W_dec.grad is not None:
-            w = self.W_dec
-            self.W_dec.grad -= (self.W_dec.grad * w).sum(1, keepdim=True) * w
+        g, w = self.W_dec.grad, self.W_dec  # [F, d] each
+        if g is not None:
+            g.addcmul_(torch.linalg.vecdot(g, w).unsqueeze(1), w, value=-1.0)  # g -= (g·w) w, in one pass
 
     @torch.no_grad()
     def fold_input_scale(self, s: float) -> None:

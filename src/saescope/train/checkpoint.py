@@ -68,10 +68,3 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], gr
             _, pid, k = key.split(".", 2)
             state.setdefault(int(pid), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": groups})
-    # Saved tensors come back contiguous; give moment buffers their parameter's strides again (fused Adam
-    # assumes state and parameter share a layout, e.g. for the latent-major W_enc).
-    for group in opt.param_groups:
-        for p in group["params"]:
-            for k, v in opt.state.get(p, {}).items():
-                if isinstance(v, Tensor) and v.shape == p.shape and v.stride() != p.stride():
-                    opt.state[p][k] = torch.empty_strided(p.shape, p.stride(), dtype=v.dtype, device=v.device).copy_(v)
