@@ -33,7 +33,8 @@ def _fit_toy(cfg: TrainerConfig, steps: int, toy, seed=1):
     return tr.finalize(), toy.sample(2000, g)
 
 
-@pytest.mark.parametrize("arch,kw", [("topk", {}), ("batchtopk", {}), ("jumprelu", {"l0_coefficient": 0.3}),
+@pytest.mark.parametrize("arch,kw", [("topk", {}), ("batchtopk", {}), ("matryoshka", {}),
+                                     ("jumprelu", {"l0_coefficient": 0.3}),
                                      ("standard", {"l1_coefficient": 0.08})])
 def test_recovers_true_features(arch, kw):
     toy = make_toy(d=32, n_features=64, active=3, seed=0)
@@ -44,6 +45,25 @@ def test_recovers_true_features(arch, kw):
     with torch.no_grad():
         f = sae.encode(x)
         assert M.fvu(x, sae(x)) < 0.4 and M.l0(f) < 12
+
+
+def test_matryoshka_prefix_reconstructs_on_its_own():
+    """The point of Matryoshka: its first latents alone form a usable SAE; BatchTopK's first latents do not."""
+    toy = make_toy(d=32, n_features=64, active=3, seed=0)
+    prefix = 16
+
+    def prefix_fvu(sae, x):
+        with torch.no_grad():
+            f = sae.encode(x)
+            return M.fvu(x, f[:, :prefix] @ sae.W_dec[:prefix] + sae.b_dec)
+
+    kw = dict(k=3, width=128, batch_size=256, lr=3e-3)
+    mat, x = _fit_toy(TrainerConfig(arch="matryoshka", matryoshka_widths=f"{prefix},64", **kw), 400, toy)
+    plain, _ = _fit_toy(TrainerConfig(arch="batchtopk", **kw), 400, toy)
+    assert mat.widths == (prefix, 64, 128)
+    with torch.no_grad():
+        assert M.fvu(x, mat(x)) < 0.4  # the full width still reconstructs
+    assert prefix_fvu(mat, x) < 0.8 * prefix_fvu(plain, x)
 
 
 def test_untrained_sae_does_not_recover_features():

@@ -6,6 +6,7 @@ from saescope.errors import SaescopeError
 from saescope.sae.base import BaseSAE
 from saescope.sae.batchtopk import BatchTopKSAE
 from saescope.sae.jumprelu import JumpReLUSAE
+from saescope.sae.matryoshka import MatryoshkaBatchTopKSAE
 from saescope.sae.relu import ReLUSAE
 from saescope.sae.topk import TopKSAE
 
@@ -14,8 +15,9 @@ REGISTRY: dict[str, type[BaseSAE]] = {
     "batchtopk": BatchTopKSAE,
     "jumprelu": JumpReLUSAE,
     "standard": ReLUSAE,
+    "matryoshka_batchtopk": MatryoshkaBatchTopKSAE,
 }
-ALIASES = {"relu": "standard", "relu_l1": "standard", "batch_topk": "batchtopk"}
+ALIASES = {"relu": "standard", "relu_l1": "standard", "batch_topk": "batchtopk", "matryoshka": "matryoshka_batchtopk"}
 
 
 def sae_class(name: str) -> type[BaseSAE]:

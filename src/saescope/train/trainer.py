@@ -33,7 +33,7 @@ class TrainerConfig:
     """The optimisation recipe (shared by `saescope train` and the Python API)."""
 
     arch: str = "topk"
-    """topk, batchtopk, jumprelu or standard (= relu: ReLU + L1)."""
+    """topk, batchtopk, matryoshka_batchtopk (= matryoshka), jumprelu or standard (= relu: ReLU + L1)."""
     k: int = 32
     """Active latents per token (TopK; BatchTopK on average)."""
     width: int = 4096
@@ -58,6 +58,8 @@ class TrainerConfig:
     """AuxK coefficient (TopK family)."""
     dead_tokens: int = 1_000_000
     """A latent is dead after this many tokens without firing."""
+    matryoshka_widths: str = ""
+    """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
     l1_coefficient: float = 0.08
     """ReLU+L1 sparsity coefficient (on the FVU-normalised loss)."""
     l0_coefficient: float = 0.1
@@ -76,12 +78,14 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         from saescope.errors import SaescopeError
 
-        sae_class(self.arch)
+        from saescope.sae import TopKSAE
+
+        topk_family = issubclass(sae_class(self.arch), TopKSAE)
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise SaescopeError(f"--b_dec_init {self.b_dec_init}: choose geometric_median, mean or zeros")
         if self.width < 1 or self.k < 1 or self.batch_size < 1:
             raise SaescopeError("--width, --k and --batch_size must be positive")
-        if self.arch in ("topk", "batchtopk") and self.k > self.width:
+        if topk_family and self.k > self.width:
             raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
 
     def learning_rate(self) -> float:
@@ -196,6 +200,10 @@ class Trainer:
         self.sae = sae_class(cfg.arch)(sae_cfg).to(device)
         if hasattr(self.sae, "encoder_dtype"):
             self.sae.encoder_dtype = resolve_encoder_dtype(cfg.encoder_dtype, device)
+        if hasattr(self.sae, "widths"):
+            from saescope.sae.matryoshka import prefix_widths
+
+            self.sae.widths = prefix_widths(cfg.matryoshka_widths, cfg.width)
         # The optimizer updates contiguous aliases of the parameters: fused Adam on the latent-major (transposed)
         # W_enc would otherwise copy it to and from a contiguous buffer every step (5x slower on CPU).
         self.params = list(self.sae.parameters())
