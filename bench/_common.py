@@ -11,3 +11,40 @@ def proc_status_mb(field: str) -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class RssSampler:
+    """Samples memory every `every` seconds in a background thread: `with RssSampler() as s: ...; s.samples`.
+
+    Each sample is (seconds, VmRSS, RssAnon) in MiB. RssAnon leaves out file-backed pages, e.g. the memory-mapped
+    model weights, whose resident part grows as new token ids touch new embedding rows (bounded by the file)."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        import threading
+
+        self.every, self.samples = every, []  # [(seconds since start, VmRSS MiB, RssAnon MiB)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        while not self._stop.wait(self.every):
+            self.samples.append((time.perf_counter() - t0, proc_status_mb("VmRSS"), proc_status_mb("RssAnon")))
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def phase_max(self, lo: float, hi: float, anon: bool = False) -> float:
+        """Max VmRSS (or RssAnon) over the fraction [lo, hi) of the sampled time."""
+        if not self.samples:
+            return float("nan")
+        end = self.samples[-1][0]
+        vals = [s[2 if anon else 1] for s in self.samples if lo * end <= s[0] < hi * end or (hi >= 1 and s[0] == end)]
+        return max(vals) if vals else float("nan")

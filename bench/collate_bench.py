@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import torch
-from _common import proc_status_mb
+from _common import RssSampler, proc_status_mb
 
 
 def corpus_for(tokens: int) -> str:
@@ -55,13 +55,16 @@ def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             cfg.out = tmp
             t_pass = time.perf_counter()
-            m = collate(cfg, hm)
+            with RssSampler() as rss:
+                m = collate(cfg, hm)
             total = time.perf_counter() - t_pass
             tps = m["tokens_per_second"]
             n = m["tokens"]
         return {"mode": mode, "tokens": n, "tokens_per_s": tps, "total_s": total,
-                "peak_rss_mb": proc_status_mb("VmHWM"),
-                "rss_after_load_mb": rss0}
+                "peak_rss_mb": proc_status_mb("VmHWM"), "rss_after_load_mb": rss0,
+                "rss_first_10pct_mb": rss.phase_max(0, 0.1), "rss_second_half_mb": rss.phase_max(0.5, 1.0),
+                "anon_first_10pct_mb": rss.phase_max(0, 0.1, anon=True),
+                "anon_second_half_mb": rss.phase_max(0.5, 1.0, anon=True)}
     groups = make_groups(cfg, hm)
     hps = sorted({h for g in groups for h in g.hookpoints})
     ctxs = itertools.islice(iter_contexts(hm.tokenizer, iter_texts(cfg.corpus), 65), -(-tokens // 64))
@@ -111,14 +114,19 @@ def main() -> None:
             print(f"  done {mode} {tokens}", file=sys.stderr)
     print(f"\n{args.model} layer {args.layer}: MLP neurons + heads + SAE latents ({args.sae}); excerpts of 64 tokens, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| mode | tokens | tokens/s (streaming pass) | vs forward only | peak RSS MiB | RSS above model load |")
-    print("|---|---|---|---|---|---|")
+    print("| mode | tokens | tokens/s (streaming pass) | vs forward only | peak RSS MiB | RSS above model load | "
+          "RSS first 10 % / second half of the pass | anonymous RSS first 10 % / second half |")
+    print("|---|---|---|---|---|---|---|---|")
     for tokens in sorted({r["tokens"] for r in rows}):
         base = next((r["tokens_per_s"] for r in rows if r["tokens"] == tokens and r["mode"] == "forward_only"), None)
         for r in [r for r in rows if r["tokens"] == tokens]:
             vs = f"{base / r['tokens_per_s']:.2f}x cost" if base else "-"
+            phases = anon = "-"
+            if "rss_first_10pct_mb" in r:
+                phases = f"{r['rss_first_10pct_mb']:,.0f} / {r['rss_second_half_mb']:,.0f}"
+                anon = f"{r['anon_first_10pct_mb']:,.0f} / {r['anon_second_half_mb']:,.0f}"
             print(f"| {r['mode']} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | {vs} | {r['peak_rss_mb']:,.0f} | "
-                  f"{r['peak_rss_mb'] - r['rss_after_load_mb']:,.0f} |")
+                  f"{r['peak_rss_mb'] - r['rss_after_load_mb']:,.0f} | {phases} | {anon} |")
 
 
 if __name__ == "__main__":

@@ -179,10 +179,10 @@ def write_outputs(cfg: CollateConfig, hm, groups, states, tokens, seen, elapsed,
     datasets = []
     for g, st in zip(groups, states):
         ds_root = root / g.rel_dir
-        records = build_records(st, decode, cfg.sizes)
         density = st.moments.density()
         rows = []
-        for r in tqdm(records, desc=f"write {g.rel_dir}/{g.layer}", unit="rec", leave=False):
+        for r in tqdm(build_records(st, decode, cfg.sizes), total=g.n_units, desc=f"write {g.rel_dir}/{g.layer}",
+                      unit="rec", leave=False):
             write_record(ds_root, r)
             top = r.most_positive_activation_records
             top_token = ""
