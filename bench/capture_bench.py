@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from saescope.capture import CaptureConfig, capture_corpus
-    from saescope.capture.corpus import iter_contexts, iter_texts
+    from saescope.capture.corpus import CorpusConfig, iter_contexts, iter_texts
     from saescope.models import load_model, parse_hookpoint
 
     torch.set_grad_enabled(False)
@@ -84,7 +84,7 @@ def main() -> None:
         sampler.start()
         t0 = time.perf_counter()
         cfg = CaptureConfig(out=str(Path(tmp) / "store"), hookpoints=args.hookpoint, max_tokens=args.tokens,
-                            batch_size=args.batch_size, corpus=str(corpus))
+                            batch_size=args.batch_size, data=CorpusConfig(str(corpus)))
         store = capture_corpus(cfg, hm)
         elapsed = time.perf_counter() - t0
         sampler.stop = True

@@ -41,14 +41,14 @@ def corpus_for(tokens: int) -> str:
 
 
 def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
-    from saescope.capture.corpus import iter_contexts, iter_texts
+    from saescope.capture.corpus import CorpusConfig, iter_contexts
     from saescope.collate.run_collate import CollateConfig, collate, make_groups
     from saescope.models import load_model
 
     torch.set_grad_enabled(False)
     hm = load_model(args.model)
     cfg = CollateConfig(layers=str(args.layer), units="mlp,heads", sae=args.sae, max_tokens=tokens,
-                        excerpt_len=64, batch_size=16, corpus=corpus_for(tokens))
+                        excerpt_len=64, batch_size=16, data=CorpusConfig(corpus_for(tokens)))
     rss0 = proc_status_mb("VmHWM")
     t0 = time.perf_counter()
     if mode == "collate":
@@ -67,7 +67,7 @@ def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
                 "anon_second_half_mb": rss.phase_max(0.5, 1.0, anon=True)}
     groups = make_groups(cfg, hm)
     hps = sorted({h for g in groups for h in g.hookpoints})
-    ctxs = itertools.islice(iter_contexts(hm.tokenizer, iter_texts(cfg.corpus), 65), -(-tokens // 64))
+    ctxs = itertools.islice(iter_contexts(hm.tokenizer, cfg.data.texts(), 65), -(-tokens // 64))
     sae_group = next(g for g in groups if g.unit_type == "sae_latents")
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     n = 0

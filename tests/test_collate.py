@@ -11,7 +11,7 @@ import torch
 
 from conftest import free_port
 
-from saescope.capture.corpus import iter_contexts, iter_texts
+from saescope.capture.corpus import CorpusConfig, iter_contexts, iter_texts
 from saescope.collate.collator import GroupState, SlotSizes
 from saescope.collate.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
 from saescope.collate.run_collate import CollateConfig, collate
@@ -31,7 +31,7 @@ def _brute_mlp(hm, ctxs, layer):
 
 @pytest.fixture
 def collated(tiny_gpt2, text_corpus, tmp_path):
-    cfg = CollateConfig(out=str(tmp_path / "col"), corpus=str(text_corpus), layers="1", excerpt_len=T,
+    cfg = CollateConfig(out=str(tmp_path / "col"), data=CorpusConfig(str(text_corpus)), layers="1", excerpt_len=T,
                         max_tokens=T * 60, batch_size=7, sizes=SlotSizes(top_k=20, n_random=15, pool=24))
     manifest = collate(cfg, tiny_gpt2)
     return tiny_gpt2, text_corpus, tmp_path / "col" / tiny_gpt2.name, manifest

@@ -161,12 +161,13 @@ def test_hf_backend_digit_distributions():
 
 
 def test_pipeline_end_to_end_resumable_with_failure_accounting(tiny_gpt2, text_corpus, tmp_path, monkeypatch):
+    from saescope.capture.corpus import CorpusConfig
     from saescope.collate.collator import SlotSizes
     from saescope.collate.run_collate import CollateConfig, collate
     from saescope.interp import pipeline
     from saescope.interp.pipeline import InterpConfig, run_interp
 
-    collate(CollateConfig(out=str(tmp_path / "col"), corpus=str(text_corpus), layers="1", units="mlp",
+    collate(CollateConfig(out=str(tmp_path / "col"), data=CorpusConfig(str(text_corpus)), layers="1", units="mlp",
                           excerpt_len=8, max_tokens=8 * 60, sizes=SlotSizes(top_k=20, n_random=15, pool=24)),
             tiny_gpt2)
     root = tmp_path / "col" / tiny_gpt2.name

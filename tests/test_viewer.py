@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from saescope.capture.corpus import CorpusConfig
 from saescope.collate.collator import SlotSizes
 from saescope.collate.run_collate import CollateConfig, collate
 from saescope.config import ModelConfig
@@ -23,7 +24,7 @@ def collated_root(tiny_dir, tmp_path_factory) -> Path:
     sae = TopKSAE(SAEConfig("topk", 32, 48, k=4, metadata={"hook_name": "resid_post.1"}))
     sae.save(tmp / "tiny_sae")
     cfg = CollateConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), out=str(tmp / "collated"),
-                        corpus=str(tmp / "corpus.txt"), layers="1", excerpt_len=8, max_tokens=8 * 40,
+                        data=CorpusConfig(str(tmp / "corpus.txt")), layers="1", excerpt_len=8, max_tokens=8 * 40,
                         sae=str(tmp / "tiny_sae"), sizes=SlotSizes(top_k=20, n_random=15, pool=24))
     collate(cfg)
     return tmp / "collated"

@@ -45,6 +45,7 @@ class RunConfig:
 def run_pipeline(cfg: RunConfig) -> tuple[list[tuple[str, Path]], Path]:
     """Run (or reuse) every stage; returns [(what, where)] and the collated root for the viewer."""
     from saescope.capture import CaptureConfig, capture_corpus, generate_seed_dataset, read_prompts
+    from saescope.capture.corpus import CorpusConfig
 
     out = Path(cfg.out)
     hm = cfg.model.load()
@@ -60,7 +61,7 @@ def run_pipeline(cfg: RunConfig) -> tuple[list[tuple[str, Path]], Path]:
     done.append(("seed dataset (activations_<i>.pt + metadata.json)", seed_dir))
 
     store_cfg = CaptureConfig(
-        model=cfg.model, out=str(out / "store"), hookpoints=f"{hookpoint},mlp_post_act.{layer}", corpus=cfg.corpus,
+        model=cfg.model, out=str(out / "store"), hookpoints=f"{hookpoint},mlp_post_act.{layer}", data=CorpusConfig(cfg.corpus),
         max_tokens=cfg.max_tokens, context_len=cfg.context_len,
     )
     store = capture_corpus(store_cfg, hm)
@@ -94,7 +95,7 @@ def run_pipeline(cfg: RunConfig) -> tuple[list[tuple[str, Path]], Path]:
     if manifest_path.exists():
         log.info("collated records already in %s", col_root)
     else:
-        collate(CollateConfig(model=cfg.model, out=str(col_root), corpus=cfg.corpus, layers=str(layer),
+        collate(CollateConfig(model=cfg.model, out=str(col_root), data=CorpusConfig(cfg.corpus), layers=str(layer),
                               units="mlp,heads", sae=str(sae_dir), max_tokens=cfg.collate_tokens), hm)
     done.append((f"collated records (MLP neurons, heads, SAE latents at layer {layer})", col_root / hm.name))
 

@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from saescope.capture.corpus import CorpusConfig
 from saescope.config import ModelConfig
 from saescope.errors import SaescopeError
 from saescope.models import HookedModel
@@ -28,10 +29,7 @@ class CaptureConfig:
     """Output directory: an activation store (corpus mode) or a seed dataset folder (generate mode)."""
     hookpoints: str = ""
     """Comma-separated hookpoints or globs (resid_post.5, mlp_out.*). Default: the middle layer's resid_post."""
-    corpus: str = "wiki"
-    """wiki (bundled Wikipedia sample), a .txt/.jsonl file, a folder of them, or a HF datasets directory."""
-    text_field: str = "text"
-    """Text field of .jsonl rows / dataset columns."""
+    data: CorpusConfig = field(default_factory=CorpusConfig)
     context_len: int = 128
     """Tokens per context, BOS included (BOS is not stored)."""
     batch_size: int = 16
@@ -73,17 +71,16 @@ def valid_mask(ids: Tensor, special: set[int]) -> Tensor:
 
 
 def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> ActivationStore:
-    """Capture `cfg.corpus` into the store at `cfg.out`, resuming after its last complete shard."""
+    """Capture `cfg.data` into the store at `cfg.out`, resuming after its last complete shard."""
     from tqdm.auto import tqdm
 
-    from saescope.capture.corpus import describe, iter_contexts, iter_texts
+    from saescope.capture.corpus import iter_contexts
 
     hm = hm or cfg.model.load()
     hookpoints = hm.select(cfg.hookpoints) if cfg.hookpoints else [default_hookpoint(hm)]
     meta = StoreMeta(
         model=hm.name, hookpoints={h: hm.width(h) for h in hookpoints}, dtype=cfg.store_dtype,
-        context_len=cfg.context_len, source={**describe(cfg.corpus), "text_field": cfg.text_field,
-                                              "max_tokens": cfg.max_tokens},
+        context_len=cfg.context_len, source={**cfg.data.describe(), "max_tokens": cfg.max_tokens},
         tokenizer=getattr(hm.tokenizer, "name_or_path", ""), extra={"model_spec": cfg.model.model},
     )
     writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
@@ -93,7 +90,7 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
     special = {t for t in (hm.tokenizer.bos_token_id, hm.tokenizer.pad_token_id) if t is not None}
     device = next(hm.model.parameters()).device
     start = writer.next_context
-    contexts = iter_contexts(hm.tokenizer, iter_texts(cfg.corpus, cfg.text_field), cfg.context_len)
+    contexts = iter_contexts(hm.tokenizer, cfg.data.texts(), cfg.context_len)
     contexts = itertools.islice(contexts, start, None)
     per_ctx = cfg.context_len - 1
     total = cfg.max_tokens or None
@@ -130,5 +127,5 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
     elapsed = time.perf_counter() - t0
     writer.finish(tokens_per_second=round((rows - initial) / max(elapsed, 1e-9), 1))
     if rows == 0:
-        raise SaescopeError(f"corpus '{cfg.corpus}': produced no contexts of {cfg.context_len} tokens; use a longer corpus")
+        raise SaescopeError(f"corpus '{cfg.data.corpus}': produced no contexts of {cfg.context_len} tokens; use a longer corpus")
     return ActivationStore(cfg.out)

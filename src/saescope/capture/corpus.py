@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,22 @@ def iter_contexts(tokenizer: Any, texts: Iterator[str], context_len: int, add_bo
         while len(buf) >= body:
             chunk, buf = buf[:body], buf[body:]
             yield ([bos] if bos is not None else []) + chunk
+
+
+@dataclass
+class CorpusConfig:
+    """Where the text comes from (shared by capture and collate)."""
+
+    corpus: str = "wiki"
+    """wiki (bundled Wikipedia sample), a .txt/.jsonl file, a folder of them, or a HF datasets directory."""
+    text_field: str = "text"
+    """Text field of .jsonl rows / dataset columns."""
+
+    def texts(self) -> Iterator[str]:
+        return iter_texts(self.corpus, self.text_field)
+
+    def describe(self) -> dict[str, Any]:
+        return {**describe(self.corpus), "text_field": self.text_field}
 
 
 def describe(corpus: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from saescope.capture.corpus import CorpusConfig
 from saescope.collate.collator import ExcerptTokens, GroupState, SlotSizes, build_records
 from saescope.collate.records import write_record
 from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group
@@ -38,10 +39,7 @@ class CollateConfig:
     sizes: SlotSizes = field(default_factory=SlotSizes)
     out: str = "runs/default/collated"
     """Output root; records go to <out>/<model>/<unit_type>/..."""
-    corpus: str = "wiki"
-    """wiki, a .txt/.jsonl file, a folder, or a HF datasets directory."""
-    text_field: str = "text"
-    """Text field of .jsonl rows / dataset columns."""
+    data: CorpusConfig = field(default_factory=CorpusConfig)
     layers: str = ""
     """Comma-separated layers for mlp/heads (default: the middle layer)."""
     units: str = "mlp,heads"
@@ -97,7 +95,7 @@ def collate(cfg: CollateConfig, hm=None) -> dict[str, Any]:  # noqa: ANN001
     """Run the streaming pass and write every record; returns the manifest."""
     from tqdm.auto import tqdm
 
-    from saescope.capture.corpus import describe, iter_contexts, iter_texts
+    from saescope.capture.corpus import iter_contexts
 
     from saescope.train import distributed as dist
 
@@ -110,7 +108,7 @@ def collate(cfg: CollateConfig, hm=None) -> dict[str, Any]:  # noqa: ANN001
     hookpoints = sorted({h for g in groups for h in g.hookpoints})
     tokens = ExcerptTokens()
     device = next(hm.model.parameters()).device
-    contexts = iter_contexts(hm.tokenizer, iter_texts(cfg.corpus, cfg.text_field), T + 1)
+    contexts = iter_contexts(hm.tokenizer, cfg.data.texts(), T + 1)
     n_excerpts = -(-cfg.max_tokens // T) if cfg.max_tokens else None
     # Under torchrun each rank takes every world-th excerpt; ids stay global so the merge is exact.
     numbered = ((i, c) for i, c in enumerate(itertools.islice(contexts, n_excerpts)) if i % world == rank)
@@ -138,8 +136,8 @@ def collate(cfg: CollateConfig, hm=None) -> dict[str, Any]:  # noqa: ANN001
         if rank != 0:
             return {}
     if seen == 0:
-        raise SaescopeError(f"corpus '{cfg.corpus}' gave no excerpts of {T} tokens")
-    return write_outputs(cfg, hm, groups, states, tokens, seen, elapsed, describe(cfg.corpus))
+        raise SaescopeError(f"corpus '{cfg.data.corpus}' gave no excerpts of {T} tokens")
+    return write_outputs(cfg, hm, groups, states, tokens, seen, elapsed, cfg.data.describe())
 
 
 def merge_ranks(states: list[GroupState], tokens: ExcerptTokens, seen: int):  # noqa: ANN201
