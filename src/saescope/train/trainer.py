@@ -259,6 +259,7 @@ class Trainer:
             if a is not p:
                 a.grad = None if p.grad is None else p.grad.T
         self.opt.step()
+        self.opt.zero_grad(set_to_none=True)  # free the gradients now: their memory is reused by the next step
         self.sched.step()
         if sae.unit_norm_decoder:
             sae.set_decoder_unit_norm()
