@@ -42,9 +42,9 @@ class RssSampler:
         self._thread.join()
 
     def phase_max(self, lo: float, hi: float, anon: bool = False) -> float:
-        """Max VmRSS (or RssAnon) over the fraction [lo, hi) of the sampled time."""
-        if not self.samples:
+        """Max VmRSS (or RssAnon) over the fraction [lo, hi) of the samples (at least one sample)."""
+        n = len(self.samples)
+        if n == 0:
             return float("nan")
-        end = self.samples[-1][0]
-        vals = [s[2 if anon else 1] for s in self.samples if lo * end <= s[0] < hi * end or (hi >= 1 and s[0] == end)]
-        return max(vals) if vals else float("nan")
+        a = min(int(lo * n), n - 1)
+        return max(s[2 if anon else 1] for s in self.samples[a:max(a + 1, int(hi * n))])

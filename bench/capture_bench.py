@@ -12,24 +12,11 @@ import argparse
 import itertools
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
-from _common import proc_status_mb
-
-
-class RssSampler(threading.Thread):
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.samples: list[tuple[float, float]] = []
-        self.stop = False
-
-    def run(self) -> None:
-        while not self.stop:
-            self.samples.append((time.perf_counter(), proc_status_mb("VmRSS")))
-            time.sleep(0.2)
+from _common import RssSampler
 
 
 def main() -> None:
@@ -80,19 +67,14 @@ def main() -> None:
             for _ in range(args.repeat):
                 for doc in iter_texts("wiki"):
                     f.write(json.dumps({"text": doc}) + "\n")
-        sampler = RssSampler()
-        sampler.start()
         t0 = time.perf_counter()
         cfg = CaptureConfig(out=str(Path(tmp) / "store"), hookpoints=args.hookpoint, max_tokens=args.tokens,
                             batch_size=args.batch_size, data=CorpusConfig(str(corpus)))
-        store = capture_corpus(cfg, hm)
+        with RssSampler(0.2) as sampler:
+            store = capture_corpus(cfg, hm)
         elapsed = time.perf_counter() - t0
-        sampler.stop = True
-        sampler.join()
         rows = store.rows
-    samples = [r for _, r in sampler.samples]
-    early = max(samples[: max(1, len(samples) // 10)])
-    late = max(samples[len(samples) // 2:])
+    early, late = sampler.phase_max(0, 0.1), sampler.phase_max(0.5, 1.0)
 
     rows_out = [
         ("naive loop (output_hidden_states, full model)", f"{naive_tps:,.0f}", "1.00x"),

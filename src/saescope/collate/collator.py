@@ -103,13 +103,6 @@ class ExcerptTokens:
         mask = torch.isin(ids, keep)
         self.chunks, self._index = [(ids[mask], toks[mask])], None
 
-    def merge(self, other: "ExcerptTokens") -> None:
-        self.chunks += other.chunks
-        self._index = None
-
-    def __len__(self) -> int:
-        return sum(len(c[0]) for c in self.chunks)
-
     def get(self, eid: int) -> list[int]:
         ids, toks = self.flat()
         if self._index is None:

@@ -153,7 +153,7 @@ def merge_ranks(states: list[GroupState], tokens: ExcerptTokens, seen: int):  # 
     for parts, toks, n in gathered[1:]:
         for st, (top, pool, maxima, moments) in zip(states, parts):
             st.merge(GroupState(st.group, top, pool, maxima, moments, st.seed))  # slots keep their unique_scores flag
-        tokens.chunks.append(toks)
+        tokens.add(*toks)
         seen += n
     return states, tokens, seen
 

@@ -15,10 +15,9 @@ import torch
 from torch import Tensor
 
 from saescope.errors import SaescopeError
-from saescope.sae.base import TrainOutput, fvu_loss
+from saescope.sae.base import fvu_loss
 from saescope.sae.batchtopk import BatchTopKSAE
-from saescope.sae.kernels import GatherEncode, sparse_decode
-from saescope.sae.topk import TrainContext
+from saescope.sae.kernels import sparse_decode
 
 
 def prefix_widths(spec: str, width: int) -> tuple[int, ...]:
@@ -41,28 +40,14 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     widths: tuple[int, ...] = ()
     """Nested prefix widths ending at F (the trainer sets them from --matryoshka_widths; empty = doubling)."""
 
-    def training_forward(self, x: Tensor, ctx: TrainContext | None = None) -> TrainOutput:
-        ctx = ctx or TrainContext()
-        N, F = x.shape[0], self.cfg.d_sae
-        widths = self.widths or prefix_widths("", F)
-        x_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x  # [N, d]
-        with torch.no_grad():
-            dt = self.encoder_dtype
-            pre = torch.addmm(self.b_enc.to(dt), x_in.to(dt), self.W_enc.to(dt))  # [N, F]
-        rows, cols = self._select(pre)
-        vals = GatherEncode.apply(x_in, self.W_enc, self.b_enc, rows, cols, pre).relu()  # [nnz]
-        group = torch.bucketize(cols, torch.tensor(widths, device=cols.device), right=True)  # [nnz] level index
+    def _reconstruct(self, x: Tensor, rows: Tensor, cols: Tensor, vals: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        N, widths = x.shape[0], self.widths or prefix_widths("", self.cfg.d_sae)
+        level = torch.bucketize(cols, torch.tensor(widths, device=cols.device), right=True)  # [nnz] prefix group
         x_hat = self.b_dec.expand(N, -1)
         inner = []
-        for level in range(len(widths)):
-            m = group == level  # rows stay sorted under a mask
+        for g in range(len(widths)):
+            m = level == g  # rows stay sorted under a mask
             x_hat = x_hat + sparse_decode(rows[m], cols[m], vals[m], self.W_dec, N)
-            if level < len(widths) - 1:
+            if g < len(widths) - 1:
                 inner.append(fvu_loss(x, x_hat))
-        active = vals > 0
-        fired = torch.bincount(cols[active], minlength=F) > 0
-        losses = {"matryoshka": torch.stack(inner).sum()} if inner else {}
-        if ctx.dead is not None and ctx.auxk_alpha > 0 and bool(ctx.dead.any()):
-            losses["auxk"] = ctx.auxk_alpha * self._auxk(x, x_hat, x_in, pre, ctx.dead)
-        self._after_select(vals, active)
-        return TrainOutput(x_hat, active.sum().detach() / N, fired, losses)
+        return x_hat, ({"matryoshka": torch.stack(inner).sum()} if inner else {})

@@ -55,14 +55,17 @@ class TopKSAE(BaseSAE):
             pre = torch.addmm(self.b_enc.to(dt), x_in.to(dt), self.W_enc.to(dt))  # [N, F] — the only dense matmul
         rows, cols = self._select(pre)
         vals = GatherEncode.apply(x_in, self.W_enc, self.b_enc, rows, cols, pre).relu()  # [nnz]
-        x_hat = sparse_decode(rows, cols, vals, self.W_dec, N) + self.b_dec  # [N, d]
+        x_hat, losses = self._reconstruct(x, rows, cols, vals)
         active = vals > 0
         fired = torch.bincount(cols[active], minlength=self.cfg.d_sae) > 0
-        losses = {}
         if ctx.dead is not None and ctx.auxk_alpha > 0 and bool(ctx.dead.any()):
             losses["auxk"] = ctx.auxk_alpha * self._auxk(x, x_hat, x_in, pre, ctx.dead)
         self._after_select(vals, active)
         return TrainOutput(x_hat, active.sum().detach() / N, fired, losses)
+
+    def _reconstruct(self, x: Tensor, rows: Tensor, cols: Tensor, vals: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """x̂ [N, d] from the sparse code, plus any extra loss terms of the architecture."""
+        return sparse_decode(rows, cols, vals, self.W_dec, x.shape[0]) + self.b_dec, {}
 
     def _after_select(self, vals: Tensor, active: Tensor) -> None:
         pass
