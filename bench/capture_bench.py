@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from saescope.capture import CaptureConfig, capture_corpus
-    from saescope.capture.corpus import CorpusConfig, iter_contexts, iter_texts
+    from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
     from saescope.models import load_model, parse_hookpoint
 
     torch.set_grad_enabled(False)

@@ -29,7 +29,7 @@ def corpus_for(tokens: int) -> str:
     import json
     from pathlib import Path
 
-    from saescope.capture.corpus import iter_texts
+    from saescope.corpus import iter_texts
 
     path = Path(tempfile.gettempdir()) / f"saescope_wiki_x{tokens // 600_000 + 1}.jsonl"
     if not path.exists():
@@ -41,7 +41,7 @@ def corpus_for(tokens: int) -> str:
 
 
 def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
-    from saescope.capture.corpus import CorpusConfig, iter_contexts
+    from saescope.corpus import CorpusConfig, iter_contexts
     from saescope.collate.run_collate import CollateConfig, collate, make_groups
     from saescope.models import load_model
 

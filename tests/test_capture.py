@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from saescope.capture import CaptureConfig, capture_corpus, generate_seed_dataset
-from saescope.capture.corpus import CorpusConfig, iter_contexts, iter_texts
+from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
 from saescope.config import ModelConfig
 from saescope.errors import SaescopeError
 from saescope.store import ActivationStore

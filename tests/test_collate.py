@@ -11,9 +11,9 @@ import torch
 
 from conftest import free_port
 
-from saescope.capture.corpus import CorpusConfig, iter_contexts, iter_texts
+from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
 from saescope.collate.collator import GroupState, SlotSizes
-from saescope.collate.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
+from saescope.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
 from saescope.collate.run_collate import CollateConfig, collate
 from saescope.collate.units import head_group, mlp_group, tril_flatten, tril_unflatten_index
 

@@ -161,7 +161,7 @@ def test_hf_backend_digit_distributions():
 
 
 def test_pipeline_end_to_end_resumable_with_failure_accounting(tiny_gpt2, text_corpus, tmp_path, monkeypatch):
-    from saescope.capture.corpus import CorpusConfig
+    from saescope.corpus import CorpusConfig
     from saescope.collate.collator import SlotSizes
     from saescope.collate.run_collate import CollateConfig, collate
     from saescope.interp import pipeline

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from saescope.collate.records import read_record
+from saescope.records import read_record
 from saescope.config import ModelConfig
 from saescope.run import RunConfig, run_pipeline
 

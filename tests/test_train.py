@@ -60,7 +60,7 @@ def test_matryoshka_prefix_reconstructs_on_its_own():
     kw = dict(k=3, width=128, batch_size=256, lr=3e-3)
     mat, x = _fit_toy(TrainerConfig(arch="matryoshka", matryoshka_widths=f"{prefix},64", **kw), 400, toy)
     plain, _ = _fit_toy(TrainerConfig(arch="batchtopk", **kw), 400, toy)
-    assert mat.widths == (prefix, 64, 128)
+    assert mat.widths == (prefix, 64, 128) and mat.cfg.matryoshka_widths == [prefix, 64, 128]
     with torch.no_grad():
         assert M.fvu(x, mat(x)) < 0.4  # the full width still reconstructs
     assert prefix_fvu(mat, x) < 0.8 * prefix_fvu(plain, x)

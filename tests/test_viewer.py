@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from saescope.capture.corpus import CorpusConfig
+from saescope.corpus import CorpusConfig
 from saescope.collate.collator import SlotSizes
 from saescope.collate.run_collate import CollateConfig, collate
 from saescope.config import ModelConfig

@@ -45,7 +45,7 @@ class RunConfig:
 def run_pipeline(cfg: RunConfig) -> tuple[list[tuple[str, Path]], Path]:
     """Run (or reuse) every stage; returns [(what, where)] and the collated root for the viewer."""
     from saescope.capture import CaptureConfig, capture_corpus, generate_seed_dataset, read_prompts
-    from saescope.capture.corpus import CorpusConfig
+    from saescope.corpus import CorpusConfig
 
     out = Path(cfg.out)
     hm = cfg.model.load()

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from saescope.capture.corpus import CorpusConfig
+from saescope.corpus import CorpusConfig
 from saescope.config import ModelConfig
 from saescope.errors import SaescopeError
 from saescope.models import HookedModel
@@ -74,7 +74,7 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
     """Capture `cfg.data` into the store at `cfg.out`, resuming after its last complete shard."""
     from tqdm.auto import tqdm
 
-    from saescope.capture.corpus import iter_contexts
+    from saescope.corpus import iter_contexts
 
     hm = hm or cfg.model.load()
     hookpoints = hm.select(cfg.hookpoints) if cfg.hookpoints else [default_hookpoint(hm)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from saescope.collate.records import ActivationRecord, NeuronId, NeuronRecord
+from saescope.records import ActivationRecord, NeuronId, NeuronRecord
 from saescope.collate.state import Moments, TopSlots, excerpt_keys, pair_keys
 from saescope.collate.units import UnitGroup
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from saescope.capture.corpus import CorpusConfig
+from saescope.corpus import CorpusConfig
 from saescope.collate.collator import ExcerptTokens, GroupState, SlotSizes, build_records
-from saescope.collate.records import write_record
+from saescope.records import write_record
 from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group
 from saescope.config import ModelConfig
 from saescope.errors import SaescopeError
@@ -95,9 +95,9 @@ def collate(cfg: CollateConfig, hm=None) -> dict[str, Any]:  # noqa: ANN001
     """Run the streaming pass and write every record; returns the manifest."""
     from tqdm.auto import tqdm
 
-    from saescope.capture.corpus import iter_contexts
+    from saescope.corpus import iter_contexts
 
-    from saescope.train import distributed as dist
+    from saescope import distributed as dist
 
     dist.init_from_env()
     rank, world = dist.rank(), dist.world_size()

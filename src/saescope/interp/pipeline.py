@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from saescope.collate.records import NeuronId, to_dict
+from saescope.records import NeuronId, to_dict
 from saescope.errors import SaescopeError
 from saescope.interp import scoring
 from saescope.interp.backends import Backend, BackendError, make_backend

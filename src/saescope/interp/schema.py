@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from saescope.collate.records import NeuronId
+from saescope.records import NeuronId
 
 
 @dataclass

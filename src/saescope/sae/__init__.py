@@ -1,12 +1,12 @@
 """Sparse autoencoders: TopK, BatchTopK, JumpReLU, ReLU+L1 over one base; SAELens-layout save, many loaders."""
 
-from saescope.sae.base import BaseSAE, SAEConfig, TrainOutput, fvu_loss
+from saescope.sae.base import BaseSAE, SAEConfig, TrainContext, TrainOutput, fvu_loss
 from saescope.sae.batchtopk import BatchTopKSAE
 from saescope.sae.io import load_sae
 from saescope.sae.jumprelu import JumpReLUSAE
 from saescope.sae.registry import REGISTRY, sae_class
 from saescope.sae.relu import ReLUSAE
-from saescope.sae.topk import TopKSAE, TrainContext
+from saescope.sae.topk import TopKSAE
 
 __all__ = [
     "REGISTRY", "BaseSAE", "BatchTopKSAE", "JumpReLUSAE", "ReLUSAE", "SAEConfig", "TopKSAE", "TrainContext",

@@ -38,6 +38,26 @@ class SAEConfig:
     dtype: str = "float32"
     metadata: dict[str, Any] = field(default_factory=dict)
     """model_name, hook_name, context_size, ... (SAELens metadata block)."""
+    matryoshka_widths: list[int] = field(default_factory=list)
+    """Matryoshka: nested prefix widths ending at d_sae (empty = F/16, F/8, F/4, F/2, F). Training only: the saved
+    inference SAE is a JumpReLU, so cfg.json does not carry it."""
+
+
+@dataclass
+class TrainContext:
+    """Per-step information the trainer passes to `training_forward` (each architecture reads what it uses)."""
+
+    dead: Tensor | None = None
+    """bool [F]: latents that have not fired for the dead window (AuxK / pre-act loss target them)."""
+    auxk_alpha: float = 1 / 32
+    l1_coefficient: float = 0.0
+    l0_coefficient: float = 0.0
+    pre_act_coefficient: float = 0.0
+    sparsity_scale: float = 1.0
+    """Warm-up multiplier in [0, 1] for the sparsity coefficient."""
+    encoder_dtype: torch.dtype = torch.float32
+    """TopK family: dtype of the dense encoder matmul (bfloat16 where it is fast); selected values and every
+    gradient stay float32."""
 
 
 class TrainOutput(NamedTuple):
@@ -103,8 +123,8 @@ class BaseSAE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
-    def training_forward(self, x: Tensor, step_frac: float = 1.0) -> TrainOutput:
-        """Training forward: reconstruction and this architecture's extra loss terms."""
+    def training_forward(self, x: Tensor, ctx: TrainContext | None = None) -> TrainOutput:
+        """Training forward on a batch [N, d]: reconstruction and this architecture's extra loss terms."""
         raise NotImplementedError
 
     def inference_state(self) -> tuple[str, dict[str, Tensor], dict[str, Any]]:
@@ -147,6 +167,7 @@ class BaseSAE(nn.Module):
         cfg = asdict(self.cfg)
         cfg.update(architecture=arch, normalize_activations="none", reshape_activations="none", device="cpu",
                    **extra)
+        cfg.pop("matryoshka_widths", None)
         if arch not in ("topk",):
             cfg.pop("k", None)
         write_json(path / CFG_FILE, cfg)

@@ -6,9 +6,12 @@ JumpReLU SAE with threshold θ for every latent, as SAELens does.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from saescope.sae.base import SAEConfig
 from saescope.sae.kernels import batch_topk_coo
 from saescope.sae.topk import TopKSAE
 
@@ -17,7 +20,7 @@ class BatchTopKSAE(TopKSAE):
     architecture = "batchtopk"
     threshold_lr = 0.01
 
-    def __init__(self, cfg) -> None:  # noqa: ANN001
+    def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
         self.register_buffer("threshold", torch.zeros(()))
 
@@ -35,7 +38,7 @@ class BatchTopKSAE(TopKSAE):
         pre = self.pre_acts(x).relu()
         return pre * (pre > self.threshold)
 
-    def inference_state(self):  # noqa: ANN201
+    def inference_state(self) -> tuple[str, dict[str, Tensor], dict[str, Any]]:
         tensors = {k: v.detach() for k, v in self.state_dict().items() if k != "threshold"}
         tensors["threshold"] = self.threshold.detach().expand(self.cfg.d_sae).clone()
         return "jumprelu", tensors, {}

@@ -2,7 +2,7 @@
 
 θ is trained through straight-through pseudo-gradients with a rectangle kernel K(u) = 1[|u| < ½] of bandwidth ε:
 ∂JumpReLU/∂θ = −(θ/ε)·K((z−θ)/ε), ∂H/∂θ = −(1/ε)·K((z−θ)/ε); no gradient reaches z through the step.
-Sparsity loss: λ·mean_b Σ_i H(z_i − θ_i) (L0, "step") or λ·mean_b Σ_i tanh(c·f_i‖W_dec,i‖) (c = 4, "tanh");
+Sparsity loss: λ·mean_b Σ_i H(z_i − θ_i) (the L0 through the step's pseudo-gradient);
 optional pre-act loss α·mean_b Σ_{i dead} ReLU(θ_i − z_i)‖W_dec,i‖ nudges dead latents back over the threshold.
 """
 
@@ -13,8 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saescope.sae.base import BaseSAE, SAEConfig, TrainOutput
-from saescope.sae.topk import TrainContext
+from saescope.sae.base import BaseSAE, SAEConfig, TrainContext, TrainOutput
 
 
 def _rect(u: Tensor) -> Tensor:
@@ -53,7 +52,6 @@ class JumpReLUSAE(BaseSAE):
     architecture = "jumprelu"
     bandwidth = 0.05
     init_threshold = 0.01
-    sparsity_loss = "step"
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -73,10 +71,7 @@ class JumpReLUSAE(BaseSAE):
         x_hat = self.decode(f)
         dec_norm = self.W_dec.norm(dim=1)
         lam = ctx.l0_coefficient * ctx.sparsity_scale
-        if self.sparsity_loss == "tanh":
-            sparsity = torch.tanh(4.0 * f * dec_norm).sum(1).mean()
-        else:
-            sparsity = StepFn.apply(z, theta, self.bandwidth).sum(1).mean()
+        sparsity = StepFn.apply(z, theta, self.bandwidth).sum(1).mean()
         losses = {"l0": lam * sparsity}
         if ctx.pre_act_coefficient > 0 and ctx.dead is not None and bool(ctx.dead.any()):
             gap = (theta - z).relu() * dec_norm

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from saescope.errors import SaescopeError
-from saescope.sae.base import fvu_loss
+from saescope.sae.base import SAEConfig, fvu_loss
 from saescope.sae.batchtopk import BatchTopKSAE
 from saescope.sae.kernels import sparse_decode
 
@@ -37,11 +37,14 @@ def prefix_widths(spec: str, width: int) -> tuple[int, ...]:
 
 class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     architecture = "matryoshka_batchtopk"
-    widths: tuple[int, ...] = ()
-    """Nested prefix widths ending at F (the trainer sets them from --matryoshka_widths; empty = doubling)."""
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__(cfg)
+        self.widths = prefix_widths(",".join(map(str, cfg.matryoshka_widths)), cfg.d_sae)
+        """Nested prefix widths ending at F."""
 
     def _reconstruct(self, x: Tensor, rows: Tensor, cols: Tensor, vals: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        N, widths = x.shape[0], self.widths or prefix_widths("", self.cfg.d_sae)
+        N, widths = x.shape[0], self.widths
         level = torch.bucketize(cols, torch.tensor(widths, device=cols.device), right=True)  # [nnz] prefix group
         x_hat = self.b_dec.expand(N, -1)
         inner = []

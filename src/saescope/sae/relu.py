@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from saescope.sae.base import BaseSAE, TrainOutput
-from saescope.sae.topk import TrainContext
+from saescope.sae.base import BaseSAE, TrainContext, TrainOutput
 
 
 class ReLUSAE(BaseSAE):

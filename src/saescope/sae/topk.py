@@ -8,35 +8,16 @@ and AuxK (Gao et al. Appendix A.2): dead latents reconstruct the residual, k_aux
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from saescope.sae.base import BaseSAE, TrainOutput, fvu_loss
+from saescope.sae.base import BaseSAE, TrainContext, TrainOutput, fvu_loss
 from saescope.sae.kernels import GatherEncode, sparse_decode, topk_coo
-
-
-@dataclass
-class TrainContext:
-    """Per-step information the trainer passes to `training_forward`."""
-
-    dead: Tensor | None = None
-    """bool [F]: latents that have not fired for the dead window (AuxK / pre-act loss target them)."""
-    auxk_alpha: float = 1 / 32
-    l1_coefficient: float = 0.0
-    l0_coefficient: float = 0.0
-    pre_act_coefficient: float = 0.0
-    sparsity_scale: float = 1.0
-    """Warm-up multiplier in [0, 1] for the sparsity coefficient."""
 
 
 class TopKSAE(BaseSAE):
     architecture = "topk"
     unit_norm_decoder = True
-    encoder_dtype: torch.dtype = torch.float32
-    """dtype of the training forward's dense encoder matmul (the trainer sets bfloat16 where it is fast: GPUs and
-    CPUs with AMX/AVX512-BF16, like autocast). Selected values and every gradient stay in float32."""
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_acts(x)
@@ -51,7 +32,7 @@ class TopKSAE(BaseSAE):
         N = x.shape[0]
         x_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x  # [N, d]
         with torch.no_grad():
-            dt = self.encoder_dtype
+            dt = ctx.encoder_dtype
             pre = torch.addmm(self.b_enc.to(dt), x_in.to(dt), self.W_enc.to(dt))  # [N, F] — the only dense matmul
         rows, cols = self._select(pre)
         vals = GatherEncode.apply(x_in, self.W_enc, self.b_enc, rows, cols, pre).relu()  # [nnz]

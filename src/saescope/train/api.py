@@ -12,7 +12,7 @@ import torch
 from saescope.errors import SaescopeError
 from saescope.io import write_json
 from saescope.store import ActivationStore, shuffled_batches
-from saescope.train import distributed as dist_utils
+from saescope import distributed as dist_utils
 from saescope.train.trainer import Trainer, TrainerConfig
 
 log = logging.getLogger(__name__)

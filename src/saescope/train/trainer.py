@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from saescope.sae import BaseSAE, SAEConfig, TrainContext, fvu_loss, sae_class
-from saescope.train import distributed as dist_utils
+from saescope import distributed as dist_utils
 from saescope.train.checkpoint import (
     find_checkpoint, load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint,
 )
@@ -178,13 +178,12 @@ def lr_lambda(total: int, warmup: int, decay: int) -> Callable[[int], float]:
 
 @dataclass
 class TrainResult:
-    sae: BaseSAE
     steps: int
+    """Optimizer steps taken in total (resumed runs included)."""
     tokens: int
-    fire_counts: Tensor
-    """[F] firings over the last dead window (for density)."""
+    """Training tokens seen in total, across ranks."""
     history: list[dict[str, float]]
-    scale: float
+    """Logged step statistics (every 10 steps): loss, fvu, l0, dead, tokens_per_s, ..."""
 
 
 class Trainer:
@@ -196,14 +195,14 @@ class Trainer:
         if str(device) == "cpu":
             retain_freed_memory()
         torch.manual_seed(cfg.seed)
-        sae_cfg = SAEConfig(sae_class(cfg.arch).architecture, d_in, cfg.width, k=cfg.k, metadata=metadata or {})
-        self.sae = sae_class(cfg.arch)(sae_cfg).to(device)
-        if hasattr(self.sae, "encoder_dtype"):
-            self.sae.encoder_dtype = resolve_encoder_dtype(cfg.encoder_dtype, device)
-        if hasattr(self.sae, "widths"):
-            from saescope.sae.matryoshka import prefix_widths
+        from saescope.sae.matryoshka import prefix_widths
 
-            self.sae.widths = prefix_widths(cfg.matryoshka_widths, cfg.width)
+        cls = sae_class(cfg.arch)
+        widths = list(prefix_widths(cfg.matryoshka_widths, cfg.width)) if cls.architecture.startswith("matryoshka") else []
+        sae_cfg = SAEConfig(cls.architecture, d_in, cfg.width, k=cfg.k, metadata=metadata or {},
+                            matryoshka_widths=widths)
+        self.sae = cls(sae_cfg).to(device)
+        self.encoder_dtype = resolve_encoder_dtype(cfg.encoder_dtype, device)
         # The optimizer updates contiguous aliases of the parameters: fused Adam on the latent-major (transposed)
         # W_enc would otherwise copy it to and from a contiguous buffer every step (5x slower on CPU).
         self.params = list(self.sae.parameters())
@@ -217,7 +216,6 @@ class Trainer:
             self.opt, lr_lambda(total_steps, max(warm, 1), int(cfg.decay_frac * total_steps)))
         self.step, self.tokens, self.scale, self.initialised = 0, 0, 1.0, False
         self.since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
-        self.fire_counts = torch.zeros(cfg.width, dtype=torch.long, device=device)
         self.history: list[dict[str, float]] = []
 
     # ---- init from the first batch -------------------------------------------------------------------------
@@ -244,6 +242,7 @@ class Trainer:
             dead=self.since_fired >= cfg.dead_tokens, auxk_alpha=cfg.auxk_alpha, l1_coefficient=cfg.l1_coefficient,
             l0_coefficient=cfg.l0_coefficient, pre_act_coefficient=cfg.pre_act_coefficient,
             sparsity_scale=min(1.0, frac / cfg.sparsity_warmup_frac) if cfg.sparsity_warmup_frac > 0 else 1.0,
+            encoder_dtype=self.encoder_dtype,
         )
         out = sae.training_forward(x, ctx)
         fvu = fvu_loss(x, out.x_hat)
@@ -268,7 +267,6 @@ class Trainer:
         n_global = x.shape[0] * dist_utils.world_size()
         self.since_fired += n_global
         self.since_fired[fired] = 0
-        self.fire_counts += fired.long()
         self.step += 1
         self.tokens += n_global
         stats = {"loss": float(loss.detach()), "fvu": float(fvu.detach()), "l0": float(out.l0),
@@ -282,7 +280,6 @@ class Trainer:
         opt_t, groups = optimizer_tensors(self.opt)
         tensors.update(opt_t)
         tensors["since_fired"] = self.since_fired
-        tensors["fire_counts"] = self.fire_counts
         tensors["rng"] = torch.get_rng_state()
         meta = {"step": self.step, "tokens": self.tokens, "scale": self.scale, "initialised": self.initialised,
                 "param_groups": groups, "sched": self.sched.state_dict(), "config": asdict(self.cfg),
@@ -313,7 +310,6 @@ class Trainer:
         restore_optimizer(self.opt, tensors, meta["param_groups"])
         self.sched.load_state_dict(meta["sched"])
         self.since_fired.copy_(tensors["since_fired"])
-        self.fire_counts.copy_(tensors["fire_counts"])
         torch.set_rng_state(tensors["rng"])
         self.step, self.tokens, self.scale = meta["step"], meta["tokens"], meta["scale"]
         self.initialised, self.history = meta["initialised"], meta.get("history", [])
@@ -349,7 +345,7 @@ class Trainer:
             if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
-        return TrainResult(self.sae, self.step, self.tokens, self.fire_counts, self.history, self.scale)
+        return TrainResult(self.step, self.tokens, self.history)
 
     def finalize(self) -> BaseSAE:
         """Fold the input scale into the weights: the returned SAE takes raw activations."""
