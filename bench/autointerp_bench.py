@@ -23,10 +23,10 @@ def main() -> None:
 
     from saescope.interp.backends import make_backend
     from saescope.interp.baseline import token_lookup_explanation
-    from saescope.interp.pipeline import InterpConfig, _read, resolve, run_interp, score_unit
+    from saescope.interp.pipeline import InterpConfig, InterpOptions, _read, resolve, run_interp, score_unit
     from saescope.interp.prompts import explain_messages, splits
 
-    cfg = InterpConfig(root=args.root, dataset=args.dataset, max_units=args.units, overwrite=True)
+    cfg = InterpConfig(root=args.root, dataset=args.dataset, interp=InterpOptions(max_units=args.units), overwrite=True)
     t = time.perf_counter()
     s = run_interp(cfg)
     base_s = time.perf_counter() - t

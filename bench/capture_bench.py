@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="the bundled corpus is ~640k tokens: repeat it for >= 1M")
     args = ap.parse_args()
 
-    from saescope.capture import CaptureConfig, capture_corpus
+    from saescope.capture import CaptureConfig, CaptureOptions, capture_corpus
     from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
     from saescope.models import load_model, parse_hookpoint
 
@@ -68,8 +68,8 @@ def main() -> None:
                 for doc in iter_texts("wiki"):
                     f.write(json.dumps({"text": doc}) + "\n")
         t0 = time.perf_counter()
-        cfg = CaptureConfig(out=str(Path(tmp) / "store"), hookpoints=args.hookpoint, max_tokens=args.tokens,
-                            batch_size=args.batch_size, data=CorpusConfig(str(corpus)))
+        cfg = CaptureConfig(out=str(Path(tmp) / "store"), hookpoints=args.hookpoint, data=CorpusConfig(str(corpus)),
+                            capture=CaptureOptions(max_tokens=args.tokens, batch_size=args.batch_size))
         with RssSampler(0.2) as sampler:
             store = capture_corpus(cfg, hm)
         elapsed = time.perf_counter() - t0

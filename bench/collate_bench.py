@@ -42,13 +42,13 @@ def corpus_for(tokens: int) -> str:
 
 def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
     from saescope.corpus import CorpusConfig, iter_contexts
-    from saescope.collate.run_collate import CollateConfig, collate, make_groups
+    from saescope.collate.run_collate import CollateConfig, CollateOptions, collate, make_groups
     from saescope.models import load_model
 
     torch.set_grad_enabled(False)
     hm = load_model(args.model)
-    cfg = CollateConfig(layers=str(args.layer), units="mlp,heads", sae=args.sae, max_tokens=tokens,
-                        excerpt_len=64, batch_size=16, data=CorpusConfig(corpus_for(tokens)))
+    cfg = CollateConfig(layers=str(args.layer), sae=args.sae, data=CorpusConfig(corpus_for(tokens)),
+                        collate=CollateOptions(units="mlp,heads", max_tokens=tokens, excerpt_len=64, batch_size=16))
     rss0 = proc_status_mb("VmHWM")
     t0 = time.perf_counter()
     if mode == "collate":

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from saescope.capture import CaptureConfig, capture_corpus, generate_seed_dataset
+from saescope.capture import CaptureConfig, CaptureOptions, capture_corpus, generate_seed_dataset
 from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
 from saescope.config import ModelConfig
 from saescope.errors import SaescopeError
@@ -22,7 +22,7 @@ from saescope.store.seed import export_seed, import_seed
 
 def test_corpus_capture_matches_direct_forward(tiny_gpt2, text_corpus, tmp_path):
     cfg = CaptureConfig(out=str(tmp_path / "s"), data=CorpusConfig(str(text_corpus)), hookpoints="resid_post.1,mlp_post_act.0",
-                        context_len=16, batch_size=3, shard_contexts=4)
+                        capture=CaptureOptions(context_len=16, batch_size=3, shard_contexts=4))
     store = capture_corpus(cfg, tiny_gpt2)
     ctxs = list(iter_contexts(tiny_gpt2.tokenizer, iter_texts(str(text_corpus)), 16))
     assert store.rows == len(ctxs) * 15  # BOS is not stored
@@ -42,7 +42,8 @@ def test_corpus_capture_matches_direct_forward(tiny_gpt2, text_corpus, tmp_path)
 def test_jsonl_corpus_and_errors(tiny_gpt2, tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_text("\n".join(json.dumps({"body": "the quick brown fox " * 20}) for _ in range(3)))
-    cfg = CaptureConfig(out=str(tmp_path / "s"), data=CorpusConfig(str(p), text_field="body"), context_len=8, max_tokens=30)
+    cfg = CaptureConfig(out=str(tmp_path / "s"), data=CorpusConfig(str(p), text_field="body"),
+                        capture=CaptureOptions(context_len=8, max_tokens=30))
     store = capture_corpus(cfg, tiny_gpt2)
     assert 30 <= store.rows < 30 + 7
     with pytest.raises(SaescopeError, match="no string field 'text'"):

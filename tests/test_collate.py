@@ -14,7 +14,7 @@ from conftest import free_port
 from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
 from saescope.collate.collator import GroupState, SlotSizes
 from saescope.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
-from saescope.collate.run_collate import CollateConfig, collate
+from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
 from saescope.collate.units import head_group, mlp_group, tril_flatten, tril_unflatten_index
 
 T = 8
@@ -31,8 +31,9 @@ def _brute_mlp(hm, ctxs, layer):
 
 @pytest.fixture
 def collated(tiny_gpt2, text_corpus, tmp_path):
-    cfg = CollateConfig(out=str(tmp_path / "col"), data=CorpusConfig(str(text_corpus)), layers="1", excerpt_len=T,
-                        max_tokens=T * 60, batch_size=7, sizes=SlotSizes(top_k=20, n_random=15, pool=24))
+    cfg = CollateConfig(out=str(tmp_path / "col"), data=CorpusConfig(str(text_corpus)), layers="1",
+                        collate=CollateOptions(excerpt_len=T, max_tokens=T * 60, batch_size=7,
+                                               sizes=SlotSizes(top_k=20, n_random=15, pool=24)))
     manifest = collate(cfg, tiny_gpt2)
     return tiny_gpt2, text_corpus, tmp_path / "col" / tiny_gpt2.name, manifest
 

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from saescope.interp import scoring
-from saescope.interp.backends import BackendError, OpenAIBackend
+from saescope.interp.backends import BackendError, OpenAIBackend, make_backend
 from saescope.interp.baseline import parse_table, simulate_lookup, token_lookup_explanation
 from saescope.interp.prompts import (
     explain_messages, format_records, normalize, parse_explanation, simulation_prompt, splits,
@@ -60,7 +60,7 @@ def test_token_lookup_round_trip_and_beats_null():
     assert expl == 'token-lookup: " cat" (10.0), " \\"x\\"" (5.0)'
     assert parse_table(expl) == {" cat": 10.0, ' "x"': 5.0}
     assert simulate_lookup(expl, [" a", " cat", ' "x"']) == [0.0, 10.0, 5.0]
-    assert simulate(None, expl, [" cat"]) == ([10.0], "baseline")
+    assert simulate(make_backend("baseline"), expl, [" cat"]) == ([10.0], "baseline")
     truth = [0.0, 5.0, 2.5, 0.0]
     good = scoring.correlation(truth, simulate_lookup(expl, recs[0]["tokens"])).score
     null = scoring.correlation(truth, simulate_lookup('token-lookup: " the" (3.0)', recs[0]["tokens"])).score
@@ -163,15 +163,16 @@ def test_hf_backend_digit_distributions():
 def test_pipeline_end_to_end_resumable_with_failure_accounting(tiny_gpt2, text_corpus, tmp_path, monkeypatch):
     from saescope.corpus import CorpusConfig
     from saescope.collate.collator import SlotSizes
-    from saescope.collate.run_collate import CollateConfig, collate
+    from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
     from saescope.interp import pipeline
-    from saescope.interp.pipeline import InterpConfig, run_interp
+    from saescope.interp.pipeline import InterpConfig, InterpOptions, run_interp
 
-    collate(CollateConfig(out=str(tmp_path / "col"), data=CorpusConfig(str(text_corpus)), layers="1", units="mlp",
-                          excerpt_len=8, max_tokens=8 * 60, sizes=SlotSizes(top_k=20, n_random=15, pool=24)),
+    collate(CollateConfig(out=str(tmp_path / "col"), data=CorpusConfig(str(text_corpus)), layers="1",
+                          collate=CollateOptions(units="mlp", excerpt_len=8, max_tokens=8 * 60,
+                                                 sizes=SlotSizes(top_k=20, n_random=15, pool=24))),
             tiny_gpt2)
     root = tmp_path / "col" / tiny_gpt2.name
-    s = run_interp(InterpConfig(root=str(root), max_units=12))
+    s = run_interp(InterpConfig(root=str(root), interp=InterpOptions(max_units=12)))
     assert s["units"] == 12 and s["failures"] == 0 and s["mean_score"] > s["mean_null_score"]
     line = (root / "explanations" / "mlp_neurons" / "1" / "0.jsonl").read_text().splitlines()
     assert len(line) == 1
@@ -184,14 +185,14 @@ def test_pipeline_end_to_end_resumable_with_failure_accounting(tiny_gpt2, text_c
     calls = []
     real = pipeline.score_unit
     monkeypatch.setattr(pipeline, "score_unit", lambda *a: calls.append(1) or real(*a))
-    s2 = run_interp(InterpConfig(root=str(root), max_units=14, null_baseline=False))
+    s2 = run_interp(InterpConfig(root=str(root), interp=InterpOptions(max_units=14, null_baseline=False)))
     assert s2["units"] == 14 and len(calls) == 2
     # a simulator that fails is recorded as a failure, never as a score
 
     def broken(*a, **k):
         raise pipeline.BackendError("simulator answered 0 lines for 8 tokens")
     monkeypatch.setattr(pipeline, "simulate", broken)
-    s3 = run_interp(InterpConfig(root=str(root), max_units=16))
+    s3 = run_interp(InterpConfig(root=str(root), interp=InterpOptions(max_units=16)))
     scores = json.loads((root / "explanations" / "mlp_neurons" / "1" / "scores.json").read_text())["units"]
     failed = [v for v in scores.values() if v["failure"]]
     assert len(failed) == 2 and all(v["score"] is None for v in failed) and s3["failures"] == 2

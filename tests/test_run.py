@@ -1,21 +1,38 @@
-"""`saescope run` end to end on a tiny model: every stage runs, writes what the next one reads, and a re-run reuses it."""
+"""`saescope run` end to end on a tiny model: every stage runs, writes what the next one reads, a re-run reuses it,
+and a changed option recomputes exactly the stages it affects."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
-from saescope.records import read_record
+from saescope.capture import CaptureOptions
+from saescope.collate.run_collate import CollateOptions
 from saescope.config import ModelConfig
+from saescope.corpus import CorpusConfig
+from saescope.records import read_record
 from saescope.run import RunConfig, run_pipeline
+from saescope.train.trainer import TrainerConfig
+
+STAGES = ["seed_dataset", "store", "sae", "collated", "explanations"]
+
+
+def _cfg(tiny_dir, text_corpus, tmp_path, width: int = 64) -> RunConfig:
+    return RunConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), data=CorpusConfig(str(text_corpus)),
+                     out=str(tmp_path / "run"), generate=4, capture=CaptureOptions(max_tokens=1500, context_len=16),
+                     train=TrainerConfig(width=width, k=4), collate=CollateOptions(max_tokens=600), no_serve=True)
+
+
+def _recomputed(decisions: dict[str, str]) -> list[str]:
+    return [name for name, d in decisions.items() if d != "reuse"]
 
 
 def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_path):
-    cfg = RunConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), out=str(tmp_path / "run"), generate=4,
-                    corpus=str(text_corpus), max_tokens=1500, context_len=16, width=64, k=4, collate_tokens=600,
-                    no_serve=True)
-    done, col_root = run_pipeline(cfg)
+    cfg = _cfg(tiny_dir, text_corpus, tmp_path)
+    done, col_root, decisions = run_pipeline(cfg)
     out = tmp_path / "run"
     assert len(done) == 5 and all(path.exists() for _, path in done)
+    assert decisions == dict.fromkeys(STAGES, "new")
     meta = json.loads((out / "seed_dataset" / "metadata.json").read_text())
     assert meta and (out / "seed_dataset" / "activations_0.pt").is_file()
     ev = json.loads((out / "sae" / "eval.json").read_text())
@@ -27,6 +44,33 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     rec = read_record(col_root / tiny_dir.name / sae_ds["path"] / "0.json")
     assert rec.neuron_id.neuron_index == 0 and rec.most_positive_activation_records
     stamp = (out / "sae" / "sae_weights.safetensors").stat().st_mtime_ns
-    again, _ = run_pipeline(cfg)  # complete stages are reused, not redone
-    assert [w for w, _ in again] == [w for w, _ in done]
+    again = run_pipeline(cfg)  # complete stages are reused, not redone
+    assert [w for w, _ in again.done] == [w for w, _ in done]
+    assert again.decisions == dict.fromkeys(STAGES, "reuse")
     assert (out / "sae" / "sae_weights.safetensors").stat().st_mtime_ns == stamp
+
+    # A changed SAE width recomputes the SAE and everything downstream, and nothing upstream.
+    narrow = dataclasses.replace(cfg, train=TrainerConfig(width=32, k=4))
+    res = run_pipeline(narrow)
+    assert res.decisions["sae"] == res.decisions["collated"] == "changed"
+    assert _recomputed(res.decisions) == ["sae", "collated", "explanations"]
+    assert json.loads((out / "sae" / "cfg.json").read_text())["d_sae"] == 32
+    manifest = json.loads((col_root / tiny_dir.name / "manifest.json").read_text())
+    assert next(d for d in manifest["datasets"] if d["unit_type"] == "sae_latents")["units"] == 32
+    scores = json.loads((res.done[-1][1] / "scores.json").read_text())["units"]
+    assert max(int(i) for i in scores) < 32  # no explanation of a latent the new SAE does not have
+
+    # A changed collation budget recomputes only the collation and the explanations.
+    fewer = dataclasses.replace(narrow, collate=CollateOptions(max_tokens=400))
+    assert _recomputed(run_pipeline(fewer).decisions) == ["collated", "explanations"]
+
+
+def test_run_cli_options_reach_every_stage():
+    from saescope.cli import parse
+
+    cfg = parse(RunConfig, ["--width", "512", "--k", "16", "--capture.max_tokens", "1000", "--collate.max_tokens",
+                            "300", "--corpus", "x.jsonl", "--explainer", "openai:m", "--port", "9000",
+                            "--train.batch_size", "256", "--arch", "batchtopk"], "saescope run")
+    assert (cfg.train.width, cfg.train.k, cfg.train.batch_size, cfg.train.arch) == (512, 16, 256, "batchtopk")
+    assert (cfg.capture.max_tokens, cfg.collate.max_tokens, cfg.data.corpus) == (1000, 300, "x.jsonl")
+    assert (cfg.interp.explainer, cfg.view.port) == ("openai:m", 9000)

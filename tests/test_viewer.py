@@ -10,7 +10,7 @@ import pytest
 
 from saescope.corpus import CorpusConfig
 from saescope.collate.collator import SlotSizes
-from saescope.collate.run_collate import CollateConfig, collate
+from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
 from saescope.config import ModelConfig
 from saescope.sae import SAEConfig, TopKSAE
 
@@ -24,8 +24,9 @@ def collated_root(tiny_dir, tmp_path_factory) -> Path:
     sae = TopKSAE(SAEConfig("topk", 32, 48, k=4, metadata={"hook_name": "resid_post.1"}))
     sae.save(tmp / "tiny_sae")
     cfg = CollateConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), out=str(tmp / "collated"),
-                        data=CorpusConfig(str(tmp / "corpus.txt")), layers="1", excerpt_len=8, max_tokens=8 * 40,
-                        sae=str(tmp / "tiny_sae"), sizes=SlotSizes(top_k=20, n_random=15, pool=24))
+                        data=CorpusConfig(str(tmp / "corpus.txt")), layers="1", sae=str(tmp / "tiny_sae"),
+                        collate=CollateOptions(excerpt_len=8, max_tokens=8 * 40,
+                                               sizes=SlotSizes(top_k=20, n_random=15, pool=24)))
     collate(cfg)
     return tmp / "collated"
 
@@ -85,6 +86,11 @@ def test_unknown_units_traversal_and_broken_files(client, collated_root):
 
 
 def test_browser_end_to_end(collated_root, tmp_path):
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium on PATH (`make test` installs Debian's chromium)")
     import uvicorn
     from conftest import free_port
     from playwright.sync_api import sync_playwright
@@ -103,7 +109,7 @@ def test_browser_end_to_end(collated_root, tmp_path):
         time.sleep(0.05)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            browser = p.chromium.launch(executable_path=chromium, args=[
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"])
             page = browser.new_page()

@@ -1,9 +1,44 @@
-"""Configuration shared by every stage. Each stage has one dataclass; the CLI is generated from them."""
+"""Configuration parts shared by every stage, and the defaults several stages compute, declared once.
+
+Each stage has one dataclass of options (nested as-is in `saescope run`'s config) plus its command's inputs and
+outputs; the CLI is generated from them (`saescope/cli`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from saescope.models import HookedModel
+
+DType = Literal["float32", "float16", "bfloat16"]
+"""dtype names accepted wherever a dtype is chosen (weights, stored activations)."""
+
+
+def resolve_device(name: str) -> str:
+    """'auto' → cuda when available, else cpu; anything else as given (resolved at run time, never at import)."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def middle_layer(n_layers: int) -> int:
+    """The layer every stage studies by default."""
+    return n_layers // 2
+
+
+def resolve_layer(layer: int, n_layers: int) -> int:
+    """-1 → the middle layer; otherwise checked to be a layer of the model."""
+    from saescope.errors import SaescopeError
+
+    if layer < 0:
+        return middle_layer(n_layers)
+    if layer >= n_layers:
+        raise SaescopeError(f"--layer {layer}: out of range (the model has {n_layers} layers)")
+    return layer
 
 
 @dataclass
@@ -12,19 +47,15 @@ class ModelConfig:
 
     model: str = "default"
     """Model spec: default (= gemma-3-270m), smollm2-135m, a local HF directory, a HF id in the local cache, or a .gguf file."""
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: DType = "float32"
     """Weights dtype."""
     device: str = "auto"
     """cpu, cuda, cuda:1, ... or auto (cuda when available)."""
 
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
+        return resolve_device(self.device)
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
-    def load(self):  # noqa: ANN201 - returns HookedModel; imported lazily
+    def load(self) -> HookedModel:
         from saescope.models import load_model
 
         return load_model(self.model, dtype=self.dtype, device=self.resolved_device())

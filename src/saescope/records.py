@@ -1,7 +1,9 @@
-"""Transformer-Debugger `NeuronRecord` JSON: the schema declared once, with reading, writing and legacy renames.
+"""Transformer-Debugger `NeuronRecord` JSON: the one door to records (collate writes, interp and the viewer read).
 
-Every object carries `dataclass_name` (TDB's FastDataclass convention); NaN statistics are written as null.
-Files live at `{root}/{layer}/{index}.json`.
+Declared here once: the schema (with legacy renames on reading), the dataset-path rule, the unit types, a
+record's max activation and the "activating" threshold. Every object carries `dataclass_name` (TDB's
+FastDataclass convention); NaN statistics are written as null. Files live at `{dataset}/{layer}/{index}.json`
+under a model folder, where `{dataset}` is `dataset_dir(unit_type, name)`.
 """
 
 from __future__ import annotations
@@ -9,10 +11,43 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from saescope.errors import SaescopeError
 from saescope.io import atomic_path, clean_nans
+
+UnitType = Literal["mlp_neurons", "attention_heads", "sae_latents"]
+UNIT_TYPES: tuple[str, ...] = ("mlp_neurons", "attention_heads", "sae_latents")
+"""mlp_neurons: MLP hidden units (by token); attention_heads: heads, activations by token pair (row-major lower
+triangle); sae_latents: latents of a named SAE (by token)."""
+
+ACTIVATING_FRACTION = 0.3
+"""A token (or excerpt, by its max) is "activating" when its activation is ≥ this fraction of the unit's max
+activation (TDB/delphi's convention for detection and fuzzing)."""
+
+
+def dataset_dir(unit_type: str, name: str = "") -> str:
+    """The dataset folder of a unit type inside a model folder: `sae_latents/<sae name>`, else the unit type."""
+    return f"{unit_type}/{name}" if name else unit_type
+
+
+def dataset_path(unit_type: str, layer: int, name: str = "") -> str:
+    """`<dataset dir>/<layer>`: where one layer's records and summary.json live (manifest `path`)."""
+    return f"{dataset_dir(unit_type, name)}/{layer}"
+
+
+def max_activation(activations: Any) -> float:
+    """Largest activation over records (dicts or ActivationRecords), at least 0."""
+    best = 0.0
+    for r in activations:
+        acts = r["activations"] if isinstance(r, dict) else r.activations
+        if acts:
+            best = max(best, max(acts))
+    return float(best)
+
+
+def is_activating(value: float, max_act: float) -> bool:
+    return max_act > 0 and value >= ACTIVATING_FRACTION * max_act
 
 
 @dataclass
@@ -49,7 +84,7 @@ class NeuronRecord:
 
     @property
     def max_activation(self) -> float:
-        return max((max(r.activations) for r in self.most_positive_activation_records if r.activations), default=0.0)
+        return max_activation(self.most_positive_activation_records)
 
 
 _CLASSES = {c.__name__: c for c in (ActivationRecord, NeuronId, NeuronRecord)}
@@ -131,3 +166,8 @@ def read_record(path: str | Path) -> NeuronRecord:
         raise SaescopeError(f"{path}: no such record") from None
     except (ValueError, TypeError, KeyError) as e:
         raise SaescopeError(f"{path}: not a valid NeuronRecord ({e})") from None
+
+
+def read_record_dict(path: str | Path) -> dict[str, Any]:
+    """A record as its canonical JSON dict (validated, legacy names renamed), for code that works on JSON."""
+    return to_dict(read_record(path))

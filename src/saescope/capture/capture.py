@@ -6,13 +6,12 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from saescope.corpus import CorpusConfig
-from saescope.config import ModelConfig
+from saescope.config import DType, ModelConfig, middle_layer
 from saescope.errors import SaescopeError
 from saescope.models import HookedModel
 from saescope.store import ActivationStore, StoreMeta, StoreWriter
@@ -21,15 +20,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class CaptureConfig:
-    """Capture activations from a corpus into a store, or (with --generate N) a seed-format dataset from prompts."""
+class CaptureOptions:
+    """How corpus contexts are cut, batched and stored (`saescope run` nests these as its capture options)."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    out: str = "runs/default/store"
-    """Output directory: an activation store (corpus mode) or a seed dataset folder (generate mode)."""
-    hookpoints: str = ""
-    """Comma-separated hookpoints or globs (resid_post.5, mlp_out.*). Default: the middle layer's resid_post."""
-    data: CorpusConfig = field(default_factory=CorpusConfig)
     context_len: int = 128
     """Tokens per context, BOS included (BOS is not stored)."""
     batch_size: int = 16
@@ -38,8 +31,29 @@ class CaptureConfig:
     """Contexts per shard: the unit of resume (a kill loses at most one shard)."""
     max_tokens: int = 0
     """Stop after this many stored tokens (0 = the whole corpus)."""
-    store_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    store_dtype: DType = "float32"
     """dtype of stored activations."""
+
+    def __post_init__(self) -> None:
+        if self.context_len < 2:
+            raise SaescopeError(f"--context_len {self.context_len}: must be at least 2")
+        if self.batch_size < 1 or self.shard_contexts < 1:
+            raise SaescopeError("--batch_size and --shard_contexts must be positive")
+        if self.max_tokens < 0:
+            raise SaescopeError("--max_tokens must be >= 0")
+
+
+@dataclass
+class CaptureConfig:
+    """Capture activations from a corpus into a store, or (with --generate N) a seed-format dataset from prompts."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    capture: CaptureOptions = field(default_factory=CaptureOptions)
+    out: str = "runs/default/store"
+    """Output directory: an activation store (corpus mode) or a seed dataset folder (generate mode)."""
+    hookpoints: str = ""
+    """Comma-separated hookpoints or globs (resid_post.5, mlp_out.*). Default: the middle layer's resid_post."""
     overwrite: bool = False
     """Start over instead of resuming an existing store."""
     generate: int = 0
@@ -50,16 +64,12 @@ class CaptureConfig:
     """Generate mode: wrap prompts in the tokenizer's chat template (instruction-tuned models)."""
 
     def __post_init__(self) -> None:
-        if self.context_len < 2:
-            raise SaescopeError(f"--context_len {self.context_len}: must be at least 2")
-        if self.batch_size < 1 or self.shard_contexts < 1:
-            raise SaescopeError("--batch_size and --shard_contexts must be positive")
-        if self.generate < 0 or self.max_tokens < 0:
-            raise SaescopeError("--generate and --max_tokens must be >= 0")
+        if self.generate < 0:
+            raise SaescopeError("--generate must be >= 0")
 
 
 def default_hookpoint(hm: HookedModel) -> str:
-    return f"resid_post.{hm.n_layers // 2}"
+    return f"resid_post.{middle_layer(hm.n_layers)}"
 
 
 def valid_mask(ids: Tensor, special: set[int]) -> Tensor:
@@ -77,10 +87,11 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
     from saescope.corpus import iter_contexts
 
     hm = hm or cfg.model.load()
+    opt = cfg.capture
     hookpoints = hm.select(cfg.hookpoints) if cfg.hookpoints else [default_hookpoint(hm)]
     meta = StoreMeta(
-        model=hm.name, hookpoints={h: hm.width(h) for h in hookpoints}, dtype=cfg.store_dtype,
-        context_len=cfg.context_len, source={**cfg.data.describe(), "max_tokens": cfg.max_tokens},
+        model=hm.name, hookpoints={h: hm.width(h) for h in hookpoints}, dtype=opt.store_dtype,
+        context_len=opt.context_len, source={**cfg.data.describe(), "max_tokens": opt.max_tokens},
         tokenizer=getattr(hm.tokenizer, "name_or_path", ""), extra={"model_spec": cfg.model.model},
     )
     writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
@@ -90,24 +101,24 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
     special = {t for t in (hm.tokenizer.bos_token_id, hm.tokenizer.pad_token_id) if t is not None}
     device = next(hm.model.parameters()).device
     start = writer.next_context
-    contexts = iter_contexts(hm.tokenizer, cfg.data.texts(), cfg.context_len)
+    contexts = iter_contexts(hm.tokenizer, cfg.data.texts(), opt.context_len)
     contexts = itertools.islice(contexts, start, None)
-    per_ctx = cfg.context_len - 1
-    total = cfg.max_tokens or None
+    per_ctx = opt.context_len - 1
+    total = opt.max_tokens or None
     bar = tqdm(total=total, initial=writer.rows, unit="tok", unit_scale=True, desc=f"capture {hm.name}", smoothing=0.1)
     rows = initial = writer.rows
     t0 = time.perf_counter()
     ctx_index = start
-    while not (cfg.max_tokens and rows >= cfg.max_tokens):
-        chunk = list(itertools.islice(contexts, cfg.shard_contexts))
+    while not (opt.max_tokens and rows >= opt.max_tokens):
+        chunk = list(itertools.islice(contexts, opt.shard_contexts))
         if not chunk:
             break
-        if cfg.max_tokens:  # stop near the budget: whole contexts, at most one over
-            chunk = chunk[: max(1, -(-(cfg.max_tokens - rows) // per_ctx))]
+        if opt.max_tokens:  # stop near the budget: whole contexts, at most one over
+            chunk = chunk[: max(1, -(-(opt.max_tokens - rows) // per_ctx))]
         acts: dict[str, list[Tensor]] = {h: [] for h in hookpoints}
         tok, ctx, pos = [], [], []
-        for b in range(0, len(chunk), cfg.batch_size):
-            ids = torch.tensor(chunk[b:b + cfg.batch_size], device=device)  # [B, T]
+        for b in range(0, len(chunk), opt.batch_size):
+            ids = torch.tensor(chunk[b:b + opt.batch_size], device=device)  # [B, T]
             cache = hm.run_with_cache(ids, None, hookpoints)
             mask = valid_mask(ids, special)  # [B, T]
             for h in hookpoints:
@@ -127,5 +138,5 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
     elapsed = time.perf_counter() - t0
     writer.finish(tokens_per_second=round((rows - initial) / max(elapsed, 1e-9), 1))
     if rows == 0:
-        raise SaescopeError(f"corpus '{cfg.data.corpus}': produced no contexts of {cfg.context_len} tokens; use a longer corpus")
+        raise SaescopeError(f"corpus '{cfg.data.corpus}': produced no contexts of {opt.context_len} tokens; use a longer corpus")
     return ActivationStore(cfg.out)

@@ -1,4 +1,4 @@
-"""Entry point shared by `saescope capture` and `saescope run`."""
+"""`saescope capture`'s library entry: corpus mode into an activation store, generate mode into the seed format."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from pathlib import Path
 
 from saescope.capture.capture import CaptureConfig, capture_corpus, default_hookpoint
 from saescope.capture.generate import generate_seed_dataset, read_prompts
+from saescope.models import HookedModel
 
 
-def run_capture(cfg: CaptureConfig, hm=None) -> Path:  # noqa: ANN001
+def run_capture(cfg: CaptureConfig, hm: HookedModel | None = None) -> Path:
     hm = hm or cfg.model.load()
     if cfg.generate:
         hps = hm.select(cfg.hookpoints) if cfg.hookpoints else [default_hookpoint(hm)]
@@ -16,4 +17,3 @@ def run_capture(cfg: CaptureConfig, hm=None) -> Path:  # noqa: ANN001
     else:
         capture_corpus(cfg, hm)
     return Path(cfg.out)
-

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import sys
 
-from saescope.run import RunConfig, run_pipeline
 
-__all__ = ["RunConfig", "cli_run"]
+def main(argv: list[str]) -> int:
+    from saescope.cli import parse
+    from saescope.run import RunConfig, run_pipeline
 
-
-def cli_run(cfg: RunConfig) -> int:
-    done, col_root = run_pipeline(cfg)
+    cfg = parse(RunConfig, argv, "saescope run")
+    res = run_pipeline(cfg)
     print("\nsaescope run finished:")
-    for what, where in done:
-        print(f"  {what:<55} {where}")
+    for (what, where), decision in zip(res.done, res.decisions.values()):
+        print(f"  {what:<62} {'reused' if decision == 'reuse' else 'computed':<8}  {where}")
+    host, port = cfg.view.host, cfg.view.port
     if not cfg.no_serve and sys.stdin.isatty() and sys.stdout.isatty():
         from saescope.viewer.server import serve
 
-        print(f"\nserving the viewer on http://127.0.0.1:{cfg.port}/  (Ctrl-C to stop)")
-        serve(col_root, "127.0.0.1", cfg.port)
+        print(f"\nserving the viewer on http://{host}:{port}/  (Ctrl-C to stop)")
+        serve(res.col_root, host, port)
     else:
-        print(f"\nbrowse the results with:  saescope view {col_root} --port {cfg.port}")
+        print(f"\nbrowse the results with:  saescope view {res.col_root} --port {port}")
     return 0

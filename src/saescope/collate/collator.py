@@ -7,7 +7,7 @@ some unit's slots keep their token ids.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -126,7 +126,7 @@ def quantile_boundaries(maxima: TopSlots) -> Tensor:
     return out
 
 
-def build_records(state: GroupState, decode, sizes: SlotSizes) -> Iterator[NeuronRecord]:  # noqa: ANN001
+def build_records(state: GroupState, decode: Callable[[int], list[str]], sizes: SlotSizes) -> Iterator[NeuronRecord]:
     """Finalize one group's state into NeuronRecords (index = unit), one at a time: a group's records as Python
     objects would take ~0.5 GB for 4k latents. Vectorised per group; Python per record.
 
@@ -151,7 +151,7 @@ def build_records(state: GroupState, decode, sizes: SlotSizes) -> Iterator[Neuro
     for u in range(U):
         top_a, pool_a, cand_a = acts_r(state.top.acts[u]), acts_r(state.pool.acts[u]), acts_r(cand_acts[u])
 
-        def rec(eid: int, acts) -> ActivationRecord:  # noqa: ANN001
+        def rec(eid: int, acts: Tensor) -> ActivationRecord:
             return ActivationRecord(activations=acts.tolist(), tokens=decode(eid))
 
         top = [rec(i, top_a[s]) for s, i in enumerate(top_ids[u]) if i >= 0 and top_score[u][s] > float("-inf")]

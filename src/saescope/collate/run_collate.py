@@ -16,36 +16,32 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
 from saescope.corpus import CorpusConfig
 from saescope.collate.collator import ExcerptTokens, GroupState, SlotSizes, build_records
-from saescope.records import write_record
+from saescope.records import dataset_path, write_record
 from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group
-from saescope.config import ModelConfig
+from saescope.config import ModelConfig, middle_layer
 from saescope.errors import SaescopeError
 from saescope.io import write_json
+from saescope.models import HookedModel
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class CollateConfig:
-    """Collate top-activating excerpts, random/quantile samples and moments for MLP neurons, heads and SAE latents."""
+UnitKind = Literal["mlp", "heads"]
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+
+@dataclass
+class CollateOptions:
+    """What is collated per unit and from how many tokens (`saescope run` nests these as its collate options)."""
+
     sizes: SlotSizes = field(default_factory=SlotSizes)
-    out: str = "runs/default/collated"
-    """Output root; records go to <out>/<model>/<unit_type>/..."""
-    data: CorpusConfig = field(default_factory=CorpusConfig)
-    layers: str = ""
-    """Comma-separated layers for mlp/heads (default: the middle layer)."""
     units: str = "mlp,heads"
-    """Unit kinds: any of mlp, heads (SAE latents are added by --sae)."""
-    sae: str = ""
-    """SAE directories or files, comma-separated (each collated at its own hookpoint)."""
+    """Unit kinds, comma-separated: mlp (MLP neurons), heads (attention heads). SAE latents are added by --sae."""
     excerpt_len: int = 64
     """Tokens per excerpt (BOS is prepended for the forward pass and never recorded)."""
     max_tokens: int = 100_000
@@ -55,22 +51,40 @@ class CollateConfig:
     seed: int = 0
     """Seed of the random and quantile samples."""
 
+    def kinds(self) -> list[UnitKind]:
+        return [u.strip() for u in self.units.split(",") if u.strip()]  # type: ignore[misc]
+
     def __post_init__(self) -> None:
-        bad = {u.strip() for u in self.units.split(",") if u.strip()} - {"mlp", "heads"}
+        bad = set(self.kinds()) - set(get_args(UnitKind))
         if bad:
             raise SaescopeError(f"--units {self.units}: unknown kind(s) {', '.join(sorted(bad))}; use mlp,heads")
         if self.sizes.top_k < 1 or self.excerpt_len < 2:
             raise SaescopeError("--top_k must be ≥ 1 and --excerpt_len ≥ 2")
 
 
-def make_groups(cfg: CollateConfig, hm) -> list[UnitGroup]:  # noqa: ANN001
+@dataclass
+class CollateConfig:
+    """Collate top-activating excerpts, random/quantile samples and moments for MLP neurons, heads and SAE latents."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    collate: CollateOptions = field(default_factory=CollateOptions)
+    out: str = "runs/default/collated"
+    """Output root; records go to <out>/<model>/<unit_type>/..."""
+    layers: str = ""
+    """Comma-separated layers for mlp/heads (default: the middle layer)."""
+    sae: str = ""
+    """SAE directories or files, comma-separated (each collated at its own hookpoint)."""
+
+
+def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
     from saescope.sae import load_sae
 
-    layers = [int(x) for x in cfg.layers.split(",") if x.strip()] if cfg.layers else [hm.n_layers // 2]
+    layers = [int(x) for x in cfg.layers.split(",") if x.strip()] if cfg.layers else [middle_layer(hm.n_layers)]
     for layer in layers:
         if not 0 <= layer < hm.n_layers:
             raise SaescopeError(f"--layers: layer {layer} out of range (model has {hm.n_layers})")
-    kinds = [u.strip() for u in cfg.units.split(",") if u.strip()]
+    kinds = cfg.collate.kinds()
     groups = []
     for layer in layers:
         if "mlp" in kinds:
@@ -91,7 +105,7 @@ def make_groups(cfg: CollateConfig, hm) -> list[UnitGroup]:  # noqa: ANN001
     return groups
 
 
-def collate(cfg: CollateConfig, hm=None) -> dict[str, Any]:  # noqa: ANN001
+def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]:
     """Run the streaming pass and write every record; returns the manifest."""
     from tqdm.auto import tqdm
 
@@ -102,20 +116,21 @@ def collate(cfg: CollateConfig, hm=None) -> dict[str, Any]:  # noqa: ANN001
     dist.init_from_env()
     rank, world = dist.rank(), dist.world_size()
     hm = hm or cfg.model.load()
+    opt = cfg.collate
     groups = make_groups(cfg, hm)
-    T = cfg.excerpt_len
-    states = [GroupState.create(g, T * (T + 1) // 2 if g.by_token_pair else T, cfg.sizes, cfg.seed) for g in groups]
+    T = opt.excerpt_len
+    states = [GroupState.create(g, T * (T + 1) // 2 if g.by_token_pair else T, opt.sizes, opt.seed) for g in groups]
     hookpoints = sorted({h for g in groups for h in g.hookpoints})
     tokens = ExcerptTokens()
     device = next(hm.model.parameters()).device
     contexts = iter_contexts(hm.tokenizer, cfg.data.texts(), T + 1)
-    n_excerpts = -(-cfg.max_tokens // T) if cfg.max_tokens else None
+    n_excerpts = -(-opt.max_tokens // T) if opt.max_tokens else None
     # Under torchrun each rank takes every world-th excerpt; ids stay global so the merge is exact.
     numbered = ((i, c) for i, c in enumerate(itertools.islice(contexts, n_excerpts)) if i % world == rank)
     bar = tqdm(total=n_excerpts and n_excerpts * T // world, unit="tok", unit_scale=True, desc=f"collate {hm.name}",
                disable=rank != 0)
     t0, seen, step = time.perf_counter(), 0, 0
-    while chunk := list(itertools.islice(numbered, cfg.batch_size)):
+    while chunk := list(itertools.islice(numbered, opt.batch_size)):
         batch = [c for _, c in chunk]
         ids = torch.tensor(batch, device=device)  # [B, T+1]
         eids = torch.tensor([i for i, _ in chunk])
@@ -140,7 +155,7 @@ def collate(cfg: CollateConfig, hm=None) -> dict[str, Any]:  # noqa: ANN001
     return write_outputs(cfg, hm, groups, states, tokens, seen, elapsed, cfg.data.describe())
 
 
-def merge_ranks(states: list[GroupState], tokens: ExcerptTokens, seen: int):  # noqa: ANN201
+def merge_ranks(states: list[GroupState], tokens: ExcerptTokens, seen: int) -> tuple[list[GroupState], ExcerptTokens, int]:
     """Gather every rank's state on rank 0 and merge exactly (top-k ∪ top-k, keyed reservoirs, power sums)."""
     import torch.distributed as td
 
@@ -158,8 +173,11 @@ def merge_ranks(states: list[GroupState], tokens: ExcerptTokens, seen: int):  # 
     return states, tokens, seen
 
 
-def write_outputs(cfg: CollateConfig, hm, groups, states, tokens, seen, elapsed, source) -> dict[str, Any]:  # noqa: ANN001
+def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], states: list[GroupState],
+                  tokens: ExcerptTokens, seen: int, elapsed: float, source: dict[str, Any]) -> dict[str, Any]:
     from tqdm.auto import tqdm
+
+    opt = cfg.collate
 
     cache: dict[int, str] = {}  # token id → string
     decoded: dict[int, list[str]] = {}  # excerpt id → strings, decoded once per excerpt
@@ -179,7 +197,7 @@ def write_outputs(cfg: CollateConfig, hm, groups, states, tokens, seen, elapsed,
         ds_root = root / g.rel_dir
         density = st.moments.density()
         rows = []
-        for r in tqdm(build_records(st, decode, cfg.sizes), total=g.n_units, desc=f"write {g.rel_dir}/{g.layer}",
+        for r in tqdm(build_records(st, decode, opt.sizes), total=g.n_units, desc=f"write {g.rel_dir}/{g.layer}",
                       unit="rec", leave=False):
             write_record(ds_root, r)
             top = r.most_positive_activation_records
@@ -197,7 +215,7 @@ def write_outputs(cfg: CollateConfig, hm, groups, states, tokens, seen, elapsed,
                          "top_token": top_token})
         write_json(ds_root / str(g.layer) / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
                                                                "by_token_pair": g.by_token_pair, "units": rows})
-        datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer, "path": f"{g.rel_dir}/{g.layer}",
+        datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer, "path": dataset_path(g.unit_type, g.layer, g.name),
                          "units": g.n_units, "by_token_pair": g.by_token_pair, "hookpoints": g.hookpoints,
                          "source": g.source})
     manifest_path = root / "manifest.json"
@@ -208,9 +226,9 @@ def write_outputs(cfg: CollateConfig, hm, groups, states, tokens, seen, elapsed,
         old = [d for d in read_json(manifest_path).get("datasets", []) if d["path"] not in {x["path"] for x in datasets}]
     manifest = {
         "format": "saescope-collated", "version": 1, "model": hm.name, "model_spec": cfg.model.model,
-        "corpus": source, "excerpt_len": cfg.excerpt_len, "excerpts": seen, "tokens": seen * cfg.excerpt_len,
-        "tokens_per_second": seen * cfg.excerpt_len / max(elapsed, 1e-9), "sizes": asdict(cfg.sizes),
-        "seed": cfg.seed, "datasets": old + datasets,
+        "corpus": source, "excerpt_len": opt.excerpt_len, "excerpts": seen, "tokens": seen * opt.excerpt_len,
+        "tokens_per_second": seen * opt.excerpt_len / max(elapsed, 1e-9), "sizes": asdict(opt.sizes),
+        "seed": opt.seed, "datasets": old + datasets,
     }
     write_json(manifest_path, manifest)
     return manifest

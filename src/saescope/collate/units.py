@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 
 from saescope.models import HookedModel
+from saescope.sae import BaseSAE
+from saescope.records import dataset_dir
 
 
 @dataclass
@@ -36,7 +38,7 @@ class UnitGroup:
 
     @property
     def rel_dir(self) -> str:
-        return f"{self.unit_type}/{self.name}" if self.name else self.unit_type
+        return dataset_dir(self.unit_type, self.name)
 
 
 def tril_flatten(x: Tensor) -> Tensor:
@@ -72,7 +74,7 @@ def head_group(hm: HookedModel, layer: int) -> UnitGroup:
     return UnitGroup("attention_heads", layer, hm.n_heads, [pat, val], extract, by_token_pair=True)
 
 
-def sae_group(sae, hookpoint: str, name: str, source: str = "") -> UnitGroup:  # noqa: ANN001
+def sae_group(sae: BaseSAE, hookpoint: str, name: str, source: str = "") -> UnitGroup:
     from saescope.models import parse_hookpoint
 
     layer = parse_hookpoint(hookpoint)[1]

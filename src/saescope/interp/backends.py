@@ -1,5 +1,6 @@
-"""LLM backends behind one small interface, picked by name:
+"""Explainer / simulator backends behind one small interface, picked by name:
 
+- ``baseline``: the offline token-lookup explainer and the simulator that reads its table back (no model at all);
 - ``openai:<model>``: any OpenAI-compatible server (OpenAI, vLLM, llama.cpp server, OpenRouter) at ``base_url``,
   key from an environment variable; timeouts, retries with exponential backoff. Errors raise BackendError and
   are recorded as failures by the pipeline, never turned into scores.
@@ -14,7 +15,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +27,32 @@ class BackendError(Exception):
 
 
 class Backend(ABC):
+    """Explains units and simulates explanations; the language-model backends do it through `chat` (and prompt
+    logprobs where they have them), the offline baseline overrides `explain` and `simulate` directly."""
+
     name: str = ""
     usage: dict[str, int]
+    is_llm: ClassVar[bool] = True
+    """Whether this is a language model (then delphi-style detection/fuzzing are asked of it as well)."""
 
     @abstractmethod
     def chat(self, messages: list[dict[str, str]], max_tokens: int = 60, temperature: float = 0.0) -> str: ...
+
+    def explain(self, records: list[dict[str, Any]], style: str = "tdb") -> str:
+        """One explanation from the explainer's records (TDB or delphi prompt style)."""
+        from saescope.interp.prompts import delphi_explain_messages, explain_messages, parse_explanation
+
+        msgs = delphi_explain_messages(records) if style == "delphi" else explain_messages(records)
+        text = parse_explanation(self.chat(msgs, max_tokens=60))
+        if not text:
+            raise BackendError("empty explanation")
+        return text
+
+    def simulate(self, explanation: str, tokens: list[str]) -> tuple[list[float], str]:
+        """(predicted activations on the 0–10 scale, method); raises BackendError on failure."""
+        from saescope.interp.simulate import simulate_with_llm
+
+        return simulate_with_llm(self, explanation, tokens)
 
     def digit_distributions(self, prompt: str, offsets: list[int]) -> list[dict[int, float]] | None:
         """For each character offset, the next-token distribution over '0'…'10' (renormalised), or None when
@@ -182,12 +204,14 @@ class HFBackend(Backend):
 
 
 def make_backend(name: str, base_url: str = "", api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                 retries: int = 3, hm: Any = None) -> Backend | None:
-    """'baseline' → None (offline); 'openai:<model>'; 'hf:<spec>'."""
+                 retries: int = 3, hm: Any = None) -> Backend:
+    """'baseline' (offline); 'openai:<model>'; 'hf:<spec>'."""
     from saescope.errors import SaescopeError
 
-    if name in ("baseline", "", "none"):
-        return None
+    if name in ("baseline", ""):
+        from saescope.interp.baseline import BaselineBackend
+
+        return BaselineBackend()
     kind, _, arg = name.partition(":")
     if kind == "openai" and arg:
         return OpenAIBackend(arg, base_url or "https://api.openai.com/v1", api_key_env, timeout, retries)

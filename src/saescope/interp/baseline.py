@@ -12,7 +12,9 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from saescope.interp.prompts import max_activation, normalize
+from saescope.interp.backends import Backend, BackendError
+from saescope.interp.prompts import normalize
+from saescope.records import max_activation
 
 PREFIX = "token-lookup:"
 _ITEM = re.compile(r'("(?:[^"\\]|\\.)*")\s*\((\d+(?:\.\d+)?)\)')
@@ -41,3 +43,22 @@ def parse_table(explanation: str) -> dict[str, float]:
 def simulate_lookup(explanation: str, tokens: list[str]) -> list[float]:
     table = parse_table(explanation)
     return [table.get(t, 0.0) for t in tokens]
+
+
+class BaselineBackend(Backend):
+    """The offline backend: token-lookup explanations, simulated by looking their table up."""
+
+    name = "baseline"
+    is_llm = False
+
+    def __init__(self) -> None:
+        self.usage = {}
+
+    def chat(self, messages: list[dict[str, str]], max_tokens: int = 60, temperature: float = 0.0) -> str:
+        raise BackendError("the baseline backend is not a language model")
+
+    def explain(self, records: list[dict[str, Any]], style: str = "tdb") -> str:
+        return token_lookup_explanation(records)
+
+    def simulate(self, explanation: str, tokens: list[str]) -> tuple[list[float], str]:
+        return simulate_lookup(explanation, tokens), "baseline"

@@ -15,6 +15,7 @@ from typing import Any
 
 from saescope.interp.backends import Backend, BackendError
 from saescope.interp.scoring import balanced_accuracy
+from saescope.records import is_activating
 
 _LIST = re.compile(r"\[[\s\d,]*\]")
 
@@ -45,8 +46,8 @@ def examples(records: list[dict[str, Any]], max_act: float, seed: int) -> tuple[
     plain, marked, labels = [], [], []
     for r in records:
         acts, toks = r["activations"], r["tokens"]
-        y = 1 if max_act > 0 and max(acts, default=0) >= 0.3 * max_act else 0
-        hot = {i for i, a in enumerate(acts) if y and a >= 0.3 * max_act}
+        y = 1 if is_activating(max(acts, default=0), max_act) else 0
+        hot = {i for i, a in enumerate(acts) if y and is_activating(a, max_act)}
         if not y:
             hot = set(rng.sample(range(len(toks)), min(len(toks), 2)))
         plain.append("".join(toks))

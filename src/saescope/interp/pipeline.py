@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from saescope.records import NeuronId, to_dict
+from saescope.records import NeuronId, is_activating, max_activation, read_record_dict, to_dict
 from saescope.errors import SaescopeError
 from saescope.interp import scoring
 from saescope.interp.backends import Backend, BackendError, make_backend
 from saescope.interp.classify import classify_scores
-from saescope.interp.baseline import token_lookup_explanation
-from saescope.interp.prompts import delphi_explain_messages, explain_messages, max_activation, parse_explanation, splits
+from saescope.interp.prompts import splits
 from saescope.interp.schema import (
     NeuronSimulationResults, ScoredExplanation, ScoredSequenceSimulation, ScoredSimulation, SequenceSimulation,
 )
@@ -31,13 +30,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class InterpConfig:
-    """Explain and score the units of a collated dataset."""
+class InterpOptions:
+    """Which backends explain and simulate, and how they are called (`saescope run` nests these)."""
 
-    root: str = "runs/default/collated/gemma-3-270m"
-    """A collated model folder (holds manifest.json), or a dataset folder inside it."""
-    dataset: str = ""
-    """Dataset path inside root, e.g. sae_latents/sae/9 (default: the first SAE dataset, else the first)."""
     explainer: str = "baseline"
     """baseline (token lookup, offline), openai:<model> or hf:<model spec>."""
     simulator: str = "baseline"
@@ -48,18 +43,29 @@ class InterpConfig:
     """Environment variable holding the API key (never saved)."""
     prompt_style: Literal["tdb", "delphi"] = "tdb"
     """tdb: token<TAB>activation lines; delphi: <<highlighted>> tokens."""
-    units: str = ""
-    """Comma-separated unit indices (default: all, in order)."""
     max_units: int = 0
     """At most this many live units (0 = all)."""
     concurrency: int = 4
-    """Units in flight at once (API backends)."""
+    """Units in flight at once (language-model backends)."""
     timeout: float = 60.0
     """Seconds per request."""
     retries: int = 3
     """Retries per request (exponential backoff)."""
     null_baseline: bool = True
     """Also score another unit's explanation on each unit (the floor every score is compared with)."""
+
+
+@dataclass
+class InterpConfig:
+    """Explain and score the units of a collated dataset."""
+
+    interp: InterpOptions = field(default_factory=InterpOptions)
+    root: str = "runs/default/collated/gemma-3-270m"
+    """A collated model folder (holds manifest.json), or a dataset folder inside it."""
+    dataset: str = ""
+    """Dataset path inside root, e.g. sae_latents/sae/9 (default: the first SAE dataset, else the first)."""
+    indices: str = ""
+    """Comma-separated unit indices to explain (default: every live unit, in order)."""
     overwrite: bool = False
     """Redo units already explained/scored."""
 
@@ -80,22 +86,14 @@ def resolve(cfg: InterpConfig) -> tuple[Path, str, dict[str, Any]]:
 
 
 def _read(manifest_dir: Path, ds: str, index: int) -> dict[str, Any]:
-    return read_json(manifest_dir / ds / f"{index}.json", "record")
+    return read_record_dict(manifest_dir / ds / f"{index}.json")
 
 
-def explain_unit(backend: Backend | None, rec: dict[str, Any], style: str) -> str:
-    parts = splits(rec["most_positive_activation_records"], rec["random_sample"])
-    train = parts["train"]
-    if backend is None:
-        return token_lookup_explanation(train)
-    msgs = delphi_explain_messages(train) if style == "delphi" else explain_messages(train)
-    text = parse_explanation(backend.chat(msgs, max_tokens=60))
-    if not text:
-        raise BackendError("empty explanation")
-    return text
+def explain_unit(backend: Backend, rec: dict[str, Any], style: str) -> str:
+    return backend.explain(splits(rec["most_positive_activation_records"], rec["random_sample"])["train"], style)
 
 
-def score_unit(backend: Backend | None, rec: dict[str, Any], explanation: str) -> tuple[NeuronSimulationResults, dict[str, Any]]:
+def score_unit(backend: Backend, rec: dict[str, Any], explanation: str) -> tuple[NeuronSimulationResults, dict[str, Any]]:
     parts = splits(rec["most_positive_activation_records"], rec["random_sample"])
     mx = max_activation(rec["most_positive_activation_records"])
     sims, methods = [], set()
@@ -114,20 +112,20 @@ def score_unit(backend: Backend | None, rec: dict[str, Any], explanation: str) -
     rc = scoring.correlation([a for s in rnd for a in s.true_activations],
                              [a for s in rnd for a in s.simulation.expected_activations])
     # simulation-derived detection: does the simulator flag activating excerpts (max ≥ 0.3·max) and not the others?
-    labels = [1 if max(s.true_activations, default=0) >= 0.3 * mx > 0 else 0 for s in sims]
+    labels = [1 if is_activating(max(s.true_activations, default=0), mx) else 0 for s in sims]
     det = [1 if max(s.simulation.expected_activations, default=0) >= 1.0 else 0 for s in sims]
     # fuzzing: marked tokens are the truly active ones (positives) or random ones (negatives); is the marking right?
     fuzz_labels, fuzz_pred = [], []
     for s, y in zip(sims, labels):
         acts, sim = s.true_activations, s.simulation.expected_activations
-        marked = [i for i, a in enumerate(acts) if a >= 0.3 * mx > 0] if y else list(range(0, len(acts), 4))
+        marked = [i for i, a in enumerate(acts) if is_activating(a, mx)] if y else list(range(0, len(acts), 4))
         fuzz_labels.append(y)
         fuzz_pred.append(1 if marked and sum(sim[i] for i in marked) / len(marked) >= 1.0 else 0)
     scored = ScoredSimulation(sims, allc.score, scoring.rsquared(true, pred), scoring.absolute_dev_explained(true, pred))
     result = NeuronSimulationResults(NeuronId(**{k: rec["neuron_id"][k] for k in ("neuron_index", "layer_index")}),
                                      [ScoredExplanation(explanation, scored)])
     scores_llm: dict[str, Any] = {}
-    if backend is not None:  # delphi-style detection/fuzzing asked of the LLM itself
+    if backend.is_llm:  # delphi-style detection/fuzzing asked of the LLM itself
         try:
             scores_llm = classify_scores(backend, explanation, parts["valid"], mx)
         except BackendError as e:  # recorded as a failure of these two scores, never as a score
@@ -145,34 +143,35 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
     out = manifest_dir / "explanations" / ds
     summary = read_json(manifest_dir / ds / "summary.json", "dataset summary")
     live = [u["index"] for u in summary["units"] if (u.get("max_activation") or 0) > 0]
-    if cfg.units:
-        wanted = {int(x) for x in cfg.units.split(",") if x.strip()}
+    opt = cfg.interp
+    if cfg.indices:
+        wanted = {int(x) for x in cfg.indices.split(",") if x.strip()}
         live = [i for i in live if i in wanted]
-    if cfg.max_units:
-        live = live[: cfg.max_units]
+    if opt.max_units:
+        live = live[: opt.max_units]
     if not live:
         raise SaescopeError(f"{manifest_dir / ds}: no live units to explain (all max activations are 0)")
-    explainer = make_backend(cfg.explainer, cfg.base_url, cfg.api_key_env, cfg.timeout, cfg.retries, hm)
-    sim_name = cfg.explainer if cfg.simulator == "same" else cfg.simulator
-    simulator = explainer if cfg.simulator == "same" else make_backend(sim_name, cfg.base_url, cfg.api_key_env,
-                                                                      cfg.timeout, cfg.retries, hm)
+    explainer = make_backend(opt.explainer, opt.base_url, opt.api_key_env, opt.timeout, opt.retries, hm)
+    sim_name = opt.explainer if opt.simulator == "same" else opt.simulator
+    simulator = explainer if opt.simulator == "same" else make_backend(sim_name, opt.base_url, opt.api_key_env,
+                                                                      opt.timeout, opt.retries, hm)
     expl_path = out / "explanations.json"
     expl: dict[str, Any] = {} if cfg.overwrite or not expl_path.exists() else read_json(expl_path)["units"]
-    workers = max(1, cfg.concurrency if explainer is not None else 1)
+    workers = max(1, opt.concurrency if explainer.is_llm else 1)
     if do_explain:
         todo = [i for i in live if str(i) not in expl or expl[str(i)].get("failure")]
 
         def one(i: int) -> tuple[int, dict[str, Any]]:
             try:
-                return i, {"explanation": explain_unit(explainer, _read(manifest_dir, ds, i), cfg.prompt_style)}
+                return i, {"explanation": explain_unit(explainer, _read(manifest_dir, ds, i), opt.prompt_style)}
             except BackendError as e:
                 return i, {"explanation": None, "failure": str(e)}
         with ThreadPoolExecutor(workers) as pool:
             for n, (i, res) in enumerate(tqdm(pool.map(one, todo), total=len(todo), desc=f"explain {ds}", unit="unit")):
                 expl[str(i)] = res
                 if n % 50 == 49:
-                    write_json(expl_path, {"explainer": cfg.explainer, "units": expl})
-        write_json(expl_path, {"explainer": cfg.explainer, "units": expl})
+                    write_json(expl_path, {"explainer": opt.explainer, "units": expl})
+        write_json(expl_path, {"explainer": opt.explainer, "units": expl})
     if not do_score:
         return {"out": str(out), "explained": sum(1 for v in expl.values() if v.get("explanation"))}
     scores_path = out / "scores.json"
@@ -188,7 +187,7 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
             result, s = score_unit(simulator, rec, text)
         except BackendError as e:
             return i, {"explanation": text, "score": None, "failure": str(e)}
-        if cfg.null_baseline and len(ok) > 1:
+        if opt.null_baseline and len(ok) > 1:
             other = expl[str(ok[(pos + 1) % len(ok)])]["explanation"]  # another unit's explanation: the floor
             try:
                 s["null"] = score_unit(simulator, rec, other)[1]["top_and_random"]
@@ -211,8 +210,8 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
     vals = [v["score"] for v in scores.values() if v.get("score") is not None]
     nulls = [v["scores"].get("null") for v in scores.values() if v.get("scores") and v["scores"].get("null") is not None]
     failures = [i for i, v in expl.items() if v.get("failure")] + [i for i, v in scores.items() if v.get("failure")]
-    usage = {b.name: b.usage for b in {explainer, simulator} if b is not None}
-    summ = {"dataset": ds, "explainer": cfg.explainer, "simulator": sim_name, "units": len(scores),
+    usage = {b.name: b.usage for b in {explainer, simulator} if b.is_llm}
+    summ = {"dataset": ds, "explainer": opt.explainer, "simulator": sim_name, "units": len(scores),
             "mean_score": sum(vals) / len(vals) if vals else float("nan"),
             "fraction_ge_0.8": sum(v >= 0.8 for v in vals) / len(vals) if vals else float("nan"),
             "mean_null_score": sum(nulls) / len(nulls) if nulls else float("nan"),

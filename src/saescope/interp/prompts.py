@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from saescope.records import ACTIVATING_FRACTION, max_activation
+
 EXPLAIN_SYSTEM = (
     "We're studying neurons in a neural network. Each neuron looks for some particular thing in a short document. "
     "Look at the parts of the document the neuron activates for and summarize in a single sentence what the neuron "
@@ -38,10 +40,6 @@ def normalize(acts: list[float], max_act: float) -> list[int]:
     if max_act <= 0:
         return [0] * len(acts)
     return [min(10, math.floor(10 * max(a, 0.0) / max_act)) for a in acts]
-
-
-def max_activation(records: list[dict[str, Any]]) -> float:
-    return max((max(max(r["activations"]), 0.0) for r in records if r["activations"]), default=0.0)
 
 
 def format_record(tokens: list[str], values: list[int | str]) -> str:
@@ -74,7 +72,7 @@ def explain_messages(records: list[dict[str, Any]]) -> list[dict[str, str]]:
     return msgs
 
 
-def delphi_explain_messages(records: list[dict[str, Any]], threshold: float = 0.3) -> list[dict[str, str]]:
+def delphi_explain_messages(records: list[dict[str, Any]], threshold: float = ACTIVATING_FRACTION) -> list[dict[str, str]]:
     """delphi-style: examples with activating tokens wrapped in <<…>>, answer after '[EXPLANATION]:'."""
     mx = max_activation(records)
     lines = []

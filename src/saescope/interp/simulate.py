@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 
 from saescope.interp.backends import Backend, BackendError
-from saescope.interp.baseline import simulate_lookup
 from saescope.interp.prompts import PREFIX, SIMULATE_SYSTEM, simulation_prompt
 
 _LINE = re.compile(r"^(.*)\t(\d+)\s*$")
@@ -22,10 +21,13 @@ def expected_values(dists: list[dict[int, float]]) -> list[float]:
     return [sum(k * p for k, p in d.items()) for d in dists]
 
 
-def simulate(backend: Backend | None, explanation: str, tokens: list[str]) -> tuple[list[float], str]:
+def simulate(backend: Backend, explanation: str, tokens: list[str]) -> tuple[list[float], str]:
     """(predictions on the 0–10 scale, method). Raises BackendError on failure."""
-    if backend is None:
-        return simulate_lookup(explanation, tokens), "baseline"
+    return backend.simulate(explanation, tokens)
+
+
+def simulate_with_llm(backend: Backend, explanation: str, tokens: list[str]) -> tuple[list[float], str]:
+    """A language model's simulation: prompt logprobs where the backend has them, else rewritten lines."""
     prompt, offsets = simulation_prompt(explanation, tokens)
     dists = backend.digit_distributions(prompt, offsets)
     if dists is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from saescope.config import resolve_device
 from saescope.errors import SaescopeError
 from saescope.io import write_json
 from saescope.store import ActivationStore, shuffled_batches
@@ -29,10 +30,6 @@ class TrainConfig:
     """Hookpoint inside the store (default: its first)."""
     out: str = "runs/default/sae"
     """Output SAE directory (cfg.json + sae_weights.safetensors + sparsity.safetensors + metrics.json)."""
-    holdout_shards: int = 1
-    """Last shards kept out of training for evaluation."""
-    buffer_rows: int = 65536
-    """Shuffle buffer size in rows."""
     resume: bool = True
     """Continue from <out>/checkpoint if present."""
     device: str = "auto"
@@ -61,11 +58,11 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     ws = dist_utils.world_size()
     if tc.batch_size % ws:
         raise SaescopeError(f"--batch_size {tc.batch_size} is not divisible by the {ws} data-parallel ranks")
-    train_ids, eval_ids = split_shards(store, cfg.holdout_shards)
+    train_ids, eval_ids = split_shards(store, tc.holdout_shards)
     train_rows = sum(store.shards[i]["rows"] for i in train_ids)
     tokens = tc.tokens or train_rows
     steps = max(1, tokens // tc.batch_size)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     if device.startswith("cuda") and dist_utils.is_distributed():
         device = f"cuda:{dist_utils.rank() % torch.cuda.device_count()}"
     out = Path(cfg.out)
@@ -80,7 +77,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         shutil.rmtree(out / "checkpoint")
     # The stream is a pure function of the seed, so skipping `step` batches resumes at the exact data position.
     batches = shuffled_batches(lambda i: store.load_shard(hp, train_ids[i]), len(train_ids), tc.batch_size,
-                               seed=tc.seed, buffer_rows=cfg.buffer_rows, skip_batches=trainer.step)
+                               seed=tc.seed, buffer_rows=tc.buffer_rows, skip_batches=trainer.step)
     log.info("training %s (F=%d, k=%d) on %s: %d steps x %d tokens (%d train rows)", tc.arch, tc.width, tc.k, hp,
              steps, tc.batch_size, train_rows)
     result = trainer.fit(batches, progress=progress)

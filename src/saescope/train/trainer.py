@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -28,12 +28,15 @@ from saescope.train.checkpoint import (
 log = logging.getLogger(__name__)
 
 
+Arch = Literal["topk", "batchtopk", "matryoshka", "matryoshka_batchtopk", "jumprelu", "standard", "relu"]
+
+
 @dataclass
 class TrainerConfig:
     """The optimisation recipe (shared by `saescope train` and the Python API)."""
 
-    arch: str = "topk"
-    """topk, batchtopk, matryoshka_batchtopk (= matryoshka), jumprelu or standard (= relu: ReLU + L1)."""
+    arch: Arch = "topk"
+    """topk, batchtopk, matryoshka (= matryoshka_batchtopk), jumprelu or standard (= relu: ReLU + L1)."""
     k: int = 32
     """Active latents per token (TopK; BatchTopK on average)."""
     width: int = 4096
@@ -42,6 +45,10 @@ class TrainerConfig:
     """Training tokens (0 = one pass over the training shards)."""
     batch_size: int = 1024
     """Tokens per step (global, across data-parallel ranks)."""
+    buffer_rows: int = 65536
+    """Shuffle buffer size in rows (store training)."""
+    holdout_shards: int = 1
+    """Last store shards kept out of training, for the held-out evaluation."""
     lr: float = 0.0
     """Adam learning rate; 0 = 2e-4·√(2^14 / F)."""
     warmup_frac: float = 0.02
@@ -50,8 +57,8 @@ class TrainerConfig:
     """Final fraction of steps with linear LR decay to 0."""
     grad_clip: float = 1.0
     """Gradient-norm clip (0 = off)."""
-    b_dec_init: str = "geometric_median"
-    """geometric_median, mean or zeros."""
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
+    """Initial decoder bias: the geometric median or mean of the first batch, or zeros."""
     normalize: bool = True
     """Scale inputs to E‖x‖ = √d during training (folded into the saved weights)."""
     auxk_alpha: float = 1 / 32
@@ -68,7 +75,7 @@ class TrainerConfig:
     """JumpReLU pre-act loss for dead latents (0 = off)."""
     sparsity_warmup_frac: float = 0.05
     """Fraction of steps over which the sparsity coefficient ramps from 0."""
-    encoder_dtype: str = "auto"
+    encoder_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """TopK family: dtype of the dense encoder matmul in training (auto = bfloat16 on GPUs and on CPUs with AMX or
     AVX512-BF16, where it is several times faster; float32 elsewhere). Gradients stay float32."""
     checkpoint_every: int = 500
@@ -81,8 +88,6 @@ class TrainerConfig:
         from saescope.sae import TopKSAE
 
         topk_family = issubclass(sae_class(self.arch), TopKSAE)
-        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
-            raise SaescopeError(f"--b_dec_init {self.b_dec_init}: choose geometric_median, mean or zeros")
         if self.width < 1 or self.k < 1 or self.batch_size < 1:
             raise SaescopeError("--width, --k and --batch_size must be positive")
         if topk_family and self.k > self.width:

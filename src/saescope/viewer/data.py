@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from saescope.errors import SaescopeError
+from saescope.records import UNIT_TYPES, dataset_path
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
-UNIT_TYPES = ("mlp_neurons", "attention_heads", "sae_latents")
 
 
 class NotFound(Exception):
@@ -36,7 +36,7 @@ class DatasetRef:
 
     @property
     def path(self) -> str:
-        return f"{self.unit_type}/{self.name}/{self.layer}" if self.name else f"{self.unit_type}/{self.layer}"
+        return dataset_path(self.unit_type, self.layer, self.name)
 
 
 def parse_dataset(model: str, parts: list[str]) -> DatasetRef:

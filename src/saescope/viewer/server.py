@@ -14,15 +14,43 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from saescope.viewer.data import BrokenFile, DataRoot, DatasetRef, NotFound, parse_dataset
 
+if TYPE_CHECKING:  # pragma: no cover
+    from fastapi import FastAPI
+
+    from saescope.models import HookedModel
+    from saescope.sae import BaseSAE
+
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+
+
+@dataclass
+class ViewOptions:
+    """Where the viewer listens (`saescope run` nests these)."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind; keep 127.0.0.1 unless you mean to expose the data."""
+    port: int = 8000
+    """Port."""
+
+
+@dataclass
+class ViewConfig:
+    """Serve the neuron viewer (a static page + JSON API) for a collated folder, on localhost by default."""
+
+    view: ViewOptions = field(default_factory=ViewOptions)
+    root: str = "runs/default/collated"
+    """Collated data root (holds <model>/manifest.json)."""
+    model: str = ""
+    """Model spec for the live probe and logit lens (default: the one recorded at collation)."""
 
 
 class ModelHub:
@@ -34,7 +62,7 @@ class ModelHub:
         self._saes: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def model(self, model: str):  # noqa: ANN201
+    def model(self, model: str) -> HookedModel:
         from saescope.models import load_model
 
         with self._lock:
@@ -43,7 +71,7 @@ class ModelHub:
                 self._models[model] = load_model(spec)
             return self._models[model]
 
-    def sae(self, ds: DatasetRef):  # noqa: ANN201
+    def sae(self, ds: DatasetRef) -> tuple[BaseSAE, dict[str, Any]]:
         from saescope.sae import load_sae
 
         entry = next((d for d in self.data.manifest(ds.model)["datasets"] if d["path"] == ds.path), None)
@@ -64,7 +92,7 @@ class Probe(BaseModel):
     text: str
 
 
-def create_app(root: str | Path, model: str | None = None):  # noqa: ANN201
+def create_app(root: str | Path, model: str | None = None) -> FastAPI:
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from saescope.interp.pipeline import InterpConfig, run_interp
-
-ExplainConfig = InterpConfig
-ScoreConfig = InterpConfig
+from typing import Any
 
 
-def _table(s: dict) -> str:
+def table(s: dict[str, Any]) -> str:
     lines = [f"  {k:<22} {v:.3f}" if isinstance(v, float) else f"  {k:<22} {v}" for k, v in s.items() if k != "usage"]
     for name, u in (s.get("usage") or {}).items():
         lines.append(f"  {'usage ' + name:<22} {u['requests']} requests, {u['prompt_tokens']:,} prompt + "
@@ -16,13 +13,18 @@ def _table(s: dict) -> str:
     return "\n".join(lines)
 
 
-def cli_explain(cfg: InterpConfig) -> int:
-    s = run_interp(cfg, do_score=False)
+def explain(argv: list[str]) -> int:
+    from saescope.cli import parse
+    from saescope.interp.pipeline import InterpConfig, run_interp
+
+    s = run_interp(parse(InterpConfig, argv, "saescope explain"), do_score=False)
     print(f"explained {s['explained']} units → {s['out']}/explanations.json")
     return 0
 
 
-def cli_score(cfg: InterpConfig) -> int:
-    s = run_interp(cfg, do_explain=False)
-    print(_table(s))
+def score(argv: list[str]) -> int:
+    from saescope.cli import parse
+    from saescope.interp.pipeline import InterpConfig, run_interp
+
+    print(table(run_interp(parse(InterpConfig, argv, "saescope score"), do_explain=False)))
     return 0

@@ -1,14 +1,14 @@
-"""`saescope capture` entry point (the CLI layer prints; the library logs)."""
+"""`saescope capture`."""
 
 from __future__ import annotations
 
-from saescope.capture.capture import CaptureConfig
-from saescope.capture.run_capture import run_capture
 
-__all__ = ["CaptureConfig", "cli_capture"]
+def main(argv: list[str]) -> int:
+    from saescope.capture import CaptureConfig
+    from saescope.capture.run_capture import run_capture
+    from saescope.cli import parse
 
-
-def cli_capture(cfg: CaptureConfig) -> int:
+    cfg = parse(CaptureConfig, argv, "saescope capture")
     out = run_capture(cfg)
     if cfg.generate:
         from saescope.store.seed import seed_summary

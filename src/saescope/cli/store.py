@@ -1,11 +1,8 @@
-"""CLI configs for the store commands."""
+"""`saescope store info`, `import-seed`, `export-seed`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from saescope.store.seed import export_seed, import_seed
-from saescope.store.store import ActivationStore
 
 
 @dataclass
@@ -42,7 +39,11 @@ class ExportSeedConfig:
     """Hookpoint to export (default: the store's first)."""
 
 
-def cli_info(cfg: StoreInfoConfig) -> int:
+def info(argv: list[str]) -> int:
+    from saescope.cli import parse
+    from saescope.store import ActivationStore
+
+    cfg = parse(StoreInfoConfig, argv, "saescope store info")
     store = ActivationStore(cfg.store, verify=cfg.verify)
     if cfg.verify:
         for hp in store.hookpoints:
@@ -56,13 +57,19 @@ def cli_info(cfg: StoreInfoConfig) -> int:
     return 0
 
 
-def cli_import(cfg: ImportSeedConfig) -> int:
-    store = import_seed(cfg.seed, cfg.out, overwrite=cfg.overwrite)
-    print(store.info())
+def import_seed(argv: list[str]) -> int:
+    from saescope.cli import parse
+    from saescope.store.seed import import_seed as do_import
+
+    cfg = parse(ImportSeedConfig, argv, "saescope import-seed")
+    print(do_import(cfg.seed, cfg.out, overwrite=cfg.overwrite).info())
     return 0
 
 
-def cli_export(cfg: ExportSeedConfig) -> int:
-    out = export_seed(cfg.store, cfg.out, cfg.hookpoint or None)
-    print(f"seed dataset written to {out}")
+def export_seed(argv: list[str]) -> int:
+    from saescope.cli import parse
+    from saescope.store.seed import export_seed as do_export
+
+    cfg = parse(ExportSeedConfig, argv, "saescope export-seed")
+    print(f"seed dataset written to {do_export(cfg.store, cfg.out, cfg.hookpoint or None)}")
     return 0

@@ -1,15 +1,15 @@
-"""`saescope collate` entry point (the CLI layer prints; the library logs)."""
+"""`saescope collate`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from saescope.collate.run_collate import CollateConfig, collate
 
-__all__ = ["CollateConfig", "cli_collate"]
+def main(argv: list[str]) -> int:
+    from saescope.cli import parse
+    from saescope.collate.run_collate import CollateConfig, collate
 
-
-def cli_collate(cfg: CollateConfig) -> int:
+    cfg = parse(CollateConfig, argv, "saescope collate")
     m = collate(cfg)
     if not m:  # a non-zero torchrun rank: rank 0 writes and reports
         return 0

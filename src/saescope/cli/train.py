@@ -1,0 +1,40 @@
+"""`saescope train` and `saescope eval`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+METRIC_KEYS = ["tokens", "fvu", "explained_variance", "mse", "cosine", "l0", "l1", "dead_fraction", "dense_fraction",
+               "shrinkage", "relative_reconstruction_bias", "ce_clean", "ce_with_sae", "ce_zero_ablation",
+               "ce_loss_recovered", "kl_div"]
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    return "\n".join(f"  {k:<30} {m[k]:.4f}" if isinstance(m[k], float) else f"  {k:<30} {m[k]}"
+                     for k in METRIC_KEYS if k in m)
+
+
+def train(argv: list[str]) -> int:
+    from saescope.cli import parse
+    from saescope.train.api import TrainConfig, train_from_store
+
+    cfg = parse(TrainConfig, argv, "saescope train")
+    report = train_from_store(cfg)
+    if report:  # a non-zero torchrun rank returns nothing: rank 0 reports
+        print(f"SAE written to {cfg.out} ({report['steps']} steps, {report['tokens']:,} tokens, "
+              f"{report['train_tokens_per_s'] or 0:,.0f} tokens/s)")
+        print("held-out metrics:")
+        print(format_metrics(report["heldout"]))
+    return 0
+
+
+def evaluate(argv: list[str]) -> int:
+    from saescope.cli import parse
+    from saescope.train.api import EvalConfig
+    from saescope.train.api import evaluate as run_eval
+
+    m = run_eval(parse(EvalConfig, argv, "saescope eval"))
+    print(format_metrics(m))
+    print(json.dumps({k: v for k, v in m.items() if k != "density_histogram"}))
+    return 0
