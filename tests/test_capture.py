@@ -14,7 +14,6 @@ import torch
 
 from saescope.capture import CaptureConfig, CaptureOptions, capture_corpus, generate_seed_dataset
 from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
-from saescope.config import ModelConfig
 from saescope.errors import SaescopeError
 from saescope.store import ActivationStore
 from saescope.store.seed import export_seed, import_seed
@@ -138,8 +137,16 @@ def test_cli_one_line_errors(tmp_path):
     assert main(["nonsense"]) == 2
 
 
-def test_model_config_device():
-    assert ModelConfig(device="cpu").resolved_device() == "cpu"
+def test_shared_defaults_declared_once():
+    import torch
+
+    from saescope.config import resolve_device, resolve_layer
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cuda:1") == "cuda:1"
+    assert resolve_layer(-1, 18) == 9 and resolve_layer(3, 18) == 3
+    with pytest.raises(SaescopeError, match="out of range"):
+        resolve_layer(18, 18)
 
 
 def test_cli_positional_directories(tmp_path, capsys):

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from saescope.sae import SAEConfig, sae_class
+
 from conftest import free_port
 
 from saescope.sae import load_sae
@@ -152,3 +154,59 @@ def test_data_parallel_two_gloo_ranks_match_single_process(tmp_path):
     sa, sb = load_sae(single), load_sae(dp)
     cos = torch.nn.functional.cosine_similarity(sa.W_dec, sb.W_dec, dim=1)
     assert cos.mean() > 0.95, f"decoder rows diverged: mean cosine {cos.mean():.3f}"
+
+
+def test_reported_metrics_are_the_tested_functions_over_batches():
+    """evaluate_batches reports the metric functions' values: over several batches equal to one concatenation."""
+    from saescope.train.evaluate import evaluate_batches
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 16, generator=g) + 2.0
+    sae = sae_class("topk")(SAEConfig("topk", 16, 32, k=4))
+    ev = evaluate_batches(sae, x.split(70))
+    with torch.no_grad():
+        f = sae.encode(x)
+        x_hat = sae.decode(f)
+    assert ev["fvu"] == pytest.approx(M.fvu(x, x_hat), rel=1e-9)
+    assert ev["cosine"] == pytest.approx(M.cosine(x, x_hat), rel=1e-9)
+    assert ev["shrinkage"] == pytest.approx(M.shrinkage(x, x_hat), rel=1e-9)
+    assert ev["relative_reconstruction_bias"] == pytest.approx(M.relative_reconstruction_bias(x, x_hat), rel=1e-9)
+    assert ev["l0"] == pytest.approx(M.l0(f)) and ev["l1"] == pytest.approx(M.l1(f), rel=1e-6)
+
+
+def test_spliced_metrics_memory_is_bounded_by_the_budget_not_the_vocabulary(monkeypatch):
+    """A large vocabulary: no logits tensor larger than the budget, and the same CE/KL as a naive full pass."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from conftest import make_tokenizer
+    from saescope.models import HookedModel
+    from saescope.train import evaluate as E
+
+    V, T = 50_000, 24
+    tok = make_tokenizer()
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                       bos_token_id=2, eos_token_id=1, pad_token_id=0)).eval()
+    hm = HookedModel(model, tok, name="tiny-bigvocab")
+    ids = torch.randint(3, len(tok), (6, T))
+    ids[:, 0] = tok.bos_token_id
+    sae = sae_class("topk")(SAEConfig("topk", 32, 64, k=8))
+    monkeypatch.setattr(E, "LOGITS_BUDGET", 2 * T * V * 4)  # two contexts of logits at a time
+    sizes: list[int] = []
+    forward = model.forward
+
+    def spy(*a, **kw):
+        out = forward(*a, **kw)
+        sizes.append(out.logits.numel())
+        return out
+    monkeypatch.setattr(model, "forward", spy)
+    got = E.spliced_metrics(hm, sae, "resid_post.0", ids)
+    assert sizes and max(sizes) <= 2 * T * V  # bounded by the budget, whatever the batch of contexts
+    monkeypatch.setattr(model, "forward", forward)
+    with torch.no_grad():  # naive reference: every context at once
+        clean = model(input_ids=ids).logits[:, :-1].flatten(0, 1)
+        with hm.patch("resid_post.0", lambda x: torch.where((ids == 2)[..., None], x, sae(x))):
+            spl = model(input_ids=ids).logits[:, :-1].flatten(0, 1)
+    tgt = ids[:, 1:].flatten()
+    assert got["ce_clean"] == pytest.approx(float(torch.nn.functional.cross_entropy(clean, tgt)), rel=1e-5)
+    assert got["ce_with_sae"] == pytest.approx(float(torch.nn.functional.cross_entropy(spl, tgt)), rel=1e-5)
+    assert got["kl_div"] == pytest.approx(float(M.kl_divergence(clean, spl).mean()), rel=1e-4, abs=1e-7)

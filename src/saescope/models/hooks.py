@@ -256,10 +256,6 @@ class HookedModel:
         return writes.norm(dim=-1)
 
     # ---- tokens --------------------------------------------------------------------------------------------
-    @property
-    def bos_id(self) -> int | None:
-        return self.tokenizer.bos_token_id
-
     def token_strings(self, ids: Sequence[int]) -> list[str]:
         """Decoded token strings with their leading spaces (TDB style: ' the', 'ulously')."""
         return [self.tokenizer.decode([int(i)]) for i in ids]

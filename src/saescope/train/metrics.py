@@ -8,42 +8,91 @@ Conventions (stated because the anchors disagree, see reference/sae_training.md 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 
+@dataclass
+class ReconstructionSums:
+    """Exact running sums (float64) behind every reconstruction and sparsity metric, so that the metrics of many
+    batches equal those of their concatenation; `result()` turns them into the reported numbers."""
+
+    n: int = 0
+    sq_err: float = 0.0
+    sum_x: Tensor | None = None
+    """[d] Σ x (for the variance about the mean)."""
+    sum_x2: float = 0.0
+    cos: float = 0.0
+    ratio: float = 0.0
+    """Σ ‖x̂‖/‖x‖."""
+    dot: float = 0.0
+    sum_xhat2: float = 0.0
+    l0: float = 0.0
+    l1: float = 0.0
+    fire_counts: Tensor | None = None
+    """[F] tokens on which each latent fired."""
+
+    def add(self, x: Tensor, x_hat: Tensor, f: Tensor | None = None) -> ReconstructionSums:
+        """x, x_hat [N, d]; f [N, F] latent activations (optional)."""
+        xd, hd = x.double(), x_hat.double()
+        self.n += x.shape[0]
+        self.sq_err += float((xd - hd).pow(2).sum())
+        self.sum_x = xd.sum(0) if self.sum_x is None else self.sum_x + xd.sum(0)
+        self.sum_x2 += float(xd.pow(2).sum())
+        self.cos += float(torch.nn.functional.cosine_similarity(xd, hd, dim=1).sum())
+        self.ratio += float((hd.norm(dim=1) / xd.norm(dim=1).clamp_min(1e-30)).sum())
+        self.dot += float((xd * hd).sum())
+        self.sum_xhat2 += float(hd.pow(2).sum())
+        if f is not None:
+            self.l0 += float((f != 0).sum())
+            self.l1 += float(f.abs().double().sum())
+            fc = (f != 0).sum(0)
+            self.fire_counts = fc if self.fire_counts is None else self.fire_counts + fc
+        return self
+
+    def variance(self) -> float:
+        """E‖x − E x‖² = E‖x‖² − ‖E x‖²."""
+        assert self.sum_x is not None
+        return self.sum_x2 / self.n - float((self.sum_x / self.n).pow(2).sum())
+
+    def result(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        fvu_ = (self.sq_err / n) / max(self.variance(), 1e-30)
+        out = {"tokens": self.n, "fvu": fvu_, "explained_variance": 1 - fvu_, "mse": self.sq_err / n,
+               "cosine": self.cos / n, "shrinkage": self.ratio / n,
+               "relative_reconstruction_bias": self.sum_xhat2 / self.dot if self.dot else float("nan"),
+               "l0": self.l0 / n, "l1": self.l1 / n}
+        return out
+
+
 def fvu(x: Tensor, x_hat: Tensor) -> float:
     """Fraction of variance unexplained, [N, d] inputs."""
-    x, x_hat = x.double(), x_hat.double()
-    return float((x - x_hat).pow(2).sum(1).mean() / (x - x.mean(0)).pow(2).sum(1).mean().clamp_min(1e-30))
+    return ReconstructionSums().add(x, x_hat).result()["fvu"]
 
 
 def explained_variance(x: Tensor, x_hat: Tensor) -> float:
-    return 1.0 - fvu(x, x_hat)
-
-
-def mse(x: Tensor, x_hat: Tensor) -> float:
-    """Mean over tokens of Σ_d (x − x̂)² (SAELens' training MSE convention)."""
-    return float((x.double() - x_hat.double()).pow(2).sum(1).mean())
+    return ReconstructionSums().add(x, x_hat).result()["explained_variance"]
 
 
 def cosine(x: Tensor, x_hat: Tensor) -> float:
     """Mean per-token cosine similarity between x and x̂."""
-    return float(torch.nn.functional.cosine_similarity(x.double(), x_hat.double(), dim=1).mean())
+    return ReconstructionSums().add(x, x_hat).result()["cosine"]
 
 
 def shrinkage(x: Tensor, x_hat: Tensor) -> float:
     """Mean ‖x̂‖/‖x‖ (l2 ratio): < 1 means the SAE shrinks its reconstructions."""
-    return float((x_hat.double().norm(dim=1) / x.double().norm(dim=1).clamp_min(1e-30)).mean())
+    return ReconstructionSums().add(x, x_hat).result()["shrinkage"]
 
 
 def relative_reconstruction_bias(x: Tensor, x_hat: Tensor) -> float:
     """E‖x̂‖² / E⟨x, x̂⟩ (Gated SAE paper eq. 10): 1 is unbiased."""
-    x, x_hat = x.double(), x_hat.double()
-    return float(x_hat.pow(2).sum(1).mean() / (x * x_hat).sum(1).mean())
+    return ReconstructionSums().add(x, x_hat).result()["relative_reconstruction_bias"]
 
 
 def l0(f: Tensor) -> float:
+    """Mean number of non-zero latents per token."""
     return float((f != 0).sum(1).double().mean())
 
 
@@ -81,5 +130,9 @@ def ce_loss_recovered(ce_clean: float, ce_sae: float, ce_zero: float) -> float:
 
 def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     """Per-position KL(p ‖ q) from logits [..., V]."""
-    lp, lq = logits_p.log_softmax(-1), logits_q.log_softmax(-1)
+    return kl_from_logprobs(logits_p.log_softmax(-1), logits_q.log_softmax(-1))
+
+
+def kl_from_logprobs(lp: Tensor, lq: Tensor) -> Tensor:
+    """Per-position KL(p ‖ q) from log-probabilities [..., V]."""
     return (lp.exp() * (lp - lq)).sum(-1)
