@@ -82,6 +82,9 @@ def test_unknown_units_traversal_and_broken_files(client, collated_root):
     broken.write_text(good[:50])
     r = client.get(f"/api/record/{model}/mlp_neurons/1/7")
     assert r.status_code == 422 and "mlp_neurons/1/7.json" in r.json()["detail"]
+    broken.write_text('{"hello": [1, 2]}')  # valid JSON, but not a NeuronRecord
+    r = client.get(f"/api/record/{model}/mlp_neurons/1/7")
+    assert r.status_code == 422 and "not a NeuronRecord" in r.json()["detail"]
     broken.write_text(good)
 
 

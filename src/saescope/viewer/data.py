@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from saescope.errors import SaescopeError
-from saescope.records import UNIT_TYPES, dataset_path
+from saescope.records import UNIT_TYPES, dataset_path, loads
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
@@ -132,9 +132,11 @@ class DataRoot:
         key = (str(path), path.stat().st_mtime_ns, len(text))
         if key not in self._valid:  # parse each file version once; afterwards its text is served as it is
             try:
-                json.loads(text)
+                loads(text)  # the record schema's own reader: valid JSON *and* a NeuronRecord
             except json.JSONDecodeError as e:
                 raise BrokenFile(f"{path.relative_to(self.root)} is not valid JSON ({e.msg} at line {e.lineno})") from None
+            except (ValueError, TypeError, KeyError) as e:
+                raise BrokenFile(f"{path.relative_to(self.root)} is not a NeuronRecord ({e})") from None
             if len(self._valid) > 200_000:
                 self._valid.clear()
             self._valid.add(key)
