@@ -14,7 +14,8 @@ from conftest import free_port
 from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
 from saescope.collate.collator import GroupState, SlotSizes
 from saescope.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
-from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
+from saescope.collate.run_collate import CollateConfig, CollateOptions, collate, make_groups
+from saescope.errors import SaescopeError
 from saescope.collate.units import head_group, mlp_group, tril_flatten, tril_unflatten_index
 
 T = 8
@@ -228,3 +229,30 @@ def test_two_gloo_ranks_write_the_same_records_as_one_process(tiny_dir, tmp_path
         assert a.variance == pytest.approx(b.variance, rel=1e-6, abs=1e-12)
     assert json.loads((one / "manifest.json").read_text())["excerpts"] == \
            json.loads((two / "manifest.json").read_text())["excerpts"] == 50
+
+
+def test_openai_state_dict_at_a_tdb_hookpoint(tiny_gpt2, text_corpus, tmp_path):
+    """GPT-2 + an OpenAI-format autoencoder file named with a TDB hookpoint: the latents are collated at mlp_out,
+    and equal the SAE's encoding of what the MLP writes (brute force over the same excerpts)."""
+    hm = tiny_gpt2
+    assert hm.select("resid_delta_mlp.1,resid_delta_attn.0") == ["attn_out.0", "mlp_out.1"]
+    d, F = hm.d_model, 24
+    g = torch.Generator().manual_seed(5)
+    W_enc, W_dec = torch.randn(d, F, generator=g), torch.randn(F, d, generator=g)
+    pt = tmp_path / "layer_1.pt"
+    torch.save({"encoder.weight": W_enc.T.contiguous(), "latent_bias": torch.zeros(F),
+                "decoder.weight": W_dec.T.contiguous(), "pre_bias": torch.zeros(d), "activation": "ReLU"}, pt)
+    with pytest.raises(SaescopeError, match="does not record its hookpoint"):
+        make_groups(CollateConfig(sae=str(pt)), hm)
+    cfg = CollateConfig(out=str(tmp_path / "col"), data=CorpusConfig(str(text_corpus)), sae=f"{pt}@resid_delta_mlp.1",
+                        collate=CollateOptions(units="mlp", excerpt_len=T, max_tokens=T * 30,
+                                               sizes=SlotSizes(top_k=20, n_random=15, pool=24)))
+    manifest = collate(cfg, hm)
+    ds = next(x for x in manifest["datasets"] if x["unit_type"] == "sae_latents")
+    assert ds["hookpoints"] == ["mlp_out.1"] and ds["units"] == F
+    ctxs = _excerpts(hm, text_corpus, 30)
+    x = hm.run_with_cache(torch.tensor(ctxs), None, ["mlp_out.1"])["mlp_out.1"][:, 1:]  # [N, T, d]
+    acts = (x @ W_enc).relu()  # [N, T, F]
+    rec = read_record(tmp_path / "col" / hm.name / ds["path"] / "3.json")
+    best = acts[..., 3].amax(1).max()
+    assert rec.max_activation == pytest.approx(float(best), rel=1e-4)

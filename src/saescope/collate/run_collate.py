@@ -27,7 +27,7 @@ from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group
 from saescope.config import ModelConfig, middle_layer
 from saescope.errors import SaescopeError
 from saescope.io import write_json
-from saescope.models import HookedModel
+from saescope.models import HookedModel, canonical_hookpoint, parse_hookpoint
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ class CollateConfig:
     layers: str = ""
     """Comma-separated layers for mlp/heads (default: the middle layer)."""
     sae: str = ""
-    """SAE directories or files, comma-separated (each collated at its own hookpoint)."""
+    """SAE directories or files, comma-separated, each collated at its own hookpoint; PATH@HOOKPOINT for files
+    that do not record it (OpenAI .pt: --sae layer_8.pt@resid_delta_mlp.8)."""
 
 
 def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
@@ -91,11 +92,14 @@ def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
             groups.append(mlp_group(hm, layer))
         if "heads" in kinds:
             groups.append(head_group(hm, layer))
-    for spec in [s.strip() for s in cfg.sae.split(",") if s.strip()]:
+    for item in [s.strip() for s in cfg.sae.split(",") if s.strip()]:
+        spec, _, where = item.partition("@")  # PATH@HOOKPOINT for files that do not record it (OpenAI .pt)
         sae = load_sae(spec)
-        hp = sae.cfg.metadata.get("hook_name")
+        hp = canonical_hookpoint(where or sae.cfg.metadata.get("hook_name") or "")
         if not hp:
-            raise SaescopeError(f"{spec}: cfg.json metadata has no hook_name; cannot tell where to read its input")
+            raise SaescopeError(f"{spec}: the SAE does not record its hookpoint; pass --sae {spec}@<hookpoint> "
+                                f"(e.g. @resid_delta_mlp.{middle_layer(hm.n_layers)})")
+        parse_hookpoint(hp)
         if hm.width(hp) != sae.cfg.d_in:
             raise SaescopeError(f"{spec}: d_in={sae.cfg.d_in} but {hp} of {hm.name} has width {hm.width(hp)}")
         groups.append(sae_group(sae.to(next(hm.model.parameters()).device).eval(), hp, Path(spec).name,

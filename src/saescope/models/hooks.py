@@ -12,6 +12,9 @@ Hookpoint names (L = layer index):
 | attn_pattern.L    | [n_heads, T] (query)  | post-softmax attention, [heads, q, k] per sequence          |
 | attn_value.L      | [n_kv_heads, d_head]  | value vectors, before grouped-query expansion               |
 
+Transformer-Debugger names are accepted everywhere a hookpoint is named: `resid_delta_mlp.L` (= mlp_out.L) and
+`resid_delta_attn.L` (= attn_out.L); `mlp_post_act.L` is the same in both.
+
 The forward stops after the deepest block a request needs (no later blocks, no unembedding).
 """
 
@@ -39,8 +42,18 @@ def natural_key(s: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
+TDB_ALIASES = {"resid_delta_mlp": "mlp_out", "resid_delta_attn": "attn_out"}
+"""Transformer-Debugger hookpoint kinds → saescope's."""
+
+
+def canonical_hookpoint(name: str) -> str:
+    """`resid_delta_mlp.5` → `mlp_out.5` (TDB aliases); any other name unchanged."""
+    kind, dot, layer = name.strip().partition(".")
+    return f"{TDB_ALIASES.get(kind, kind)}{dot}{layer}"
+
+
 def parse_hookpoint(name: str) -> tuple[str, int]:
-    kind, _, layer = name.partition(".")
+    kind, _, layer = canonical_hookpoint(name).partition(".")
     if kind not in HOOK_KINDS or not layer.isdigit():
         raise SaescopeError(
             f"hookpoint '{name}': expected <kind>.<layer> with kind one of {', '.join(HOOK_KINDS)} (e.g. resid_post.5)"
@@ -130,7 +143,7 @@ class HookedModel:
                 kind, layer = parse_hookpoint(pat)
                 if layer >= self.n_layers:
                     raise SaescopeError(f"hookpoint '{pat}': layer {layer} out of range, model has {self.n_layers}")
-                names.add(pat)
+                names.add(f"{kind}.{layer}")
         return sorted(names, key=natural_key)
 
     def width(self, hookpoint: str) -> int:

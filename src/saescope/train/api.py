@@ -11,6 +11,7 @@ import torch
 
 from saescope.config import resolve_device
 from saescope.errors import SaescopeError
+from saescope.models.hooks import canonical_hookpoint
 from saescope.io import write_json
 from saescope.store import ActivationStore, shuffled_batches
 from saescope import distributed as dist_utils
@@ -50,7 +51,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     dist_utils.init_from_env()
     store = ActivationStore(cfg.store)
-    hp = cfg.hookpoint or next(iter(store.hookpoints))
+    hp = canonical_hookpoint(cfg.hookpoint) if cfg.hookpoint else next(iter(store.hookpoints))
     if hp not in store.hookpoints:
         raise SaescopeError(f"{cfg.store}: no hookpoint '{hp}'; it has {', '.join(store.hookpoints)}")
     d = store.hookpoints[hp]
@@ -122,7 +123,7 @@ def evaluate(cfg: EvalConfig, hm: Any = None) -> dict[str, Any]:
 
     sae = load_sae(cfg.sae)
     store = ActivationStore(cfg.store)
-    hp = cfg.hookpoint or sae.cfg.metadata.get("hook_name") or next(iter(store.hookpoints))
+    hp = canonical_hookpoint(cfg.hookpoint or sae.cfg.metadata.get("hook_name") or next(iter(store.hookpoints)))
     if hp not in store.hookpoints:
         raise SaescopeError(f"{cfg.store}: no hookpoint '{hp}'; pass --hookpoint (store has {', '.join(store.hookpoints)})")
     if store.hookpoints[hp] != sae.cfg.d_in:
