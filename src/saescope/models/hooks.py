@@ -114,6 +114,16 @@ class HookedModel:
             w = attn.o_proj.weight.T  # Linear: [out = d, in = H*dh]
         return w.reshape(self.n_heads, self.d_head, self.d_model)
 
+    def attn_out_bias(self, layer: int) -> Tensor | None:
+        """The attention output projection's bias [d_model] (GPT-2), or None."""
+        attn = self._attn(layer)
+        proj = attn.c_proj if self.arch == "gpt2" else attn.o_proj
+        return proj.bias
+
+    def post_attention_norm(self, layer: int) -> nn.Module | None:
+        """Gemma's norm between the attention output and the residual stream (None elsewhere)."""
+        return self.layers[layer].post_attention_layernorm if self.arch == "gemma" else None
+
     def W_out_mlp(self, layer: int) -> Tensor:
         """MLP output weights, [d_mlp, d_model]: neuron i writes along row i."""
         w = self._down_proj(layer).weight

@@ -1,0 +1,106 @@
+"""Exact attention attributions by token pair: how much each (query t, key s) pair of a layer's attention moves a
+function of what attention writes at t — an attention-SAE latent (the seed's "attention latents by token pair").
+
+What attention writes at query t is, for every architecture saescope hooks,
+
+    z_t = Σ_h Σ_{s≤t} A[h, t, s] · w[h, s] + b_O,      w[h, s] = v_{kv(h)}[s] · W_O[h]      (grouped-query: kv(h))
+    x_t = z_t                                          (GPT-2, Llama: attn_out = z)
+    x_t = g ⊙ z_t / r_t,  r_t = √(mean(z_t²) + ε)      (Gemma 3: the post-attention RMSNorm, g = 1 + weight)
+
+and a latent's pre-activation is pre_i(t) = (x_t − b_dec) · e_i + b_enc,i with e_i = W_enc[:, i]. Its derivative
+with respect to A[h, t, s] is w[h, s] · u_i(t), where u_i(t) = ∂pre_i/∂z_t is the encoder direction pulled back
+through the norm:
+
+    u = e                                              (no norm)
+    u = (g ⊙ e) / r − z · ((g ⊙ e) · z) / (d · r³)     (RMSNorm Jacobian, symmetric, applied to e)
+
+so the attribution A[h, t, s] · ∂pre_i/∂A[h, t, s], summed over heads, needs no backward pass: it is linear in the
+write vectors w and is evaluated only for latents that fire at t (a latent that does not fire has zero attribution:
+the TopK/JumpReLU gate passes no gradient, as TDB's ReLU latents).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from saescope.models import HookedModel
+from saescope.sae import BaseSAE
+
+
+class AttnWrites(NamedTuple):
+    """One layer's attention, decomposed per head and key (all float32)."""
+
+    pattern: Tensor
+    """A [B, H, T, T] post-softmax pattern (query, key)."""
+    writes: Tensor
+    """w [B, H, T, d]: what head h moves from key s into the residual stream per unit of attention."""
+    z: Tensor
+    """[B, T, d] attention output before any post-norm (Σ_h Σ_s A w + b_O)."""
+    out: Tensor
+    """[B, T, d] what attention writes to the residual stream (`attn_out.L`: z, or Gemma's norm of z)."""
+    norm_scale: Tensor | None
+    """Gemma: g = 1 + weight of the post-attention norm [d]; None where attn_out = z."""
+    norm_eps: float
+
+
+def attention_writes(hm: HookedModel, layer: int, pattern: Tensor, values: Tensor) -> AttnWrites:
+    """From the cached `attn_pattern.L` [B, H, T, T] and `attn_value.L` [B, T, n_kv, d_head]."""
+    A = pattern.float()
+    group = hm.n_heads // hm.n_kv_heads
+    v = values.float().repeat_interleave(group, dim=2)  # [B, T, H, dh]
+    W_O = hm.W_O(layer).float()  # [H, dh, d]
+    w = torch.einsum("bshk,hkd->bhsd", v, W_O)  # [B, H, T, d]
+    z = torch.einsum("bhts,bhsd->btd", A, w)  # [B, T, d]
+    bias = hm.attn_out_bias(layer)
+    if bias is not None:
+        z = z + bias.float()
+    norm = hm.post_attention_norm(layer)
+    if norm is None:
+        return AttnWrites(A, w, z, z, None, 0.0)
+    g = 1.0 + norm.weight.float()  # [d]
+    eps = float(norm.eps)
+    out = g * z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + eps)
+    return AttnWrites(A, w, z, out, g, eps)
+
+
+class PairAttribution(NamedTuple):
+    """Attributions of the latents that fire, per (excerpt b, query t, latent i) entry."""
+
+    b: Tensor
+    """[nnz] excerpt index in the batch."""
+    t: Tensor
+    """[nnz] query position."""
+    latent: Tensor
+    """[nnz] latent index."""
+    values: Tensor
+    """[nnz, T] attribution summed over heads, by key position s (0 for s > t)."""
+
+
+@torch.no_grad()
+def latent_pair_attribution(sae: BaseSAE, aw: AttnWrites) -> PairAttribution:
+    """A(t, s) · ∂pre_i(t)/∂A(t, s), summed over heads, for every latent i firing at every query t."""
+    B, H, T, d = aw.writes.shape
+    f = sae.encode(aw.out.reshape(B * T, d))  # [B·T, F]
+    rows, lat = (f != 0).nonzero(as_tuple=True)  # firing entries, sorted by excerpt then query
+    b, t = rows // T, rows % T
+    e = sae.W_enc.float()[:, lat].T  # [nnz, d] encoder directions
+    if aw.norm_scale is None:
+        u = e
+    else:  # pull e back through the RMSNorm at each entry's query position
+        z = aw.z[b, t]  # [nnz, d]
+        r = torch.sqrt(z.pow(2).mean(-1) + aw.norm_eps)  # [nnz]
+        ge = aw.norm_scale * e
+        u = ge / r[:, None] - z * ((ge * z).sum(-1) / (d * r**3))[:, None]  # [nnz, d]
+    out = torch.empty(rows.numel(), T)
+    bounds = torch.searchsorted(b, torch.arange(B + 1))
+    for j in range(B):  # one matmul per excerpt: [H·T, d] × [d, n_j]
+        lo, hi = int(bounds[j]), int(bounds[j + 1])
+        if lo == hi:
+            continue
+        dot = (aw.writes[j].reshape(H * T, d) @ u[lo:hi].T).reshape(H, T, hi - lo)  # [H, s, n] = w[h, s] · u
+        A = aw.pattern[j][:, t[lo:hi], :]  # [H, n, s]
+        out[lo:hi] = (A * dot.permute(0, 2, 1)).sum(0)  # [n, s]
+    return PairAttribution(b, t, lat, out)
