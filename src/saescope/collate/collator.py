@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from saescope.records import ActivationRecord, NeuronId, NeuronRecord
+from saescope.collate.sparse import SparseActs, SparseVectors, prune_vectors, sparse_update
 from saescope.collate.state import Moments, TopSlots, excerpt_keys, pair_keys
 from saescope.collate.units import UnitGroup
 
@@ -44,16 +45,24 @@ class GroupState:
     maxima: TopSlots
     moments: Moments
     seed: int = 0
+    vectors: SparseVectors | None = None
+    """Sparse groups: the slots' activation vectors as COO rows (the slots' own acts are then [U, k, 1] maxima)."""
 
     @classmethod
     def create(cls, group: UnitGroup, length: int, sizes: SlotSizes, seed: int) -> "GroupState":
         U = group.n_units
-        return cls(group, TopSlots.empty(U, sizes.top_k, length),
-                   TopSlots.empty(U, sizes.pool, length, unique_scores=True),
-                   TopSlots.empty(U, sizes.max_pool, 1, unique_scores=True), Moments.empty(U), seed)
+        vectors = SparseVectors(length) if group.sparse else None
+        slot_len = 1 if group.sparse else length
+        return cls(group, TopSlots.empty(U, sizes.top_k, slot_len),
+                   TopSlots.empty(U, sizes.pool, slot_len, unique_scores=True),
+                   TopSlots.empty(U, sizes.max_pool, 1, unique_scores=True), Moments.empty(U), seed, vectors)
 
-    def update(self, acts: Tensor, ids: Tensor) -> None:
-        """acts [U, B, L] for excerpts `ids` [B]."""
+    def update(self, acts: Tensor | SparseActs, ids: Tensor) -> None:
+        """acts [U, B, L] (or the sparse entries of such a batch) for excerpts `ids` [B]."""
+        if isinstance(acts, SparseActs):
+            assert self.vectors is not None
+            sparse_update(self.top, self.pool, self.maxima, self.moments, self.vectors, acts, ids, self.seed)
+            return
         U = acts.shape[0]
         mx = acts.amax(dim=2)  # [U, B]
         self.top.update(mx.double(), ids, acts)
@@ -66,6 +75,21 @@ class GroupState:
         for a, b in ((self.top, other.top), (self.pool, other.pool), (self.maxima, other.maxima)):
             a.merge(b)
         self.moments.merge(other.moments)
+        if self.vectors is not None and other.vectors is not None:
+            v = other.vectors
+            self.vectors.add(v.unit, v.eid, v.pos, v.value)
+            self.prune()
+
+    def prune(self) -> None:
+        """Sparse groups: forget the vectors of (unit, excerpt) pairs no slot holds any more."""
+        if self.vectors is not None:
+            prune_vectors(self.top, self.pool, self.vectors)
+
+    def slot_acts(self, slots: TopSlots, u: int) -> Tensor:
+        """[k, L] activations of unit u on the excerpts of its slots."""
+        if self.vectors is None:
+            return slots.acts[u]
+        return self.vectors.dense(u, slots.ids[u].tolist())
 
     def sort(self) -> None:
         for slots in (self.top, self.pool, self.maxima):
@@ -138,8 +162,7 @@ def build_records(state: GroupState, decode: Callable[[int], list[str]], sizes: 
     bounds = quantile_boundaries(state.maxima)  # [U, 4]
     # candidates for the quantile buckets: pool ∪ top, each with its excerpt max, bucket and key
     cand_ids = torch.cat([state.pool.ids, state.top.ids], 1)  # [U, P + k]
-    cand_acts = torch.cat([state.pool.acts, state.top.acts], 1)  # [U, P + k, L]
-    cand_max = cand_acts.amax(2).double()
+    cand_max = torch.cat([state.pool.acts, state.top.acts], 1).amax(2).double()  # [U, P + k] excerpt maxima
     bucket = torch.searchsorted(bounds.nan_to_num(float("inf")).contiguous(), cand_max.contiguous(), right=False)
     keys = pair_keys(state.seed, cand_ids, torch.arange(U)[:, None])
     keys = keys.masked_fill(cand_ids < 0, float("inf"))
@@ -149,7 +172,8 @@ def build_records(state: GroupState, decode: Callable[[int], list[str]], sizes: 
     pool_ids = state.pool.ids.tolist()
     acts_r = lambda t: t.float().numpy().round(6)  # noqa: E731
     for u in range(U):
-        top_a, pool_a, cand_a = acts_r(state.top.acts[u]), acts_r(state.pool.acts[u]), acts_r(cand_acts[u])
+        top_t, pool_t = state.slot_acts(state.top, u), state.slot_acts(state.pool, u)
+        top_a, pool_a, cand_a = acts_r(top_t), acts_r(pool_t), acts_r(torch.cat([pool_t, top_t]))
 
         def rec(eid: int, acts: Tensor) -> ActivationRecord:
             return ActivationRecord(activations=acts.tolist(), tokens=decode(eid))

@@ -6,6 +6,7 @@ Layout::
     <out>/<model>/mlp_neurons/<layer>/<index>.json
     <out>/<model>/attention_heads/<layer>/<head>.json          (activations by token pair)
     <out>/<model>/sae_latents/<sae-name>/<layer>/<latent>.json
+    <out>/<model>/sae_latents/<sae-name>-by-token-pair/<layer>/<latent>.json   (SAEs at attn_out: by token pair)
     <dataset>/summary.json                                     (one row per unit, for the viewer's index)
 """
 
@@ -23,7 +24,7 @@ import torch
 from saescope.corpus import CorpusConfig
 from saescope.collate.collator import ExcerptTokens, GroupState, SlotSizes, build_records
 from saescope.records import dataset_path, write_record
-from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group
+from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group, sae_pair_group
 from saescope.config import ModelConfig, middle_layer
 from saescope.errors import SaescopeError
 from saescope.io import write_json
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 
 UnitKind = Literal["mlp", "heads"]
+PAIR_SUFFIX = "-by-token-pair"
+"""Dataset name suffix of an attention SAE's latents collated by token pair (beside the same SAE by token)."""
 
 
 @dataclass
@@ -102,8 +105,11 @@ def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
         parse_hookpoint(hp)
         if hm.width(hp) != sae.cfg.d_in:
             raise SaescopeError(f"{spec}: d_in={sae.cfg.d_in} but {hp} of {hm.name} has width {hm.width(hp)}")
-        groups.append(sae_group(sae.to(next(hm.model.parameters()).device).eval(), hp, Path(spec).name,
-                                str(Path(spec).resolve())))
+        sae = sae.to(next(hm.model.parameters()).device).eval()
+        name, source = Path(spec).name, str(Path(spec).resolve())
+        groups.append(sae_group(sae, hp, name, source))
+        if parse_hookpoint(hp)[0] == "attn_out":  # attention latents are collated by token pair as well
+            groups.append(sae_pair_group(hm, sae, hp, f"{name}{PAIR_SUFFIX}", source))
     if not groups:
         raise SaescopeError("nothing to collate: pass --units mlp,heads and/or --sae DIR")
     return groups
@@ -141,14 +147,19 @@ def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]
         cache = hm.run_with_cache(ids, None, hookpoints)
         with torch.no_grad():
             for g, st in zip(groups, states):
-                st.update(g.extract(cache).float().cpu(), eids)
+                acts = g.extract(cache)
+                st.update(acts if g.sparse else acts.float().cpu(), eids)
         tokens.add(eids, ids[:, 1:].cpu())
         seen += len(batch)
         step += 1
         if step % 64 == 0:
             tokens.prune(torch.unique(torch.cat([st.referenced_ids() for st in states])))
+            for st in states:
+                st.prune()
         bar.update(len(batch) * T)
     bar.close()
+    for st in states:
+        st.prune()
     elapsed = time.perf_counter() - t0
     if world > 1:
         states, tokens, seen = merge_ranks(states, tokens, seen)
@@ -163,15 +174,15 @@ def merge_ranks(states: list[GroupState], tokens: ExcerptTokens, seen: int) -> t
     """Gather every rank's state on rank 0 and merge exactly (top-k ∪ top-k, keyed reservoirs, power sums)."""
     import torch.distributed as td
 
-    payload = ([(s.top, s.pool, s.maxima, s.moments) for s in states], tokens.flat(), seen)
+    payload = ([(s.top, s.pool, s.maxima, s.moments, s.vectors) for s in states], tokens.flat(), seen)
     gathered: list | None = [None] * td.get_world_size() if td.get_rank() == 0 else None
     td.gather_object(payload, gathered, dst=0)  # in-memory exchange between our own ranks only
     if td.get_rank() != 0:
         return states, tokens, seen
     assert gathered is not None
     for parts, toks, n in gathered[1:]:
-        for st, (top, pool, maxima, moments) in zip(states, parts):
-            st.merge(GroupState(st.group, top, pool, maxima, moments, st.seed))  # slots keep their unique_scores flag
+        for st, (top, pool, maxima, moments, vectors) in zip(states, parts):
+            st.merge(GroupState(st.group, top, pool, maxima, moments, st.seed, vectors))  # slots keep their unique_scores flag
         tokens.add(*toks)
         seen += n
     return states, tokens, seen

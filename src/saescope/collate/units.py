@@ -35,6 +35,8 @@ class UnitGroup:
     """SAE name for sae_latents."""
     source: str = ""
     """Where the SAE was loaded from (for the viewer's live probe and logit lens)."""
+    sparse: bool = False
+    """`extract` returns SparseActs (COO entries) instead of a dense [U, B, L] tensor."""
 
     @property
     def rel_dir(self) -> str:
@@ -85,3 +87,29 @@ def sae_group(sae: BaseSAE, hookpoint: str, name: str, source: str = "") -> Unit
             f = sae.encode(x.reshape(-1, x.shape[-1])).reshape(x.shape[0], x.shape[1], -1)
         return f.permute(2, 0, 1)
     return UnitGroup("sae_latents", layer, sae.cfg.d_sae, [hookpoint], extract, name=name, source=source)
+
+
+def sae_pair_group(hm: HookedModel, sae: BaseSAE, hookpoint: str, name: str, source: str = "") -> UnitGroup:
+    """An attention-output SAE's latents by token pair: A(t, s) · ∂pre(t)/∂A(t, s) summed over heads
+    (`saescope.attribution`), non-zero only where the latent fires at t; BOS row and column dropped."""
+    from saescope.attribution import attention_writes, latent_pair_attribution
+    from saescope.collate.sparse import SparseActs
+    from saescope.models import parse_hookpoint
+
+    layer = parse_hookpoint(hookpoint)[1]
+    pat, val = f"attn_pattern.{layer}", f"attn_value.{layer}"
+
+    def extract(c: dict[str, Tensor]) -> SparseActs:
+        aw = attention_writes(hm, layer, c[pat], c[val])
+        pa = latent_pair_attribution(sae, aw)  # entries (b, t, latent), values [nnz, T+1] by key
+        T1 = aw.pattern.shape[-1]
+        keep = pa.t >= 1  # queries after BOS
+        t, vals = pa.t[keep] - 1, pa.values[keep][:, 1:]  # BOS-dropped coordinates, keys 1..T
+        e, s = (torch.arange(T1 - 1)[None, :] <= t[:, None]).nonzero(as_tuple=True)  # causal pairs
+        v = vals[e, s]
+        nz = v != 0
+        e, s, v = e[nz], s[nz], v[nz]
+        pos = t[e] * (t[e] + 1) // 2 + s
+        return SparseActs(pa.latent[keep][e], pa.b[keep][e], pos, v, aw.pattern.shape[0])
+    return UnitGroup("sae_latents", layer, sae.cfg.d_sae, [pat, val], extract, by_token_pair=True, name=name,
+                     source=source, sparse=True)

@@ -1,0 +1,119 @@
+"""Sparse units for collation: attention-SAE latents by token pair.
+
+A latent's pair attribution is non-zero only at the queries where it fires (k of F latents per token), so a dense
+[F, B, T(T+1)/2] batch would be ~99 % zeros and its slots would need gigabytes. Here a batch arrives as COO entries
+(unit, excerpt, flattened pair, value); the slots keep only each excerpt's max (the score the records are ranked
+by), and the full vectors of the (unit, excerpt) pairs that sit in a slot are kept as COO rows, pruned as slots
+evict them and densified one unit at a time when records are written. Moments are exact: zeros add only to n.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from saescope.collate.state import Moments, TopSlots, excerpt_keys
+
+
+class SparseActs(NamedTuple):
+    """One batch of a sparse unit group: COO entries over (unit, excerpt in batch, position)."""
+
+    unit: Tensor
+    """[nnz] int64."""
+    b: Tensor
+    """[nnz] int64 excerpt index within the batch."""
+    pos: Tensor
+    """[nnz] int64 flattened position (pair index for by-token-pair groups)."""
+    value: Tensor
+    """[nnz] float32."""
+    n_excerpts: int
+    """B: excerpts in the batch (those without any entry are all zeros)."""
+
+
+def _key(unit: Tensor, eid: Tensor) -> Tensor:
+    return unit.to(torch.int64) * (1 << 40) + eid.to(torch.int64)
+
+
+@dataclass
+class SparseVectors:
+    """COO rows (unit, excerpt id, position, value) of the (unit, excerpt) pairs currently held in slots."""
+
+    length: int
+    """L: positions per excerpt."""
+    unit: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    eid: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    pos: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int32))
+    value: Tensor = field(default_factory=lambda: torch.zeros(0))
+    _index: dict[int, tuple[int, int]] | None = None
+
+    def add(self, unit: Tensor, eid: Tensor, pos: Tensor, value: Tensor) -> None:
+        self.unit, self.eid = torch.cat([self.unit, unit]), torch.cat([self.eid, eid])
+        self.pos, self.value = torch.cat([self.pos, pos.to(torch.int32)]), torch.cat([self.value, value.float()])
+        self._index = None
+
+    def keep(self, unit: Tensor, eid: Tensor) -> None:
+        """Drop every row whose (unit, excerpt) is not among the given pairs."""
+        mask = torch.isin(_key(self.unit, self.eid), _key(unit, eid))
+        self.unit, self.eid, self.pos, self.value = self.unit[mask], self.eid[mask], self.pos[mask], self.value[mask]
+        self._index = None
+
+    def dense(self, unit: int, eids: list[int]) -> Tensor:
+        """[len(eids), L] activations of `unit` on those excerpts (zeros where nothing is stored)."""
+        if self._index is None:  # sort once by (unit, excerpt); then each pair is one contiguous run
+            order = torch.argsort(_key(self.unit, self.eid), stable=True)
+            self.unit, self.eid, self.pos, self.value = (t[order] for t in (self.unit, self.eid, self.pos, self.value))
+            keys = _key(self.unit, self.eid)
+            uniq, counts = torch.unique_consecutive(keys, return_counts=True)
+            starts = torch.cumsum(counts, 0) - counts
+            self._index = dict(zip(uniq.tolist(), zip(starts.tolist(), counts.tolist())))
+        out = torch.zeros(len(eids), self.length)
+        for r, e in enumerate(eids):
+            span = self._index.get(unit * (1 << 40) + e)
+            if span is not None:
+                s, n = span
+                out[r, self.pos[s:s + n].long()] = self.value[s:s + n]
+        return out
+
+
+def sparse_update(top: TopSlots, pool: TopSlots, maxima: TopSlots, moments: Moments, vectors: SparseVectors,
+                  acts: SparseActs, ids: Tensor, seed: int) -> None:
+    """The sparse counterpart of GroupState.update: the same slots, scores and moments as the dense batch."""
+    U, B, L = top.ids.shape[0], acts.n_excerpts, vectors.length
+    # excerpt max per (unit, excerpt): the dense batch's max over L values, zeros included
+    flat = acts.unit * B + acts.b
+    mx = torch.zeros(U * B).scatter_reduce(0, flat, acts.value, "amax", include_self=True).view(U, B)
+    if L > 0 and acts.value.numel():  # an excerpt with all L positions filled can have a negative max
+        filled = torch.bincount(flat, minlength=U * B).view(U, B) >= L
+        if bool(filled.any()):
+            lo = torch.full((U * B,), float("inf")).scatter_reduce(0, flat, acts.value, "amax", include_self=False)
+            mx = torch.where(filled, lo.view(U, B), mx)
+    score = mx.double()
+    top.update(score, ids, mx[:, :, None])
+    neg_key = -excerpt_keys(seed, ids, U).T  # [U, B]
+    pool.update(neg_key, ids, mx[:, :, None])
+    maxima.update(neg_key, ids, mx[:, :, None])
+    # exact power sums: every (unit, excerpt, position) counts in n; only the entries add to the other sums
+    v = acts.value.double()
+    sums = torch.zeros(U, 6, dtype=torch.float64)
+    sums[:, 0] = float(B * L)
+    for p, col in ((1, 1), (2, 2), (3, 3), (4, 4)):
+        sums[:, col].index_add_(0, acts.unit, v**p)
+    sums[:, 5].index_add_(0, acts.unit, (v > 0).double())
+    moments.sums += sums
+    # keep the vectors of the entries whose (unit, excerpt) now sits in a top or pool slot
+    eid = ids[acts.b]
+    held = (top.ids[acts.unit] == eid[:, None]).any(1) | (pool.ids[acts.unit] == eid[:, None]).any(1)
+    vectors.add(acts.unit[held], eid[held], acts.pos[held], acts.value[held])
+
+
+def prune_vectors(top: TopSlots, pool: TopSlots, vectors: SparseVectors) -> None:
+    """Forget the vectors of pairs that every slot has evicted."""
+    U = top.ids.shape[0]
+    units = torch.arange(U)[:, None]
+    u = torch.cat([units.expand_as(top.ids), units.expand_as(pool.ids)], 1).flatten()
+    e = torch.cat([top.ids, pool.ids], 1).flatten()
+    ok = e >= 0
+    vectors.keep(u[ok], e[ok])
