@@ -5,7 +5,10 @@
 - store-then-sort (delphi's approach): keep every non-zero SAE latent activation, sort per latent at the end.
 Peak RSS is measured in a fresh subprocess per configuration, at two corpus sizes, to show what grows.
 
-    python bench/collate_bench.py [--sae runs/default/sae] [--tokens 20000,100000] [--layer 9]
+    python bench/collate_bench.py [--sae DIR,DIR,...] [--tokens 20000,100000] [--layer 9]
+
+Default SAEs: the four of `saescope run` (runs/default/saes/{resid_post,mlp_post_act,mlp_out,attn_out}), so
+`collate` writes all five dataset kinds; `collate_by_token` leaves out the attention latents by token pair.
 """
 
 from __future__ import annotations
@@ -48,10 +51,11 @@ def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
     torch.set_grad_enabled(False)
     hm = load_model(args.model)
     cfg = CollateConfig(layers=str(args.layer), sae=args.sae, data=CorpusConfig(corpus_for(tokens)),
-                        collate=CollateOptions(units="mlp,heads", max_tokens=tokens, excerpt_len=64, batch_size=16))
+                        collate=CollateOptions(units="mlp,heads", max_tokens=tokens, excerpt_len=64, batch_size=16,
+                                               token_pairs=mode != "collate_by_token"))
     rss0 = proc_status_mb("VmHWM")
     t0 = time.perf_counter()
-    if mode == "collate":
+    if mode in ("collate", "collate_by_token"):
         with tempfile.TemporaryDirectory() as tmp:
             cfg.out = tmp
             t_pass = time.perf_counter()
@@ -92,10 +96,11 @@ def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="default")
-    ap.add_argument("--sae", default="runs/default/sae")
+    ap.add_argument("--sae", default=",".join(f"runs/default/saes/{k}" for k in
+                                              ("resid_post", "mlp_post_act", "mlp_out", "attn_out")))
     ap.add_argument("--layer", type=int, default=9)
     ap.add_argument("--tokens", default="20000,100000")
-    ap.add_argument("--modes", default="forward_only,collate,store_then_sort")
+    ap.add_argument("--modes", default="forward_only,collate_by_token,collate,store_then_sort")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:

@@ -158,3 +158,16 @@ def test_cli_positional_directories(tmp_path, capsys):
     assert main(["store", "info", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert "rows       3 in 1 shards" in out and "verified 1 shards" in out
+
+
+def test_shuffled_documents_are_a_deterministic_permutation(tmp_path):
+    from saescope.corpus import shuffled_docs
+
+    docs = [f"doc {i}" for i in range(50)]
+    a = list(shuffled_docs(iter(docs), 64))
+    assert sorted(a) == sorted(docs) and a != docs and a == list(shuffled_docs(iter(docs), 64))
+    b = list(shuffled_docs(iter(docs), 8))  # a small buffer still spreads and keeps every document once
+    assert sorted(b) == sorted(docs) and b != docs
+    p = tmp_path / "c.jsonl"
+    p.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    assert list(CorpusConfig(str(p), shuffle_docs=64).texts()) == a

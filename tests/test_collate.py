@@ -256,3 +256,17 @@ def test_openai_state_dict_at_a_tdb_hookpoint(tiny_gpt2, text_corpus, tmp_path):
     rec = read_record(tmp_path / "col" / hm.name / ds["path"] / "3.json")
     best = acts[..., 3].amax(1).max()
     assert rec.max_activation == pytest.approx(float(best), rel=1e-4)
+
+
+def test_token_pair_excerpts_collapse_to_query_tokens(tmp_path):
+    from saescope.records import read_record_dict, token_activations, write_record
+
+    # T = 3: pairs (0,0) (1,0) (1,1) (2,0) (2,1) (2,2)
+    assert token_activations(["a", "b", "c"], [0.5, 0.0, 2.0, 1.0, 3.0, -1.0]) == [0.5, 2.0, 3.0]
+    assert token_activations(["a", "b"], [1.0, 2.0]) == [1.0, 2.0]  # per-token records unchanged
+    rec = NeuronRecord(NeuronId(0, 1), random_sample=[ActivationRecord([0.0, 1.0, 0.0], ["x", "y"])],
+                       most_positive_activation_records=[ActivationRecord([0.5, 0.0, 2.0], ["x", "y"])])
+    write_record(tmp_path, rec)
+    d = read_record_dict(tmp_path / "1" / "0.json")
+    assert d["most_positive_activation_records"][0]["activations"] == [0.5, 2.0]
+    assert d["random_sample"][0]["activations"] == [0.0, 1.0]

@@ -14,7 +14,8 @@ from saescope.records import read_record
 from saescope.run import RunConfig, run_pipeline
 from saescope.train.trainer import TrainerConfig
 
-STAGES = ["seed_dataset", "store", "sae", "collated", "explanations"]
+SAES = ["sae resid_post.1", "sae mlp_post_act.1", "sae mlp_out.1", "sae attn_out.1"]
+STAGES = ["seed_dataset", "store", *SAES, "collated", "explanations"]
 
 
 def _cfg(tiny_dir, text_corpus, tmp_path, width: int = 64) -> RunConfig:
@@ -31,33 +32,38 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     cfg = _cfg(tiny_dir, text_corpus, tmp_path)
     done, col_root, decisions = run_pipeline(cfg)
     out = tmp_path / "run"
-    assert len(done) == 5 and all(path.exists() for _, path in done)
+    assert len(done) == 8 and all(path.exists() for _, path in done)
     assert decisions == dict.fromkeys(STAGES, "new")
     meta = json.loads((out / "seed_dataset" / "metadata.json").read_text())
     assert meta and (out / "seed_dataset" / "activations_0.pt").is_file()
-    ev = json.loads((out / "sae" / "eval.json").read_text())
-    assert 0 <= ev["fvu"] < 1 and ev["l0"] <= 4
+    for kind in ("resid_post", "mlp_post_act", "mlp_out", "attn_out"):
+        ev = json.loads((out / "saes" / kind / "eval.json").read_text())
+        assert 0 <= ev["fvu"] < 1 and ev["l0"] <= 4 and "ce_loss_recovered" in ev
     manifest = json.loads((col_root / tiny_dir.name / "manifest.json").read_text())
-    kinds = {d["unit_type"] for d in manifest["datasets"]}
-    assert kinds == {"mlp_neurons", "attention_heads", "sae_latents"}
-    sae_ds = next(d for d in manifest["datasets"] if d["unit_type"] == "sae_latents")
-    rec = read_record(col_root / tiny_dir.name / sae_ds["path"] / "0.json")
-    assert rec.neuron_id.neuron_index == 0 and rec.most_positive_activation_records
-    stamp = (out / "sae" / "sae_weights.safetensors").stat().st_mtime_ns
+    # the seed's five kinds: MLP neurons, heads by token pair, MLP latents, attention latents by token and by pair
+    assert {d["path"] for d in manifest["datasets"]} == {
+        "mlp_neurons/1", "attention_heads/1", "sae_latents/resid_post/1", "sae_latents/mlp_post_act/1",
+        "sae_latents/mlp_out/1", "sae_latents/attn_out/1", "sae_latents/attn_out-by-token-pair/1"}
+    for d in manifest["datasets"]:
+        rec = read_record(col_root / tiny_dir.name / d["path"] / "0.json")
+        assert rec.neuron_id.neuron_index == 0 and rec.most_positive_activation_records
+        scores = json.loads((col_root / tiny_dir.name / "explanations" / d["path"] / "scores.json").read_text())
+        assert scores["summary"]["units"] > 0  # every dataset explained and scored
+    stamp = (out / "saes" / "resid_post" / "sae_weights.safetensors").stat().st_mtime_ns
     again = run_pipeline(cfg)  # complete stages are reused, not redone
     assert [w for w, _ in again.done] == [w for w, _ in done]
     assert again.decisions == dict.fromkeys(STAGES, "reuse")
-    assert (out / "sae" / "sae_weights.safetensors").stat().st_mtime_ns == stamp
+    assert (out / "saes" / "resid_post" / "sae_weights.safetensors").stat().st_mtime_ns == stamp
 
     # A changed SAE width recomputes the SAE and everything downstream, and nothing upstream.
     narrow = dataclasses.replace(cfg, train=TrainerConfig(width=32, k=4))
     res = run_pipeline(narrow)
-    assert res.decisions["sae"] == res.decisions["collated"] == "changed"
-    assert _recomputed(res.decisions) == ["sae", "collated", "explanations"]
-    assert json.loads((out / "sae" / "cfg.json").read_text())["d_sae"] == 32
+    assert res.decisions["sae resid_post.1"] == res.decisions["collated"] == "changed"
+    assert _recomputed(res.decisions) == [*SAES, "collated", "explanations"]
+    assert json.loads((out / "saes" / "resid_post" / "cfg.json").read_text())["d_sae"] == 32
     manifest = json.loads((col_root / tiny_dir.name / "manifest.json").read_text())
     assert next(d for d in manifest["datasets"] if d["unit_type"] == "sae_latents")["units"] == 32
-    scores = json.loads((res.done[-1][1] / "scores.json").read_text())["units"]
+    scores = json.loads((res.done[-1][1] / "sae_latents" / "attn_out" / "1" / "scores.json").read_text())["units"]
     assert max(int(i) for i in scores) < 32  # no explanation of a latent the new SAE does not have
 
     # A changed collation budget recomputes only the collation and the explanations.

@@ -136,12 +136,33 @@ class CorpusConfig:
     """wiki (bundled Wikipedia sample), a .txt/.jsonl file, a folder of them, or a HF datasets directory."""
     text_field: str = "text"
     """Text field of .jsonl rows / dataset columns."""
+    shuffle_docs: int = 0
+    """Documents held in a seeded shuffle buffer, so contexts come from documents spread over the corpus rather
+    than its first ones (0 = the corpus order). A buffer as large as the corpus is a full shuffle."""
 
     def texts(self) -> Iterator[str]:
-        return iter_texts(self.corpus, self.text_field)
+        docs = iter_texts(self.corpus, self.text_field)
+        return shuffled_docs(docs, self.shuffle_docs) if self.shuffle_docs > 0 else docs
 
     def describe(self) -> dict[str, Any]:
-        return {**describe(self.corpus), "text_field": self.text_field}
+        return {**describe(self.corpus), "text_field": self.text_field, "shuffle_docs": self.shuffle_docs}
+
+
+def shuffled_docs(docs: Iterator[str], buffer: int, seed: int = 0) -> Iterator[str]:
+    """A deterministic streaming shuffle: fill a buffer, then emit a random element per document read."""
+    import random
+
+    rng = random.Random(seed)
+    buf: list[str] = []
+    for d in docs:
+        if len(buf) < buffer:
+            buf.append(d)
+            continue
+        j = rng.randrange(buffer)
+        yield buf[j]
+        buf[j] = d
+    rng.shuffle(buf)
+    yield from buf
 
 
 def describe(corpus: str) -> dict[str, Any]:

@@ -169,5 +169,26 @@ def read_record(path: str | Path) -> NeuronRecord:
 
 
 def read_record_dict(path: str | Path) -> dict[str, Any]:
-    """A record as its canonical JSON dict (validated, legacy names renamed), for code that works on JSON."""
-    return to_dict(read_record(path))
+    """A record as its canonical JSON dict (validated, legacy names renamed), for code that works on JSON.
+
+    Excerpts of by-token-pair records (T tokens, T(T+1)/2 activations) are collapsed to one activation per token,
+    the largest over the token's pairs as query (`token_activations`), so explainers and simulators, which read
+    one value per token, see where the unit acts; other records are returned as they are."""
+    d = to_dict(read_record(path))
+    for key in ("most_positive_activation_records", "random_sample"):
+        d[key] = [_per_token(r) for r in d[key]]
+    d["random_sample_by_quantile"] = [[_per_token(r) for r in b] for b in d.get("random_sample_by_quantile") or []]
+    return d
+
+
+def token_activations(tokens: list[str], activations: list[float]) -> list[float]:
+    """Per-token activations of an excerpt: as they are, or for by-token-pair excerpts (row-major lower triangle
+    over T tokens) the maximum over each query token's pairs."""
+    T = len(tokens)
+    if len(activations) == T or len(activations) != T * (T + 1) // 2:
+        return activations
+    return [max(activations[i * (i + 1) // 2: (i + 1) * (i + 2) // 2]) for i in range(T)]
+
+
+def _per_token(r: dict[str, Any]) -> dict[str, Any]:
+    return {**r, "activations": token_activations(r["tokens"], r["activations"])}

@@ -19,6 +19,7 @@ from saescope.collate.run_collate import CollateOptions
 from saescope.config import ModelConfig, resolve_layer
 from saescope.corpus import CorpusConfig
 from saescope.interp.pipeline import InterpOptions
+from saescope.models.hooks import canonical_hookpoint
 from saescope.stages import Stage
 from saescope.train.trainer import TrainerConfig
 from saescope.viewer.server import ViewOptions
@@ -34,10 +35,10 @@ class RunConfig:
     """Run the whole pipeline: seed dataset, corpus capture, SAE, collated records, explanations (then the viewer)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: CorpusConfig = field(default_factory=CorpusConfig)
+    data: CorpusConfig = field(default_factory=lambda: CorpusConfig(shuffle_docs=4096))
     capture: CaptureOptions = field(default_factory=lambda: CaptureOptions(max_tokens=200_000))
     train: TrainerConfig = field(default_factory=TrainerConfig)
-    collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=32_768))
+    collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=131_072))
     interp: InterpOptions = field(default_factory=InterpOptions)
     view: ViewOptions = field(default_factory=ViewOptions)
     out: str = "runs/default"
@@ -46,6 +47,10 @@ class RunConfig:
     """Layer to study (-1 = the middle layer)."""
     generate: int = 50
     """Tokens generated per seed prompt (the seed activation dataset)."""
+    saes: str = "resid_post,mlp_post_act,mlp_out,attn_out"
+    """Hookpoint kinds at the studied layer that get an SAE (TDB names such as resid_delta_attn work too)."""
+    eval_contexts: int = 16
+    """Contexts of the held-out shard for each SAE's spliced CE/KL."""
     no_serve: bool = False
     """Do not serve the viewer at the end (it is only served when run from a terminal anyway)."""
 
@@ -95,10 +100,11 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
         seed.finish()
     done.append(("seed dataset (activations_<i>.pt + metadata.json)", seed.path))
 
-    # 2. the activation store: resid_post and the MLP neurons of the studied layer, from the corpus
+    # 2. the activation store: every hookpoint an SAE is trained on, at the studied layer
     from saescope.capture import CaptureConfig, capture_corpus
 
-    hookpoints = f"{hookpoint},mlp_post_act.{layer}"
+    sae_hps = [canonical_hookpoint(f"{kind.strip()}.{layer}") for kind in cfg.saes.split(",") if kind.strip()]
+    hookpoints = ",".join(dict.fromkeys([hookpoint, *sae_hps]))
     store = Stage("store", out / "store", {**model_id, "data": asdict(cfg.data), "capture": _options(cfg.capture),
                                            "hookpoints": hookpoints}, {})
     recompute = start(store)
@@ -109,47 +115,60 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     from saescope.store import ActivationStore
 
     st = st or ActivationStore(store.path, verify=False)
-    done.append((f"activation store ({st.rows:,} tokens)", store.path))
+    done.append((f"activation store ({st.rows:,} tokens x {len(st.hookpoints)} hookpoints)", store.path))
 
-    # 3. the SAE (trained on the store, evaluated on its held-out shard and spliced into the model)
+    # 3. one SAE per hookpoint (trained on the store, evaluated on its held-out shard and spliced into the model)
     from saescope.io import write_json
     from saescope.train.api import EvalConfig, TrainConfig, evaluate, train_from_store
 
-    sae = Stage("sae", out / "sae", {"trainer": _options(cfg.train), "hookpoint": hookpoint},
-                {"store": store.fingerprint})
-    if start(sae):
-        train_from_store(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hookpoint,
-                                     out=str(sae.path), device=cfg.model.device))
-        ev = evaluate(EvalConfig(sae=str(sae.path), store=str(store.path), hookpoint=hookpoint,
-                                 holdout_shards=cfg.train.holdout_shards), hm=hm)
-        write_json(sae.path / "eval.json", ev)
-        sae.finish()
-    ev = read_json(sae.path / "eval.json")
-    done.append((f"SAE {cfg.train.arch} F={cfg.train.width} (FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, "
-                 f"CE recovered {ev.get('ce_loss_recovered', float('nan')):.3f})", sae.path))
+    saes = []
+    for hp in sae_hps:
+        sae = Stage(f"sae {hp}", out / "saes" / hp.split(".")[0], {"trainer": _options(cfg.train), "hookpoint": hp},
+                    {"store": store.fingerprint})
+        if start(sae):
+            train_from_store(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp,
+                                         out=str(sae.path), device=cfg.model.device))
+            ev = evaluate(EvalConfig(sae=str(sae.path), store=str(store.path), hookpoint=hp,
+                                     holdout_shards=cfg.train.holdout_shards, contexts=cfg.eval_contexts), hm=hm)
+            write_json(sae.path / "eval.json", ev)
+            sae.finish()
+        ev = read_json(sae.path / "eval.json")
+        done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} (FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, "
+                     f"CE recovered {ev.get('ce_loss_recovered', float('nan')):.3f})", sae.path))
+        saes.append(sae)
 
-    # 4. collated records: MLP neurons, heads and the SAE's latents at the studied layer
+    # 4. collated records: MLP neurons, heads (by token pair), every SAE's latents (attention SAEs also by pair)
     from saescope.collate.run_collate import CollateConfig, collate
 
     col = Stage("collated", out / "collated", {**model_id, "data": asdict(cfg.data), "collate": _options(cfg.collate),
-                                               "layer": layer}, {"sae": sae.fingerprint})
+                                               "layer": layer}, {s.name: s.fingerprint for s in saes})
     if start(col):
-        collate(CollateConfig(model=cfg.model, data=cfg.data, collate=cfg.collate, out=str(col.path),
-                              layers=str(layer), sae=str(sae.path)), hm)
+        manifest = collate(CollateConfig(model=cfg.model, data=cfg.data, collate=cfg.collate, out=str(col.path),
+                                         layers=str(layer), sae=",".join(str(s.path) for s in saes)), hm)
         col.finish()
-    done.append((f"collated records ({cfg.collate.units} and SAE latents at layer {layer})", col.path / hm.name))
+    else:
+        manifest = read_json(col.path / hm.name / "manifest.json")
+    kinds = sorted({(d["unit_type"], d["by_token_pair"]) for d in manifest["datasets"]})
+    done.append((f"collated records ({len(manifest['datasets'])} datasets, {len(kinds)} kinds, layer {layer})",
+                 col.path / hm.name))
 
-    # 5. explanations and scores of the SAE latents
+    # 5. explanations and scores of every collated dataset
     from saescope.interp.pipeline import InterpConfig, run_interp
 
-    dataset = f"sae_latents/{sae.path.name}/{layer}"
-    interp = Stage("explanations", col.path / hm.name / "explanations" / dataset, {"interp": _options(cfg.interp)},
+    interp = Stage("explanations", col.path / hm.name / "explanations", {"interp": _options(cfg.interp)},
                    {"collated": col.fingerprint})
-    if start(interp):
-        summary = run_interp(InterpConfig(interp=cfg.interp, root=str(col.path / hm.name), dataset=dataset), hm=hm)
+    recompute = start(interp)
+    summaries = []
+    for d in manifest["datasets"]:
+        if recompute:
+            summaries.append(run_interp(InterpConfig(interp=cfg.interp, root=str(col.path / hm.name),
+                                                     dataset=d["path"]), hm=hm))
+        else:
+            summaries.append(read_json(interp.path / d["path"] / "scores.json")["summary"])
+    if recompute:
         interp.finish()
-    else:
-        summary = read_json(interp.path / "scores.json")["summary"]
-    done.append((f"explanations + scores ({cfg.interp.explainer}: mean {summary['mean_score']:.3f}, "
-                 f"null {summary['mean_null_score']:.3f})", interp.path))
+    mean = sum(x["mean_score"] for x in summaries) / max(len(summaries), 1)
+    null = sum(x["mean_null_score"] for x in summaries) / max(len(summaries), 1)
+    done.append((f"explanations + scores of {len(summaries)} datasets ({cfg.interp.explainer}: mean {mean:.3f}, "
+                 f"null {null:.3f})", interp.path))
     return RunResult(done, col.path, decisions)

@@ -53,6 +53,8 @@ class CollateOptions:
     """Excerpts per forward pass."""
     seed: int = 0
     """Seed of the random and quantile samples."""
+    token_pairs: bool = True
+    """Also collate SAEs at attn_out by token pair (the attention latents' pair attribution; large records)."""
 
     def kinds(self) -> list[UnitKind]:
         return [u.strip() for u in self.units.split(",") if u.strip()]  # type: ignore[misc]
@@ -108,7 +110,7 @@ def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
         sae = sae.to(next(hm.model.parameters()).device).eval()
         name, source = Path(spec).name, str(Path(spec).resolve())
         groups.append(sae_group(sae, hp, name, source))
-        if parse_hookpoint(hp)[0] == "attn_out":  # attention latents are collated by token pair as well
+        if cfg.collate.token_pairs and parse_hookpoint(hp)[0] == "attn_out":  # attention latents: by pair too
             groups.append(sae_pair_group(hm, sae, hp, f"{name}{PAIR_SUFFIX}", source))
     if not groups:
         raise SaescopeError("nothing to collate: pass --units mlp,heads and/or --sae DIR")
@@ -227,12 +229,15 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
                 top_token = top[0].tokens[j]
             rows.append({"index": r.neuron_id.neuron_index, "max_activation": r.max_activation, "mean": r.mean,
                          "variance": r.variance, "density": float(density[r.neuron_id.neuron_index]),
-                         "top_token": top_token})
+                         "top_token": top_token, "firing_excerpts": sum(max(x.activations) > 0 for x in top)})
         write_json(ds_root / str(g.layer) / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
                                                                "by_token_pair": g.by_token_pair, "units": rows})
-        datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer, "path": dataset_path(g.unit_type, g.layer, g.name),
-                         "units": g.n_units, "by_token_pair": g.by_token_pair, "hookpoints": g.hookpoints,
-                         "source": g.source})
+        live = [x for x in rows if x["max_activation"] > 0]
+        datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer,
+                         "path": dataset_path(g.unit_type, g.layer, g.name), "units": g.n_units,
+                         "by_token_pair": g.by_token_pair, "hookpoints": g.hookpoints, "source": g.source,
+                         "live_units": len(live),
+                         "live_with_20_firing_excerpts": sum(x["firing_excerpts"] >= 20 for x in live)})
     manifest_path = root / "manifest.json"
     old = []
     if manifest_path.exists():

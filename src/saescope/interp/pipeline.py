@@ -63,7 +63,7 @@ class InterpConfig:
     root: str = "runs/default/collated/gemma-3-270m"
     """A collated model folder (holds manifest.json), or a dataset folder inside it."""
     dataset: str = ""
-    """Dataset path inside root, e.g. sae_latents/sae/9 (default: the first SAE dataset, else the first)."""
+    """Dataset path inside root, e.g. sae_latents/resid_post/9 (default: the first SAE dataset, else the first)."""
     indices: str = ""
     """Comma-separated unit indices to explain (default: every live unit, in order)."""
     overwrite: bool = False

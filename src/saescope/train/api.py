@@ -29,7 +29,7 @@ class TrainConfig:
     """Activation store directory."""
     hookpoint: str = ""
     """Hookpoint inside the store (default: its first)."""
-    out: str = "runs/default/sae"
+    out: str = "runs/default/saes/resid_post"
     """Output SAE directory (cfg.json + sae_weights.safetensors + sparsity.safetensors + metrics.json)."""
     resume: bool = True
     """Continue from <out>/checkpoint if present."""
@@ -101,7 +101,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 class EvalConfig:
     """Evaluate a saved SAE on a store's held-out shards (and, with --spliced, inside the model)."""
 
-    sae: str = "runs/default/sae"
+    sae: str = "runs/default/saes/resid_post"
     """SAE directory or file (saescope/SAELens, sparsify, OpenAI .pt, Gemma Scope)."""
     store: str = "runs/default/store"
     """Activation store."""
