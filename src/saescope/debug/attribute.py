@@ -1,0 +1,204 @@
+"""Rank the nodes behind a behaviour: activation, direct effect and act × grad for every node of a Trace.
+
+Direct effect: what a node writes into the residual stream at the last position, through the final norm with its
+scale frozen at the clean pass (as TDB does) and the unembedding difference; on Gemma also through the
+post-attention / post-FFN norms, their scale frozen the same way. A norm with a frozen scale is linear, so the
+writes of a layer's heads (and its bias) sum exactly to what the layer writes, and the direct effects of the
+embedding, of every head and neuron and of the bias terms sum to the behaviour. (A Jacobian linearisation would not
+decompose: RMSNorm is scale-invariant, J(z)·z = 0.) Estimated total effect: activation × ∂B/∂activation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saescope.debug.trace import Trace, final_norm, post_mlp_norm
+from saescope.models import HookedModel, parse_hookpoint
+from saescope.sae import BaseSAE
+
+
+@dataclass
+class Node:
+    """One ranked component at one token position."""
+
+    name: str
+    """mlp.L.i@t, head.L.h@t, latent.<hookpoint>.i@t, error.<hookpoint>@t, embed@t, bias."""
+    kind: str
+    layer: int
+    index: int
+    position: int
+    activation: float
+    """Neuron / latent value; for heads the norm of the head's write ‖z_h W_O[h]‖; for error/embed the norm."""
+    direct_effect: float
+    act_grad: float
+    top_key: int = -1
+    """Heads: the key position whose pair contributes most (A · ∂B/∂A)."""
+
+
+def _rms_pullback(norm: nn.Module, z: Tensor, u: Tensor) -> Tensor:
+    """u [d] pulled back through Gemma's RMSNorm f(z) = g ⊙ z / r(z) with r frozen at z [d] (g = 1 + weight)."""
+    g = 1.0 + norm.weight.detach().float()
+    return g * u / torch.sqrt(z.pow(2).mean() + norm.eps)
+
+
+def final_direction(hm: HookedModel, tr: Trace, target: int | None, distractor: int | None) -> tuple[Tensor, float]:
+    """(∂B/∂resid_final at the last position with the final norm's scale frozen, the bias terms it adds); zero
+    when the behaviour is not a logit (upstream tracing: no direct effects)."""
+    if target is None:
+        return torch.zeros(hm.d_model), 0.0
+    W_U = hm.W_U().detach().float()  # [d, V]
+    du = W_U[:, target] - (W_U[:, distractor] if distractor is not None else 0.0)  # [d]
+    head = hm.model.get_output_embeddings()
+    bias = 0.0
+    if getattr(head, "bias", None) is not None:
+        hb = head.bias.detach()
+        bias += float(hb[target] - (hb[distractor] if distractor is not None else 0.0))
+    norm = final_norm(hm)
+    x = tr.resid_final[0, -1].detach().float()
+    if isinstance(norm, nn.LayerNorm):  # (x − mean)/σ ⊙ γ + β, σ frozen; the centring is a symmetric projection
+        sigma = torch.sqrt(x.var(unbiased=False) + norm.eps)
+        v = norm.weight.detach().float() * du / sigma
+        bias += float(norm.bias.detach().float() @ du) if norm.bias is not None else 0.0
+        return v - v.mean(), bias
+    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", 1e-6)
+    r = torch.sqrt(x.pow(2).mean() + eps)
+    w = norm.weight.detach().float()
+    g = 1.0 + w if hm.arch == "gemma" else w
+    return g * du / r, bias
+
+
+def _grad(t: Tensor) -> Tensor:
+    """∂B/∂t for the first (only) prompt; zeros where B does not depend on t (downstream of a traced node)."""
+    return t.grad[0].float() if t.grad is not None else torch.zeros_like(t[0], dtype=torch.float32)
+
+
+KINDS = ("embed", "head", "mlp", "latent", "error", "bias")
+
+
+@dataclass
+class NodeTable:
+    """Every node of a trace as columns (one row per node); `top` materialises the best rows as Nodes."""
+
+    kind: Tensor
+    """[N] index into KINDS."""
+    layer: Tensor
+    index: Tensor
+    position: Tensor
+    activation: Tensor
+    direct_effect: Tensor
+    act_grad: Tensor
+    top_key: Tensor
+    hookpoints: list[str]
+    """Latent/error rows: layer column holds the index into this list instead of a layer."""
+    total_direct: float
+    """Σ direct effects of embeddings, heads, neurons and bias terms (= the behaviour, final norm frozen)."""
+
+    def name(self, r: int) -> str:
+        k, L, i, t = KINDS[int(self.kind[r])], int(self.layer[r]), int(self.index[r]), int(self.position[r])
+        if k in ("latent", "error"):
+            hp = self.hookpoints[L]
+            return f"latent.{hp}.{i}@{t}" if k == "latent" else f"error.{hp}@{t}"
+        return {"embed": f"embed@{t}", "head": f"head.{L}.{i}@{t}", "mlp": f"mlp.{L}.{i}@{t}", "bias": "bias"}[k]
+
+    def node(self, r: int) -> Node:
+        k, L = KINDS[int(self.kind[r])], int(self.layer[r])
+        if k in ("latent", "error"):
+            L = parse_hookpoint(self.hookpoints[L])[1]
+        return Node(self.name(r), k, L, int(self.index[r]), int(self.position[r]), float(self.activation[r]),
+                    float(self.direct_effect[r]), float(self.act_grad[r]), int(self.top_key[r]))
+
+    def top(self, n: int = 20, by: str = "act_grad", kinds: tuple[str, ...] = KINDS) -> list[Node]:
+        """The n rows with the largest |by| among the given kinds."""
+        col = getattr(self, by).abs().clone()
+        allowed = torch.isin(self.kind, torch.tensor([KINDS.index(k) for k in kinds]))
+        col[~allowed] = -1
+        order = torch.argsort(col, descending=True)[: min(n, int(allowed.sum()))]
+        return [self.node(int(r)) for r in order]
+
+    def find(self, name: str) -> Node | None:
+        for r in range(self.kind.shape[0]):  # linear, only for single lookups
+            if self.name(r) == name:
+                return self.node(r)
+        return None
+
+
+def _rows(kind: str, layer: int | Tensor, index: Tensor, position: Tensor, activation: Tensor, direct: Tensor,
+          act_grad: Tensor, top_key: Tensor | None = None) -> list[Tensor]:
+    n = index.numel()
+    full = lambda v: torch.as_tensor(v).expand(n) if torch.as_tensor(v).dim() == 0 else torch.as_tensor(v)  # noqa: E731
+    return [full(KINDS.index(kind)).long(), full(layer).long(), index.long().flatten(), position.long().flatten(),
+            activation.float().flatten(), direct.float().flatten(), act_grad.float().flatten(),
+            (top_key if top_key is not None else torch.full((n,), -1)).long().flatten()]
+
+
+@torch.no_grad()
+def rank_nodes(hm: HookedModel, tr: Trace, target: int | None, distractor: int | None,
+               saes: dict[str, BaseSAE] | None = None) -> NodeTable:
+    """Activation, direct effect and act × grad of every node (embeddings, heads, neurons, bias, SAE latents)."""
+    saes = saes or {}
+    u_final, bias = final_direction(hm, tr, target, distractor)
+    T = tr.ids.shape[1]
+    last = T - 1
+    pos = torch.arange(T)
+    at_last = (pos == last).float()
+    parts: list[list[Tensor]] = []
+    emb = tr.emb[0].float()
+    de_emb = (emb @ u_final) * at_last
+    parts.append(_rows("embed", -1, torch.full((T,), -1), pos, emb.norm(dim=-1), de_emb,
+                       (emb * _grad(tr.emb)).sum(-1)))
+    for L in range(hm.n_layers):
+        # attention heads: z_h[t] W_O[h], through the post-attention norm (Gemma) linearised at the clean pass
+        W_O = hm.W_O(L).float()  # [H, dh, d]
+        h_in = tr.head_in[L][0].float()  # [T, H, dh]
+        writes = torch.einsum("thk,hkd->thd", h_in, W_O)  # [T, H, d]
+        norm = hm.post_attention_norm(L)
+        u = u_final if norm is None else _rms_pullback(norm, tr.attn_z[L][0, last].float(), u_final)
+        de = (writes @ u) * at_last[:, None]  # [T, H]
+        b_O = hm.attn_out_bias(L)
+        bias += float(b_O.float() @ u) if b_O is not None else 0.0
+        ag = (h_in * _grad(tr.head_in[L])).sum(-1)  # [T, H]
+        # the key that contributes most to each (query, head): A[h, t, s] · (w_h[s] · ∂B/∂z[t])
+        group = hm.n_heads // hm.n_kv_heads
+        v = tr.values[L][0].float().repeat_interleave(group, dim=1)  # [T, H, dh]
+        kw = torch.einsum("shk,hkd->hsd", v, W_O)  # [H, s, d]
+        gz = _grad(tr.attn_z[L])  # [T, d]
+        pair = tr.pattern[L][0].float() * torch.einsum("hsd,td->hts", kw, gz)  # [H, t, s]
+        top_key = pair.abs().argmax(-1).T  # [T, H]
+        H = hm.n_heads
+        parts.append(_rows("head", L, torch.arange(H).repeat(T), pos.repeat_interleave(H), writes.norm(dim=-1), de,
+                           ag, top_key))
+        # MLP neurons: act_i W_out[i], through the post-FFN norm (Gemma) linearised at the clean pass
+        act = tr.mlp_act[L][0].float()  # [T, d_mlp]
+        W_out = hm.W_out_mlp(L).float()  # [d_mlp, d]
+        pn = post_mlp_norm(hm, L)
+        u = u_final if pn is None else _rms_pullback(pn, tr.mlp_z[L][0, last].float(), u_final)
+        de_n = act * (W_out @ u)[None, :] * at_last[:, None]  # [T, d_mlp]
+        b_down = hm._down_proj(L).bias
+        bias += float(b_down.float() @ u) if b_down is not None else 0.0
+        M = act.shape[1]
+        parts.append(_rows("mlp", L, torch.arange(M).repeat(T), pos.repeat_interleave(M), act, de_n,
+                           act * _grad(tr.mlp_act[L])))
+    parts.append(_rows("bias", -1, torch.tensor([-1]), torch.tensor([last]), torch.zeros(1), torch.tensor([bias]),
+                       torch.zeros(1)))
+    total = float(sum(p[5].double().sum() for p in parts))
+    hps = list(saes)
+    for j, (hp, sae) in enumerate(saes.items()):
+        kind, L = parse_hookpoint(hp)
+        f = tr.latents[hp][0].float()  # [T, F]
+        write = sae.W_dec.float()  # [F, width]
+        dir_u = u_final
+        if kind == "mlp_post_act":  # neurons → the MLP's write, through its norm
+            write = write @ hm.W_out_mlp(L).float()
+            pn = post_mlp_norm(hm, L)
+            if pn is not None:
+                dir_u = _rms_pullback(pn, tr.mlp_z[L][0, last].float(), u_final)
+        t, i = (f != 0).nonzero(as_tuple=True)
+        de_f = f[t, i] * (write[i] @ dir_u) * (t == last).float()
+        parts.append(_rows("latent", j, i, t, f[t, i], de_f, (f * _grad(tr.latents[hp]))[t, i]))
+        err, g = tr.errors[hp].float(), _grad(tr.spliced[hp])
+        parts.append(_rows("error", j, torch.full((T,), -1), pos, err.norm(dim=-1), torch.zeros(T), (err * g).sum(-1)))
+    cols = [torch.cat([p[c] for p in parts]) for c in range(8)]
+    return NodeTable(*cols, hookpoints=hps, total_direct=total)

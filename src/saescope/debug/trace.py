@@ -1,0 +1,211 @@
+"""One forward and one backward pass of a prompt, with every node the debugger ranks kept with its gradient.
+
+Nodes: the embedding at each position, MLP neurons (layer, index, position), attention heads (layer, head, query
+position; their activation is the head's output z_h[t] = o_in[t, h] before W_O), SAE latents spliced in with their
+error term (`x' = x + decode(f) − decode(f)|detached`, f a leaf: the model's output and every upstream gradient are
+unchanged, ∂B/∂f = W_dec·∂B/∂x), and the error term itself. The behaviour B is the target's logit at the last
+position, minus the distractor's when one is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from saescope.errors import SaescopeError
+from saescope.models import HookedModel, parse_hookpoint
+from saescope.sae import BaseSAE
+
+
+def final_norm(hm: HookedModel) -> nn.Module:
+    """The norm between the last block and the unembedding (GPT-2 ln_f, Llama/Gemma norm)."""
+    for name, mod in hm.model.named_modules():
+        if name.endswith("transformer.ln_f") or name in ("model.norm", "model.language_model.norm"):
+            return mod
+    raise SaescopeError(f"{type(hm.model).__name__}: cannot find the final norm")
+
+
+def post_mlp_norm(hm: HookedModel, layer: int) -> nn.Module | None:
+    return hm.layers[layer].post_feedforward_layernorm if hm.arch == "gemma" else None
+
+
+def single_token(hm: HookedModel, text: str, what: str) -> tuple[int, list[str]]:
+    """The token id of `text` (its first token when it splits, with the pieces reported)."""
+    if not text:
+        raise SaescopeError(f"--{what} is empty; give a token such as ' Paris' (leading space included)")
+    ids = hm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise SaescopeError(f"--{what} {text!r} encodes to no tokens")
+    return ids[0], [hm.tokenizer.decode([i]) for i in ids]
+
+
+def prompt_ids(hm: HookedModel, prompt: str) -> Tensor:
+    """[1, T] ids with BOS; one-line errors for empty or over-long prompts."""
+    if not prompt.strip():
+        raise SaescopeError("--prompt is empty")
+    ids = hm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    bos = hm.tokenizer.bos_token_id
+    ids = ([bos] if bos is not None else []) + ids
+    cfg = hm.model.config
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if limit and len(ids) > limit:
+        raise SaescopeError(f"--prompt has {len(ids)} tokens, more than the model's context of {limit}")
+    return torch.tensor([ids])
+
+
+@dataclass
+class Trace:
+    """What one traced pass keeps (batch of one prompt, T positions); all tensors [T, ...] with .grad set."""
+
+    ids: Tensor
+    behaviour: float
+    logits: Tensor
+    """[V] at the last position."""
+    emb: Tensor
+    """[T, d] resid_pre.0."""
+    resid_final: Tensor
+    """[T, d] input of the final norm."""
+    mlp_act: dict[int, Tensor] = field(default_factory=dict)
+    """layer → [T, d_mlp] neurons (input of the down projection)."""
+    mlp_z: dict[int, Tensor] = field(default_factory=dict)
+    """layer → [T, d] down projection output (before Gemma's post-FFN norm)."""
+    head_in: dict[int, Tensor] = field(default_factory=dict)
+    """layer → [T, H, d_head] per-head outputs before W_O."""
+    attn_z: dict[int, Tensor] = field(default_factory=dict)
+    """layer → [T, d] attention output before Gemma's post-attention norm."""
+    pattern: dict[int, Tensor] = field(default_factory=dict)
+    """layer → [H, T, T]."""
+    values: dict[int, Tensor] = field(default_factory=dict)
+    """layer → [T, n_kv, d_head]."""
+    latents: dict[str, Tensor] = field(default_factory=dict)
+    """hookpoint → [T, F] SAE latents (leaves)."""
+    spliced: dict[str, Tensor] = field(default_factory=dict)
+    """hookpoint → [T, d] the hookpoint's value (its grad is ∂B/∂x there)."""
+    errors: dict[str, Tensor] = field(default_factory=dict)
+    """hookpoint → [T, d] SAE error term x − x̂."""
+    sae_inputs: dict[str, Tensor] = field(default_factory=dict)
+    """hookpoint → [1, T, d] the SAE's input, still in the graph (for tracing a latent upstream)."""
+
+
+Edits = dict[tuple[str, Any], Any]
+"""Interventions applied during the pass: (kind, key) → how; see `saescope.debug.intervene`."""
+
+
+@contextlib.contextmanager
+def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits) -> Iterator[None]:
+    handles = []
+    one = lambda x: x[0] if isinstance(x, tuple) else x  # noqa: E731
+
+    def first_block(mod: nn.Module, args: tuple, kwargs: dict) -> Any:
+        h = args[0] if args else kwargs["hidden_states"]
+        leaf = h.detach().requires_grad_(True)  # every node below depends on this leaf: gradients need no params
+        tr.emb = leaf
+        return ((leaf, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": leaf})
+    handles.append(hm.layers[0].register_forward_pre_hook(first_block, with_kwargs=True))
+
+    for L in range(hm.n_layers):
+        attn = hm._attn(L)
+        o_proj = attn.c_proj if hm.arch == "gpt2" else attn.o_proj
+
+        def mlp_in(mod: nn.Module, args: tuple, L: int = L) -> tuple:
+            a = args[0]
+            for (kind, key), val in edits.items():
+                if kind == "neuron" and key[0] == L:
+                    a = a.clone()
+                    a[:, key[2], key[1]] = val
+            a.retain_grad()
+            tr.mlp_act[L] = a
+            return (a, *args[1:])
+
+        def mlp_out(mod: nn.Module, args: tuple, out: Tensor, L: int = L) -> None:
+            tr.mlp_z[L] = out
+
+        def heads_in(mod: nn.Module, args: tuple, L: int = L) -> tuple:
+            a = args[0].unflatten(-1, (hm.n_heads, hm.d_head))
+            for (kind, key), val in edits.items():
+                if kind == "head" and key[0] == L:
+                    a = a.clone()
+                    a[:, key[2], key[1]] = val
+            a.retain_grad()
+            tr.head_in[L] = a
+            return (a.flatten(-2), *args[1:])
+
+        def attn_out(mod: nn.Module, args: tuple, out: Tensor, L: int = L) -> None:
+            out.retain_grad()
+            tr.attn_z[L] = out
+
+        def pat(mod: nn.Module, args: tuple, out: Any, L: int = L) -> None:
+            tr.pattern[L] = out[1].detach()
+
+        src = attn.c_attn if hm.arch == "gpt2" else attn.v_proj
+
+        def val(mod: nn.Module, args: tuple, out: Tensor, L: int = L) -> None:
+            v = out[..., 2 * hm.d_model:] if hm.arch == "gpt2" else out
+            tr.values[L] = v.detach().unflatten(-1, (hm.n_kv_heads, hm.d_head))
+        down = hm._down_proj(L)
+        handles += [down.register_forward_pre_hook(mlp_in), down.register_forward_hook(mlp_out),
+                    o_proj.register_forward_pre_hook(heads_in), o_proj.register_forward_hook(attn_out),
+                    attn.register_forward_hook(pat), src.register_forward_hook(val)]
+
+    def fin(mod: nn.Module, args: tuple) -> None:
+        args[0].retain_grad()
+        tr.resid_final = args[0]
+    handles.append(final_norm(hm).register_forward_pre_hook(fin))
+    stack = contextlib.ExitStack()
+    for hp, sae in saes.items():
+        def splice(x: Tensor, hp: str = hp, sae: BaseSAE = sae) -> Tensor:
+            f = sae.encode(x.float()).detach()  # [1, T, F]
+            x_hat = sae.decode(f)
+            f = f.clone()
+            for (kind, key), v in edits.items():
+                if kind == "latent" and key[0] == hp:
+                    f[:, key[2], key[1]] = v
+            f.requires_grad_(True)
+            tr.latents[hp] = f
+            tr.errors[hp] = (x.float() - x_hat).detach()[0]
+            out = x + (sae.decode(f) - x_hat.detach()).to(x.dtype)  # = x when nothing is edited
+            out.retain_grad()
+            tr.spliced[hp] = out
+            tr.sae_inputs[hp] = x
+            return out
+        stack.enter_context(hm.patch(hp, splice))
+    try:
+        with stack, hm._eager_attention(True):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+Behaviour = Callable[[Trace, Tensor], Tensor]
+"""(trace so far, last-position logits [V]) → a scalar to explain."""
+
+
+def logit_behaviour(target: int, distractor: int | None) -> Behaviour:
+    return lambda tr, logits: logits[target] - (logits[distractor] if distractor is not None else 0.0)
+
+
+def run_trace(hm: HookedModel, ids: Tensor, behaviour: Behaviour, saes: dict[str, BaseSAE],
+              edits: Edits | None = None, backward: bool = True) -> Trace:
+    """Forward (and backward of the behaviour) on one prompt [1, T]."""
+    for hp in saes:
+        parse_hookpoint(hp)
+    tr = Trace(ids, 0.0, torch.empty(0), torch.empty(0), torch.empty(0))
+    req = [p.requires_grad for p in hm.model.parameters()]
+    hm.model.requires_grad_(False)
+    try:
+        with torch.enable_grad(), _hooks(hm, tr, saes, edits or {}):
+            logits = hm.model(input_ids=ids, use_cache=False).logits[0, -1].float()  # [V]
+            b = behaviour(tr, logits)
+            if backward:
+                b.backward()
+    finally:
+        for p, r in zip(hm.model.parameters(), req):
+            p.requires_grad_(r)
+    tr.behaviour, tr.logits = float(b.detach()), logits.detach()
+    return tr
