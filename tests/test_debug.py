@@ -109,3 +109,21 @@ def test_bad_input_gives_one_line_errors(tiny_gpt2):
     res = debug(hm, PROMPT, " catapult")  # splits: the pieces are reported, the first one explained
     assert len(res.target_tokens) > 1 and res.target_tokens[0] == hm.tokenizer.decode(
         [hm.tokenizer(" catapult", add_special_tokens=False)["input_ids"][0]])
+
+
+def test_debug_cli_ranks_ablates_and_reports_json(tiny_dir, capsys):
+    import json
+
+    from saescope.cli import main
+
+    args = ["debug", "--model", str(tiny_dir), "--device", "cpu", "--prompt", PROMPT, "--target", " cat",
+            "--distractor", " dog", "--top", "5"]
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["nodes"]) == 5 and out["ablated_behaviour"] is None
+    top = out["nodes"][0]["name"]
+    assert main([*args, "--ablate", f"{top}=zero"]) == 0
+    text = capsys.readouterr().out
+    assert f"after ablating {top}=zero" in text and "behaviour" in text
+    assert main([*args, "--ablate", "mlp.0.0@0=bogus"]) == 2
+    assert "use zero, mean or a number" in capsys.readouterr().err

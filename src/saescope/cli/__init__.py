@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from saescope.cli import capture, collate, interp, run, store, train, view
+from saescope.cli import capture, collate, debug, interp, run, store, train, view
 
 Command = Callable[[list[str]], int]
 
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "explain": (interp.explain, "Explain units of a collated dataset."),
     "score": (interp.score, "Simulate and score explanations."),
     "view": (view.main, "Serve the neuron viewer for a collated folder."),
+    "debug": (debug.main, "Why does the model say this? Rank, ablate and trace the nodes behind a next token."),
 }
 
 # Commands whose first positional argument is a directory: the option it stands for.

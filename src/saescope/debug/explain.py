@@ -1,0 +1,92 @@
+"""What the debugger shows beside a node: its collated record's explanation, score, mean and viewer link."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from saescope.debug.attribute import Node
+from saescope.models import HookedModel, canonical_hookpoint
+from saescope.sae import BaseSAE
+
+
+def load_saes(spec: str, hm: HookedModel) -> tuple[dict[str, BaseSAE], dict[str, str]]:
+    """'DIR,DIR@HOOKPOINT' → ({hookpoint: SAE}, {hookpoint: SAE name as collated (its folder name)})."""
+    from saescope.errors import SaescopeError
+    from saescope.sae import load_sae
+
+    saes, names = {}, {}
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        path, _, where = item.partition("@")
+        sae = load_sae(path)
+        hp = canonical_hookpoint(where or sae.cfg.metadata.get("hook_name") or "")
+        if not hp:
+            raise SaescopeError(f"{path}: the SAE does not record its hookpoint; pass --sae {path}@<hookpoint>")
+        if hm.width(hp) != sae.cfg.d_in:
+            raise SaescopeError(f"{path}: d_in={sae.cfg.d_in} but {hp} of {hm.name} has width {hm.width(hp)}")
+        saes[hp], names[hp] = sae.eval(), Path(path).name
+    return saes, names
+
+
+class NodeNotes:
+    """Looks nodes up in a collated model folder (records' summary rows and explanations), if one is given."""
+
+    def __init__(self, root: str, sae_names: dict[str, str]) -> None:
+        self.root = Path(root) if root else None
+        self.sae_names = sae_names
+        self._cache: dict[str, dict[int, dict[str, Any]]] = {}
+
+    def dataset(self, n: Node) -> str | None:
+        if n.kind == "mlp":
+            return f"mlp_neurons/{n.layer}"
+        if n.kind == "head":
+            return f"attention_heads/{n.layer}"
+        if n.kind == "latent":
+            hp = n.name.split(".", 1)[1].rsplit(".", 1)[0]
+            return f"sae_latents/{self.sae_names.get(hp, hp.split('.')[0])}/{n.layer}"
+        return None
+
+    def _rows(self, ds: str) -> dict[int, dict[str, Any]]:
+        if ds not in self._cache:
+            from saescope.io import read_json
+
+            rows: dict[int, dict[str, Any]] = {}
+            assert self.root is not None
+            summary, scores = self.root / ds / "summary.json", self.root / "explanations" / ds / "scores.json"
+            if summary.is_file():
+                rows = {u["index"]: dict(u) for u in read_json(summary)["units"]}
+            if scores.is_file():
+                for k, v in read_json(scores).get("units", {}).items():
+                    rows.setdefault(int(k), {}).update(explanation=v.get("explanation"), score=v.get("score"))
+            self._cache[ds] = rows
+        return self._cache[ds]
+
+    def note(self, n: Node) -> dict[str, Any]:
+        """{dataset, url, explanation, score, mean} where known."""
+        ds = self.dataset(n)
+        if ds is None or self.root is None:
+            return {}
+        row = self._rows(ds).get(n.index, {})
+        return {"dataset": ds, "url": f"/u/{self.root.name}/{ds}/{n.index}", "explanation": row.get("explanation"),
+                "score": row.get("score"), "mean": row.get("mean")}
+
+    def means(self, ablate: dict[str, str]) -> dict[str, float]:
+        """Node name (without @position) → the unit's mean over the collated tokens, for mean-ablation."""
+        out: dict[str, float] = {}
+        if self.root is None:
+            return out
+        for name in ablate:
+            base = name.split("@")[0]
+            kind, _, rest = base.partition(".")
+            parts = rest.rsplit(".", 1)
+            if kind == "mlp":
+                ds = f"mlp_neurons/{parts[0]}"
+            elif kind == "latent":
+                hp = parts[0]
+                ds = f"sae_latents/{self.sae_names.get(hp, hp.split('.')[0])}/{hp.split('.')[1]}"
+            else:
+                continue
+            row = self._rows(ds).get(int(parts[1]), {})
+            if row.get("mean") is not None:
+                out[base] = float(row["mean"])
+        return out
