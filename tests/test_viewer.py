@@ -68,6 +68,24 @@ def test_datasets_units_and_records(client, tiny_dir):
     assert client.get("/u/x/mlp_neurons/1/3").status_code == 200  # stable URLs serve the page
 
 
+def test_debug_api(client):
+    model = client.get("/api/datasets").json()[0]["model"]
+    body = {"model": model, "prompt": "the cat sat on the mat and the", "target": " cat", "distractor": " dog"}
+    r = client.post("/api/debug", json=body)
+    res = r.json()
+    assert r.status_code == 200 and res["saes"] == ["tiny_sae (resid_post.1)"] and len(res["nodes"]) == 30
+    assert any(n["kind"] == "latent" for n in res["nodes"]) or any(n["kind"] == "mlp" for n in res["nodes"])
+    many = client.post("/api/debug", json={**body, "top": 200}).json()["nodes"]
+    mlp = next(n for n in many if n["kind"] == "mlp" and n["layer"] == 1)  # layer 1 is the collated one
+    assert mlp["url"] == f"/u/{model}/mlp_neurons/1/{mlp['index']}" and mlp["mean"] is not None
+    ab = client.post("/api/debug", json={**body, "ablate": {mlp["name"]: "mean"}}).json()
+    assert ab["ablated_behaviour"] is not None and ab["behaviour"] == pytest.approx(res["behaviour"])
+    assert client.post("/api/debug", json={**body, "prompt": ""}).status_code == 400
+    assert "expected mlp.L.i@t" in client.post("/api/debug", json={**body, "trace": "x"}).json()["detail"]
+    schema = client.get("/api/openapi.json")  # the API, /api/debug included, is documented
+    assert schema.status_code == 200 and "/api/debug" in schema.json()["paths"]
+
+
 def test_unknown_units_traversal_and_broken_files(client, collated_root):
     model = client.get("/api/datasets").json()[0]["model"]
     assert client.get(f"/api/record/{model}/mlp_neurons/1/9999").status_code == 404
@@ -138,8 +156,22 @@ def test_browser_end_to_end(collated_root, tmp_path):
             page.hover("#top .seq.pairs .tok >> nth=3")
             page.goto(f"http://127.0.0.1:{port}/u/{model}/mlp_neurons/1/99999")
             page.wait_for_selector("#error")
+            # the Debug page: enter a prompt, rank nodes, ablate the top node, see the behaviour move
+            page.goto(f"http://127.0.0.1:{port}/debug")
+            page.fill("#prompt", "the cat sat on the mat and the")
+            page.fill("#target", " cat")
+            page.fill("#distractor", " dog")
+            page.click("#go")
+            page.wait_for_selector("#nodes td a")
+            before = page.inner_text("#behaviour")
+            assert page.locator("#nodes tr").count() > 10 and "/debug?" in page.url and "prompt=" in page.url
+            page.click("#nodes button.abl >> nth=0")
+            page.wait_for_selector("#ablated")
+            assert "Δ" in page.inner_text("#ablated") and page.inner_text("#behaviour") == before
+            assert "=zero" in page.input_value("#ablate")
+            page.screenshot(path=str(tmp_path / "debug.png"), full_page=True)
             browser.close()
-        assert (tmp_path / "unit.png").stat().st_size > 10_000
+        assert (tmp_path / "unit.png").stat().st_size > 10_000 and (tmp_path / "debug.png").stat().st_size > 10_000
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
                 trace=cfg.trace)
     nodes = res.nodes.top(cfg.top, by=cfg.by)
     if cfg.json:
-        out = {k: v for k, v in asdict(res).items() if k != "nodes"}
+        out = res.summary()
         out["nodes"] = [{**asdict(n), **notes.note(n)} for n in nodes]
         print(json.dumps(out, ensure_ascii=False))
         return 0

@@ -13,7 +13,7 @@ Node names: `mlp.L.i@t` (neuron i of layer L at position t), `head.L.h@t` (head 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -78,6 +78,10 @@ class DebugResult:
     """The model's five most likely next tokens with probabilities."""
     ablated_behaviour: float | None = None
     ablated_top_tokens: list[tuple[str, float]] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """Every field but the node table, JSON-ready."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "nodes"}
 
 
 def _top_tokens(hm: HookedModel, logits: Tensor, n: int = 5) -> list[tuple[str, float]]:

@@ -6,6 +6,7 @@ API (all JSON):
     GET  /api/record/{model}/{dataset}/{index}           record + summary row + prev/next + explanation
     GET  /api/logit_lens/{model}/{dataset}/{index}       top/bottom output tokens of the unit's write direction
     POST /api/probe  {model, dataset, index, text}        the unit's activations on a prompt, normalised by its max
+    POST /api/debug  {model, prompt, target, distractor, ablate, trace}   ranked nodes behind a next token (/debug)
 `{dataset}` is `mlp_neurons/<layer>`, `attention_heads/<layer>` or `sae_latents/<sae>/<layer>`.
 """
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fastapi import Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from saescope.viewer.data import BrokenFile, DataRoot, DatasetRef, NotFound, parse_dataset
@@ -92,9 +95,25 @@ class Probe(BaseModel):
     text: str
 
 
+class DebugRequest(BaseModel):
+    """POST /api/debug body: explain the next token `target` (minus `distractor`) after `prompt`."""
+
+    model: str
+    prompt: str
+    target: str
+    distractor: str = ""
+    saes: list[str] | None = None
+    """SAE dataset paths to splice in (default: every SAE dataset of the model collated by token)."""
+    ablate: dict[str, str] = {}
+    """Node name → zero, mean or a number."""
+    trace: str = ""
+    """A node to trace upstream (its activation becomes the behaviour)."""
+    top: int = 30
+    by: str = "act_grad"
+
+
 def create_app(root: str | Path, model: str | None = None) -> FastAPI:
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi import FastAPI, HTTPException
     from fastapi.staticfiles import StaticFiles
     data = DataRoot(root)
     hub = ModelHub(data, model)
@@ -116,6 +135,15 @@ def create_app(root: str | Path, model: str | None = None) -> FastAPI:
     @app.get("/u/{rest:path}", include_in_schema=False)
     def page(rest: str = "") -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/debug", include_in_schema=False)
+    def debug_page() -> FileResponse:
+        return FileResponse(STATIC / "debug.html")
+
+    @app.post("/api/debug")
+    def debug_api(req: DebugRequest) -> dict[str, Any]:
+        """Rank the nodes behind a next token (and ablate / trace); see `saescope.debug`."""
+        return run_debug(data, hub, req)
 
     @app.get("/api/datasets")
     def datasets() -> list[dict[str, Any]]:
@@ -198,7 +226,8 @@ def create_app(root: str | Path, model: str | None = None) -> FastAPI:
             group = head_group(hm, ds.layer)
         else:
             sae, entry = hub.sae(ds)
-            group = sae_group(sae, entry["hookpoints"][0], ds.name)
+            hp = f"attn_out.{ds.layer}" if entry.get("by_token_pair") else entry["hookpoints"][0]
+            group = sae_group(sae, hp, ds.name)  # pair datasets: the same SAE's latents by token
         if not 0 <= req.index < group.n_units:
             raise NotFound(f"unit {req.index}")
         ids = hm.tokenizer(req.text, add_special_tokens=False)["input_ids"][:256]
@@ -215,6 +244,40 @@ def create_app(root: str | Path, model: str | None = None) -> FastAPI:
                 "by_token_pair": group.by_token_pair}
 
     return app
+
+
+def run_debug(data: DataRoot, hub: ModelHub, req: DebugRequest) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from fastapi import HTTPException
+
+    from saescope.debug import debug
+    from saescope.debug.explain import NodeNotes
+    from saescope.errors import SaescopeError
+
+    if len(req.prompt) > 4000:
+        raise HTTPException(400, "prompt longer than 4000 characters")
+    if req.by not in ("act_grad", "direct_effect"):
+        raise HTTPException(400, "by: act_grad or direct_effect")
+    hm = hub.model(req.model)
+    manifest = data.manifest(req.model)
+    wanted = req.saes if req.saes is not None else [
+        d["path"] for d in manifest["datasets"] if d["unit_type"] == "sae_latents" and not d.get("by_token_pair")]
+    saes, names = {}, {}
+    for path in wanted:
+        ds = parse_dataset(req.model, path.strip("/").split("/"))
+        sae, entry = hub.sae(ds)
+        saes[entry["hookpoints"][0]], names[entry["hookpoints"][0]] = sae, ds.name
+    notes = NodeNotes(str(data.root / req.model), names)
+    try:
+        res = debug(hm, req.prompt, req.target, req.distractor, saes, ablate=req.ablate or None,
+                    means=notes.means(req.ablate), trace=req.trace)
+    except SaescopeError as e:
+        raise HTTPException(400, str(e)) from None
+    out = res.summary()
+    out["nodes"] = [{**asdict(n), **notes.note(n)} for n in res.nodes.top(max(1, min(req.top, 200)), by=req.by)]
+    out["saes"] = [f"{names[h]} ({h})" for h in saes]
+    return out
 
 
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8000, model: str | None = None) -> None:

@@ -1,0 +1,65 @@
+// saescope debugger page: POST /api/debug; the whole state lives in the URL so a finding can be shared as a link.
+"use strict";
+const $ = s => document.querySelector(s);
+const esc = s => String(s).replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
+const num = (v, d = 4) => (v === null || v === undefined) ? "–" : (v >= 0 ? "+" : "") + v.toFixed(d);
+const FIELDS = ["model", "prompt", "target", "distractor", "by", "ablate", "trace"];
+
+function parseAblate(text) {
+  const out = {};
+  text.split(",").map(s => s.trim()).filter(Boolean).forEach(item => {
+    const [name, how] = item.split("=");
+    out[name.trim()] = (how || "zero").trim();
+  });
+  return out;
+}
+
+async function run() {
+  const q = Object.fromEntries(FIELDS.map(f => [f, $("#" + f).value]));
+  history.replaceState(null, "", "/debug?" + new URLSearchParams(q));
+  const out = $("#out");
+  out.innerHTML = "<p>running the model…</p>";
+  const body = {model: q.model, prompt: q.prompt, target: q.target, distractor: q.distractor, by: q.by,
+                ablate: parseAblate(q.ablate), trace: q.trace, top: 30};
+  const r = await fetch("/api/debug", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const res = await r.json().catch(() => ({detail: r.statusText}));
+  if (!r.ok) { out.innerHTML = `<p class="error">${esc(res.detail)}</p>`; return; }
+  const what = q.trace ? `activation of ${esc(q.trace)}` :
+    `logit(${esc(JSON.stringify(res.target_tokens[0]))})` + (q.distractor ? ` − logit(${esc(JSON.stringify(res.distractor_tokens[0]))})` : "");
+  let html = `<p id="behaviour">behaviour ${what} = <b>${num(res.behaviour)}</b> · p(target) = ${res.target_prob.toFixed(3)}` +
+    ` · SAEs: ${esc(res.saes.join(", ") || "none")}</p>`;
+  if (res.target_tokens.length > 1) html += `<p class="error">the target splits into ${esc(JSON.stringify(res.target_tokens))}; explaining the first token</p>`;
+  html += `<p>next tokens: ${res.top_tokens.map(([t, p]) => `${esc(JSON.stringify(t))} ${p.toFixed(3)}`).join(", ")}</p>`;
+  if (res.ablated_behaviour !== null) {
+    html += `<p id="ablated">after ablation: behaviour = <b>${num(res.ablated_behaviour)}</b> (Δ ${num(res.ablated_behaviour - res.behaviour)});` +
+      ` next tokens: ${res.ablated_top_tokens.map(([t, p]) => `${esc(JSON.stringify(t))} ${p.toFixed(3)}`).join(", ")}</p>`;
+  }
+  html += `<p class="seq">${res.prompt_tokens.map((t, i) => `<span class="tok" title="position ${i}">${esc(t)}</span>`).join("")}</p>`;
+  html += `<table id="nodes"><tr><th>node</th><th>token</th><th>activation</th><th>direct effect</th><th>act × grad</th>` +
+    `<th>explanation</th><th></th></tr>`;
+  res.nodes.forEach(n => {
+    const tok = res.prompt_tokens[n.position] ?? "";
+    const key = n.kind === "head" && n.top_key >= 0 ? ` ← ${esc(JSON.stringify(res.prompt_tokens[n.top_key]))}` : "";
+    const link = n.url ? `<a href="${esc(n.url)}">${esc(n.name)}</a>` : esc(n.name);
+    const act = ["mlp", "head", "latent"].includes(n.kind) ? `<button class="abl" data-node="${esc(n.name)}">ablate</button>` : "";
+    html += `<tr><td>${link}</td><td>${esc(JSON.stringify(tok))}${key}</td><td>${n.activation.toFixed(3)}</td>` +
+      `<td>${num(n.direct_effect)}</td><td>${num(n.act_grad)}</td><td>${esc(n.explanation || "")}</td><td>${act}</td></tr>`;
+  });
+  out.innerHTML = html + "</table>";
+  out.querySelectorAll("button.abl").forEach(b => b.addEventListener("click", () => {
+    const cur = $("#ablate").value.trim();
+    $("#ablate").value = (cur ? cur + ", " : "") + b.dataset.node + "=zero";
+    run();
+  }));
+}
+
+async function init() {
+  const ds = await (await fetch("/api/datasets")).json();
+  const models = [...new Set(ds.map(d => d.model))];
+  $("#model").innerHTML = models.map(m => `<option>${esc(m)}</option>`).join("");
+  const params = new URLSearchParams(location.search);
+  FIELDS.forEach(f => { if (params.has(f)) $("#" + f).value = params.get(f); });
+  $("#form").addEventListener("submit", ev => { ev.preventDefault(); run(); });
+  if (params.get("prompt") && params.get("target")) run();
+}
+init();
