@@ -154,6 +154,8 @@ def test_browser_end_to_end(collated_root, tmp_path):
             page.goto(f"http://127.0.0.1:{port}/u/{model}/attention_heads/1/0")
             page.wait_for_selector("#top .seq.pairs .tok")
             page.hover("#top .seq.pairs .tok >> nth=3")
+            q, k = map(int, page.get_attribute("#top .seq.pairs >> nth=0", "data-top-pair").split(","))
+            assert 0 <= k <= q  # the excerpt's top pair is marked: a query and a key at or before it
             page.goto(f"http://127.0.0.1:{port}/u/{model}/mlp_neurons/1/99999")
             page.wait_for_selector("#error")
             # the Debug page: enter a prompt, rank nodes, ablate the top node, see the behaviour move

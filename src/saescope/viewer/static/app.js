@@ -49,6 +49,19 @@ function pairmap(tokens, flat, max) {
     s.addEventListener("mouseleave", reset);
     s.addEventListener("mousemove", ev => showTip(ev, `${JSON.stringify(tokens[i])}  max in ${maxIn[i].toFixed(4)}  max out ${maxOut[i].toFixed(4)}`));
   });
+  // mark the excerpt's top pair: query outlined red, key outlined green
+  let best = 0;
+  flat.forEach((v, k) => { if (v > flat[best]) best = k; });
+  if (flat[best] > 0) {
+    let qi = Math.floor((Math.sqrt(8 * best + 1) - 1) / 2);
+    while ((qi + 1) * (qi + 2) / 2 <= best) qi++;
+    const kj = best - qi * (qi + 1) / 2;
+    spans.forEach(s => s.classList.remove("max"));
+    spans[qi]?.classList.add("max");
+    spans[kj]?.classList.add("maxkey");
+    div.title = `top pair: ${JSON.stringify(tokens[qi])} ← ${JSON.stringify(tokens[kj])} ${flat[best].toFixed(4)}`;
+    div.dataset.topPair = `${qi},${kj}`;
+  }
   div.classList.add("pairs");
   return div;
 }
