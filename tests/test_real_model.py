@@ -45,3 +45,18 @@ def test_hookpoints_on_real_model(gemma):
     c = gemma.run_with_cache(ids, None, ["resid_post.5", "mlp_post_act.5", "resid_pre.5", "attn_out.5", "mlp_out.5"])
     assert c["mlp_post_act.5"].shape == (1, 20, 2048)
     torch.testing.assert_close(c["resid_pre.5"] + c["attn_out.5"] + c["mlp_out.5"], c["resid_post.5"])
+
+
+def test_attention_decomposition_and_debugger_on_real_model(gemma):
+    """On gemma-3-270m's real weights (post-attention norm weights in the hundreds): the per-head decomposition
+    reproduces attn_out, and the debugger's direct effects sum to the logit difference."""
+    from saescope.attribution import attention_writes
+    from saescope.debug import debug
+
+    ids = gemma.tokenizer(PARAGRAPH, return_tensors="pt").input_ids[:, :24]
+    c = gemma.run_with_cache(ids, None, ["attn_pattern.9", "attn_value.9", "attn_out.9"])
+    aw = attention_writes(gemma, 9, c["attn_pattern.9"], c["attn_value.9"])
+    torch.testing.assert_close(aw.out, c["attn_out.9"], rtol=1e-3, atol=1e-3)
+    res = debug(gemma, "The capital of France is", " Paris", " London")
+    assert res.nodes.total_direct == pytest.approx(res.behaviour, rel=1e-3, abs=1e-2)
+    assert res.top_tokens and res.nodes.top(5)
