@@ -200,7 +200,7 @@ def run_trace(hm: HookedModel, ids: Tensor, behaviour: Behaviour, saes: dict[str
     hm.model.requires_grad_(False)
     try:
         with torch.enable_grad(), _hooks(hm, tr, saes, edits or {}):
-            logits = hm.model(input_ids=ids, use_cache=False).logits[0, -1].float()  # [V]
+            logits = hm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1].float()  # [V]
             b = behaviour(tr, logits)
             if backward:
                 b.backward()
