@@ -170,13 +170,14 @@ def build_records(state: GroupState, decode: Callable[[int], list[str]], sizes: 
     cand_ids_l, bucket_l = cand_ids.tolist(), bucket.tolist()
     top_ids, top_score = state.top.ids.tolist(), state.top.score.tolist()
     pool_ids = state.pool.ids.tolist()
-    acts_r = lambda t: t.float().numpy().round(6)  # noqa: E731
+    acts_r = lambda t: t.double().numpy().round(6)  # noqa: E731  (in float64: 0.192219, not 0.19221900403499603)
     for u in range(U):
         top_t, pool_t = state.slot_acts(state.top, u), state.slot_acts(state.pool, u)
         top_a, pool_a, cand_a = acts_r(top_t), acts_r(pool_t), acts_r(torch.cat([pool_t, top_t]))
 
         def rec(eid: int, acts: Tensor) -> ActivationRecord:
-            return ActivationRecord(activations=acts.tolist(), tokens=decode(eid))
+            # exact zeros as 0 (JSON numbers either way): sparse units' excerpts are mostly zeros
+            return ActivationRecord(activations=[v if v else 0 for v in acts.tolist()], tokens=decode(eid))
 
         top = [rec(i, top_a[s]) for s, i in enumerate(top_ids[u]) if i >= 0 and top_score[u][s] > float("-inf")]
         random_sample = [rec(i, pool_a[s]) for s, i in enumerate(pool_ids[u]) if i >= 0][: sizes.n_random]
