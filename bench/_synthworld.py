@@ -108,7 +108,21 @@ class Stream:
         return self.dir / SHARD_FILE.format(i)
 
     @torch.no_grad()
-    def ensure(self, chunk: int = 2048) -> None:
+    def draw(self, i: int, chunk: int = 2048) -> tuple[Tensor, Tensor, Tensor]:
+        """Shard i, drawn under its own seed: (indptr [S + 1], column indices [nnz], values [nnz])."""
+        counts, idx, vals = [], [], []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + i)
+            for s in range(0, self.shard_size, chunk):
+                f = self.model.activation_generator.sample(min(chunk, self.shard_size - s)).float().cpu()  # [c, n]
+                nz = f.nonzero()  # [nnz, 2] row-major, so columns come sorted within each row
+                counts.append(torch.bincount(nz[:, 0], minlength=f.shape[0]))
+                idx.append(nz[:, 1])
+                vals.append(f[nz[:, 0], nz[:, 1]])
+        indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cat(counts).cumsum(0)])
+        return indptr, torch.cat(idx), torch.cat(vals)
+
+    def ensure(self) -> None:
         """Draw and save every missing shard (resumable: existing shards are kept)."""
         from safetensors.torch import save_file
         from tqdm.auto import tqdm
@@ -116,26 +130,18 @@ class Stream:
         from saescope.io import atomic_path
 
         missing = [i for i in range(self.n_shards) if not self.path(i).is_file()]
-        gen = self.model.activation_generator
+        itype = torch.int16 if self.n_features <= 32767 else torch.int32
         for i in tqdm(missing, desc=f"sampling {self.dir.name}", unit="shard", disable=not missing):
-            counts, idx, vals = [], [], []
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed * 1_000_003 + i)
-                for s in range(0, self.shard_size, chunk):
-                    f = gen.sample(min(chunk, self.shard_size - s)).float().cpu()  # [c, n_features] dense
-                    nz = f.nonzero()  # [nnz, 2] row-major, so columns come sorted within each row
-                    counts.append(torch.bincount(nz[:, 0], minlength=f.shape[0]))
-                    idx.append(nz[:, 1])
-                    vals.append(f[nz[:, 0], nz[:, 1]])
-            indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cat(counts).cumsum(0)])  # [S + 1]
-            itype = torch.int16 if self.n_features <= 32767 else torch.int32
+            indptr, idx, vals = self.draw(i)
             with atomic_path(self.path(i)) as tmp:
-                save_file({"indptr": indptr, "indices": torch.cat(idx).to(itype), "values": torch.cat(vals)},
-                          str(tmp))
+                save_file({"indptr": indptr, "indices": idx.to(itype), "values": vals}, str(tmp))
 
     def shard(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Shard i from the cache, or drawn now when it is not cached (`--no-cache-samples`: same values)."""
         from safetensors.torch import load_file
 
+        if not self.path(i).is_file():
+            return self.draw(i)
         t = load_file(str(self.path(i)))
         return t["indptr"], t["indices"].long(), t["values"]
 
