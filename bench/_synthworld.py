@@ -114,11 +114,11 @@ class Stream:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + i)
             for s in range(0, self.shard_size, chunk):
-                f = self.model.activation_generator.sample(min(chunk, self.shard_size - s)).float().cpu()  # [c, n]
-                nz = f.nonzero()  # [nnz, 2] row-major, so columns come sorted within each row
-                counts.append(torch.bincount(nz[:, 0], minlength=f.shape[0]))
-                idx.append(nz[:, 1])
-                vals.append(f[nz[:, 0], nz[:, 1]])
+                f = self.model.activation_generator.sample(min(chunk, self.shard_size - s)).float()  # [c, n]
+                nz = f.nonzero()  # [nnz, 2] row-major, so columns come sorted within each row (on f's device)
+                counts.append(torch.bincount(nz[:, 0], minlength=f.shape[0]).cpu())
+                idx.append(nz[:, 1].cpu())
+                vals.append(f[nz[:, 0], nz[:, 1]].cpu())
         indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cat(counts).cumsum(0)])
         return indptr, torch.cat(idx), torch.cat(vals)
 

@@ -9,7 +9,7 @@ as many samples as it processes, at its equal-samples throughput, in the time th
 Bench-only dependencies (sae-lens, eai-sparsify) live in their own venv; from a fresh clone, one command:
 
     bash bench/synthsaebench_setup.sh            # venv + deps, then the full bench (flags are passed through)
-    bash bench/synthsaebench_setup.sh --tiny     # a ~500-feature world: the whole pipeline in about a minute
+    bash bench/synthsaebench_setup.sh --tiny     # a 512-feature world: the whole pipeline in about a minute
     python bench/synthsaebench.py [--samples N] [--widths 4096] [--l0s 25,20] [--trainers ...] [--cache-dir DIR]
 
 Defaults: 2^22 training samples on CPU (the world takes ≈ 27 min to build on two cores and the stream is drawn at
@@ -47,13 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from _synthtrainers import TRAINERS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tiny", action="store_true", help="small world (512 features, d=128, width 128): a smoke test")
+    ap.add_argument("--tiny", action="store_true",
+                    help="small world (512 features, d=128), width 128, L0 6, 65,536 samples: a ~1 min smoke test")
     ap.add_argument("--features", type=int, default=0, help="ground-truth features (default 16384; tiny 512)")
     ap.add_argument("--hidden-dim", type=int, default=0, help="d (default 768; tiny 128)")
     ap.add_argument("--samples", type=int, default=0, help="training samples per SAE (default 2^22 CPU, 200M GPU)")
     ap.add_argument("--eval-samples", type=int, default=0, help="held-out samples scored (default 500k; CPU 100k)")
     ap.add_argument("--widths", default="", help="SAE widths (default 4096; tiny 128)")
-    ap.add_argument("--l0s", default="", help="target L0s (default 25,20; tiny 6,5)")
+    ap.add_argument("--l0s", default="", help="target L0s (default 25,20; tiny 6)")
     ap.add_argument("--trainers", default=",".join(TRAINERS))
     ap.add_argument("--modes", default="samples,wallclock", help="samples (equal samples), wallclock (equal time)")
     ap.add_argument("--wallclock-s", type=float, default=0.0,
@@ -72,10 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gpu = a.device.startswith("cuda")
     a.features = a.features or (512 if a.tiny else 16_384)
     a.hidden_dim = a.hidden_dim or (128 if a.tiny else 768)
-    a.samples = a.samples or (131_072 if a.tiny else 200_000_000 if gpu else 2**22)
+    a.samples = a.samples or (65_536 if a.tiny else 200_000_000 if gpu else 2**22)
     a.eval_samples = a.eval_samples or (16_384 if a.tiny else 500_000 if gpu else 100_000)
     a.widths = [int(w) for w in (a.widths or ("128" if a.tiny else "4096")).split(",")]
-    a.l0s = [int(k) for k in (a.l0s or ("6,5" if a.tiny else "25,20")).split(",")]
+    a.l0s = [int(k) for k in (a.l0s or ("6" if a.tiny else "25,20")).split(",")]
     a.trainers = [t for t in a.trainers.split(",") if t]
     a.modes = [m for m in a.modes.split(",") if m]
     a.shard_size = a.shard_size or (8192 if a.tiny else 65_536)
