@@ -34,7 +34,7 @@ def _quiet() -> contextlib.AbstractContextManager:
 
 def train_saescope(arch: str, width: int, l0: int, world: Any, stream: Any, n: int, bs: int, device: str,
                    out: Path, seed: int = 0, l0_coefficient: float | None = None) -> tuple[Any, dict[str, Any]]:
-    from _synthworld import hidden_batches, to_saelens
+    from _synthworld import hidden_batches, median_step_s, timed, to_saelens
 
     from saescope.train.trainer import Trainer, TrainerConfig
 
@@ -43,13 +43,14 @@ def train_saescope(arch: str, width: int, l0: int, world: Any, stream: Any, n: i
     steps = max(1, n // bs)
     tr = Trainer(cfg, world.cfg.hidden_dim, steps, metadata={"trained_with": "saescope", "bench": "synthsaebench"},
                  device=device)
+    stamps: list[float] = []
     t0 = time.perf_counter()
-    res = tr.fit(hidden_batches(world, stream, steps * bs, bs, device), progress=False)
+    res = tr.fit(timed(hidden_batches(world, stream, steps * bs, bs, device), stamps), progress=False)
     wall = time.perf_counter() - t0
     sae = tr.finalize()
     last = res.history[-1] if res.history else {}
-    return to_saelens(sae, out, device), {"samples": res.tokens, "wall_s": wall, "train_l0": last.get("l0"),
-                                          **extra}
+    return to_saelens(sae, out, device), {"samples": res.tokens, "wall_s": wall, "step_s": median_step_s(stamps),
+                                          "train_l0": last.get("l0"), **extra}
 
 
 def calibrate_jumprelu(width: int, l0: int, world: Any, stream: Any, n: int, bs: int, device: str, out: Path,
@@ -74,7 +75,7 @@ def train_saelens(arch: str, width: int, l0: int, world: Any, world_dir: Path, s
                   device: str, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     from types import SimpleNamespace
 
-    from _synthworld import Replay
+    from _synthworld import Replay, median_step_s
     from sae_lens import BatchTopKTrainingSAEConfig, LoggingConfig, MatryoshkaBatchTopKTrainingSAEConfig
     from sae_lens.synthetic import SyntheticSAERunner, SyntheticSAERunnerConfig
 
@@ -94,20 +95,21 @@ def train_saelens(arch: str, width: int, l0: int, world: Any, world_dir: Path, s
     )
     # The runner draws from `synthetic_model.activation_generator`; give it the cached stream instead (+ slack:
     # SAELens' trainer may read a batch ahead).
-    view = SimpleNamespace(cfg=world.cfg, feature_dict=world.feature_dict,
-                           activation_generator=Replay(stream, (steps + 8) * bs, bs, dense=False, device=device))
+    replay = Replay(stream, (steps + 8) * bs, bs, dense=False, device=device)
+    view = SimpleNamespace(cfg=world.cfg, feature_dict=world.feature_dict, activation_generator=replay)
     torch.manual_seed(seed)
     with _quiet():
         runner = SyntheticSAERunner(cfg, override_synthetic_model=view)  # type: ignore[arg-type]
         t0 = time.perf_counter()
         result = runner.run()
         wall = time.perf_counter() - t0
-    return result.sae, {"samples": steps * bs, "wall_s": wall, "matryoshka_widths": getattr(sae_cfg, "matryoshka_widths", None)}
+    return result.sae, {"samples": steps * bs, "wall_s": wall, "step_s": median_step_s(replay.stamps),
+                        "matryoshka_widths": getattr(sae_cfg, "matryoshka_widths", None)}
 
 
 def train_sparsify(width: int, l0: int, world: Any, stream: Any, n: int, bs: int, device: str, out: Path,
                    seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    from _synthworld import hidden_batches, to_saelens
+    from _synthworld import hidden_batches, median_step_s, timed, to_saelens
     from schedulefree import ScheduleFreeWrapper
     from sparsify import SparseCoder, SparseCoderConfig
     from sparsify.sign_sgd import SignSGD
@@ -122,8 +124,9 @@ def train_sparsify(width: int, l0: int, world: Any, stream: Any, n: int, bs: int
                               momentum=0.95)
     opt.train()
     steps = max(1, n // bs)
+    stamps: list[float] = []
     t0 = time.perf_counter()
-    for step, x in enumerate(hidden_batches(world, stream, steps * bs, bs, device)):  # x [bs, d]
+    for step, x in enumerate(timed(hidden_batches(world, stream, steps * bs, bs, device), stamps)):  # x [bs, d]
         if step == 0:
             sae.b_dec.data = x.mean(0)
         sae.set_decoder_norm_to_unit_norm()
@@ -136,7 +139,8 @@ def train_sparsify(width: int, l0: int, world: Any, stream: Any, n: int, bs: int
     opt.eval()  # schedule-free: the averaged weights are the model (sparsify saves these)
     sae.save_to_disk(out / "sparsify")
     ours = load_sparsify_dir(out / "sparsify")
-    return to_saelens(ours, out / "saelens", device), {"samples": steps * bs, "wall_s": wall}
+    return to_saelens(ours, out / "saelens", device), {"samples": steps * bs, "wall_s": wall,
+                                                       "step_s": median_step_s(stamps)}
 
 
 def train(name: str, width: int, l0: int, world: Any, world_dir: Path, stream: Any, n: int, bs: int, device: str,

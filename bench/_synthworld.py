@@ -183,12 +183,26 @@ class Stream:
                     pend_r, pend_c, pend_v, have = [], [], [], 0
 
 
+def timed(it: Iterator[Tensor], stamps: list[float]) -> Iterator[Tensor]:
+    """`it`, noting the time each item is handed out: consecutive stamps bracket one training step (data included)."""
+    for x in it:
+        stamps.append(time.perf_counter())
+        yield x
+
+
+def median_step_s(stamps: list[float]) -> float:
+    """Median seconds per step: on a shared host, robust to the stalls that inflate the total wall time."""
+    d = sorted(b - a for a, b in zip(stamps, stamps[1:]))
+    return d[len(d) // 2] if d else float("nan")
+
+
 class Replay:
     """Stands in for SAELens' `ActivationGenerator` (`sample(n)` / `gen(n)`), replaying a cached stream."""
 
     def __init__(self, stream: Stream, n_total: int, batch_size: int, dense: bool, device: str = "cpu") -> None:
         self.batch_size = batch_size
-        self.it = stream.rows(n_total, batch_size, dense=dense, device=device)
+        self.stamps: list[float] = []
+        self.it = timed(stream.rows(n_total, batch_size, dense=dense, device=device), self.stamps)
 
     def sample(self, n: int) -> Tensor:
         if n != self.batch_size:
