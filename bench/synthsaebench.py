@@ -102,6 +102,12 @@ def machine(device: str) -> str:
     return s
 
 
+def saescope_rev() -> str:
+    """This checkout's commit (+ "-dirty" with uncommitted changes), stored with each result."""
+    return subprocess.run(["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty", "--abbrev=7"],
+                          capture_output=True, text=True).stdout.strip() or "?"
+
+
 def versions() -> str:
     import sae_lens
 
@@ -112,9 +118,7 @@ def versions() -> str:
         out.append(f"eai-sparsify {version('eai-sparsify')}")
     except Exception:  # noqa: BLE001
         out.append("eai-sparsify not installed")
-    rev = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
-    return ", ".join(out + [f"saescope {rev or '?'}"])
+    return ", ".join(out + [f"saescope {saescope_rev()}"])
 
 
 def run_one(a: argparse.Namespace, ctx: dict[str, Any], name: str, width: int, l0: int, n: int) -> dict[str, Any]:
@@ -139,7 +143,7 @@ def run_one(a: argparse.Namespace, ctx: dict[str, Any], name: str, width: int, l
     step_s = info.get("step_s", float("nan"))
     sps = a.batch_size / step_s if step_s == step_s and step_s > 0 else info["samples"] / max(info["wall_s"], 1e-9)
     rec = {"trainer": name, "width": width, "l0_target": l0, **info, **s, "eval_s": time.perf_counter() - t0,
-           "samples_per_s": sps}
+           "samples_per_s": sps, "saescope_rev": saescope_rev()}
     from saescope.io import write_json
 
     write_json(path, rec)
@@ -211,12 +215,17 @@ def main(argv: list[str] | None = None) -> None:
           f"({'tiny smoke-test world' if a.tiny else 'SynthSAEBench-16k config'}; cache {base}, built in "
           f"{build.get('seconds', float('nan')):,.0f} s on {build.get('device', '?')}); true L0 "
           f"{rows[0]['true_l0']:.1f}" if rows else "no results")
+    n_eval = rows[0]["eval_samples"] if rows else 0
     print(f"Budget: {a.samples:,} training samples per SAE at equal samples (batch {a.batch_size}; stream cache "
-          f"{cache_samples:,} samples, so passes > 1 re-reads it), scored on {a.eval_samples:,} held-out samples by "
+          f"{cache_samples:,} samples, so passes > 1 re-reads it), scored on {n_eval:,} held-out samples by "
           f"sae_lens.synthetic.eval_sae_on_synthetic_data. Machine: {machine(a.device)}. {versions()}. "
           f"Bench wall time {time.perf_counter() - t_start:,.0f} s.\n")
     md = table(rows, cache_samples)
     print(md)
+    stale = sorted({f"{r['trainer']} ({r.get('saescope_rev', '?')})" for r in rows
+                    if r.get("saescope_rev") != saescope_rev()})
+    if stale:
+        print(f"\nReused results from other saescope revisions (--recompute to redo): {', '.join(stale)}")
     if not a.tiny and a.widths == [4096]:
         print("\nPublished (SAELens docs/synth_sae_bench.md, 200M samples): " + "; ".join(
             f"{arch} L0 {k}: F1 {v[0]:.3f} MCC {v[1]:.3f} uniq {v[2]:.3f} VE {v[3]:.3f}"
