@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -189,6 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     dev = a.device.split(":")[0]
     train_stream = Stream(world, base / "samples", f"train-{dev}", a.seed + 1, a.shard_size, a.samples)
     eval_stream = Stream(world, base / "samples", f"eval-{dev}", a.seed + 2, a.shard_size, a.eval_samples)
+    need, free = (a.samples + a.eval_samples) * 250, shutil.disk_usage(base).free  # ≈ 35 nonzeros × 6 B + indptr
+    if not a.no_cache_samples and need > 0.8 * free:
+        print(f"the sample cache needs ≈ {need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free: drawing the stream on "
+              "the fly instead (same samples; sampling time then counts in every trainer's time)", file=sys.stderr)
+        a.no_cache_samples = True
     if not a.no_cache_samples:
         train_stream.ensure()
         eval_stream.ensure()
