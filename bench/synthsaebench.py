@@ -179,6 +179,10 @@ def table(rows: list[dict[str, Any]], cache_samples: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        import sae_lens.synthetic  # noqa: F401
+    except ImportError:
+        sys.exit("synthsaebench needs sae-lens (a bench-only dependency): run bash bench/synthsaebench_setup.sh")
     from _synthworld import Stream, cache_root, load_or_build_world, world_config
 
     a = parse_args(argv)
