@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.saescope-installed
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench synthsaebench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_bench.py
 	$(BIN)/python bench/collate_bench.py
 	$(BIN)/python bench/autointerp_bench.py
+
+# SynthSAEBench-16k (bench-only venv with sae-lens + sparsify; ARGS=--tiny for the smoke test)
+synthsaebench:
+	bash bench/synthsaebench_setup.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -68,6 +68,20 @@ def test_matryoshka_prefix_reconstructs_on_its_own():
     assert prefix_fvu(mat, x) < 0.8 * prefix_fvu(plain, x)
 
 
+def test_logged_l0_is_the_measured_l0_for_every_architecture():
+    """The step statistics' "l0" is active latents per token, never an architecture's loss term of that name."""
+    toy = make_toy(d=16, n_features=32, active=3)
+    x = toy.sample(64, torch.Generator().manual_seed(0))
+    for arch in ("topk", "batchtopk", "jumprelu", "standard"):
+        tr = Trainer(TrainerConfig(arch=arch, k=4, width=32, batch_size=64, l0_coefficient=5.0, checkpoint_every=0),
+                     16, 2)
+        tr._initialise(x)
+        stats = tr.train_step(x)
+        with torch.no_grad():
+            active = tr.sae.training_forward(x * tr.scale).l0
+        assert 0 <= stats["l0"] <= 32 and stats["l0"] == pytest.approx(float(active), abs=4), arch
+
+
 def test_untrained_sae_does_not_recover_features():
     """The recovery metric can fail: an SAE that barely trains stays far below the bar."""
     toy = make_toy(d=32, n_features=64, active=3, seed=0)

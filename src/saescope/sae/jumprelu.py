@@ -72,7 +72,7 @@ class JumpReLUSAE(BaseSAE):
         dec_norm = self.W_dec.norm(dim=1)
         lam = ctx.l0_coefficient * ctx.sparsity_scale
         sparsity = StepFn.apply(z, theta, self.bandwidth).sum(1).mean()
-        losses = {"l0": lam * sparsity}
+        losses = {"l0_loss": lam * sparsity}  # not "l0": the trainer logs the measured L0 under that key
         if ctx.pre_act_coefficient > 0 and ctx.dead is not None and bool(ctx.dead.any()):
             gap = (theta - z).relu() * dec_norm
             losses["pre_act"] = ctx.pre_act_coefficient * gap[:, ctx.dead].sum(1).mean()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# SynthSAEBench from a fresh clone, one command:  bash bench/synthsaebench_setup.sh [bench flags, e.g. --tiny]
+# Makes a bench-only venv (sae-lens and eai-sparsify are not saescope dependencies and `make run` never installs
+# them), installs saescope into it, then runs bench/synthsaebench.py with the flags given.
+# SYNTHSAEBENCH_VENV picks the venv (default .venv-synthsaebench); SAESCOPE_CACHE moves the world/sample cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${SYNTHSAEBENCH_VENV:-.venv-synthsaebench}"
+PY="${PY:-python3}"
+STAMP="$VENV/.synthsaebench-installed"
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+    test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q torch==2.13.0          # the CPU build kept on local disk here; elsewhere pip fetches it
+    "$VENV/bin/pip" install -q sae-lens eai-sparsify pytest
+    # saescope itself without re-resolving its pins against sae-lens', plus the runtime deps the bench touches
+    "$VENV/bin/pip" install -q --no-deps -e .
+    "$VENV/bin/pip" install -q simple-parsing safetensors tqdm scipy gguf
+    "$VENV/bin/python" -c "import sae_lens.synthetic, sparsify, saescope"
+    touch "$STAMP"
+fi
+exec "$VENV/bin/python" bench/synthsaebench.py "$@"

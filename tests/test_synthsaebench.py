@@ -1,0 +1,75 @@
+"""The SynthSAEBench bench scores with SAELens' own evaluation: a planted perfect SAE gets MCC = F1 = 1, a random
+one gets low scores. Runs where sae_lens is installed (the bench venv, bench/synthsaebench_setup.sh)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("sae_lens", reason="sae_lens is a bench-only dependency (bench/synthsaebench_setup.sh)")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import _synthworld as sw  # noqa: E402
+
+from saescope.sae import JumpReLUSAE, SAEConfig  # noqa: E402
+
+F, D = 256, 384  # F <= D: the true directions are linearly independent, so a linear encoder can invert them
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    cfg = sw.world_config(tiny=True, features=F, hidden_dim=D)
+    model, world_dir = sw.load_or_build_world(cfg, root)
+    stream = sw.Stream(model, world_dir.parent / "samples", "eval", seed=1, shard_size=2048, n_samples=4096)
+    stream.ensure()
+    return model, world_dir, stream
+
+
+def planted(model) -> JumpReLUSAE:
+    """decoder = the true feature vectors, encoder = their pseudo-inverse: the latents are the feature acts."""
+    fv = model.feature_dict.feature_vectors.detach()  # [F, D]
+    sae = JumpReLUSAE(SAEConfig("jumprelu", D, F))
+    with torch.no_grad():
+        sae.W_dec.copy_(fv)
+        sae.W_enc.copy_(torch.linalg.pinv(fv))  # [D, F]: (x - b) W_enc = f W_dec W_dec⁺ = f
+        sae.b_enc.zero_()
+        sae.b_dec.copy_(model.feature_dict.bias.detach())
+        sae.threshold.fill_(1e-3)
+    return sae
+
+
+def test_world_cache_is_reused_and_stream_is_deterministic(world, tmp_path):
+    model, world_dir, stream = world
+    again, same_dir = sw.load_or_build_world(model.cfg, world_dir.parent.parent)
+    assert same_dir == world_dir
+    torch.testing.assert_close(again.feature_dict.feature_vectors, model.feature_dict.feature_vectors)
+    redraw = sw.Stream(model, tmp_path, "eval", seed=1, shard_size=2048, n_samples=4096)
+    redraw.ensure()
+    for a, b in zip(stream.shard(1), redraw.shard(1)):
+        assert torch.equal(a, b)
+    dense = next(stream.rows(512, 512, dense=True))  # [512, F]
+    sparse = next(stream.rows(512, 512, dense=False))
+    assert torch.equal(sparse.to_dense(), dense) and (dense > 0).sum(1).float().mean() > 1
+
+
+def test_planted_sae_scores_perfectly(world, tmp_path):
+    model, _, stream = world
+    sae = sw.to_saelens(planted(model), tmp_path / "planted")
+    s = sw.score(sae, model, stream, 4096, batch_size=1024)
+    assert s["mcc"] == pytest.approx(1.0, abs=1e-4)
+    assert s["f1"] == pytest.approx(1.0, abs=1e-3)
+    assert s["ve"] == pytest.approx(1.0, abs=1e-4)
+    assert s["uniqueness"] == pytest.approx(1.0)
+    assert s["l0"] == pytest.approx(s["true_l0"], rel=1e-3)
+
+
+def test_random_sae_scores_low(world, tmp_path):
+    model, _, stream = world
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(SAEConfig("jumprelu", D, F))  # random unit decoder rows, tied encoder, threshold 0.01
+    s = sw.score(sw.to_saelens(sae, tmp_path / "random"), model, stream, 4096, batch_size=1024)
+    assert s["mcc"] < 0.3 and s["f1"] < 0.3 and s["ve"] < 0.5
