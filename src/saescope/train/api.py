@@ -15,7 +15,7 @@ from saescope.models.hooks import canonical_hookpoint
 from saescope.io import write_json
 from saescope.store import ActivationStore, shuffled_batches
 from saescope import distributed as dist_utils
-from saescope.train.trainer import Trainer, TrainerConfig
+from saescope.train.trainer import Trainer, TrainerConfig, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     result = trainer.fit(batches, progress=progress)
     trainer.save_checkpoint()
     sae = trainer.finalize()
+    del trainer, batches  # the optimizer state and the shuffle buffer
+    release_freed_memory()
     if not dist_utils.is_main():
         return {}
     ev = evaluate_batches(sae, (store.load_shard(hp, i) for i in eval_ids), device)

@@ -139,6 +139,24 @@ def retain_freed_memory() -> bool:
     return ok
 
 
+def release_freed_memory() -> None:
+    """Undo `retain_freed_memory` once training is over and hand the retained free blocks back to the OS, so a
+    process that goes on (`saescope run`: evaluation, collation) does not carry the training peak."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+        libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def contiguous_alias(p: Tensor) -> Tensor:
     """`p` itself, or for a transposed 2-d parameter a contiguous leaf view of the same memory."""
     if p.dim() == 2 and not p.is_contiguous() and p.T.is_contiguous():
