@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from saescope.corpus import CorpusConfig
 from saescope.config import DType, ModelConfig, middle_layer
+from saescope.corpus import CorpusConfig
 from saescope.errors import SaescopeError
 from saescope.models import HookedModel
 from saescope.store import ActivationStore, StoreMeta, StoreWriter

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from saescope.records import ActivationRecord, NeuronId, NeuronRecord
 from saescope.collate.sparse import SparseActs, SparseVectors, prune_vectors, sparse_update
 from saescope.collate.state import Moments, TopSlots, excerpt_keys, pair_keys
 from saescope.collate.units import UnitGroup
+from saescope.records import ActivationRecord, NeuronId, NeuronRecord
 
 log = logging.getLogger(__name__)
 

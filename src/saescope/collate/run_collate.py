@@ -21,14 +21,14 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from saescope.corpus import CorpusConfig
 from saescope.collate.collator import ExcerptTokens, GroupState, SlotSizes, build_records
-from saescope.records import dataset_path, write_record
 from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group, sae_pair_group
 from saescope.config import ModelConfig, middle_layer
+from saescope.corpus import CorpusConfig
 from saescope.errors import SaescopeError
 from saescope.io import write_json
-from saescope.models import HookedModel, canonical_hookpoint, parse_hookpoint
+from saescope.models import HookedModel, parse_hookpoint
+from saescope.records import dataset_path, write_record
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class CollateConfig:
 
 
 def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
-    from saescope.sae import load_sae
+    from saescope.sae import load_saes_at
 
     layers = [int(x) for x in cfg.layers.split(",") if x.strip()] if cfg.layers else [middle_layer(hm.n_layers)]
     for layer in layers:
@@ -97,18 +97,8 @@ def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
             groups.append(mlp_group(hm, layer))
         if "heads" in kinds:
             groups.append(head_group(hm, layer))
-    for item in [s.strip() for s in cfg.sae.split(",") if s.strip()]:
-        spec, _, where = item.partition("@")  # PATH@HOOKPOINT for files that do not record it (OpenAI .pt)
-        sae = load_sae(spec)
-        hp = canonical_hookpoint(where or sae.cfg.metadata.get("hook_name") or "")
-        if not hp:
-            raise SaescopeError(f"{spec}: the SAE does not record its hookpoint; pass --sae {spec}@<hookpoint> "
-                                f"(e.g. @resid_delta_mlp.{middle_layer(hm.n_layers)})")
-        parse_hookpoint(hp)
-        if hm.width(hp) != sae.cfg.d_in:
-            raise SaescopeError(f"{spec}: d_in={sae.cfg.d_in} but {hp} of {hm.name} has width {hm.width(hp)}")
-        sae = sae.to(next(hm.model.parameters()).device).eval()
-        name, source = Path(spec).name, str(Path(spec).resolve())
+    for sae, hp, path in load_saes_at(cfg.sae, hm):
+        name, source = path.name, str(path.resolve())
         groups.append(sae_group(sae, hp, name, source))
         if cfg.collate.token_pairs and parse_hookpoint(hp)[0] == "attn_out":  # attention latents: by pair too
             groups.append(sae_pair_group(hm, sae, hp, f"{name}{PAIR_SUFFIX}", source))
@@ -121,9 +111,8 @@ def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]
     """Run the streaming pass and write every record; returns the manifest."""
     from tqdm.auto import tqdm
 
-    from saescope.corpus import iter_contexts
-
     from saescope import distributed as dist
+    from saescope.corpus import iter_contexts
 
     dist.init_from_env()
     rank, world = dist.rank(), dist.world_size()

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from saescope.models import HookedModel
-from saescope.sae import BaseSAE
 from saescope.records import dataset_dir
+from saescope.sae import BaseSAE
 
 
 @dataclass

@@ -16,7 +16,6 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from saescope.debug.attribute import KINDS, Node, NodeTable, rank_nodes

@@ -6,26 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from saescope.debug.attribute import Node
-from saescope.models import HookedModel, canonical_hookpoint
+from saescope.models import HookedModel
 from saescope.sae import BaseSAE
 
 
 def load_saes(spec: str, hm: HookedModel) -> tuple[dict[str, BaseSAE], dict[str, str]]:
     """'DIR,DIR@HOOKPOINT' → ({hookpoint: SAE}, {hookpoint: SAE name as collated (its folder name)})."""
-    from saescope.errors import SaescopeError
-    from saescope.sae import load_sae
+    from saescope.sae import load_saes_at
 
-    saes, names = {}, {}
-    for item in [s.strip() for s in spec.split(",") if s.strip()]:
-        path, _, where = item.partition("@")
-        sae = load_sae(path)
-        hp = canonical_hookpoint(where or sae.cfg.metadata.get("hook_name") or "")
-        if not hp:
-            raise SaescopeError(f"{path}: the SAE does not record its hookpoint; pass --sae {path}@<hookpoint>")
-        if hm.width(hp) != sae.cfg.d_in:
-            raise SaescopeError(f"{path}: d_in={sae.cfg.d_in} but {hp} of {hm.name} has width {hm.width(hp)}")
-        saes[hp], names[hp] = sae.eval(), Path(path).name
-    return saes, names
+    found = load_saes_at(spec, hm)
+    return {hp: sae for sae, hp, _ in found}, {hp: path.name for _, hp, path in found}
 
 
 class NodeNotes:

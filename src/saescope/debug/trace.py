@@ -99,7 +99,6 @@ Edits = dict[tuple[str, Any], Any]
 @contextlib.contextmanager
 def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits) -> Iterator[None]:
     handles = []
-    one = lambda x: x[0] if isinstance(x, tuple) else x  # noqa: E731
 
     def first_block(mod: nn.Module, args: tuple, kwargs: dict) -> Any:
         h = args[0] if args else kwargs["hidden_states"]

@@ -14,17 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from saescope.records import NeuronId, is_activating, max_activation, read_record_dict, to_dict
 from saescope.errors import SaescopeError
 from saescope.interp import scoring
 from saescope.interp.backends import Backend, BackendError, make_backend
 from saescope.interp.classify import classify_scores
 from saescope.interp.prompts import splits
 from saescope.interp.schema import (
-    NeuronSimulationResults, ScoredExplanation, ScoredSequenceSimulation, ScoredSimulation, SequenceSimulation,
+    NeuronSimulationResults,
+    ScoredExplanation,
+    ScoredSequenceSimulation,
+    ScoredSimulation,
+    SequenceSimulation,
 )
 from saescope.interp.simulate import simulate
 from saescope.io import read_json, write_json
+from saescope.records import NeuronId, is_activating, max_activation, read_record_dict, to_dict
 
 log = logging.getLogger(__name__)
 

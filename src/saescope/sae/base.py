@@ -10,7 +10,6 @@ Each architecture (one file each) defines `act` for inference (`encode`) and its
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -16,6 +17,9 @@ from saescope.errors import SaescopeError
 from saescope.sae.base import CFG_FILE, WEIGHTS_FILE, BaseSAE, SAEConfig, cfg_from_dict, check_weights, read_cfg
 from saescope.sae.jumprelu import JumpReLUSAE
 from saescope.sae.registry import sae_class
+
+if TYPE_CHECKING:  # pragma: no cover
+    from saescope.models import HookedModel
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +133,23 @@ def load_sae(path: str | Path) -> BaseSAE:
     if path.suffix in (".npz", ".safetensors"):
         return load_gemma_scope(path)
     raise SaescopeError(f"{path}: unknown SAE file type; give a directory, .pt, .npz or .safetensors")
+
+
+def load_saes_at(spec: str, hm: HookedModel) -> list[tuple[BaseSAE, str, Path]]:
+    """'DIR,FILE@HOOKPOINT,...' → [(SAE on the model's device, its hookpoint, its path)], each checked against the
+    model; `@HOOKPOINT` names where files that do not record it (OpenAI .pt) read their input (TDB names work)."""
+    from saescope.models.hooks import canonical_hookpoint, parse_hookpoint
+
+    out = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        path, _, where = item.partition("@")
+        sae = load_sae(path)
+        hp = canonical_hookpoint(where or sae.cfg.metadata.get("hook_name") or "")
+        if not hp:
+            raise SaescopeError(f"{path}: the SAE does not record its hookpoint; pass {path}@<hookpoint> "
+                                f"(e.g. @resid_delta_mlp.{hm.n_layers // 2})")
+        parse_hookpoint(hp)
+        if hm.width(hp) != sae.cfg.d_in:
+            raise SaescopeError(f"{path}: d_in={sae.cfg.d_in} but {hp} of {hm.name} has width {hm.width(hp)}")
+        out.append((sae.to(next(hm.model.parameters()).device).eval(), hp, Path(path)))
+    return out

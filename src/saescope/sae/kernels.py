@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+
 def _csr(major: Tensor, minor: Tensor, vals: Tensor, shape: tuple[int, int], is_sorted: bool = False) -> Tensor:
     """A CSR matrix from COO triplets (sorted by `major` here unless already so)."""
     if not is_sorted:

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
+from saescope import distributed as dist_utils
 from saescope.config import resolve_device
 from saescope.errors import SaescopeError
-from saescope.models.hooks import canonical_hookpoint
 from saescope.io import write_json
+from saescope.models.hooks import canonical_hookpoint
 from saescope.store import ActivationStore, shuffled_batches
-from saescope import distributed as dist_utils
 from saescope.train.trainer import Trainer, TrainerConfig, release_freed_memory
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from saescope.sae import BaseSAE, SAEConfig, TrainContext, fvu_loss, sae_class
 from saescope import distributed as dist_utils
+from saescope.sae import BaseSAE, SAEConfig, TrainContext, fvu_loss, sae_class
 from saescope.train.checkpoint import (
-    find_checkpoint, load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint,
+    find_checkpoint,
+    load_checkpoint,
+    optimizer_tensors,
+    restore_optimizer,
+    save_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -84,7 +88,6 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         from saescope.errors import SaescopeError
-
         from saescope.sae import TopKSAE
 
         topk_family = issubclass(sae_class(self.arch), TopKSAE)
