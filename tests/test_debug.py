@@ -89,7 +89,8 @@ def test_spliced_sae_changes_nothing_and_its_attributions_add_up(tiny):
     # tracing a latent upstream: its pre-activation becomes the behaviour
     lat = res.nodes.top(1, kinds=("latent",))[0]
     up = debug(hm, PROMPT, *_targets(hm), saes={hp: sae}, trace=lat.name)
-    want = float(sae.pre_acts(tr.sae_inputs[hp][0, lat.position].detach().float())[lat.index])
+    with torch.no_grad():
+        want = float(sae.pre_acts(tr.sae_inputs[hp][0, lat.position].float())[lat.index])
     assert up.behaviour == pytest.approx(want, rel=1e-5, abs=1e-6)
     assert all(node.layer <= L for node in up.nodes.top(10, kinds=("mlp", "head")))
 
