@@ -82,8 +82,10 @@ def test_debug_api(client):
     assert ab["ablated_behaviour"] is not None and ab["behaviour"] == pytest.approx(res["behaviour"])
     assert client.post("/api/debug", json={**body, "prompt": ""}).status_code == 400
     assert "expected mlp.L.i@t" in client.post("/api/debug", json={**body, "trace": "x"}).json()["detail"]
-    schema = client.get("/api/openapi.json")  # the API, /api/debug included, is documented
+    schema = client.get("/api/openapi.json")  # the API, /api/debug included, is documented, offline
     assert schema.status_code == 200 and "/api/debug" in schema.json()["paths"]
+    docs = client.get("/api/docs")
+    assert docs.status_code == 200 and "/api/openapi.json" in docs.text and "http" not in docs.text  # nothing loaded from elsewhere
 
 
 def test_unknown_units_traversal_and_broken_files(client, collated_root):
@@ -172,6 +174,8 @@ def test_browser_end_to_end(collated_root, tmp_path):
             assert "Δ" in page.inner_text("#ablated") and page.inner_text("#behaviour") == before
             assert "=zero" in page.input_value("#ablate")
             page.screenshot(path=str(tmp_path / "debug.png"), full_page=True)
+            page.goto(f"http://127.0.0.1:{port}/api/docs")
+            page.wait_for_selector("h3.endpoint >> text=/api/debug")
             browser.close()
         assert (tmp_path / "unit.png").stat().st_size > 10_000 and (tmp_path / "debug.png").stat().st_size > 10_000
     finally:

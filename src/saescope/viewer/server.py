@@ -117,7 +117,8 @@ def create_app(root: str | Path, model: str | None = None) -> FastAPI:
     from fastapi.staticfiles import StaticFiles
     data = DataRoot(root)
     hub = ModelHub(data, model)
-    app = FastAPI(title="saescope viewer", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    # docs_url=None: FastAPI's Swagger page loads from a CDN; /api/docs renders the schema offline instead
+    app = FastAPI(title="saescope viewer", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(NotFound)
@@ -135,6 +136,10 @@ def create_app(root: str | Path, model: str | None = None) -> FastAPI:
     @app.get("/u/{rest:path}", include_in_schema=False)
     def page(rest: str = "") -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/docs", include_in_schema=False)
+    def api_docs() -> FileResponse:
+        return FileResponse(STATIC / "apidocs.html")
 
     @app.get("/debug", include_in_schema=False)
     def debug_page() -> FileResponse:
