@@ -175,7 +175,7 @@ def test_browser_end_to_end(collated_root, tmp_path):
             assert "=zero" in page.input_value("#ablate")
             page.screenshot(path=str(tmp_path / "debug.png"), full_page=True)
             page.goto(f"http://127.0.0.1:{port}/api/docs")
-            page.wait_for_selector("h3.endpoint >> text=/api/debug")
+            page.wait_for_selector("h3.endpoint >> text=\"POST /api/debug\"")
             browser.close()
         assert (tmp_path / "unit.png").stat().st_size > 10_000 and (tmp_path / "debug.png").stat().st_size > 10_000
     finally:
