@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from saescope.sae import BaseSAE, SAEConfig, TrainContext, fvu_loss, sae_class
 from saescope.train import distributed as dist_utils
+from saescope.train.optim import ScheduleFreeSignSGD
 from saescope.train.checkpoint import (
     find_checkpoint, load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint,
 )
@@ -42,12 +43,17 @@ class TrainerConfig:
     """Training tokens (0 = one pass over the training shards)."""
     batch_size: int = 1024
     """Tokens per step (global, across data-parallel ranks)."""
+    optimizer: Literal["adam", "signum"] = "adam"
+    """adam (fused Adam, LR warm-up and final decay) or signum (sign-SGD with schedule-free averaging, no decay
+    needed; the saved SAE is the averaged iterate)."""
     lr: float = 0.0
-    """Adam learning rate; 0 = 2e-4·√(2^14 / F)."""
+    """Learning rate; 0 = adam 2e-4·√(2^14 / F), signum 5e-3·√(2^14 / F)."""
+    momentum: float = 0.95
+    """signum: schedule-free interpolation β between the SGD iterate and its running average."""
     warmup_frac: float = 0.02
     """Fraction of steps with linear LR warm-up."""
     decay_frac: float = 0.2
-    """Final fraction of steps with linear LR decay to 0."""
+    """Final fraction of steps with linear LR decay to 0 (adam; schedule-free signum ignores it)."""
     grad_clip: float = 1.0
     """Gradient-norm clip (0 = off)."""
     b_dec_init: str = "geometric_median"
@@ -83,13 +89,15 @@ class TrainerConfig:
         topk_family = issubclass(sae_class(self.arch), TopKSAE)
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise SaescopeError(f"--b_dec_init {self.b_dec_init}: choose geometric_median, mean or zeros")
+        if self.optimizer not in ("adam", "signum"):
+            raise SaescopeError(f"--optimizer {self.optimizer}: choose adam or signum")
         if self.width < 1 or self.k < 1 or self.batch_size < 1:
             raise SaescopeError("--width, --k and --batch_size must be positive")
         if topk_family and self.k > self.width:
             raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
 
     def learning_rate(self) -> float:
-        return self.lr or 2e-4 / math.sqrt(self.width / 2**14)
+        return self.lr or (5e-3 if self.optimizer == "signum" else 2e-4) / math.sqrt(self.width / 2**14)
 
 
 def resolve_encoder_dtype(name: str, device: str) -> torch.dtype:
@@ -166,6 +174,22 @@ def geometric_median(x: Tensor, iters: int = 100, eps: float = 1e-6) -> Tensor:
     return y
 
 
+def make_optimizer(cfg: TrainerConfig, params: list[Tensor]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "signum":
+        return ScheduleFreeSignSGD(params, lr=cfg.learning_rate(), momentum=cfg.momentum)
+    try:  # the fused kernel saves ~10% of a step on CPU and more on GPU
+        return torch.optim.Adam(params, lr=cfg.learning_rate(), betas=(0.9, 0.999), fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=cfg.learning_rate(), betas=(0.9, 0.999))
+
+
+def _unit_rows_if(target: Tensor) -> Callable[[Tensor, Tensor], None]:
+    def fn(p: Tensor, t: Tensor) -> None:
+        if p is target:
+            t /= t.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    return fn
+
+
 def lr_lambda(total: int, warmup: int, decay: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < warmup:
@@ -208,13 +232,10 @@ class Trainer:
         # W_enc would otherwise copy it to and from a contiguous buffer every step (5x slower on CPU).
         self.params = list(self.sae.parameters())
         self.opt_params = [contiguous_alias(p) for p in self.params]
-        try:  # the fused kernel saves ~10% of a step on CPU and more on GPU
-            self.opt = torch.optim.Adam(self.opt_params, lr=cfg.learning_rate(), betas=(0.9, 0.999), fused=True)
-        except (RuntimeError, TypeError):
-            self.opt = torch.optim.Adam(self.opt_params, lr=cfg.learning_rate(), betas=(0.9, 0.999))
+        self.opt = make_optimizer(cfg, self.opt_params)
         warm = int(cfg.warmup_frac * total_steps)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lr_lambda(total_steps, max(warm, 1), int(cfg.decay_frac * total_steps)))
+        decay = int(cfg.decay_frac * total_steps) if cfg.optimizer == "adam" else 0
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total_steps, max(warm, 1), decay))
         self.step, self.tokens, self.scale, self.initialised = 0, 0, 1.0, False
         self.since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
         self.fire_counts = torch.zeros(cfg.width, dtype=torch.long, device=device)
@@ -263,6 +284,8 @@ class Trainer:
         self.sched.step()
         if sae.unit_norm_decoder:
             sae.set_decoder_unit_norm()
+            if isinstance(self.opt, ScheduleFreeSignSGD):
+                self.opt.map_iterates(_unit_rows_if(sae.W_dec))
         dist_utils.average_buffers(sae)
         fired = dist_utils.any_across_ranks(out.fired)
         n_global = x.shape[0] * dist_utils.world_size()
@@ -352,7 +375,11 @@ class Trainer:
         return TrainResult(self.sae, self.step, self.tokens, self.fire_counts, self.history, self.scale)
 
     def finalize(self) -> BaseSAE:
-        """Fold the input scale into the weights: the returned SAE takes raw activations."""
+        """Averaged weights (signum), input scale folded into the weights: the returned SAE takes raw activations."""
+        if isinstance(self.opt, ScheduleFreeSignSGD):
+            self.opt.averaged()
+            if self.sae.unit_norm_decoder:
+                self.sae.set_decoder_unit_norm()
         self.sae.fold_input_scale(self.scale)
         self.scale = 1.0
         return self.sae
