@@ -22,7 +22,7 @@ class BatchTopKSAE(TopKSAE):
         self.register_buffer("threshold", torch.zeros(()))
 
     def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        return batch_topk_coo(pre.relu(), self.cfg.k)
+        return batch_topk_coo(pre.relu(), self.k_train or self.cfg.k)
 
     @torch.no_grad()
     def _after_select(self, vals: Tensor, active: Tensor) -> None:

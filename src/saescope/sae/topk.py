@@ -37,6 +37,8 @@ class TopKSAE(BaseSAE):
     encoder_dtype: torch.dtype = torch.float32
     """dtype of the training forward's dense encoder matmul (the trainer sets bfloat16 where it is fast: GPUs and
     CPUs with AMX/AVX512-BF16, like autocast). Selected values and every gradient stay in float32."""
+    k_train: int = 0
+    """Latents kept per token in training (0 = cfg.k); the trainer anneals it down to k with --k_anneal_frac."""
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_acts(x)
@@ -44,7 +46,7 @@ class TopKSAE(BaseSAE):
         return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
 
     def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        return topk_coo(pre, self.cfg.k)
+        return topk_coo(pre, self.k_train or self.cfg.k)
 
     def training_forward(self, x: Tensor, ctx: TrainContext | None = None) -> TrainOutput:
         ctx = ctx or TrainContext()

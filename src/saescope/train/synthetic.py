@@ -85,3 +85,32 @@ def mcc(true_features: Tensor, learned: Tensor) -> float:
     c = _cos(true_features, learned).abs().double().numpy()
     r, k = linear_sum_assignment(-c)
     return float(c[r, k].mean())
+
+
+def recovery(true_features: Tensor, learned: Tensor, probs: Tensor | None = None,
+             alive: Tensor | None = None) -> dict[str, float]:
+    """How an SAE's decoder rows [F, d] relate to the true features [n, d] (diagnostics for the bench).
+
+    found_90 / found_70: fraction of true features with a latent at cos > 0.9 / 0.7. split: features with two or
+    more latents at cos > 0.5 each. merged: fraction of (alive) latents with cos > 0.3 to two or more features (a
+    mixture). absorbed: features without their own latent (best cos < 0.7) whose best latent belongs to another
+    feature (that latent's best cos > 0.7 is with someone else) yet still carries them at cos > 0.2. With `probs`,
+    found_90 per firing-frequency band (≥1e-2, 1e-3…1e-2, <1e-3)."""
+    c = _cos(true_features, learned)  # [n, F]
+    if alive is not None:
+        c = c[:, alive]
+    best, lat = c.max(dim=1)  # [n]
+    lat_best, lat_feat = c.max(dim=0)  # [F']
+    n = c.shape[0]
+    owner_other = (lat_feat[lat] != torch.arange(n)) & (lat_best[lat] > 0.7)
+    out = {
+        "mmcs": float(best.mean()), "found_90": float((best > 0.9).float().mean()),
+        "found_70": float((best > 0.7).float().mean()), "split": float(((c > 0.5).sum(1) >= 2).float().mean()),
+        "merged": float(((c > 0.3).sum(0) >= 2).float().mean()),
+        "absorbed": float(((best < 0.7) & owner_other & (best > 0.2)).float().mean()),
+    }
+    if probs is not None:
+        for name, lo, hi in (("p>=1e-2", 1e-2, 2.0), ("p 1e-3..1e-2", 1e-3, 1e-2), ("p<1e-3", 0.0, 1e-3)):
+            m = (probs >= lo) & (probs < hi)
+            out[f"found_90 {name}"] = float((best[m] > 0.9).float().mean()) if m.any() else float("nan")
+    return out

@@ -22,6 +22,7 @@ from torch import Tensor
 from saescope.sae import BaseSAE, SAEConfig, TrainContext, fvu_loss, sae_class
 from saescope.train import distributed as dist_utils
 from saescope.train.optim import ScheduleFreeSignSGD
+from saescope.train.resample import resample_dead
 from saescope.train.checkpoint import (
     find_checkpoint, load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint,
 )
@@ -37,6 +38,10 @@ class TrainerConfig:
     """topk, batchtopk, matryoshka_batchtopk (= matryoshka), jumprelu or standard (= relu: ReLU + L1)."""
     k: int = 32
     """Active latents per token (TopK; BatchTopK on average)."""
+    k_anneal_frac: float = 0.0
+    """TopK family: fraction of steps over which the training k decays linearly from k_anneal_start·k to k."""
+    k_anneal_start: float = 4.0
+    """Starting multiple of k for --k_anneal_frac (capped at F)."""
     width: int = 4096
     """Number of latents F."""
     tokens: int = 0
@@ -64,6 +69,9 @@ class TrainerConfig:
     """AuxK coefficient (TopK family)."""
     dead_tokens: int = 1_000_000
     """A latent is dead after this many tokens without firing."""
+    resample_tokens: int = 0
+    """TopK family: restart latents that have not fired for this many tokens on the worst-reconstructed tokens'
+    residuals (train/resample.py; 0 = off); not in the final LR-decay phase."""
     matryoshka_widths: str = ""
     """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
     l1_coefficient: float = 0.08
@@ -233,6 +241,8 @@ class Trainer:
         self.params = list(self.sae.parameters())
         self.opt_params = [contiguous_alias(p) for p in self.params]
         self.opt = make_optimizer(cfg, self.opt_params)
+        self.aliases = {n: a for (n, _), a in zip(self.sae.named_parameters(), self.opt_params)}
+        self.resampled = 0
         warm = int(cfg.warmup_frac * total_steps)
         decay = int(cfg.decay_frac * total_steps) if cfg.optimizer == "adam" else 0
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total_steps, max(warm, 1), decay))
@@ -266,8 +276,12 @@ class Trainer:
             l0_coefficient=cfg.l0_coefficient, pre_act_coefficient=cfg.pre_act_coefficient,
             sparsity_scale=min(1.0, frac / cfg.sparsity_warmup_frac) if cfg.sparsity_warmup_frac > 0 else 1.0,
         )
+        if cfg.k_anneal_frac > 0 and hasattr(sae, "k_train"):
+            k0 = min(cfg.width, round(cfg.k * cfg.k_anneal_start))
+            sae.k_train = max(cfg.k, round(k0 - (k0 - cfg.k) * min(1.0, frac / cfg.k_anneal_frac)))
         out = sae.training_forward(x, ctx)
         fvu = fvu_loss(x, out.x_hat)
+        resample_end = 1.0 - (cfg.decay_frac if cfg.optimizer == "adam" else 0.2)
         loss = fvu + sum(out.losses.values(), torch.zeros(()))
         sae.zero_grad(set_to_none=True)
         loss.backward()
@@ -291,6 +305,13 @@ class Trainer:
         n_global = x.shape[0] * dist_utils.world_size()
         self.since_fired += n_global
         self.since_fired[fired] = 0
+        if cfg.resample_tokens and sae.unit_norm_decoder and frac < resample_end:
+            stale = self.since_fired >= cfg.resample_tokens
+            if bool(stale.any()):
+                restarted = resample_dead(sae, self.opt, self.aliases, stale, x, out.x_hat.detach())
+                dist_utils.broadcast_params(sae)
+                self.since_fired[restarted] = 0
+                self.resampled += len(restarted)
         self.fire_counts += fired.long()
         self.step += 1
         self.tokens += n_global
