@@ -14,15 +14,8 @@ import json
 
 import torch
 
-from saescope.train.synthetic import make_toy, recovery
+from saescope.train.synthetic import realistic_toy, recovery
 from saescope.train.trainer import ScheduleFreeSignSGD, Trainer, TrainerConfig
-
-
-def realistic_toy(d: int = 768, n_features: int = 4096, seed: int = 0):
-    """The bench's generator: Zipf–Mandelbrot frequencies 0.24 … 1e-4, ~20 active, shared offset, noise, the
-    256 most frequent features correlated in blocks of 4."""
-    return make_toy(d=d, n_features=n_features, active=20, alpha=2.0, min_prob=1e-4, seed=seed, mean_scale=2.0,
-                    noise=0.05, correlated_blocks=4, correlated_count=256)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from saescope.sae import BaseSAE
+from saescope.train import distributed as dist_utils
 
 
 @torch.no_grad()
@@ -34,6 +35,7 @@ def resample_dead(sae: BaseSAE, opt: torch.optim.Optimizer, aliases: dict[str, T
     pick = torch.multinomial(w, len(idx), replacement=False, generator=generator)  # [m]
     dirs = err[pick]
     dirs /= dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [m, d]
+    dist_utils.broadcast_tensor(dirs)  # data parallel: every rank restarts the same rows the same way
     alive = ~dead
     enc_rows = sae.W_enc.T  # [F, d] view
     scale = enc_rows[alive].norm(dim=1).mean() if bool(alive.any()) else torch.tensor(1.0)

@@ -67,6 +67,14 @@ def make_toy(d: int = 64, n_features: int = 256, active: float = 5.0, alpha: flo
     return ToyModel(u, p, mean, noise, correlated_blocks, correlated_count)
 
 
+def realistic_toy(d: int = 768, n_features: int = 4096, active: float = 20.0, seed: int = 0) -> ToyModel:
+    """The training bench's generator: Zipf–Mandelbrot frequencies from ~0.24 down to 1e-4 (α = 2), ~20 active
+    features per sample, a shared offset of norm ~2, noise σ = 0.05, the 256 most frequent features correlated
+    in blocks of 4."""
+    return make_toy(d=d, n_features=n_features, active=active, alpha=2.0, min_prob=1e-4, seed=seed,
+                    mean_scale=2.0, noise=0.05, correlated_blocks=4, correlated_count=256)
+
+
 def _cos(a: Tensor, b: Tensor) -> Tensor:
     a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
     b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -38,7 +38,7 @@ class TrainerConfig:
     """topk, batchtopk, matryoshka_batchtopk (= matryoshka), jumprelu or standard (= relu: ReLU + L1)."""
     k: int = 32
     """Active latents per token (TopK; BatchTopK on average)."""
-    k_anneal_frac: float = 0.0
+    k_anneal_frac: float = 0.5
     """TopK family: fraction of steps over which the training k decays linearly from k_anneal_start·k to k."""
     k_anneal_start: float = 4.0
     """Starting multiple of k for --k_anneal_frac (capped at F)."""
@@ -52,7 +52,7 @@ class TrainerConfig:
     """adam (fused Adam, LR warm-up and final decay) or signum (sign-SGD with schedule-free averaging, no decay
     needed; the saved SAE is the averaged iterate)."""
     lr: float = 0.0
-    """Learning rate; 0 = adam 2e-4·√(2^14 / F), signum 5e-3·√(2^14 / F)."""
+    """Learning rate; 0 = adam 1e-3·√(2^14 / F), signum 5e-3·√(2^14 / F)."""
     momentum: float = 0.95
     """signum: schedule-free interpolation β between the SGD iterate and its running average."""
     warmup_frac: float = 0.02
@@ -69,9 +69,10 @@ class TrainerConfig:
     """AuxK coefficient (TopK family)."""
     dead_tokens: int = 1_000_000
     """A latent is dead after this many tokens without firing."""
-    resample_tokens: int = 0
+    resample_tokens: int = -1
     """TopK family: restart latents that have not fired for this many tokens on the worst-reconstructed tokens'
-    residuals (train/resample.py; 0 = off); not in the final LR-decay phase."""
+    residuals (train/resample.py), not in the last 20 % of steps; -1 = min(dead_tokens, training tokens / 16),
+    0 = off."""
     matryoshka_widths: str = ""
     """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
     l1_coefficient: float = 0.08
@@ -105,7 +106,7 @@ class TrainerConfig:
             raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
 
     def learning_rate(self) -> float:
-        return self.lr or (5e-3 if self.optimizer == "signum" else 2e-4) / math.sqrt(self.width / 2**14)
+        return self.lr or (5e-3 if self.optimizer == "signum" else 1e-3) / math.sqrt(self.width / 2**14)
 
 
 def resolve_encoder_dtype(name: str, device: str) -> torch.dtype:
@@ -243,6 +244,8 @@ class Trainer:
         self.opt = make_optimizer(cfg, self.opt_params)
         self.aliases = {n: a for (n, _), a in zip(self.sae.named_parameters(), self.opt_params)}
         self.resampled = 0
+        tokens = total_steps * cfg.batch_size
+        self.resample_window = (min(cfg.dead_tokens, tokens // 16) if cfg.resample_tokens < 0 else cfg.resample_tokens)
         warm = int(cfg.warmup_frac * total_steps)
         decay = int(cfg.decay_frac * total_steps) if cfg.optimizer == "adam" else 0
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total_steps, max(warm, 1), decay))
@@ -281,7 +284,6 @@ class Trainer:
             sae.k_train = max(cfg.k, round(k0 - (k0 - cfg.k) * min(1.0, frac / cfg.k_anneal_frac)))
         out = sae.training_forward(x, ctx)
         fvu = fvu_loss(x, out.x_hat)
-        resample_end = 1.0 - (cfg.decay_frac if cfg.optimizer == "adam" else 0.2)
         loss = fvu + sum(out.losses.values(), torch.zeros(()))
         sae.zero_grad(set_to_none=True)
         loss.backward()
@@ -305,11 +307,10 @@ class Trainer:
         n_global = x.shape[0] * dist_utils.world_size()
         self.since_fired += n_global
         self.since_fired[fired] = 0
-        if cfg.resample_tokens and sae.unit_norm_decoder and frac < resample_end:
-            stale = self.since_fired >= cfg.resample_tokens
+        if self.resample_window and sae.unit_norm_decoder and frac < 0.8:
+            stale = self.since_fired >= self.resample_window
             if bool(stale.any()):
                 restarted = resample_dead(sae, self.opt, self.aliases, stale, x, out.x_hat.detach())
-                dist_utils.broadcast_params(sae)
                 self.since_fired[restarted] = 0
                 self.resampled += len(restarted)
         self.fire_counts += fired.long()
