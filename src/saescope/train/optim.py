@@ -19,10 +19,14 @@ Both sequences are stored as tensors (`z`, `x` in the optimizer state), so check
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from saescope.train.trainer import TrainerConfig
 
 
 class ScheduleFreeSignSGD(torch.optim.Optimizer):
@@ -77,3 +81,20 @@ class ScheduleFreeSignSGD(torch.optim.Optimizer):
                 st = self.state.get(p)
                 if st and "x" in st:
                     p.copy_(st["x"])
+
+
+def make_optimizer(cfg: TrainerConfig, params: list[Tensor]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "signum":
+        return ScheduleFreeSignSGD(params, lr=cfg.learning_rate(), momentum=cfg.momentum)
+    try:  # the fused kernel saves ~10% of a step on CPU and more on GPU
+        return torch.optim.Adam(params, lr=cfg.learning_rate(), betas=(0.9, 0.999), fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=cfg.learning_rate(), betas=(0.9, 0.999))
+
+
+def unit_rows_if(target: Tensor) -> Callable[[Tensor, Tensor], None]:
+    """For `map_iterates`: renormalise the rows of the iterates of parameter `target` (the decoder)."""
+    def fn(p: Tensor, t: Tensor) -> None:
+        if p is target:
+            t /= t.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    return fn

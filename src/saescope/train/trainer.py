@@ -1,9 +1,11 @@
 """SAE training loop: any iterator of activation batches in, an SAE directory (SAELens layout) out.
 
 Recipe (each part switchable in TrainConfig): tied init; b_dec from the geometric median (or mean); inputs scaled
-so E‖x‖ = √d (folded into the weights at save); Adam with LR ∝ 1/√F, linear warm-up and final linear decay;
-gradient clipping; sparsity-coefficient warm-up; AuxK for dead latents (TopK family); unit-norm decoder with the
-parallel gradient removed (TopK family). Dead latents are tracked in tokens since last fire.
+so E‖x‖ = √d (folded into the weights at save); Adam with LR 1e-3·√(2^14/F), linear warm-up and final linear
+decay (or schedule-free sign-SGD, `--optimizer signum`); gradient clipping; sparsity-coefficient warm-up; for the
+TopK family: k annealed from 4k to k over the first half, dead latents restarted on the worst-reconstructed
+residuals, AuxK, unit-norm decoder with the parallel gradient removed. Dead latents are tracked in tokens since
+last fire. Why this recipe: bench/train_bench.py and README ("SAE training").
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from torch import Tensor
 
 from saescope.sae import BaseSAE, SAEConfig, TrainContext, fvu_loss, sae_class
 from saescope.train import distributed as dist_utils
-from saescope.train.optim import ScheduleFreeSignSGD
+from saescope.train.optim import ScheduleFreeSignSGD, make_optimizer, unit_rows_if
 from saescope.train.resample import resample_dead
+from saescope.train.speed import clip_grad_norm, contiguous_alias, resolve_encoder_dtype, retain_freed_memory
 from saescope.train.checkpoint import (
     find_checkpoint, load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint,
 )
@@ -52,7 +55,8 @@ class TrainerConfig:
     """adam (fused Adam, LR warm-up and final decay) or signum (sign-SGD with schedule-free averaging, no decay
     needed; the saved SAE is the averaged iterate)."""
     lr: float = 0.0
-    """Learning rate; 0 = adam 1e-3·√(2^14 / F), signum 5e-3·√(2^14 / F)."""
+    """Learning rate; 0 = adam 1e-3·√(2^14 / F) for the TopK family (2e-4·√(2^14 / F) for jumprelu/standard),
+    signum 5e-3·√(2^14 / F)."""
     momentum: float = 0.95
     """signum: schedule-free interpolation β between the SGD iterate and its running average."""
     warmup_frac: float = 0.02
@@ -71,7 +75,7 @@ class TrainerConfig:
     """A latent is dead after this many tokens without firing."""
     resample_tokens: int = -1
     """TopK family: restart latents that have not fired for this many tokens on the worst-reconstructed tokens'
-    residuals (train/resample.py), not in the last 20 % of steps; -1 = min(dead_tokens, training tokens / 16),
+    residuals (train/resample.py), not in the last fifth of the steps; -1 = min(dead_tokens, training tokens / 16),
     0 = off."""
     matryoshka_widths: str = ""
     """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
@@ -106,69 +110,13 @@ class TrainerConfig:
             raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
 
     def learning_rate(self) -> float:
-        return self.lr or (5e-3 if self.optimizer == "signum" else 1e-3) / math.sqrt(self.width / 2**14)
+        from saescope.sae import TopKSAE
 
-
-def resolve_encoder_dtype(name: str, device: str) -> torch.dtype:
-    from saescope.errors import SaescopeError
-
-    if name == "auto":
-        if str(device).startswith("cuda"):
-            return torch.bfloat16
-        caps = torch.backends.cpu.get_cpu_capability()
-        flags = ""
-        try:
-            flags = open("/proc/cpuinfo").read(200_000)
-        except OSError:
-            pass
-        fast = " amx_bf16" in flags or " avx512_bf16" in flags or caps.startswith("AMX")
-        return torch.bfloat16 if fast else torch.float32
-    if name not in ("float32", "bfloat16"):
-        raise SaescopeError(f"--encoder_dtype {name}: choose auto, float32 or bfloat16")
-    return getattr(torch, name)
-
-
-def retain_freed_memory() -> bool:
-    """Ask glibc malloc to keep freed blocks (up to 1 GiB each) for reuse instead of returning them to the OS.
-
-    A training step allocates and frees several [F, d] tensors; by default glibc serves each from a fresh mmap, so
-    every step pays page faults and kernel zeroing for them again (bench: 25 % of a step at F=16384 on CPU). The
-    cost is that the process keeps its peak heap. Process-wide; Linux/glibc only; SAESCOPE_MALLOPT=0 turns it off.
-    """
-    import ctypes
-    import os
-    import sys
-
-    if not sys.platform.startswith("linux") or os.environ.get("SAESCOPE_MALLOPT", "1") == "0":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 31) == 1
-    except (OSError, AttributeError):  # not glibc (musl, ...)
-        return False
-    log.debug("glibc malloc keeps freed blocks: %s", ok)
-    return ok
-
-
-def contiguous_alias(p: Tensor) -> Tensor:
-    """`p` itself, or for a transposed 2-d parameter a contiguous leaf view of the same memory."""
-    if p.dim() == 2 and not p.is_contiguous() and p.T.is_contiguous():
-        return p.detach().T
-    return p
-
-
-@torch.no_grad()
-def clip_grad_norm(params: list[Tensor], max_norm: float) -> float:
-    """Scale the gradients so their global L2 norm is at most `max_norm`; unlike torch's, no pass over the
-    gradients when they are already within bounds (the common case). Returns the norm before clipping."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
-    if norm > max_norm:
-        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
-    return norm
+        if self.lr:
+            return self.lr
+        topk_family = issubclass(sae_class(self.arch), TopKSAE)  # the issue-13 recipe was measured on these
+        base = 5e-3 if self.optimizer == "signum" else (1e-3 if topk_family else 2e-4)
+        return base / math.sqrt(self.width / 2**14)
 
 
 def geometric_median(x: Tensor, iters: int = 100, eps: float = 1e-6) -> Tensor:
@@ -181,22 +129,6 @@ def geometric_median(x: Tensor, iters: int = 100, eps: float = 1e-6) -> Tensor:
             return y_new
         y = y_new
     return y
-
-
-def make_optimizer(cfg: TrainerConfig, params: list[Tensor]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "signum":
-        return ScheduleFreeSignSGD(params, lr=cfg.learning_rate(), momentum=cfg.momentum)
-    try:  # the fused kernel saves ~10% of a step on CPU and more on GPU
-        return torch.optim.Adam(params, lr=cfg.learning_rate(), betas=(0.9, 0.999), fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=cfg.learning_rate(), betas=(0.9, 0.999))
-
-
-def _unit_rows_if(target: Tensor) -> Callable[[Tensor, Tensor], None]:
-    def fn(p: Tensor, t: Tensor) -> None:
-        if p is target:
-            t /= t.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    return fn
 
 
 def lr_lambda(total: int, warmup: int, decay: int) -> Callable[[int], float]:
@@ -301,7 +233,7 @@ class Trainer:
         if sae.unit_norm_decoder:
             sae.set_decoder_unit_norm()
             if isinstance(self.opt, ScheduleFreeSignSGD):
-                self.opt.map_iterates(_unit_rows_if(sae.W_dec))
+                self.opt.map_iterates(unit_rows_if(sae.W_dec))
         dist_utils.average_buffers(sae)
         fired = dist_utils.any_across_ranks(out.fired)
         n_global = x.shape[0] * dist_utils.world_size()
