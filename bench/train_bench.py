@@ -209,6 +209,7 @@ def launch(name: str, width: int, args: argparse.Namespace, root: Path, steps: i
         print(f"  {name} F={width}: not run ({last[:160]})", file=sys.stderr)
         return None
     res = json.loads(r.stdout.strip().splitlines()[-1])
+    print("  row " + json.dumps(res), file=sys.stderr)  # partial results survive an interrupted run
     print(f"  done {name} F={width}: {res['tokens']:,} tokens, {res['tokens_per_s']:,.0f} tok/s, "
           f"found {res.get('found_90', float('nan')):.1%}", file=sys.stderr)
     return res
