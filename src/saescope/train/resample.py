@@ -1,11 +1,13 @@
 """Re-initialise dead latents on what the SAE reconstructs worst (after Anthropic's "Towards Monosemanticity"
 resampling, adapted to TopK).
 
-Why: with ground truth (bench/recovery_diag.py) the latents that die while training a TopK SAE are duplicates of
-frequent features that lost the competition, and AuxK does not bring them back (with Adam or sign steps its weight
-does not even change the dead rows' updates, both being scale-free per parameter). The residual x − x̂ of a badly
-reconstructed token is mostly the features nobody has learned yet, so a dead latent restarted along it begins next
-to a missing (usually rare) feature:
+Why: measured with ground truth (README "SAE training"): at the LR that finds features quickly, a TopK SAE
+trained for 786k tokens (d = 768, F = 4,096) ends with 38 % of its latents dead, and AuxK (given a 50k-token
+dead window so that it acts) does not bring them back; with Adam or sign steps its weight does not even change
+the dead rows' updates, both being scale-free per parameter. The residual x − x̂ of a badly reconstructed token
+is mostly made of features nobody has learned yet, so a dead latent restarted along it begins next to a missing
+(usually rare) feature: with resampling the same run ends with 7 % dead, finds 28 % instead of 20 % of the true
+features, at FVU 0.112 instead of 0.138.
 
     pick tokens t ∝ ‖x_t − x̂_t‖²;   W_dec[j] = r_t / ‖r_t‖;   W_enc[:, j] = W_dec[j] · mean alive encoder norm;
     b_enc[j] = 0;   the optimizer state of those rows reset (Adam: m = 0, v = the alive rows' mean; schedule-free:
