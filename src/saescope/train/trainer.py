@@ -75,8 +75,8 @@ class TrainerConfig:
     """A latent is dead after this many tokens without firing."""
     resample_tokens: int = -1
     """TopK family: restart latents that have not fired for this many tokens on the worst-reconstructed tokens'
-    residuals (train/resample.py), not in the last fifth of the steps; -1 = min(dead_tokens, training tokens / 16),
-    0 = off."""
+    residuals (train/resample.py), not in the last fifth of the steps; -1 = min(dead_tokens, max(training
+    tokens / 16, 400·F/k)), 0 = off."""
     matryoshka_widths: str = ""
     """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
     l1_coefficient: float = 0.08
@@ -177,7 +177,9 @@ class Trainer:
         self.aliases = {n: a for (n, _), a in zip(self.sae.named_parameters(), self.opt_params)}
         self.resampled = 0
         tokens = total_steps * cfg.batch_size
-        self.resample_window = (min(cfg.dead_tokens, tokens // 16) if cfg.resample_tokens < 0 else cfg.resample_tokens)
+        # auto: a sixteenth of the run, but at least ~400 mean firing intervals (F/k tokens) of a latent
+        auto = min(cfg.dead_tokens, max(tokens // 16, 400 * cfg.width // cfg.k))
+        self.resample_window = auto if cfg.resample_tokens < 0 else cfg.resample_tokens
         warm = int(cfg.warmup_frac * total_steps)
         decay = int(cfg.decay_frac * total_steps) if cfg.optimizer == "adam" else 0
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total_steps, max(warm, 1), decay))
@@ -249,7 +251,7 @@ class Trainer:
         self.step += 1
         self.tokens += n_global
         stats = {"loss": float(loss.detach()), "fvu": float(fvu.detach()), "l0": float(out.l0),
-                 "dead": float((self.since_fired >= cfg.dead_tokens).float().mean()),
+                 "dead": float((self.since_fired >= cfg.dead_tokens).float().mean()), "resampled": self.resampled,
                  **{k: float(v.detach()) for k, v in out.losses.items()}}
         return stats
 
@@ -263,7 +265,7 @@ class Trainer:
         tensors["rng"] = torch.get_rng_state()
         meta = {"step": self.step, "tokens": self.tokens, "scale": self.scale, "initialised": self.initialised,
                 "param_groups": groups, "sched": self.sched.state_dict(), "config": asdict(self.cfg),
-                "total_steps": self.total_steps, "history": self.history[-200:]}
+                "total_steps": self.total_steps, "history": self.history[-200:], "resampled": self.resampled}
         return tensors, meta
 
     def save_checkpoint(self) -> None:
@@ -294,6 +296,7 @@ class Trainer:
         torch.set_rng_state(tensors["rng"])
         self.step, self.tokens, self.scale = meta["step"], meta["tokens"], meta["scale"]
         self.initialised, self.history = meta["initialised"], meta.get("history", [])
+        self.resampled = meta.get("resampled", 0)
         log.info("resumed from %s at step %d (%d tokens)", path, self.step, self.tokens)
         return True
 
