@@ -14,8 +14,9 @@ import json
 
 import torch
 
+from saescope.train.optim import ScheduleFreeSignSGD
 from saescope.train.synthetic import realistic_toy, recovery
-from saescope.train.trainer import ScheduleFreeSignSGD, Trainer, TrainerConfig
+from saescope.train.trainer import Trainer, TrainerConfig
 
 
 def main() -> None:
