@@ -75,8 +75,10 @@ class TrainerConfig:
     """A latent is dead after this many tokens without firing."""
     resample_tokens: int = -1
     """TopK family: restart latents that have not fired for this many tokens on the worst-reconstructed tokens'
-    residuals (train/resample.py), not in the last fifth of the steps; -1 = min(dead_tokens, max(training
+    residuals (train/resample.py) until --resample_until; -1 = min(dead_tokens, max(training
     tokens / 16, 400·F/k)), 0 = off."""
+    resample_until: float = 0.8
+    """Fraction of the steps after which dead latents are no longer restarted."""
     matryoshka_widths: str = ""
     """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
     l1_coefficient: float = 0.08
@@ -241,7 +243,7 @@ class Trainer:
         n_global = x.shape[0] * dist_utils.world_size()
         self.since_fired += n_global
         self.since_fired[fired] = 0
-        if self.resample_window and sae.unit_norm_decoder and frac < 0.8:
+        if self.resample_window and sae.unit_norm_decoder and frac < cfg.resample_until:
             stale = self.since_fired >= self.resample_window
             if bool(stale.any()):
                 restarted = resample_dead(sae, self.opt, self.aliases, stale, x, out.x_hat.detach())
