@@ -69,6 +69,13 @@ def broadcast_float(v: float) -> float:
     return float(t)
 
 
+def broadcast_tensor(t: Tensor) -> Tensor:
+    """Rank 0's values of `t` on every rank (in place)."""
+    if is_distributed():
+        torch.distributed.broadcast(t, 0)
+    return t
+
+
 def broadcast_params(module: nn.Module) -> None:
     if not is_distributed():
         return

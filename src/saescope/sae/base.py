@@ -57,6 +57,8 @@ class TrainContext:
     encoder_dtype: torch.dtype = torch.float32
     """TopK family: dtype of the dense encoder matmul (bfloat16 where it is fast); selected values and every
     gradient stay float32."""
+    k: int = 0
+    """TopK family: latents kept per token in this step (0 = cfg.k); the trainer anneals it down to cfg.k."""
 
 
 class TrainOutput(NamedTuple):

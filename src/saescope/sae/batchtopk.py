@@ -24,8 +24,8 @@ class BatchTopKSAE(TopKSAE):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.zeros(()))
 
-    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        return batch_topk_coo(pre.relu(), self.cfg.k)
+    def _select(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        return batch_topk_coo(pre.relu(), k)
 
     @torch.no_grad()
     def _after_select(self, vals: Tensor, active: Tensor) -> None:

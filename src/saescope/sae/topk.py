@@ -24,8 +24,8 @@ class TopKSAE(BaseSAE):
         vals, idx = pre.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
 
-    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        return topk_coo(pre, self.cfg.k)
+    def _select(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        return topk_coo(pre, k)
 
     def training_forward(self, x: Tensor, ctx: TrainContext | None = None) -> TrainOutput:
         ctx = ctx or TrainContext()
@@ -34,7 +34,7 @@ class TopKSAE(BaseSAE):
         with torch.no_grad():
             dt = ctx.encoder_dtype
             pre = torch.addmm(self.b_enc.to(dt), x_in.to(dt), self.W_enc.to(dt))  # [N, F] — the only dense matmul
-        rows, cols = self._select(pre)
+        rows, cols = self._select(pre, ctx.k or self.cfg.k)
         vals = GatherEncode.apply(x_in, self.W_enc, self.b_enc, rows, cols, pre).relu()  # [nnz]
         x_hat, losses = self._reconstruct(x, rows, cols, vals)
         active = vals > 0

@@ -1,9 +1,11 @@
 """SAE training loop: any iterator of activation batches in, an SAE directory (SAELens layout) out.
 
 Recipe (each part switchable in TrainConfig): tied init; b_dec from the geometric median (or mean); inputs scaled
-so E‖x‖ = √d (folded into the weights at save); Adam with LR ∝ 1/√F, linear warm-up and final linear decay;
-gradient clipping; sparsity-coefficient warm-up; AuxK for dead latents (TopK family); unit-norm decoder with the
-parallel gradient removed (TopK family). Dead latents are tracked in tokens since last fire.
+so E‖x‖ = √d (folded into the weights at save); Adam with LR 1e-3·√(2^14/F), linear warm-up and final linear
+decay (or schedule-free sign-SGD, `--optimizer signum`); gradient clipping; sparsity-coefficient warm-up; for the
+TopK family: k annealed from 4k to k over the first half, dead latents restarted on the worst-reconstructed
+residuals, AuxK, unit-norm decoder with the parallel gradient removed. Dead latents are tracked in tokens since
+last fire. Why this recipe: bench/train_bench.py and README ("SAE training").
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ from torch import Tensor
 
 from saescope import distributed as dist_utils
 from saescope.sae import BaseSAE, SAEConfig, TrainContext, fvu_loss, sae_class
+from saescope.train.optim import ScheduleFreeSignSGD, make_optimizer, unit_rows_if
+from saescope.train.resample import resample_dead
+from saescope.train.speed import (
+    clip_grad_norm,
+    contiguous_alias,
+    release_freed_memory,
+    resolve_encoder_dtype,
+    retain_freed_memory,
+)
 from saescope.train.checkpoint import (
     find_checkpoint,
     load_checkpoint,
@@ -43,6 +54,10 @@ class TrainerConfig:
     """topk, batchtopk, matryoshka (= matryoshka_batchtopk), jumprelu or standard (= relu: ReLU + L1)."""
     k: int = 32
     """Active latents per token (TopK; BatchTopK on average)."""
+    k_anneal_frac: float = 0.5
+    """TopK family: fraction of steps over which the training k decays linearly from k_anneal_start·k to k."""
+    k_anneal_start: float = 4.0
+    """Starting multiple of k for --k_anneal_frac (capped at F)."""
     width: int = 4096
     """Number of latents F."""
     tokens: int = 0
@@ -53,12 +68,18 @@ class TrainerConfig:
     """Shuffle buffer size in rows (store training)."""
     holdout_shards: int = 1
     """Last store shards kept out of training, for the held-out evaluation."""
+    optimizer: Literal["adam", "signum"] = "adam"
+    """adam (fused Adam, LR warm-up and final decay) or signum (sign-SGD with schedule-free averaging, no decay
+    needed; the saved SAE is the averaged iterate)."""
     lr: float = 0.0
-    """Adam learning rate; 0 = 2e-4·√(2^14 / F)."""
+    """Learning rate; 0 = adam 1e-3·√(2^14 / F) for the TopK family (2e-4·√(2^14 / F) for jumprelu/standard),
+    signum 5e-3·√(2^14 / F)."""
+    momentum: float = 0.95
+    """signum: schedule-free interpolation β between the SGD iterate and its running average."""
     warmup_frac: float = 0.02
     """Fraction of steps with linear LR warm-up."""
     decay_frac: float = 0.2
-    """Final fraction of steps with linear LR decay to 0."""
+    """Final fraction of steps with linear LR decay to 0 (adam; schedule-free signum ignores it)."""
     grad_clip: float = 1.0
     """Gradient-norm clip (0 = off)."""
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
@@ -69,6 +90,12 @@ class TrainerConfig:
     """AuxK coefficient (TopK family)."""
     dead_tokens: int = 1_000_000
     """A latent is dead after this many tokens without firing."""
+    resample_tokens: int = -1
+    """TopK family: restart latents that have not fired for this many tokens on the worst-reconstructed tokens'
+    residuals (train/resample.py) until --resample_until; -1 = min(dead_tokens, max(training
+    tokens / 16, 400·F/k)), 0 = off."""
+    resample_until: float = 0.8
+    """Fraction of the steps after which dead latents are no longer restarted."""
     matryoshka_widths: str = ""
     """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
     l1_coefficient: float = 0.08
@@ -97,87 +124,13 @@ class TrainerConfig:
             raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
 
     def learning_rate(self) -> float:
-        return self.lr or 2e-4 / math.sqrt(self.width / 2**14)
+        from saescope.sae import TopKSAE
 
-
-def resolve_encoder_dtype(name: str, device: str) -> torch.dtype:
-    from saescope.errors import SaescopeError
-
-    if name == "auto":
-        if str(device).startswith("cuda"):
-            return torch.bfloat16
-        caps = torch.backends.cpu.get_cpu_capability()
-        flags = ""
-        try:
-            flags = open("/proc/cpuinfo").read(200_000)
-        except OSError:
-            pass
-        fast = " amx_bf16" in flags or " avx512_bf16" in flags or caps.startswith("AMX")
-        return torch.bfloat16 if fast else torch.float32
-    if name not in ("float32", "bfloat16"):
-        raise SaescopeError(f"--encoder_dtype {name}: choose auto, float32 or bfloat16")
-    return getattr(torch, name)
-
-
-def retain_freed_memory() -> bool:
-    """Ask glibc malloc to keep freed blocks (up to 1 GiB each) for reuse instead of returning them to the OS.
-
-    A training step allocates and frees several [F, d] tensors; by default glibc serves each from a fresh mmap, so
-    every step pays page faults and kernel zeroing for them again (bench: 25 % of a step at F=16384 on CPU). The
-    cost is that the process keeps its peak heap. Process-wide; Linux/glibc only; SAESCOPE_MALLOPT=0 turns it off.
-    """
-    import ctypes
-    import os
-    import sys
-
-    if not sys.platform.startswith("linux") or os.environ.get("SAESCOPE_MALLOPT", "1") == "0":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 31) == 1
-    except (OSError, AttributeError):  # not glibc (musl, ...)
-        return False
-    log.debug("glibc malloc keeps freed blocks: %s", ok)
-    return ok
-
-
-def release_freed_memory() -> None:
-    """Undo `retain_freed_memory` once training is over and hand the retained free blocks back to the OS, so a
-    process that goes on (`saescope run`: evaluation, collation) does not carry the training peak."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-        libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def contiguous_alias(p: Tensor) -> Tensor:
-    """`p` itself, or for a transposed 2-d parameter a contiguous leaf view of the same memory."""
-    if p.dim() == 2 and not p.is_contiguous() and p.T.is_contiguous():
-        return p.detach().T
-    return p
-
-
-@torch.no_grad()
-def clip_grad_norm(params: list[Tensor], max_norm: float) -> float:
-    """Scale the gradients so their global L2 norm is at most `max_norm`; unlike torch's, no pass over the
-    gradients when they are already within bounds (the common case). Returns the norm before clipping."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
-    if norm > max_norm:
-        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
-    return norm
+        if self.lr:
+            return self.lr
+        topk_family = issubclass(sae_class(self.arch), TopKSAE)  # the issue-13 recipe was measured on these
+        base = 5e-3 if self.optimizer == "signum" else (1e-3 if topk_family else 2e-4)
+        return base / math.sqrt(self.width / 2**14)
 
 
 def geometric_median(x: Tensor, iters: int = 100, eps: float = 1e-6) -> Tensor:
@@ -233,13 +186,16 @@ class Trainer:
         # W_enc would otherwise copy it to and from a contiguous buffer every step (5x slower on CPU).
         self.params = list(self.sae.parameters())
         self.opt_params = [contiguous_alias(p) for p in self.params]
-        try:  # the fused kernel saves ~10% of a step on CPU and more on GPU
-            self.opt = torch.optim.Adam(self.opt_params, lr=cfg.learning_rate(), betas=(0.9, 0.999), fused=True)
-        except (RuntimeError, TypeError):
-            self.opt = torch.optim.Adam(self.opt_params, lr=cfg.learning_rate(), betas=(0.9, 0.999))
+        self.opt = make_optimizer(cfg, self.opt_params)
+        self.aliases = {n: a for (n, _), a in zip(self.sae.named_parameters(), self.opt_params)}
+        self.resampled = 0
+        tokens = total_steps * cfg.batch_size
+        # auto: a sixteenth of the run, but at least ~400 mean firing intervals (F/k tokens) of a latent
+        auto = min(cfg.dead_tokens, max(tokens // 16, 400 * cfg.width // cfg.k))
+        self.resample_window = auto if cfg.resample_tokens < 0 else cfg.resample_tokens
         warm = int(cfg.warmup_frac * total_steps)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lr_lambda(total_steps, max(warm, 1), int(cfg.decay_frac * total_steps)))
+        decay = int(cfg.decay_frac * total_steps) if cfg.optimizer == "adam" else 0
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total_steps, max(warm, 1), decay))
         self.step, self.tokens, self.scale, self.initialised = 0, 0, 1.0, False
         self.since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
         self.history: list[dict[str, float]] = []
@@ -270,6 +226,9 @@ class Trainer:
             sparsity_scale=min(1.0, frac / cfg.sparsity_warmup_frac) if cfg.sparsity_warmup_frac > 0 else 1.0,
             encoder_dtype=self.encoder_dtype,
         )
+        if cfg.k_anneal_frac > 0:  # TopK family: k decays linearly from k_anneal_start·k to k
+            k0 = min(cfg.width, round(cfg.k * cfg.k_anneal_start))
+            ctx.k = max(cfg.k, round(k0 - (k0 - cfg.k) * min(1.0, frac / cfg.k_anneal_frac)))
         out = sae.training_forward(x, ctx)
         fvu = fvu_loss(x, out.x_hat)
         loss = fvu + sum(out.losses.values(), torch.zeros(()))
@@ -288,15 +247,23 @@ class Trainer:
         self.sched.step()
         if sae.unit_norm_decoder:
             sae.set_decoder_unit_norm()
+            if isinstance(self.opt, ScheduleFreeSignSGD):
+                self.opt.map_iterates(unit_rows_if(sae.W_dec))
         dist_utils.average_buffers(sae)
         fired = dist_utils.any_across_ranks(out.fired)
         n_global = x.shape[0] * dist_utils.world_size()
         self.since_fired += n_global
         self.since_fired[fired] = 0
+        if self.resample_window and sae.unit_norm_decoder and frac < cfg.resample_until:
+            stale = self.since_fired >= self.resample_window
+            if bool(stale.any()):
+                restarted = resample_dead(sae, self.opt, self.aliases, stale, x, out.x_hat.detach())
+                self.since_fired[restarted] = 0
+                self.resampled += len(restarted)
         self.step += 1
         self.tokens += n_global
         stats = {"loss": float(loss.detach()), "fvu": float(fvu.detach()), "l0": float(out.l0),
-                 "dead": float((self.since_fired >= cfg.dead_tokens).float().mean()),
+                 "dead": float((self.since_fired >= cfg.dead_tokens).float().mean()), "resampled": self.resampled,
                  **{k: float(v.detach()) for k, v in out.losses.items()}}
         return stats
 
@@ -309,7 +276,7 @@ class Trainer:
         tensors["rng"] = torch.get_rng_state()
         meta = {"step": self.step, "tokens": self.tokens, "scale": self.scale, "initialised": self.initialised,
                 "param_groups": groups, "sched": self.sched.state_dict(), "config": asdict(self.cfg),
-                "total_steps": self.total_steps, "history": self.history[-200:]}
+                "total_steps": self.total_steps, "history": self.history[-200:], "resampled": self.resampled}
         return tensors, meta
 
     def save_checkpoint(self) -> None:
@@ -339,6 +306,7 @@ class Trainer:
         torch.set_rng_state(tensors["rng"])
         self.step, self.tokens, self.scale = meta["step"], meta["tokens"], meta["scale"]
         self.initialised, self.history = meta["initialised"], meta.get("history", [])
+        self.resampled = meta.get("resampled", 0)
         log.info("resumed from %s at step %d (%d tokens)", path, self.step, self.tokens)
         return True
 
@@ -374,7 +342,11 @@ class Trainer:
         return TrainResult(self.step, self.tokens, self.history)
 
     def finalize(self) -> BaseSAE:
-        """Fold the input scale into the weights: the returned SAE takes raw activations."""
+        """Averaged weights (signum), input scale folded into the weights: the returned SAE takes raw activations."""
+        if isinstance(self.opt, ScheduleFreeSignSGD):
+            self.opt.averaged()
+            if self.sae.unit_norm_decoder:
+                self.sae.set_decoder_unit_norm()
         self.sae.fold_input_scale(self.scale)
         self.scale = 1.0
         return self.sae

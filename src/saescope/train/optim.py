@@ -1,0 +1,100 @@
+"""Sign-SGD with schedule-free averaging (the `signum` optimiser), implemented from the math.
+
+Schedule-free SGD (Defazio et al. 2024, "The Road Less Scheduled", Alg. 1) keeps two sequences per parameter and
+evaluates the gradient at an interpolation of them:
+
+    y_t     = (1 − β) z_t + β x_t               the point the model holds during training (gradients taken here)
+    z_{t+1} = z_t − γ_t · sign(∇L(y_t))          a plain sign-SGD step (Bernstein et al. 2018: steepest descent in ℓ∞)
+    x_{t+1} = (1 − c_{t+1}) x_t + c_{t+1} z_{t+1},   c_{t+1} = γ_max,t² / Σ_{i≤t} γ_max,i²
+
+x is a (warm-up weighted) running average of the z iterates and is what the final SAE uses; no LR decay is needed
+(the averaging plays its part). β (`momentum`) is the interpolation weight, 0.95 as in sparsify's default.
+
+Why sign steps suit SAEs: every latent whose row received any gradient moves by the same γ per coordinate, so
+rarely firing latents (rare features, and dead latents fed only by AuxK) learn as fast as common ones; with Adam the
+step of a latent firing in a fraction p of batches shrinks like √p (m ≈ p·g, √v ≈ √p·|g|).
+
+Both sequences are stored as tensors (`z`, `x` in the optimizer state), so checkpoints stay safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from saescope.train.trainer import TrainerConfig
+
+
+class ScheduleFreeSignSGD(torch.optim.Optimizer):
+    """Schedule-free sign-SGD. The parameters hold y while training; `averaged()` copies x into them."""
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 5e-3, momentum: float = 0.95,
+                 weight_lr_power: float = 2.0) -> None:
+        if lr <= 0 or not 0.0 <= momentum < 1.0:
+            raise ValueError(f"invalid lr {lr} or momentum {momentum}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_lr_power=weight_lr_power,
+                                      lr_max=0.0, weight_sum=0.0))
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        assert closure is None, "closure is not supported"
+        for group in self.param_groups:
+            ps = [p for p in group["params"] if p.grad is not None]
+            if not ps:
+                continue
+            lr, beta = group["lr"], group["momentum"]
+            group["lr_max"] = lr_max = max(lr, group["lr_max"])
+            w = lr_max ** group["weight_lr_power"]
+            group["weight_sum"] += w
+            c = w / group["weight_sum"]  # = 1/t at a constant LR: x is the uniform average of z_1..z_t
+            for p in ps:
+                st = self.state[p]
+                if "z" not in st:  # z_0 = x_0 = y_0
+                    st["z"], st["x"] = p.detach().clone(), p.detach().clone()
+            zs = [self.state[p]["z"] for p in ps]
+            xs = [self.state[p]["x"] for p in ps]
+            torch._foreach_add_(zs, torch._foreach_sign([p.grad for p in ps]), alpha=-lr)  # z ← z − γ sign(g)
+            torch._foreach_lerp_(xs, zs, c)  # x ← (1 − c) x + c z
+            torch._foreach_copy_(ps, zs)
+            torch._foreach_lerp_(ps, xs, beta)  # y ← (1 − β) z + β x
+
+    @torch.no_grad()
+    def map_iterates(self, fn) -> None:  # noqa: ANN001
+        """Apply an in-place constraint `fn(param, tensor)` to z and x (e.g. unit-norm decoder rows), so the
+        averaged and the SGD iterate obey it too, not just the evaluation point y."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "z" in st:
+                    fn(p, st["z"])
+                    fn(p, st["x"])
+
+    @torch.no_grad()
+    def averaged(self) -> None:
+        """Put the averaged iterate x into the parameters (for evaluation and saving; training stops here)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "x" in st:
+                    p.copy_(st["x"])
+
+
+def make_optimizer(cfg: TrainerConfig, params: list[Tensor]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "signum":
+        return ScheduleFreeSignSGD(params, lr=cfg.learning_rate(), momentum=cfg.momentum)
+    try:  # the fused kernel saves ~10% of a step on CPU and more on GPU
+        return torch.optim.Adam(params, lr=cfg.learning_rate(), betas=(0.9, 0.999), fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=cfg.learning_rate(), betas=(0.9, 0.999))
+
+
+def unit_rows_if(target: Tensor) -> Callable[[Tensor, Tensor], None]:
+    """For `map_iterates`: renormalise the rows of the iterates of parameter `target` (the decoder)."""
+    def fn(p: Tensor, t: Tensor) -> None:
+        if p is target:
+            t /= t.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    return fn
