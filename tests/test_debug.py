@@ -84,8 +84,10 @@ def test_spliced_sae_changes_nothing_and_its_attributions_add_up(tiny):
     n = res.nodes
     latents = float(n.act_grad[n.kind == 3].double().sum())
     errors = float(n.act_grad[n.kind == 4].double().sum())
-    b_dec = float((sae.b_dec.detach().float() @ g.T).sum())
-    assert latents + errors + b_dec == pytest.approx(float((x * g).sum()), rel=1e-4, abs=1e-5)
+    spliced = (tr.ids[0] != hm.tokenizer.bos_token_id).float()  # BOS is left untouched
+    b_dec = float(((sae.b_dec.detach().float() @ g.T) * spliced).sum())
+    assert latents + errors + b_dec == pytest.approx(float(((x * g).sum(-1) * spliced).sum()), rel=1e-4, abs=1e-5)
+    assert not bool((n.kind == 3)[n.position == 0].any())  # no latent at BOS
     # tracing a latent upstream: its pre-activation becomes the behaviour
     lat = res.nodes.top(1, kinds=("latent",))[0]
     up = debug(hm, PROMPT, *_targets(hm), saes={hp: sae}, trace=lat.name)

@@ -158,8 +158,10 @@ def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits) -
     stack = contextlib.ExitStack()
     for hp, sae in saes.items():
         def splice(x: Tensor, hp: str = hp, sae: BaseSAE = sae) -> Tensor:
-            f = sae.encode(x.float()).detach()  # [1, T, F]
-            x_hat = sae.decode(f)
+            # BOS is left untouched (as in training and the spliced metrics): no latents, no error there
+            keep = (tr.ids == hm.tokenizer.bos_token_id).to(x.device)[..., None]  # [1, T, 1]
+            f = sae.encode(x.float()).detach().masked_fill(keep, 0.0)  # [1, T, F]
+            x_hat = torch.where(keep, x.float(), sae.decode(f))
             f = f.clone()
             for (kind, key), v in edits.items():
                 if kind == "latent" and key[0] == hp:
@@ -167,7 +169,7 @@ def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits) -
             f.requires_grad_(True)
             tr.latents[hp] = f
             tr.errors[hp] = (x.float() - x_hat).detach()[0]
-            out = x + (sae.decode(f) - x_hat.detach()).to(x.dtype)  # = x when nothing is edited
+            out = x + torch.where(keep, 0.0, sae.decode(f) - x_hat.detach()).to(x.dtype)  # = x unless edited
             out.retain_grad()
             tr.spliced[hp] = out
             tr.sae_inputs[hp] = x
