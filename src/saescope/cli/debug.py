@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from saescope.config import ModelConfig
 
@@ -23,7 +24,7 @@ class DebugConfig:
     """SAE directories, comma-separated, spliced in with their error term (PATH@HOOKPOINT where not recorded)."""
     top: int = 20
     """Nodes to list."""
-    by: str = "act_grad"
+    by: Literal["act_grad", "direct_effect"] = "act_grad"
     """Rank by act_grad (estimated total effect) or direct_effect."""
     ablate: str = ""
     """Interventions, comma-separated NODE=zero|mean|VALUE (mlp.9.1234@6=zero, latent.resid_post.9.301@6=2.5)."""
