@@ -21,7 +21,8 @@ STAGES = ["seed_dataset", "store", *SAES, "collated", "explanations"]
 def _cfg(tiny_dir, text_corpus, tmp_path, width: int = 64) -> RunConfig:
     return RunConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), data=CorpusConfig(str(text_corpus)),
                      out=str(tmp_path / "run"), generate=4, capture=CaptureOptions(max_tokens=1500, context_len=16),
-                     train=TrainerConfig(width=width, k=4), collate=CollateOptions(max_tokens=600), no_serve=True)
+                     train=TrainerConfig(width=width, k=4), collate=CollateOptions(max_tokens=600, token_pairs=True),
+                     no_serve=True)
 
 
 def _recomputed(decisions: dict[str, str]) -> list[str]:
@@ -67,7 +68,7 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     assert max(int(i) for i in scores) < 32  # no explanation of a latent the new SAE does not have
 
     # A changed collation budget recomputes only the collation and the explanations.
-    fewer = dataclasses.replace(narrow, collate=CollateOptions(max_tokens=400))
+    fewer = dataclasses.replace(narrow, collate=CollateOptions(max_tokens=400, token_pairs=True))
     assert _recomputed(run_pipeline(fewer).decisions) == ["collated", "explanations"]
 
 

@@ -38,7 +38,9 @@ class RunConfig:
     data: CorpusConfig = field(default_factory=lambda: CorpusConfig(shuffle_docs=4096))
     capture: CaptureOptions = field(default_factory=lambda: CaptureOptions(max_tokens=200_000))
     train: TrainerConfig = field(default_factory=TrainerConfig)
-    collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=131_072))
+    # The attention latents by token pair (`--collate.token_pairs true`) are off by default in `run` for now: on
+    # this CPU their pass costs ~2.5x the rest of the collation and their records are written at ~15/s (README).
+    collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=65_536, token_pairs=False))
     interp: InterpOptions = field(default_factory=InterpOptions)
     view: ViewOptions = field(default_factory=ViewOptions)
     out: str = "runs/default"
