@@ -130,3 +130,19 @@ def test_debug_cli_ranks_ablates_and_reports_json(tiny_dir, capsys):
     assert f"after ablating {top}=zero" in text and "behaviour" in text
     assert main([*args, "--ablate", "mlp.0.0@0=bogus"]) == 2
     assert "use zero, mean or a number" in capsys.readouterr().err
+
+
+def test_head_token_pairs_sum_to_the_heads_act_grad(tiny):
+    """Σ_s A[t, s]·∂B/∂A[t, s] over keys = the head's act × grad at query t (z_h[t]·∂B/∂z_h[t])."""
+    hm = tiny
+    res = debug(hm, PROMPT, *_targets(hm), pairs_for="head.1.2")
+    attr = torch.tensor(res.pairs["attribution"])  # [T, T]
+    T = attr.shape[0]
+    assert torch.all(attr.triu(1) == 0)  # causal
+    n = res.nodes
+    rows = (n.kind == 1) & (n.layer == 1) & (n.index == 2)
+    ag = torch.zeros(T)
+    ag[n.position[rows]] = n.act_grad[rows]
+    torch.testing.assert_close(attr.sum(1), ag, rtol=1e-3, atol=1e-5)
+    with pytest.raises(SaescopeError, match="expected head.L.h"):
+        debug(hm, PROMPT, " cat", pairs_for="mlp.1.2")

@@ -173,6 +173,9 @@ def test_browser_end_to_end(collated_root, tmp_path):
             page.wait_for_selector("#ablated")
             assert "Δ" in page.inner_text("#ablated") and page.inner_text("#behaviour") == before
             assert "=zero" in page.input_value("#ablate")
+            page.click("#nodes button.prs >> nth=0")  # a head's token-pair view of the prompt
+            page.wait_for_selector("table.pairgrid td[title]")
+            assert "pairs=head." in page.url
             page.screenshot(path=str(tmp_path / "debug.png"), full_page=True)
             page.goto(f"http://127.0.0.1:{port}/api/docs")
             page.wait_for_selector("h3.endpoint >> text=\"POST /api/debug\"")

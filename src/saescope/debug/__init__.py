@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor
 
-from saescope.debug.attribute import KINDS, Node, NodeTable, rank_nodes
+from saescope.debug.attribute import KINDS, Node, NodeTable, head_pairs, rank_nodes
 from saescope.debug.trace import Behaviour, Edits, logit_behaviour, prompt_ids, run_trace, single_token
 from saescope.errors import SaescopeError
 from saescope.models import HookedModel, canonical_hookpoint
@@ -77,6 +77,8 @@ class DebugResult:
     """The model's five most likely next tokens with probabilities."""
     ablated_behaviour: float | None = None
     ablated_top_tokens: list[tuple[str, float]] | None = None
+    pairs: dict[str, Any] | None = None
+    """For `pairs_for=head.L.h`: that head's pattern and A·∂B/∂A over the prompt's token pairs ([T, T] each)."""
 
     def summary(self) -> dict[str, Any]:
         """Every field but the node table, JSON-ready."""
@@ -91,7 +93,7 @@ def _top_tokens(hm: HookedModel, logits: Tensor, n: int = 5) -> list[tuple[str, 
 
 def debug(hm: HookedModel, prompt: str, target: str, distractor: str = "", saes: dict[str, BaseSAE] | None = None,
           ablate: dict[str, str | float] | None = None, means: dict[str, float] | None = None,
-          trace: str = "") -> DebugResult:
+          trace: str = "", pairs_for: str = "") -> DebugResult:
     """Rank every node by its effect on the behaviour; optionally ablate nodes (re-run) or trace a node upstream.
 
     ablate: node name → 'zero', 'mean' (from `means`, e.g. the collated records' means) or a value."""
@@ -111,6 +113,12 @@ def debug(hm: HookedModel, prompt: str, target: str, distractor: str = "", saes:
         table.direct_effect.zero_()
     res = DebugResult([hm.tokenizer.decode([int(i)]) for i in ids[0]], tgt_pieces, dis_pieces, tr.behaviour,
                       float(tr.logits[tgt]), float(tr.logits.softmax(-1)[tgt]), table, _top_tokens(hm, tr.logits))
+    if pairs_for:
+        m = re.match(r"^head\.(\d+)\.(\d+)(@\d+)?$", pairs_for.strip())
+        if not m or int(m.group(1)) >= hm.n_layers or int(m.group(2)) >= hm.n_heads:
+            raise SaescopeError(f"pairs for '{pairs_for}': expected head.L.h of this model")
+        res.pairs = {"head": f"head.{m.group(1)}.{m.group(2)}",
+                     **head_pairs(hm, tr, int(m.group(1)), int(m.group(2)))}
     if ablate:
         edits: Edits = {}
         for name, how in ablate.items():

@@ -202,3 +202,14 @@ def rank_nodes(hm: HookedModel, tr: Trace, target: int | None, distractor: int |
         parts.append(_rows("error", j, torch.full((T,), -1), pos, err.norm(dim=-1), torch.zeros(T), (err * g).sum(-1)))
     cols = [torch.cat([p[c] for p in parts]) for c in range(8)]
     return NodeTable(*cols, hookpoints=hps, total_direct=total)
+
+
+@torch.no_grad()
+def head_pairs(hm: HookedModel, tr: Trace, layer: int, head: int) -> dict[str, list[list[float]]]:
+    """A head's token-pair view of the prompt: its pattern A[t, s] and A[t, s] · ∂B/∂A[t, s] ([T, T] each)."""
+    W_O = hm.W_O(layer).float()[head]  # [dh, d]
+    group = hm.n_heads // hm.n_kv_heads
+    v = tr.values[layer][0].float()[:, head // group]  # [T, dh]
+    A = tr.pattern[layer][0, head].float()  # [T, T]
+    attr = A * ((v @ W_O) @ _grad(tr.attn_z[layer]).T).T  # [t, s]: A · (w[s] · ∂B/∂z[t])
+    return {"pattern": A.tolist(), "attribution": attr.tolist()}

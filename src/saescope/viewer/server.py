@@ -110,6 +110,8 @@ class DebugRequest(BaseModel):
     """A node to trace upstream (its activation becomes the behaviour)."""
     top: int = 30
     by: str = "act_grad"
+    pairs_for: str = ""
+    """A head (head.L.h): also return its pattern and A·∂B/∂A over the prompt's token pairs."""
 
 
 def create_app(root: str | Path, model: str | None = None) -> FastAPI:
@@ -276,7 +278,7 @@ def run_debug(data: DataRoot, hub: ModelHub, req: DebugRequest) -> dict[str, Any
     notes = NodeNotes(str(data.root / req.model), names)
     try:
         res = debug(hm, req.prompt, req.target, req.distractor, saes, ablate=req.ablate or None,
-                    means=notes.means(req.ablate), trace=req.trace)
+                    means=notes.means(req.ablate), trace=req.trace, pairs_for=req.pairs_for)
     except SaescopeError as e:
         raise HTTPException(400, str(e)) from None
     out = res.summary()

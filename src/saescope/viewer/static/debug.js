@@ -3,7 +3,7 @@
 const $ = s => document.querySelector(s);
 const esc = s => String(s).replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 const num = (v, d = 4) => (v === null || v === undefined) ? "–" : (v >= 0 ? "+" : "") + v.toFixed(d);
-const FIELDS = ["model", "prompt", "target", "distractor", "by", "ablate", "trace"];
+const FIELDS = ["model", "prompt", "target", "distractor", "by", "ablate", "trace", "pairs"];
 
 function parseAblate(text) {
   const out = {};
@@ -20,7 +20,7 @@ async function run() {
   const out = $("#out");
   out.innerHTML = "<p>running the model…</p>";
   const body = {model: q.model, prompt: q.prompt, target: q.target, distractor: q.distractor, by: q.by,
-                ablate: parseAblate(q.ablate), trace: q.trace, top: 30};
+                ablate: parseAblate(q.ablate), trace: q.trace, top: 30, pairs_for: q.pairs};
   const r = await fetch("/api/debug", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
   const res = await r.json().catch(() => ({detail: r.statusText}));
   if (!r.ok) { out.innerHTML = `<p class="error">${esc(res.detail)}</p>`; return; }
@@ -41,11 +41,23 @@ async function run() {
     const tok = res.prompt_tokens[n.position] ?? "";
     const key = n.kind === "head" && n.top_key >= 0 ? ` ← ${esc(JSON.stringify(res.prompt_tokens[n.top_key]))}` : "";
     const link = n.url ? `<a href="${esc(n.url)}">${esc(n.name)}</a>` : esc(n.name);
-    const act = ["mlp", "head", "latent"].includes(n.kind) ? `<button class="abl" data-node="${esc(n.name)}">ablate</button>` : "";
+    let act = ["mlp", "head", "latent"].includes(n.kind) ? `<button class="abl" data-node="${esc(n.name)}">ablate</button>` : "";
+    if (n.kind === "head") act += ` <button class="prs" data-head="head.${n.layer}.${n.index}">pairs</button>`;
     html += `<tr><td>${link}</td><td>${esc(JSON.stringify(tok))}${key}</td><td>${n.activation.toFixed(3)}</td>` +
       `<td>${num(n.direct_effect)}</td><td>${num(n.act_grad)}</td><td>${esc(n.explanation || "")}</td><td>${act}</td></tr>`;
   });
-  out.innerHTML = html + "</table>";
+  html += "</table>";
+  if (res.pairs) {  // the head's token-pair view: rows = query, columns = key; colour = A·∂B/∂A (red +, blue −)
+    const a = res.pairs.attribution, mx = Math.max(1e-9, ...a.flat().map(Math.abs));
+    html += `<h3 id="pairview">${esc(res.pairs.head)}: A·∂B/∂A by (query ↓, key →); hover for the pattern</h3><table class="pairgrid"><tr><th></th>` +
+      res.prompt_tokens.map(t => `<th>${esc(JSON.stringify(t))}</th>`).join("") + "</tr>" +
+      a.map((row, t) => `<tr><th>${esc(JSON.stringify(res.prompt_tokens[t]))}</th>` + row.map((v, s) => {
+        const x = Math.min(1, Math.abs(v) / mx).toFixed(3), c = v >= 0 ? `rgba(192,57,43,${x})` : `rgba(46,134,222,${x})`;
+        return s > t ? "<td></td>" : `<td style="background:${c}" title="A ${res.pairs.pattern[t][s].toFixed(3)} · attribution ${v.toFixed(4)}"></td>`;
+      }).join("") + "</tr>").join("") + "</table>";
+  }
+  out.innerHTML = html;
+  out.querySelectorAll("button.prs").forEach(b => b.addEventListener("click", () => { $("#pairs").value = b.dataset.head; run(); }));
   out.querySelectorAll("button.abl").forEach(b => b.addEventListener("click", () => {
     const cur = $("#ablate").value.trim();
     $("#ablate").value = (cur ? cur + ", " : "") + b.dataset.node + "=zero";
