@@ -15,7 +15,8 @@ from saescope.errors import SaescopeError
 from saescope.io import write_json
 from saescope.models.hooks import canonical_hookpoint
 from saescope.store import ActivationStore, shuffled_batches
-from saescope.train.trainer import Trainer, TrainerConfig, release_freed_memory
+from saescope.train.speed import release_freed_memory
+from saescope.train.trainer import Trainer, TrainerConfig
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ from saescope.train.resample import resample_dead
 from saescope.train.speed import (
     clip_grad_norm,
     contiguous_alias,
-    release_freed_memory,
     resolve_encoder_dtype,
     retain_freed_memory,
 )
