@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from saescope.sae import BaseSAE
 from saescope import distributed as dist_utils
+from saescope.sae import BaseSAE
 
 
 @torch.no_grad()

@@ -23,6 +23,13 @@ from torch import Tensor
 
 from saescope import distributed as dist_utils
 from saescope.sae import BaseSAE, SAEConfig, TrainContext, fvu_loss, sae_class
+from saescope.train.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    optimizer_tensors,
+    restore_optimizer,
+    save_checkpoint,
+)
 from saescope.train.optim import ScheduleFreeSignSGD, make_optimizer, unit_rows_if
 from saescope.train.resample import resample_dead
 from saescope.train.speed import (
@@ -30,13 +37,6 @@ from saescope.train.speed import (
     contiguous_alias,
     resolve_encoder_dtype,
     retain_freed_memory,
-)
-from saescope.train.checkpoint import (
-    find_checkpoint,
-    load_checkpoint,
-    optimizer_tensors,
-    restore_optimizer,
-    save_checkpoint,
 )
 
 log = logging.getLogger(__name__)
