@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 from saescope.config import ModelConfig
@@ -50,9 +50,7 @@ def main(argv: list[str]) -> int:
                 trace=cfg.trace)
     nodes = res.nodes.top(cfg.top, by=cfg.by)
     if cfg.json:
-        out = res.summary()
-        out["nodes"] = [{**asdict(n), **notes.note(n)} for n in nodes]
-        print(json.dumps(out, ensure_ascii=False))
+        print(json.dumps(res.to_json(nodes, notes), ensure_ascii=False))
         return 0
     what = f"activation of {cfg.trace}" if cfg.trace else (
         f"logit({res.target_tokens[0]!r})" + (f" − logit({res.distractor_tokens[0]!r})" if cfg.distractor else ""))

@@ -80,9 +80,13 @@ class DebugResult:
     pairs: dict[str, Any] | None = None
     """For `pairs_for=head.L.h`: that head's pattern and A·∂B/∂A over the prompt's token pairs ([T, T] each)."""
 
-    def summary(self) -> dict[str, Any]:
-        """Every field but the node table, JSON-ready."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "nodes"}
+    def to_json(self, nodes: list[Node], notes: Any = None) -> dict[str, Any]:
+        """Every field but the node table, plus the given nodes (with `notes.note(node)` merged in), JSON-ready."""
+        from dataclasses import asdict
+
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "nodes"}
+        out["nodes"] = [{**asdict(n), **(notes.note(n) if notes is not None else {})} for n in nodes]
+        return out
 
 
 def _top_tokens(hm: HookedModel, logits: Tensor, n: int = 5) -> list[tuple[str, float]]:

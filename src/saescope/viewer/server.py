@@ -254,8 +254,6 @@ def create_app(root: str | Path, model: str | None = None) -> FastAPI:
 
 
 def run_debug(data: DataRoot, hub: ModelHub, req: DebugRequest) -> dict[str, Any]:
-    from dataclasses import asdict
-
     from fastapi import HTTPException
 
     from saescope.debug import debug
@@ -281,8 +279,7 @@ def run_debug(data: DataRoot, hub: ModelHub, req: DebugRequest) -> dict[str, Any
                     means=notes.means(req.ablate), trace=req.trace, pairs_for=req.pairs_for)
     except SaescopeError as e:
         raise HTTPException(400, str(e)) from None
-    out = res.summary()
-    out["nodes"] = [{**asdict(n), **notes.note(n)} for n in res.nodes.top(max(1, min(req.top, 200)), by=req.by)]
+    out = res.to_json(res.nodes.top(max(1, min(req.top, 200)), by=req.by), notes)
     out["saes"] = [f"{names[h]} ({h})" for h in saes]
     return out
 
