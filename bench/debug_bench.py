@@ -1,6 +1,7 @@
 """Debugger latency: one `saescope.debug.debug` request (forward with every node kept + one backward + ranking) on
-gemma-3-270m with one spliced SAE, over 20 prompts of ~32 tokens; median and p95, plus the bare forward of the same
-prompt (with the unembedding) as the baseline, measured in the same run.
+gemma-3-270m with one spliced SAE, over 20 prompts of exactly 32 tokens (BOS included: each sentence below behind a
+shared lead-in, cut to its last 31 tokens); median and p95, plus the bare forward of the same prompt (with the
+unembedding) as the baseline and an upstream trace of a head through its key side, measured in the same run.
 
     python bench/debug_bench.py [--sae runs/default/saes/resid_post] [--model default]
 """
@@ -37,6 +38,16 @@ PROMPTS = [
 ]
 
 
+LEAD_IN = "This sentence was copied from a long report that a student wrote for the school newspaper last year: "
+TOKENS = 32
+
+
+def fixed_length(tok, text: str, n: int = TOKENS) -> str:
+    """The last n−1 tokens of LEAD_IN + text, decoded (BOS makes n)."""
+    ids = tok(LEAD_IN + text, add_special_tokens=False).input_ids[-(n - 1):]
+    return tok.decode(ids)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="default")
@@ -48,9 +59,11 @@ def main() -> None:
 
     hm = load_model(args.model)
     saes, _ = load_saes(args.sae, hm)
-    debug(hm, PROMPTS[0], " Paris", " London", saes)  # warm-up
-    lat, fwd, lens = [], [], []
-    for p in PROMPTS:
+    prompts = [fixed_length(hm.tokenizer, p) for p in PROMPTS]
+    debug(hm, prompts[0], " Paris", " London", saes)  # warm-up
+    lat, fwd, lens, trc = [], [], [], []
+    mid = hm.n_layers // 2
+    for p in prompts:
         ids = hm.tokenizer(p, return_tensors="pt").input_ids
         lens.append(ids.shape[1])
         t0 = time.perf_counter()
@@ -60,6 +73,9 @@ def main() -> None:
         t0 = time.perf_counter()
         debug(hm, p, " the", "", saes)
         lat.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        debug(hm, p, " the", "", saes, trace=f"head.{mid}.0@{ids.shape[1] - 1}:k")
+        trc.append(time.perf_counter() - t0)
 
     def p95(x: list[float]) -> float:
         return sorted(x)[int(round(0.95 * (len(x) - 1)))]
@@ -69,6 +85,8 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| bare forward (no hooks, no gradient) | {statistics.median(fwd):.3f} | {p95(fwd):.3f} |")
     print(f"| debug: rank every node (forward + backward + ranking) | {statistics.median(lat):.3f} | {p95(lat):.3f} |")
+    print(f"| debug: trace head.{mid}.0 at the last token through its key side | {statistics.median(trc):.3f} | "
+          f"{p95(trc):.3f} |")
 
 
 if __name__ == "__main__":

@@ -146,3 +146,31 @@ def test_head_token_pairs_sum_to_the_heads_act_grad(tiny):
     torch.testing.assert_close(attr.sum(1), ag, rtol=1e-3, atol=1e-5)
     with pytest.raises(SaescopeError, match="expected head.L.h"):
         debug(hm, PROMPT, " cat", pairs_for="mlp.1.2")
+
+
+def test_head_traced_through_its_query_key_and_value_sides(tiny):
+    """The three sides' act × grad add up to the undivided trace for every upstream node; the query side reads only
+    the query position, so the layer below's neurons elsewhere get exactly zero there (not on the key side)."""
+    hm = tiny
+    T = prompt_ids(hm, PROMPT).shape[1]
+    L, h, t = hm.n_layers - 1, 1, T - 2
+    name = f"head.{L}.{h}@{t}"
+    whole = debug(hm, PROMPT, " cat", trace=name)
+    sides = {s: debug(hm, PROMPT, " cat", trace=f"{name}:{s}") for s in "qkv"}
+    for r in sides.values():  # the traced activation itself does not depend on the side
+        assert r.behaviour == pytest.approx(whole.behaviour, rel=1e-6)
+    n = whole.nodes
+    up = n.layer < L  # embeddings (layer −1) and every node of the earlier layers
+    total = sum(sides[s].nodes.act_grad[up].double() for s in "qkv")
+    assert float(n.act_grad[up].abs().max()) > 0
+    torch.testing.assert_close(total, n.act_grad[up].double(), rtol=1e-4, atol=1e-5)
+    below = (n.kind == 2) & (n.layer == L - 1)  # the MLP neurons of the layer below
+    q, k = sides["q"].nodes.act_grad, sides["k"].nodes.act_grad
+    assert torch.all(q[below & (n.position != t)] == 0)
+    assert float(q[below & (n.position == t)].abs().max()) > 0
+    assert float(k[below & (n.position < t)].abs().max()) > 0
+    assert torch.all(q[up & (n.position > t)] == 0) and torch.all(k[up & (n.position > t)] == 0)  # causal
+    with pytest.raises(SaescopeError, match="for heads only"):
+        debug(hm, PROMPT, " cat", trace="mlp.0.1@2:q")
+    with pytest.raises(SaescopeError, match="for heads only"):
+        debug(hm, PROMPT, " cat", trace=f"{name}:x")

@@ -29,7 +29,8 @@ class DebugConfig:
     ablate: str = ""
     """Interventions, comma-separated NODE=zero|mean|VALUE (mlp.9.1234@6=zero, latent.resid_post.9.301@6=2.5)."""
     trace: str = ""
-    """A node to trace upstream: the behaviour becomes its activation (mlp.9.1234@6)."""
+    """A node to trace upstream: the behaviour becomes its activation (mlp.9.1234@6); a head through one side of its
+    attention only with :q, :k or :v (head.9.2@6:k)."""
     collated: str = ""
     """A collated model folder (runs/default/collated/gemma-3-270m): explanations and means of the nodes."""
     json: bool = False
@@ -52,7 +53,9 @@ def main(argv: list[str]) -> int:
     if cfg.json:
         print(json.dumps(res.to_json(nodes, notes), ensure_ascii=False))
         return 0
-    what = f"activation of {cfg.trace}" if cfg.trace else (
+    side = {"q": " through its query side", "k": " through its key side", "v": " through its value side"}
+    name, _, how = cfg.trace.partition(":")
+    what = f"activation of {name}{side.get(how, '')}" if cfg.trace else (
         f"logit({res.target_tokens[0]!r})" + (f" − logit({res.distractor_tokens[0]!r})" if cfg.distractor else ""))
     if len(res.target_tokens) > 1:
         print(f"note: {cfg.target!r} is {len(res.target_tokens)} tokens {res.target_tokens}; explaining the first")

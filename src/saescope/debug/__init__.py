@@ -5,6 +5,7 @@
     res.nodes.top(20)                       # by |activation × gradient|; .top(20, by="direct_effect")
     debug(hm, ..., ablate={"mlp.9.1234@6": "zero"}).ablated_behaviour
     debug(hm, ..., trace="mlp.9.1234@6")    # the same ranking with the behaviour := that node's activation
+    debug(hm, ..., trace="head.9.2@6:k")    # a head traced through its key side only (:q, :k or :v)
 
 Node names: `mlp.L.i@t` (neuron i of layer L at position t), `head.L.h@t` (head h's output at query t),
 `latent.<hookpoint>.i@t` (a spliced SAE's latent), `error.<hookpoint>@t`, `embed@t`, `bias`.
@@ -19,7 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from saescope.debug.attribute import KINDS, Node, NodeTable, head_pairs, rank_nodes
-from saescope.debug.trace import Behaviour, Edits, logit_behaviour, prompt_ids, run_trace, single_token
+from saescope.debug.trace import SIDES, Behaviour, Edits, logit_behaviour, prompt_ids, run_trace, single_token
 from saescope.errors import SaescopeError
 from saescope.models import HookedModel, canonical_hookpoint
 from saescope.sae import BaseSAE
@@ -100,18 +101,25 @@ def debug(hm: HookedModel, prompt: str, target: str, distractor: str = "", saes:
           trace: str = "", pairs_for: str = "") -> DebugResult:
     """Rank every node by its effect on the behaviour; optionally ablate nodes (re-run) or trace a node upstream.
 
-    ablate: node name → 'zero', 'mean' (from `means`, e.g. the collated records' means) or a value."""
+    ablate: node name → 'zero', 'mean' (from `means`, e.g. the collated records' means) or a value.
+    trace: a node name; for a head, `head.L.h@t:q` (or `:k`, `:v`) ranks the upstream nodes by their effect through
+    that side of the head's layer only (the three sides' act × grad add up to the undivided trace's)."""
     saes = {canonical_hookpoint(k): v for k, v in (saes or {}).items()}
     ids = prompt_ids(hm, prompt)
     T = ids.shape[1]
     tgt, tgt_pieces = single_token(hm, target, "target")
     dis, dis_pieces = single_token(hm, distractor, "distractor") if distractor else (None, [])
     behaviour = logit_behaviour(tgt, dis)
-    upstream = None
+    upstream, side = None, None
     if trace:
-        upstream = parse_node(trace, hm, T, saes)
+        name, _, how = trace.strip().partition(":")
+        upstream = parse_node(name, hm, T, saes)
+        if how:
+            if upstream[0] != "head" or how not in SIDES:
+                raise SaescopeError(f"trace '{trace}': a side (:q, :k or :v) is for heads only, e.g. head.3.1@7:k")
+            side = (upstream[1][0], how)
         behaviour = _activation_of(*upstream, saes, hm)
-    tr = run_trace(hm, ids, behaviour, saes)
+    tr = run_trace(hm, ids, behaviour, saes, side=side)
     table = rank_nodes(hm, tr, None if upstream else tgt, dis, saes)
     if upstream is not None:  # only nodes upstream of the traced one can move it
         table.direct_effect.zero_()

@@ -96,9 +96,30 @@ Edits = dict[tuple[str, Any], Any]
 """Interventions applied during the pass: (kind, key) → how; see `saescope.debug.intervene`."""
 
 
+SIDES = ("q", "k", "v")
+"""The three inputs of an attention layer; tracing a head through one side stops the gradient of the other two."""
+
+
+def _side_hooks(hm: HookedModel, layer: int, side: str) -> list[Any]:
+    """Forward hooks that detach the other two of the layer's query/key/value projections (values unchanged), so
+    ∂B/∂(anything upstream) flows into the layer's attention through `side` only. The three sides' gradients add
+    up to the undivided one (the projections are the only way in)."""
+    attn = hm._attn(layer)
+    if hm.arch == "gpt2":  # one c_attn writes [q | k | v]
+        d = hm.d_model
+
+        def split(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+            parts = list(out.split(d, dim=-1))
+            return torch.cat([p if s == side else p.detach() for s, p in zip(SIDES, parts)], dim=-1)
+        return [attn.c_attn.register_forward_hook(split)]
+    proj = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}
+    return [m.register_forward_hook(lambda mod, args, out: out.detach()) for s, m in proj.items() if s != side]
+
+
 @contextlib.contextmanager
-def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits) -> Iterator[None]:
-    handles = []
+def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits,
+           side: tuple[int, str] | None = None) -> Iterator[None]:
+    handles = [] if side is None else _side_hooks(hm, *side)
 
     def first_block(mod: nn.Module, args: tuple, kwargs: dict) -> Any:
         h = args[0] if args else kwargs["hidden_states"]
@@ -192,15 +213,16 @@ def logit_behaviour(target: int, distractor: int | None) -> Behaviour:
 
 
 def run_trace(hm: HookedModel, ids: Tensor, behaviour: Behaviour, saes: dict[str, BaseSAE],
-              edits: Edits | None = None, backward: bool = True) -> Trace:
-    """Forward (and backward of the behaviour) on one prompt [1, T]."""
+              edits: Edits | None = None, backward: bool = True, side: tuple[int, str] | None = None) -> Trace:
+    """Forward (and backward of the behaviour) on one prompt [1, T]; side=(layer, 'q'|'k'|'v') lets the gradient
+    into that layer's attention through one of its three inputs only (tracing a head through one side)."""
     for hp in saes:
         parse_hookpoint(hp)
     tr = Trace(ids, 0.0, torch.empty(0), torch.empty(0), torch.empty(0))
     req = [p.requires_grad for p in hm.model.parameters()]
     hm.model.requires_grad_(False)
     try:
-        with torch.enable_grad(), _hooks(hm, tr, saes, edits or {}):
+        with torch.enable_grad(), _hooks(hm, tr, saes, edits or {}, side):
             logits = hm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1].float()  # [V]
             b = behaviour(tr, logits)
             if backward:

@@ -134,6 +134,8 @@ def evaluate(cfg: EvalConfig, hm: Any = None) -> dict[str, Any]:
     _, eval_ids = split_shards(store, cfg.holdout_shards)
     if cfg.holdout_shards == 0:
         eval_ids = list(range(len(store.shards)))
+    log.info("evaluating %s on %d held-out shard(s)%s", hp, len(eval_ids),
+             f" and {cfg.contexts} spliced contexts" if cfg.spliced else "")
     ev = evaluate_batches(sae, (store.load_shard(hp, i) for i in eval_ids))
     ev.pop("_density")
     if cfg.spliced:

@@ -107,7 +107,7 @@ class DebugRequest(BaseModel):
     ablate: dict[str, str] = {}
     """Node name → zero, mean or a number."""
     trace: str = ""
-    """A node to trace upstream (its activation becomes the behaviour)."""
+    """A node to trace upstream (its activation becomes the behaviour); heads through one side: head.L.h@t:q, :k or :v."""
     top: int = 30
     by: str = "act_grad"
     pairs_for: str = ""

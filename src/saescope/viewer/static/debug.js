@@ -24,7 +24,9 @@ async function run() {
   const r = await fetch("/api/debug", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
   const res = await r.json().catch(() => ({detail: r.statusText}));
   if (!r.ok) { out.innerHTML = `<p class="error">${esc(res.detail)}</p>`; return; }
-  const what = q.trace ? `activation of ${esc(q.trace)}` :
+  const SIDE = {q: " through its query side", k: " through its key side", v: " through its value side"};
+  const [tnode, tside] = q.trace.split(":");
+  const what = q.trace ? `activation of ${esc(tnode)}${SIDE[tside] || ""}` :
     `logit(${esc(JSON.stringify(res.target_tokens[0]))})` + (q.distractor ? ` − logit(${esc(JSON.stringify(res.distractor_tokens[0]))})` : "");
   let html = `<p id="behaviour">behaviour ${what} = <b>${num(res.behaviour)}</b> · p(target) = ${res.target_prob.toFixed(3)}` +
     ` · SAEs: ${esc(res.saes.join(", ") || "none")}</p>`;
@@ -42,7 +44,11 @@ async function run() {
     const key = n.kind === "head" && n.top_key >= 0 ? ` ← ${esc(JSON.stringify(res.prompt_tokens[n.top_key]))}` : "";
     const link = n.url ? `<a href="${esc(n.url)}">${esc(n.name)}</a>` : esc(n.name);
     let act = ["mlp", "head", "latent"].includes(n.kind) ? `<button class="abl" data-node="${esc(n.name)}">ablate</button>` : "";
-    if (n.kind === "head") act += ` <button class="prs" data-head="head.${n.layer}.${n.index}">pairs</button>`;
+    if (["mlp", "latent"].includes(n.kind)) act += ` <button class="trc" data-node="${esc(n.name)}" title="rank the nodes behind this one">trace</button>`;
+    if (n.kind === "head") {
+      act += ` <button class="prs" data-head="head.${n.layer}.${n.index}">pairs</button> trace` +
+        ["q", "k", "v"].map(s => ` <button class="trc" data-node="${esc(n.name)}:${s}" title="rank the nodes behind this head through its ${{q: "query", k: "key", v: "value"}[s]} side">${s}</button>`).join("");
+    }
     html += `<tr><td>${link}</td><td>${esc(JSON.stringify(tok))}${key}</td><td>${n.activation.toFixed(3)}</td>` +
       `<td>${num(n.direct_effect)}</td><td>${num(n.act_grad)}</td><td>${esc(n.explanation || "")}</td><td>${act}</td></tr>`;
   });
@@ -57,6 +63,7 @@ async function run() {
       }).join("") + "</tr>").join("") + "</table>";
   }
   out.innerHTML = html;
+  out.querySelectorAll("button.trc").forEach(b => b.addEventListener("click", () => { $("#trace").value = b.dataset.node; $("#ablate").value = ""; run(); }));
   out.querySelectorAll("button.prs").forEach(b => b.addEventListener("click", () => { $("#pairs").value = b.dataset.head; run(); }));
   out.querySelectorAll("button.abl").forEach(b => b.addEventListener("click", () => {
     const cur = $("#ablate").value.trim();
