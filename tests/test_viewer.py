@@ -177,6 +177,11 @@ def test_browser_end_to_end(collated_root, tmp_path):
             page.wait_for_selector("table.pairgrid td[title]")
             assert "pairs=head." in page.url
             page.screenshot(path=str(tmp_path / "debug.png"), full_page=True)
+            page.click("#nodes button.trc:text-is('k') >> nth=0")  # trace a head upstream through its key side
+            page.wait_for_function("document.querySelector('#behaviour') && "
+                                   "document.querySelector('#behaviour').innerText.includes('through its key side')")
+            assert ":k" in page.input_value("#trace") and "trace=head." in page.url
+            assert page.locator("#nodes tr").count() > 5
             page.goto(f"http://127.0.0.1:{port}/api/docs")
             page.wait_for_selector("h3.endpoint >> text=\"POST /api/debug\"")
             browser.close()
