@@ -279,3 +279,32 @@ def test_default_recipe_recovers_a_clear_majority_of_true_features():
     with torch.no_grad():
         dead = float(((sae.encode(held) != 0).sum(0) == 0).float().mean())
         assert M.fvu(x, sae(x)) < 0.2 and dead <= 0.05, f"dead {dead:.1%}"
+
+
+def test_resample_restarts_dead_latents_on_residuals_at_half_the_alive_encoder_norm():
+    from saescope.train.resample import resample_dead
+
+    tr = Trainer(TrainerConfig(k=4, width=32, batch_size=64), 16, 10)
+    x = torch.randn(64, 16)
+    tr.train_step(x)  # Adam state exists
+    sae, before = tr.sae, {n: p.detach().clone() for n, p in tr.sae.named_parameters()}
+    dead = torch.zeros(32, dtype=torch.bool)
+    dead[[3, 17]] = True
+    with torch.no_grad():
+        x_hat = sae(x)
+    idx = resample_dead(sae, tr.opt, tr.aliases, dead, x, x_hat, torch.Generator().manual_seed(0), enc_scale=0.5)
+    assert idx.tolist() == [3, 17]
+    resid = x - x_hat
+    units = resid / resid.norm(dim=1, keepdim=True)
+    alive_norm = before["W_enc"].T[~dead].norm(dim=1).mean()
+    for j in idx.tolist():
+        cos = units @ sae.W_dec[j].detach()
+        assert float(cos.max()) == pytest.approx(1.0, abs=1e-5)  # a picked token's residual direction
+        torch.testing.assert_close(sae.W_enc[:, j].detach(), sae.W_dec[j].detach() * 0.5 * alive_norm)
+        assert float(sae.b_enc[j]) == 0.0
+        assert float(tr.opt.state[tr.aliases["W_dec"]]["exp_avg"][j].abs().max()) == 0.0
+    for n, p in sae.named_parameters():  # alive latents untouched
+        if n in ("W_enc",):
+            torch.testing.assert_close(p.detach()[:, ~dead], before[n][:, ~dead])
+        elif n in ("W_dec", "b_enc"):
+            torch.testing.assert_close(p.detach()[~dead], before[n][~dead])

@@ -9,9 +9,16 @@ is mostly made of features nobody has learned yet, so a dead latent restarted al
 (usually rare) feature: with resampling the same run ends with 7 % dead, finds 28 % instead of 20 % of the true
 features, at FVU 0.112 instead of 0.138.
 
-    pick tokens t ∝ ‖x_t − x̂_t‖²;   W_dec[j] = r_t / ‖r_t‖;   W_enc[:, j] = W_dec[j] · mean alive encoder norm;
+    pick tokens t ∝ ‖x_t − x̂_t‖²;   W_dec[j] = r_t / ‖r_t‖;   W_enc[:, j] = W_dec[j] · s · mean alive encoder norm;
     b_enc[j] = 0;   the optimizer state of those rows reset (Adam: m = 0, v = the alive rows' mean; schedule-free:
     z = x = the new row)
+
+The encoder scale s (`--resample_enc_scale`, default 0.5, as Anthropic's 0.2 keeps fresh latents from taking over):
+at s = 1 a restarted latent's pre-activation on every token with a component along its direction matches an alive
+latent's, so where one direction carries most of the variance (gemma-3-270m's layer-9 attn_out: 71 % in one
+direction) hundreds of fresh latents win top-k slots at once and the training FVU climbs from 0.11 to 0.59 before
+they die again: that SAE ended with 63 % of its latents silent on 65k tokens. At s = 0.5: FVU 0.106 instead of
+0.162, 6 % silent (README "SAE training").
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from saescope.sae import BaseSAE
 
 @torch.no_grad()
 def resample_dead(sae: BaseSAE, opt: torch.optim.Optimizer, aliases: dict[str, Tensor], dead: Tensor, x: Tensor,
-                  x_hat: Tensor, generator: torch.Generator | None = None) -> Tensor:
+                  x_hat: Tensor, generator: torch.Generator | None = None, enc_scale: float = 0.5) -> Tensor:
     """Restart the latents `dead` (bool [F]) from the residuals of the batch x [N, d] (x_hat [N, d]). `aliases`
-    maps parameter names to the tensors the optimizer updates. Returns the indices restarted."""
+    maps parameter names to the tensors the optimizer updates; a restarted encoder row has `enc_scale` times the
+    alive rows' mean norm. Returns the indices restarted."""
     idx = dead.nonzero().squeeze(1)  # [m]
     err = (x - x_hat).float()  # [N, d]
     w = err.pow(2).sum(1)  # [N]
@@ -40,7 +48,7 @@ def resample_dead(sae: BaseSAE, opt: torch.optim.Optimizer, aliases: dict[str, T
     dist_utils.broadcast_tensor(dirs)  # data parallel: every rank restarts the same rows the same way
     alive = ~dead
     enc_rows = sae.W_enc.T  # [F, d] view
-    scale = enc_rows[alive].norm(dim=1).mean() if bool(alive.any()) else torch.tensor(1.0)
+    scale = enc_scale * (enc_rows[alive].norm(dim=1).mean() if bool(alive.any()) else torch.tensor(1.0))
     new = {"W_dec": dirs, "W_enc": dirs * scale, "b_enc": torch.zeros(len(idx), dtype=dirs.dtype,
                                                                       device=dirs.device)}
     enc_rows[idx] = new["W_enc"]

@@ -95,6 +95,9 @@ class TrainerConfig:
     tokens / 16, 400·F/k)), 0 = off."""
     resample_until: float = 0.8
     """Fraction of the steps after which dead latents are no longer restarted."""
+    resample_enc_scale: float = 0.5
+    """Encoder norm of a restarted latent, as a multiple of the alive latents' mean (1 lets fresh latents take over
+    top-k slots en masse where one direction dominates; train/resample.py)."""
     matryoshka_widths: str = ""
     """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
     l1_coefficient: float = 0.08
@@ -256,7 +259,8 @@ class Trainer:
         if self.resample_window and sae.unit_norm_decoder and frac < cfg.resample_until:
             stale = self.since_fired >= self.resample_window
             if bool(stale.any()):
-                restarted = resample_dead(sae, self.opt, self.aliases, stale, x, out.x_hat.detach())
+                restarted = resample_dead(sae, self.opt, self.aliases, stale, x, out.x_hat.detach(),
+                                          enc_scale=cfg.resample_enc_scale)
                 self.since_fired[restarted] = 0
                 self.resampled += len(restarted)
         self.step += 1
