@@ -99,3 +99,33 @@ def test_shuffled_batches_cover_each_row_once_per_epoch_and_are_seeded():
     assert all(torch.equal(a, b) for a, b in zip(it[4:], skipped)) and len(skipped) == len(it) - 4
     # batches mix shards: the first batch draws from more than one shard
     assert len({int(x) // 10 for x in it[0].flatten()}) > 1
+
+
+def _naive_shuffled(shards, batch_size, seed, buffer_rows, epochs, skip=0):
+    """The buffer algorithm written with whole-buffer copies (concatenate, permute, slice): the reference."""
+    g = torch.Generator().manual_seed(seed)
+    buf, out = None, []
+    for _ in range(epochs):
+        for i in torch.randperm(len(shards), generator=g).tolist():
+            buf = shards[i] if buf is None else torch.cat([buf, shards[i]])
+            if buf.shape[0] < buffer_rows:
+                continue
+            buf = buf[torch.randperm(buf.shape[0], generator=g)]
+            n_out = (buf.shape[0] // 2 // batch_size) * batch_size
+            out += [buf[s:s + batch_size] for s in range(0, n_out, batch_size)]
+            buf = buf[n_out:]
+    if buf is not None and buf.shape[0] >= batch_size:
+        buf = buf[torch.randperm(buf.shape[0], generator=g)]
+        out += [buf[s:s + batch_size] for s in range(0, buf.shape[0] - batch_size + 1, batch_size)]
+    return out[skip:]
+
+
+@pytest.mark.parametrize("batch_size,buffer_rows,epochs,skip", [(32, 400, 2, 0), (64, 100, 1, 5), (16, 10_000, 3, 7)])
+def test_shuffled_batches_in_place_buffer_equals_the_copying_reference(batch_size, buffer_rows, epochs, skip):
+    g = torch.Generator().manual_seed(0)
+    shards = [torch.randn(int(r), 8, generator=g) for r in torch.randint(50, 300, (13,), generator=g)]
+    got = list(shuffled_batches(lambda i: shards[i], len(shards), batch_size, seed=1, buffer_rows=buffer_rows,
+                                epochs=epochs, skip_batches=skip))
+    want = _naive_shuffled(shards, batch_size, 1, buffer_rows, epochs, skip)
+    assert len(got) == len(want) > 0
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -97,6 +97,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
               "train_tokens_per_s": last.get("tokens_per_s"), "heldout": ev, "config": asdict(cfg)}
     write_json(out / "metrics.json", report)
     write_json(out / "train_history.json", result.history)
+    release_freed_memory()  # the shuffle buffer's blocks may only have been freed with this frame's last references
     return report
 
 
