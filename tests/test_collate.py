@@ -270,3 +270,50 @@ def test_token_pair_excerpts_collapse_to_query_tokens(tmp_path):
     d = read_record_dict(tmp_path / "1" / "0.json")
     assert d["most_positive_activation_records"][0]["activations"] == [0.5, 2.0]
     assert d["random_sample"][0]["activations"] == [0.0, 1.0]
+
+
+def test_collating_from_a_store_equals_running_the_model(tiny_gpt2, text_corpus, tmp_path):
+    """A store captured with context_len = excerpt_len + 1 holds exactly the collation's excerpts: MLP neurons and
+    SAE latents read from it give the records a model pass gives (same excerpts, same values); heads, which need
+    the attention pattern, run the model on the first --max_tokens; a store of another context length is refused."""
+    from saescope.capture import CaptureConfig, capture_corpus
+    from saescope.capture.capture import CaptureOptions
+    from saescope.sae import SAEConfig, sae_class
+
+    hm = tiny_gpt2
+    sae = sae_class("topk")(SAEConfig("topk", hm.d_model, 16, k=3, metadata={"hook_name": "resid_post.1"}))
+    torch.nn.init.normal_(sae.W_enc, generator=torch.Generator().manual_seed(0))
+    sae.save(tmp_path / "sae")
+    data = CorpusConfig(str(text_corpus))
+    capture_corpus(CaptureConfig(data=data, out=str(tmp_path / "store"), hookpoints="mlp_post_act.1,resid_post.1",
+                                 capture=CaptureOptions(context_len=T + 1, shard_contexts=9)), hm)
+    sizes = SlotSizes(top_k=20, n_random=15, pool=24)
+
+    def run(out, store, max_tokens):
+        return collate(CollateConfig(out=str(tmp_path / out), data=data, layers="1", sae=str(tmp_path / "sae"),
+                                     store=store, collate=CollateOptions(excerpt_len=T, max_tokens=max_tokens,
+                                                                         batch_size=5, sizes=sizes)), hm)
+    n = len(_excerpts(hm, text_corpus, 10_000))
+    from_model = run("model", "", 0)
+    from_store = run("store", str(tmp_path / "store"), T * 20)
+    by_path = {d["path"]: d for d in from_store["datasets"]}
+    for d in from_model["datasets"]:
+        heads = d["unit_type"] == "attention_heads"
+        assert by_path[d["path"]]["tokens"] == (20 if heads else n) * T
+        if heads:
+            continue
+        for u in (0, 3, 7):
+            a = read_record(tmp_path / "model" / hm.name / d["path"] / f"{u}.json")
+            b = read_record(tmp_path / "store" / hm.name / d["path"] / f"{u}.json")
+            assert [r.tokens for r in a.most_positive_activation_records] == \
+                   [r.tokens for r in b.most_positive_activation_records]
+            for ra, rb in zip(a.most_positive_activation_records + a.random_sample,
+                              b.most_positive_activation_records + b.random_sample):
+                np.testing.assert_allclose(ra.activations, rb.activations, rtol=1e-4, atol=1e-5)
+            assert a.mean == pytest.approx(b.mean, rel=1e-4, abs=1e-6)
+    heads = read_record(tmp_path / "store" / hm.name / "attention_heads" / "1" / "0.json")
+    assert len(heads.most_positive_activation_records) == 20  # the 20 excerpts the model ran on
+    capture_corpus(CaptureConfig(data=data, out=str(tmp_path / "store2"), hookpoints="resid_post.1",
+                                 capture=CaptureOptions(context_len=T + 2)), hm)
+    with pytest.raises(SaescopeError, match="context_len is 10.*--context_len 9"):
+        run("bad", str(tmp_path / "store2"), 0)

@@ -20,8 +20,9 @@ STAGES = ["seed_dataset", "store", *SAES, "collated", "explanations"]
 
 def _cfg(tiny_dir, text_corpus, tmp_path, width: int = 64) -> RunConfig:
     return RunConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), data=CorpusConfig(str(text_corpus)),
-                     out=str(tmp_path / "run"), generate=4, capture=CaptureOptions(max_tokens=1500, context_len=16),
-                     train=TrainerConfig(width=width, k=4), collate=CollateOptions(max_tokens=600, token_pairs=True),
+                     out=str(tmp_path / "run"), generate=4, capture=CaptureOptions(max_tokens=1500, context_len=17),
+                     train=TrainerConfig(width=width, k=4),
+                     collate=CollateOptions(max_tokens=320, excerpt_len=16, token_pairs=True),
                      no_serve=True)
 
 
@@ -45,7 +46,10 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     assert {d["path"] for d in manifest["datasets"]} == {
         "mlp_neurons/1", "attention_heads/1", "sae_latents/resid_post/1", "sae_latents/mlp_post_act/1",
         "sae_latents/mlp_out/1", "sae_latents/attn_out/1", "sae_latents/attn_out-by-token-pair/1"}
-    for d in manifest["datasets"]:
+    store_rows = sum(x["rows"] for x in json.loads((out / "store" / "manifest.json").read_text())["shards"])
+    for d in manifest["datasets"]:  # the store's contexts are the excerpts: neurons and latents read all of it
+        needs_model = d["unit_type"] == "attention_heads" or d["by_token_pair"]
+        assert d["tokens"] == (320 if needs_model else store_rows), d["path"]
         rec = read_record(col_root / tiny_dir.name / d["path"] / "0.json")
         assert rec.neuron_id.neuron_index == 0 and rec.most_positive_activation_records
         scores = json.loads((col_root / tiny_dir.name / "explanations" / d["path"] / "scores.json").read_text())
@@ -68,7 +72,7 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     assert max(int(i) for i in scores) < 32  # no explanation of a latent the new SAE does not have
 
     # A changed collation budget recomputes only the collation and the explanations.
-    fewer = dataclasses.replace(narrow, collate=CollateOptions(max_tokens=400, token_pairs=True))
+    fewer = dataclasses.replace(narrow, collate=CollateOptions(max_tokens=160, excerpt_len=16, token_pairs=True))
     assert _recomputed(run_pipeline(fewer).decisions) == ["collated", "explanations"]
 
 

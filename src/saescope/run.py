@@ -36,11 +36,11 @@ class RunConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: CorpusConfig = field(default_factory=lambda: CorpusConfig(shuffle_docs=4096))
-    capture: CaptureOptions = field(default_factory=lambda: CaptureOptions(max_tokens=200_000))
+    # Contexts of excerpt_len + 1 tokens (BOS + 64): the store's contexts are then the collation's excerpts, and
+    # the MLP neurons and every SAE's latents are collated from the store without running the model again.
+    capture: CaptureOptions = field(default_factory=lambda: CaptureOptions(max_tokens=200_000, context_len=65))
     train: TrainerConfig = field(default_factory=TrainerConfig)
-    # The attention latents by token pair (`--collate.token_pairs true`) are off by default in `run` for now: on
-    # this CPU their pass costs ~2.5x the rest of the collation and their records are written at ~15/s (README).
-    collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=65_536, token_pairs=False))
+    collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=65_536))
     interp: InterpOptions = field(default_factory=InterpOptions)
     view: ViewOptions = field(default_factory=ViewOptions)
     out: str = "runs/default"
@@ -142,11 +142,18 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     # 4. collated records: MLP neurons, heads (by token pair), every SAE's latents (attention SAEs also by pair)
     from saescope.collate.run_collate import CollateConfig, collate
 
+    # collated from the store where its contexts are the excerpts (heads and token pairs: a model pass)
+    from_store = st.manifest.get("context_len") == cfg.collate.excerpt_len + 1
+    if not from_store:
+        log.info("the store's contexts (%s tokens) are not excerpts of %d: collating every unit with the model",
+                 st.manifest.get("context_len"), cfg.collate.excerpt_len)
     col = Stage("collated", out / "collated", {**model_id, "data": asdict(cfg.data), "collate": _options(cfg.collate),
-                                               "layer": layer}, {s.name: s.fingerprint for s in saes})
+                                               "layer": layer, "from_store": from_store},
+                {**{s.name: s.fingerprint for s in saes}, **({"store": store.fingerprint} if from_store else {})})
     if start(col):
         manifest = collate(CollateConfig(model=cfg.model, data=cfg.data, collate=cfg.collate, out=str(col.path),
-                                         layers=str(layer), sae=",".join(str(s.path) for s in saes)), hm)
+                                         layers=str(layer), sae=",".join(str(s.path) for s in saes),
+                                         store=str(store.path) if from_store else ""), hm)
         col.finish()
     else:
         manifest = read_json(col.path / hm.name / "manifest.json")

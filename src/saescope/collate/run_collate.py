@@ -17,9 +17,11 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal, get_args
 
 import torch
+from torch import Tensor
 
 from saescope.collate.collator import ExcerptTokens, GroupState, SlotSizes, build_records
 from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group, sae_pair_group
@@ -48,7 +50,8 @@ class CollateOptions:
     excerpt_len: int = 64
     """Tokens per excerpt (BOS is prepended for the forward pass and never recorded)."""
     max_tokens: int = 100_000
-    """Corpus tokens to stream (0 = the whole corpus)."""
+    """Tokens that get a model pass (0 = all): the whole collation from a corpus; with --store, the heads and token
+    pairs (the units the store cannot feed)."""
     batch_size: int = 16
     """Excerpts per forward pass."""
     seed: int = 0
@@ -81,6 +84,10 @@ class CollateConfig:
     sae: str = ""
     """SAE directories or files, comma-separated, each collated at its own hookpoint; PATH@HOOKPOINT for files
     that do not record it (OpenAI .pt: --sae layer_8.pt@resid_delta_mlp.8)."""
+    store: str = ""
+    """An activation store of this model captured with --context_len excerpt_len+1: its contexts are the excerpts,
+    and units whose hookpoints it holds (MLP neurons, SAE latents by token) are collated from every stored context
+    without running the model; heads and token pairs run the model on the first --max_tokens of them."""
 
 
 def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
@@ -121,33 +128,45 @@ def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]
     groups = make_groups(cfg, hm)
     T = opt.excerpt_len
     states = [GroupState.create(g, T * (T + 1) // 2 if g.by_token_pair else T, opt.sizes, opt.seed) for g in groups]
-    hookpoints = sorted({h for g in groups for h in g.hookpoints})
     tokens = ExcerptTokens()
+    n_model = -(-opt.max_tokens // T) if opt.max_tokens else None  # excerpts that get a model pass
+    if cfg.store:
+        source, stored, total = store_batches(cfg.store, hm, T, opt.batch_size, rank, world)
+    else:
+        contexts = iter_contexts(hm.tokenizer, cfg.data.texts(), T + 1)
+        source, stored = corpus_batches(itertools.islice(contexts, n_model), opt.batch_size, rank, world), set()
+        total = n_model
+    from_store = [j for j, g in enumerate(groups) if set(g.hookpoints) <= stored]
+    from_model = [j for j in range(len(groups)) if j not in from_store]
+    if cfg.store:
+        log.info("collating %s from the store %s; %s with the model (first %s excerpts)",
+                 ", ".join(groups[j].rel_dir for j in from_store) or "nothing", cfg.store,
+                 ", ".join(groups[j].rel_dir for j in from_model) or "nothing", n_model or "all")
+    model_hps = sorted({h for j in from_model for h in groups[j].hookpoints})
     device = next(hm.model.parameters()).device
-    contexts = iter_contexts(hm.tokenizer, cfg.data.texts(), T + 1)
-    n_excerpts = -(-opt.max_tokens // T) if opt.max_tokens else None
-    # Under torchrun each rank takes every world-th excerpt; ids stay global so the merge is exact.
-    numbered = ((i, c) for i, c in enumerate(itertools.islice(contexts, n_excerpts)) if i % world == rank)
-    bar = tqdm(total=n_excerpts and n_excerpts * T // world, unit="tok", unit_scale=True, desc=f"collate {hm.name}",
+    bar = tqdm(total=total and total * T // world, unit="tok", unit_scale=True, desc=f"collate {hm.name}",
                disable=rank != 0)
-    t0, seen, step = time.perf_counter(), 0, 0
-    while chunk := list(itertools.islice(numbered, opt.batch_size)):
-        batch = [c for _, c in chunk]
-        ids = torch.tensor(batch, device=device)  # [B, T+1]
-        eids = torch.tensor([i for i, _ in chunk])
-        cache = hm.run_with_cache(ids, None, hookpoints)
+    seen = [0] * len(groups)  # excerpts each group has seen
+    t0, step = time.perf_counter(), 0
+    for eids, ids, stored_acts in source:  # [B] global excerpt ids, [B, T+1] ids with BOS, stored activations
+        parts = [(eids, stored_acts, from_store)]
+        keep = eids < n_model if n_model is not None else torch.ones_like(eids, dtype=torch.bool)
+        if model_hps and bool(keep.any()):  # heads, token pairs (everything, without a store): one model pass
+            cache = hm.run_with_cache(ids[keep].to(device), None, model_hps)
+            parts.append((eids[keep], cache, from_model))
         with torch.no_grad():
-            for g, st in zip(groups, states):
-                acts = g.extract(cache)
-                st.update(acts if g.sparse else acts.float().cpu(), eids)
+            for ex, cache, js in parts:
+                for j in js:
+                    acts = groups[j].extract(cache)
+                    states[j].update(acts if groups[j].sparse else acts.float().cpu(), ex)
+                    seen[j] += len(ex)
         tokens.add(eids, ids[:, 1:].cpu())
-        seen += len(batch)
         step += 1
         if step % 64 == 0:
             tokens.prune(torch.unique(torch.cat([st.referenced_ids() for st in states])))
             for st in states:
                 st.prune()
-        bar.update(len(batch) * T)
+        bar.update(len(eids) * T)
     bar.close()
     for st in states:
         st.prune()
@@ -156,12 +175,60 @@ def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]
         states, tokens, seen = merge_ranks(states, tokens, seen)
         if rank != 0:
             return {}
-    if seen == 0:
-        raise SaescopeError(f"corpus '{cfg.data.corpus}' gave no excerpts of {T} tokens")
-    return write_outputs(cfg, hm, groups, states, tokens, seen, elapsed, cfg.data.describe())
+    if max(seen) == 0:
+        raise SaescopeError(f"{cfg.store or 'corpus ' + repr(cfg.data.corpus)} gave no excerpts of {T} tokens")
+    source_info = {"store": cfg.store} if cfg.store else cfg.data.describe()
+    return write_outputs(cfg, hm, groups, states, tokens, seen, elapsed, source_info)
 
 
-def merge_ranks(states: list[GroupState], tokens: ExcerptTokens, seen: int) -> tuple[list[GroupState], ExcerptTokens, int]:
+Batch = tuple[Tensor, Tensor, dict[str, Tensor]]
+"""([B] global excerpt ids, [B, T+1] token ids with BOS, hookpoint → [B, T+1, d] activations already known)."""
+
+
+def corpus_batches(contexts: Iterator[list[int]], batch_size: int, rank: int, world: int) -> Iterator[Batch]:
+    """Corpus contexts, every world-th one on this rank (ids stay global so the merge is exact); nothing stored."""
+    numbered = ((i, c) for i, c in enumerate(contexts) if i % world == rank)
+    while chunk := list(itertools.islice(numbered, batch_size)):
+        yield torch.tensor([i for i, _ in chunk]), torch.tensor([c for _, c in chunk]), {}
+
+
+def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int,
+                  world: int) -> tuple[Iterator[Batch], set[str], int]:
+    """The store's contexts as excerpts (excerpt id = context index), with its activations at every hookpoint
+    (a zero BOS row in front, which the unit groups drop). Returns (batches, stored hookpoints, excerpt count)."""
+    from saescope.store import ActivationStore
+
+    store = ActivationStore(path, verify=False)
+    ctx_len = store.manifest.get("context_len")
+    if ctx_len != T + 1:
+        raise SaescopeError(f"{path}/manifest.json: context_len is {ctx_len}, but collating excerpts of {T} tokens "
+                            f"needs {T + 1}; pass --excerpt_len {(ctx_len or 2) - 1} or recapture with "
+                            f"--context_len {T + 1}")
+    if store.model != hm.name:
+        raise SaescopeError(f"{path}/manifest.json: captured from model {store.model}, not {hm.name}")
+    bos = hm.tokenizer.bos_token_id
+    total = sum(s["contexts"][1] - s["contexts"][0] for s in store.shards)
+
+    def batches() -> Iterator[Batch]:
+        for i in range(len(store.shards)):
+            tok = store.load_tokens(i)
+            ctx, pos = tok["context"].long(), tok["position"].long()
+            acts = {hp: store.load_shard(hp, i) for hp in store.hookpoints}
+            whole = [c for c in torch.unique(ctx).tolist() if c % world == rank and int((ctx == c).sum()) == T]
+            for b in range(0, len(whole), batch_size):
+                cs = torch.tensor(whole[b:b + batch_size])  # [B] context ids
+                rows = torch.stack([(ctx == c).nonzero().squeeze(1)[pos[ctx == c].argsort()] for c in cs])  # [B, T]
+                ids = torch.cat([torch.full((len(cs), 1), bos if bos is not None else 0),
+                                 tok["token_ids"][rows].long()], 1)  # [B, T+1]
+                cache = {hp: torch.cat([torch.zeros(len(cs), 1, a.shape[1], dtype=a.dtype), a[rows]], 1)
+                         for hp, a in acts.items()}
+                yield cs, ids, cache
+    return batches(), set(store.hookpoints), total
+
+
+
+def merge_ranks(states: list[GroupState], tokens: ExcerptTokens,
+                seen: list[int]) -> tuple[list[GroupState], ExcerptTokens, list[int]]:
     """Gather every rank's state on rank 0 and merge exactly (top-k ∪ top-k, keyed reservoirs, power sums)."""
     import torch.distributed as td
 
@@ -175,12 +242,13 @@ def merge_ranks(states: list[GroupState], tokens: ExcerptTokens, seen: int) -> t
         for st, (top, pool, maxima, moments, vectors) in zip(states, parts):
             st.merge(GroupState(st.group, top, pool, maxima, moments, st.seed, vectors))  # slots keep their unique_scores flag
         tokens.add(*toks)
-        seen += n
+        seen = [a + b for a, b in zip(seen, n)]
     return states, tokens, seen
 
 
 def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], states: list[GroupState],
-                  tokens: ExcerptTokens, seen: int, elapsed: float, source: dict[str, Any]) -> dict[str, Any]:
+                  tokens: ExcerptTokens, seen: list[int], elapsed: float, source: dict[str, Any]) -> dict[str, Any]:
+    """Records, summaries and the manifest; seen[j] = excerpts group j was collated from."""
     from tqdm.auto import tqdm
 
     opt = cfg.collate
@@ -199,7 +267,7 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
 
     root = Path(cfg.out) / hm.name
     datasets = []
-    for g, st in zip(groups, states):
+    for g, st, n_seen in zip(groups, states, seen):
         ds_root = root / g.rel_dir
         density = st.moments.density()
         rows = []
@@ -225,6 +293,7 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
         datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer,
                          "path": dataset_path(g.unit_type, g.layer, g.name), "units": g.n_units,
                          "by_token_pair": g.by_token_pair, "hookpoints": g.hookpoints, "source": g.source,
+                         "tokens": n_seen * opt.excerpt_len,
                          "live_units": len(live),
                          "live_with_20_firing_excerpts": sum(x["firing_excerpts"] >= 20 for x in live)})
     manifest_path = root / "manifest.json"
@@ -235,8 +304,8 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
         old = [d for d in read_json(manifest_path).get("datasets", []) if d["path"] not in {x["path"] for x in datasets}]
     manifest = {
         "format": "saescope-collated", "version": 1, "model": hm.name, "model_spec": cfg.model.model,
-        "corpus": source, "excerpt_len": opt.excerpt_len, "excerpts": seen, "tokens": seen * opt.excerpt_len,
-        "tokens_per_second": seen * opt.excerpt_len / max(elapsed, 1e-9), "sizes": asdict(opt.sizes),
+        "corpus": source, "excerpt_len": opt.excerpt_len, "excerpts": max(seen), "tokens": max(seen) * opt.excerpt_len,
+        "tokens_per_second": max(seen) * opt.excerpt_len / max(elapsed, 1e-9), "sizes": asdict(opt.sizes),
         "seed": opt.seed, "datasets": old + datasets,
     }
     write_json(manifest_path, manifest)
