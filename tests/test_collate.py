@@ -317,3 +317,54 @@ def test_collating_from_a_store_equals_running_the_model(tiny_gpt2, text_corpus,
                                  capture=CaptureOptions(context_len=T + 2)), hm)
     with pytest.raises(SaescopeError, match="context_len is 10.*--context_len 9"):
         run("bad", str(tmp_path / "store2"), 0)
+
+
+def test_record_json_equals_the_standard_encoder():
+    """`dumps` writes activations itself (zeros as 0, no Python float per zero); the text equals json.dumps of the
+    same record with zeros as 0, for arrays and lists, NaN statistics, missing quantile buckets, odd tokens."""
+    from saescope.io import clean_nans
+    from saescope.records import json_numbers, to_dict
+
+    def reference(rec):
+        d = to_dict(rec)
+        for k in ("mean", "variance", "skewness", "kurtosis", "quantile_boundaries"):
+            d[k] = clean_nans(d[k])
+        for r in d["most_positive_activation_records"] + d["random_sample"] + \
+                [x for b in d["random_sample_by_quantile"] or [] for x in b]:
+            acts = r["activations"].tolist() if isinstance(r["activations"], np.ndarray) else r["activations"]
+            r["activations"] = [v if v else 0 for v in acts]
+        return json.dumps(d, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+    g = np.random.default_rng(0)
+    for case in range(6):
+        a = g.normal(size=(7, 36)).round(6) * (g.random((7, 36)) < 0.2)
+        a[0, :3] = [-0.0, 1e-7, 123456.789]
+        acts = [x if case % 2 else x.tolist() for x in a]  # arrays (collation) and lists (read back)
+        toks = ['"q"', "é\\n", "\u202e", " x", "\x00"] * 8
+        recs = [ActivationRecord(activations=x, tokens=toks[:36]) for x in acts]
+        rec = NeuronRecord(NeuronId(case, 2), random_sample=recs[:2], most_positive_activation_records=recs[2:5],
+                           random_sample_by_quantile=None if case < 3 else [recs[5:6], [], recs[6:]],
+                           quantile_boundaries=None if case < 3 else [0.1, float("nan"), 2.0, 3.0],
+                           mean=float("nan") if case == 1 else 0.25, variance=1.5, skewness=None, kurtosis=-1.0)
+        assert dumps(rec) == reference(rec)
+        assert loads(dumps(rec)).most_positive_activation_records[0].activations == pytest.approx(a[2].tolist())
+    assert json_numbers(np.zeros(3)) == "[0,0,0]" and json_numbers([0.5, 0, -2.0]) == "[0.5,0,-2.0]"
+    with pytest.raises(ValueError, match="not a JSON number"):
+        json_numbers([1.0, float("nan")])
+
+
+def test_moments_of_sparse_batches_equal_the_dense_sums():
+    from saescope.collate.state import Moments
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 400, generator=g) * (torch.rand(6, 400, generator=g) < 0.05)  # ~5 % non-zero: sparse path
+    x[2] = torch.randn(400, generator=g)  # and one dense row
+    a, b = Moments.empty(6), Moments.empty(6)
+    a.update(x)
+    xd = x.double()
+    b.sums += torch.stack([torch.full((6,), 400.0, dtype=torch.float64), xd.sum(1), (xd**2).sum(1), (xd**3).sum(1),
+                           (xd**4).sum(1), (xd > 0).double().sum(1)], 1)
+    torch.testing.assert_close(a.sums, b.sums)
+    c = Moments.empty(6)
+    c.update(torch.randn(6, 50, generator=g))  # dense path
+    assert float(c.sums[0, 0]) == 50

@@ -86,21 +86,23 @@ def latent_pair_attribution(sae: BaseSAE, aw: AttnWrites) -> PairAttribution:
     f = sae.encode(aw.out.reshape(B * T, d))  # [B·T, F]
     rows, lat = (f != 0).nonzero(as_tuple=True)  # firing entries, sorted by excerpt then query
     b, t = rows // T, rows % T
-    e = sae.W_enc.float()[:, lat].T  # [nnz, d] encoder directions
-    if aw.norm_scale is None:
-        u = e
-    else:  # pull e back through the RMSNorm at each entry's query position
-        z = aw.z[b, t]  # [nnz, d]
-        r = torch.sqrt(z.pow(2).mean(-1) + aw.norm_eps)  # [nnz]
-        ge = aw.norm_scale * e
-        u = ge / r[:, None] - z * ((ge * z).sum(-1) / (d * r**3))[:, None]  # [nnz, d]
+    W_enc = sae.W_enc.float()  # [d, F]
     out = torch.empty(rows.numel(), T)
     bounds = torch.searchsorted(b, torch.arange(B + 1))
-    for j in range(B):  # one matmul per excerpt: [H·T, d] × [d, n_j]
+    for j in range(B):  # per excerpt, nothing of size [entries, d] but the encoder columns of its entries
         lo, hi = int(bounds[j]), int(bounds[j + 1])
         if lo == hi:
             continue
-        dot = (aw.writes[j].reshape(H * T, d) @ u[lo:hi].T).reshape(H, T, hi - lo)  # [H, s, n] = w[h, s] · u
-        A = aw.pattern[j][:, t[lo:hi], :]  # [H, n, s]
+        tj, E = t[lo:hi], W_enc[:, lat[lo:hi]]  # [n], [d, n] encoder directions e
+        w = aw.writes[j]  # [H, T, d]
+        if aw.norm_scale is None:  # w[h, s] · e
+            dot = (w.reshape(H * T, d) @ E).reshape(H, T, -1)  # [H, s, n]
+        else:  # w · u with u = (g ⊙ e)/r − z ((g ⊙ e) · z)/(d r³), z and r at each entry's query
+            g, z = aw.norm_scale, aw.z[j]  # [d], [T, d]
+            r = torch.sqrt(z.pow(2).mean(-1) + aw.norm_eps)[tj]  # [n]
+            ge_z = ((z * g) @ E)[tj, torch.arange(hi - lo)]  # [n] (g ⊙ e) · z
+            wz = torch.einsum("hsd,td->hst", w, z)[:, :, tj]  # [H, s, n] w[h, s] · z
+            dot = ((w * g).reshape(H * T, d) @ E).reshape(H, T, -1) / r - wz * (ge_z / (d * r**3))
+        A = aw.pattern[j][:, tj, :]  # [H, n, s]
         out[lo:hi] = (A * dot.permute(0, 2, 1)).sum(0)  # [n, s]
     return PairAttribution(b, t, lat, out)

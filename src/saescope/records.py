@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from saescope.errors import SaescopeError
 from saescope.io import atomic_path, clean_nans
 
@@ -41,8 +43,8 @@ def max_activation(activations: Any) -> float:
     best = 0.0
     for r in activations:
         acts = r["activations"] if isinstance(r, dict) else r.activations
-        if acts:
-            best = max(best, max(acts))
+        if len(acts):
+            best = max(best, float(np.max(acts)) if isinstance(acts, np.ndarray) else max(acts))
     return float(best)
 
 
@@ -53,9 +55,10 @@ def is_activating(value: float, max_act: float) -> bool:
 @dataclass
 class ActivationRecord:
     """One excerpt: decoded tokens (leading spaces kept) and the unit's activation per token (per token pair for
-    attention heads: the row-major lower triangle, length T(T+1)/2)."""
+    attention heads: the row-major lower triangle, length T(T+1)/2). Collation hands a float64 array here, which
+    `dumps` writes without making a Python float of every zero."""
 
-    activations: list[float]
+    activations: list[float] | np.ndarray
     tokens: list[str]
 
 
@@ -133,11 +136,50 @@ def _hook(d: dict[str, Any]) -> Any:
     return cls(**d)
 
 
+_ZEROS: dict[int, list[str]] = {}
+
+
+def json_numbers(values: list[float] | np.ndarray) -> str:
+    """A JSON array of activations: exact zeros as 0 (sparse units' excerpts are mostly zeros; by-token-pair records
+    hold T(T+1)/2 values per excerpt), the others as Python's shortest float repr, which is what json.dumps writes."""
+    a = np.asarray(values, dtype=np.float64)
+    nz = np.flatnonzero(a)
+    vals = a[nz]
+    if not np.isfinite(vals).all():
+        raise ValueError(f"activation {vals[~np.isfinite(vals)][0]} is not a JSON number")
+    zeros = _ZEROS.get(a.size)
+    if zeros is None:
+        zeros = _ZEROS[a.size] = ["0"] * a.size
+    parts = zeros.copy()
+    for i, v in zip(nz.tolist(), vals.tolist()):
+        parts[i] = repr(v)
+    return "[" + ",".join(parts) + "]"
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _records_json(rs: list[ActivationRecord]) -> str:
+    return "[" + ",".join('{"dataclass_name":"ActivationRecord","activations":' + json_numbers(r.activations)
+                          + ',"tokens":' + _json(r.tokens) + "}" for r in rs) + "]"
+
+
 def dumps(record: NeuronRecord) -> str:
-    d = to_dict(record)
-    for k in ("mean", "variance", "skewness", "kurtosis", "quantile_boundaries"):  # NaN → null, as orjson does
-        d[k] = clean_nans(d[k])
-    return json.dumps(d, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """Compact JSON of a record (statistics' NaN as null, as orjson does); activations through `json_numbers`."""
+    out = ['{"dataclass_name":"NeuronRecord"']
+    for f in fields(record):
+        v = getattr(record, f.name)
+        if f.name in ("random_sample", "most_positive_activation_records"):
+            text = _records_json(v)
+        elif f.name == "random_sample_by_quantile":
+            text = "null" if v is None else "[" + ",".join(_records_json(b) for b in v) + "]"
+        elif f.name in ("mean", "variance", "skewness", "kurtosis", "quantile_boundaries"):
+            text = _json(clean_nans(v))
+        else:
+            text = _json(to_dict(v))
+        out.append(f'"{f.name}":{text}')
+    return ",".join(out) + "}"
 
 
 def loads(text: str) -> NeuronRecord:

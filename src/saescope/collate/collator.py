@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -175,9 +176,8 @@ def build_records(state: GroupState, decode: Callable[[int], list[str]], sizes: 
         top_t, pool_t = state.slot_acts(state.top, u), state.slot_acts(state.pool, u)
         top_a, pool_a, cand_a = acts_r(top_t), acts_r(pool_t), acts_r(torch.cat([pool_t, top_t]))
 
-        def rec(eid: int, acts: Tensor) -> ActivationRecord:
-            # exact zeros as 0 (JSON numbers either way): sparse units' excerpts are mostly zeros
-            return ActivationRecord(activations=[v if v else 0 for v in acts.tolist()], tokens=decode(eid))
+        def rec(eid: int, acts: np.ndarray) -> ActivationRecord:
+            return ActivationRecord(activations=acts, tokens=decode(eid))  # float64 rows: `records.dumps` writes them
 
         top = [rec(i, top_a[s]) for s, i in enumerate(top_ids[u]) if i >= 0 and top_score[u][s] > float("-inf")]
         random_sample = [rec(i, pool_a[s]) for s, i in enumerate(pool_ids[u]) if i >= 0][: sizes.n_random]

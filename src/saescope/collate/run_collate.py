@@ -20,6 +20,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -277,8 +278,7 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
             top = r.most_positive_activation_records
             top_token = ""
             if top:
-                acts = top[0].activations
-                j = max(range(len(acts)), key=acts.__getitem__)
+                j = int(np.argmax(top[0].activations))
                 if g.by_token_pair:
                     from saescope.collate.units import tril_unflatten_index
 
@@ -286,7 +286,8 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
                 top_token = top[0].tokens[j]
             rows.append({"index": r.neuron_id.neuron_index, "max_activation": r.max_activation, "mean": r.mean,
                          "variance": r.variance, "density": float(density[r.neuron_id.neuron_index]),
-                         "top_token": top_token, "firing_excerpts": sum(max(x.activations) > 0 for x in top)})
+                         "top_token": top_token,
+                         "firing_excerpts": sum(float(np.max(x.activations)) > 0 for x in top)})
         write_json(ds_root / str(g.layer) / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
                                                                "by_token_pair": g.by_token_pair, "units": rows})
         live = [x for x in rows if x["max_activation"] > 0]

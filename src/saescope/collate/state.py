@@ -112,12 +112,28 @@ class Moments:
         return cls(torch.zeros(n_units, 6, dtype=torch.float64))
 
     def update(self, x: Tensor) -> None:
-        """x [U, N] values (all tokens of the batch)."""
+        """x [U, N] values (all tokens of the batch). Zeros add only to n: where most values are zero (SAE latents:
+        k of F fire), the sums run over the non-zero entries alone."""
+        U, N = x.shape
+        unit, col = x.nonzero(as_tuple=True)
+        if unit.numel() * 4 < x.numel():
+            self.add_entries(unit, x[unit, col], float(N))
+            return
         pos = (x > 0).sum(1).double()
         x = x.double()
         x2 = x * x
-        self.sums += torch.stack([torch.full((x.shape[0],), float(x.shape[1]), dtype=torch.float64),
+        self.sums += torch.stack([torch.full((U,), float(N), dtype=torch.float64),
                                   x.sum(1), x2.sum(1), (x2 * x).sum(1), (x2 * x2).sum(1), pos], dim=1)
+
+    def add_entries(self, unit: Tensor, value: Tensor, n: float) -> None:
+        """Every unit saw n values, of which only these (unit, value) entries [nnz] are non-zero."""
+        v = value.double()
+        sums = torch.zeros_like(self.sums)
+        sums[:, 0] = n
+        v2 = v * v
+        for col, term in ((1, v), (2, v2), (3, v2 * v), (4, v2 * v2), (5, (v > 0).double())):
+            sums[:, col].index_add_(0, unit, term)
+        self.sums += sums
 
     def density(self) -> Tensor:
         return self.sums[:, 5] / self.sums[:, 0].clamp_min(1)
