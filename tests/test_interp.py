@@ -214,3 +214,29 @@ def test_llm_detection_and_fuzzing_parse_and_score(server):
     _Handler.script = [("ok", "I don't know")]
     with pytest.raises(BackendError, match="no \\[..\\] list"):
         classify_scores(b, "cats", recs, 4.0)
+
+
+def test_interp_of_several_datasets_in_processes_equals_one_process(tiny_gpt2, text_corpus, tmp_path):
+    import shutil
+
+    from saescope.collate.collator import SlotSizes
+    from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
+    from saescope.corpus import CorpusConfig
+    from saescope.interp.pipeline import InterpConfig, InterpOptions, run_interp_many
+
+    m = collate(CollateConfig(out=str(tmp_path / "a"), data=CorpusConfig(str(text_corpus)), layers="0,1",
+                              collate=CollateOptions(units="mlp,heads", excerpt_len=8, max_tokens=8 * 40,
+                                                     sizes=SlotSizes(top_k=20, n_random=15, pool=24))), tiny_gpt2)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    results = {}
+    for name, workers in (("a", 1), ("b", 2)):
+        root = tmp_path / name / tiny_gpt2.name
+        cfgs = [InterpConfig(root=str(root), dataset=d["path"], interp=InterpOptions(max_units=6))
+                for d in m["datasets"]]
+        results[name] = run_interp_many(cfgs, workers=workers)
+        assert [s["dataset"] for s in results[name]] == [d["path"] for d in m["datasets"]]  # in order
+    for a, b in zip(results["a"], results["b"]):
+        assert {k: v for k, v in a.items() if k != "out"} == {k: v for k, v in b.items() if k != "out"}
+        pa = tmp_path / "a" / tiny_gpt2.name / "explanations" / a["dataset"] / "scores.json"
+        pb = tmp_path / "b" / tiny_gpt2.name / "explanations" / b["dataset"] / "scores.json"
+        assert json.loads(pa.read_text())["units"] == json.loads(pb.read_text())["units"]

@@ -162,20 +162,16 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
                  col.path / hm.name))
 
     # 5. explanations and scores of every collated dataset
-    from saescope.interp.pipeline import InterpConfig, run_interp
+    from saescope.interp.pipeline import InterpConfig, run_interp_many
 
     interp = Stage("explanations", col.path / hm.name / "explanations", {"interp": _options(cfg.interp)},
                    {"collated": col.fingerprint})
-    recompute = start(interp)
-    summaries = []
-    for d in manifest["datasets"]:
-        if recompute:
-            summaries.append(run_interp(InterpConfig(interp=cfg.interp, root=str(col.path / hm.name),
-                                                     dataset=d["path"]), hm=hm))
-        else:
-            summaries.append(read_json(interp.path / d["path"] / "scores.json")["summary"])
-    if recompute:
+    if start(interp):
+        summaries = run_interp_many([InterpConfig(interp=cfg.interp, root=str(col.path / hm.name), dataset=d["path"])
+                                     for d in manifest["datasets"]], hm=hm)
         interp.finish()
+    else:
+        summaries = [read_json(interp.path / d["path"] / "scores.json")["summary"] for d in manifest["datasets"]]
     mean = sum(x["mean_score"] for x in summaries) / max(len(summaries), 1)
     null = sum(x["mean_null_score"] for x in summaries) / max(len(summaries), 1)
     done.append((f"explanations + scores of {len(summaries)} datasets ({cfg.interp.explainer}: mean {mean:.3f}, "

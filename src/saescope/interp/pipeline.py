@@ -223,3 +223,34 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
             "failures": len(failures), "usage": usage, "out": str(out)}
     write_json(scores_path, {"units": scores, "summary": summ})
     return summ
+
+
+def _offline(opt: InterpOptions) -> bool:
+    return opt.explainer in ("baseline", "") and opt.simulator in ("baseline", "same", "")
+
+
+def _run_quietly(cfg: InterpConfig) -> dict[str, Any]:
+    import os
+
+    os.environ["TQDM_DISABLE"] = "1"  # one progress line per dataset from the parent instead of interleaved bars
+    return run_interp(cfg)
+
+
+def run_interp_many(cfgs: list[InterpConfig], hm: Any = None, workers: int = 0) -> list[dict[str, Any]]:
+    """`run_interp` over several datasets, in order. The offline baseline is pure Python, so with more than one
+    core the datasets run in that many processes (language-model backends already overlap their requests)."""
+    import os
+
+    workers = workers or min(len(cfgs), os.cpu_count() or 1)
+    if workers <= 1 or not all(_offline(c.interp) for c in cfgs):
+        return [run_interp(c, hm=hm) for c in cfgs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_quietly, c) for c in cfgs]
+        for f in tqdm(futures, desc=f"explain + score ({workers} processes)", unit="dataset"):
+            f.result()
+    return [f.result() for f in futures]
