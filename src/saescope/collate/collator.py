@@ -48,6 +48,8 @@ class GroupState:
     seed: int = 0
     vectors: SparseVectors | None = None
     """Sparse groups: the slots' activation vectors as COO rows (the slots' own acts are then [U, k, 1] maxima)."""
+    pruned_rows: int = 0
+    """Sparse groups: rows held after the last prune (the next one comes when they have doubled)."""
 
     @classmethod
     def create(cls, group: UnitGroup, length: int, sizes: SlotSizes, seed: int) -> "GroupState":
@@ -63,6 +65,8 @@ class GroupState:
         if isinstance(acts, SparseActs):
             assert self.vectors is not None
             sparse_update(self.top, self.pool, self.maxima, self.moments, self.vectors, acts, ids, self.seed)
+            if self.vectors.rows > max(2 * self.pruned_rows, 4_000_000):  # evicted rows: memory stays ~2x held
+                self.prune()
             return
         U = acts.shape[0]
         mx = acts.amax(dim=2)  # [U, B]
@@ -85,6 +89,7 @@ class GroupState:
         """Sparse groups: forget the vectors of (unit, excerpt) pairs no slot holds any more."""
         if self.vectors is not None:
             prune_vectors(self.top, self.pool, self.vectors)
+            self.pruned_rows = self.vectors.rows
 
     def slot_acts(self, slots: TopSlots, u: int) -> Tensor:
         """[k, L] activations of unit u on the excerpts of its slots."""

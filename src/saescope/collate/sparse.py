@@ -39,42 +39,75 @@ def _key(unit: Tensor, eid: Tensor) -> Tensor:
 
 @dataclass
 class SparseVectors:
-    """COO rows (unit, excerpt id, position, value) of the (unit, excerpt) pairs currently held in slots."""
+    """COO rows (unit, excerpt id, position, value) of the (unit, excerpt) pairs currently held in slots.
+
+    Batches are appended as chunks (a concatenation per batch would copy every row held so far: quadratic), and
+    joined when rows are dropped (`keep`) or read (`dense`). 14 bytes a row: int32 unit and excerpt id, int16
+    position (int32 past 32,767 positions), float32 value."""
 
     length: int
     """L: positions per excerpt."""
-    unit: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
-    eid: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
-    pos: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int32))
-    value: Tensor = field(default_factory=lambda: torch.zeros(0))
+    chunks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = field(default_factory=list)
     _index: dict[int, tuple[int, int]] | None = None
 
+    @property
+    def rows(self) -> int:
+        return sum(c[3].numel() for c in self.chunks)
+
+    def _flat(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if len(self.chunks) != 1:
+            pos_dtype = torch.int16 if self.length < 2**15 else torch.int32
+            empty = (torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=torch.int32),
+                     torch.zeros(0, dtype=pos_dtype), torch.zeros(0))
+            self.chunks = [tuple(torch.cat([c[i] for c in self.chunks]) if self.chunks else empty[i]
+                                 for i in range(4))]  # type: ignore[list-item]
+            self._index = None
+        return self.chunks[0]
+
+    @property
+    def unit(self) -> Tensor:
+        return self._flat()[0]
+
+    @property
+    def eid(self) -> Tensor:
+        return self._flat()[1]
+
+    @property
+    def pos(self) -> Tensor:
+        return self._flat()[2]
+
+    @property
+    def value(self) -> Tensor:
+        return self._flat()[3]
+
     def add(self, unit: Tensor, eid: Tensor, pos: Tensor, value: Tensor) -> None:
-        self.unit, self.eid = torch.cat([self.unit, unit]), torch.cat([self.eid, eid])
-        self.pos, self.value = torch.cat([self.pos, pos.to(torch.int32)]), torch.cat([self.value, value.float()])
+        pos_dtype = torch.int16 if self.length < 2**15 else torch.int32
+        self.chunks.append((unit.to(torch.int32), eid.to(torch.int32), pos.to(pos_dtype), value.float()))
         self._index = None
 
     def keep(self, unit: Tensor, eid: Tensor) -> None:
         """Drop every row whose (unit, excerpt) is not among the given pairs."""
-        mask = torch.isin(_key(self.unit, self.eid), _key(unit, eid))
-        self.unit, self.eid, self.pos, self.value = self.unit[mask], self.eid[mask], self.pos[mask], self.value[mask]
-        self._index = None
+        u, e, p, v = self._flat()
+        mask = torch.isin(_key(u, e), _key(unit, eid))
+        self.chunks, self._index = [(u[mask], e[mask], p[mask], v[mask])], None
 
     def dense(self, unit: int, eids: list[int]) -> Tensor:
         """[len(eids), L] activations of `unit` on those excerpts (zeros where nothing is stored)."""
         if self._index is None:  # sort once by (unit, excerpt); then each pair is one contiguous run
-            order = torch.argsort(_key(self.unit, self.eid), stable=True)
-            self.unit, self.eid, self.pos, self.value = (t[order] for t in (self.unit, self.eid, self.pos, self.value))
-            keys = _key(self.unit, self.eid)
-            uniq, counts = torch.unique_consecutive(keys, return_counts=True)
+            u, e, p, v = self._flat()
+            order = torch.argsort(_key(u, e), stable=True)
+            u, e, p, v = (t[order] for t in (u, e, p, v))
+            self.chunks = [(u, e, p, v)]
+            uniq, counts = torch.unique_consecutive(_key(u, e), return_counts=True)
             starts = torch.cumsum(counts, 0) - counts
             self._index = dict(zip(uniq.tolist(), zip(starts.tolist(), counts.tolist())))
+        _, _, pos, value = self.chunks[0]
         out = torch.zeros(len(eids), self.length)
         for r, e in enumerate(eids):
             span = self._index.get(unit * (1 << 40) + e)
             if span is not None:
                 s, n = span
-                out[r, self.pos[s:s + n].long()] = self.value[s:s + n]
+                out[r, pos[s:s + n].long()] = value[s:s + n]
         return out
 
 

@@ -88,7 +88,8 @@ class TrainerConfig:
     auxk_alpha: float = 1 / 32
     """AuxK coefficient (TopK family)."""
     dead_tokens: int = 1_000_000
-    """A latent is dead after this many tokens without firing."""
+    """A latent is dead after this many tokens without firing (AuxK; the reported dead fraction uses the smaller of
+    this and a quarter of the run, so that a run shorter than it does not always report 0 %)."""
     resample_tokens: int = -1
     """TopK family: restart latents that have not fired for this many tokens on the worst-reconstructed tokens'
     residuals (train/resample.py) until --resample_until; -1 = min(dead_tokens, max(training
@@ -195,6 +196,7 @@ class Trainer:
         # auto: a sixteenth of the run, but at least ~400 mean firing intervals (F/k tokens) of a latent
         auto = min(cfg.dead_tokens, max(tokens // 16, 400 * cfg.width // cfg.k))
         self.resample_window = auto if cfg.resample_tokens < 0 else cfg.resample_tokens
+        self.dead_window = max(cfg.batch_size, min(cfg.dead_tokens, tokens // 4))  # for the reported dead fraction
         warm = int(cfg.warmup_frac * total_steps)
         decay = int(cfg.decay_frac * total_steps) if cfg.optimizer == "adam" else 0
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total_steps, max(warm, 1), decay))
@@ -266,7 +268,7 @@ class Trainer:
         self.step += 1
         self.tokens += n_global
         stats = {"loss": float(loss.detach()), "fvu": float(fvu.detach()), "l0": float(out.l0),
-                 "dead": float((self.since_fired >= cfg.dead_tokens).float().mean()), "resampled": self.resampled,
+                 "dead": float((self.since_fired >= self.dead_window).float().mean()), "resampled": self.resampled,
                  **{k: float(v.detach()) for k, v in out.losses.items()}}
         return stats
 
