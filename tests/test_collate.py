@@ -272,47 +272,49 @@ def test_token_pair_excerpts_collapse_to_query_tokens(tmp_path):
     assert d["random_sample"][0]["activations"] == [0.0, 1.0]
 
 
-def test_collating_from_a_store_equals_running_the_model(tiny_gpt2, text_corpus, tmp_path):
-    """A store captured with context_len = excerpt_len + 1 holds exactly the collation's excerpts: MLP neurons and
-    SAE latents read from it give the records a model pass gives (same excerpts, same values); heads, which need
-    the attention pattern, run the model on the first --max_tokens; a store of another context length is refused."""
+def test_collating_from_a_store_equals_running_the_model(tiny, text_corpus, tmp_path):
+    """A store captured with context_len = excerpt_len + 1 holds exactly the collation's excerpts: MLP neurons, SAE
+    latents, and (from its attention pattern and value rows, BOS restored) heads and an attention SAE's latents by
+    token pair read from it give the records a model pass gives; attention units take the first --max_tokens; a store
+    of another context length is refused. GPT-2, Gemma 3 (post-attention norm) and grouped-query Llama."""
     from saescope.capture import CaptureConfig, capture_corpus
     from saescope.capture.capture import CaptureOptions
     from saescope.sae import SAEConfig, sae_class
 
-    hm = tiny_gpt2
-    sae = sae_class("topk")(SAEConfig("topk", hm.d_model, 16, k=3, metadata={"hook_name": "resid_post.1"}))
-    torch.nn.init.normal_(sae.W_enc, generator=torch.Generator().manual_seed(0))
-    sae.save(tmp_path / "sae")
+    hm = tiny
+    for hp in ("resid_post.1", "attn_out.1"):
+        sae = sae_class("topk")(SAEConfig("topk", hm.d_model, 16, k=3, metadata={"hook_name": hp}))
+        torch.nn.init.normal_(sae.W_enc, generator=torch.Generator().manual_seed(0))
+        sae.save(tmp_path / hp.split(".")[0])
+    saes = f"{tmp_path / 'resid_post'},{tmp_path / 'attn_out'}"
     data = CorpusConfig(str(text_corpus))
-    capture_corpus(CaptureConfig(data=data, out=str(tmp_path / "store"), hookpoints="mlp_post_act.1,resid_post.1",
-                                 capture=CaptureOptions(context_len=T + 1, shard_contexts=9)), hm)
+    capture_corpus(CaptureConfig(data=data, out=str(tmp_path / "store"), capture=CaptureOptions(context_len=T + 1,
+                                 shard_contexts=9), hookpoints="mlp_post_act.1,resid_post.1,attn_out.1,"
+                                                               "attn_pattern.1,attn_value.1"), hm)
     sizes = SlotSizes(top_k=20, n_random=15, pool=24)
 
     def run(out, store, max_tokens):
-        return collate(CollateConfig(out=str(tmp_path / out), data=data, layers="1", sae=str(tmp_path / "sae"),
-                                     store=store, collate=CollateOptions(excerpt_len=T, max_tokens=max_tokens,
-                                                                         batch_size=5, sizes=sizes)), hm)
+        return collate(CollateConfig(out=str(tmp_path / out), data=data, layers="1", sae=saes, store=store,
+                                     collate=CollateOptions(excerpt_len=T, max_tokens=max_tokens, batch_size=5,
+                                                            sizes=sizes)), hm)
     n = len(_excerpts(hm, text_corpus, 10_000))
     from_model = run("model", "", 0)
-    from_store = run("store", str(tmp_path / "store"), T * 20)
-    by_path = {d["path"]: d for d in from_store["datasets"]}
+    from_store = run("store", str(tmp_path / "store"), 0)
+    assert len(from_model["datasets"]) == len(from_store["datasets"]) == 5  # mlp, heads, 2 SAEs, 1 by pair
     for d in from_model["datasets"]:
-        heads = d["unit_type"] == "attention_heads"
-        assert by_path[d["path"]]["tokens"] == (20 if heads else n) * T
-        if heads:
-            continue
-        for u in (0, 3, 7):
+        for u in (0, 3):
             a = read_record(tmp_path / "model" / hm.name / d["path"] / f"{u}.json")
             b = read_record(tmp_path / "store" / hm.name / d["path"] / f"{u}.json")
             assert [r.tokens for r in a.most_positive_activation_records] == \
-                   [r.tokens for r in b.most_positive_activation_records]
+                   [r.tokens for r in b.most_positive_activation_records], d["path"]
             for ra, rb in zip(a.most_positive_activation_records + a.random_sample,
                               b.most_positive_activation_records + b.random_sample):
-                np.testing.assert_allclose(ra.activations, rb.activations, rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(ra.activations, rb.activations, rtol=1e-4, atol=1e-5, err_msg=d["path"])
             assert a.mean == pytest.approx(b.mean, rel=1e-4, abs=1e-6)
-    heads = read_record(tmp_path / "store" / hm.name / "attention_heads" / "1" / "0.json")
-    assert len(heads.most_positive_activation_records) == 20  # the 20 excerpts the model ran on
+    budget = run("budget", str(tmp_path / "store"), T * 20)
+    for d in budget["datasets"]:
+        attention = d["unit_type"] == "attention_heads" or d["by_token_pair"]
+        assert d["tokens"] == (20 if attention else n) * T, d["path"]
     capture_corpus(CaptureConfig(data=data, out=str(tmp_path / "store2"), hookpoints="resid_post.1",
                                  capture=CaptureOptions(context_len=T + 2)), hm)
     with pytest.raises(SaescopeError, match="context_len is 10.*--context_len 9"):

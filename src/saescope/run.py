@@ -106,7 +106,11 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     from saescope.capture import CaptureConfig, capture_corpus
 
     sae_hps = [canonical_hookpoint(f"{kind.strip()}.{layer}") for kind in cfg.saes.split(",") if kind.strip()]
-    hookpoints = ",".join(dict.fromkeys([hookpoint, *sae_hps]))
+    # where the store's contexts are the collation's excerpts, it also keeps the studied layer's attention pattern
+    # and values (0.5k floats a token on gemma-3-270m): heads and token pairs are then collated without a model pass
+    attention = [f"attn_pattern.{layer}", f"attn_value.{layer}"] \
+        if cfg.capture.context_len == cfg.collate.excerpt_len + 1 else []
+    hookpoints = ",".join(dict.fromkeys([hookpoint, *sae_hps, *attention]))
     store = Stage("store", out / "store", {**model_id, "data": asdict(cfg.data), "capture": _options(cfg.capture),
                                            "hookpoints": hookpoints}, {})
     recompute = start(store)

@@ -90,7 +90,7 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
     opt = cfg.capture
     hookpoints = hm.select(cfg.hookpoints) if cfg.hookpoints else [default_hookpoint(hm)]
     meta = StoreMeta(
-        model=hm.name, hookpoints={h: hm.width(h) for h in hookpoints}, dtype=opt.store_dtype,
+        model=hm.name, hookpoints={h: hm.width(h, opt.context_len) for h in hookpoints}, dtype=opt.store_dtype,
         context_len=opt.context_len, source={**cfg.data.describe(), "max_tokens": opt.max_tokens},
         tokenizer=getattr(hm.tokenizer, "name_or_path", ""), extra={"model_spec": cfg.model.model},
     )
@@ -122,7 +122,7 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
             cache = hm.run_with_cache(ids, None, hookpoints)
             mask = valid_mask(ids, special)  # [B, T]
             for h in hookpoints:
-                acts[h].append(cache[h][mask].float().cpu())  # [rows, d]
+                acts[h].append(hm.token_rows(h, cache[h])[mask].float().cpu())  # [rows, width]
             tok.append(ids[mask].cpu())
             ci = torch.arange(ctx_index + b, ctx_index + b + ids.shape[0], device=device)[:, None].expand_as(ids)
             ctx.append(ci[mask].cpu())

@@ -31,6 +31,8 @@ from saescope.corpus import CorpusConfig
 from saescope.errors import SaescopeError
 from saescope.io import write_json
 from saescope.models import HookedModel, parse_hookpoint
+
+ATTENTION_KINDS = ("attn_pattern", "attn_value")
 from saescope.records import dataset_path, write_record
 
 log = logging.getLogger(__name__)
@@ -137,12 +139,17 @@ def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]
         contexts = iter_contexts(hm.tokenizer, cfg.data.texts(), T + 1)
         source, stored = corpus_batches(itertools.islice(contexts, n_model), opt.batch_size, rank, world), set()
         total = n_model
-    from_store = [j for j, g in enumerate(groups) if set(g.hookpoints) <= stored]
-    from_model = [j for j in range(len(groups)) if j not in from_store]
+    # attention units (heads, token pairs) take the first --max_tokens, from the store or a model pass; with a store
+    # the other units take all of it
+    attention = {j for j, g in enumerate(groups) if g.unit_type == "attention_heads" or g.by_token_pair}
+    from_store = [j for j, g in enumerate(groups) if set(g.hookpoints) <= stored and j not in attention]
+    budget_store = [j for j, g in enumerate(groups) if set(g.hookpoints) <= stored and j in attention]
+    from_model = [j for j in range(len(groups)) if j not in from_store and j not in budget_store]
     if cfg.store:
-        log.info("collating %s from the store %s; %s with the model (first %s excerpts)",
-                 ", ".join(groups[j].rel_dir for j in from_store) or "nothing", cfg.store,
-                 ", ".join(groups[j].rel_dir for j in from_model) or "nothing", n_model or "all")
+        log.info("collating from the store %s: %s on all of it, %s on its first %s excerpts; with the model: %s",
+                 cfg.store, ", ".join(groups[j].rel_dir for j in from_store) or "nothing",
+                 ", ".join(groups[j].rel_dir for j in budget_store) or "nothing", n_model or "all",
+                 ", ".join(groups[j].rel_dir for j in from_model) or "nothing")
     model_hps = sorted({h for j in from_model for h in groups[j].hookpoints})
     device = next(hm.model.parameters()).device
     bar = tqdm(total=total and total * T // world, unit="tok", unit_scale=True, desc=f"collate {hm.name}",
@@ -152,7 +159,9 @@ def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]
     for eids, ids, stored_acts in source:  # [B] global excerpt ids, [B, T+1] ids with BOS, stored activations
         parts = [(eids, stored_acts, from_store)]
         keep = eids < n_model if n_model is not None else torch.ones_like(eids, dtype=torch.bool)
-        if model_hps and bool(keep.any()):  # heads, token pairs (everything, without a store): one model pass
+        if budget_store and bool(keep.any()):
+            parts.append((eids[keep], {k: v[keep] for k, v in stored_acts.items()}, budget_store))
+        if model_hps and bool(keep.any()):  # what the store cannot feed (everything, without a store): a model pass
             cache = hm.run_with_cache(ids[keep].to(device), None, model_hps)
             parts.append((eids[keep], cache, from_model))
         with torch.no_grad():
@@ -209,22 +218,37 @@ def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int
         raise SaescopeError(f"{path}/manifest.json: captured from model {store.model}, not {hm.name}")
     bos = hm.tokenizer.bos_token_id
     total = sum(s["contexts"][1] - s["contexts"][0] for s in store.shards)
+    # The BOS row is not stored; attention needs it. BOS sits at position 0 of every context and attends only to
+    # itself, so its pattern row is [1, 0, ...] and its values are the same in every context: one forward of BOS.
+    hps = [hp for hp in store.hookpoints if bos is not None or parse_hookpoint(hp)[0] not in ATTENTION_KINDS]
+    bos_rows: dict[str, Tensor] = {}
+    for hp in hps:
+        kind = parse_hookpoint(hp)[0]
+        if kind == "attn_pattern":
+            bos_rows[hp] = torch.zeros(hm.n_heads, T + 1).index_fill_(1, torch.tensor([0]), 1.0).flatten()
+        elif kind == "attn_value":
+            with torch.no_grad():
+                one = hm.run_with_cache(torch.tensor([[bos]], device=next(hm.model.parameters()).device), None, [hp])
+            bos_rows[hp] = hm.token_rows(hp, one[hp])[0, 0].float().cpu()
 
     def batches() -> Iterator[Batch]:
         for i in range(len(store.shards)):
             tok = store.load_tokens(i)
             ctx, pos = tok["context"].long(), tok["position"].long()
-            acts = {hp: store.load_shard(hp, i) for hp in store.hookpoints}
+            acts = {hp: store.load_shard(hp, i) for hp in hps}
             whole = [c for c in torch.unique(ctx).tolist() if c % world == rank and int((ctx == c).sum()) == T]
             for b in range(0, len(whole), batch_size):
                 cs = torch.tensor(whole[b:b + batch_size])  # [B] context ids
                 rows = torch.stack([(ctx == c).nonzero().squeeze(1)[pos[ctx == c].argsort()] for c in cs])  # [B, T]
                 ids = torch.cat([torch.full((len(cs), 1), bos if bos is not None else 0),
                                  tok["token_ids"][rows].long()], 1)  # [B, T+1]
-                cache = {hp: torch.cat([torch.zeros(len(cs), 1, a.shape[1], dtype=a.dtype), a[rows]], 1)
-                         for hp, a in acts.items()}
+                cache = {}
+                for hp, a in acts.items():
+                    first = bos_rows[hp] if hp in bos_rows else torch.zeros(a.shape[1])  # other kinds: dropped
+                    full = torch.cat([first.to(a.dtype).expand(len(cs), 1, -1), a[rows]], 1)  # [B, T+1, width]
+                    cache[hp] = hm.from_token_rows(hp, full)
                 yield cs, ids, cache
-    return batches(), set(store.hookpoints), total
+    return batches(), set(hps), total
 
 
 

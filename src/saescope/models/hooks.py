@@ -12,6 +12,9 @@ Hookpoint names (L = layer index):
 | attn_pattern.L    | [n_heads, T] (query)  | post-softmax attention, [heads, q, k] per sequence          |
 | attn_value.L      | [n_kv_heads, d_head]  | value vectors, before grouped-query expansion               |
 
+A store keeps every hookpoint as per-token rows (`token_rows`): a query's attention pattern over the context's keys
+as [n_heads × context_len], values as [n_kv_heads × d_head].
+
 Transformer-Debugger names are accepted everywhere a hookpoint is named: `resid_delta_mlp.L` (= mlp_out.L) and
 `resid_delta_attn.L` (= attn_out.L); `mlp_post_act.L` is the same in both.
 
@@ -156,14 +159,39 @@ class HookedModel:
                 names.add(f"{kind}.{layer}")
         return sorted(names, key=natural_key)
 
-    def width(self, hookpoint: str) -> int:
-        """Per-token vector size of a hookpoint that yields [B, T, width] (not attn_pattern/attn_value)."""
+    def width(self, hookpoint: str, context_len: int = 0) -> int:
+        """Per-token vector size of a hookpoint, as `token_rows` lays it out: attn_pattern rows are the query's
+        pattern over every key of the context ([heads × context_len], zeros after the query), attn_value rows
+        [n_kv_heads × d_head]."""
         kind, _ = parse_hookpoint(hookpoint)
         if kind == "mlp_post_act":
             return self.d_mlp
-        if kind in ("attn_pattern", "attn_value"):
-            raise SaescopeError(f"hookpoint '{hookpoint}' is not a per-token vector")
+        if kind == "attn_pattern":
+            if context_len < 1:
+                raise SaescopeError(f"hookpoint '{hookpoint}': its per-token width depends on the context length")
+            return self.n_heads * context_len
+        if kind == "attn_value":
+            return self.n_kv_heads * self.d_head
         return self.d_model
+
+    def token_rows(self, hookpoint: str, x: Tensor) -> Tensor:
+        """A `run_with_cache` tensor as [B, T, width] per-token rows (what a store keeps)."""
+        kind, _ = parse_hookpoint(hookpoint)
+        if kind == "attn_pattern":  # [B, H, q, k] → [B, q, H·k]
+            return x.permute(0, 2, 1, 3).flatten(2)
+        if kind == "attn_value":  # [B, T, n_kv, d_head] → [B, T, n_kv·d_head]
+            return x.flatten(2)
+        return x
+
+    def from_token_rows(self, hookpoint: str, rows: Tensor) -> Tensor:
+        """The inverse of `token_rows` for rows [B, T, width] of a whole context (query and key 0..T−1)."""
+        kind, _ = parse_hookpoint(hookpoint)
+        B, T, _ = rows.shape
+        if kind == "attn_pattern":
+            return rows.view(B, T, self.n_heads, -1).permute(0, 2, 1, 3)  # [B, H, q, k]
+        if kind == "attn_value":
+            return rows.view(B, T, self.n_kv_heads, self.d_head)
+        return rows
 
     # ---- running -------------------------------------------------------------------------------------------
     @contextlib.contextmanager

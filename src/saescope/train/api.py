@@ -52,9 +52,13 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     dist_utils.init_from_env()
     store = ActivationStore(cfg.store)
-    hp = canonical_hookpoint(cfg.hookpoint) if cfg.hookpoint else next(iter(store.hookpoints))
+    hp = canonical_hookpoint(cfg.hookpoint) if cfg.hookpoint else next(
+        (h for h in store.hookpoints if h.split(".")[0] not in ("attn_pattern", "attn_value")), "")
     if hp not in store.hookpoints:
         raise SaescopeError(f"{cfg.store}: no hookpoint '{hp}'; it has {', '.join(store.hookpoints)}")
+    if hp.split(".")[0] in ("attn_pattern", "attn_value"):
+        raise SaescopeError(f"--hookpoint {hp}: attention patterns and values are kept for collation, not for SAEs; "
+                            f"pick one of {', '.join(h for h in store.hookpoints if not h.startswith('attn_'))}")
     d = store.hookpoints[hp]
     tc = cfg.trainer
     ws = dist_utils.world_size()
