@@ -249,8 +249,13 @@ def run_interp_many(cfgs: list[InterpConfig], hm: Any = None, workers: int = 0) 
 
     from tqdm.auto import tqdm
 
+    def size(c: InterpConfig) -> int:  # bytes of records to read: the largest datasets start first
+        manifest_dir, ds, _ = resolve(c)
+        return sum(f.stat().st_size for f in (manifest_dir / ds).glob("*.json"))
+
+    order = sorted(range(len(cfgs)), key=lambda i: -size(cfgs[i]))
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_quietly, c) for c in cfgs]
-        for f in tqdm(futures, desc=f"explain + score ({workers} processes)", unit="dataset"):
-            f.result()
-    return [f.result() for f in futures]
+        futures = {i: pool.submit(_run_quietly, cfgs[i]) for i in order}
+        for i in tqdm(order, desc=f"explain + score ({workers} processes)", unit="dataset"):
+            futures[i].result()
+    return [futures[i].result() for i in range(len(cfgs))]
