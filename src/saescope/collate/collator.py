@@ -81,8 +81,7 @@ class GroupState:
             a.merge(b)
         self.moments.merge(other.moments)
         if self.vectors is not None and other.vectors is not None:
-            v = other.vectors
-            self.vectors.add(v.unit, v.eid, v.pos, v.value)
+            self.vectors.add(*other.vectors.columns())
             self.prune()
 
     def prune(self) -> None:

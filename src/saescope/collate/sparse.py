@@ -64,21 +64,9 @@ class SparseVectors:
             self._index = None
         return self.chunks[0]
 
-    @property
-    def unit(self) -> Tensor:
-        return self._flat()[0]
-
-    @property
-    def eid(self) -> Tensor:
-        return self._flat()[1]
-
-    @property
-    def pos(self) -> Tensor:
-        return self._flat()[2]
-
-    @property
-    def value(self) -> Tensor:
-        return self._flat()[3]
+    def columns(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(unit, excerpt id, position, value) of every row."""
+        return self._flat()
 
     def add(self, unit: Tensor, eid: Tensor, pos: Tensor, value: Tensor) -> None:
         pos_dtype = torch.int16 if self.length < 2**15 else torch.int32
