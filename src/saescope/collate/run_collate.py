@@ -89,8 +89,9 @@ class CollateConfig:
     that do not record it (OpenAI .pt: --sae layer_8.pt@resid_delta_mlp.8)."""
     store: str = ""
     """An activation store of this model captured with --context_len excerpt_len+1: its contexts are the excerpts,
-    and units whose hookpoints it holds (MLP neurons, SAE latents by token) are collated from every stored context
-    without running the model; heads and token pairs run the model on the first --max_tokens of them."""
+    and units whose hookpoints it holds are collated from it without running the model (MLP neurons and SAE
+    latents by token on every stored context; heads and token pairs, from attn_pattern.L and attn_value.L, on the
+    first --max_tokens); the model runs only for what it lacks."""
 
 
 def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
