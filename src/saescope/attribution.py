@@ -87,8 +87,8 @@ def latent_pair_attribution(sae: BaseSAE, aw: AttnWrites) -> PairAttribution:
     rows, lat = (f != 0).nonzero(as_tuple=True)  # firing entries, sorted by excerpt then query
     b, t = rows // T, rows % T
     W_enc = sae.W_enc.float()  # [d, F]
-    out = torch.empty(rows.numel(), T)
-    bounds = torch.searchsorted(b, torch.arange(B + 1))
+    out = torch.empty(rows.numel(), T, device=f.device)
+    bounds = torch.searchsorted(b, torch.arange(B + 1, device=b.device))
     for j in range(B):  # per excerpt, nothing of size [entries, d] but the encoder columns of its entries
         lo, hi = int(bounds[j]), int(bounds[j + 1])
         if lo == hi:
@@ -100,7 +100,7 @@ def latent_pair_attribution(sae: BaseSAE, aw: AttnWrites) -> PairAttribution:
         else:  # w · u with u = (g ⊙ e)/r − z ((g ⊙ e) · z)/(d r³), z and r at each entry's query
             g, z = aw.norm_scale, aw.z[j]  # [d], [T, d]
             r = torch.sqrt(z.pow(2).mean(-1) + aw.norm_eps)[tj]  # [n]
-            ge_z = ((z * g) @ E)[tj, torch.arange(hi - lo)]  # [n] (g ⊙ e) · z
+            ge_z = ((z * g) @ E)[tj, torch.arange(hi - lo, device=E.device)]  # [n] (g ⊙ e) · z
             wz = torch.einsum("hsd,td->hst", w, z)[:, :, tj]  # [H, s, n] w[h, s] · z
             dot = ((w * g).reshape(H * T, d) @ E).reshape(H, T, -1) / r - wz * (ge_z / (d * r**3))
         A = aw.pattern[j][:, tj, :]  # [H, n, s]

@@ -158,6 +158,7 @@ def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]
     seen = [0] * len(groups)  # excerpts each group has seen
     t0, step = time.perf_counter(), 0
     for eids, ids, stored_acts in source:  # [B] global excerpt ids, [B, T+1] ids with BOS, stored activations
+        stored_acts = {k: v.to(device) for k, v in stored_acts.items()}  # where the SAEs are
         parts = [(eids, stored_acts, from_store)]
         keep = eids < n_model if n_model is not None else torch.ones_like(eids, dtype=torch.bool)
         if budget_store and bool(keep.any()):

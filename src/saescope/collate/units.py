@@ -105,11 +105,12 @@ def sae_pair_group(hm: HookedModel, sae: BaseSAE, hookpoint: str, name: str, sou
         T1 = aw.pattern.shape[-1]
         keep = pa.t >= 1  # queries after BOS
         t, vals = pa.t[keep] - 1, pa.values[keep][:, 1:]  # BOS-dropped coordinates, keys 1..T
-        e, s = (torch.arange(T1 - 1)[None, :] <= t[:, None]).nonzero(as_tuple=True)  # causal pairs
+        e, s = (torch.arange(T1 - 1, device=t.device)[None, :] <= t[:, None]).nonzero(as_tuple=True)  # causal pairs
         v = vals[e, s]
         nz = v != 0
         e, s, v = e[nz], s[nz], v[nz]
         pos = t[e] * (t[e] + 1) // 2 + s
-        return SparseActs(pa.latent[keep][e], pa.b[keep][e], pos, v, aw.pattern.shape[0])
+        # the collation state lives on the CPU, as the dense groups' activations do
+        return SparseActs(pa.latent[keep][e].cpu(), pa.b[keep][e].cpu(), pos.cpu(), v.float().cpu(), aw.pattern.shape[0])
     return UnitGroup("sae_latents", layer, sae.cfg.d_sae, [pat, val], extract, by_token_pair=True, name=name,
                      source=source, sparse=True)
