@@ -189,3 +189,54 @@ def test_browser_end_to_end(collated_root, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("arch", ["gemma", "gpt2"])
+def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
+    """The lens of an MLP neuron equals the logits' change when its write is added to the MLP's output, computed
+    with the model's own post-feedforward norm, final norm and unembedding with their 1/rms frozen (linearised),
+    up to that positive factor; on Gemma with non-trivial norm weights the unfolded W_out·W_U ranks differently."""
+    import torch
+    from conftest import make_model
+
+    from saescope.debug.trace import final_norm, post_mlp_norm
+    from saescope.viewer.lens import logit_lens
+
+    hm = make_model(arch)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in hm.model.modules():
+            if hasattr(m, "weight") and m.weight is not None and "Norm" in type(m).__name__:
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 2)
+    L, i = 1, 5
+    write = hm.W_out_mlp(L)[i].detach().float()
+    lens = logit_lens(hm, write, L)
+
+    def frozen(norm, x, dx):
+        """The norm's change for x → x + dx with its normalising factor held at x, through the module itself:
+        norm(dx) is gain ⊙ (centred) dx / scale(dx), so rescaling it by scale(dx) / scale(x) freezes the scale."""
+        if isinstance(norm, torch.nn.LayerNorm):
+            scale = lambda v: torch.sqrt(v.var(unbiased=False) + norm.eps)  # noqa: E731
+            return (norm(dx) - norm.bias) * scale(dx) / scale(x)
+        eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", 1e-6)
+        scale = lambda v: torch.sqrt(v.pow(2).mean() + eps)  # noqa: E731
+        return norm(dx) * scale(dx) / scale(x)
+
+    x_mlp = torch.randn(hm.d_model, generator=g)
+    x_fin = torch.randn(hm.d_model, generator=g)
+    with torch.no_grad():
+        dx = write
+        pn = post_mlp_norm(hm, L)
+        if pn is not None:
+            dx = frozen(pn, x_mlp, dx)
+        dy = frozen(final_norm(hm), x_fin, dx)
+        dlogits = hm.model.get_output_embeddings()(dy)  # the model's own unembedding (no bias in these models)
+    live = lens.abs() > 1e-6  # tokens whose unembedding row is zero (padding) have no lens
+    assert int(live.sum()) > 0.9 * lens.numel()
+    torch.testing.assert_close(dlogits[~live], torch.zeros_like(dlogits[~live]), rtol=0, atol=1e-5)
+    ratio = dlogits[live] / lens[live]
+    assert float(ratio.min()) > 0
+    torch.testing.assert_close(ratio, ratio.mean().expand_as(ratio), rtol=1e-3, atol=0)
+    if arch == "gemma":
+        unfolded = write @ hm.W_U().detach().float()
+        assert not torch.equal(unfolded.topk(10).indices, lens.topk(10).indices)

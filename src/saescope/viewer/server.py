@@ -195,21 +195,28 @@ def create_app(root: str | Path, model: str | None = None) -> FastAPI:
     def logit_lens(model: str, dataset: str, index: int, k: int = 10) -> dict[str, Any]:
         import torch
 
+        from saescope.models import parse_hookpoint
+        from saescope.viewer.lens import logit_lens
+
         ds = ds_of(model, dataset)
         hm = hub.model(model)
         with torch.no_grad():
             if ds.unit_type == "sae_latents":
-                sae, _ = hub.sae(ds)
+                sae, entry = hub.sae(ds)
                 if not 0 <= index < sae.cfg.d_sae:
                     raise NotFound(f"latent {index}")
-                direction = sae.W_dec[index]
+                hps = [h for h in entry.get("hookpoints", []) if not h.startswith("attn_")]
+                kind, layer = parse_hookpoint(hps[0]) if hps else ("resid_post", ds.layer)
+                direction = sae.W_dec[index].float()
+                if kind == "mlp_post_act":  # a direction over the neurons: what the MLP then writes
+                    direction = direction @ hm.W_out_mlp(layer).float()
+                logits = logit_lens(hm, direction, layer if kind == "mlp_post_act" else None)
             elif ds.unit_type == "mlp_neurons":
                 if not 0 <= index < hm.d_mlp:
                     raise NotFound(f"neuron {index}")
-                direction = hm.W_out_mlp(ds.layer)[index]
+                logits = logit_lens(hm, hm.W_out_mlp(ds.layer)[index], ds.layer)
             else:
                 raise NotFound("no logit lens for attention heads")
-            logits = direction.float() @ hm.W_U().float()
             top, bottom = logits.topk(k), (-logits).topk(k)
         tok = lambda ids: [hm.tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
         return {"top": [{"token": t, "logit": float(v)} for t, v in zip(tok(top.indices), top.values)],
