@@ -16,8 +16,8 @@ import itertools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -31,11 +31,12 @@ from saescope.corpus import CorpusConfig
 from saescope.errors import SaescopeError
 from saescope.io import write_json
 from saescope.models import HookedModel, parse_hookpoint
-
-ATTENTION_KINDS = ("attn_pattern", "attn_value")
 from saescope.records import dataset_path, write_record
 
 log = logging.getLogger(__name__)
+
+ATTENTION_KINDS = ("attn_pattern", "attn_value")
+"""Stored hookpoints that need the BOS row restored (and a BOS token) to be read back."""
 
 
 UnitKind = Literal["mlp", "heads"]
@@ -53,8 +54,8 @@ class CollateOptions:
     excerpt_len: int = 64
     """Tokens per excerpt (BOS is prepended for the forward pass and never recorded)."""
     max_tokens: int = 100_000
-    """Tokens that get a model pass (0 = all): the whole collation from a corpus; with --store, the heads and token
-    pairs (the units the store cannot feed)."""
+    """Tokens collated (0 = all): every unit's from a corpus; with --store, the heads' and token pairs' (the other
+    units take the whole store)."""
     batch_size: int = 16
     """Excerpts per forward pass."""
     seed: int = 0
@@ -206,8 +207,9 @@ def corpus_batches(contexts: Iterator[list[int]], batch_size: int, rank: int, wo
 
 def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int,
                   world: int) -> tuple[Iterator[Batch], set[str], int]:
-    """The store's contexts as excerpts (excerpt id = context index), with its activations at every hookpoint
-    (a zero BOS row in front, which the unit groups drop). Returns (batches, stored hookpoints, excerpt count)."""
+    """The store's contexts as excerpts (excerpt id = context index), with its activations at every hookpoint in
+    `run_with_cache` shapes, BOS row in front (restored for attention, zeros elsewhere: the unit groups drop it).
+    Returns (batches, the hookpoints it can feed, excerpt count)."""
     from saescope.store import ActivationStore
 
     store = ActivationStore(path, verify=False)
