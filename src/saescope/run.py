@@ -146,7 +146,7 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     # 4. collated records: MLP neurons, heads (by token pair), every SAE's latents (attention SAEs also by pair)
     from saescope.collate.run_collate import CollateConfig, collate
 
-    # collated from the store where its contexts are the excerpts (heads and token pairs: a model pass)
+    # collated from the store where its contexts are the excerpts (no second model pass)
     from_store = st.manifest.get("context_len") == cfg.collate.excerpt_len + 1
     if not from_store:
         log.info("the store's contexts (%s tokens) are not excerpts of %d: collating every unit with the model",

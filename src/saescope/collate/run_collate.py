@@ -31,12 +31,10 @@ from saescope.corpus import CorpusConfig
 from saescope.errors import SaescopeError
 from saescope.io import write_json
 from saescope.models import HookedModel, parse_hookpoint
+from saescope.models.hooks import ATTENTION_KINDS
 from saescope.records import dataset_path, write_record
 
 log = logging.getLogger(__name__)
-
-ATTENTION_KINDS = ("attn_pattern", "attn_value")
-"""Stored hookpoints that need the BOS row restored (and a BOS token) to be read back."""
 
 
 UnitKind = Literal["mlp", "heads"]

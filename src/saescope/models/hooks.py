@@ -35,6 +35,8 @@ from torch import Tensor, nn
 from saescope.errors import SaescopeError
 
 HOOK_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post_act", "attn_pattern", "attn_value")
+ATTENTION_KINDS = ("attn_pattern", "attn_value")
+"""Hookpoints that are not residual-stream-like vectors: kept for collation, never an SAE's input."""
 
 
 class _StopForward(Exception):

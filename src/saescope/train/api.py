@@ -13,7 +13,7 @@ from saescope import distributed as dist_utils
 from saescope.config import resolve_device
 from saescope.errors import SaescopeError
 from saescope.io import write_json
-from saescope.models.hooks import canonical_hookpoint
+from saescope.models.hooks import ATTENTION_KINDS, canonical_hookpoint
 from saescope.store import ActivationStore, shuffled_batches
 from saescope.train.speed import release_freed_memory
 from saescope.train.trainer import Trainer, TrainerConfig
