@@ -153,6 +153,19 @@ def test_browser_end_to_end(collated_root, tmp_path):
             page.wait_for_selector("#probe-out .tok")
             assert page.locator("#probe-out .tok").count() > 3
             page.screenshot(path=str(tmp_path / "unit.png"), full_page=True)
+            # a sparse latent: only the excerpts where it fires, and how often it fires; a dead one says so
+            summary = json.loads((collated_root / model / "sae_latents" / "tiny_sae" / "1" / "summary.json").read_text())
+            rows = summary["units"]
+            sparse = next(u for u in rows if 0 < u["firing_excerpts"] < 20)
+            page.goto(f"http://127.0.0.1:{port}/u/{model}/sae_latents/tiny_sae/1/{sparse['index']}")
+            page.wait_for_selector("#fires")
+            assert page.locator("#top .seq").count() == sparse["firing_excerpts"]
+            assert "fires on" in page.inner_text("#fires") and " of 320 tokens" in page.inner_text("#fires")
+            dead = next((u for u in rows if u["max_activation"] <= 0), None)
+            if dead is not None:
+                page.goto(f"http://127.0.0.1:{port}/u/{model}/sae_latents/tiny_sae/1/{dead['index']}")
+                page.wait_for_selector("#dead")
+                assert page.locator("#top .seq").count() == 0
             page.goto(f"http://127.0.0.1:{port}/u/{model}/attention_heads/1/0")
             page.wait_for_selector("#top .seq.pairs .tok")
             page.hover("#top .seq.pairs .tok >> nth=3")

@@ -122,6 +122,14 @@ async function datasetPage(model, dataset) {
   await load();
 }
 
+function firesLine(r, max, pair) {
+  // "fires on N of T tokens (x %)" from the collated density; a dead badge when it never fired
+  if (!(max > 0)) return `<span class="badge dead" id="dead">dead: never fired on the ${r.tokens ? r.tokens.toLocaleString() + " " : ""}collated tokens</span>`;
+  const d = r.summary.density || 0, pct = `${(100 * d).toPrecision(3)} %`;
+  if (pair) return `<span id="fires">fires on ${pct} of token pairs</span>`;
+  return `<span id="fires">fires on ${r.tokens ? Math.round(d * r.tokens).toLocaleString() + " of " + r.tokens.toLocaleString() + " tokens (" + pct + ")" : pct + " of tokens"}</span>`;
+}
+
 async function unitPage(model, dataset, index) {
   crumbs([[model, "/"], [dataset, `/u/${model}/${dataset}`], [String(index), null]]);
   const r = await api(`/api/record/${model}/${dataset}/${index}`);
@@ -138,11 +146,13 @@ async function unitPage(model, dataset, index) {
     <h3>Activation histogram (random sample${pair ? ", token pairs" : ", tokens"})</h3><canvas id="hist" width="520" height="130"></canvas>
     <div id="lens"></div>
     <h3>Live probe</h3><textarea id="probe-text">The quick brown fox jumps over the lazy dog.</textarea><br><button id="probe-run">Run</button> <span id="probe-status"></span><div id="probe-out"></div>
-    <h3>Top activations</h3><div id="top"></div>
+    <h3>Top activations ${firesLine(r, max, pair)}</h3><div id="top"></div>
     <div id="quantiles"></div>
     <h3>Random sample</h3><div id="random"></div>`;
   drawHistogram($("#hist"), histogram((rec.random_sample || []).flatMap(x => x.activations)));
-  (rec.most_positive_activation_records || []).forEach(x => $("#top").appendChild(view(x)));
+  // only excerpts where the unit fires: a sparse unit's "top" slots are padded with excerpts where it never does
+  (rec.most_positive_activation_records || []).filter(x => Math.max(...x.activations) > 0)
+    .forEach(x => $("#top").appendChild(view(x)));
   (rec.random_sample || []).forEach(x => $("#random").appendChild(view(x)));
   (rec.random_sample_by_quantile || []).map((b, q) => [b, q]).reverse().forEach(([b, q]) => {
     if (!b.length) return;
