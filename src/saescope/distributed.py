@@ -23,6 +23,14 @@ def init_from_env() -> None:
         torch.distributed.init_process_group(backend)
 
 
+def shutdown() -> None:
+    """Wait for every rank, then end the process group: a rank that exits while another still holds the group open
+    can abort in gloo's teardown ("terminate called without an active exception")."""
+    if is_distributed():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def world_size() -> int:
     return torch.distributed.get_world_size() if is_distributed() else 1
 

@@ -21,11 +21,17 @@ def train(argv: list[str]) -> int:
 
     cfg = parse(TrainConfig, argv, "saescope train")
     report = train_from_store(cfg)
-    if report:  # a non-zero torchrun rank returns nothing: rank 0 reports
-        print(f"SAE written to {cfg.out} ({report['steps']} steps, {report['tokens']:,} tokens, "
-              f"{report['train_tokens_per_s'] or 0:,.0f} tokens/s)")
-        print("held-out metrics:")
-        print(format_metrics(report["heldout"]))
+    if not report:  # a non-zero torchrun rank: rank 0 reports and has written everything (the ranks met at a barrier)
+        import os
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # skip the interpreter's teardown, where a worker rank intermittently aborted in native threads
+    print(f"SAE written to {cfg.out} ({report['steps']} steps, {report['tokens']:,} tokens, "
+          f"{report['train_tokens_per_s'] or 0:,.0f} tokens/s)")
+    print("held-out metrics:")
+    print(format_metrics(report["heldout"]))
     return 0
 
 

@@ -89,9 +89,11 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     result = trainer.fit(batches, progress=progress)
     trainer.save_checkpoint()
     sae = trainer.finalize()
+    batches.close()  # the shuffle buffer, now (a suspended generator would hold it until its frame is collected)
     del trainer, batches  # the optimizer state and the shuffle buffer
     release_freed_memory()
     if not dist_utils.is_main():
+        dist_utils.shutdown()  # waits for rank 0 to finish writing
         return {}
     ev = evaluate_batches(sae, (store.load_shard(hp, i) for i in eval_ids), device)
     density = ev.pop("_density")
@@ -102,6 +104,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     write_json(out / "metrics.json", report)
     write_json(out / "train_history.json", result.history)
     release_freed_memory()  # the shuffle buffer's blocks may only have been freed with this frame's last references
+    dist_utils.shutdown()
     return report
 
 
