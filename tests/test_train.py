@@ -308,3 +308,17 @@ def test_resample_restarts_dead_latents_on_residuals_at_half_the_alive_encoder_n
             torch.testing.assert_close(p.detach()[:, ~dead], before[n][:, ~dead])
         elif n in ("W_dec", "b_enc"):
             torch.testing.assert_close(p.detach()[~dead], before[n][~dead])
+
+
+def test_attention_rows_of_a_store_are_refused_as_sae_input(tiny_gpt2, text_corpus, tmp_path):
+    from saescope.capture import CaptureConfig, capture_corpus
+    from saescope.capture.capture import CaptureOptions
+    from saescope.corpus import CorpusConfig
+    from saescope.errors import SaescopeError
+    from saescope.train.api import TrainConfig, train_from_store
+
+    capture_corpus(CaptureConfig(data=CorpusConfig(str(text_corpus)), out=str(tmp_path / "s"),
+                                 hookpoints="attn_out.1,attn_pattern.1,attn_value.1",
+                                 capture=CaptureOptions(context_len=9, max_tokens=200)), tiny_gpt2)
+    with pytest.raises(SaescopeError, match=r"attn_pattern.1: attention patterns .* pick one of attn_out.1$"):
+        train_from_store(TrainConfig(store=str(tmp_path / "s"), hookpoint="attn_pattern.1", out=str(tmp_path / "o")))

@@ -51,14 +51,17 @@ class SparseVectors:
     _index: dict[int, tuple[int, int]] | None = None
 
     @property
+    def _pos_dtype(self) -> torch.dtype:
+        return torch.int16 if self.length < 2**15 else torch.int32
+
+    @property
     def rows(self) -> int:
         return sum(c[3].numel() for c in self.chunks)
 
     def _flat(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if len(self.chunks) != 1:
-            pos_dtype = torch.int16 if self.length < 2**15 else torch.int32
             empty = (torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=torch.int32),
-                     torch.zeros(0, dtype=pos_dtype), torch.zeros(0))
+                     torch.zeros(0, dtype=self._pos_dtype), torch.zeros(0))
             self.chunks = [tuple(torch.cat([c[i] for c in self.chunks]) if self.chunks else empty[i]
                                  for i in range(4))]  # type: ignore[list-item]
             self._index = None
@@ -69,8 +72,7 @@ class SparseVectors:
         return self._flat()
 
     def add(self, unit: Tensor, eid: Tensor, pos: Tensor, value: Tensor) -> None:
-        pos_dtype = torch.int16 if self.length < 2**15 else torch.int32
-        self.chunks.append((unit.to(torch.int32), eid.to(torch.int32), pos.to(pos_dtype), value.float()))
+        self.chunks.append((unit.to(torch.int32), eid.to(torch.int32), pos.to(self._pos_dtype), value.float()))
         self._index = None
 
     def keep(self, unit: Tensor, eid: Tensor) -> None:

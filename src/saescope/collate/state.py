@@ -115,8 +115,8 @@ class Moments:
         """x [U, N] values (all tokens of the batch). Zeros add only to n: where most values are zero (SAE latents:
         k of F fire), the sums run over the non-zero entries alone."""
         U, N = x.shape
-        unit, col = x.nonzero(as_tuple=True)
-        if unit.numel() * 4 < x.numel():
+        if int(torch.count_nonzero(x)) * 4 < x.numel():  # counted first: dense units need no index lists
+            unit, col = x.nonzero(as_tuple=True)
             self.add_entries(unit, x[unit, col], float(N))
             return
         pos = (x > 0).sum(1).double()

@@ -52,13 +52,13 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     dist_utils.init_from_env()
     store = ActivationStore(cfg.store)
-    hp = canonical_hookpoint(cfg.hookpoint) if cfg.hookpoint else next(
-        (h for h in store.hookpoints if h.split(".")[0] not in ("attn_pattern", "attn_value")), "")
+    inputs = [h for h in store.hookpoints if h.split(".")[0] not in ATTENTION_KINDS]  # what an SAE can read
+    hp = canonical_hookpoint(cfg.hookpoint) if cfg.hookpoint else next(iter(inputs), "")
     if hp not in store.hookpoints:
         raise SaescopeError(f"{cfg.store}: no hookpoint '{hp}'; it has {', '.join(store.hookpoints)}")
-    if hp.split(".")[0] in ("attn_pattern", "attn_value"):
+    if hp not in inputs:
         raise SaescopeError(f"--hookpoint {hp}: attention patterns and values are kept for collation, not for SAEs; "
-                            f"pick one of {', '.join(h for h in store.hookpoints if not h.startswith('attn_'))}")
+                            f"pick one of {', '.join(inputs)}")
     d = store.hookpoints[hp]
     tc = cfg.trainer
     ws = dist_utils.world_size()
@@ -103,7 +103,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
               "train_tokens_per_s": last.get("tokens_per_s"), "heldout": ev, "config": asdict(cfg)}
     write_json(out / "metrics.json", report)
     write_json(out / "train_history.json", result.history)
-    release_freed_memory()  # the shuffle buffer's blocks may only have been freed with this frame's last references
+    release_freed_memory()  # what evaluation freed (measured: 0.64 → 0.28 GB anonymous after training mlp_post_act)
     dist_utils.shutdown()
     return report
 
