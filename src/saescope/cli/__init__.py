@@ -43,6 +43,20 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _formatter() -> type:
+    """simple_parsing's help formatter, with a literal '%' in a field docstring ("0 %)") kept as text instead of
+    being taken for an argparse format directive (which crashed --help)."""
+    import re
+
+    from simple_parsing.help_formatter import SimpleHelpFormatter
+
+    class Formatter(SimpleHelpFormatter):
+        def _get_help_string(self, action: Any) -> str:
+            return re.sub(r"%(?!\()", "%%", super()._get_help_string(action) or "")
+
+    return Formatter
+
+
 def parse(cls: type, argv: Sequence[str], prog: str) -> Any:
     """argv → an instance of the config dataclass `cls` (field docstrings are the --help text; Literal fields
     list their choices and refuse others; options that collide between nested stages are prefixed, e.g.
@@ -51,7 +65,8 @@ def parse(cls: type, argv: Sequence[str], prog: str) -> Any:
 
     argv = [("--" + a[2:].split("=", 1)[0].replace("-", "_") + ("=" + a.split("=", 1)[1] if "=" in a else ""))
             if a.startswith("--") else a for a in argv]
-    parser = simple_parsing.ArgumentParser(prog=prog, add_config_path_arg=False, description=cls.__doc__)
+    parser = simple_parsing.ArgumentParser(prog=prog, add_config_path_arg=False, description=cls.__doc__,
+                                           formatter_class=_formatter())
     parser.add_arguments(cls, dest="cfg")
     return parser.parse_args(list(argv)).cfg
 
