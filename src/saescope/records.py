@@ -9,6 +9,7 @@ under a model folder, where `{dataset}` is `dataset_dir(unit_type, name)`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -182,6 +183,21 @@ def dumps(record: NeuronRecord) -> str:
     return ",".join(out) + "}"
 
 
+def summary_row(record: NeuronRecord, by_token_pair: bool) -> dict[str, Any]:
+    """A record's row of its dataset's unit table (summary.json): index, max activation, moments, the token of its
+    top activation (the query token for by-token-pair records) and how many top excerpts fire."""
+    top = record.most_positive_activation_records
+    top_token = ""
+    if top and len(top[0].activations):
+        j = int(np.argmax(top[0].activations))
+        if by_token_pair:
+            j = int((math.isqrt(8 * j + 1) - 1) // 2)  # row of flattened lower-triangle index j: the query token
+        top_token = top[0].tokens[j] if j < len(top[0].tokens) else ""
+    return {"index": record.neuron_id.neuron_index, "max_activation": record.max_activation, "mean": record.mean,
+            "variance": record.variance, "top_token": top_token,
+            "firing_excerpts": sum(float(np.max(x.activations)) > 0 for x in top if len(x.activations))}
+
+
 def loads(text: str) -> NeuronRecord:
     obj = json.loads(text, object_hook=_hook)
     if not isinstance(obj, NeuronRecord):
@@ -216,7 +232,12 @@ def read_record_dict(path: str | Path) -> dict[str, Any]:
     Excerpts of by-token-pair records (T tokens, T(T+1)/2 activations) are collapsed to one activation per token,
     the largest over the token's pairs as query (`token_activations`), so explainers and simulators, which read
     one value per token, see where the unit acts; other records are returned as they are."""
-    d = to_dict(read_record(path))
+    return record_dict(read_record(path))
+
+
+def record_dict(record: NeuronRecord) -> dict[str, Any]:
+    """`read_record_dict` of a record already read."""
+    d = to_dict(record)
     for key in ("most_positive_activation_records", "random_sample"):
         d[key] = [_per_token(r) for r in d[key]]
     d["random_sample_by_quantile"] = [[_per_token(r) for r in b] for b in d.get("random_sample_by_quantile") or []]

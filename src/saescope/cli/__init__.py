@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from saescope.cli import capture, collate, debug, interp, run, store, train, view
+from saescope.cli import capture, collate, datasets, debug, export, interp, run, store, train, view
 
 Command = Callable[[list[str]], int]
 
@@ -27,12 +27,15 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "collate": (collate.main, "Write TDB NeuronRecords for MLP neurons, heads, SAE latents."),
     "explain": (interp.explain, "Explain units of a collated dataset."),
     "score": (interp.score, "Simulate and score explanations."),
-    "view": (view.main, "Serve the neuron viewer for a collated folder."),
+    "view": (view.main, "Serve the neuron viewer for a collated folder, a TDB-layout folder/URL or a registry name."),
+    "export": (export.main, "Write a run's SAEs for other tools: Neuronpedia's export layout, a SAELens registry entry."),
+    "datasets": (datasets.list_public, "List the seed's public TDB datasets by registry name."),
+    "summarize": (datasets.summarize, "Fetch a TDB-layout dataset's records and write its unit table."),
     "debug": (debug.main, "Why does the model say this? Rank, ablate and trace the nodes behind a next token."),
 }
 
 # Commands whose first positional argument is a directory: the option it stands for.
-POSITIONAL = {"view": "--root", "explain": "--root", "score": "--root", "store-info": "--store",
+POSITIONAL = {"view": "--root", "explain": "--root", "score": "--root", "summarize": "--root", "store-info": "--store",
               "import-seed": "--seed", "export-seed": "--store"}
 
 

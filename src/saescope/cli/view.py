@@ -1,15 +1,18 @@
-"""`saescope view DIR`."""
+"""`saescope view DIR | URL | registry name`."""
 
 from __future__ import annotations
 
 
 def main(argv: list[str]) -> int:
     from saescope.cli import parse
+    from saescope.sources import open_root
     from saescope.viewer.data import DataRoot
     from saescope.viewer.server import ViewConfig, serve
 
     cfg = parse(ViewConfig, argv, "saescope view")
-    n = len(DataRoot(cfg.root).datasets())
-    print(f"saescope viewer: {n} datasets from {cfg.root} on http://{cfg.view.host}:{cfg.view.port}/  (Ctrl-C to stop)")
-    serve(cfg.root, cfg.view.host, cfg.view.port, cfg.model or None)
+    root = open_root(cfg.root, cfg.unit_type)
+    n = len(DataRoot(root).datasets())
+    where = cfg.root if str(root) == cfg.root else f"{cfg.root} (records cached under {root})"
+    print(f"saescope viewer: {n} datasets from {where} on http://{cfg.view.host}:{cfg.view.port}/  (Ctrl-C to stop)")
+    serve(root, cfg.view.host, cfg.view.port, cfg.model or None)
     return 0

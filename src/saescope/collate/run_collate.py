@@ -32,7 +32,7 @@ from saescope.errors import SaescopeError
 from saescope.io import write_json
 from saescope.models import HookedModel, parse_hookpoint
 from saescope.models.hooks import ATTENTION_KINDS
-from saescope.records import dataset_path, write_record
+from saescope.records import dataset_path, summary_row, write_record
 
 log = logging.getLogger(__name__)
 
@@ -301,19 +301,7 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
         for r in tqdm(build_records(st, decode, opt.sizes), total=g.n_units, desc=f"write {g.rel_dir}/{g.layer}",
                       unit="rec", leave=False):
             write_record(ds_root, r)
-            top = r.most_positive_activation_records
-            top_token = ""
-            if top:
-                j = int(np.argmax(top[0].activations))
-                if g.by_token_pair:
-                    from saescope.collate.units import tril_unflatten_index
-
-                    j = tril_unflatten_index(j)[0]
-                top_token = top[0].tokens[j]
-            rows.append({"index": r.neuron_id.neuron_index, "max_activation": r.max_activation, "mean": r.mean,
-                         "variance": r.variance, "density": float(density[r.neuron_id.neuron_index]),
-                         "top_token": top_token,
-                         "firing_excerpts": sum(float(np.max(x.activations)) > 0 for x in top)})
+            rows.append({**summary_row(r, g.by_token_pair), "density": float(density[r.neuron_id.neuron_index])})
         write_json(ds_root / str(g.layer) / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
                                                                "by_token_pair": g.by_token_pair, "units": rows})
         live = [x for x in rows if x["max_activation"] > 0]

@@ -28,7 +28,7 @@ from saescope.interp.schema import (
 )
 from saescope.interp.simulate import simulate
 from saescope.io import read_json, write_json
-from saescope.records import NeuronId, is_activating, max_activation, read_record_dict, to_dict
+from saescope.records import NeuronId, is_activating, max_activation, read_record_dict, record_dict, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class InterpConfig:
 
     interp: InterpOptions = field(default_factory=InterpOptions)
     root: str = "runs/default/collated/gemma-3-270m"
-    """A collated model folder (holds manifest.json), or a dataset folder inside it."""
+    """A collated model folder (holds manifest.json), a dataset folder inside it, or a dataset saescope did not
+    write: a TDB-layout folder or URL, or a registry name such as gpt2-small:mlp_neurons (`saescope datasets`)."""
     dataset: str = ""
     """Dataset path inside root, e.g. sae_latents/resid_post/9 (default: the first SAE dataset, else the first)."""
     indices: str = ""
@@ -78,7 +79,10 @@ def resolve(cfg: InterpConfig) -> tuple[Path, str, dict[str, Any]]:
     root = Path(cfg.root)
     manifest_dir = next((p for p in [root, *root.parents] if (p / "manifest.json").is_file()), None)
     if manifest_dir is None:
-        raise SaescopeError(f"{cfg.root}: no collated manifest.json here or above; run `saescope collate` first")
+        from saescope.sources import open_root
+
+        data_root = open_root(cfg.root)  # a registry name, URL or TDB-layout folder (or a clear error)
+        manifest_dir = next(p.parent for p in sorted(data_root.glob("*/manifest.json")))
     manifest = read_json(manifest_dir / "manifest.json", "collated manifest")
     paths = [d["path"] for d in manifest.get("datasets", [])]
     ds = cfg.dataset or (str(root.relative_to(manifest_dir)) if root != manifest_dir else "")
@@ -89,8 +93,33 @@ def resolve(cfg: InterpConfig) -> tuple[Path, str, dict[str, Any]]:
     return manifest_dir, ds, manifest
 
 
-def _read(manifest_dir: Path, ds: str, index: int) -> dict[str, Any]:
+def _read(manifest_dir: Path, ds: str, index: int, entry: dict[str, Any] | None = None) -> dict[str, Any]:
+    if entry is not None and entry.get("remote"):  # a dataset saescope did not write: local folder or fetched
+        from saescope.sources import loads_checked, record_text
+
+        return record_dict(loads_checked(record_text(manifest_dir, entry, index), f"{ds}/{index}.json"))
     return read_record_dict(manifest_dir / ds / f"{index}.json")
+
+
+def _live_units(manifest_dir: Path, ds: str, entry: dict[str, Any], wanted: set[int] | None, limit: int) -> list[int]:
+    """Units with a positive max activation, from summary.json, or for an external dataset without one by reading
+    (fetching) the candidates' records."""
+    path = manifest_dir / ds / "summary.json"
+    if path.is_file() or not entry.get("remote"):
+        units = read_json(path, "dataset summary")["units"]
+        live = [u["index"] for u in units if (u.get("max_activation") or 0) > 0 and (wanted is None or u["index"] in wanted)]
+        return live[:limit] if limit else live
+    live = []
+    for i in sorted(wanted) if wanted is not None else range(int(entry.get("units") or 0)):
+        try:
+            rec = _read(manifest_dir, ds, i, entry)
+        except FileNotFoundError:
+            continue
+        if max_activation(rec["most_positive_activation_records"]) > 0:
+            live.append(i)
+            if limit and len(live) >= limit:
+                break
+    return live
 
 
 def explain_unit(backend: Backend, rec: dict[str, Any], style: str) -> str:
@@ -145,14 +174,10 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
 
     manifest_dir, ds, manifest = resolve(cfg)
     out = manifest_dir / "explanations" / ds
-    summary = read_json(manifest_dir / ds / "summary.json", "dataset summary")
-    live = [u["index"] for u in summary["units"] if (u.get("max_activation") or 0) > 0]
+    entry = next(d for d in manifest["datasets"] if d["path"] == ds)
     opt = cfg.interp
-    if cfg.indices:
-        wanted = {int(x) for x in cfg.indices.split(",") if x.strip()}
-        live = [i for i in live if i in wanted]
-    if opt.max_units:
-        live = live[: opt.max_units]
+    wanted = {int(x) for x in cfg.indices.split(",") if x.strip()} if cfg.indices else None
+    live = _live_units(manifest_dir, ds, entry, wanted, opt.max_units)
     if not live:
         raise SaescopeError(f"{manifest_dir / ds}: no live units to explain (all max activations are 0)")
     explainer = make_backend(opt.explainer, opt.base_url, opt.api_key_env, opt.timeout, opt.retries, hm)
@@ -167,7 +192,7 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
 
         def one(i: int) -> tuple[int, dict[str, Any]]:
             try:
-                return i, {"explanation": explain_unit(explainer, _read(manifest_dir, ds, i), opt.prompt_style)}
+                return i, {"explanation": explain_unit(explainer, _read(manifest_dir, ds, i, entry), opt.prompt_style)}
             except BackendError as e:
                 return i, {"explanation": None, "failure": str(e)}
         with ThreadPoolExecutor(workers) as pool:
@@ -185,7 +210,7 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
 
     def score_one(pos_i: tuple[int, int]) -> tuple[int, dict[str, Any]]:
         pos, i = pos_i
-        rec = _read(manifest_dir, ds, i)
+        rec = _read(manifest_dir, ds, i, entry)
         text = expl[str(i)]["explanation"]
         try:
             result, s = score_unit(simulator, rec, text)

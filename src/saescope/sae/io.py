@@ -7,8 +7,9 @@ Only safetensors, npz and `torch.load(weights_only=True)` are read: no arbitrary
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -38,7 +39,7 @@ def _build(cfg: SAEConfig, tensors: dict[str, Tensor], path: Path) -> BaseSAE:
     cls = sae_class(cfg.architecture)
     if "log_threshold" in tensors and "threshold" not in tensors:  # SAELens ≤ 6.47 training checkpoints
         tensors = {**tensors, "threshold": tensors["log_threshold"].exp()}
-    required = ("W_enc", "W_dec", "b_enc", "b_dec") + (("threshold",) if cls is JumpReLUSAE else ())
+    required = ("W_enc", "W_dec", "b_enc", "b_dec") + (("threshold",) if issubclass(cls, JumpReLUSAE) else ())
     check_weights(path, tensors, cfg, required)
     sae = cls(cfg)
     with torch.no_grad():
@@ -46,6 +47,10 @@ def _build(cfg: SAEConfig, tensors: dict[str, Tensor], path: Path) -> BaseSAE:
             getattr(sae, key).copy_(tensors[key].float())
         if isinstance(sae, JumpReLUSAE):
             sae.load_threshold(tensors["threshold"].float())
+        if hasattr(sae, "W_skip"):
+            if "W_skip" not in tensors or tuple(tensors["W_skip"].shape) != tuple(sae.W_skip.shape):
+                raise SaescopeError(f"{path}: a skip transcoder needs W_skip of shape {tuple(sae.W_skip.shape)}")
+            sae.W_skip.copy_(tensors["W_skip"].float())
     return sae.eval()
 
 
@@ -105,15 +110,34 @@ def load_gemma_scope(path: Path) -> BaseSAE:
     t = {k.replace("w_enc", "W_enc").replace("w_dec", "W_dec"): v for k, v in raw.items()}
     if "W_enc" not in t:
         raise SaescopeError(f"{path}: no W_enc/w_enc; not a Gemma Scope params file")
-    if "affine_skip_connection" in t:
-        raise SaescopeError(f"{path}: skip transcoders are not supported yet")
+    arch = "jumprelu"
+    if "affine_skip_connection" in t:  # Gemma Scope 2 skip transcoder
+        t["W_skip"], arch = t.pop("affine_skip_connection"), "jumprelu_skip_transcoder"
     d, n_lat = t["W_enc"].shape
-    cfg = SAEConfig("jumprelu", d_in=d, d_sae=n_lat, apply_b_dec_to_input=False, metadata={"source": "gemma_scope"})
+    if t["W_dec"].ndim != 2 or t["W_dec"].shape[1] != d:
+        raise SaescopeError(f"{path}: w_dec {tuple(t['W_dec'].shape)} does not map {n_lat} latents back to d={d} "
+                            "(cross-layer or d_out ≠ d_in transcoders are not supported)")
+    meta: dict[str, Any] = {"source": "gemma_scope_2" if path.suffix == ".safetensors" else "gemma_scope"}
+    # Gemma Scope 2 folders name the site and layer: resid_post/layer_9_width_16k_l0_medium/params.safetensors
+    m = re.match(r"layer_(\d+)(?:_|$)", path.parent.name)
+    if m and path.parent.parent.name in ("resid_post", "attn_out", "mlp_out"):
+        meta["hook_name"] = f"{path.parent.parent.name}.{int(m.group(1))}"
+    elif m:
+        meta["layer"] = int(m.group(1))
+    cfg = SAEConfig(arch, d_in=d, d_sae=n_lat, apply_b_dec_to_input=False, metadata=meta)
     return _build(cfg, t, path)
 
 
 def load_sae(path: str | Path) -> BaseSAE:
-    """Load any supported SAE: a directory (saescope/SAELens or sparsify) or a file (.pt OpenAI, .npz/.safetensors Gemma Scope)."""
+    """Load any supported SAE: a directory (saescope/SAELens or sparsify), a file (.pt OpenAI, .npz/.safetensors Gemma
+    Scope), or `saelens:<release>:<sae id>` from a SAELens registry entry whose files are on disk."""
+    if str(path).startswith("saelens:"):
+        from saescope.export.saelens import resolve_release
+
+        parts = str(path).split(":", 2)
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise SaescopeError(f"{path}: write saelens:<release>:<sae id>, e.g. saelens:gpt2-small-res-jb:blocks.8.hook_resid_pre")
+        return load_sae(resolve_release(parts[1], parts[2]))
     path = Path(path).expanduser()
     if path.is_dir():
         if (path / WEIGHTS_FILE).is_file() and (path / CFG_FILE).is_file():

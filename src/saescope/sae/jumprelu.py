@@ -82,3 +82,23 @@ class JumpReLUSAE(BaseSAE):
     @torch.no_grad()
     def load_threshold(self, threshold: Tensor) -> None:
         self.threshold.copy_(threshold)
+
+
+class JumpReLUSkipTranscoder(JumpReLUSAE):
+    """A JumpReLU skip transcoder (Gemma Scope 2's `transcoder/` folders): latents read the MLP's input x and the
+    output predicts what the MLP writes, f W_dec + b_dec + x W_skip, with W_skip [d, d] applied as `x @ W_skip`
+    (the published `affine_skip_connection`). Loaded for inference; saescope does not train transcoders."""
+
+    architecture = "jumprelu_skip_transcoder"
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__(cfg)
+        self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_in))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x)) + x @ self.W_skip
+
+    def training_forward(self, x: Tensor, ctx: TrainContext | None = None) -> TrainOutput:
+        from saescope.errors import SaescopeError
+
+        raise SaescopeError("training skip transcoders is not supported; train a jumprelu SAE instead")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from saescope.errors import SaescopeError
 from saescope.sae.base import BaseSAE
 from saescope.sae.batchtopk import BatchTopKSAE
-from saescope.sae.jumprelu import JumpReLUSAE
+from saescope.sae.jumprelu import JumpReLUSAE, JumpReLUSkipTranscoder
 from saescope.sae.matryoshka import MatryoshkaBatchTopKSAE
 from saescope.sae.relu import ReLUSAE
 from saescope.sae.topk import TopKSAE
@@ -14,6 +14,7 @@ REGISTRY: dict[str, type[BaseSAE]] = {
     "topk": TopKSAE,
     "batchtopk": BatchTopKSAE,
     "jumprelu": JumpReLUSAE,
+    "jumprelu_skip_transcoder": JumpReLUSkipTranscoder,
     "standard": ReLUSAE,
     "matryoshka_batchtopk": MatryoshkaBatchTopKSAE,
 }

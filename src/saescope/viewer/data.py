@@ -102,15 +102,39 @@ class DataRoot:
             raise NotFound("unknown model")
         return self._json(self._inside(model, "manifest.json"))
 
+    def external(self, ds: DatasetRef) -> dict[str, Any] | None:
+        """The manifest entry of a dataset saescope did not write (see `saescope.sources`), else None."""
+        try:
+            entries = self.manifest(ds.model).get("datasets", [])
+        except NotFound:
+            return None
+        return next((d for d in entries if d.get("path") == ds.path and d.get("remote")), None)
+
+    def _external_summary(self, ds: DatasetRef, entry: dict[str, Any]) -> dict[str, Any]:
+        """Unit table of an external dataset without summary.json: every index in its range, with statistics for
+        the records fetched so far (the page fills in as records arrive)."""
+        from saescope.sources import known_rows
+
+        rows = known_rows(self.root / ds.model, entry)
+        n = entry.get("units") or (max(rows) + 1 if rows else 0)
+        return {"unit_type": entry["unit_type"], "layer": entry["layer"], "external": True,
+                "by_token_pair": bool(entry.get("by_token_pair")),
+                "units": [rows.get(i) or {"index": i} for i in range(n)]}
+
     def summary(self, ds: DatasetRef) -> dict[str, Any]:
         """The dataset's unit table with explanations merged in; cached until either file changes (read-only)."""
         path = self._inside(ds.model, *ds.path.split("/"), "summary.json")
         scores = self._inside(ds.model, "explanations", *ds.path.split("/"), "scores.json")
-        if not path.is_file():
+        entry = self.external(ds) if not path.is_file() else None
+        if not path.is_file() and entry is None:
             raise NotFound(str(path.relative_to(self.root)))
-        key = (str(path), path.stat().st_mtime, scores.stat().st_mtime if scores.is_file() else 0.0)
+        key = (str(path), path.stat().st_mtime if entry is None else -1.0,
+               scores.stat().st_mtime if scores.is_file() else 0.0)
+        if entry is not None:  # rebuilt on every call: records arrive while the page is open
+            s = self._external_summary(ds, entry)
+            self._summaries.pop(key, None)
         if key not in self._summaries:
-            s = self._json(path)
+            s = self._json(path) if entry is None else s
             expl = self.explanations(ds)
             for row in s["units"]:
                 e = expl.get(row["index"])
@@ -126,6 +150,16 @@ class DataRoot:
     def record_text(self, ds: DatasetRef, index: int) -> str:
         """The record file's JSON text, validated (a broken file raises BrokenFile naming it)."""
         path = self._inside(ds.model, *ds.path.split("/"), f"{int(index)}.json")
+        entry = self.external(ds)
+        if entry is not None:  # fetched (and cached) on first read, or read from its local folder
+            from saescope.sources import record_text
+
+            try:
+                return record_text(self.root / ds.model, entry, int(index))
+            except FileNotFoundError:
+                raise NotFound(f"{ds.path}/{index}.json") from None
+            except SaescopeError as e:
+                raise BrokenFile(str(e)) from None
         if not path.is_file():
             raise NotFound(str(path.relative_to(self.root)))
         text = path.read_text(encoding="utf-8")

@@ -24,13 +24,13 @@ def norm_gain(hm: HookedModel, norm: nn.Module) -> Tensor:
 
 @torch.no_grad()
 def logit_lens(hm: HookedModel, write: Tensor, mlp_layer: int | None = None) -> Tensor:
-    """[V] logits of a residual-stream write [d]; `mlp_layer` when the write is an MLP's output before its
+    """[..., V] logits of residual-stream writes [..., d]; `mlp_layer` when the write is an MLP's output before its
     post-feedforward norm (MLP neurons, SAE latents over MLP neurons)."""
     x = write.detach().float()
     if mlp_layer is not None and (pn := post_mlp_norm(hm, mlp_layer)) is not None:
         x = x * norm_gain(hm, pn)
     norm = final_norm(hm)
     if isinstance(norm, nn.LayerNorm):  # GPT-2: centred, then scaled (its bias adds the same to every write)
-        x = x - x.mean()
+        x = x - x.mean(-1, keepdim=True)
     x = x * norm_gain(hm, norm)
     return x @ hm.W_U().detach().float()

@@ -51,7 +51,11 @@ class ViewConfig:
 
     view: ViewOptions = field(default_factory=ViewOptions)
     root: str = "runs/default/collated"
-    """Collated data root (holds <model>/manifest.json)."""
+    """Collated data root (holds <model>/manifest.json), or a dataset saescope did not write: a TDB-layout folder or
+    URL ({layer}/{index}.json), or a registry name such as gpt2-small:mlp_neurons (`saescope datasets`)."""
+    unit_type: str = ""
+    """For a TDB-layout folder or URL: mlp_neurons, attention_heads or sae_latents (default: attention_heads when
+    its records are by token pair, else mlp_neurons)."""
     model: str = ""
     """Model spec for the live probe and logit lens (default: the one recorded at collation)."""
 
