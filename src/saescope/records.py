@@ -161,20 +161,31 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def _records_json(rs: list[ActivationRecord]) -> str:
+def _tokens_json(tokens: list[str], memo: dict[int, tuple[list[str], str]] | None) -> str:
+    if memo is None:
+        return _json(tokens)
+    got = memo.get(id(tokens))
+    if got is None or got[0] is not tokens:
+        got = memo[id(tokens)] = (tokens, _json(tokens))  # holds the list: its id is not reused while memoised
+    return got[1]
+
+
+def _records_json(rs: list[ActivationRecord], memo: dict[int, tuple[list[str], str]] | None = None) -> str:
     return "[" + ",".join('{"dataclass_name":"ActivationRecord","activations":' + json_numbers(r.activations)
-                          + ',"tokens":' + _json(r.tokens) + "}" for r in rs) + "]"
+                          + ',"tokens":' + _tokens_json(r.tokens, memo) + "}" for r in rs) + "]"
 
 
-def dumps(record: NeuronRecord) -> str:
-    """Compact JSON of a record (statistics' NaN as null, as orjson does); activations through `json_numbers`."""
+def dumps(record: NeuronRecord, tokens_memo: dict[int, tuple[list[str], str]] | None = None) -> str:
+    """Compact JSON of a record (statistics' NaN as null, as orjson does); activations through `json_numbers`.
+    `tokens_memo` (collation: excerpts' token lists are shared between records and never changed) keeps each token
+    list's JSON, so an excerpt in many records is encoded once."""
     out = ['{"dataclass_name":"NeuronRecord"']
     for f in fields(record):
         v = getattr(record, f.name)
         if f.name in ("random_sample", "most_positive_activation_records"):
-            text = _records_json(v)
+            text = _records_json(v, tokens_memo)
         elif f.name == "random_sample_by_quantile":
-            text = "null" if v is None else "[" + ",".join(_records_json(b) for b in v) + "]"
+            text = "null" if v is None else "[" + ",".join(_records_json(b, tokens_memo) for b in v) + "]"
         elif f.name in ("mean", "variance", "skewness", "kurtosis", "quantile_boundaries"):
             text = _json(clean_nans(v))
         else:
@@ -209,10 +220,11 @@ def record_path(root: str | Path, layer: int, index: int) -> Path:
     return Path(root) / str(layer) / f"{index}.json"
 
 
-def write_record(root: str | Path, record: NeuronRecord) -> Path:
+def write_record(root: str | Path, record: NeuronRecord,
+                 tokens_memo: dict[int, tuple[list[str], str]] | None = None) -> Path:
     path = record_path(root, record.neuron_id.layer_index, record.neuron_id.neuron_index)
     with atomic_path(path) as tmp:
-        tmp.write_text(dumps(record), encoding="utf-8")
+        tmp.write_text(dumps(record, tokens_memo), encoding="utf-8")
     return path
 
 

@@ -40,7 +40,7 @@ class RunConfig:
     # the MLP neurons and every SAE's latents are collated from the store without running the model again.
     capture: CaptureOptions = field(default_factory=lambda: CaptureOptions(max_tokens=200_000, context_len=65))
     train: TrainerConfig = field(default_factory=TrainerConfig)
-    collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=65_536))
+    collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=131_072))
     interp: InterpOptions = field(default_factory=InterpOptions)
     view: ViewOptions = field(default_factory=ViewOptions)
     out: str = "runs/default"
@@ -125,23 +125,29 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
 
     # 3. one SAE per hookpoint (trained on the store, evaluated on its held-out shard and spliced into the model)
     from saescope.io import write_json
-    from saescope.train.api import EvalConfig, TrainConfig, evaluate, train_from_store
+    from saescope.train.api import EvalConfig, TrainConfig, evaluate_many, train_from_store
 
-    saes = []
+    saes, trained = [], []
     for hp in sae_hps:
         sae = Stage(f"sae {hp}", out / "saes" / hp.split(".")[0], {"trainer": _options(cfg.train), "hookpoint": hp},
                     {"store": store.fingerprint})
         if start(sae):
             train_from_store(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp,
                                          out=str(sae.path), device=cfg.model.device))
-            ev = evaluate(EvalConfig(sae=str(sae.path), store=str(store.path), hookpoint=hp,
-                                     holdout_shards=cfg.train.holdout_shards, contexts=cfg.eval_contexts), hm=hm)
-            write_json(sae.path / "eval.json", ev)
-            sae.finish()
+            trained.append((sae, hp))
+        saes.append(sae)
+    # evaluated together: the spliced CE/KL of every SAE shares one clean pass per batch (each stage finishes
+    # only once its eval.json is written, so a run killed here evaluates them again)
+    evs = evaluate_many([EvalConfig(sae=str(sae.path), store=str(store.path), hookpoint=hp,
+                                    holdout_shards=cfg.train.holdout_shards, contexts=cfg.eval_contexts)
+                         for sae, hp in trained], hm=hm) if trained else []
+    for (sae, _), ev in zip(trained, evs):
+        write_json(sae.path / "eval.json", ev)
+        sae.finish()
+    for sae, hp in zip(saes, sae_hps):
         ev = read_json(sae.path / "eval.json")
         done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} (FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, "
                      f"CE recovered {ev.get('ce_loss_recovered', float('nan')):.3f})", sae.path))
-        saes.append(sae)
 
     # 4. collated records: MLP neurons, heads (by token pair), every SAE's latents (attention SAEs also by pair)
     from saescope.collate.run_collate import CollateConfig, collate

@@ -294,13 +294,14 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
 
     root = Path(cfg.out) / hm.name
     datasets = []
+    tokens_memo: dict[int, tuple[list[str], str]] = {}  # excerpt token list → its JSON (`decode` shares the lists)
     for g, st, n_seen in zip(groups, states, seen):
         ds_root = root / g.rel_dir
         density = st.moments.density()
         rows = []
         for r in tqdm(build_records(st, decode, opt.sizes), total=g.n_units, desc=f"write {g.rel_dir}/{g.layer}",
                       unit="rec", leave=False):
-            write_record(ds_root, r)
+            write_record(ds_root, r, tokens_memo)
             rows.append({**summary_row(r, g.by_token_pair), "density": float(density[r.neuron_id.neuron_index])})
         write_json(ds_root / str(g.layer) / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
                                                                "by_token_pair": g.by_token_pair, "units": rows})

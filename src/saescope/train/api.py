@@ -129,30 +129,47 @@ class EvalConfig:
 
 
 def evaluate(cfg: EvalConfig, hm: Any = None) -> dict[str, Any]:
-    from saescope.sae import load_sae
-    from saescope.train.evaluate import evaluate_batches, spliced_metrics
+    return evaluate_many([cfg], hm)[0]
 
-    sae = load_sae(cfg.sae)
-    store = ActivationStore(cfg.store)
-    hp = canonical_hookpoint(cfg.hookpoint or sae.cfg.metadata.get("hook_name") or next(iter(store.hookpoints)))
-    if hp not in store.hookpoints:
-        raise SaescopeError(f"{cfg.store}: no hookpoint '{hp}'; pass --hookpoint (store has {', '.join(store.hookpoints)})")
-    if store.hookpoints[hp] != sae.cfg.d_in:
-        raise SaescopeError(f"{cfg.sae}: d_in={sae.cfg.d_in} but {hp} in the store has d={store.hookpoints[hp]}")
-    _, eval_ids = split_shards(store, cfg.holdout_shards)
-    if cfg.holdout_shards == 0:
-        eval_ids = list(range(len(store.shards)))
-    log.info("evaluating %s on %d held-out shard(s)%s", hp, len(eval_ids),
-             f" and {cfg.contexts} spliced contexts" if cfg.spliced else "")
-    ev = evaluate_batches(sae, (store.load_shard(hp, i) for i in eval_ids))
-    ev.pop("_density")
-    if cfg.spliced:
+
+def evaluate_many(cfgs: list[EvalConfig], hm: Any = None) -> list[dict[str, Any]]:
+    """`evaluate` of several SAEs; those spliced on the same store contexts share the clean forward pass."""
+    from saescope.sae import load_sae
+    from saescope.train.evaluate import evaluate_batches, spliced_metrics_many
+
+    evs: list[dict[str, Any]] = []
+    groups: dict[tuple[str, tuple[int, ...], int, str], list[int]] = {}  # same contexts → one spliced pass
+    loaded = []
+    for n, cfg in enumerate(cfgs):
+        sae = load_sae(cfg.sae)
+        store = ActivationStore(cfg.store)
+        hp = canonical_hookpoint(cfg.hookpoint or sae.cfg.metadata.get("hook_name") or next(iter(store.hookpoints)))
+        if hp not in store.hookpoints:
+            raise SaescopeError(f"{cfg.store}: no hookpoint '{hp}'; pass --hookpoint (store has "
+                                f"{', '.join(store.hookpoints)})")
+        if store.hookpoints[hp] != sae.cfg.d_in:
+            raise SaescopeError(f"{cfg.sae}: d_in={sae.cfg.d_in} but {hp} in the store has d={store.hookpoints[hp]}")
+        _, eval_ids = split_shards(store, cfg.holdout_shards)
+        if cfg.holdout_shards == 0:
+            eval_ids = list(range(len(store.shards)))
+        log.info("evaluating %s on %d held-out shard(s)%s", hp, len(eval_ids),
+                 f" and {cfg.contexts} spliced contexts" if cfg.spliced else "")
+        ev = evaluate_batches(sae, (store.load_shard(hp, i) for i in eval_ids))
+        ev.pop("_density")
+        evs.append(ev)
+        loaded.append((sae, hp, store, eval_ids))
+        if cfg.spliced:
+            model = cfg.model or store.manifest.get("extra", {}).get("model_spec") or store.model
+            groups.setdefault((str(Path(cfg.store).resolve()), tuple(eval_ids), cfg.contexts, model), []).append(n)
+    for (_, eval_ids, contexts, model), members in groups.items():
         from saescope.models import load_model
 
-        hm = hm or load_model(cfg.model or store.manifest.get("extra", {}).get("model_spec") or store.model)
-        ctx = contexts_from_store(store, eval_ids, cfg.contexts, hm.tokenizer.bos_token_id)
-        ev.update(spliced_metrics(hm, sae, hp, ctx))
-    return ev
+        hm = hm or load_model(model)
+        store = loaded[members[0]][2]
+        ctx = contexts_from_store(store, list(eval_ids), contexts, hm.tokenizer.bos_token_id)
+        for n, res in zip(members, spliced_metrics_many(hm, [loaded[n][:2] for n in members], ctx)):
+            evs[n].update(res)
+    return evs
 
 
 def contexts_from_store(store: ActivationStore, shard_ids: list[int], n: int, bos: int | None) -> torch.Tensor:

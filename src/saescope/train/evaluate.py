@@ -43,32 +43,39 @@ LOGITS_BUDGET = 128 * 2**20
 """Bytes of float32 logits the spliced metrics hold per forward pass (the batch is sized to fit)."""
 
 
-@torch.no_grad()
 def spliced_metrics(hm: HookedModel, sae: BaseSAE, hookpoint: str, contexts: Tensor,
                     batch_size: int = 0) -> dict[str, float]:
-    """CE loss clean / with the SAE spliced in / zero-ablated, CE recovered and KL(clean ‖ spliced). contexts [B, T].
+    """CE loss clean / with the SAE spliced in / zero-ablated, CE recovered and KL(clean ‖ spliced). contexts [B, T]."""
+    return spliced_metrics_many(hm, [(sae, hookpoint)], contexts, batch_size)[0]
+
+
+@torch.no_grad()
+def spliced_metrics_many(hm: HookedModel, saes: list[tuple[BaseSAE, str]], contexts: Tensor,
+                         batch_size: int = 0) -> list[dict[str, float]]:
+    """`spliced_metrics` of several SAEs on the same contexts, sharing the clean pass (and the zero-ablated pass of
+    a hookpoint) between them: 1 + n + (hookpoints) forward passes per batch instead of 3n.
 
     Memory is bounded by LOGITS_BUDGET, not by the vocabulary: each batch holds the clean log-probabilities and one
     other pass's logits at a time (gemma's 262k-token vocabulary makes one [8, 128, V] float32 logits tensor 1 GiB).
     """
     from saescope.models import parse_hookpoint
 
-    kind, _ = parse_hookpoint(hookpoint)
-    if kind not in ("resid_post", "resid_pre", "mlp_out", "attn_out", "mlp_post_act"):
-        raise ValueError(f"cannot splice at {hookpoint}")
+    for _, hookpoint in saes:
+        if parse_hookpoint(hookpoint)[0] not in ("resid_post", "resid_pre", "mlp_out", "attn_out", "mlp_post_act"):
+            raise ValueError(f"cannot splice at {hookpoint}")
     device = next(hm.model.parameters()).device
-    sae = sae.to(device).eval()
+    saes = [(sae.to(device).eval(), hp) for sae, hp in saes]
     B, T = contexts.shape
     V = hm.model.get_output_embeddings().weight.shape[0]
     batch_size = batch_size or max(1, LOGITS_BUDGET // (T * V * 4))
-    tot = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl": 0.0}
+    tot = [{"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl": 0.0} for _ in saes]
     count = 0
     for b in range(0, B, batch_size):
         ids = contexts[b:b + batch_size].to(device)  # [b, T]
         keep = ids == hm.tokenizer.bos_token_id  # [b, T] positions left untouched
         tgt = ids[:, 1:].flatten()
 
-        def next_logp(patch: Callable[[Tensor], Tensor] | None) -> Tensor:
+        def next_logp(hookpoint: str, patch: Callable[[Tensor], Tensor] | None) -> Tensor:
             """[b·(T−1), V] next-token log-probabilities with the hookpoint patched (or clean)."""
             if patch is None:
                 logits = hm.model(input_ids=ids, use_cache=False).logits
@@ -77,14 +84,23 @@ def spliced_metrics(hm: HookedModel, sae: BaseSAE, hookpoint: str, contexts: Ten
                     logits = hm.model(input_ids=ids, use_cache=False).logits
             return logits[:, :-1].flatten(0, 1).float().log_softmax(-1)
 
-        clean = next_logp(None)
-        tot["clean"] += float(torch.nn.functional.nll_loss(clean, tgt, reduction="sum"))
-        spliced = next_logp(lambda a: sae(a.float()).to(a.dtype))
-        tot["sae"] += float(torch.nn.functional.nll_loss(spliced, tgt, reduction="sum"))
-        tot["kl"] += float(M.kl_from_logprobs(clean, spliced).sum())
-        del spliced
-        tot["zero"] += float(torch.nn.functional.nll_loss(next_logp(torch.zeros_like), tgt, reduction="sum"))
+        clean = next_logp("", None)
+        clean_nll = float(torch.nn.functional.nll_loss(clean, tgt, reduction="sum"))
+        zero: dict[str, float] = {}
+        for (sae, hookpoint), t in zip(saes, tot):
+            t["clean"] += clean_nll
+            spliced = next_logp(hookpoint, lambda a, sae=sae: sae(a.float()).to(a.dtype))
+            t["sae"] += float(torch.nn.functional.nll_loss(spliced, tgt, reduction="sum"))
+            t["kl"] += float(M.kl_from_logprobs(clean, spliced).sum())
+            del spliced
+            if hookpoint not in zero:
+                zero[hookpoint] = float(torch.nn.functional.nll_loss(next_logp(hookpoint, torch.zeros_like), tgt,
+                                                                     reduction="sum"))
+            t["zero"] += zero[hookpoint]
         count += tgt.numel()
-    ce = {k: v / count for k, v in tot.items()}
-    return {"ce_clean": ce["clean"], "ce_with_sae": ce["sae"], "ce_zero_ablation": ce["zero"],
-            "ce_loss_recovered": M.ce_loss_recovered(ce["clean"], ce["sae"], ce["zero"]), "kl_div": ce["kl"]}
+    out = []
+    for t in tot:
+        ce = {k: v / count for k, v in t.items()}
+        out.append({"ce_clean": ce["clean"], "ce_with_sae": ce["sae"], "ce_zero_ablation": ce["zero"],
+                    "ce_loss_recovered": M.ce_loss_recovered(ce["clean"], ce["sae"], ce["zero"]), "kl_div": ce["kl"]})
+    return out
