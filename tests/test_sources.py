@@ -106,6 +106,7 @@ def test_registry_dataset_through_the_viewer_then_offline(mirror):
     assert mirror.requests == []  # nothing fetched before a unit page asks
     r = client.get("/api/record/gpt2-small/mlp_neurons/0/1").json()
     assert r["record"]["neuron_id"] == {"dataclass_name": "NeuronId", "neuron_index": 1, "layer_index": 0}
+    assert r["max_activation"] == pytest.approx(6.0) and r["n_units"] == 3084  # from the record just fetched
     assert mirror.requests == ["/gpt2_small_data/collated-activations/0/1.json"]
     # the unit table fills in as records arrive
     row = client.get("/api/units/gpt2-small/mlp_neurons/0?limit=5").json()["units"][1]

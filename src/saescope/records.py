@@ -204,8 +204,8 @@ def summary_row(record: NeuronRecord, by_token_pair: bool) -> dict[str, Any]:
         if by_token_pair:
             j = int((math.isqrt(8 * j + 1) - 1) // 2)  # row of flattened lower-triangle index j: the query token
         top_token = top[0].tokens[j] if j < len(top[0].tokens) else ""
-    return {"index": record.neuron_id.neuron_index, "max_activation": record.max_activation, "mean": record.mean,
-            "variance": record.variance, "top_token": top_token,
+    return {"index": record.neuron_id.neuron_index, "max_activation": record.max_activation,
+            "mean": clean_nans(record.mean), "variance": clean_nans(record.variance), "top_token": top_token,
             "firing_excerpts": sum(float(np.max(x.activations)) > 0 for x in top if len(x.activations))}
 
 

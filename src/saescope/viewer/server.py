@@ -181,11 +181,14 @@ def create_app(root: str | Path, model: str | None = None) -> FastAPI:
     @app.get("/api/record/{model}/{dataset:path}/{index}")
     def record(model: str, dataset: str, index: int) -> Response:
         ds = ds_of(model, dataset)
+        if index < 0:
+            raise NotFound(f"unit {index}")
+        # read first: a dataset saescope did not write fetches the record now, and its summary row comes from it
+        text = data.record_text(ds, index)  # validated JSON text; the page draws the histogram from it
         s = data.summary(ds)
         n = len(s["units"])
         if not 0 <= index < n:
             raise NotFound(f"unit {index}")
-        text = data.record_text(ds, index)  # validated JSON text; the page draws the histogram from it
         row = s["units"][index]
         rest = {"max_activation": row.get("max_activation", 0.0), "summary": row,
                 "by_token_pair": s.get("by_token_pair", False), "n_units": n, "prev": index - 1 if index > 0 else None,

@@ -112,7 +112,7 @@ async function datasetPage(model, dataset) {
     const r = await api(`/api/units/${model}/${dataset}?${p}`);
     $("#page").textContent = ` ${r.total ? state.offset + 1 : 0}–${Math.min(state.offset + state.limit, r.total)} of ${r.total} `;
     $("#units").innerHTML = "<tr>" + cols.map(([k, t]) => `<th data-k="${k}">${t}${state.sort === k ? (state.desc ? " ▼" : " ▲") : ""}</th>`).join("") + "</tr>" +
-      r.units.map(u => `<tr><td><a href="/u/${esc(model)}/${esc(dataset)}/${u.index}">${u.index}</a></td><td>${fmt(u.max_activation)}</td><td>${fmt(u.density)}</td><td>${fmt(u.mean)}</td><td>${fmt(u.variance)}</td><td>${esc(JSON.stringify(u.top_token))}</td><td>${esc(u.explanation || "")}</td><td>${fmt(u.score)}</td></tr>`).join("");
+      r.units.map(u => `<tr><td><a href="/u/${esc(model)}/${esc(dataset)}/${u.index}">${u.index}</a></td><td>${fmt(u.max_activation)}</td><td>${fmt(u.density)}</td><td>${fmt(u.mean)}</td><td>${fmt(u.variance)}</td><td>${u.top_token == null ? "–" : esc(JSON.stringify(u.top_token))}</td><td>${esc(u.explanation || "")}</td><td>${fmt(u.score)}</td></tr>`).join("");
     $("#units").querySelectorAll("th").forEach(th => th.onclick = () => { const k = th.dataset.k; if (k === "top_token" || k === "explanation") return; state.desc = state.sort === k ? !state.desc : true; state.sort = k; state.offset = 0; load(); });
     $("#prev").disabled = state.offset === 0; $("#next").disabled = state.offset + state.limit >= r.total;
   }
@@ -125,7 +125,8 @@ async function datasetPage(model, dataset) {
 function firesLine(r, max, pair) {
   // "fires on N of T tokens (x %)" from the collated density; a dead badge when it never fired
   if (!(max > 0)) return `<span class="badge dead" id="dead">dead: never fired on the ${r.tokens ? r.tokens.toLocaleString() + " " : ""}collated tokens</span>`;
-  const d = r.summary.density || 0, pct = `${(100 * d).toPrecision(3)} %`;
+  if (r.summary.density == null) return "";  // a dataset saescope did not write: its density is unknown
+  const d = r.summary.density, pct = `${(100 * d).toPrecision(3)} %`;
   if (pair) return `<span id="fires">fires on ${pct} of token pairs</span>`;
   return `<span id="fires">fires on ${r.tokens ? Math.round(d * r.tokens).toLocaleString() + " of " + r.tokens.toLocaleString() + " tokens (" + pct + ")" : pct + " of tokens"}</span>`;
 }
