@@ -11,6 +11,7 @@ fp32 and bf16 `torch.mm` GFLOP/s of that shape, measured in the same run. Peers 
 installed: `pip install eai-sparsify schedulefree sae-lens` into the environment that runs this.
 
     python bench/train_bench.py [--widths 4096,16384] [--tokens 262144] [--store runs/default/store]
+    python bench/train_bench.py --online [--tokens 32768] [--widths 4096]    (online training: bench/_online.py)
 """
 
 from __future__ import annotations
@@ -229,7 +230,14 @@ def main() -> None:
     ap.add_argument("--hookpoint", default="")
     ap.add_argument("--trainers", default="saescope,saescope_old,sparsify_signum,sparsify,sae_lens")
     ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # internal: trainer width datadir steps
+    ap.add_argument("--online", action="store_true", help="online training (no store) of 1, 4 and 18 layers of the "
+                    "default model vs the bare forward (bench/_online.py); --tokens per SAE, first of --widths")
     args = ap.parse_args()
+    if args.online:
+        from _online import main_online
+
+        main_online(args.tokens if args.tokens != 262144 else 32768, int(args.widths.split(",")[0]))
+        return
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args, Path(args.one[2]), int(args.one[3]))))
         return

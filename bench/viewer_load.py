@@ -1,4 +1,6 @@
-"""Bounded loopback load test of the viewer: concurrent unit-record API requests, p50/p99 latency and errors.
+"""Bounded loopback load test of the viewer: start-up to first unit page, concurrent unit-record API requests
+(p50/p99 latency, errors), and search by inference on a 64-token text (first, with the background model load, and
+steady state).
 
 Only 127.0.0.1 is contacted; the run stops after --requests requests or --seconds, whichever comes first.
 
@@ -34,14 +36,22 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # the server runs in its own process, as `saescope view` does, so the load generator does not share its GIL
+    t_spawn = time.perf_counter()
     server = subprocess.Popen([sys.executable, "-m", "saescope", "view", args.root, "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
+    for _ in range(400):
         try:
             httpx.get(f"http://127.0.0.1:{port}/api/datasets", timeout=1)
             break
         except httpx.HTTPError:
-            time.sleep(0.1)
+            time.sleep(0.05)
+    t_up = time.perf_counter() - t_spawn
+    d0 = datasets[0]
+    t = time.perf_counter()
+    first_ok = httpx.get(f"http://127.0.0.1:{port}/api/record/{d0['model']}/{d0['path']}/0", timeout=30).status_code
+    t_first = time.perf_counter() - t
+    print(f"start-up: server answering {t_up:.2f} s after spawn; first unit record {1000 * t_first:.0f} ms "
+          f"(status {first_ok}) while the model loads in the background")
     rng = random.Random(0)
     urls = []
     for _ in range(args.requests):
@@ -64,6 +74,16 @@ def main() -> None:
     with ThreadPoolExecutor(args.concurrency) as pool:
         res = list(pool.map(hit, urls))
     wall = time.perf_counter() - t0
+    words = ("The Eiffel Tower in Paris was completed in 1889 and was the tallest structure in the world until the "
+             "Chrysler Building in New York City was finished in 1930. It is named after the engineer Gustave "
+             "Eiffel, whose company designed and built the tower for the World's Fair.")
+    search_ms, search_err = [], 0
+    for _ in range(6):
+        t = time.perf_counter()
+        r = httpx.post(f"http://127.0.0.1:{port}/api/search", json={"model": d0["model"], "text": words}, timeout=600)
+        search_ms.append(1000 * (time.perf_counter() - t))
+        search_err += r.status_code != 200
+    n_tok = len(r.json().get("tokens", [])) if r.status_code == 200 else 0
     server.terminate()
     server.wait(timeout=10)
     lat = sorted(r[0] * 1000 for r in res if r[0] > 0)
@@ -80,6 +100,9 @@ def main() -> None:
             qk = statistics.quantiles(lk, n=100)
             print(f"| {kind} | {len(lk)} | {sum(1 for r in res if r[2] == kind and not r[1])} | - | {qk[49]:.1f} ms | "
                   f"{qk[98]:.1f} ms | {lk[-1]:.1f} ms |")
+    print(f"\nsearch by inference ({n_tok} tokens, every dataset of {d0['model']}): first {search_ms[0]:,.0f} ms "
+          f"(waits for the background model load), then median {statistics.median(search_ms[1:]):,.0f} ms, "
+          f"errors {search_err}")
 
 
 if __name__ == "__main__":

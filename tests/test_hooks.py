@@ -110,3 +110,23 @@ def test_load_model_from_directory_and_bad_specs(tiny_dir, tmp_path):
         load_model("some-org/not-a-cached-model")
     with pytest.raises(SaescopeError, match="no such .gguf"):
         load_model(str(tmp_path / "missing.gguf"))
+
+
+def test_token_strings_merge_the_byte_pieces_of_one_character(tiny_gpt2):
+    """A character split over byte tokens decodes to '\\ufffd' piece by piece; the pieces are merged into the first
+    token of the run and the strings join back to the text (collated records and the viewer use these strings)."""
+    from saescope.models.hooks import merge_byte_tokens
+
+    hm = tiny_gpt2
+    text = "caf\u00e9 \U0001F600 ok \u4e2d\u6587"
+    ids = hm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    one_by_one = [hm.tokenizer.decode([i]) for i in ids]
+    assert any("\ufffd" in t for t in one_by_one)  # the tokenizer does split these characters into byte pieces
+    strs = hm.token_strings(ids)
+    assert len(strs) == len(ids) and "".join(strs) == hm.tokenizer.decode(ids) and "\ufffd" not in "".join(strs)
+    cache: dict[int, str] = {}
+    assert hm.token_strings(ids, cache) == strs and cache  # the cached path gives the same strings
+    # known answer with a stub decoder: bytes b"\xe2\x82\xac" (€) as three tokens
+    table = {1: b"a", 2: b"\xe2", 3: b"\x82", 4: b"\xac", 5: b"b"}
+    dec = lambda xs: b"".join(table[x] for x in xs).decode("utf-8", errors="replace")  # noqa: E731
+    assert merge_byte_tokens([1, 2, 3, 4, 5], [dec([x]) for x in [1, 2, 3, 4, 5]], dec) == ["a", "\u20ac", "", "", "b"]

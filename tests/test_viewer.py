@@ -88,6 +88,114 @@ def test_debug_api(client):
     assert docs.status_code == 200 and "/api/openapi.json" in docs.text and "http" not in docs.text  # nothing loaded from elsewhere
 
 
+def test_steering_adds_the_units_write_direction_and_strength_zero_changes_nothing(client, tiny_dir):
+    import torch
+
+    from saescope.models import load_model
+    from saescope.viewer.explore import steer, steer_target
+
+    model = client.get("/api/datasets").json()[0]["model"]
+    body = {"model": model, "dataset": "sae_latents/tiny_sae/1", "index": 5, "prompt": "the cat sat on", "tokens": 8}
+    zero = client.post("/api/steer", json={**body, "strength": 0.0}).json()
+    assert zero["steered"] == zero["unsteered"] and len(zero["unsteered"]) == 8 and zero["hookpoint"] == "resid_post.1"
+    strong = client.post("/api/steer", json={**body, "strength": 200.0}).json()
+    assert strong["unsteered"] == zero["unsteered"] and strong["steered"] != strong["unsteered"]
+    neuron = client.post("/api/steer", json={**body, "dataset": "mlp_neurons/1", "strength": 0.0}).json()
+    assert neuron["hookpoint"] == "mlp_post_act.1" and neuron["steered"] == neuron["unsteered"]
+    assert client.post("/api/steer", json={**body, "dataset": "attention_heads/1", "strength": 1.0}).status_code == 400
+    assert client.post("/api/steer", json={**body, "index": 999, "strength": 1.0}).status_code == 404
+    # the vector added is strength × the latent's decoder row, at every position
+    from saescope.sae import load_sae
+
+    hm = load_model(str(tiny_dir))
+    sae = load_sae(Path(next(d for d in client.get("/api/datasets").json() if d["unit_type"] == "sae_latents")["source"]))
+    t = steer_target("sae_latents", 1, 5, hm, sae, "resid_post.1")
+    torch.testing.assert_close(t.direction, sae.W_dec[5].detach())
+    ids = torch.tensor([[hm.tokenizer.bos_token_id, 5, 6, 7]])
+    clean = hm.run_with_cache(ids, None, ["resid_post.1"])["resid_post.1"]
+    with hm.patch("resid_post.1", lambda a: a + 3.0 * t.direction):
+        patched = hm.run_with_cache(ids, None, ["resid_post.1"])["resid_post.1"]
+    torch.testing.assert_close(patched - clean, (3.0 * t.direction).expand_as(clean), rtol=1e-5, atol=1e-5)
+    assert steer(hm, t, "the cat", 0.0, 4)["steered"] == steer(hm, t, "the cat", 0.0, 4)["unsteered"]
+
+
+def test_concurrent_model_requests_do_not_see_each_others_hooks(client):
+    """A steering generate and early-stopping probes at once: hooks live on the shared model, so a forward that ran
+    during another's capture used to stop early (500 _StopForward)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = client.get("/api/datasets").json()[0]["model"]
+    steer = {"model": model, "dataset": "sae_latents/tiny_sae/1", "index": 5, "prompt": "the cat sat on",
+             "strength": 3.0, "tokens": 12}
+    probe = {"model": model, "dataset": "mlp_neurons/1", "index": 3, "text": "the quick brown fox jumps"}
+    calls = [("/api/steer", steer), ("/api/probe", probe)] * 6
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda c: client.post(c[0], json=c[1]).status_code, calls))
+    assert codes == [200] * len(calls)
+
+
+def test_neighbours_and_search_by_inference(client, collated_root, capsys):
+    import torch
+
+    from saescope.cli import main
+    from saescope.sae import load_sae
+
+    ds = client.get("/api/datasets").json()
+    model = ds[0]["model"]
+    nb = client.get(f"/api/neighbours/{model}/sae_latents/tiny_sae/1/5", params={"k": 4}).json()
+    sae = load_sae(Path(next(d for d in ds if d["unit_type"] == "sae_latents")["source"]))
+    W = torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1)
+    cos = (W @ W[5]).tolist()
+    naive = sorted((i for i in range(48) if i != 5), key=lambda i: -cos[i])[:4]  # brute force
+    assert [n["index"] for n in nb["decoder"]] == naive
+    assert all(0 < c["fraction"] <= 1 and c["index"] != 5 for c in nb["coactive"])
+    assert client.get(f"/api/neighbours/{model}/mlp_neurons/1/5").status_code == 404
+    res = client.post("/api/search", json={"model": model, "text": "the cat sat on the mat"}).json()
+    assert len(res["tokens"]) == len(res["units"]) > 3
+    datasets = {u["dataset"] for units in res["units"] for u in units}
+    assert datasets <= {"mlp_neurons/1", "attention_heads/1", "sae_latents/tiny_sae/1"} and len(datasets) >= 2
+    for units in res["units"]:
+        rel = [u["relative"] for u in units]
+        assert rel == sorted(rel, reverse=True) and all(r > 0 for r in rel)
+    # relative = activation / the unit's collated max activation
+    u = res["units"][2][0]
+    row = client.get(f"/api/record/{model}/{u['dataset']}/{u['index']}").json()
+    assert u["relative"] == pytest.approx(u["activation"] / row["max_activation"], rel=1e-3, abs=1e-4)
+    assert client.post("/api/search", json={"model": model, "text": ""}).status_code == 400
+    assert main(["search", "the cat sat", "--root", str(collated_root), "--per_token", "2"]) == 0
+    out = capsys.readouterr().out
+    toks = client.post("/api/search", json={"model": model, "text": "the cat sat"}).json()["tokens"]
+    assert all(repr(t) in out for t in toks) and out.count("sae_latents/") + out.count("mlp_neurons/") >= len(toks)
+
+
+def test_unit_table_filters(client, collated_root):
+    import json
+
+    model = client.get("/api/datasets").json()[0]["model"]
+    base = f"/api/units/{model}/sae_latents/tiny_sae/1"
+    every = client.get(base, params={"limit": 1000}).json()["units"]
+    dense = client.get(base, params={"limit": 1000, "min_density": 0.05}).json()["units"]
+    assert dense and all(u["density"] >= 0.05 for u in dense) and len(dense) < len(every)
+    live = client.get(base, params={"limit": 1000, "hide_dead": True}).json()["units"]
+    assert [u["index"] for u in live] == [u["index"] for u in every if u["max_activation"] > 0]
+    # explanations with scores, one a constant prediction: flagged, hidden on request, filtered by score
+    scores = collated_root / model / "explanations" / "sae_latents" / "tiny_sae" / "1" / "scores.json"
+    scores.parent.mkdir(parents=True, exist_ok=True)
+    scores.write_text(json.dumps({"units": {
+        "1": {"explanation": "cats", "score": 0.0, "scores": {"constant_prediction": True}},
+        "2": {"explanation": "dogs", "score": 0.7, "scores": {"constant_prediction": False}},
+        "3": {"explanation": "mats", "score": 0.2, "scores": {"constant_prediction": False}}}}))
+    try:
+        rows = {u["index"]: u for u in client.get(base, params={"limit": 1000}).json()["units"]}
+        assert rows[1]["constant"] and not rows[2]["constant"]
+        no_const = client.get(base, params={"limit": 1000, "hide_constant": True}).json()["units"]
+        assert 1 not in [u["index"] for u in no_const] and len(no_const) == len(every) - 1
+        good = client.get(base, params={"limit": 1000, "min_score": 0.5}).json()["units"]
+        assert [u["index"] for u in good] == [2]
+    finally:
+        scores.unlink()
+
+
 def test_unknown_units_traversal_and_broken_files(client, collated_root):
     model = client.get("/api/datasets").json()[0]["model"]
     assert client.get(f"/api/record/{model}/mlp_neurons/1/9999").status_code == 404
@@ -153,6 +261,28 @@ def test_browser_end_to_end(collated_root, tmp_path):
             page.wait_for_selector("#probe-out .tok")
             assert page.locator("#probe-out .tok").count() > 3
             page.screenshot(path=str(tmp_path / "unit.png"), full_page=True)
+            page.goto(f"http://127.0.0.1:{port}/u/{model}/mlp_neurons/1/3")
+            page.wait_for_selector("#top .seq .tok")
+            assert "non-zero of" in page.inner_text("#hist-label") and "log counts" in page.inner_text("#hist-label")
+            # negative activations are drawn (red), not white
+            negs = page.eval_on_selector_all("#top .seq .tok.neg", "els => els.map(e => e.style.background)")
+            assert negs and all("220, 38, 38" in b for b in negs)  # SiLU neurons go negative
+            page.keyboard.press("ArrowRight")  # keyboard next unit
+            page.wait_for_url(f"**/u/{model}/mlp_neurons/1/4")
+            # the dataset table keeps its sort and filters in the URL, and Back restores them
+            page.goto(f"http://127.0.0.1:{port}/u/{model}/sae_latents/tiny_sae/1")
+            page.wait_for_selector("#units td a")
+            page.click("#units th[data-k=index]")
+            page.check("#hide_dead")
+            page.wait_for_function("location.search.includes('hide_dead=true') && location.search.includes('sort=index')")
+            page.click("#units td a >> nth=0")
+            page.wait_for_selector("#top")
+            page.go_back()
+            page.wait_for_selector("#units td a")
+            assert page.is_checked("#hide_dead") and "sort=index" in page.url
+            page.fill("#jump", "4")
+            page.press("#jump", "Enter")
+            page.wait_for_url(f"**/u/{model}/sae_latents/tiny_sae/1/4")
             # a sparse latent: only the excerpts where it fires, and how often it fires; a dead one says so
             summary = json.loads((collated_root / model / "sae_latents" / "tiny_sae" / "1" / "summary.json").read_text())
             rows = summary["units"]
@@ -171,6 +301,9 @@ def test_browser_end_to_end(collated_root, tmp_path):
             page.hover("#top .seq.pairs .tok >> nth=3")
             q, k = map(int, page.get_attribute("#top .seq.pairs >> nth=0", "data-top-pair").split(","))
             assert 0 <= k <= q  # the excerpt's top pair is marked: a query and a key at or before it
+            assert page.locator("#toppairs tr").count() == 11  # header + the 10 largest query ← key pairs
+            vals = [float(v) for v in page.eval_on_selector_all("#toppairs td:nth-child(3)", "els => els.map(e => e.textContent)")]
+            assert vals == sorted(vals, reverse=True)
             page.goto(f"http://127.0.0.1:{port}/u/{model}/mlp_neurons/1/99999")
             page.wait_for_selector("#error")
             # the Debug page: enter a prompt, rank nodes, ablate the top node, see the behaviour move
@@ -195,6 +328,18 @@ def test_browser_end_to_end(collated_root, tmp_path):
                                    "document.querySelector('#behaviour').innerText.includes('through its key side')")
             assert ":k" in page.input_value("#trace") and "trace=head." in page.url
             assert page.locator("#nodes tr").count() > 5
+            # steering from a unit page: strength in the URL, both continuations shown
+            page.goto(f"http://127.0.0.1:{port}/u/{model}/sae_latents/tiny_sae/1/5?prompt=the+cat&strength=0")
+            page.wait_for_selector("#steer-steered")
+            assert page.inner_text("#steer-steered") == page.inner_text("#steer-plain")
+            page.wait_for_selector("#nb-decoder li a")
+            # search by inference: click a token, see the units behind it, click through
+            page.goto(f"http://127.0.0.1:{port}/search?text=the+cat+sat+on+the+mat")
+            page.wait_for_selector("#hits td a")
+            page.click("#tokens .tok >> nth=1")
+            page.wait_for_selector("#tokens .tok.sel")
+            page.click("#hits td a >> nth=0")
+            page.wait_for_selector("#top .seq .tok")
             page.goto(f"http://127.0.0.1:{port}/api/docs")
             page.wait_for_selector("h3.endpoint >> text=\"POST /api/debug\"")
             browser.close()

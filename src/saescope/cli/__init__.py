@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from saescope.cli import capture, collate, datasets, debug, export, interp, run, store, train, view
+from saescope.cli import capture, collate, datasets, debug, export, interp, run, search, store, train, view
 
 Command = Callable[[list[str]], int]
 
@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "export": (export.main, "Write a run's SAEs for other tools: Neuronpedia's export layout, a SAELens registry entry."),
     "datasets": (datasets.list_public, "List the seed's public TDB datasets by registry name."),
     "summarize": (datasets.summarize, "Fetch a TDB-layout dataset's records and write its unit table."),
+    "search": (search.main, "The units that fire most on every token of a text, across all collated datasets."),
     "debug": (debug.main, "Why does the model say this? Rank, ablate and trace the nodes behind a next token."),
 }
 
@@ -54,9 +55,31 @@ def _formatter() -> type:
     from simple_parsing.help_formatter import SimpleHelpFormatter
 
     class Formatter(SimpleHelpFormatter):
-        def _get_help_string(self, action: Any) -> str:
-            return re.sub(r"%(?!\()", "%%", super()._get_help_string(action) or "")
+        """Reads like a tool's help: sections titled by stage ("trainer options", not "TrainerConfig ['cfg']"),
+        each text once, no "(default: )" for options whose default is empty."""
 
+        _seen: set[str] = set()
+
+        def _get_help_string(self, action: Any) -> str:
+            text = super()._get_help_string(action) or ""
+            if action.default in ("", None) or action.default is False and "--no" in " ".join(action.option_strings):
+                text = re.sub(r"\s*\(default: %\(default\)s\)", "", text)
+            return re.sub(r"%(?!\()", "%%", text)
+
+        def start_section(self, heading: str | None) -> None:
+            if heading and "[" in heading:
+                name = re.sub(r"\s*\[.*\]$", "", heading).removesuffix("Config").removesuffix("Options")
+                heading = re.sub(r"(?<!^)(?=[A-Z])", " ", name).lower() + " options"
+            super().start_section(heading)
+
+        def add_text(self, text: str | None) -> None:
+            if text and text.strip() in Formatter._seen:
+                return
+            if text:
+                Formatter._seen.add(text.strip())
+            super().add_text(text)
+
+    Formatter._seen = set()
     return Formatter
 
 
@@ -80,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["store", "info"]:
         argv = ["store-info", *argv[2:]]
+    if argv[:1] == ["store"]:
+        print("usage: saescope store info DIR      (also: saescope import-seed, saescope export-seed)\n\n"
+              "  store info   summarise an activation store and verify its shards")
+        return 0 if argv[1:2] in ([], ["-h"], ["--help"]) else 2
     if len(argv) >= 2 and argv[0] in POSITIONAL and not argv[1].startswith("-"):
         argv = [argv[0], POSITIONAL[argv[0]], argv[1], *argv[2:]]  # `saescope view DIR`, `store info DIR`, ...
     if not argv or argv[0] in ("-h", "--help", "help"):

@@ -15,10 +15,15 @@ def format_metrics(m: dict[str, Any]) -> str:
                      for k in METRIC_KEYS if k in m)
 
 
+ONLINE_FLAGS = ("--model", "--corpus", "--hookpoints", "--forward_contexts", "--online")
+
+
 def train(argv: list[str]) -> int:
     from saescope.cli import parse
     from saescope.train.api import TrainConfig, train_from_store
 
+    if any(a.split("=")[0].replace("-", "_").replace("__", "--", 1) in ONLINE_FLAGS for a in argv):
+        return train_online(argv)
     cfg = parse(TrainConfig, argv, "saescope train")
     report = train_from_store(cfg)
     if not report:  # a non-zero torchrun rank: rank 0 reports and has written everything (the ranks met at a barrier)
@@ -32,6 +37,20 @@ def train(argv: list[str]) -> int:
           f"{report['train_tokens_per_s'] or 0:,.0f} tokens/s)")
     print("held-out metrics:")
     print(format_metrics(report["heldout"]))
+    return 0
+
+
+def train_online(argv: list[str]) -> int:
+    """`saescope train --model M --corpus C --hookpoints 'resid_post.*' --tokens N`: straight from the model."""
+    from saescope.cli import parse
+    from saescope.train.online import OnlineConfig
+    from saescope.train.online import train_online as run
+
+    argv = [a for a in argv if a not in ("--online",)]
+    cfg = parse(OnlineConfig, argv, "saescope train (online: --model/--corpus/--hookpoints)")
+    for h, r in run(cfg).items():
+        print(f"{h}: {r['steps']} steps, {r['tokens']:,} tokens, {r['train_tokens_per_s']:,.0f} tokens/s, "
+              f"FVU {r['fvu'] if r['fvu'] is not None else float('nan'):.3f} → {cfg.out}/{h.replace('.', '_')}")
     return 0
 
 

@@ -26,6 +26,8 @@ QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 @dataclass
 class SlotSizes:
+    """How many excerpts each record keeps (top, random, per quantile bucket) and the candidate pools."""
+
     top_k: int = 24
     """Top excerpts per unit (TDB's 4-way split with 5 per split needs ≥ 20)."""
     n_random: int = 16

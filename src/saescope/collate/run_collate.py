@@ -284,12 +284,8 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
     decoded: dict[int, list[str]] = {}  # excerpt id → strings, decoded once per excerpt
 
     def decode(eid: int) -> list[str]:
-        if eid not in decoded:
-            ids = tokens.get(eid)
-            for i in ids:
-                if i not in cache:
-                    cache[i] = hm.tokenizer.decode([i])
-            decoded[eid] = [cache[i] for i in ids]
+        if eid not in decoded:  # byte pieces of one character merged (HookedModel.token_strings)
+            decoded[eid] = hm.token_strings(tokens.get(eid), cache)
         return decoded[eid]
 
     root = Path(cfg.out) / hm.name

@@ -83,6 +83,25 @@ def _text_config(config: Any) -> Any:
     return getattr(config, "text_config", None) or config
 
 
+def merge_byte_tokens(ids: list[int], strs: list[str], decode: Any, max_run: int = 4) -> list[str]:
+    """Token strings with runs that only decode together (pieces of one UTF-8 character) merged into the run's first
+    token; the others become ''. Runs are at most `max_run` tokens (a UTF-8 character is at most 4 bytes)."""
+    if not any("\ufffd" in t for t in strs):
+        return strs
+    out = list(strs)
+    i = 0
+    while i < len(ids):
+        if "\ufffd" in out[i]:
+            for j in range(i + 2, min(len(ids), i + max_run) + 1):
+                joint = decode(ids[i:j])
+                if "\ufffd" not in joint:
+                    out[i:j] = [joint] + [""] * (j - i - 1)
+                    i = j - 1
+                    break
+        i += 1
+    return out
+
+
 class HookedModel:
     """A causal LM plus its tokenizer with hookpoints named the same way across architectures."""
 
@@ -309,6 +328,18 @@ class HookedModel:
         return writes.norm(dim=-1)
 
     # ---- tokens --------------------------------------------------------------------------------------------
-    def token_strings(self, ids: Sequence[int]) -> list[str]:
-        """Decoded token strings with their leading spaces (TDB style: ' the', 'ulously')."""
-        return [self.tokenizer.decode([int(i)]) for i in ids]
+    def token_strings(self, ids: Sequence[int], cache: dict[int, str] | None = None) -> list[str]:
+        """Decoded token strings with their leading spaces (TDB style: ' the', 'ulously'). A character split over
+        several byte tokens (byte fallback, byte-level BPE), which decodes to '\ufffd' token by token, is given
+        whole to the run's first token and '' to the rest, so the strings join to the text. `cache`: id → string."""
+        ids = [int(i) for i in ids]
+        strs = []
+        for i in ids:
+            if cache is None or i not in cache:
+                t = self.tokenizer.decode([i])
+                if cache is None:
+                    strs.append(t)
+                    continue
+                cache[i] = t
+            strs.append(cache[i])
+        return merge_byte_tokens(ids, strs, self.tokenizer.decode)

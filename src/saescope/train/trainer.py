@@ -298,8 +298,14 @@ class Trainer:
         if path is None:
             return False
         tensors, meta = load_checkpoint(path)
+        self.load_state(tensors, meta, str(path))
+        return True
+
+    def load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any], where: str) -> None:
+        """Restore what `state()` returned (refused, naming `where`, if the recipe or the step count differ)."""
         from saescope.errors import SaescopeError
 
+        path = where
         saved = {k: v for k, v in meta["config"].items() if k != "checkpoint_every"}
         now = {k: v for k, v in asdict(self.cfg).items() if k != "checkpoint_every"}
         if saved != now or meta["total_steps"] != self.total_steps:
@@ -316,7 +322,6 @@ class Trainer:
         self.initialised, self.history = meta["initialised"], meta.get("history", [])
         self.resampled = meta.get("resampled", 0)
         log.info("resumed from %s at step %d (%d tokens)", path, self.step, self.tokens)
-        return True
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def fit(self, batches: Iterator[Tensor], progress: bool = True) -> TrainResult:

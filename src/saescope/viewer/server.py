@@ -7,6 +7,9 @@ API (all JSON):
     GET  /api/logit_lens/{model}/{dataset}/{index}       top/bottom output tokens of the unit's write direction
     POST /api/probe  {model, dataset, index, text}        the unit's activations on a prompt, normalised by its max
     POST /api/debug  {model, prompt, target, distractor, ablate, trace}   ranked nodes behind a next token (/debug)
+    POST /api/steer  {model, dataset, index, prompt, strength, tokens}     greedy continuation, unsteered and steered
+    GET  /api/neighbours/{model}/{dataset}/{index}       nearest latents by decoder cosine, co-active latents
+    POST /api/search {model, text}                       per token, the units of every dataset that fire most (/search)
 `{dataset}` is `mlp_neurons/<layer>`, `attention_heads/<layer>` or `sae_latents/<sae>/<layer>`.
 """
 
@@ -23,7 +26,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 
-from saescope.viewer.data import BrokenFile, DataRoot, DatasetRef, NotFound, parse_dataset
+from saescope.viewer.data import SAFE, BrokenFile, DataRoot, DatasetRef, NotFound, parse_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
@@ -68,6 +71,9 @@ class ModelHub:
         self._models: dict[str, Any] = {}
         self._saes: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self.forward_lock = threading.RLock()
+        """Held around every forward pass: hooks are registered on the shared model, so two requests running it at
+        once (a steering generate and a probe's early-stopping capture) would see each other's hooks."""
 
     def model(self, model: str) -> HookedModel:
         from saescope.models import load_model
@@ -77,6 +83,50 @@ class ModelHub:
                 spec = self.override or self.data.manifest(model).get("model_spec") or model
                 self._models[model] = load_model(spec)
             return self._models[model]
+
+    def preload(self) -> None:
+        """Load the first collated model in the background at start-up, so pages that need it do not wait."""
+        try:
+            models = [m["model"] for m in self.data.manifests() if not m.get("external")]
+            if models:
+                self.model(models[0])
+                log.info("viewer: model %s loaded", models[0])
+        except Exception as e:  # noqa: BLE001 - a page that needs the model reports the error itself
+            log.warning("viewer: background model load failed (%s)", e)
+
+    def search_sources(self, model: str) -> list[Any]:
+        """Every dataset of a model that search by inference reads (token-pair SAE copies left out), built once."""
+        from saescope.collate.units import head_group, mlp_group, sae_group
+        from saescope.viewer.explore import SearchSource
+
+        key = f"search:{model}"
+        if key in self._saes:
+            return self._saes[key]
+        import torch
+
+        hm = self.model(model)
+        out = []
+        for d in self.data.manifest(model).get("datasets", []):
+            ds = parse_dataset(model, d["path"].split("/"))
+            if ds.unit_type == "sae_latents":
+                if d.get("by_token_pair"):
+                    continue
+                sae, entry = self.sae(ds)
+                group = sae_group(sae, entry["hookpoints"][0], ds.name)
+            elif ds.unit_type == "mlp_neurons":
+                group = mlp_group(hm, ds.layer)
+            else:
+                group = head_group(hm, ds.layer)
+            units = self.data.summary(ds)["units"]
+            mx = torch.zeros(group.n_units)
+            for u in units:
+                if u["index"] < group.n_units:
+                    mx[u["index"]] = float(u.get("max_activation") or 0.0)
+            expl = {int(i): e.get("explanation") for i, e in self.data.explanations(ds).items() if e.get("explanation")}
+            out.append(SearchSource(d["path"], group, mx, expl))
+        with self._lock:
+            self._saes[key] = out
+        return out
 
     def sae(self, ds: DatasetRef) -> tuple[BaseSAE, dict[str, Any]]:
         from saescope.sae import load_sae
@@ -88,6 +138,25 @@ class ModelHub:
             if entry["source"] not in self._saes:
                 self._saes[entry["source"]] = load_sae(entry["source"]).eval()
             return self._saes[entry["source"]], entry
+
+
+class SteerRequest(BaseModel):
+    """POST /api/steer body: add `strength` × the unit's write direction at its hookpoint while generating."""
+
+    model: str
+    dataset: str
+    index: int
+    prompt: str
+    strength: float
+    tokens: int = 24
+
+
+class SearchRequest(BaseModel):
+    """POST /api/search body."""
+
+    model: str
+    text: str
+    per_token: int = 5
 
 
 class Probe(BaseModel):
@@ -118,11 +187,13 @@ class DebugRequest(BaseModel):
     """A head (head.L.h): also return its pattern and A·∂B/∂A over the prompt's token pairs."""
 
 
-def create_app(root: str | Path, model: str | None = None) -> FastAPI:
+def create_app(root: str | Path, model: str | None = None, preload: bool = False) -> FastAPI:
     from fastapi import FastAPI, HTTPException
     from fastapi.staticfiles import StaticFiles
     data = DataRoot(root)
     hub = ModelHub(data, model)
+    if preload:  # records render at once; the model behind the probe, lens, steering and search loads meanwhile
+        threading.Thread(target=hub.preload, daemon=True, name="model-preload").start()
     # docs_url=None: FastAPI's Swagger page loads from a CDN; /api/docs renders the schema offline instead
     app = FastAPI(title="saescope viewer", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -151,6 +222,78 @@ def create_app(root: str | Path, model: str | None = None) -> FastAPI:
     def debug_page() -> FileResponse:
         return FileResponse(STATIC / "debug.html")
 
+    @app.get("/search", include_in_schema=False)
+    def search_page() -> FileResponse:
+        return FileResponse(STATIC / "search.html")
+
+    @app.post("/api/steer")
+    def steer_api(req: SteerRequest) -> dict[str, Any]:
+        """Greedy continuation of a prompt with the unit's write direction added at `strength` (and without)."""
+        from saescope.viewer.explore import steer, steer_target
+
+        ds = ds_of(req.model, req.dataset)
+        if not req.prompt.strip() or len(req.prompt) > 2000:
+            raise HTTPException(400, "give a prompt of 1 to 2000 characters")
+        if not -1e4 <= req.strength <= 1e4 or not 1 <= req.tokens <= 64:
+            raise HTTPException(400, "strength within ±10000, tokens 1 to 64")
+        hm = hub.model(req.model)
+        sae, hp = None, ""
+        if ds.unit_type == "sae_latents":
+            sae, entry = hub.sae(ds)
+            if entry.get("by_token_pair"):
+                raise HTTPException(400, "steer with the same SAE's by-token dataset")
+            hp = entry["hookpoints"][0]
+        try:
+            target = steer_target(ds.unit_type, ds.layer, req.index, hm, sae, hp)
+        except IndexError:
+            raise NotFound(f"unit {req.index}") from None
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        with hub.forward_lock:
+            return steer(hm, target, req.prompt, req.strength, req.tokens)
+
+    @app.get("/api/neighbours/{model}/{dataset:path}/{index}")
+    def neighbours(model: str, dataset: str, index: int, k: int = 10) -> dict[str, Any]:
+        """Nearest latents by decoder cosine, and the latents co-active with this one on its top excerpts."""
+        from saescope.viewer.explore import coactive, decoder_neighbours
+
+        ds = ds_of(model, dataset)
+        if ds.unit_type != "sae_latents":
+            raise NotFound("neighbours are for SAE latents")
+        sae, entry = hub.sae(ds)
+        if not 0 <= index < sae.cfg.d_sae:
+            raise NotFound(f"latent {index}")
+        k = max(1, min(k, 50))
+        expl = data.explanations(ds)
+        name = lambda i: (expl.get(i) or {}).get("explanation")  # noqa: E731
+        out: dict[str, Any] = {"decoder": [{"index": i, "cosine": round(c, 4), "explanation": name(i)}
+                                           for i, c in decoder_neighbours(sae, index, k)], "coactive": []}
+        if not entry.get("by_token_pair"):
+            hm = hub.model(model)
+            rec = data.record(ds, index)
+            texts = ["".join(r["tokens"]) for r in rec.get("most_positive_activation_records", [])[:12]
+                     if r["activations"] and max(r["activations"]) > 0]
+            excerpts = [hm.tokenizer(t, add_special_tokens=False)["input_ids"][:128] for t in texts]
+            with hub.forward_lock:
+                co = coactive(hm, sae, entry["hookpoints"][0], index, [e for e in excerpts if e], k)
+            out["coactive"] = [{"index": i, "fraction": round(f, 4), "explanation": name(i)} for i, f in co]
+        return out
+
+    @app.post("/api/search")
+    def search_api(req: SearchRequest) -> dict[str, Any]:
+        """For every token of a text, the units of every collated dataset that fire most on it (relative to their
+        collated max), with explanations."""
+        from saescope.viewer.explore import search
+
+        if not req.text.strip() or len(req.text) > 2000:
+            raise HTTPException(400, "give a text of 1 to 2000 characters")
+        if not SAFE.match(req.model):
+            raise NotFound("unknown model")
+        hm = hub.model(req.model)
+        sources = hub.search_sources(req.model)
+        with hub.forward_lock:
+            return search(hm, sources, req.text, max(1, min(req.per_token, 20)))
+
     @app.post("/api/debug")
     def debug_api(req: DebugRequest) -> dict[str, Any]:
         """Rank the nodes behind a next token (and ablate / trace); see `saescope.debug`."""
@@ -162,9 +305,23 @@ def create_app(root: str | Path, model: str | None = None) -> FastAPI:
 
     @app.get("/api/units/{model}/{dataset:path}")
     def units(model: str, dataset: str, offset: int = 0, limit: int = 100, sort: str = "index", desc: bool = False,
-              q: str = "") -> dict[str, Any]:
-        s = data.summary(ds_of(model, dataset))
-        rows = s["units"]
+              q: str = "", min_density: float | None = None, min_score: float | None = None, hide_dead: bool = False,
+              hide_constant: bool = False) -> dict[str, Any]:
+        """One page of the unit table; `q` searches explanations and top tokens; filters by density, score, dead
+        units (max activation 0) and constant simulator predictions (scored 0 by definition: flagged `constant`)."""
+        ds = ds_of(model, dataset)
+        s = data.summary(ds)
+        scores = data.explanations(ds)
+        rows = [{**r, "constant": bool(((scores.get(r["index"]) or {}).get("scores") or {}).get("constant_prediction"))}
+                for r in s["units"]]
+        if min_density is not None:
+            rows = [r for r in rows if (r.get("density") or 0.0) >= min_density]
+        if min_score is not None:
+            rows = [r for r in rows if r.get("score") is not None and r["score"] >= min_score]
+        if hide_dead:
+            rows = [r for r in rows if (r.get("max_activation") or 0.0) > 0]
+        if hide_constant:
+            rows = [r for r in rows if not r["constant"]]
         if q:
             ql = q.lower()
             rows = [r for r in rows if ql in (r.get("explanation") or "").lower() or ql in r.get("top_token", "").lower()]
@@ -256,7 +413,7 @@ def create_app(root: str | Path, model: str | None = None) -> FastAPI:
         ids = hm.tokenizer(req.text, add_special_tokens=False)["input_ids"][:256]
         bos = hm.tokenizer.bos_token_id
         full = torch.tensor([([bos] if bos is not None else [hm.tokenizer.eos_token_id]) + ids])
-        with torch.no_grad():
+        with torch.no_grad(), hub.forward_lock:
             acts = group.extract(hm.run_with_cache(full, None, group.hookpoints))[req.index, 0].float()
         rec = data.record(ds, req.index)
         tops = rec.get("most_positive_activation_records") or []
@@ -291,8 +448,9 @@ def run_debug(data: DataRoot, hub: ModelHub, req: DebugRequest) -> dict[str, Any
         saes[entry["hookpoints"][0]], names[entry["hookpoints"][0]] = sae, ds.name
     notes = NodeNotes(str(data.root / req.model), names)
     try:
-        res = debug(hm, req.prompt, req.target, req.distractor, saes, ablate=req.ablate or None,
-                    means=notes.means(req.ablate), trace=req.trace, pairs_for=req.pairs_for)
+        with hub.forward_lock:
+            res = debug(hm, req.prompt, req.target, req.distractor, saes, ablate=req.ablate or None,
+                        means=notes.means(req.ablate), trace=req.trace, pairs_for=req.pairs_for)
     except SaescopeError as e:
         raise HTTPException(400, str(e)) from None
     out = res.to_json(res.nodes.top(max(1, min(req.top, 200)), by=req.by), notes)
@@ -303,4 +461,4 @@ def run_debug(data: DataRoot, hub: ModelHub, req: DebugRequest) -> dict[str, Any
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8000, model: str | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(root, model), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(root, model, preload=True), host=host, port=port, log_level="warning")

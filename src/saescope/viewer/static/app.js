@@ -23,9 +23,10 @@ function heatmap(tokens, acts, max) {
   acts.forEach((a, i) => { if (a > acts[argmax]) argmax = i; });
   tokens.forEach((t, i) => {
     const s = document.createElement("span");
-    const a = acts[i] ?? 0, x = max > 0 ? Math.max(0, Math.min(1, a / max)) : 0;
-    s.className = "tok" + (i === argmax && a > 0 ? " max" : "");
-    s.style.background = `rgba(46, 134, 222, ${x.toFixed(3)})`;
+    const a = acts[i] ?? 0, x = max > 0 ? Math.max(-1, Math.min(1, a / max)) : 0;
+    s.className = "tok" + (i === argmax && a > 0 ? " max" : "") + (a < 0 ? " neg" : "");
+    // diverging: positive blue, negative red (a negative activation is not "nothing")
+    s.style.background = x >= 0 ? `rgba(46, 134, 222, ${x.toFixed(3)})` : `rgba(220, 38, 38, ${(-x).toFixed(3)})`;
     s.dataset.act = a;
     s.textContent = t;
     s.addEventListener("mousemove", ev => showTip(ev, `${JSON.stringify(t)}  ${a.toFixed(4)}`));
@@ -75,18 +76,25 @@ function histogram(values, bins = 30) {
   return {edges: Array.from({length: bins + 1}, (_, i) => lo + i * w), counts};
 }
 
+// Histogram of the non-zero values on a log-count axis (a sparse unit's zeros would be one bar hiding the rest).
 function drawHistogram(canvas, h) {
-  const ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height;
+  const ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, left = 34;
   ctx.clearRect(0, 0, W, H);
-  if (!h.counts.length) return;
-  const top = Math.max(...h.counts), bw = W / h.counts.length;
-  ctx.fillStyle = "#2e86de";
-  h.counts.forEach((c, i) => { const bh = top ? (c / top) * (H - 16) : 0; ctx.fillRect(i * bw + 1, H - 14 - bh, bw - 2, bh); });
-  ctx.fillStyle = "#333"; ctx.font = "10px sans-serif";
-  ctx.fillText(h.edges[0].toFixed(2), 2, H - 2);
-  const last = h.edges[h.edges.length - 1].toFixed(2);
-  ctx.fillText(last, W - ctx.measureText(last).width - 2, H - 2);
   canvas.dataset.drawn = String(h.counts.reduce((a, b) => a + b, 0));
+  if (!h.counts.length) { ctx.fillStyle = "#64748b"; ctx.font = "12px sans-serif"; ctx.fillText("no non-zero values in the sample", left, H / 2); return; }
+  const top = Math.log10(1 + Math.max(...h.counts)), bw = (W - left) / h.counts.length;
+  h.counts.forEach((c, i) => {
+    const bh = top ? (Math.log10(1 + c) / top) * (H - 18) : 0;
+    ctx.fillStyle = h.edges[i + 1] <= 0 ? "#dc2626" : "#2e86de";
+    ctx.fillRect(left + i * bw + 1, H - 14 - bh, Math.max(1, bw - 2), bh);
+  });
+  ctx.fillStyle = "#333"; ctx.font = "10px sans-serif";
+  ctx.fillText(h.edges[0].toPrecision(3), left, H - 2);
+  const last = h.edges[h.edges.length - 1].toPrecision(3);
+  ctx.fillText(last, W - ctx.measureText(last).width - 2, H - 2);
+  ctx.fillText(String(Math.max(...h.counts)), 2, 10);  // the log axis: top and bottom counts
+  ctx.fillText("1", 2, H - 16);
+  ctx.fillText("log", 2, H / 2);
 }
 
 function crumbs(parts) { $("#crumbs").innerHTML = parts.map(([t, h]) => h ? `/ <a href="${h}">${esc(t)}</a>` : `/ ${esc(t)}`).join(" "); }
@@ -101,24 +109,39 @@ async function indexPage() {
 
 async function datasetPage(model, dataset) {
   crumbs([[model, "/"], [dataset, null]]);
-  const state = {offset: 0, limit: 50, sort: "max_activation", desc: true, q: ""};
+  // the table's state lives in the URL: Back, reload and shared links keep sort, page, search and filters
+  const q = new URLSearchParams(location.search);
+  const state = {offset: Number(q.get("offset") || 0), limit: 50, sort: q.get("sort") || "max_activation",
+    desc: q.get("desc") !== "false", q: q.get("q") || "", min_density: q.get("min_density") || "",
+    min_score: q.get("min_score") || "", hide_dead: q.get("hide_dead") === "true", hide_constant: q.get("hide_constant") === "true"};
   app.innerHTML = `<h2>${esc(model)} · ${esc(dataset)}</h2>
-    <div class="controls"><input id="q" placeholder="search explanations / top tokens" size="40">
-    <button id="prev">◀</button><span id="page"></span><button id="next">▶</button></div>
+    <div class="controls"><input id="q" placeholder="search explanations / top tokens" size="34" value="${esc(state.q)}">
+    <button id="prev">◀</button><span id="page"></span><button id="next">▶</button>
+    <label>unit <input id="jump" size="6" placeholder="#"></label></div>
+    <div class="controls filters"><label>density ≥ <input id="min_density" size="7" value="${esc(state.min_density)}" placeholder="1e-4"></label>
+    <label>score ≥ <input id="min_score" size="5" value="${esc(state.min_score)}" placeholder="0.5"></label>
+    <label><input type="checkbox" id="hide_dead" ${state.hide_dead ? "checked" : ""}> hide dead</label>
+    <label><input type="checkbox" id="hide_constant" ${state.hide_constant ? "checked" : ""}> hide constant predictions</label></div>
     <table id="units"></table>`;
   const cols = [["index", "unit"], ["max_activation", "max act"], ["density", "density"], ["mean", "mean"], ["variance", "variance"], ["top_token", "top token"], ["explanation", "explanation"], ["score", "score"]];
   async function load() {
     const p = new URLSearchParams({offset: state.offset, limit: state.limit, sort: state.sort, desc: state.desc, q: state.q});
+    for (const k of ["min_density", "min_score"]) if (state[k] !== "") p.set(k, state[k]);
+    for (const k of ["hide_dead", "hide_constant"]) if (state[k]) p.set(k, "true");
+    history.replaceState(null, "", `${location.pathname}?${p}`);
     const r = await api(`/api/units/${model}/${dataset}?${p}`);
     $("#page").textContent = ` ${r.total ? state.offset + 1 : 0}–${Math.min(state.offset + state.limit, r.total)} of ${r.total} `;
     $("#units").innerHTML = "<tr>" + cols.map(([k, t]) => `<th data-k="${k}">${t}${state.sort === k ? (state.desc ? " ▼" : " ▲") : ""}</th>`).join("") + "</tr>" +
-      r.units.map(u => `<tr><td><a href="/u/${esc(model)}/${esc(dataset)}/${u.index}">${u.index}</a></td><td>${fmt(u.max_activation)}</td><td>${fmt(u.density)}</td><td>${fmt(u.mean)}</td><td>${fmt(u.variance)}</td><td>${u.top_token == null ? "–" : esc(JSON.stringify(u.top_token))}</td><td>${esc(u.explanation || "")}</td><td>${fmt(u.score)}</td></tr>`).join("");
+      r.units.map(u => `<tr><td><a href="/u/${esc(model)}/${esc(dataset)}/${u.index}">${u.index}</a></td><td>${fmt(u.max_activation)}</td><td>${fmt(u.density)}</td><td>${fmt(u.mean)}</td><td>${fmt(u.variance)}</td><td><bdi>${u.top_token == null ? "–" : esc(JSON.stringify(u.top_token))}</bdi></td><td>${esc(u.explanation || "")}</td><td>${u.constant ? `<span class="badge" title="the simulator predicted one value everywhere">constant</span>` : fmt(u.score)}</td></tr>`).join("");
     $("#units").querySelectorAll("th").forEach(th => th.onclick = () => { const k = th.dataset.k; if (k === "top_token" || k === "explanation") return; state.desc = state.sort === k ? !state.desc : true; state.sort = k; state.offset = 0; load(); });
     $("#prev").disabled = state.offset === 0; $("#next").disabled = state.offset + state.limit >= r.total;
   }
   $("#prev").onclick = () => { state.offset = Math.max(0, state.offset - state.limit); load(); };
   $("#next").onclick = () => { state.offset += state.limit; load(); };
   let timer; $("#q").oninput = ev => { clearTimeout(timer); timer = setTimeout(() => { state.q = ev.target.value; state.offset = 0; load(); }, 250); };
+  for (const k of ["min_density", "min_score"]) $("#" + k).onchange = ev => { state[k] = ev.target.value.trim(); state.offset = 0; load(); };
+  for (const k of ["hide_dead", "hide_constant"]) $("#" + k).onchange = ev => { state[k] = ev.target.checked; state.offset = 0; load(); };
+  $("#jump").onkeydown = ev => { if (ev.key === "Enter" && /^\d+$/.test(ev.target.value.trim())) location.href = `/u/${model}/${dataset}/${ev.target.value.trim()}`; };
   await load();
 }
 
@@ -131,6 +154,33 @@ function firesLine(r, max, pair) {
   return `<span id="fires">fires on ${r.tokens ? Math.round(d * r.tokens).toLocaleString() + " of " + r.tokens.toLocaleString() + " tokens (" + pct + ")" : pct + " of tokens"}</span>`;
 }
 
+const SCORE_LABELS = {top_and_random: "top + random correlation", random_only: "random-only correlation",
+  detection: "detection", fuzzing: "fuzzing", llm_detection: "LLM detection", llm_fuzzing: "LLM fuzzing",
+  null: "null explanation's score"};
+
+function explanationBox(e) {
+  const sc = e.scores || {};
+  const constant = sc.constant_prediction;
+  const parts = Object.entries(SCORE_LABELS).filter(([k]) => sc[k] !== undefined && sc[k] !== null)
+    .map(([k, label]) => `${label} ${fmt(sc[k])}`);
+  return `<div class="expl" id="explanation">${esc(e.explanation)}
+    <div><b>score ${fmt(e.score)}</b>${constant ? ` <span class="badge" id="constant">constant prediction: the simulator predicted one value everywhere, so the score is 0 by definition</span>` : ""}
+    ${parts.length ? `<small> · ${parts.join(" · ")}${sc.method ? ` · simulator: ${esc(sc.method)}` : ""}</small>` : ""}</div></div>`;
+}
+
+// The n largest token pairs over a head's (or pair latent's) top excerpts: (query, key, value, excerpt #).
+function topPairs(records, n) {
+  const out = [];
+  records.forEach((r, e) => {
+    const T = r.tokens.length;
+    for (let q = 0; q < T; q++) for (let k = 0; k <= q; k++) {
+      const v = r.activations[q * (q + 1) / 2 + k];
+      if (v > 0) out.push({q: r.tokens[q], k: r.tokens[k], v, e: e + 1});
+    }
+  });
+  return out.sort((a, b) => b.v - a.v).slice(0, n);
+}
+
 async function unitPage(model, dataset, index) {
   crumbs([[model, "/"], [dataset, `/u/${model}/${dataset}`], [String(index), null]]);
   const r = await api(`/api/record/${model}/${dataset}/${index}`);
@@ -138,19 +188,36 @@ async function unitPage(model, dataset, index) {
   const view = (x) => pair ? pairmap(x.tokens, x.activations, max) : heatmap(x.tokens, x.activations, max);
   const labels = ["[0, 0.5]", "[0.5, 0.9]", "[0.9, 0.99]", "[0.99, 0.999]", "[0.999, 1]"];
   const e = r.explanation;
+  const q = new URLSearchParams(location.search);
+  const latent = dataset.startsWith("sae_latents/") && !pair;
+  const steerable = latent || dataset.startsWith("mlp_neurons/");
+  const steerStrength = q.get("strength") || (max > 0 ? (2 * max).toPrecision(3) : "10");
+  const steerPrompt = q.get("prompt") || "The weather today is";
   app.innerHTML = `<div class="nav">${r.prev !== null ? `<a id="prevunit" href="/u/${model}/${dataset}/${r.prev}">◀ ${r.prev}</a>` : ""}${r.next !== null ? `<a id="nextunit" href="/u/${model}/${dataset}/${r.next}">${r.next} ▶</a>` : ""}</div>
     <h2>${esc(dataset)} · unit ${index}</h2>
-    ${e ? `<div class="expl" id="explanation">${esc(e.explanation)} <b>score ${fmt(e.score)}</b>${e.scores ? " · " + Object.entries(e.scores).map(([k, v]) => `${esc(k)} ${fmt(v)}`).join(" · ") : ""}</div>` : ""}
-    <div class="stats"><span>max activation</span><b>${fmt(max)}</b><span>density</span><b>${fmt(r.summary.density)}</b>
+    ${e ? explanationBox(e) : ""}
+    <div class="stats"><span>max activation</span><b>${fmt(max)}</b><span>density</span><b>${dataset.startsWith("attention_heads/") ? "–" : fmt(r.summary.density)}</b>
     <span>mean</span><b>${fmt(rec.mean)}</b><span>variance</span><b>${fmt(rec.variance)}</b>
     <span>skewness</span><b>${fmt(rec.skewness)}</b><span>kurtosis</span><b>${fmt(rec.kurtosis)}</b></div>
-    <h3>Activation histogram (random sample${pair ? ", token pairs" : ", tokens"})</h3><canvas id="hist" width="520" height="130"></canvas>
+    <h3>Activation histogram <small id="hist-label"></small></h3><canvas id="hist" width="520" height="130"></canvas>
+    ${pair ? `<h3>Top token pairs (query ← key)</h3><table id="toppairs"></table>` : ""}
     <div id="lens"></div>
     <h3>Live probe</h3><textarea id="probe-text">The quick brown fox jumps over the lazy dog.</textarea><br><button id="probe-run">Run</button> <span id="probe-status"></span><div id="probe-out"></div>
+    ${steerable ? `<h3>Steering</h3><p class="hint">Greedy continuation with the unit's write direction added at every position, beside the unsteered one.</p>
+    <textarea id="steer-text">${esc(steerPrompt)}</textarea><br>strength <input id="steer-strength" type="number" step="any" value="${steerStrength}" size="8"> × direction
+    <button id="steer-run">Steer</button> <span id="steer-status"></span><div id="steer-out"></div>` : ""}
+    ${latent ? `<h3>Neighbours</h3><div id="neighbours" class="lens"><div>decoder cosine<ol id="nb-decoder"><li>…</li></ol></div><div>co-active on its top excerpts<ol id="nb-coactive"><li>…</li></ol></div></div>` : ""}
     <h3>Top activations ${firesLine(r, max, pair)}</h3><div id="top"></div>
     <div id="quantiles"></div>
     <h3>Random sample</h3><div id="random"></div>`;
-  drawHistogram($("#hist"), histogram((rec.random_sample || []).flatMap(x => x.activations)));
+  // the random excerpts and the quantile buckets: a sample of every token (pair); zeros are counted, not drawn
+  const sample = [...(rec.random_sample || []), ...(rec.random_sample_by_quantile || []).flat()].flatMap(x => x.activations);
+  const nonzero = sample.filter(v => v !== 0);
+  drawHistogram($("#hist"), histogram(nonzero));
+  $("#hist").dataset.nonzero = String(nonzero.length);
+  $("#hist-label").textContent = `${nonzero.length.toLocaleString()} non-zero of ${sample.length.toLocaleString()} sampled ${pair ? "token pairs" : "tokens"} (${sample.length ? (100 * nonzero.length / sample.length).toPrecision(3) : 0} %), log counts`;
+  if (pair) $("#toppairs").innerHTML = "<tr><th>query</th><th>key</th><th>value</th><th>excerpt</th></tr>" + topPairs(rec.most_positive_activation_records || [], 10)
+    .map(p => `<tr><td><bdi>${esc(JSON.stringify(p.q))}</bdi></td><td><bdi>${esc(JSON.stringify(p.k))}</bdi></td><td>${p.v.toPrecision(3)}</td><td>${p.e}</td></tr>`).join("");
   // only excerpts where the unit fires: a sparse unit's "top" slots are padded with excerpts where it never does
   (rec.most_positive_activation_records || []).filter(x => Math.max(...x.activations) > 0)
     .forEach(x => $("#top").appendChild(view(x)));
@@ -163,9 +230,34 @@ async function unitPage(model, dataset, index) {
     b.forEach(x => $("#quantiles").appendChild(view(x)));
   });
   if (!pair) api(`/api/logit_lens/${model}/${dataset}/${index}`).then(l => {
-    const li = xs => xs.map(t => `<li>${esc(JSON.stringify(t.token))} <small>${t.logit.toFixed(2)}</small></li>`).join("");
-    $("#lens").innerHTML = `<h3>Logit lens (write direction · unembedding)</h3><div class="lens"><div>promoted<ol>${li(l.top)}</ol></div><div>suppressed<ol>${li(l.bottom)}</ol></div></div>`;
+    const li = xs => xs.map(t => `<li><bdi>${esc(JSON.stringify(t.token))}</bdi> <small>${t.logit.toPrecision(3)}</small></li>`).join("");
+    $("#lens").innerHTML = `<h3>Logit lens <small>(logits per unit of activation, norms folded in)</small></h3><div class="lens"><div>promoted<ol>${li(l.top)}</ol></div><div>suppressed<ol>${li(l.bottom)}</ol></div></div>`;
   }).catch(err => { $("#lens").innerHTML = `<p class="error">logit lens unavailable: ${esc(err.message)}</p>`; });
+  document.onkeydown = ev => {
+    if (ev.target.closest && ev.target.closest("input, textarea")) return;
+    if (ev.key === "ArrowLeft" && r.prev !== null) location.href = `/u/${model}/${dataset}/${r.prev}`;
+    if (ev.key === "ArrowRight" && r.next !== null) location.href = `/u/${model}/${dataset}/${r.next}`;
+  };
+  if (latent) api(`/api/neighbours/${model}/${dataset}/${index}`).then(nb => {
+    const li = (xs, f) => xs.length ? xs.map(x => `<li><a href="/u/${esc(model)}/${esc(dataset)}/${x.index}">${x.index}</a> <small>${f(x)}</small> ${esc(x.explanation || "")}</li>`).join("") : "<li>none</li>";
+    $("#nb-decoder").innerHTML = li(nb.decoder, x => `cos ${x.cosine.toFixed(3)}`);
+    $("#nb-coactive").innerHTML = li(nb.coactive, x => `${(100 * x.fraction).toFixed(0)} % of its tokens`);
+  }).catch(err => { $("#neighbours").innerHTML = `<p class="error">neighbours unavailable: ${esc(err.message)}</p>`; });
+  if (steerable) {
+    const run = async () => {
+      const strength = Number($("#steer-strength").value), prompt = $("#steer-text").value;
+      history.replaceState(null, "", `${location.pathname}?${new URLSearchParams({prompt, strength})}`);
+      $("#steer-status").textContent = "generating…";
+      try {
+        const o = await api("/api/steer", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({model, dataset, index, prompt, strength, tokens: 24})});
+        const line = (label, toks, id) => `<div class="steer"><b>${label}</b> <span class="prompt">${esc(o.prompt_tokens.join(""))}</span><span id="${id}">${esc(toks.join(""))}</span></div>`;
+        $("#steer-out").innerHTML = line("unsteered", o.unsteered, "steer-plain") + line(`strength ${o.strength}`, o.steered, "steer-steered");
+        $("#steer-status").textContent = `added at ${o.hookpoint} (direction norm ${o.direction_norm.toFixed(3)})`;
+      } catch (err) { $("#steer-status").innerHTML = `<span class="error">${esc(err.message)}</span>`; }
+    };
+    $("#steer-run").onclick = run;
+    if (q.get("strength")) run();
+  }
   $("#probe-run").onclick = async () => {
     $("#probe-status").textContent = "running…";
     try {

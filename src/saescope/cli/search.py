@@ -1,0 +1,48 @@
+"""`saescope search "text"`: the units that fire most on every token of a text, across all collated datasets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SearchConfig:
+    """For every token of a text, the units of every collated dataset that fire most on it (relative to their own
+    collated max), with explanations — the viewer's /search page in the terminal."""
+
+    text: str = ""
+    """The text to run through the model."""
+    root: str = "runs/default/collated"
+    """Collated data root (holds <model>/manifest.json)."""
+    collated_model: str = ""
+    """Which collated model folder (default: the first)."""
+    model: str = ""
+    """Model spec to run (default: the one recorded at collation)."""
+    per_token: int = 3
+    """Units listed per token."""
+
+
+def main(argv: list[str]) -> int:
+    from saescope.cli import parse
+    from saescope.errors import SaescopeError
+    from saescope.viewer.data import DataRoot
+    from saescope.viewer.explore import search
+    from saescope.viewer.server import ModelHub
+
+    if argv and not argv[0].startswith("-"):
+        argv = ["--text", argv[0], *argv[1:]]
+    cfg = parse(SearchConfig, argv, "saescope search")
+    if not cfg.text.strip():
+        raise SaescopeError('--text: give a text, e.g. saescope search "The Eiffel Tower is in Paris"')
+    data = DataRoot(cfg.root)
+    models = [m["model"] for m in data.manifests() if not m.get("external")]
+    if not models:
+        raise SaescopeError(f"{cfg.root}: no collated model folder (<model>/manifest.json); run `saescope run` first")
+    name = cfg.collated_model or models[0]
+    hub = ModelHub(data, cfg.model or None)
+    res = search(hub.model(name), hub.search_sources(name), cfg.text, max(1, cfg.per_token))
+    for tok, units in zip(res["tokens"], res["units"]):
+        print(f"{tok!r}")
+        for u in units:
+            print(f"    {u['relative']:5.2f}  {u['dataset']:<34} {u['index']:>6}  {u['explanation'] or ''}"[:150])
+    return 0

@@ -1,0 +1,198 @@
+"""Train SAEs straight from the model: no store; one forward per batch of contexts feeds the SAE of every hookpoint.
+
+    corpus ──contexts──▶ model forward (stops after the deepest hookpoint) ──rows──▶ one ShuffleBuffer holding every
+        hookpoint's row side by side ──batches, split by hookpoint──▶ one Trainer per hookpoint
+
+Memory is bounded by the buffer (buffer_rows + one forward's rows, of all hookpoints' widths), whatever the token
+count. A checkpoint (`<out>/online_checkpoint`, written atomically every `checkpoint_every` steps) holds every
+trainer's state, the buffer (its rows, generator and position in the drain under way) and the number of contexts
+consumed, so `--resume` continues with the same batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saescope.config import ModelConfig, resolve_device
+from saescope.corpus import CorpusConfig
+from saescope.errors import SaescopeError
+from saescope.io import write_json
+from saescope.store.iterate import ShuffleBuffer
+from saescope.train.trainer import Trainer, TrainerConfig
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "online_checkpoint"
+
+
+@dataclass
+class OnlineConfig:
+    """Train one SAE per hookpoint straight from the model (no activation store): `saescope train --online`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    hookpoints: str = ""
+    """Hookpoints or globs (resid_post.*, mlp_out.3); default the middle layer's resid_post."""
+    out: str = "runs/default/saes_online"
+    """Output folder: one SAELens-layout SAE per hookpoint (<out>/<hookpoint>/)."""
+    context_len: int = 128
+    """Tokens per context, BOS included (BOS is not trained on)."""
+    forward_contexts: int = 16
+    """Contexts per model forward."""
+    resume: bool = True
+    """Continue from <out>/online_checkpoint if present."""
+
+    def __post_init__(self) -> None:
+        if self.context_len < 2 or self.forward_contexts < 1:
+            raise SaescopeError("--context_len must be at least 2 and --forward_contexts positive")
+
+
+def activation_chunks(hm: Any, contexts: Iterator[list[int]], hookpoints: list[str], forward_contexts: int,
+                      counter: list[int]) -> Iterator[dict[str, Tensor]]:
+    """One dict {hookpoint: rows [N, width] float32, cpu} per forward of `forward_contexts` contexts (BOS and padding
+    left out, rows non-finite at any hookpoint dropped at all of them); `counter[0]` counts contexts consumed."""
+    from saescope.capture.capture import valid_mask
+
+    special = {t for t in (hm.tokenizer.bos_token_id, hm.tokenizer.pad_token_id) if t is not None}
+    device = next(hm.model.parameters()).device
+    while True:
+        batch = list(itertools.islice(contexts, forward_contexts))
+        if not batch:
+            return
+        ids = torch.tensor(batch, device=device)  # [B, T]
+        with torch.no_grad():
+            cache = hm.run_with_cache(ids, None, hookpoints)
+        mask = valid_mask(ids, special)
+        rows = {h: hm.token_rows(h, cache[h])[mask].float().cpu() for h in hookpoints}
+        finite = torch.stack([r.isfinite().all(1) for r in rows.values()]).all(0)
+        counter[0] += len(batch)
+        yield {h: r[finite] for h, r in rows.items()} if not bool(finite.all()) else rows
+
+
+def _save(out: Path, trainers: dict[str, Trainer], buffer: ShuffleBuffer, contexts: int) -> None:
+    from saescope.train.checkpoint import save_checkpoint
+
+    tensors: dict[str, Tensor] = {f"buffer/{k}": v for k, v in buffer.state_dict().items()}
+    meta: dict[str, Any] = {"contexts": contexts, "trainers": {}}
+    for h, tr in trainers.items():
+        t, m = tr.state()
+        tensors.update({f"{h}/{k}": v for k, v in t.items()})
+        meta["trainers"][h] = m
+    save_checkpoint(out / CHECKPOINT, tensors, meta)
+
+
+def _restore(out: Path, trainers: dict[str, Trainer], buffer: ShuffleBuffer) -> int:
+    """Restore every trainer and the buffer; the number of contexts already consumed (0 without a checkpoint)."""
+    from saescope.train.checkpoint import find_checkpoint, load_checkpoint
+
+    path = find_checkpoint(out / CHECKPOINT)
+    if path is None:
+        return 0
+    tensors, meta = load_checkpoint(path)
+    if set(meta["trainers"]) != set(trainers):
+        raise SaescopeError(f"{path}: made for hookpoints {', '.join(meta['trainers'])}; use another --out or "
+                            "--noresume")
+    for h, tr in trainers.items():
+        tr.load_state({k[len(h) + 1:]: v for k, v in tensors.items() if k.startswith(f"{h}/")},
+                      meta["trainers"][h], str(path))
+    buffer.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("buffer/")})
+    return int(meta["contexts"])
+
+
+def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> dict[str, Any]:
+    """Train one SAE per hookpoint from one model forward per batch of contexts; returns {hookpoint: report}."""
+    from tqdm.auto import tqdm
+
+    from saescope.capture.capture import default_hookpoint
+    from saescope.corpus import iter_contexts
+    from saescope.models.hooks import ATTENTION_KINDS
+
+    hm = hm or cfg.model.load()
+    hps = hm.select(cfg.hookpoints) if cfg.hookpoints else [default_hookpoint(hm)]
+    bad = [h for h in hps if h.split(".")[0] in ATTENTION_KINDS]
+    if bad:
+        raise SaescopeError(f"--hookpoints: {', '.join(bad)} are attention patterns/values, not SAE inputs")
+    tc = cfg.trainer
+    if tc.tokens <= 0:
+        raise SaescopeError("--tokens: online training needs a token budget (e.g. --tokens 50000000)")
+    steps = max(1, tc.tokens // tc.batch_size)
+    device = resolve_device("auto")
+    out = Path(cfg.out)
+    widths = [hm.width(h, cfg.context_len) for h in hps]
+    trainers = {}
+    for h, w in zip(hps, widths):
+        meta = {"model_name": hm.name, "hook_name": h, "context_size": cfg.context_len, "prepend_bos": True,
+                "dataset_path": cfg.data.corpus, "trained_with": "saescope (online)"}
+        trainers[h] = Trainer(tc, w, steps, metadata=meta, device=device)
+    buffer = ShuffleBuffer(tc.batch_size, tc.buffer_rows, seed=tc.seed)  # every hookpoint's row side by side
+    if cfg.resume:
+        consumed = _restore(out, trainers, buffer)
+    else:
+        consumed = 0
+        if (out / CHECKPOINT).exists():
+            import shutil
+
+            shutil.rmtree(out / CHECKPOINT)
+    step0 = step = next(iter(trainers.values())).step
+    contexts = itertools.islice(iter_contexts(hm.tokenizer, cfg.data.texts(), cfg.context_len), consumed, None)
+    counter = [consumed]  # contexts whose rows are in the buffer or already trained on
+    chunks = activation_chunks(hm, contexts, hps, cfg.forward_contexts, counter)
+
+    def batches() -> Iterator[Tensor]:
+        yield from (buffer.buf[i] for i in buffer.drain())  # a drain a checkpoint cut short
+        for chunk in chunks:
+            yield from (buffer.buf[i] for i in buffer.add(torch.cat([chunk[h] for h in hps], dim=1)))
+        yield from (buffer.buf[i] for i in buffer.finish())  # the corpus ran out before the token budget
+
+    buf_mb = (tc.buffer_rows * sum(widths) * 4) / 2**20
+    bar = tqdm(total=steps, initial=step0, unit="step", disable=not progress,
+               desc=f"train {len(hps)} SAE{'s' * (len(hps) > 1)} online (buffer {buf_mb:,.0f} MiB)")
+    log.info("online training of %d SAEs (%s, F=%d, k=%d): %d steps x %d tokens, one forward per %d contexts",
+             len(hps), tc.arch, tc.width, tc.k, steps, tc.batch_size, cfg.forward_contexts)
+    t0 = time.perf_counter()
+    for b in batches():
+        if step >= steps:
+            break
+        for (h, tr), x in zip(trainers.items(), b.split(widths, dim=1)):
+            if not tr.initialised:
+                tr._initialise(x.to(tr.device))
+            st = tr.train_step(x)
+            if not math.isfinite(st["loss"]):
+                raise SaescopeError(f"{h} step {tr.step}: loss is {st['loss']}; lower --lr or check the inputs")
+            if tr.step % 10 == 0 or tr.step == steps:
+                st["tokens_per_s"] = (tr.step - step0) * tc.batch_size / max(time.perf_counter() - t0, 1e-9)
+                tr.history.append({"step": tr.step, **st})
+        step += 1
+        bar.update(1)
+        if step % 10 == 0:
+            tps = (step - step0) * tc.batch_size / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(contexts=f"{counter[0]:,}", tok_s=f"{tps:,.0f}")
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < steps:
+            _save(out, trainers, buffer, counter[0])
+    bar.close()
+    if step < steps:
+        log.warning("the corpus ran out after %d of %d steps", step, steps)
+    elapsed = time.perf_counter() - t0
+    reports = {}
+    for h, tr in trainers.items():
+        sae = tr.finalize()
+        d = out / h.replace(".", "_")
+        sae.cpu().save(d)
+        last = tr.history[-1] if tr.history else {}
+        reports[h] = {"hookpoint": h, "steps": tr.step, "tokens": tr.tokens, "fvu": last.get("fvu"),
+                      "l0": last.get("l0"), "dead": last.get("dead"),
+                      "train_tokens_per_s": (step - step0) * tc.batch_size / max(elapsed, 1e-9),
+                      "contexts": counter[0], "config": asdict(cfg)}
+        write_json(d / "metrics.json", reports[h])
+        write_json(d / "train_history.json", tr.history)
+    return reports

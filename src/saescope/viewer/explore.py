@@ -1,0 +1,149 @@
+"""What the viewer computes with the model: steering, neighbours and search by inference. Pure functions of a
+HookedModel, SAEs and collated summaries (the server only routes requests here; `saescope search` prints them).
+
+- `steer`: greedy continuation with a unit's write direction added at its hookpoint, beside the unsteered one.
+- `decoder_neighbours`, `coactive`: nearest latents by decoder cosine; latents that fire on the tokens where a latent
+  fires, over its top excerpts.
+- `search`: for every token of a text, the units of every collated dataset that fire most on it, each normalised by
+  the unit's own max activation over the collated tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saescope.models import HookedModel
+
+
+@dataclass
+class SteerTarget:
+    """Where and what to add: `strength · direction` at `hookpoint`, at every position."""
+
+    hookpoint: str
+    direction: Tensor  # [width of the hookpoint]
+
+
+def steer_target(unit_type: str, layer: int, index: int, hm: HookedModel, sae: Any = None,
+                 hookpoint: str = "") -> SteerTarget:
+    """The unit's write direction: an SAE latent's decoder row at the SAE's hookpoint, an MLP neuron's unit vector
+    at `mlp_post_act` (so the MLP writes its output row). Attention heads have no single direction."""
+    if unit_type == "sae_latents":
+        if not 0 <= index < sae.cfg.d_sae:
+            raise IndexError(f"latent {index}")
+        return SteerTarget(hookpoint, sae.W_dec[index].detach().float())
+    if unit_type == "mlp_neurons":
+        if not 0 <= index < hm.d_mlp:
+            raise IndexError(f"neuron {index}")
+        d = torch.zeros(hm.d_mlp)
+        d[index] = 1.0
+        return SteerTarget(f"mlp_post_act.{layer}", d)
+    raise ValueError("attention heads have no single write direction to steer with")
+
+
+@torch.no_grad()
+def steer(hm: HookedModel, target: SteerTarget, prompt: str, strength: float, n_tokens: int = 24) -> dict[str, Any]:
+    """Greedy continuations of `prompt`, unsteered and with `strength · direction` added at the target's hookpoint
+    at every position (the prompt's and the generated ones')."""
+    ids = hm.tokenizer(prompt, add_special_tokens=False)["input_ids"][:256]
+    bos = hm.tokenizer.bos_token_id
+    x = torch.tensor([([bos] if bos is not None else []) + ids], device=next(hm.model.parameters()).device)
+    pad = hm.tokenizer.pad_token_id if hm.tokenizer.pad_token_id is not None else hm.tokenizer.eos_token_id
+
+    def greedy() -> list[int]:
+        out = hm.model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n_tokens,
+                                do_sample=False, pad_token_id=pad)
+        return out[0, x.shape[1]:].tolist()
+    plain = greedy()
+    d = target.direction.to(x.device)
+    with hm.patch(target.hookpoint, lambda a: a + (strength * d).to(a.dtype)):
+        steered = greedy()
+    return {"prompt_tokens": hm.token_strings(ids), "unsteered": hm.token_strings(plain),
+            "steered": hm.token_strings(steered), "hookpoint": target.hookpoint, "strength": strength,
+            "direction_norm": float(target.direction.norm())}
+
+
+@torch.no_grad()
+def decoder_neighbours(sae: Any, index: int, k: int = 10) -> list[tuple[int, float]]:
+    """The k latents whose decoder rows are closest in cosine to latent `index`'s (itself excluded)."""
+    W = torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=-1)  # [F, d]
+    sim = W @ W[index]
+    sim[index] = -2.0
+    top = sim.topk(min(k, W.shape[0] - 1))
+    return [(int(i), float(v)) for i, v in zip(top.indices, top.values)]
+
+
+@torch.no_grad()
+def coactive(hm: HookedModel, sae: Any, hookpoint: str, index: int, excerpts: list[list[int]],
+             k: int = 10) -> list[tuple[int, float]]:
+    """Latents firing where latent `index` fires, over the given excerpts (token ids, no BOS): for each other latent,
+    the fraction of those tokens on which it fires too."""
+    from saescope.collate.units import sae_group
+
+    bos = hm.tokenizer.bos_token_id
+    group = sae_group(sae, hookpoint, "")
+    counts = torch.zeros(sae.cfg.d_sae)
+    n = 0
+    dev = next(hm.model.parameters()).device
+    for ids in excerpts:
+        x = torch.tensor([([bos] if bos is not None else []) + ids], device=dev)
+        f = group.extract(hm.run_with_cache(x, None, group.hookpoints))  # [F, 1, T(+1)]
+        f = f[:, 0, -len(ids):].float().cpu()  # [F, T]
+        on = f[index] > 0
+        if on.any():
+            counts += (f[:, on] > 0).float().sum(1)
+            n += int(on.sum())
+    if n == 0:
+        return []
+    counts[index] = -1.0
+    top = (counts / n).topk(min(k, sae.cfg.d_sae - 1))
+    return [(int(i), float(v)) for i, v in zip(top.indices, top.values) if v > 0]
+
+
+@dataclass
+class SearchSource:
+    """One collated dataset searched by inference: its units' extractor and their max activations (collated)."""
+
+    path: str
+    group: Any  # collate.units.UnitGroup
+    max_act: Tensor  # [n_units]; 0 for dead units (never reported)
+    explanations: dict[int, str]
+
+
+@torch.no_grad()
+def search(hm: HookedModel, sources: list[SearchSource], text: str, per_token: int = 5,
+           max_tokens: int = 128) -> dict[str, Any]:
+    """For every token of `text`: the `per_token` units (over all sources) with the highest activation relative to
+    their own collated max. Heads by token pair are scored by the largest pair they write with the token as query."""
+    ids = hm.tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    if not ids:
+        return {"tokens": [], "units": []}
+    bos = hm.tokenizer.bos_token_id
+    dev = next(hm.model.parameters()).device
+    x = torch.tensor([([bos] if bos is not None else []) + ids], device=dev)
+    hps = sorted({h for s in sources for h in s.group.hookpoints})
+    cache = hm.run_with_cache(x, None, hps)
+    T = len(ids)
+    cands: list[list[tuple[float, float, str, int]]] = [[] for _ in range(T)]
+    for s in sources:
+        acts = s.group.extract(cache).float().cpu()[:, 0]  # [U, T] or [U, T(T+1)/2] (BOS dropped)
+        if s.group.by_token_pair:
+            rows = [acts[:, t * (t + 1) // 2:(t + 1) * (t + 2) // 2].amax(1) for t in range(T)]
+            acts = torch.stack(rows, 1)  # [U, T]: the unit's largest pair with t as the query
+        acts = acts[:, -T:]
+        rel = torch.where(s.max_act[:, None] > 0, acts / s.max_act.clamp_min(1e-12)[:, None], torch.zeros_like(acts))
+        top = rel.topk(min(per_token, rel.shape[0]), dim=0)  # [k, T]
+        for t in range(T):
+            for v, u in zip(top.values[:, t].tolist(), top.indices[:, t].tolist()):
+                if v > 0:
+                    cands[t].append((v, float(acts[u, t]), s.path, u))
+    out = []
+    for t in range(T):
+        best = sorted(cands[t], reverse=True)[:per_token]
+        out.append([{"dataset": p, "index": u, "relative": round(v, 4), "activation": round(a, 5),
+                     "explanation": next((s.explanations.get(u) for s in sources if s.path == p), None)}
+                    for v, a, p, u in best])
+    return {"tokens": hm.token_strings(ids), "units": out}

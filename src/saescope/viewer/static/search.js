@@ -1,0 +1,49 @@
+"use strict";
+const $ = s => document.querySelector(s);
+const esc = s => String(s).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+let result = null;
+
+async function api(path, opts) {
+  const r = await fetch(path, opts);
+  const body = await r.json().catch(() => ({detail: r.statusText}));
+  if (!r.ok) throw new Error(body.detail || r.statusText);
+  return body;
+}
+
+function show(t) {
+  document.querySelectorAll("#tokens .tok").forEach((el, i) => el.classList.toggle("sel", i === t));
+  const units = result.units[t];
+  const model = $("#model").value;
+  $("#detail").innerHTML = `<h3>${esc(JSON.stringify(result.tokens[t]))}: ${units.length ? "units that fire most" : "no unit fires"}</h3>` +
+    (units.length ? `<table id="hits"><tr><th>dataset</th><th>unit</th><th>relative</th><th>activation</th><th>explanation</th></tr>` +
+      units.map(u => `<tr><td>${esc(u.dataset)}</td><td><a href="/u/${esc(model)}/${esc(u.dataset)}/${u.index}">${u.index}</a></td><td>${u.relative.toFixed(3)}</td><td>${u.activation.toPrecision(3)}</td><td>${esc(u.explanation || "")}</td></tr>`).join("") + "</table>" : "");
+}
+
+async function run(ev) {
+  if (ev) ev.preventDefault();
+  const text = $("#text").value, model = $("#model").value;
+  history.replaceState(null, "", `/search?${new URLSearchParams({model, text})}`);
+  $("#status").textContent = "running…";
+  try {
+    result = await api("/api/search", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({model, text})});
+    $("#tokens").innerHTML = result.tokens.map((tok, i) => {
+      const best = result.units[i].length ? result.units[i][0].relative : 0;
+      return `<span class="tok" data-i="${i}" style="background: rgba(37, 99, 235, ${Math.min(best, 1).toFixed(2)})">${esc(tok)}</span>`;
+    }).join("");
+    document.querySelectorAll("#tokens .tok").forEach(el => el.onclick = () => show(Number(el.dataset.i)));
+    const strongest = result.units.map((u, i) => [u.length ? u[0].relative : 0, i]).sort((a, b) => b[0] - a[0])[0];
+    if (strongest) show(strongest[1]);
+    $("#status").textContent = `${result.tokens.length} tokens; click one`;
+  } catch (err) { $("#status").innerHTML = `<span class="error">${esc(err.message)}</span>`; }
+}
+
+(async () => {
+  const ds = await api("/api/datasets");
+  const models = [...new Set(ds.filter(d => !d.remote).map(d => d.model))];
+  $("#model").innerHTML = models.map(m => `<option>${esc(m)}</option>`).join("");
+  const q = new URLSearchParams(location.search);
+  if (q.get("model")) $("#model").value = q.get("model");
+  if (q.get("text")) $("#text").value = q.get("text");
+  $("#form").onsubmit = run;
+  if (q.get("text")) run();
+})();
