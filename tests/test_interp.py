@@ -240,3 +240,27 @@ def test_interp_of_several_datasets_in_processes_equals_one_process(tiny_gpt2, t
         pa = tmp_path / "a" / tiny_gpt2.name / "explanations" / a["dataset"] / "scores.json"
         pb = tmp_path / "b" / tiny_gpt2.name / "explanations" / b["dataset"] / "scores.json"
         assert json.loads(pa.read_text())["units"] == json.loads(pb.read_text())["units"]
+
+
+def test_record_dict_fast_path_equals_the_full_reader(tmp_path):
+    """Canonical files are read with plain json (and a numpy collapse of token pairs); the result equals the
+    dataclass reader's, and older files still go through it."""
+    import json
+
+    from saescope.records import (ActivationRecord, NeuronId, NeuronRecord, read_record, read_record_dict,
+                                  record_dict, write_record)
+
+    toks = ["a", "b", "c", "d"]
+    pair = [float(v) for v in range(10)]  # T = 4: 10 pairs, row maxima 0, 2, 5, 9
+    rec = NeuronRecord(NeuronId(3, 2), [ActivationRecord([0.0] * 10, toks)], [[ActivationRecord(pair, toks)]] * 5,
+                       [1.0, 2.0, 3.0, 4.0], 0.5, float("nan"), 0.0, 1.0, [ActivationRecord(pair[::-1], toks)])
+    path = write_record(tmp_path, rec)
+    fast, full = read_record_dict(path), record_dict(read_record(path))
+    assert fast["most_positive_activation_records"][0]["activations"] == [9.0, 8.0, 6.0, 3.0]
+    assert fast["random_sample_by_quantile"][0][0]["activations"] == [0.0, 2.0, 5.0, 9.0]
+    norm = lambda d: json.dumps({k: v for k, v in d.items() if k != "dataclass_name"}, sort_keys=True, default=str)  # noqa: E731
+    assert norm(fast) == norm({**full, "variance": None})  # the file holds null where the reader has NaN
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps({"neuron_id": {"idx": 1, "layer": "2"}, "random_sample": [],
+                                  "most_positive_activation_records": [{"tokens": ["x"], "activations": [1.0]}]}))
+    assert read_record_dict(legacy)["neuron_id"]["layer_index"] == 2

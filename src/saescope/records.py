@@ -244,7 +244,35 @@ def read_record_dict(path: str | Path) -> dict[str, Any]:
     Excerpts of by-token-pair records (T tokens, T(T+1)/2 activations) are collapsed to one activation per token,
     the largest over the token's pairs as query (`token_activations`), so explainers and simulators, which read
     one value per token, see where the unit acts; other records are returned as they are."""
-    return record_dict(read_record(path))
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        d = None
+    if not _is_canonical(d):  # older or foreign files (legacy names, no dataclass_name): the full reader
+        return record_dict(read_record(path))
+    return _collapsed(d)
+
+
+def _is_canonical(d: Any) -> bool:
+    """A record as saescope and current TDB write it: every object named, the fields the readers use present."""
+    if not isinstance(d, dict) or d.get("dataclass_name") != "NeuronRecord":
+        return False
+    nid = d.get("neuron_id")
+    if not isinstance(nid, dict) or not isinstance(nid.get("neuron_index"), int) or not isinstance(nid.get("layer_index"), int):
+        return False
+    groups = [d.get("most_positive_activation_records"), d.get("random_sample"),
+              *(d.get("random_sample_by_quantile") or [])]
+    return all(isinstance(g, list) and all(isinstance(r, dict) and r.get("dataclass_name") == "ActivationRecord"
+                                           and isinstance(r.get("activations"), list) and isinstance(r.get("tokens"), list)
+                                           for r in g) for g in groups)
+
+
+def _collapsed(d: dict[str, Any]) -> dict[str, Any]:
+    for key in ("most_positive_activation_records", "random_sample"):
+        d[key] = [_per_token(r) for r in d[key]]
+    d["random_sample_by_quantile"] = [[_per_token(r) for r in b] for b in d.get("random_sample_by_quantile") or []]
+    return d
 
 
 def record_dict(record: NeuronRecord) -> dict[str, Any]:
@@ -262,7 +290,8 @@ def token_activations(tokens: list[str], activations: list[float]) -> list[float
     T = len(tokens)
     if len(activations) == T or len(activations) != T * (T + 1) // 2:
         return activations
-    return [max(activations[i * (i + 1) // 2: (i + 1) * (i + 2) // 2]) for i in range(T)]
+    starts = np.arange(T) * (np.arange(T) + 1) // 2  # row i of the lower triangle starts at i(i+1)/2
+    return np.maximum.reduceat(np.asarray(activations, dtype=np.float64), starts).tolist()
 
 
 def _per_token(r: dict[str, Any]) -> dict[str, Any]:
