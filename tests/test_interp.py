@@ -264,3 +264,32 @@ def test_record_dict_fast_path_equals_the_full_reader(tmp_path):
     legacy.write_text(json.dumps({"neuron_id": {"idx": 1, "layer": "2"}, "random_sample": [],
                                   "most_positive_activation_records": [{"tokens": ["x"], "activations": [1.0]}]}))
     assert read_record_dict(legacy)["neuron_id"]["layer_index"] == 2
+
+
+def test_one_pass_explain_and_score_equals_explaining_everything_first(tiny_gpt2, text_corpus, tmp_path):
+    """A fresh offline run reads each record once (unit p scored once unit p+1's explanation, its null, is known):
+    the same explanations, scores, nulls and JSONL files as the two-phase path (explain all, then score all)."""
+    import shutil
+
+    from saescope.collate.collator import SlotSizes
+    from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
+    from saescope.corpus import CorpusConfig
+    from saescope.interp.pipeline import InterpConfig, InterpOptions, run_interp
+
+    m = collate(CollateConfig(out=str(tmp_path / "a"), data=CorpusConfig(str(text_corpus)), layers="1",
+                              collate=CollateOptions(units="mlp", excerpt_len=8, max_tokens=8 * 40,
+                                                     sizes=SlotSizes(top_k=20, n_random=15, pool=24))), tiny_gpt2)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    ds = m["datasets"][0]["path"]
+    cfg = lambda name: InterpConfig(root=str(tmp_path / name / tiny_gpt2.name), dataset=ds,  # noqa: E731
+                                    interp=InterpOptions(max_units=9))
+    one = run_interp(cfg("a"))  # fresh: the one-pass path
+    run_interp(cfg("b"), do_score=False)  # two phases
+    two = run_interp(cfg("b"), do_explain=False)
+    assert {k: v for k, v in one.items() if k != "out"} == {k: v for k, v in two.items() if k != "out"}
+    ea, eb = (tmp_path / n / tiny_gpt2.name / "explanations" / ds for n in "ab")
+    assert json.loads((ea / "scores.json").read_text())["units"] == json.loads((eb / "scores.json").read_text())["units"]
+    assert all(s["scores"]["null"] is not None for s in json.loads((ea / "scores.json").read_text())["units"].values())
+    assert sorted(p.name for p in ea.glob("*.jsonl")) == sorted(p.name for p in eb.glob("*.jsonl"))
+    for p in ea.glob("*.jsonl"):
+        assert p.read_text() == (eb / p.name).read_text()

@@ -102,7 +102,7 @@ def test_registry_dataset_through_the_viewer_then_offline(mirror):
     ds = client.get("/api/datasets").json()
     assert [d["path"] for d in ds] == [f"mlp_neurons/{layer}" for layer in range(12)]
     units = client.get("/api/units/gpt2-small/mlp_neurons/0?limit=5").json()
-    assert units["total"] == 3084 and units["units"][0] == {"index": 0, "explanation": None, "score": None}
+    assert units["total"] == 3084 and units["units"][0] == {"index": 0, "explanation": None, "score": None, "constant": False}
     assert mirror.requests == []  # nothing fetched before a unit page asks
     r = client.get("/api/record/gpt2-small/mlp_neurons/0/1").json()
     assert r["record"]["neuron_id"] == {"dataclass_name": "NeuronId", "neuron_index": 1, "layer_index": 0}
@@ -123,6 +123,41 @@ def test_registry_dataset_through_the_viewer_then_offline(mirror):
     assert len(mirror.requests) == n
     offline = again.get("/api/record/gpt2-small/mlp_neurons/0/3")  # never fetched: one clear line
     assert offline.status_code == 422 and "cannot fetch" in offline.json()["detail"]
+
+
+def test_every_registry_name_opens_against_a_mirror(tmp_path, monkeypatch):
+    """Each of the seed's datasets, by name: its URLs (the seed's first, TDB's path second) in a loopback mirror, the
+    viewer lists its layers with the seed's unit counts and serves a record of its last layer."""
+    from fastapi.testclient import TestClient
+
+    from saescope.sources import BLOB, PUBLIC, open_root
+    from saescope.viewer.server import create_app
+
+    blob = tmp_path / "blob"
+    for i, d in enumerate(PUBLIC.values()):
+        template = d.templates[i % len(d.templates)]  # some at the seed's URL, some at TDB's
+        rel = template[len(BLOB) + 1:].format(layer=d.layers - 1, index=7)
+        rec = dumps(record(d.layers - 1, 7, pair=d.by_token_pair))
+        if rel.endswith(".pt"):
+            buf = io.BytesIO()
+            torch.save(json.loads(rec), buf)
+            write(blob / rel, buf.getvalue())
+        else:
+            write(blob / rel, rec)
+    m = Mirror(blob)
+    monkeypatch.setenv("SAESCOPE_PUBLIC_MIRROR", m.url)
+    monkeypatch.setenv("SAESCOPE_CACHE", str(tmp_path / "cache"))
+    try:
+        for d in PUBLIC.values():
+            client = TestClient(create_app(open_root(d.name)))
+            rows = [x for x in client.get("/api/datasets").json() if x["source"] == d.name]
+            assert len(rows) == d.layers and {x["units"] for x in rows} == {d.units}, d.name
+            path = rows[-1]["path"]
+            r = client.get(f"/api/record/{d.model}/{path}/7")
+            assert r.status_code == 200, (d.name, r.text)
+            assert r.json()["by_token_pair"] == d.by_token_pair and r.json()["record"]["neuron_id"]["neuron_index"] == 7
+    finally:
+        m.stop()
 
 
 def test_corrupted_cache_is_fetched_again(mirror):

@@ -363,3 +363,33 @@ def test_attention_rows_of_a_store_are_refused_as_sae_input(tiny_gpt2, text_corp
                                  capture=CaptureOptions(context_len=9, max_tokens=200)), tiny_gpt2)
     with pytest.raises(SaescopeError, match=r"attn_pattern.1: attention patterns .* pick one of attn_out.1$"):
         train_from_store(TrainConfig(store=str(tmp_path / "s"), hookpoint="attn_pattern.1", out=str(tmp_path / "o")))
+
+
+def test_release_file_pages_keeps_the_weights_and_frees_the_mapping(tiny_dir):
+    """After the advice the model computes the same logits (pages come back from the file); the file mapping's
+    resident size drops where the weights are memory-mapped."""
+    from saescope.models import load_model
+    from saescope.train.speed import release_file_pages
+
+    hm = load_model(str(tiny_dir))
+    ids = torch.tensor([[hm.tokenizer.bos_token_id, 5, 6, 7, 8]])
+    with torch.no_grad():
+        before = hm.model(input_ids=ids).logits
+
+    def mapped_rss_kb() -> int:
+        total, on = 0, False
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                if "-" in line.split(" ")[0]:
+                    on = line.rstrip().endswith("model.safetensors") and str(tiny_dir) in line
+                elif on and line.startswith("Rss:"):
+                    total += int(line.split()[1])
+        return total
+    resident = mapped_rss_kb()
+    advised = release_file_pages(hm.model)
+    released = mapped_rss_kb()
+    with torch.no_grad():
+        after = hm.model(input_ids=ids).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    if advised:  # the weights are memory-mapped here: the resident pages were given back
+        assert released < resident

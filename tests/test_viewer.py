@@ -251,6 +251,7 @@ def test_browser_end_to_end(collated_root, tmp_path):
             page.click("#units td a >> nth=0")
             page.wait_for_selector("#top .seq .tok")
             assert page.locator("#top .seq").count() == 20
+            assert page.locator("#top .excerpt .emax").count() == 20  # each top excerpt labelled with its own max
             assert page.locator("#random .seq").count() == 15
             styled = page.eval_on_selector_all("#top .seq .tok", "els => els.filter(e => e.style.background).length")
             assert styled > 0
@@ -302,10 +303,15 @@ def test_browser_end_to_end(collated_root, tmp_path):
             q, k = map(int, page.get_attribute("#top .seq.pairs >> nth=0", "data-top-pair").split(","))
             assert 0 <= k <= q  # the excerpt's top pair is marked: a query and a key at or before it
             assert page.locator("#toppairs tr").count() == 11  # header + the 10 largest query ← key pairs
+            page.click("#top .seq.pairs .matrix-btn >> nth=0")  # the pattern as a matrix, on demand
+            assert int(page.get_attribute("#top canvas.matrix", "data-cells")) == 36
             vals = [float(v) for v in page.eval_on_selector_all("#toppairs td:nth-child(3)", "els => els.map(e => e.textContent)")]
             assert vals == sorted(vals, reverse=True)
             page.goto(f"http://127.0.0.1:{port}/u/{model}/mlp_neurons/1/99999")
             page.wait_for_selector("#error")
+            page.goto(f"http://127.0.0.1:{port}/u/{model}/mlp_neurons/1/abc")  # a readable error, not [object Object]
+            page.wait_for_selector("#error")
+            assert "not a unit number" in page.inner_text("#error")
             # the Debug page: enter a prompt, rank nodes, ablate the top node, see the behaviour move
             page.goto(f"http://127.0.0.1:{port}/debug")
             page.fill("#prompt", "the cat sat on the mat and the")

@@ -149,6 +149,13 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
         done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} (FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, "
                      f"CE recovered {ev.get('ce_loss_recovered', float('nan')):.3f})", sae.path))
 
+    # the model's forward passes are over when collation reads the store: drop its memory-mapped weight pages
+    # (clean, re-read on the next touch), which otherwise stay resident through collation, the run's peak
+    if cfg.capture.context_len == cfg.collate.excerpt_len + 1:
+        from saescope.train.speed import release_file_pages
+
+        log.info("released %.0f MB of memory-mapped model weights", release_file_pages(hm.model) / 1e6)
+
     # 4. collated records: MLP neurons, heads (by token pair), every SAE's latents (attention SAEs also by pair)
     from saescope.collate.run_collate import CollateConfig, collate
 

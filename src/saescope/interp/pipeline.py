@@ -187,6 +187,54 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
     expl_path = out / "explanations.json"
     expl: dict[str, Any] = {} if cfg.overwrite or not expl_path.exists() else read_json(expl_path)["units"]
     workers = max(1, opt.concurrency if explainer.is_llm else 1)
+    scores_path = out / "scores.json"
+    scores: dict[str, Any] = {} if cfg.overwrite or not scores_path.exists() else read_json(scores_path)["units"]
+
+    def score_with(i: int, rec: dict[str, Any], text: str, null_text: str | None) -> dict[str, Any]:
+        """Score unit i's explanation (and another unit's, the null floor); writes its NeuronSimulationResults."""
+        try:
+            result, s = score_unit(simulator, rec, text)
+        except BackendError as e:
+            return {"explanation": text, "score": None, "failure": str(e)}
+        if opt.null_baseline and null_text is not None:
+            try:
+                s["null"] = score_unit(simulator, rec, null_text)[1]["top_and_random"]
+            except BackendError:
+                s["null"] = None
+        import json
+
+        from saescope.io import atomic_path
+
+        with atomic_path(out / f"{i}.jsonl") as tmp:
+            tmp.write_text(json.dumps(to_dict(result), ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+        return {"explanation": text, "score": s["top_and_random"], "scores": s, "failure": None}
+
+    if do_explain and do_score and workers == 1 and not expl and not scores:
+        # one pass, each record read once: unit p is scored when unit p+1's explanation (its null) is known; the
+        # same scores as explaining everything first (the null of the last unit is the first one's explanation)
+        pending: tuple[int, dict[str, Any]] | None = None
+        first: str | None = None
+        for n, i in enumerate(tqdm(live, desc=f"explain + score {ds}", unit="unit")):
+            rec = _read(manifest_dir, ds, i, entry)
+            try:
+                expl[str(i)] = {"explanation": explain_unit(explainer, rec, opt.prompt_style)}
+            except BackendError as e:
+                expl[str(i)] = {"explanation": None, "failure": str(e)}
+                continue
+            text = expl[str(i)]["explanation"]
+            first = first if first is not None else text
+            if pending is not None:
+                scores[str(pending[0])] = score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"], text)
+            pending = (i, rec)
+            if n % 200 == 199:
+                write_json(expl_path, {"explainer": opt.explainer, "units": expl})
+                write_json(scores_path, {"units": scores})
+        if pending is not None:
+            only_one = sum(1 for v in expl.values() if v.get("explanation")) < 2
+            scores[str(pending[0])] = score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
+                                                 None if only_one else first)
+        write_json(expl_path, {"explainer": opt.explainer, "units": expl})
+        do_explain = False
     if do_explain:
         todo = [i for i in live if str(i) not in expl or expl[str(i)].get("failure")]
 
@@ -203,33 +251,13 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
         write_json(expl_path, {"explainer": opt.explainer, "units": expl})
     if not do_score:
         return {"out": str(out), "explained": sum(1 for v in expl.values() if v.get("explanation"))}
-    scores_path = out / "scores.json"
-    scores: dict[str, Any] = {} if cfg.overwrite or not scores_path.exists() else read_json(scores_path)["units"]
     ok = [i for i in live if (expl.get(str(i)) or {}).get("explanation")]
     todo = [i for i in ok if str(i) not in scores]
 
     def score_one(pos_i: tuple[int, int]) -> tuple[int, dict[str, Any]]:
         pos, i = pos_i
-        rec = _read(manifest_dir, ds, i, entry)
-        text = expl[str(i)]["explanation"]
-        try:
-            result, s = score_unit(simulator, rec, text)
-        except BackendError as e:
-            return i, {"explanation": text, "score": None, "failure": str(e)}
-        if opt.null_baseline and len(ok) > 1:
-            other = expl[str(ok[(pos + 1) % len(ok)])]["explanation"]  # another unit's explanation: the floor
-            try:
-                s["null"] = score_unit(simulator, rec, other)[1]["top_and_random"]
-            except BackendError:
-                s["null"] = None
-        path = out / f"{i}.jsonl"
-        from saescope.io import atomic_path
-
-        with atomic_path(path) as tmp:
-            import json
-
-            tmp.write_text(json.dumps(to_dict(result), ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-        return i, {"explanation": text, "score": s["top_and_random"], "scores": s, "failure": None}
+        other = expl[str(ok[(pos + 1) % len(ok)])]["explanation"] if len(ok) > 1 else None  # the null floor
+        return i, score_with(i, _read(manifest_dir, ds, i, entry), expl[str(i)]["explanation"], other)
     with ThreadPoolExecutor(workers) as pool:
         pairs = [(ok.index(i), i) for i in todo]
         for n, (i, res) in enumerate(tqdm(pool.map(score_one, pairs), total=len(pairs), desc=f"score {ds}", unit="unit")):

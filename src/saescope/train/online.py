@@ -126,7 +126,7 @@ def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> di
     if tc.tokens <= 0:
         raise SaescopeError("--tokens: online training needs a token budget (e.g. --tokens 50000000)")
     steps = max(1, tc.tokens // tc.batch_size)
-    device = resolve_device("auto")
+    device = resolve_device(cfg.model.device)
     out = Path(cfg.out)
     widths = [hm.width(h, cfg.context_len) for h in hps]
     trainers = {}

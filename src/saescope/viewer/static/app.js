@@ -8,7 +8,10 @@ const fmt = v => (v === null || v === undefined) ? "–" : (typeof v === "number
 async function api(path, opts) {
   const r = await fetch(path, opts);
   const body = await r.json().catch(() => ({detail: r.statusText}));
-  if (!r.ok) throw new Error(body.detail || r.statusText);
+  if (!r.ok) {  // FastAPI's validation errors are lists of objects: say which field and why
+    const d = body.detail;
+    throw new Error(typeof d === "string" ? d : Array.isArray(d) ? d.map(e => `${(e.loc || []).slice(-1)[0]}: ${e.msg}`).join("; ") : r.statusText);
+  }
   return body;
 }
 
@@ -43,10 +46,13 @@ function pairmap(tokens, flat, max) {
   const maxOut = tokens.map((_, j) => Math.max(...Array.from({length: T - j}, (_, d) => at(j + d, j))));
   const div = heatmap(tokens, maxIn.map((v, i) => Math.max(v, maxOut[i])), max);
   const spans = [...div.children];
-  const paint = f => spans.forEach((s, k) => { const x = max > 0 ? Math.max(0, Math.min(1, f(k) / max)) : 0; s.style.background = `rgba(46,134,222,${x.toFixed(3)})`; });
   const reset = () => spans.forEach((s, k) => { const v = Math.max(maxIn[k], maxOut[k]); const x = max > 0 ? Math.min(1, v / max) : 0; s.style.background = `rgba(46,134,222,${x.toFixed(3)})`; });
+  const paintQK = i => spans.forEach((s, k) => {  // keys token i reads (blue), queries reading token i (green)
+    const v = k <= i ? at(i, k) : at(k, i), x = max > 0 ? Math.max(0, Math.min(1, v / max)) : 0;
+    s.style.background = k <= i ? `rgba(46,134,222,${x.toFixed(3)})` : `rgba(22,163,74,${x.toFixed(3)})`;
+  });
   spans.forEach((s, i) => {
-    s.addEventListener("mouseenter", () => paint(k => k <= i ? at(i, k) : at(k, i)));
+    s.addEventListener("mouseenter", () => paintQK(i));
     s.addEventListener("mouseleave", reset);
     s.addEventListener("mousemove", ev => showTip(ev, `${JSON.stringify(tokens[i])}  max in ${maxIn[i].toFixed(4)}  max out ${maxOut[i].toFixed(4)}`));
   });
@@ -64,7 +70,41 @@ function pairmap(tokens, flat, max) {
     div.dataset.topPair = `${qi},${kj}`;
   }
   div.classList.add("pairs");
+  const btn = document.createElement("button");  // the pattern as a query × key matrix, on demand
+  btn.className = "matrix-btn"; btn.textContent = "matrix";
+  btn.onclick = ev => { ev.stopPropagation(); const old = div.querySelector("canvas.matrix"); if (old) { old.remove(); return; } div.appendChild(matrix(tokens, flat, max)); };
+  div.appendChild(btn);
   return div;
+}
+
+function matrix(tokens, flat, max) {
+  const T = tokens.length, cell = Math.max(3, Math.min(10, Math.floor(480 / T)));
+  const c = document.createElement("canvas");
+  c.className = "matrix"; c.width = c.height = T * cell; c.title = "rows: query, columns: key";
+  const ctx = c.getContext("2d");
+  for (let i = 0; i < T; i++) for (let j = 0; j <= i; j++) {
+    const v = flat[i * (i + 1) / 2 + j] ?? 0, x = max > 0 ? Math.max(0, Math.min(1, v / max)) : 0;
+    ctx.fillStyle = `rgba(46,134,222,${x.toFixed(3)})`; ctx.fillRect(j * cell, i * cell, cell, cell);
+  }
+  c.dataset.cells = String(T * (T + 1) / 2);
+  return c;
+}
+
+// A top excerpt labelled with its own max, shown as a window centred on that max (click "…" for all of it).
+function centred(x, max, before = 20, after = 12) {
+  const acts = x.activations, T = acts.length;
+  let m = 0;
+  acts.forEach((a, i) => { if (a > acts[m]) m = i; });
+  const lo = Math.max(0, m - before), hi = Math.min(T, m + after + 1);
+  const wrap = document.createElement("div");
+  wrap.className = "excerpt";
+  const label = document.createElement("small");
+  label.className = "emax"; label.textContent = `max ${acts[m].toPrecision(3)}`;
+  const full = heatmap(x.tokens, acts, max), part = heatmap(x.tokens.slice(lo, hi), acts.slice(lo, hi), max);
+  if (lo > 0) part.prepend(Object.assign(document.createElement("a"), {textContent: "… ", className: "more", onclick: () => part.replaceWith(full)}));
+  if (hi < T) part.append(Object.assign(document.createElement("a"), {textContent: " …", className: "more", onclick: () => part.replaceWith(full)}));
+  wrap.append(label, lo > 0 || hi < T ? part : full);
+  return wrap;
 }
 
 function histogram(values, bins = 30) {
@@ -220,7 +260,7 @@ async function unitPage(model, dataset, index) {
     .map(p => `<tr><td><bdi>${esc(JSON.stringify(p.q))}</bdi></td><td><bdi>${esc(JSON.stringify(p.k))}</bdi></td><td>${p.v.toPrecision(3)}</td><td>${p.e}</td></tr>`).join("");
   // only excerpts where the unit fires: a sparse unit's "top" slots are padded with excerpts where it never does
   (rec.most_positive_activation_records || []).filter(x => Math.max(...x.activations) > 0)
-    .forEach(x => $("#top").appendChild(view(x)));
+    .forEach(x => $("#top").appendChild(pair ? view(x) : centred(x, max)));
   (rec.random_sample || []).forEach(x => $("#random").appendChild(view(x)));
   (rec.random_sample_by_quantile || []).map((b, q) => [b, q]).reverse().forEach(([b, q]) => {
     if (!b.length) return;
@@ -276,7 +316,10 @@ async function route() {
     const [, model, ...rest] = parts;
     const last = rest[rest.length - 1];
     const isUnit = (rest[0] === "sae_latents" && rest.length === 4) || (rest[0] !== "sae_latents" && rest.length === 3);
-    if (isUnit) return await unitPage(model, rest.slice(0, -1).join("/"), Number(last));
+    if (isUnit) {
+      if (!/^\d+$/.test(last)) throw new Error(`unit "${last}" is not a unit number (0, 1, 2, ...)`);
+      return await unitPage(model, rest.slice(0, -1).join("/"), Number(last));
+    }
     return await datasetPage(model, rest.join("/"));
   } catch (err) { app.innerHTML = `<p class="error" id="error">${esc(err.message)}</p>`; }
 }
