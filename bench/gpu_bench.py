@@ -71,9 +71,9 @@ def bench_train(d: int, F: int, device: str, steps: int, bs: int, metrics: bool)
 def bench_sparsify(d: int, F: int, device: str, steps: int, bs: int) -> dict | None:
     try:
         from schedulefree import ScheduleFreeWrapper
-        from sparsify.config import SparseCoderConfig
-        from sparsify.sign_sgd import SignSGD
-        from sparsify.sparse_coder import SparseCoder
+        from train_bench import _sparsify  # loads sparsify's pieces even where its `datasets` dependency is absent
+
+        SparseCoder, SparseCoderConfig, SignSGD = _sparsify()
     except ImportError:
         return None
     sae = SparseCoder(d, SparseCoderConfig(num_latents=F, k=32), device=device)

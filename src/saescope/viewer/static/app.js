@@ -244,7 +244,7 @@ async function unitPage(model, dataset, index) {
     <div id="lens"></div>
     <h3>Live probe</h3><textarea id="probe-text">The quick brown fox jumps over the lazy dog.</textarea><br><button id="probe-run">Run</button> <span id="probe-status"></span><div id="probe-out"></div>
     ${steerable ? `<h3>Steering</h3><p class="hint">Greedy continuation with the unit's write direction added at every position, beside the unsteered one.</p>
-    <textarea id="steer-text">${esc(steerPrompt)}</textarea><br>strength <input id="steer-strength" type="number" step="any" value="${steerStrength}" size="8"> × direction
+    <textarea id="steer-text">${esc(steerPrompt)}</textarea><br>strength <input id="steer-strength" type="number" step="any" value="${steerStrength}" size="8"> <small>(as if the unit fired at this activation: strength × its write direction)</small>
     <button id="steer-run">Steer</button> <span id="steer-status"></span><div id="steer-out"></div>` : ""}
     ${latent ? `<h3>Neighbours</h3><div id="neighbours" class="lens"><div>decoder cosine<ol id="nb-decoder"><li>…</li></ol></div><div>co-active on its top excerpts<ol id="nb-coactive"><li>…</li></ol></div></div>` : ""}
     <h3>Top activations ${firesLine(r, max, pair)}</h3><div id="top"></div>
