@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 mkdir -p .whl
 PLAT="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $PLAT -d .whl \
-  simple-parsing docstring-parser gguf eai-sparsify schedulefree
+  simple-parsing docstring-parser gguf eai-sparsify schedulefree natsort
 ls -la .whl
