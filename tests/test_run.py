@@ -101,5 +101,8 @@ def test_every_command_help_prints(capsys):
         assert code == 0, cmd
         out = capsys.readouterr().out
         assert "usage:" in out, cmd
+        assert "['cfg" not in out and "SlotSizes(" not in out and "(default: )" not in out, cmd  # reads like a tool
         if cmd == "train":
             assert "0 %)" in out  # the literal percent sign survives
+        if cmd == "explain":
+            assert "--null_baseline bool" in out and "--nonull_baseline" not in out

@@ -66,6 +66,16 @@ def _formatter() -> type:
                 text = re.sub(r"\s*\(default: %\(default\)s\)", "", text)
             return re.sub(r"%(?!\()", "%%", text)
 
+        def _format_action_invocation(self, action: Any) -> str:
+            # a bool option is shown once: `--null_baseline bool` (the `--nonull_baseline` spelling still works)
+            shown = [o for o in action.option_strings if not (o.startswith("--no") and "--" + o[4:] in action.option_strings)]
+            if shown != list(action.option_strings):
+                import copy
+
+                action = copy.copy(action)
+                action.option_strings = shown
+            return super()._format_action_invocation(action)
+
         def start_section(self, heading: str | None) -> None:
             if heading and "[" in heading:
                 name = re.sub(r"\s*\[.*\]$", "", heading).removesuffix("Config").removesuffix("Options")
