@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     from saescope.errors import SaescopeError
     from saescope.viewer.data import DataRoot
     from saescope.viewer.explore import search
-    from saescope.viewer.server import ModelHub
+    from saescope.viewer.hub import ModelHub
 
     if argv and not argv[0].startswith("-"):
         argv = ["--text", argv[0], *argv[1:]]

@@ -10,7 +10,8 @@ API (all JSON):
     POST /api/steer  {model, dataset, index, prompt, strength, tokens}     greedy continuation, unsteered and steered
     GET  /api/neighbours/{model}/{dataset}/{index}       nearest latents by decoder cosine, co-active latents
     POST /api/search {model, text}                       per token, the units of every dataset that fire most (/search)
-`{dataset}` is `mlp_neurons/<layer>`, `attention_heads/<layer>` or `sae_latents/<sae>/<layer>`.
+`{dataset}` is `mlp_neurons/<layer>`, `attention_heads/<layer>` or `sae_latents/<sae>/<layer>`. The model behind
+the endpoints that run it, and their request bodies, live in `viewer/hub.py`.
 """
 
 from __future__ import annotations
@@ -24,15 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel
 
 from saescope.viewer.data import SAFE, BrokenFile, DataRoot, DatasetRef, NotFound, parse_dataset
+from saescope.viewer.hub import DebugRequest, ModelHub, Probe, SearchRequest, SteerRequest
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
-
-    from saescope.models import HookedModel
-    from saescope.sae import BaseSAE
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -61,130 +59,6 @@ class ViewConfig:
     its records are by token pair, else mlp_neurons)."""
     model: str = ""
     """Model spec for the live probe and logit lens (default: the one recorded at collation)."""
-
-
-class ModelHub:
-    """Loads the model (and SAEs) behind the live probe and logit lens on first use, once."""
-
-    def __init__(self, data: DataRoot, model_override: str | None = None) -> None:
-        self.data, self.override = data, model_override
-        self._models: dict[str, Any] = {}
-        self._saes: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self.forward_lock = threading.RLock()
-        """Held around every forward pass: hooks are registered on the shared model, so two requests running it at
-        once (a steering generate and a probe's early-stopping capture) would see each other's hooks."""
-
-    def model(self, model: str) -> HookedModel:
-        from saescope.models import load_model
-
-        with self._lock:
-            if model not in self._models:
-                spec = self.override or self.data.manifest(model).get("model_spec") or model
-                self._models[model] = load_model(spec)
-            return self._models[model]
-
-    def preload(self) -> None:
-        """Load the first collated model in the background at start-up, so pages that need it do not wait."""
-        try:
-            models = [m["model"] for m in self.data.manifests() if not m.get("external")]
-            if models:
-                self.model(models[0])
-                log.info("viewer: model %s loaded", models[0])
-        except Exception as e:  # noqa: BLE001 - a page that needs the model reports the error itself
-            log.warning("viewer: background model load failed (%s)", e)
-
-    def search_sources(self, model: str) -> list[Any]:
-        """Every dataset of a model that search by inference reads (token-pair SAE copies left out), built once."""
-        from saescope.collate.units import head_group, mlp_group, sae_group
-        from saescope.viewer.explore import SearchSource
-
-        key = f"search:{model}"
-        if key in self._saes:
-            return self._saes[key]
-        import torch
-
-        hm = self.model(model)
-        out = []
-        for d in self.data.manifest(model).get("datasets", []):
-            ds = parse_dataset(model, d["path"].split("/"))
-            if ds.unit_type == "sae_latents":
-                if d.get("by_token_pair"):
-                    continue
-                sae, entry = self.sae(ds)
-                group = sae_group(sae, entry["hookpoints"][0], ds.name)
-            elif ds.unit_type == "mlp_neurons":
-                group = mlp_group(hm, ds.layer)
-            else:
-                group = head_group(hm, ds.layer)
-            units = self.data.summary(ds)["units"]
-            mx = torch.zeros(group.n_units)
-            for u in units:
-                if u["index"] < group.n_units:
-                    mx[u["index"]] = float(u.get("max_activation") or 0.0)
-            expl = {int(i): e.get("explanation") for i, e in self.data.explanations(ds).items() if e.get("explanation")}
-            out.append(SearchSource(d["path"], group, mx, expl))
-        with self._lock:
-            self._saes[key] = out
-        return out
-
-    def sae(self, ds: DatasetRef) -> tuple[BaseSAE, dict[str, Any]]:
-        from saescope.sae import load_sae
-
-        entry = next((d for d in self.data.manifest(ds.model)["datasets"] if d["path"] == ds.path), None)
-        if entry is None or not entry.get("source"):
-            raise NotFound("this dataset does not record where its SAE is")
-        with self._lock:
-            if entry["source"] not in self._saes:
-                self._saes[entry["source"]] = load_sae(entry["source"]).eval()
-            return self._saes[entry["source"]], entry
-
-
-class SteerRequest(BaseModel):
-    """POST /api/steer body: add `strength` × the unit's write direction at its hookpoint while generating."""
-
-    model: str
-    dataset: str
-    index: int
-    prompt: str
-    strength: float
-    tokens: int = 24
-
-
-class SearchRequest(BaseModel):
-    """POST /api/search body."""
-
-    model: str
-    text: str
-    per_token: int = 5
-
-
-class Probe(BaseModel):
-    """POST /api/probe body."""
-
-    model: str
-    dataset: str
-    index: int
-    text: str
-
-
-class DebugRequest(BaseModel):
-    """POST /api/debug body: explain the next token `target` (minus `distractor`) after `prompt`."""
-
-    model: str
-    prompt: str
-    target: str
-    distractor: str = ""
-    saes: list[str] | None = None
-    """SAE dataset paths to splice in (default: every SAE dataset of the model collated by token)."""
-    ablate: dict[str, str] = {}
-    """Node name → zero, mean or a number."""
-    trace: str = ""
-    """A node to trace upstream (its activation becomes the behaviour); heads through one side: head.L.h@t:q, :k or :v."""
-    top: int = 30
-    by: str = "act_grad"
-    pairs_for: str = ""
-    """A head (head.L.h): also return its pattern and A·∂B/∂A over the prompt's token pairs."""
 
 
 def create_app(root: str | Path, model: str | None = None, preload: bool = False) -> FastAPI:
