@@ -101,3 +101,19 @@ def average_buffers(module: nn.Module) -> None:
         if b.is_floating_point():
             torch.distributed.all_reduce(b.data)
             b.data /= world_size()
+
+
+def gather_rows(x: Tensor) -> Tensor:
+    """Every rank's rows [n_r, d], concatenated in rank order on every rank (n_r may differ between ranks)."""
+    if not is_distributed():
+        return x
+    ws = world_size()
+    n = torch.tensor([x.shape[0]], dtype=torch.long)
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(ws)]
+    torch.distributed.all_gather(sizes, n)
+    top = int(max(int(s) for s in sizes))
+    padded = torch.zeros(top, *x.shape[1:], dtype=x.dtype)
+    padded[:x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(ws)]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat([p[:int(s)] for p, s in zip(parts, sizes)])

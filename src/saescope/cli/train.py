@@ -48,7 +48,15 @@ def train_online(argv: list[str]) -> int:
 
     argv = [a for a in argv if a not in ("--online",)]
     cfg = parse(OnlineConfig, argv, "saescope train (online: --model/--corpus/--hookpoints)")
-    for h, r in run(cfg).items():
+    reports = run(cfg)
+    if not reports:  # a non-zero torchrun rank: rank 0 has written everything (the ranks met at a barrier)
+        import os
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    for h, r in reports.items():
         print(f"{h}: {r['steps']} steps, {r['tokens']:,} tokens, {r['train_tokens_per_s']:,.0f} tokens/s, "
               f"FVU {r['fvu'] if r['fvu'] is not None else float('nan'):.3f} → {cfg.out}/{h.replace('.', '_')}")
     return 0

@@ -59,24 +59,35 @@ class OnlineConfig:
 
 def activation_chunks(hm: Any, contexts: Iterator[list[int]], hookpoints: list[str], forward_contexts: int,
                       counter: list[int]) -> Iterator[dict[str, Tensor]]:
-    """One dict {hookpoint: rows [N, width] float32, cpu} per forward of `forward_contexts` contexts (BOS and padding
-    left out, rows non-finite at any hookpoint dropped at all of them); `counter[0]` counts contexts consumed."""
+    """One dict {hookpoint: rows [N, width] float32, cpu} per `forward_contexts` contexts (BOS and padding left out,
+    rows non-finite at any hookpoint dropped at all of them); `counter[0]` counts contexts consumed. Under torchrun
+    each rank runs the model on its slice of the contexts and the rows are gathered, in rank order, on every rank:
+    the same chunk, row for row, as one process running them all."""
+    from saescope import distributed as dist
     from saescope.capture.capture import valid_mask
 
     special = {t for t in (hm.tokenizer.bos_token_id, hm.tokenizer.pad_token_id) if t is not None}
     device = next(hm.model.parameters()).device
+    ws, rank = dist.world_size(), dist.rank()
     while True:
         batch = list(itertools.islice(contexts, forward_contexts))
         if not batch:
             return
-        ids = torch.tensor(batch, device=device)  # [B, T]
-        with torch.no_grad():
-            cache = hm.run_with_cache(ids, None, hookpoints)
-        mask = valid_mask(ids, special)
-        rows = {h: hm.token_rows(h, cache[h])[mask].float().cpu() for h in hookpoints}
-        finite = torch.stack([r.isfinite().all(1) for r in rows.values()]).all(0)
+        per = -(-len(batch) // ws)
+        mine = batch[rank * per:(rank + 1) * per]
+        if mine:
+            ids = torch.tensor(mine, device=device)  # [B, T]
+            with torch.no_grad():
+                cache = hm.run_with_cache(ids, None, hookpoints)
+            mask = valid_mask(ids, special)
+            rows = {h: hm.token_rows(h, cache[h])[mask].float().cpu() for h in hookpoints}
+        else:  # a short last batch leaves some ranks without contexts
+            rows = {h: torch.empty(0, hm.width(h, len(batch[0]))) for h in hookpoints}
+        finite = torch.stack([r.isfinite().all(1) for r in rows.values()]).all(0) if rows else None
+        if finite is not None and not bool(finite.all()):
+            rows = {h: r[finite] for h, r in rows.items()}
         counter[0] += len(batch)
-        yield {h: r[finite] for h, r in rows.items()} if not bool(finite.all()) else rows
+        yield {h: dist.gather_rows(r) for h, r in rows.items()}
 
 
 def _save(out: Path, trainers: dict[str, Trainer], buffer: ShuffleBuffer, contexts: int) -> None:
@@ -117,6 +128,9 @@ def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> di
     from saescope.corpus import iter_contexts
     from saescope.models.hooks import ATTENTION_KINDS
 
+    from saescope import distributed as dist
+
+    dist.init_from_env()
     hm = hm or cfg.model.load()
     hps = hm.select(cfg.hookpoints) if cfg.hookpoints else [default_hookpoint(hm)]
     bad = [h for h in hps if h.split(".")[0] in ATTENTION_KINDS]
@@ -125,6 +139,8 @@ def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> di
     tc = cfg.trainer
     if tc.tokens <= 0:
         raise SaescopeError("--tokens: online training needs a token budget (e.g. --tokens 50000000)")
+    if tc.batch_size % dist.world_size():
+        raise SaescopeError(f"--batch_size {tc.batch_size} is not divisible by the {dist.world_size()} ranks")
     steps = max(1, tc.tokens // tc.batch_size)
     device = resolve_device(cfg.model.device)
     out = Path(cfg.out)
@@ -164,6 +180,7 @@ def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> di
         if step >= steps:
             break
         for (h, tr), x in zip(trainers.items(), b.split(widths, dim=1)):
+            x = dist.local_slice(x)  # every rank holds the same global batch; each trains on its slice
             if not tr.initialised:
                 tr._initialise(x.to(tr.device))
             st = tr.train_step(x)
@@ -177,12 +194,15 @@ def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> di
         if step % 10 == 0:
             tps = (step - step0) * tc.batch_size / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(contexts=f"{counter[0]:,}", tok_s=f"{tps:,.0f}")
-        if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < steps:
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < steps and dist.is_main():
             _save(out, trainers, buffer, counter[0])
     bar.close()
     if step < steps:
         log.warning("the corpus ran out after %d of %d steps", step, steps)
     elapsed = time.perf_counter() - t0
+    if not dist.is_main():
+        dist.shutdown()  # waits for rank 0 to write the SAEs
+        return {}
     reports = {}
     for h, tr in trainers.items():
         sae = tr.finalize()
@@ -195,4 +215,5 @@ def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> di
                       "contexts": counter[0], "config": asdict(cfg)}
         write_json(d / "metrics.json", reports[h])
         write_json(d / "train_history.json", tr.history)
+    dist.shutdown()
     return reports
