@@ -134,3 +134,28 @@ def test_online_two_gloo_ranks_match_one_process(tiny_dir, text_corpus, tmp_path
     torch.testing.assert_close(sa.b_dec, sb.b_dec, rtol=0.05, atol=0.05)  # the same first batch initialised both
     cos = torch.nn.functional.cosine_similarity(sa.W_dec, sb.W_dec, dim=1)
     assert cos.mean() > 0.95, f"decoder rows diverged: mean cosine {cos.mean():.3f}"
+
+
+def test_capture_under_two_gloo_ranks_equals_one_process(tiny_dir, text_corpus, tmp_path):
+    """Rank r captures the r-th shard of every round; rank 0 lists them: the same shards, rows and checksums as one
+    process (the token budget included)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    args = ["capture", "--model", str(tiny_dir), "--corpus", str(text_corpus), "--hookpoints", "resid_post.1,mlp_out.0",
+            "--context_len", "16", "--shard_contexts", "3", "--batch_size", "2", "--max_tokens", "400"]
+    env = {**os.environ, "SAESCOPE_LOG": "WARNING", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "saescope", *args, "--out", str(tmp_path / "one")], check=True, env=env,
+                   capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(free_port()), "-m", "saescope", *args, "--out", str(tmp_path / "two")], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = (json.loads((tmp_path / n / "manifest.json").read_text()) for n in ("one", "two"))
+    assert b["complete"] and len(a["shards"]) == len(b["shards"]) > 2
+    assert [(s["contexts"], s["rows"], s["sha256"]) for s in a["shards"]] == \
+        [(s["contexts"], s["rows"], s["sha256"]) for s in b["shards"]]

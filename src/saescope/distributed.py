@@ -117,3 +117,12 @@ def gather_rows(x: Tensor) -> Tensor:
     parts = [torch.empty_like(padded) for _ in range(ws)]
     torch.distributed.all_gather(parts, padded)
     return torch.cat([p[:int(s)] for p, s in zip(parts, sizes)])
+
+
+def gather_objects(obj: object) -> list:
+    """[rank 0's obj, rank 1's, ...] on every rank (a one-element list in a single process)."""
+    if not is_distributed():
+        return [obj]
+    out: list = [None] * world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out

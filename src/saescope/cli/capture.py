@@ -8,8 +8,16 @@ def main(argv: list[str]) -> int:
     from saescope.capture.run_capture import run_capture
     from saescope.cli import parse
 
+    import os
+
     cfg = parse(CaptureConfig, argv, "saescope capture")
     out = run_capture(cfg)
+    if int(os.environ.get("RANK", "0")) > 0:  # a torchrun worker: rank 0 has listed every shard and reports
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     if cfg.generate:
         from saescope.store.seed import seed_summary
 

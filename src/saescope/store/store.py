@@ -76,6 +76,43 @@ def _save_safetensors(path: Path, tensors: dict[str, Tensor]) -> None:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
 
+def write_shard(root: str | Path, meta: StoreMeta, index: int, acts: dict[str, Tensor], token_ids: Tensor,
+                context: Tensor, position: Tensor, contexts: tuple[int, int]) -> dict[str, Any]:
+    """Write shard number `index`'s files (rows with NaN/Inf at any hookpoint dropped) and return its manifest
+    entry (plus `dropped`); listing it in the manifest is `StoreWriter.append`'s job."""
+    root = Path(root)
+    if set(acts) != set(meta.hookpoints):
+        raise SaescopeError(f"shard has hookpoints {sorted(acts)}, store expects {sorted(meta.hookpoints)}")
+    finite = torch.ones(token_ids.shape[0], dtype=torch.bool)
+    for hp, a in acts.items():
+        if a.ndim != 2 or a.shape[1] != meta.hookpoints[hp]:
+            raise SaescopeError(f"{hp}: shard of shape {tuple(a.shape)}, store expects [rows, {meta.hookpoints[hp]}]")
+        finite &= torch.isfinite(a).all(dim=1)
+    dropped = int((~finite).sum())
+    if dropped:
+        log.warning("contexts %s: dropped %d rows with NaN/Inf activations", contexts, dropped)
+    dtype = DTYPES[meta.dtype]
+    name = shard_name(index)
+    sums = {}
+    tok_path = root / TOKENS / f"{name}.safetensors"
+    _save_safetensors(tok_path, {
+        "token_ids": token_ids[finite].to(torch.int32),
+        "context": context[finite].to(torch.int64),
+        "position": position[finite].to(torch.int32),
+    })
+    sums[TOKENS] = sha256_file(tok_path)
+    for hp, a in acts.items():
+        path = root / _hp_dir(hp) / f"{name}.safetensors"
+        _save_safetensors(path, {"activations": a[finite].to(dtype)})
+        sums[hp] = sha256_file(path)
+    return {"name": name, "rows": int(finite.sum()), "contexts": list(contexts), "sha256": sums, "dropped": dropped}
+
+
+def next_context(manifest: dict[str, Any]) -> int:
+    """The first context index a store's manifest does not hold yet (resume point)."""
+    return manifest["shards"][-1]["contexts"][1] if manifest["shards"] else 0
+
+
 class StoreWriter:
     """Append shards to a store, resuming an existing one when its identity matches."""
 
@@ -109,7 +146,7 @@ class StoreWriter:
     @property
     def next_context(self) -> int:
         """The first context index not yet stored (resume point)."""
-        return self.shards[-1]["contexts"][1] if self.shards else 0
+        return next_context(self.manifest)
 
     @property
     def rows(self) -> int:
@@ -131,36 +168,19 @@ class StoreWriter:
         contexts: tuple[int, int],
     ) -> int:
         """Write one shard: acts {hookpoint: [rows, d]}, per-row token ids/context/position. Returns rows kept."""
-        if set(acts) != set(self.meta.hookpoints):
-            raise SaescopeError(f"shard has hookpoints {sorted(acts)}, store expects {sorted(self.meta.hookpoints)}")
-        finite = torch.ones(token_ids.shape[0], dtype=torch.bool)
-        for hp, a in acts.items():
-            if a.ndim != 2 or a.shape[1] != self.meta.hookpoints[hp]:
-                raise SaescopeError(f"{hp}: shard of shape {tuple(a.shape)}, store expects [rows, {self.meta.hookpoints[hp]}]")
-            finite &= torch.isfinite(a).all(dim=1)
-        dropped = int((~finite).sum())
-        if dropped:
-            log.warning("contexts %s: dropped %d rows with NaN/Inf activations", contexts, dropped)
-            self.manifest["nonfinite_rows_dropped"] += dropped
-        dtype = DTYPES[self.meta.dtype]
-        i = len(self.shards)
-        name = shard_name(i)
-        sums = {}
-        tok_path = self.root / TOKENS / f"{name}.safetensors"
-        _save_safetensors(tok_path, {
-            "token_ids": token_ids[finite].to(torch.int32),
-            "context": context[finite].to(torch.int64),
-            "position": position[finite].to(torch.int32),
-        })
-        sums[TOKENS] = sha256_file(tok_path)
-        for hp, a in acts.items():
-            path = self.root / _hp_dir(hp) / f"{name}.safetensors"
-            _save_safetensors(path, {"activations": a[finite].to(dtype)})
-            sums[hp] = sha256_file(path)
-        rows = int(finite.sum())
-        self.shards.append({"name": name, "rows": rows, "contexts": list(contexts), "sha256": sums})
+        info = write_shard(self.root, self.meta, len(self.shards), acts, token_ids, context, position, contexts)
+        self.append(info)
+        return info["rows"]
+
+    def append(self, info: dict[str, Any]) -> None:
+        """List a shard whose files `write_shard` wrote (in context order: under torchrun, rank 0 lists every
+        rank's shards of a round) and flush the manifest."""
+        if info["name"] != shard_name(len(self.shards)):
+            raise SaescopeError(f"{self.root}: shard {info['name']} listed out of order (expected {shard_name(len(self.shards))})")
+        if info.get("dropped"):
+            self.manifest["nonfinite_rows_dropped"] += info["dropped"]
+        self.shards.append({k: v for k, v in info.items() if k != "dropped"})
         self._flush()
-        return rows
 
     def finish(self, **info: Any) -> None:
         self.manifest["complete"] = True
