@@ -46,6 +46,7 @@ def child(kind: str, hookpoints: str, tokens: int, width: int) -> dict:
         el = time.perf_counter() - t0
     r = next(iter(rep.values()))
     return {"seconds": el, "tokens": r["contexts"] * 127, "trained": r["tokens"], "peak_mb": proc_status_mb("VmHWM"),
+            "anon_mb_end": proc_status_mb("RssAnon"), "file_mb_end": proc_status_mb("RssFile"),
             "fvu": {h: v["fvu"] for h, v in rep.items()}}
 
 
