@@ -159,3 +159,37 @@ def test_capture_under_two_gloo_ranks_equals_one_process(tiny_dir, text_corpus, 
     assert b["complete"] and len(a["shards"]) == len(b["shards"]) > 2
     assert [(s["contexts"], s["rows"], s["sha256"]) for s in a["shards"]] == \
         [(s["contexts"], s["rows"], s["sha256"]) for s in b["shards"]]
+
+
+def test_online_kill_minus_9_and_resume_equals_uninterrupted(tiny_dir, text_corpus, tmp_path):
+    """SIGKILL after a checkpoint, run the same command again (resume is the default): the SAEs equal an
+    uninterrupted run's."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def cmd(out: str) -> list[str]:
+        return [sys.executable, "-m", "saescope", "train", "--model", str(tiny_dir), "--corpus", str(text_corpus),
+                "--hookpoints", "resid_post.1,mlp_out.0", "--tokens", str(60 * 32), "--batch_size", "32",
+                "--buffer_rows", "100", "--forward_contexts", "2", "--context_len", "16", "--width", "48", "--k", "4",
+                "--checkpoint_every", "5", "--device", "cpu", "--out", str(tmp_path / out)]
+    env = {**os.environ, "SAESCOPE_LOG": "WARNING", "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd("ref"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(cmd("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = tmp_path / "killed" / "online_checkpoint" / "checkpoint" / "trainer_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if meta.exists() and json.loads(meta.read_text())["contexts"] > 0:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "resid_post_1" / "cfg.json").exists(), "training finished before the kill"
+    subprocess.run(cmd("killed"), check=True, env=env, capture_output=True)
+    for hp in ("resid_post_1", "mlp_out_0"):
+        a, b = load_sae(tmp_path / "ref" / hp), load_sae(tmp_path / "killed" / hp)
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), msg=f"{hp} {name}")
