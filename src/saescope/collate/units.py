@@ -79,17 +79,12 @@ def head_group(hm: HookedModel, layer: int) -> UnitGroup:
 def sae_group(sae: BaseSAE, hookpoint: str, name: str, source: str = "") -> UnitGroup:
     from saescope.models import parse_hookpoint
 
-    from saescope.train.speed import resolve_encoder_dtype
-
     layer = parse_hookpoint(hookpoint)[1]
-    # a large encoder chooses its active latents in bf16 where that is fast (values stay exact); small ones as they are
-    select = resolve_encoder_dtype("auto", str(sae.W_enc.device)) if sae.cfg.d_in * sae.cfg.d_sae >= 2**20 \
-        else torch.float32
 
     def extract(c: dict[str, Tensor]) -> Tensor:
         x = c[hookpoint][:, 1:].float()  # [B, T, d]
         with torch.no_grad():
-            f = sae.encode_fast(x.reshape(-1, x.shape[-1]), select).reshape(x.shape[0], x.shape[1], -1)
+            f = sae.encode(x.reshape(-1, x.shape[-1])).reshape(x.shape[0], x.shape[1], -1)
         return f.permute(2, 0, 1)
     return UnitGroup("sae_latents", layer, sae.cfg.d_sae, [hookpoint], extract, name=name, source=source)
 

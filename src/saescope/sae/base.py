@@ -117,11 +117,6 @@ class BaseSAE(nn.Module):
         """[N, d] → dense latent activations [N, F]."""
         raise NotImplementedError
 
-    def encode_fast(self, x: Tensor, select_dtype: torch.dtype = torch.bfloat16) -> Tensor:
-        """`encode` where the dense matmul may run in `select_dtype` to choose the active latents, their values
-        computed exactly (TopK overrides this; other architectures encode as they are)."""
-        return self.encode(x)
-
     def decode(self, f: Tensor) -> Tensor:
         """[N, F] → [N, d]."""
         return f @ self.W_dec + self.b_dec

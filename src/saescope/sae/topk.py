@@ -24,22 +24,6 @@ class TopKSAE(BaseSAE):
         vals, idx = pre.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
 
-    def encode_fast(self, x: Tensor, select_dtype: torch.dtype = torch.bfloat16) -> Tensor:
-        """The k latents chosen from a `select_dtype` pre-activation (bf16 matmuls run ~4x fp32 on CPUs with
-        AVX512-BF16, as training's selection does), their values recomputed in x's dtype: equal to `encode` except
-        where the k-th and (k+1)-th pre-activations are within bf16 rounding of each other."""
-        if select_dtype == x.dtype or type(self).encode is not TopKSAE.encode:
-            return self.encode(x)
-        x_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x  # [N, d]
-        pre = torch.addmm(self.b_enc.to(select_dtype), x_in.to(select_dtype), self.W_enc.to(select_dtype))  # [N, F]
-        idx = pre.topk(self.cfg.k, dim=-1).indices  # [N, k]
-        del pre
-        vals = torch.empty(idx.shape, dtype=x.dtype, device=x.device)
-        for s in range(0, x.shape[0], 2048):  # [n, k, d] gathered encoder rows (latent-major storage: contiguous)
-            w = self.W_enc.T[idx[s:s + 2048]]
-            vals[s:s + 2048] = torch.bmm(w, x_in[s:s + 2048].unsqueeze(-1)).squeeze(-1) + self.b_enc[idx[s:s + 2048]]
-        return torch.zeros(x.shape[0], self.cfg.d_sae, dtype=x.dtype, device=x.device).scatter_(-1, idx, vals.relu())
-
     def _select(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return topk_coo(pre, k)
 
