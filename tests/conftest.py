@@ -103,3 +103,17 @@ def text_corpus(tmp_path) -> Path:
     p = tmp_path / "corpus.txt"
     p.write_text(TEXT * 4)
     return p
+
+
+def one_process_and_two_ranks(args: list[str], one: Path, two: Path) -> None:
+    """Run `saescope *args` once in one process (--out one) and once under torchrun with 2 gloo ranks (--out two)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SAESCOPE_LOG": "WARNING", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "saescope", *args, "--out", str(one)], check=True, env=env, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(free_port()), "-m", "saescope", *args, "--out", str(two)], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import free_port
-
 from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
 from saescope.collate.collator import GroupState, SlotSizes
 from saescope.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
@@ -195,24 +193,14 @@ def test_record_round_trip_and_legacy_names():
 
 
 def test_two_gloo_ranks_write_the_same_records_as_one_process(tiny_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from conftest import TEXT
+    from conftest import TEXT, one_process_and_two_ranks
 
     corpus = tmp_path / "c.txt"
     corpus.write_text(TEXT * 4)
     args = ["collate", "--model", str(tiny_dir), "--corpus", str(corpus), "--layers", "1", "--excerpt_len", "8",
             "--max_tokens", "400", "--batch_size", "4", "--top_k", "20", "--n_random", "15", "--pool", "24",
             "--device", "cpu"]
-    env = {**os.environ, "SAESCOPE_LOG": "WARNING", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "saescope", *args, "--out", str(tmp_path / "one")], check=True, env=env,
-                   capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(free_port()), "-m", "saescope", *args, "--out", str(tmp_path / "two")], env=env,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    one_process_and_two_ranks(args, tmp_path / "one", tmp_path / "two")
     one, two = tmp_path / "one" / tiny_dir.name, tmp_path / "two" / tiny_dir.name
     files = sorted(p.relative_to(one) for p in one.rglob("*.json") if p.name not in ("manifest.json", "summary.json"))
     assert len(files) == 48 + 4

@@ -112,22 +112,12 @@ def test_online_two_gloo_ranks_match_one_process(tiny_dir, text_corpus, tmp_path
     """Under torchrun each rank runs the model on its half of every batch of contexts; the rows are gathered, so the
     buffer and the global batches are the ones a single process has, and data-parallel training follows them."""
     import json
-    import os
-    import subprocess
-    import sys
-
-    from conftest import free_port
+    from conftest import one_process_and_two_ranks
 
     args = ["train", "--model", str(tiny_dir), "--corpus", str(text_corpus), "--hookpoints", "resid_post.1",
             "--tokens", str(8 * 32), "--batch_size", "32", "--buffer_rows", "64", "--forward_contexts", "4",
             "--context_len", "16", "--width", "48", "--k", "4", "--checkpoint_every", "0", "--device", "cpu"]
-    env = {**os.environ, "SAESCOPE_LOG": "WARNING", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "saescope", *args, "--out", str(tmp_path / "single")], check=True, env=env,
-                   capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(free_port()), "-m", "saescope", *args, "--out", str(tmp_path / "dp")], env=env,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    one_process_and_two_ranks(args, tmp_path / "single", tmp_path / "dp")
     a, b = (json.loads((tmp_path / n / "resid_post_1" / "metrics.json").read_text()) for n in ("single", "dp"))
     assert a["steps"] == b["steps"] == 8 and a["tokens"] == b["tokens"] and a["contexts"] == b["contexts"]
     sa, sb = load_sae(tmp_path / "single" / "resid_post_1"), load_sae(tmp_path / "dp" / "resid_post_1")
@@ -140,21 +130,11 @@ def test_capture_under_two_gloo_ranks_equals_one_process(tiny_dir, text_corpus, 
     """Rank r captures the r-th shard of every round; rank 0 lists them: the same shards, rows and checksums as one
     process (the token budget included)."""
     import json
-    import os
-    import subprocess
-    import sys
-
-    from conftest import free_port
+    from conftest import one_process_and_two_ranks
 
     args = ["capture", "--model", str(tiny_dir), "--corpus", str(text_corpus), "--hookpoints", "resid_post.1,mlp_out.0",
             "--context_len", "16", "--shard_contexts", "3", "--batch_size", "2", "--max_tokens", "400"]
-    env = {**os.environ, "SAESCOPE_LOG": "WARNING", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "saescope", *args, "--out", str(tmp_path / "one")], check=True, env=env,
-                   capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(free_port()), "-m", "saescope", *args, "--out", str(tmp_path / "two")], env=env,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    one_process_and_two_ranks(args, tmp_path / "one", tmp_path / "two")
     a, b = (json.loads((tmp_path / n / "manifest.json").read_text()) for n in ("one", "two"))
     assert b["complete"] and len(a["shards"]) == len(b["shards"]) > 2
     assert [(s["contexts"], s["rows"], s["sha256"]) for s in a["shards"]] == \
