@@ -25,6 +25,7 @@ class ModelHub:
         self.data, self.override = data, model_override
         self._models: dict[str, Any] = {}
         self._saes: dict[str, Any] = {}
+        self._search: dict[str, list[Any]] = {}  # model → its search sources, built once
         self._lock = threading.Lock()
         self.forward_lock = threading.RLock()
         """Held around every forward pass: hooks are registered on the shared model, so two requests running it at
@@ -54,9 +55,8 @@ class ModelHub:
         from saescope.collate.units import head_group, mlp_group, sae_group
         from saescope.viewer.explore import SearchSource
 
-        key = f"search:{model}"
-        if key in self._saes:
-            return self._saes[key]
+        if model in self._search:
+            return self._search[model]
         import torch
 
         hm = self.model(model)
@@ -80,7 +80,7 @@ class ModelHub:
             expl = {int(i): e.get("explanation") for i, e in self.data.explanations(ds).items() if e.get("explanation")}
             out.append(SearchSource(d["path"], group, mx, expl))
         with self._lock:
-            self._saes[key] = out
+            self._search[model] = out
         return out
 
     def sae(self, ds: DatasetRef) -> tuple[BaseSAE, dict[str, Any]]:

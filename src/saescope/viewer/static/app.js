@@ -2,18 +2,7 @@
 "use strict";
 const $ = (sel, el = document) => el.querySelector(sel);
 const app = $("#app"), tip = $("#tip");
-const esc = s => String(s).replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 const fmt = v => (v === null || v === undefined) ? "–" : (typeof v === "number" ? (Math.abs(v) >= 1000 || (v !== 0 && Math.abs(v) < 0.001) ? v.toExponential(2) : v.toFixed(3)) : esc(v));
-
-async function api(path, opts) {
-  const r = await fetch(path, opts);
-  const body = await r.json().catch(() => ({detail: r.statusText}));
-  if (!r.ok) {  // FastAPI's validation errors are lists of objects: say which field and why
-    const d = body.detail;
-    throw new Error(typeof d === "string" ? d : Array.isArray(d) ? d.map(e => `${(e.loc || []).slice(-1)[0]}: ${e.msg}`).join("; ") : r.statusText);
-  }
-  return body;
-}
 
 function showTip(ev, text) { tip.hidden = false; tip.textContent = text; tip.style.left = (ev.clientX + 12) + "px"; tip.style.top = (ev.clientY + 12) + "px"; }
 document.addEventListener("mouseout", ev => { if (ev.target.classList && ev.target.classList.contains("tok")) tip.hidden = true; });

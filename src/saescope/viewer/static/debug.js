@@ -1,7 +1,6 @@
 // saescope debugger page: POST /api/debug; the whole state lives in the URL so a finding can be shared as a link.
 "use strict";
 const $ = s => document.querySelector(s);
-const esc = s => String(s).replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 const num = (v, d = 4) => (v === null || v === undefined) ? "–" : (v >= 0 ? "+" : "") + v.toFixed(d);
 const FIELDS = ["model", "prompt", "target", "distractor", "by", "ablate", "trace", "pairs"];
 

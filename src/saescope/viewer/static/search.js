@@ -1,14 +1,7 @@
+// Search by inference (/search): per token, the units of every dataset that fire most (needs common.js).
 "use strict";
 const $ = s => document.querySelector(s);
-const esc = s => String(s).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 let result = null;
-
-async function api(path, opts) {
-  const r = await fetch(path, opts);
-  const body = await r.json().catch(() => ({detail: r.statusText}));
-  if (!r.ok) throw new Error(body.detail || r.statusText);
-  return body;
-}
 
 function show(t) {
   document.querySelectorAll("#tokens .tok").forEach((el, i) => el.classList.toggle("sel", i === t));
