@@ -24,6 +24,10 @@ run: $(STAMP)
 test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	$(BIN)/python -m pytest tests
+	# the tests that need sae_lens (SAELens loads our SAEs; SynthSAEBench scoring) run in the bench's own venv
+	bash bench/synthsaebench_setup.sh --install-only
+	.venv-synthsaebench/bin/python -m pytest tests/test_synthsaebench.py \
+		tests/test_sae.py::test_saelens_loads_our_directories_with_identical_outputs
 
 bench: $(STAMP)
 	$(BIN)/python bench/capture_bench.py

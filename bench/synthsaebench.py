@@ -141,6 +141,9 @@ def run_one(a: argparse.Namespace, ctx: dict[str, Any], name: str, width: int, l
             return {}
         t0 = time.perf_counter()
         s = score(sae, ctx["world"], ctx["eval"], a.eval_samples, a.batch_size, a.device)
+        keep = ctx["results"] / key  # the SAE itself, for bench/_synthdiag.py (SAELens layout)
+        shutil.rmtree(keep, ignore_errors=True)
+        (getattr(sae, "save_inference_model", None) or sae.save_model)(str(keep))
     step_s = info.get("step_s", float("nan"))
     sps = a.batch_size / step_s if step_s == step_s and step_s > 0 else info["samples"] / max(info["wall_s"], 1e-9)
     rec = {"trainer": name, "width": width, "l0_target": l0, **info, **s, "eval_s": time.perf_counter() - t0,

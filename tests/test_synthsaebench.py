@@ -73,3 +73,40 @@ def test_random_sae_scores_low(world, tmp_path):
     sae = JumpReLUSAE(SAEConfig("jumprelu", D, F))  # random unit decoder rows, tied encoder, threshold 0.01
     s = sw.score(sw.to_saelens(sae, tmp_path / "random"), model, stream, 4096, batch_size=1024)
     assert s["mcc"] < 0.3 and s["f1"] < 0.3 and s["ve"] < 0.5
+
+
+def test_diagnosis_names_each_planted_fault(world):
+    """bench/_synthdiag.py on planted SAEs: the perfect one is all fine (or dead where its feature never fired);
+    a copied row is a duplicate; a latent made to fire for its sibling too is merged with siblings; a parent latent
+    switched off whenever a child is on misses exactly on the child samples (absorption)."""
+    import _synthdiag as sd
+
+    model, _, stream = world
+    parent = sd.parents(model)
+    fired = torch.zeros(F)
+    for f in stream.rows(4096, 1024, dense=True):
+        fired += (f > 0).sum(0)
+    d = sd.diagnose(planted(model), model, stream, 4096)
+    assert d["dead"] == int((fired == 0).sum()) and d["fine"] == F - d["dead"]
+    assert d["duplicate"] == d["absorbed"] == d["merged_siblings"] == d["merged_other"] == 0
+
+    kids = {}
+    for j, p in enumerate(parent.tolist()):
+        if p >= 0 and fired[j] > 0:
+            kids.setdefault(p, []).append(j)
+    p, (c1, c2, *_) = max(((p, ks) for p, ks in kids.items() if len(ks) >= 2), key=lambda t: fired[t[1]].sum())
+    sae = planted(model)
+    enc = sae.W_enc.detach().clone()
+    with torch.no_grad():
+        sae.W_enc[:, c1] = enc[:, c1] + enc[:, c2]  # latent c1 = f_c1 + f_c2: also fires for its sibling c2
+        sae.W_enc[:, p] = enc[:, p] - 100 * sum(enc[:, c] for c in kids[p])  # off whenever a child of p is on
+        i, j = [k for k in range(F) if fired[k] > 0 and k not in (p, c1, c2)][:2]
+        sae.W_dec[i] = sae.W_dec[j]  # latent i now matches feature j and fires like latent j: a duplicate
+        sae.W_enc[:, i] = enc[:, j]
+    d = sd.diagnose(sae, model, stream, 4096)
+    lat = d["per_latent"]
+    assert lat["fp"][c1] == fired[c2] and lat["fp_parent"][c1] == lat["fp"][c1]  # every false alarm: parent on
+    assert lat["fn"][p] > 0 and lat["fn_child"][p] == lat["fn"][p] and lat["fp"][p] == 0
+    assert int(lat["match"][i]) == j and d["duplicate"] == 1  # one of latents i, j (equal F1) is the duplicate
+    assert {sd.LABELS[int(lat["label"][k])] for k in (i, j)} == {"duplicate", "fine"}
+    assert sd.LABELS[int(lat["label"][c1])] in ("merged_siblings", "fine")  # which, depends on how often c2 fires

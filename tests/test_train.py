@@ -373,3 +373,20 @@ def test_release_file_pages_keeps_the_weights_and_frees_the_mapping(tiny_dir):
     torch.testing.assert_close(after, before, rtol=0, atol=0)
     if advised:  # the weights are memory-mapped here: the resident pages were given back
         assert released < resident
+
+
+@pytest.mark.parametrize("k", [3, 20])
+def test_jumprelu_thresholds_start_at_an_l0_of_k(k):
+    """JumpReLU's first batch sets one threshold for all latents at which that batch's L0 is k (from the fixed 0.01
+    start a short run never got sparse: θ moves about one learning rate per Adam step)."""
+    from saescope.sae.jumprelu import JumpReLUSAE
+
+    toy = make_toy(d=32, n_features=64, active=3, seed=0)
+    x = toy.sample(256, torch.Generator().manual_seed(0))  # [256, 32]
+    tr = Trainer(TrainerConfig(arch="jumprelu", k=k, width=128, batch_size=256, checkpoint_every=0), 32, 10)
+    tr._initialise(x)
+    theta = tr.sae.threshold.detach()
+    assert torch.all(theta == theta[0]) and theta[0] > JumpReLUSAE.init_threshold
+    with torch.no_grad():
+        l0 = (tr.sae.encode(x * tr.scale) != 0).sum(1).float().mean()
+    assert abs(float(l0) - k) <= 1 / 256 + 1e-6

@@ -52,7 +52,7 @@ class TrainerConfig:
     arch: Arch = "topk"
     """topk, batchtopk, matryoshka (= matryoshka_batchtopk), jumprelu or standard (= relu: ReLU + L1)."""
     k: int = 32
-    """Active latents per token (TopK; BatchTopK on average)."""
+    """Active latents per token (TopK; BatchTopK on average; JumpReLU: the L0 its thresholds start at)."""
     k_anneal_frac: float = 0.5
     """TopK family: fraction of steps over which the training k decays linearly from k_anneal_start·k to k."""
     k_anneal_start: float = 4.0
@@ -218,6 +218,13 @@ class Trainer:
             self.sae.b_dec.copy_(geometric_median(xs))
         elif self.cfg.b_dec_init == "mean":
             self.sae.b_dec.copy_(xs.mean(0))
+        if self.cfg.arch == "jumprelu":
+            # One threshold for all latents at which the first batch's L0 is k. From the fixed 0.01 start, θ moves by
+            # about one learning rate per Adam step whatever the L0 coefficient, so short runs never got sparse
+            # (SynthSAEBench-16k, 1,024 steps: L0 ≈ 950 for λ from 0.1 to 410); λ then trades L0 against FVU.
+            z = self.sae.pre_acts(xs).flatten()  # [N·F]
+            theta = z.topk(min(z.numel(), self.cfg.k * xs.shape[0])).values[-1]
+            self.sae.load_threshold(torch.full_like(self.sae.threshold, max(float(theta), self.sae.init_threshold)))
         self.scale = dist_utils.broadcast_float(self.scale)
         dist_utils.broadcast_params(self.sae)
         self.initialised = True
