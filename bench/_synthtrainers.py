@@ -6,7 +6,8 @@
   L0 by a few short runs (`calibrate_jumprelu`), then the full run uses it.
 - saelens-{batchtopk,matryoshka}: SAELens' own `SyntheticSAERunner` with the benchmark's settings (LR 3e-4, constant
   schedule; Matryoshka inner widths 128, 512, 2048 as in synth-sae-bench-experiments), its data generator replaced by
-  a replay of the cached stream.
+  a replay of the cached stream. `saelens-batchtopk-eqlr`: the same runner at saescope's learning rate for the width
+  (equalised settings: the benchmark's LR 3e-4 is set for 200M samples).
 - sparsify-topk: sparsify's `SparseCoder` under sparsify's default optimiser (schedule-free SignSGD, momentum 0.95,
   LR 5e-3·√(2^14/F), b_dec = first-batch mean, unit-norm decoder, FVU loss, no AuxK), the loop of
   `sparsify.Trainer.fit` without the model hooks; scored at the schedule-free averaged weights.
@@ -25,6 +26,7 @@ import torch
 
 TRAINERS = ["saescope-topk", "saescope-batchtopk", "saescope-matryoshka", "saescope-jumprelu",
             "saelens-batchtopk", "saelens-matryoshka", "sparsify-topk"]
+EXTRA = ["saelens-batchtopk-eqlr"]  # equalised settings, run when named in --trainers
 
 
 def _quiet() -> contextlib.AbstractContextManager:
@@ -72,7 +74,7 @@ def calibrate_jumprelu(width: int, l0: int, world: Any, stream: Any, n: int, bs:
 
 
 def train_saelens(arch: str, width: int, l0: int, world: Any, world_dir: Path, stream: Any, n: int, bs: int,
-                  device: str, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+                  device: str, seed: int = 0, lr: float = 3e-4) -> tuple[Any, dict[str, Any]]:
     from types import SimpleNamespace
 
     from _synthworld import Replay, median_step_s
@@ -89,7 +91,7 @@ def train_saelens(arch: str, width: int, l0: int, world: Any, world_dir: Path, s
     steps = max(1, n // bs)
     cuda = str(device).startswith("cuda")
     cfg = SyntheticSAERunnerConfig(
-        synthetic_model=str(world_dir), sae=sae_cfg, training_samples=steps * bs, batch_size=bs, lr=3e-4,
+        synthetic_model=str(world_dir), sae=sae_cfg, training_samples=steps * bs, batch_size=bs, lr=lr,
         device=device, autocast_sae=cuda, autocast_data=cuda, checkpoint_path=None, output_path=None,
         eval_frequency=0, run_final_eval=False, logger=LoggingConfig(log_to_wandb=False),
     )
@@ -103,7 +105,7 @@ def train_saelens(arch: str, width: int, l0: int, world: Any, world_dir: Path, s
         t0 = time.perf_counter()
         result = runner.run()
         wall = time.perf_counter() - t0
-    return result.sae, {"samples": steps * bs, "wall_s": wall, "step_s": median_step_s(replay.stamps),
+    return result.sae, {"samples": steps * bs, "wall_s": wall, "step_s": median_step_s(replay.stamps), "lr": lr,
                         "matryoshka_widths": getattr(sae_cfg, "matryoshka_widths", None)}
 
 
@@ -155,8 +157,13 @@ def train(name: str, width: int, l0: int, world: Any, world_dir: Path, stream: A
             sae, info = train_saescope(arch, width, l0, world, stream, n, bs, device, out / "sae", seed, lam)
             return sae, {**info, "calibration": trace, "calibration_s": time.perf_counter() - t0 - info["wall_s"]}
         return train_saescope(arch, width, l0, world, stream, n, bs, device, out / "sae", seed)
+    if family == "saelens" and arch.endswith("-eqlr"):
+        from saescope.train.trainer import TrainerConfig
+
+        lr = TrainerConfig(arch="batchtopk", width=width).learning_rate()
+        return train_saelens(arch.removesuffix("-eqlr"), width, l0, world, world_dir, stream, n, bs, device, seed, lr)
     if family == "saelens":
         return train_saelens(arch, width, l0, world, world_dir, stream, n, bs, device, seed)
     if family == "sparsify":
         return train_sparsify(width, l0, world, stream, n, bs, device, out, seed)
-    raise ValueError(f"unknown trainer {name!r}; choose from {', '.join(TRAINERS)}")
+    raise ValueError(f"unknown trainer {name!r}; choose from {', '.join(TRAINERS + EXTRA)}")

@@ -14,8 +14,9 @@ Bench-only dependencies (sae-lens, eai-sparsify) live in their own venv; from a 
     bash bench/synthsaebench_setup.sh --tiny     # a 512-feature world: the whole pipeline in about a minute
     python bench/synthsaebench.py [--samples N] [--widths 4096] [--l0s 25,20] [--trainers ...] [--cache-dir DIR]
 
-Defaults: 2^22 training samples on CPU (the world takes ≈ 27 min to build on two cores and the stream is drawn at
-≈ 800 samples/s, so a few million samples is what a CPU cache allows); on a GPU the benchmark's 200M.
+Defaults: 2^20 training samples and 65,536 held-out ones on CPU (the world takes ≈ 27 min to build on two cores and
+the stream is drawn at ≈ 950 samples/s, so ≈ 20 min of sampling; the README's table used these); on a GPU the
+benchmark's 200M and 500k.
 """
 
 from __future__ import annotations
@@ -47,18 +48,19 @@ PUBLISHED = {  # (arch, L0): (F1, MCC, uniqueness, VE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from _synthtrainers import TRAINERS
+    from _synthtrainers import EXTRA, TRAINERS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true",
                     help="small world (512 features, d=128), width 128, L0 6, 65,536 samples: a ~1 min smoke test")
     ap.add_argument("--features", type=int, default=0, help="ground-truth features (default 16384; tiny 512)")
     ap.add_argument("--hidden-dim", type=int, default=0, help="d (default 768; tiny 128)")
-    ap.add_argument("--samples", type=int, default=0, help="training samples per SAE (default 2^22 CPU, 200M GPU)")
-    ap.add_argument("--eval-samples", type=int, default=0, help="held-out samples scored (default 500k; CPU 100k)")
+    ap.add_argument("--samples", type=int, default=0, help="training samples per SAE (default 2^20 CPU, 200M GPU)")
+    ap.add_argument("--eval-samples", type=int, default=0, help="held-out samples scored (default 500k; CPU 65,536)")
     ap.add_argument("--widths", default="", help="SAE widths (default 4096; tiny 128)")
     ap.add_argument("--l0s", default="", help="target L0s (default 25,20; tiny 6)")
-    ap.add_argument("--trainers", default=",".join(TRAINERS))
+    ap.add_argument("--trainers", default=",".join(TRAINERS),
+                    help=f"comma-separated, from {', '.join(TRAINERS + EXTRA)} (default: all but the last)")
     ap.add_argument("--modes", default="samples,wallclock", help="samples (equal samples), wallclock (equal time)")
     ap.add_argument("--wallclock-s", type=float, default=0.0,
                     help="equal-wall-clock budget in seconds (0 = what saelens-batchtopk took for --samples)")
@@ -76,16 +78,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gpu = a.device.startswith("cuda")
     a.features = a.features or (512 if a.tiny else 16_384)
     a.hidden_dim = a.hidden_dim or (128 if a.tiny else 768)
-    a.samples = a.samples or (65_536 if a.tiny else 200_000_000 if gpu else 2**22)
-    a.eval_samples = a.eval_samples or (16_384 if a.tiny else 500_000 if gpu else 100_000)
+    a.samples = a.samples or (65_536 if a.tiny else 200_000_000 if gpu else 2**20)
+    a.eval_samples = a.eval_samples or (16_384 if a.tiny else 500_000 if gpu else 65_536)
     a.widths = [int(w) for w in (a.widths or ("128" if a.tiny else "4096")).split(",")]
     a.l0s = [int(k) for k in (a.l0s or ("6" if a.tiny else "25,20")).split(",")]
     a.trainers = [t for t in a.trainers.split(",") if t]
     a.modes = [m for m in a.modes.split(",") if m]
     a.shard_size = a.shard_size or (8192 if a.tiny else 65_536)
-    bad = [t for t in a.trainers if t not in TRAINERS] + [m for m in a.modes if m not in ("samples", "wallclock")]
+    bad = [t for t in a.trainers if t not in TRAINERS + EXTRA] + [m for m in a.modes if m not in ("samples", "wallclock")]
     if bad:
-        ap.error(f"unknown trainer/mode {', '.join(bad)}; trainers: {', '.join(TRAINERS)}")
+        ap.error(f"unknown trainer/mode {', '.join(bad)}; trainers: {', '.join(TRAINERS + EXTRA)}")
     return a
 
 
