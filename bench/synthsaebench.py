@@ -85,7 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.trainers = [t for t in a.trainers.split(",") if t]
     a.modes = [m for m in a.modes.split(",") if m]
     a.shard_size = a.shard_size or (8192 if a.tiny else 65_536)
-    bad = [t for t in a.trainers if t not in TRAINERS + EXTRA] + [m for m in a.modes if m not in ("samples", "wallclock")]
+    bad = [t for t in a.trainers if t not in TRAINERS + EXTRA]
+    bad += [m for m in a.modes if m not in ("samples", "wallclock")]
     if bad:
         ap.error(f"unknown trainer/mode {', '.join(bad)}; trainers: {', '.join(TRAINERS + EXTRA)}")
     return a
