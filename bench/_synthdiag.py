@@ -104,17 +104,18 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _synthworld import Stream, cache_root, config_hash, load_or_build_world, world_config
+    from _synthworld import bench_streams, cache_root, load_or_build_world, world_config
     from sae_lens import SAE
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("saes", nargs="+", help="SAE folders in the SAELens layout (synthsaebench.py keeps them)")
     ap.add_argument("--eval-samples", type=int, default=65_536)
     ap.add_argument("--shard-size", type=int, default=65_536)
+    ap.add_argument("--seed", type=int, default=0, help="the bench's --seed (picks its held-out stream)")
     a = ap.parse_args()
     cfg = world_config()
     world, world_dir = load_or_build_world(cfg, cache_root())
-    stream = Stream(world, world_dir.parent / "samples", "eval-cpu", 2, a.shard_size, a.eval_samples)
+    _, stream = bench_streams(world, world_dir, "cpu", a.seed, a.shard_size, 0, a.eval_samples)
     head = "| SAE | fine (F1 >= 0.5) | dead | duplicate | absorbed | merged with siblings | merged, other | " \
            "features found p >= 1e-2 | 1e-3..1e-2 | < 1e-3 |"
     print(head + "\n|" + "---|" * (head.count("|") - 1))

@@ -183,6 +183,15 @@ class Stream:
                     pend_r, pend_c, pend_v, have = [], [], [], 0
 
 
+def bench_streams(model: Any, world_dir: Path, device: str, seed: int, shard_size: int, n_train: int,
+                  n_eval: int) -> tuple[Stream, Stream]:
+    """The bench's training and held-out streams of a world (cached beside it, named by device kind and seed)."""
+    dev = device.split(":")[0]
+    root = world_dir.parent / "samples"
+    return (Stream(model, root, f"train-{dev}", seed + 1, shard_size, n_train),
+            Stream(model, root, f"eval-{dev}", seed + 2, shard_size, n_eval))
+
+
 def timed(it: Iterator[Tensor], stamps: list[float]) -> Iterator[Tensor]:
     """`it`, noting the time each item is handed out: consecutive stamps bracket one training step (data included)."""
     for x in it:

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         import sae_lens.synthetic  # noqa: F401
     except ImportError:
         sys.exit("synthsaebench needs sae-lens (a bench-only dependency): run bash bench/synthsaebench_setup.sh")
-    from _synthworld import Stream, cache_root, load_or_build_world, world_config
+    from _synthworld import bench_streams, cache_root, load_or_build_world, world_config
 
     a = parse_args(argv)
     t_start = time.perf_counter()
@@ -197,9 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     root = cache_root(a.cache_dir or None)
     world, world_dir = load_or_build_world(cfg, root, a.device)
     base = world_dir.parent
-    dev = a.device.split(":")[0]
-    train_stream = Stream(world, base / "samples", f"train-{dev}", a.seed + 1, a.shard_size, a.samples)
-    eval_stream = Stream(world, base / "samples", f"eval-{dev}", a.seed + 2, a.shard_size, a.eval_samples)
+    train_stream, eval_stream = bench_streams(world, world_dir, a.device, a.seed, a.shard_size, a.samples,
+                                              a.eval_samples)
     need, free = (a.samples + a.eval_samples) * 250, shutil.disk_usage(base).free  # ≈ 35 nonzeros × 6 B + indptr
     if not a.no_cache_samples and need > 0.8 * free:
         print(f"the sample cache needs ≈ {need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free: drawing the stream on "
