@@ -126,6 +126,7 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     # 3. one SAE per hookpoint (trained on the store, evaluated on its held-out shard and spliced into the model)
     from saescope.io import write_json
     from saescope.train.api import EvalConfig, TrainConfig, evaluate_many, train_from_store
+    from saescope.train.evaluate import headline
 
     saes, trained = [], []
     for hp in sae_hps:
@@ -146,8 +147,7 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
         sae.finish()
     for sae, hp in zip(saes, sae_hps):
         ev = read_json(sae.path / "eval.json")
-        done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} (FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, "
-                     f"CE recovered {ev.get('ce_loss_recovered', float('nan')):.3f})", sae.path))
+        done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} ({headline(ev)})", sae.path))
 
     # the model's forward passes are over when collation reads the store: drop its memory-mapped weight pages
     # (clean, re-read on the next touch), which otherwise stay resident through collation, the run's peak

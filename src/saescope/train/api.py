@@ -168,7 +168,7 @@ def evaluate_many(cfgs: list[EvalConfig], hm: Any = None) -> list[dict[str, Any]
         store = loaded[members[0]][2]
         ctx = contexts_from_store(store, list(eval_ids), contexts, hm.tokenizer.bos_token_id)
         for n, res in zip(members, spliced_metrics_many(hm, [loaded[n][:2] for n in members], ctx)):
-            evs[n].update(res)
+            evs[n] = {**res, **evs[n]}  # ΔCE and KL lead the summary
     return evs
 
 
