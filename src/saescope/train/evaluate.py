@@ -74,7 +74,7 @@ def splice(hm: HookedModel, hookpoint: str, fn: Callable[[Tensor], Tensor]) -> V
     in training: BOS activations are outliers no dictionary is trained on)."""
     from saescope.models import parse_hookpoint
 
-    if parse_hookpoint(hookpoint)[0] not in ("resid_post", "resid_pre", "mlp_out", "attn_out", "mlp_post_act"):
+    if parse_hookpoint(hookpoint)[0] not in ("resid_post", "resid_pre", "mlp_in", "mlp_out", "attn_out", "mlp_post_act"):
         raise ValueError(f"cannot splice at {hookpoint}")
 
     def variant(ids: Tensor) -> AbstractContextManager:
