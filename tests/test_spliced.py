@@ -80,7 +80,8 @@ def test_delta_ce_and_kl_errors_are_over_contexts_as_a_naive_loop_computes_them(
             with hm.patch("resid_post.0", lambda a: torch.where(keep, a, sae(a))):
                 spl = hm.model(input_ids=x).logits[0, :-1]
             tgt = row[1:]
-            d_ce.append(float(torch.nn.functional.cross_entropy(spl, tgt) - torch.nn.functional.cross_entropy(clean, tgt)))
+            ce = torch.nn.functional.cross_entropy
+            d_ce.append(float(ce(spl, tgt) - ce(clean, tgt)))
             p, q = clean.softmax(-1), spl.softmax(-1)
             kl.append(float((p * (p.log() - q.log())).sum(-1).mean()))
     assert got["delta_ce"] == pytest.approx(statistics.fmean(d_ce), rel=1e-4, abs=1e-7)
@@ -102,3 +103,27 @@ def test_summaries_lead_with_delta_ce_and_flag_an_ill_conditioned_ce_recovered()
     assert text[0].split()[0] == "delta_ce" and "± 0.0040" in text[0] and "256 contexts" in text[0]
     assert text[1].split()[0] == "kl_div" and "unreliable" in text[-1] and "0.100 nats" in text[-1]
     assert "(unreliable)" not in E.headline({**ev, "ce_loss_recovered_reliable": True})
+
+
+def test_each_dictionary_stops_once_its_standard_error_is_below_the_target(tiny_gpt2, monkeypatch):
+    """The identity (SE 0) stops at min_contexts, a random SAE runs on until its SE is small enough (here: never,
+    so every context), zero-ablation stops at min_contexts; each result equals a plain run on its own contexts."""
+    hm = tiny_gpt2
+    ids = contexts(hm, n=8, T=12)
+    noisy = sae_class("topk")(SAEConfig("topk", hm.d_model, 48, k=3))
+    saes = [(planted(hm.d_model, identity=True), "resid_post.1"), (noisy, "resid_post.1")]
+    calls = []
+    forward = hm.model.forward
+    monkeypatch.setattr(hm.model, "forward", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
+    ident, rand = E.spliced_metrics_many(hm, saes, ids, batch_size=1, target_se=1e-9, min_contexts=3)
+    assert len(calls) == 8 + 3 + 8 + 3  # clean on all 8, identity on 3, the random SAE on 8, zero-ablation on 3
+    assert ident["spliced_contexts"] == 3 and rand["spliced_contexts"] == 8 and rand["ce_recovered_contexts"] == 3
+    monkeypatch.setattr(hm.model, "forward", forward)
+    plain = E.spliced_metrics(hm, noisy, "resid_post.1", ids)
+    for k in ("delta_ce", "delta_ce_se", "kl_div", "kl_div_se", "ce_clean", "ce_with_sae"):
+        assert rand[k] == pytest.approx(plain[k], rel=1e-6, abs=1e-9)
+    first3 = E.spliced_metrics(hm, noisy, "resid_post.1", ids[:3])
+    assert rand["ce_zero_ablation"] == pytest.approx(first3["ce_zero_ablation"], rel=1e-6)
+    assert rand["ce_loss_recovered"] == pytest.approx(first3["ce_loss_recovered"], rel=1e-5)
+    loose = E.spliced_metrics(hm, noisy, "resid_post.1", ids, batch_size=2, target_se=1e9, min_contexts=3)
+    assert loose["spliced_contexts"] == 4  # the first whole batch at or past min_contexts

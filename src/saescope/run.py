@@ -51,8 +51,9 @@ class RunConfig:
     """Tokens generated per seed prompt (the seed activation dataset)."""
     saes: str = "resid_post,mlp_post_act,mlp_out,attn_out"
     """Hookpoint kinds at the studied layer that get an SAE (TDB names such as resid_delta_attn work too)."""
-    eval_contexts: int = 16
-    """Contexts of the held-out shard for each SAE's spliced CE/KL."""
+    eval_contexts: int = 256
+    """Most held-out contexts for each SAE's spliced ΔCE/KL: each SAE stops once its ΔCE's standard error is below
+    0.01 nats (after 32 contexts; `saescope eval --target_se`)."""
     no_serve: bool = False
     """Do not serve the viewer at the end (it is only served when run from a terminal anyway)."""
 

@@ -61,11 +61,13 @@ class ContextLosses(NamedTuple):
     errors are taken over contexts: the tokens of a context are not independent)."""
 
     clean: Tensor
-    """[C] NLL of the clean model."""
+    """[C] NLL of the clean model (C: the contexts any variant was evaluated on)."""
     nll: Tensor
-    """[n, C] NLL with each variant."""
+    """[n, C] NLL with each variant (variant i: valid on its first contexts[i] contexts, nan beyond)."""
     kl: Tensor
-    """[n, C] KL(clean ‖ variant) summed over positions."""
+    """[n, C] KL(clean ‖ variant) summed over positions (nan beyond contexts[i])."""
+    contexts: list[int]
+    """Contexts each variant was evaluated on (a prefix of the contexts given)."""
     tokens_per_context: int
 
 
@@ -74,7 +76,7 @@ def splice(hm: HookedModel, hookpoint: str, fn: Callable[[Tensor], Tensor]) -> V
     in training: BOS activations are outliers no dictionary is trained on)."""
     from saescope.models import parse_hookpoint
 
-    if parse_hookpoint(hookpoint)[0] not in ("resid_post", "resid_pre", "mlp_in", "mlp_out", "attn_out", "mlp_post_act"):
+    if parse_hookpoint(hookpoint)[0] not in SPLICEABLE:
         raise ValueError(f"cannot splice at {hookpoint}")
 
     def variant(ids: Tensor) -> AbstractContextManager:
@@ -83,24 +85,36 @@ def splice(hm: HookedModel, hookpoint: str, fn: Callable[[Tensor], Tensor]) -> V
     return variant
 
 
+SPLICEABLE = ("resid_post", "resid_pre", "mlp_in", "mlp_out", "attn_out", "mlp_post_act")
+
+
 @torch.no_grad()
-def context_losses(hm: HookedModel, variants: list[Variant], contexts: Tensor, batch_size: int = 0) -> ContextLosses:
+def context_losses(hm: HookedModel, variants: list[Variant], contexts: Tensor, batch_size: int = 0,
+                   target_se: list[float] | None = None, min_contexts: int = 0) -> ContextLosses:
     """Per-context NLL of the clean model and of each variant, and KL(clean ‖ variant), on contexts [C, T].
 
-    One clean pass per batch is shared by all variants. Memory is bounded by LOGITS_BUDGET, not by the vocabulary:
-    each batch holds the clean log-probabilities and one other pass's logits at a time (gemma's 262k-token
-    vocabulary makes one [8, 128, V] float32 logits tensor 1 GiB).
+    One clean pass per batch is shared by all variants. With target_se, variant i stops once its ΔCE's standard
+    error is below target_se[i] (0: never; inf: at min_contexts) after at least min_contexts contexts, and the
+    clean pass stops with the last variant: the forward passes go where the noise is. Memory is bounded by
+    LOGITS_BUDGET, not by the vocabulary: each batch holds the clean log-probabilities and one other pass's logits
+    at a time (gemma's 262k-token vocabulary makes one [8, 128, V] float32 logits tensor 1 GiB).
     """
     device = next(hm.model.parameters()).device
     C, T = contexts.shape
     V = hm.model.get_output_embeddings().weight.shape[0]
     batch_size = batch_size or max(1, LOGITS_BUDGET // (T * V * 4))
+    target = target_se or [0.0] * len(variants)
     clean_nll = torch.zeros(C, dtype=torch.float64)
-    nll = torch.zeros(len(variants), C, dtype=torch.float64)
-    kl = torch.zeros(len(variants), C, dtype=torch.float64)
+    nll = torch.full((len(variants), C), float("nan"), dtype=torch.float64)
+    kl = torch.full((len(variants), C), float("nan"), dtype=torch.float64)
+    done: list[int | None] = [None] * len(variants)  # contexts of a variant that has stopped
+    end = 0
     for b in range(0, C, batch_size):
+        if all(c is not None for c in done):
+            break
         ids = contexts[b:b + batch_size].to(device)  # [b, T]
         tgt = ids[:, 1:].flatten()  # [b·(T−1)]
+        end = b + len(ids)
 
         def next_logp() -> Tensor:
             """[b·(T−1), V] next-token log-probabilities."""
@@ -111,53 +125,66 @@ def context_losses(hm: HookedModel, variants: list[Variant], contexts: Tensor, b
             return x.view(ids.shape[0], T - 1).double().sum(1).cpu()  # [b·(T−1)] → [b]
 
         clean = next_logp()
-        clean_nll[b:b + len(ids)] = per_context(torch.nn.functional.nll_loss(clean, tgt, reduction="none"))
+        clean_nll[b:end] = per_context(torch.nn.functional.nll_loss(clean, tgt, reduction="none"))
         for i, variant in enumerate(variants):
+            if done[i] is not None:
+                continue
             with variant(ids):
                 other = next_logp()
-            nll[i, b:b + len(ids)] = per_context(torch.nn.functional.nll_loss(other, tgt, reduction="none"))
-            kl[i, b:b + len(ids)] = per_context(M.kl_from_logprobs(clean, other))
+            nll[i, b:end] = per_context(torch.nn.functional.nll_loss(other, tgt, reduction="none"))
+            kl[i, b:end] = per_context(M.kl_from_logprobs(clean, other))
             del other
-    return ContextLosses(clean_nll, nll, kl, T - 1)
+            if end >= max(min_contexts, 2) and target[i] > 0 \
+                    and M.mean_and_se(nll[i, :end] - clean_nll[:end])[1] / (T - 1) < target[i]:
+                done[i] = end
+    return ContextLosses(clean_nll[:end], nll[:, :end], kl[:, :end], [c or end for c in done], T - 1)
 
 
 def loss_summary(losses: ContextLosses, i: int, zero: int | None = None) -> dict[str, Any]:
     """The reported numbers of variant i (zero: the index of the zero-ablation variant of the same hookpoint):
-    ΔCE and KL first, in nats per token, each with its standard error over contexts."""
-    n = losses.tokens_per_context
-    d_ce, d_ce_se = M.mean_and_se((losses.nll[i] - losses.clean) / n)
-    kl, kl_se = M.mean_and_se(losses.kl[i] / n)
-    clean, spliced = float(losses.clean.mean()) / n, float(losses.nll[i].mean()) / n
+    ΔCE and KL first, in nats per token, each with its standard error over contexts. CE recovered is taken on the
+    contexts both variants saw."""
+    n, c = losses.tokens_per_context, losses.contexts[i]
+    clean, own = losses.clean[:c], losses.nll[i, :c]
+    d_ce, d_ce_se = M.mean_and_se((own - clean) / n)
+    kl, kl_se = M.mean_and_se(losses.kl[i, :c] / n)
     out: dict[str, Any] = {"delta_ce": d_ce, "delta_ce_se": d_ce_se, "kl_div": kl, "kl_div_se": kl_se,
-                           "ce_clean": clean, "ce_with_sae": spliced,
-                           "spliced_contexts": int(losses.clean.numel()), "spliced_tokens": int(losses.clean.numel()) * n}
+                           "ce_clean": float(clean.mean()) / n, "ce_with_sae": float(own.mean()) / n,
+                           "spliced_contexts": c, "spliced_tokens": c * n}
     if zero is not None:
-        ablated = float(losses.nll[zero].mean()) / n
-        out |= {"ce_zero_ablation": ablated, "ce_loss_recovered": M.ce_loss_recovered(clean, spliced, ablated),
-                "ce_loss_recovered_reliable": ablated - clean >= ZERO_ABLATION_MIN_NATS}
+        z = min(c, losses.contexts[zero])
+        base, spliced, ablated = (float(v[:z].mean()) / n for v in (losses.clean, own, losses.nll[zero]))
+        out |= {"ce_zero_ablation": ablated, "ce_loss_recovered": M.ce_loss_recovered(base, spliced, ablated),
+                "ce_loss_recovered_reliable": ablated - base >= ZERO_ABLATION_MIN_NATS, "ce_recovered_contexts": z}
     return out
 
 
-def spliced_metrics(hm: HookedModel, sae: BaseSAE, hookpoint: str, contexts: Tensor,
-                    batch_size: int = 0) -> dict[str, Any]:
+def spliced_metrics(hm: HookedModel, sae: BaseSAE, hookpoint: str, contexts: Tensor, batch_size: int = 0,
+                    target_se: float = 0.0, min_contexts: int = 0) -> dict[str, Any]:
     """ΔCE and KL(clean ‖ spliced) with standard errors, CE loss clean / spliced / zero-ablated, CE recovered.
-    contexts [C, T]."""
-    return spliced_metrics_many(hm, [(sae, hookpoint)], contexts, batch_size)[0]
+    contexts [C, T]; see `spliced_metrics_many` for target_se and min_contexts."""
+    return spliced_metrics_many(hm, [(sae, hookpoint)], contexts, batch_size, target_se, min_contexts)[0]
 
 
-def spliced_metrics_many(hm: HookedModel, saes: list[tuple[BaseSAE, str]], contexts: Tensor,
-                         batch_size: int = 0) -> list[dict[str, Any]]:
+def spliced_metrics_many(hm: HookedModel, saes: list[tuple[BaseSAE, str]], contexts: Tensor, batch_size: int = 0,
+                         target_se: float = 0.0, min_contexts: int = 0) -> list[dict[str, Any]]:
     """`spliced_metrics` of several SAEs on the same contexts, sharing the clean pass (and the zero-ablated pass of
-    a hookpoint) between them: 1 + n + (hookpoints) forward passes per batch instead of 3n."""
+    a hookpoint) between them: 1 + n + (hookpoints) forward passes per batch instead of 3n.
+
+    target_se > 0: each SAE is evaluated on as many contexts as its ΔCE needs for a standard error below target_se
+    (at least min_contexts, at most all), and zero-ablation (only CE recovered reads it) on min_contexts.
+    """
     device = next(hm.model.parameters()).device
     saes = [(sae.to(device).eval(), hp) for sae, hp in saes]
     variants = [splice(hm, hp, lambda a, sae=sae: sae(a.float()).to(a.dtype)) for sae, hp in saes]
+    targets = [target_se] * len(saes)
     zero: dict[str, int] = {}
     for _, hp in saes:
         if hp not in zero:
             zero[hp] = len(variants)
             variants.append(splice(hm, hp, torch.zeros_like))
-    losses = context_losses(hm, variants, contexts, batch_size)
+            targets.append(float("inf") if target_se > 0 else 0.0)
+    losses = context_losses(hm, variants, contexts, batch_size, targets, min_contexts)
     return [loss_summary(losses, i, zero[hp]) for i, (_, hp) in enumerate(saes)]
 
 
