@@ -233,10 +233,11 @@ def export_neuronpedia(cfg: NeuronpediaExportConfig) -> list[Path]:
                     "decoder_weights_dist": []})
                 e = expl.get(str(i)) or {}
                 if e.get("explanation"):
+                    by = e.get("explainer") or explainer  # per unit; older files only name it in their header
                     expls.append({"id": _id(model, source, i, "explanation"), "modelId": model, "layer": source,
                                   "index": i, "description": e["explanation"], "authorId": CREATOR,
-                                  "embedding": None, "typeName": "saescope-" + explainer.split(":")[0],
-                                  "explanationModelName": explainer,
+                                  "embedding": None, "typeName": "saescope-" + by.split(":")[0],
+                                  "explanationModelName": by,
                                   "notes": f"score {e['score']:.3f} (top-and-random correlation)"
                                   if e.get("score") is not None else None, "createdAt": now})
             _write_jsonl_gz(out / "features" / f"batch-{b}.jsonl.gz", feats)
