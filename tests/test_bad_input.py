@@ -253,3 +253,93 @@ def test_view_and_summarize_check_what_they_read(collated, tmp_path, capsys, mon
     (broken_tdb / "0" / "0.json").write_text("not json")
     fails(capsys, ["summarize", broken_tdb], "0.json: not valid JSON")
     assert not list(cache.rglob("summary.json"))
+
+
+# --- every option is checked where it is parsed, before any model loads or work starts -----------------------------
+# {tmp} is an empty folder, {file} a file in it; {nomodel}/{nostore} do not exist, so a check that came after loading
+# the model or opening the store would report those instead of the option.
+
+M = ["--model", "{nomodel}"]
+S = ["--store", "{nostore}"]
+DBG = ["debug", *M, "--prompt", "The cat", "--target", " sat"]
+OPTION_CASES = [
+    (["train", *S, "--tokens", "-5"], "--tokens -5"),
+    (["train", *S, "--lr", "-1"], "--lr -1"),
+    (["train", *S, "--batch_size", "0"], "--batch_size must be positive"),
+    (["train", *S, "--holdout_shards", "-1"], "--holdout_shards -1"),
+    (["train", *S, "--warmup_frac", "1.5"], "--warmup_frac 1.5"),
+    (["train", *S, "--matryoshka_widths", "a,b"], "--matryoshka_widths 'a,b': expected comma-separated integers"),
+    (["train", *S, "--arch", "foo"], "invalid choice: 'foo'"),
+    (["train", *S, "--tokens", "abc"], "invalid int value: 'abc'"),
+    (["train", *S, "--no_such_option", "1"], "unrecognized arguments"),
+    (["train", *S, "--out", "{file}"], "--out {file}: is a file"),
+    (["train", *M, "--corpus", "{file}", "--out", "{file}"], "--out {file}: is a file"),  # online
+    (["eval", *S, "--contexts", "-5"], "--contexts -5"),
+    (["eval", *S, "--holdout_shards", "-2"], "--holdout_shards -2"),
+    (["capture", *M, "--batch_size", "0"], "--batch_size and --shard_contexts must be positive"),
+    (["capture", *M, "--corpus", "{tmp}/empty.txt"], "the file is empty"),
+    (["capture", *M, "--corpus", "{tmp}/paper.pdf"], "unsupported file type '.pdf'"),
+    (["capture", *M, "--device", "gpu"], "--device 'gpu'"),
+    (["capture", *M, "--shuffle_docs", "-1"], "--shuffle_docs -1"),
+    (["collate", *M, "--out", "{file}"], "--out {file}: is a file"),
+    (["collate", *M, "--store", "{nostore}"], "--store {nostore}: does not exist"),
+    (["collate", *M, "--store", "{file}"], "--store {file}: is a file"),
+    (["collate", *M, "--layers", "a"], "--layers 'a'"),
+    (["collate", *M, "--units", "foo"], "--units foo"),
+    (["collate", *M, "--batch_size", "0"], "--batch_size 0"),
+    ([*DBG, "--ablate", "mlp.9.1234@5"], "--ablate 'mlp.9.1234@5'"),
+    ([*DBG, "--ablate", "garbage"], "--ablate 'garbage'"),
+    ([*DBG, "--ablate", "mlp.1.3@2=zero,garbage=zero"], "--ablate 'garbage'"),
+    ([*DBG, "--ablate", "mlp.1.3@2=huge"], "--ablate 'mlp.1.3@2=huge'"),
+    ([*DBG, "--ablate", "mlp.1.3=zero"], "--ablate 'mlp.1.3'"),
+    ([*DBG, "--trace", "head.1.2@3:x"], "--trace 'head.1.2@3:x'"),
+    ([*DBG, "--trace", "neuron 5"], "--trace 'neuron 5'"),
+    ([*DBG, "--top", "-1"], "--top -1"),
+    ([*DBG, "--collated", "{tmp}/nocol"], "--collated {tmp}/nocol: does not exist"),
+    ([*DBG, "--distractor", " sat"], "is the target itself"),
+    (["run", *M, "--explainer", "foo:bar"], "--explainer 'foo:bar'"),
+    (["run", *M, "--out", "{file}"], "--out {file}: is a file"),
+    (["run", *M, "--port", "99999"], "--port 99999"),
+    (["run", *M, "--lr", "-1"], "--lr -1"),
+    (["run", *M, "--layer", "-3"], "--layer -3"),
+    (["run", *M, "--explainer", "openai:gpt-4o-mini"], "OPENAI_API_KEY is not set"),
+    (["export", "neuronpedia", "{tmp}/norun"], "RUN_DIR (--run) {tmp}/norun: does not exist"),
+    (["export", "neuronpedia", "{tmp}", "--batch_size", "0"], "--batch_size 0"),
+    (["export", "neuronpedia", "{tmp}", "--neighbours", "-1"], "--neighbours -1"),
+    (["export", "neuronpedia", "{tmp}", "{file}"], "OUT (--out) {file}: is a file"),
+    (["export", "saelens", "{tmp}/norun"], "{tmp}/norun: does not exist"),
+    (["search", "hello", "--root", "{tmp}/nocol"], "--root {tmp}/nocol: does not exist"),
+    (["search", "hello", "--root", "{tmp}", "--per_token", "0"], "--per_token 0"),
+    (["view", "{tmp}/nocol"], "no such folder, URL or registry name"),
+    (["view", "{tmp}"], "not a TDB-layout dataset"),
+    (["store-info", "{nostore}"], "store manifest"),
+    (["import-seed", "{tmp}/noseed"], "--seed {tmp}/noseed: does not exist"),
+    (["import-seed", "{tmp}", "--out", "{file}"], "--out {file}: is a file"),
+    (["export-seed", "--store", "{nostore}", "--out", "{file}"], "--out {file}: is a file"),
+]
+
+
+@pytest.mark.parametrize("argv, match", OPTION_CASES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in OPTION_CASES])
+def test_bad_option_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, argv, match):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    tmp = tmp_path / "t"
+    tmp.mkdir()
+    (tmp / "f.txt").write_text("some earlier output")
+    (tmp / "empty.txt").write_bytes(b"")
+    (tmp / "paper.pdf").write_bytes(b"%PDF-1.4")
+    subs = {"{tmp}": str(tmp), "{file}": str(tmp / "f.txt"), "{nomodel}": str(tmp_path / "no-model"),
+            "{nostore}": str(tmp_path / "no-store")}
+
+    def fill(s: str) -> str:
+        for k, v in subs.items():
+            s = s.replace(k, v)
+        return s
+    fails(capsys, [fill(a) for a in argv], fill(match), keep=(tmp,))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]  # nothing created beside it either
+
+
+def test_holdout_of_every_shard_is_refused_not_reported_as_held_out(store, tmp_path, capsys):
+    n = len(json.loads((store / "manifest.json").read_text())["shards"])
+    fails(capsys, ["train", "--store", store, "--holdout_shards", n, "--out", tmp_path / "o", "--width", "64",
+                   "--k", "4", "--device", "cpu"], f"has only {n} shard(s)", keep=(store,))
+    assert not (tmp_path / "o").exists()

@@ -26,6 +26,12 @@ class ImportSeedConfig:
     overwrite: bool = False
     """Replace an existing store."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.existing_dir(self.seed, "--seed", "seed-format folder")
+        validate.not_a_file(self.out, "--out")
+
 
 @dataclass
 class ExportSeedConfig:
@@ -37,6 +43,11 @@ class ExportSeedConfig:
     """Folder to write."""
     hookpoint: str = ""
     """Hookpoint to export (default: the store's first)."""
+
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.not_a_file(self.out, "--out")
 
 
 def info(argv: list[str]) -> int:
