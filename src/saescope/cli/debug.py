@@ -83,7 +83,7 @@ def parse_ablate(text: str) -> dict[str, str]:
         except ValueError:
             ok = False
         if not ok:
-            raise SaescopeError(f"--ablate '{item}': expected NODE=zero, NODE=mean or NODE=<number> "
+            raise SaescopeError(f"--ablate '{item}': after NODE= use zero, mean or a number "
                                 f"(e.g. {name.strip()}=zero)")
         out[name.strip()] = how
     return out
