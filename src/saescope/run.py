@@ -57,6 +57,18 @@ class RunConfig:
     no_serve: bool = False
     """Do not serve the viewer at the end (it is only served when run from a terminal anyway)."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.not_a_file(self.out, "--out")
+        validate.at_least(self.layer, -1, "--layer", "-1 = the middle layer")
+        validate.at_least(self.generate, 1, "--generate")
+        validate.at_least(self.eval_contexts, 1, "--eval_contexts")
+        if not [s for s in self.saes.split(",") if s.strip()]:
+            from saescope.errors import SaescopeError
+
+            raise SaescopeError("--saes: name at least one hookpoint kind, e.g. resid_post")
+
 
 class RunResult(NamedTuple):
     done: list[tuple[str, Path]]
@@ -76,6 +88,9 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     """Run (or reuse) every stage, in order; each stage's fingerprint includes its inputs' fingerprints."""
     from saescope.io import read_json
 
+    from saescope.interp.pipeline import check_backends
+
+    check_backends(cfg.interp)  # a missing key or unreachable server: one line now, not after capture and training
     out = Path(cfg.out)
     hm = cfg.model.load()
     layer = resolve_layer(cfg.layer, hm.n_layers)

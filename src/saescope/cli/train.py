@@ -44,7 +44,7 @@ def train(argv: list[str]) -> int:
         os._exit(0)  # skip the interpreter's teardown, where a worker rank intermittently aborted in native threads
     print(f"SAE written to {cfg.out} ({report['steps']} steps, {report['tokens']:,} tokens, "
           f"{report['train_tokens_per_s'] or 0:,.0f} tokens/s)")
-    print("held-out metrics:")
+    print("metrics on training data (--holdout_shards 0):" if report["heldout_is_training_data"] else "held-out metrics:")
     print(format_metrics(report["heldout"]))
     return 0
 

@@ -38,12 +38,23 @@ class TrainConfig:
     device: str = "auto"
     """cpu, cuda, ... or auto."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.not_a_file(self.out, "--out")  # before training, not when the SAE is saved
+
 
 def split_shards(store: ActivationStore, holdout: int) -> tuple[list[int], list[int]]:
+    """(training shards, evaluation shards): the last `holdout` are held out; 0 = train on all and evaluate on the
+    last training shard (reported as training data, never as held-out)."""
     n = len(store.shards)
     if n == 0:
         raise SaescopeError(f"{store.root}: the store has no shards; capture some activations first")
-    if holdout <= 0 or n <= holdout:
+    if holdout >= n:
+        raise SaescopeError(f"--holdout_shards {holdout}: the store {store.root} has only {n} shard(s), so nothing "
+                            f"would be left to train on; use at most {n - 1} (0 = evaluate on training data) or "
+                            f"capture more (smaller --shard_contexts)")
+    if holdout <= 0:
         return list(range(n)), list(range(n))[-1:]
     return list(range(n - holdout)), list(range(n - holdout, n))
 
@@ -101,7 +112,8 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     sae.cpu().save(out, sparsity=density.clamp_min(1e-10).log10().float())
     last = result.history[-1] if result.history else {}
     report = {"hookpoint": hp, "steps": result.steps, "tokens": result.tokens,
-              "train_tokens_per_s": last.get("tokens_per_s"), "heldout": ev, "config": asdict(cfg)}
+              "train_tokens_per_s": last.get("tokens_per_s"), "heldout": ev,
+              "heldout_is_training_data": tc.holdout_shards == 0, "config": asdict(cfg)}
     write_json(out / "metrics.json", report)
     write_json(out / "train_history.json", result.history)
     release_freed_memory()  # what evaluation freed (measured: 0.64 → 0.28 GB anonymous after training mlp_post_act)
@@ -133,6 +145,12 @@ class EvalConfig:
     model: str = ""
     """Model spec for spliced metrics (default: the store's model)."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.at_least(self.holdout_shards, 0, "--holdout_shards", "0 = all shards")
+        validate.at_least(self.contexts, 1, "--contexts")
+
 
 def evaluate(cfg: EvalConfig, hm: Any = None) -> dict[str, Any]:
     return evaluate_many([cfg], hm)[0]
@@ -155,9 +173,7 @@ def evaluate_many(cfgs: list[EvalConfig], hm: Any = None) -> list[dict[str, Any]
                                 f"{', '.join(store.hookpoints)})")
         if store.hookpoints[hp] != sae.cfg.d_in:
             raise SaescopeError(f"{cfg.sae}: d_in={sae.cfg.d_in} but {hp} in the store has d={store.hookpoints[hp]}")
-        _, eval_ids = split_shards(store, cfg.holdout_shards)
-        if cfg.holdout_shards == 0:
-            eval_ids = list(range(len(store.shards)))
+        eval_ids = split_shards(store, cfg.holdout_shards)[1] if cfg.holdout_shards else list(range(len(store.shards)))
         log.info("evaluating %s on %d held-out shard(s)%s", hp, len(eval_ids),
                  f" and {cfg.contexts} spliced contexts" if cfg.spliced else "")
         ev = evaluate_batches(sae, (store.load_shard(hp, i) for i in eval_ids))
