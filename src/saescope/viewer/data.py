@@ -114,7 +114,8 @@ class DataRoot:
         for m in self.manifests():
             for d in m.get("datasets", []):
                 rows.append({"model": m["model"], "model_spec": m.get("model_spec", m["model"]), **d,
-                             "tokens": m.get("tokens"), "excerpt_len": m.get("excerpt_len")})
+                             "tokens": m.get("tokens"), "excerpt_len": m.get("excerpt_len"),
+                             **({"dictionary": ev} if (ev := dictionary_eval(d.get("source"))) else {})})
         return rows
 
     def manifest(self, model: str) -> dict[str, Any]:
@@ -208,3 +209,20 @@ class DataRoot:
 def _load_scores(path: str, mtime: float) -> dict[int, dict[str, Any]]:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return {int(k): v for k, v in data.get("units", {}).items()}
+
+
+DICTIONARY_KEYS = ("delta_ce", "delta_ce_se", "kl_div", "kl_div_se", "fvu", "l0", "dead_fraction", "ce_loss_recovered",
+                   "ce_loss_recovered_reliable", "spliced_contexts")
+"""What the dataset list shows of an SAE's eval.json, the loss it adds to the model first."""
+
+
+def dictionary_eval(source: str | None) -> dict[str, Any]:
+    """The headline numbers of the eval.json next to an SAE's weights (written by `saescope run`), or {} where there
+    is none (a source-less dataset, an SAE evaluated elsewhere, an unreadable file)."""
+    if not source or not (Path(source) / "eval.json").is_file():
+        return {}
+    try:
+        ev = json.loads((Path(source) / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: ev[k] for k in DICTIONARY_KEYS if k in ev} if isinstance(ev, dict) else {}

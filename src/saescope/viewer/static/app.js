@@ -132,8 +132,20 @@ async function indexPage() {
   crumbs([]);
   const ds = await api("/api/datasets");
   if (!ds.length) { app.innerHTML = "<p>No collated datasets under this root. Run <code>saescope collate</code> first.</p>"; return; }
-  app.innerHTML = "<h2>Datasets</h2><table id='datasets'><tr><th>model</th><th>unit type</th><th>name</th><th>layer</th><th>units</th><th>tokens</th></tr>" +
-    ds.map(d => `<tr><td>${esc(d.model)}</td><td><a href="/u/${esc(d.model)}/${esc(d.path)}">${esc(d.unit_type)}</a></td><td>${esc(d.name || "")}</td><td>${d.layer}</td><td>${d.units}</td><td>${d.tokens ?? ""}</td></tr>`).join("") + "</table>";
+  app.innerHTML = "<h2>Datasets</h2><table id='datasets'><tr><th>model</th><th>unit type</th><th>name</th><th>layer</th><th>units</th><th>tokens</th><th title='the SAE spliced into the model: loss it adds (ΔCE ± standard error, nats/token), KL, then reconstruction'>dictionary</th></tr>" +
+    ds.map(d => `<tr><td>${esc(d.model)}</td><td><a href="/u/${esc(d.model)}/${esc(d.path)}">${esc(d.unit_type)}</a></td><td>${esc(d.name || "")}</td><td>${d.layer}</td><td>${d.units}</td><td>${d.tokens ?? ""}</td><td class="dict">${dictionaryText(d.dictionary)}</td></tr>`).join("") + "</table>";
+}
+
+// an SAE's eval.json headline, in the order that matters: the loss it adds to the model, then reconstruction
+function dictionaryText(ev) {
+  if (!ev) return "";
+  const f = (v, n) => (typeof v === "number" ? v.toFixed(n) : "?");
+  const parts = [];
+  if (ev.delta_ce !== undefined) parts.push(`ΔCE ${f(ev.delta_ce, 3)} ± ${f(ev.delta_ce_se, 3)} nats`, `KL ${f(ev.kl_div, 3)}`);
+  if (ev.fvu !== undefined) parts.push(`FVU ${f(ev.fvu, 3)}`);
+  if (ev.l0 !== undefined) parts.push(`L0 ${f(ev.l0, 1)}`);
+  if (ev.dead_fraction !== undefined) parts.push(`dead ${f(100 * ev.dead_fraction, 1)} %`);
+  return esc(parts.join(", "));
 }
 
 async function datasetPage(model, dataset) {
