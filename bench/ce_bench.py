@@ -32,6 +32,7 @@ SETTINGS: dict[str, dict] = {
     "w8192_epochs4": {"width": 8192, "epochs": 4},
     "w16384_epochs4": {"width": 16384, "epochs": 4},
     "batch256": {"batch_size": 256},
+    "batch256_epochs2": {"batch_size": 256, "epochs": 2},
     "batch256_epochs4": {"batch_size": 256, "epochs": 4},
     "batch512_epochs4": {"batch_size": 512, "epochs": 4},
     "no_anneal_epochs4": {"k_anneal_frac": 0.0, "epochs": 4},
