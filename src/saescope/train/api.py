@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,9 +134,14 @@ class EvalConfig:
     holdout_shards: int = 1
     """Evaluate on the last N shards (0 = all)."""
     spliced: bool = True
-    """Also splice the SAE into the model: CE loss recovered and KL."""
-    contexts: int = 32
-    """Contexts for the spliced metrics."""
+    """Also splice the SAE into the model: ΔCE (spliced − clean loss), KL, CE loss recovered."""
+    contexts: int = 256
+    """Most held-out contexts for the spliced metrics (fewer where the held-out shards hold fewer)."""
+    target_se: float = 0.01
+    """Stop splicing an SAE once its ΔCE's standard error (over contexts) is below this many nats (0 = use all
+    --contexts)."""
+    min_contexts: int = 32
+    """Contexts every SAE is spliced on before --target_se may stop it (zero-ablation, for CE recovered, stops here)."""
     model: str = ""
     """Model spec for spliced metrics (default: the store's model)."""
 
@@ -156,7 +162,7 @@ def evaluate_many(cfgs: list[EvalConfig], hm: Any = None) -> list[dict[str, Any]
     from saescope.train.evaluate import evaluate_batches, spliced_metrics_many
 
     evs: list[dict[str, Any]] = []
-    groups: dict[tuple[str, tuple[int, ...], int, str], list[int]] = {}  # same contexts → one spliced pass
+    groups: dict[tuple[Any, ...], list[int]] = {}  # same contexts → one spliced pass
     loaded = []
     for n, cfg in enumerate(cfgs):
         sae = load_sae(cfg.sae)
@@ -176,15 +182,26 @@ def evaluate_many(cfgs: list[EvalConfig], hm: Any = None) -> list[dict[str, Any]
         loaded.append((sae, hp, store, eval_ids))
         if cfg.spliced:
             model = cfg.model or store.manifest.get("extra", {}).get("model_spec") or store.model
-            groups.setdefault((str(Path(cfg.store).resolve()), tuple(eval_ids), cfg.contexts, model), []).append(n)
-    for (_, eval_ids, contexts, model), members in groups.items():
+            key = (str(Path(cfg.store).resolve()), tuple(eval_ids), cfg.contexts, cfg.target_se, cfg.min_contexts,
+                   model)
+            groups.setdefault(key, []).append(n)
+    for (_, eval_ids, contexts, target_se, min_contexts, model), members in groups.items():
         from saescope.models import load_model
 
         hm = hm or load_model(model)
         store = loaded[members[0]][2]
         ctx = contexts_from_store(store, list(eval_ids), contexts, hm.tokenizer.bos_token_id)
-        for n, res in zip(members, spliced_metrics_many(hm, [loaded[n][:2] for n in members], ctx)):
-            evs[n].update(res)
+        t0 = time.perf_counter()
+        res = spliced_metrics_many(hm, [loaded[n][:2] for n in members], ctx, target_se=target_se,
+                                   min_contexts=min_contexts)
+        log.info("spliced metrics of %d SAE(s) on up to %d contexts: %.0f s", len(members), len(ctx),
+                 time.perf_counter() - t0)
+        for n, r in zip(members, res):
+            evs[n] = {**r, **evs[n]}  # ΔCE and KL lead the summary
+            if target_se and r["delta_ce_se"] >= target_se:
+                log.warning("%s: ΔCE standard error %.3f nats is above --target_se %.3f with all %d held-out contexts; "
+                            "hold out more shards (--holdout_shards) or raise --contexts", cfgs[n].sae,
+                            r["delta_ce_se"], target_se, r["spliced_contexts"])
     return evs
 
 
