@@ -20,7 +20,7 @@ class SummarizeConfig:
 
     def __post_init__(self) -> None:
         from saescope import validate
-        from saescope.records import UNIT_TYPES
+        from saescope.units import UNIT_TYPES
 
         validate.one_of(self.unit_type, ("", *UNIT_TYPES), "--unit_type")
 
