@@ -78,7 +78,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         raise SaescopeError(f"--batch_size {tc.batch_size} is not divisible by the {ws} data-parallel ranks")
     train_ids, eval_ids = split_shards(store, tc.holdout_shards)
     train_rows = sum(store.shards[i]["rows"] for i in train_ids)
-    tokens = tc.tokens or train_rows
+    tokens = tc.tokens or int(tc.epochs * train_rows)
     steps = max(1, tokens // tc.batch_size)
     device = resolve_device(cfg.device)
     if device.startswith("cuda") and dist_utils.is_distributed():

@@ -64,7 +64,9 @@ class TrainerConfig:
     width: int = 4096
     """Number of latents F."""
     tokens: int = 0
-    """Training tokens (0 = one pass over the training shards)."""
+    """Training tokens (0 = --epochs passes over the training shards)."""
+    epochs: float = 1.0
+    """Store training with --tokens 0: passes over the training shards."""
     batch_size: int = 1024
     """Tokens per step (global, across data-parallel ranks)."""
     buffer_rows: int = 65536
@@ -129,6 +131,8 @@ class TrainerConfig:
             raise SaescopeError(f"--kind clt: --arch {self.arch} is not supported; use topk, batchtopk or jumprelu")
         if self.width < 1 or self.k < 1 or self.batch_size < 1:
             raise SaescopeError("--width, --k and --batch_size must be positive")
+        if self.epochs <= 0:
+            raise SaescopeError(f"--epochs {self.epochs}: must be positive (passes over the store's training shards)")
         if topk_family and self.k > self.width:
             raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
         self._check_ranges()
