@@ -77,6 +77,10 @@ def test_debug_api(client):
     assert any(n["kind"] == "latent" for n in res["nodes"]) or any(n["kind"] == "mlp" for n in res["nodes"])
     many = client.post("/api/debug", json={**body, "top": 200}).json()["nodes"]
     mlp = next(n for n in many if n["kind"] == "mlp" and n["layer"] == 1)  # layer 1 is the collated one
+    # links lead only to units that have records: none for the layers that were not collated
+    assert all(n.get("url") is None for n in many if n["kind"] in ("mlp", "head") and n["layer"] != 1)
+    assert any(n["kind"] in ("mlp", "head") and n["layer"] != 1 for n in many)
+    assert all(client.get(n["url"].replace("/u/", "/api/record/", 1)).status_code == 200 for n in many if n.get("url"))
     assert mlp["url"] == f"/u/{model}/mlp_neurons/1/{mlp['index']}" and mlp["mean"] is not None
     ab = client.post("/api/debug", json={**body, "ablate": {mlp["name"]: "mean"}}).json()
     assert ab["ablated_behaviour"] is not None and ab["behaviour"] == pytest.approx(res["behaviour"])
@@ -92,7 +96,8 @@ def test_steering_adds_the_units_write_direction_and_strength_zero_changes_nothi
     import torch
 
     from saescope.models import load_model
-    from saescope.viewer.explore import steer, steer_target
+    from saescope.units import UnitSet
+    from saescope.viewer.explore import steer
 
     model = client.get("/api/datasets").json()[0]["model"]
     body = {"model": model, "dataset": "sae_latents/tiny_sae/1", "index": 5, "prompt": "the cat sat on", "tokens": 8}
@@ -109,7 +114,7 @@ def test_steering_adds_the_units_write_direction_and_strength_zero_changes_nothi
 
     hm = load_model(str(tiny_dir))
     sae = load_sae(Path(next(d for d in client.get("/api/datasets").json() if d["unit_type"] == "sae_latents")["source"]))
-    t = steer_target("sae_latents", 1, 5, hm, sae, "resid_post.1")
+    t = UnitSet("sae_latents", 1, "tiny_sae", sae, "resid_post.1").write_direction(hm, 5)
     torch.testing.assert_close(t.direction, sae.W_dec[5].detach())
     ids = torch.tensor([[hm.tokenizer.bos_token_id, 5, 6, 7]])
     clean = hm.run_with_cache(ids, None, ["resid_post.1"])["resid_post.1"]
@@ -132,6 +137,37 @@ def test_concurrent_model_requests_do_not_see_each_others_hooks(client):
     with ThreadPoolExecutor(4) as pool:
         codes = list(pool.map(lambda c: client.post(c[0], json=c[1]).status_code, calls))
     assert codes == [200] * len(calls)
+
+
+def test_a_long_debug_request_does_not_hold_the_model(client, monkeypatch):
+    """/debug holds the model lock for its forward and backward only: a probe sent while the (slow) ranking runs
+    answers at once; a prompt past the bound is refused with a clear error before the model is touched."""
+    import saescope.debug as dbg
+
+    model = client.get("/api/datasets").json()[0]["model"]
+    ranking, slow = threading.Event(), 3.0
+    real = dbg.rank_nodes
+
+    def slow_rank(*a, **k):
+        ranking.set()
+        time.sleep(slow)  # stands for the ranking of a long prompt on a big model (tens of seconds)
+        return real(*a, **k)
+    monkeypatch.setattr(dbg, "rank_nodes", slow_rank)
+    body = {"model": model, "prompt": "the cat sat on the mat and the", "target": " cat"}
+    done = {}
+    t = threading.Thread(target=lambda: done.setdefault("r", client.post("/api/debug", json=body)))
+    t.start()
+    assert ranking.wait(30)
+    t0 = time.perf_counter()
+    r = client.post("/api/probe", json={"model": model, "dataset": "mlp_neurons/1", "index": 3, "text": "the cat"})
+    waited = time.perf_counter() - t0
+    t.join()
+    assert r.status_code == 200 and done["r"].status_code == 200
+    assert waited < slow / 2, f"the probe queued {waited:.1f} s behind /debug"
+    from saescope.viewer.server import DEBUG_MAX_TOKENS
+
+    long = client.post("/api/debug", json={**body, "prompt": "the cat " * DEBUG_MAX_TOKENS})
+    assert long.status_code == 400 and f"at most {DEBUG_MAX_TOKENS}" in long.json()["detail"]
 
 
 def test_neighbours_and_search_by_inference(client, collated_root, capsys):
