@@ -107,3 +107,38 @@ def test_logit_targets_and_cap(tiny_gpt2):
     sel = named.selected_features
     keep = torch.cat([sel, torch.arange(full.n_features, full.logit_start)])
     torch.testing.assert_close(B[:7][:, : named.logit_start], A[sel][:, keep], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["plt_skip_jumprelu", "clt_topk_skip"])
+def test_transcoder_set_adapter(tiny_gpt2, which):
+    """saescope's TranscoderSet read by the graph: same latents, and the frozen model's MLP outputs are the set's own
+    reconstruction plus the error."""
+    from saescope.graph.replacement import from_transcoder_set
+    from saescope.sae.base import SAEConfig
+    from saescope.sae.registry import sae_class
+    from saescope.sae.transcoder import CLTConfig, CrossLayerTranscoder, TranscoderSet, transcoder_class
+
+    hm, d, L = tiny_gpt2, tiny_gpt2.d_model, tiny_gpt2.n_layers
+    g = torch.Generator().manual_seed(3)
+    if which.startswith("clt"):
+        ts = TranscoderSet(clt=CrossLayerTranscoder(CLTConfig("topk", n_layers=L, d_in=d, d_sae=24, k=4, skip=True)))
+    else:
+        cls = transcoder_class(sae_class("jumprelu"), True)
+        ts = TranscoderSet(plts={l: cls(SAEConfig(cls.architecture, d, 24, apply_b_dec_to_input=False)) for l in range(L)})
+    with torch.no_grad():
+        for name, p in ts.named_parameters():
+            p.copy_(torch.rand(p.shape, generator=g) * 0.2 if "threshold" in name else
+                    torch.randn(p.shape, generator=g) * (0.005 if "skip" in name else 0.05))
+    tc = from_transcoder_set(ts, L, scan="tiny")
+    fm = FrozenModel(hm, tc, attr.prompt_ids(hm, PROMPT)[0])
+    recon = ts.reconstruct({l: fm.clean.mlp_in[l] for l in range(L)})
+    for l in range(L):
+        acts = ts.encode_layer(l, fm.clean.mlp_in[l])
+        torch.testing.assert_close(fm.acts[l][1:], acts[1:])
+        assert int((acts[1:] != 0).sum()) > 0
+        torch.testing.assert_close(fm.errors[l][1:], (fm.clean.mlp_out[l] - recon[l])[1:], atol=1e-5, rtol=1e-4)
+    _, logits = fm.forward(fm.clean.embed, fm.acts, fm.errors)
+    torch.testing.assert_close(logits, fm.clean.logits, atol=2e-4, rtol=1e-4)
+    graph = attr.attribute(hm, tc, PROMPT)
+    row, y, const = naive_row(fm, graph, graph.logit_start)
+    torch.testing.assert_close(graph.adjacency.to_dense()[graph.logit_start], row, atol=3e-5, rtol=1e-4)

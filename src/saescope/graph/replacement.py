@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +53,14 @@ class Transcoders:
     """[d, d] per layer, or None: an affine skip x W_skip added to the output."""
     scan: str = ""
     """Identifier of the set (circuit-tracer's `scan`), written to the graph JSON."""
+    encoder: Callable[[int, Tensor], Tensor] | None = None
+    """(layer, x [.., d]) → activations, where the set has its own encoder (a TranscoderSet); else
+    activation(layer, x W_enc + b_enc)."""
+
+    def encode(self, layer: int, x: Tensor) -> Tensor:
+        if self.encoder is not None:
+            return self.encoder(layer, x)
+        return self.activation(layer, x @ self.W_enc[layer] + self.b_enc[layer])
 
     @property
     def n_layers(self) -> int:
@@ -63,6 +72,42 @@ class Transcoders:
 
     def skip(self, layer: int) -> Tensor | None:
         return None if self.W_skip is None else self.W_skip[layer]
+
+
+@torch.no_grad()
+def from_transcoder_set(ts: Any, n_layers: int, scan: str = "") -> Transcoders:
+    """saescope's `TranscoderSet` (per-layer transcoders, with or without skip, or one cross-layer transcoder) as the
+    graph reads it; every layer must be covered."""
+    missing = [l for l in range(n_layers) if l not in ts.layers]
+    if missing:
+        raise SaescopeError(f"transcoders: no transcoder for layers {missing}; a graph needs one on every layer")
+    f = lambda t: t.detach().float().cpu()  # noqa: E731
+    dev = next(ts.parameters()).device
+
+    def encode(layer: int, x: Tensor) -> Tensor:
+        return ts.encode_layer(layer, x.to(dev)).detach().float().cpu()
+
+    if ts.is_clt:
+        clt = ts.clt
+        skip = [f(clt.W_skip[l]) for l in range(n_layers)] if clt.cfg.skip else None
+        per = lambda w: [f(w[l]) for l in range(n_layers)]  # noqa: E731
+        return Transcoders(per(clt.W_enc), per(clt.b_enc), per(clt.W_dec), per(clt.b_dec), _no_activation, skip, scan,
+                           encoder=encode)
+    W_enc, b_enc, W_dec, b_dec, skip = [], [], [], [], []
+    for l in range(n_layers):
+        t = ts[l]
+        W_enc.append(f(t.W_enc))
+        b = f(t.b_enc)  # an input-side b_dec (plain SAEs) folds into the encoder bias
+        b_enc.append(b - f(t.b_dec) @ f(t.W_enc) if t.cfg.apply_b_dec_to_input else b)
+        W_dec.append(f(t.W_dec)[:, None, :])
+        b_dec.append(f(t.b_dec))
+        skip.append(f(t.W_skip) if getattr(t, "skip_connection", False) else None)
+    return Transcoders(W_enc, b_enc, W_dec, b_dec, _no_activation, skip if any(w is not None for w in skip) else None,
+                       scan, encoder=encode)
+
+
+def _no_activation(layer: int, pre: Tensor) -> Tensor:
+    raise NotImplementedError("this set encodes through its own encoder")
 
 
 def topk_activation(k: int) -> Callable[[int, Tensor], Tensor]:
@@ -96,10 +141,10 @@ class FrozenNorm:
     @classmethod
     def of(cls, hm: HookedModel, mod: nn.Module, x: Tensor) -> FrozenNorm:
         """From a norm module and its clean input x [T, d]."""
-        w = mod.weight.detach().float()
+        w = mod.weight.detach().float().cpu()
         if isinstance(mod, nn.LayerNorm):
             scale = torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + mod.eps)
-            return cls(w, None if mod.bias is None else mod.bias.detach().float(), scale, True)
+            return cls(w, None if mod.bias is None else mod.bias.detach().float().cpu(), scale, True)
         eps = getattr(mod, "eps", None) or getattr(mod, "variance_epsilon", 1e-6)
         scale = torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
         return cls(1.0 + w if hm.arch == "gemma" else w, None, scale, False)
@@ -145,8 +190,8 @@ def _value_weights(hm: HookedModel, layer: int) -> tuple[Tensor, Tensor | None]:
         b = attn.c_attn.bias[2 * d:]
     else:
         W, b = attn.v_proj.weight.T, attn.v_proj.bias
-    W = W.detach().float().reshape(d, n_kv, dh).permute(1, 0, 2)  # [n_kv, d, dh]
-    return W, None if b is None else b.detach().float().reshape(n_kv, dh)
+    W = W.detach().float().cpu().reshape(d, n_kv, dh).permute(1, 0, 2)  # [n_kv, d, dh]
+    return W, None if b is None else b.detach().float().cpu().reshape(n_kv, dh)
 
 
 def _pre_mlp_norm(hm: HookedModel, layer: int) -> nn.Module:
@@ -184,7 +229,7 @@ def clean_pass(hm: HookedModel, ids: Tensor) -> CleanPass:
     handles = []
 
     def keep(key: str, layer: int, x: Tensor) -> None:
-        rec[key][layer] = x[0].detach().float()
+        rec[key][layer] = x[0].detach().float().cpu()
 
     def first(x: object) -> Tensor:
         return x[0] if isinstance(x, tuple) else x  # type: ignore[index]
@@ -207,12 +252,12 @@ def clean_pass(hm: HookedModel, ids: Tensor) -> CleanPass:
         out_mod = block.post_feedforward_layernorm if hm.arch == "gemma" else block.mlp
         handles.append(out_mod.register_forward_hook(
             lambda m, a, out, layer=layer: keep("mlp_out", layer, first(out))))
-    handles.append(final_norm(hm).register_forward_pre_hook(lambda m, a: got.__setitem__("final", a[0][0].float())))
+    handles.append(final_norm(hm).register_forward_pre_hook(lambda m, a: got.__setitem__("final", a[0][0].float().cpu())))
     handles.append(hm.model.get_input_embeddings().register_forward_hook(
-        lambda m, a, out: got.__setitem__("embed", out[0].float())))
+        lambda m, a, out: got.__setitem__("embed", out[0].float().cpu())))
     try:
         with hm._eager_attention(True):
-            logits = hm.model(input_ids=ids[None].to(hm.model.device), use_cache=False).logits[0].float()
+            logits = hm.model(input_ids=ids[None].to(hm.model.device), use_cache=False).logits[0].float().cpu()
     finally:
         for h in handles:
             h.remove()
@@ -243,14 +288,14 @@ class FrozenModel:
                 FrozenNorm.of(hm, hm.layers[layer].ln_1 if hm.arch == "gpt2" else hm.layers[layer].input_layernorm,
                               cp.resid_pre[layer]),
                 cp.pattern[layer],
-                W_V, b_V, hm.W_O(layer).detach().float(), None if b_O is None else b_O.detach().float(),
+                W_V, b_V, hm.W_O(layer).detach().float().cpu(), None if b_O is None else b_O.detach().float().cpu(),
                 None if post is None else FrozenNorm.of(hm, post, cp.attn_z[layer]),
                 FrozenNorm.of(hm, _pre_mlp_norm(hm, layer), cp.resid_mid[layer]),
                 torch.arange(hm.n_heads) // group))
         self.final = FrozenNorm.of(hm, final_norm(hm), cp.resid_final)
-        self.W_U = hm.W_U().detach().float()  # [d, V]
+        self.W_U = hm.W_U().detach().float().cpu()  # [d, V]
         head_bias = getattr(hm.model.get_output_embeddings(), "bias", None)
-        self.b_U = None if head_bias is None else head_bias.detach().float()
+        self.b_U = None if head_bias is None else head_bias.detach().float().cpu()
         self._node_values()
 
     # ---- node values at the clean pass ----------------------------------------------------------------------
@@ -259,7 +304,7 @@ class FrozenModel:
         tc, cp = self.tc, self.clean
         self.pos_const = cp.resid_pre[0] - cp.embed  # [T, d] GPT-2's position embeddings; 0 elsewhere
         self.pre = [cp.mlp_in[l] @ tc.W_enc[l] + tc.b_enc[l] for l in range(self.n_layers)]  # [T, F_l]
-        self.acts = [tc.activation(l, p) for l, p in enumerate(self.pre)]
+        self.acts = [tc.encode(l, cp.mlp_in[l]) for l in range(self.n_layers)]
         for a in self.acts:
             a[0] = 0.0  # no features at BOS
         recon = self.feature_writes(self.acts)
