@@ -94,7 +94,8 @@ class DataRoot:
         for m in self.manifests():
             for d in m.get("datasets", []):
                 rows.append({"model": m["model"], "model_spec": m.get("model_spec", m["model"]), **d,
-                             "tokens": m.get("tokens"), "excerpt_len": m.get("excerpt_len")})
+                             # each dataset's own count (pair datasets see fewer excerpts), the run's as a fallback
+                             "tokens": d.get("tokens", m.get("tokens")), "excerpt_len": m.get("excerpt_len")})
         return rows
 
     def manifest(self, model: str) -> dict[str, Any]:
@@ -176,6 +177,11 @@ class DataRoot:
             self._valid.add(key)
         return text
 
+    def scores_summary(self, ds: DatasetRef) -> dict[str, Any] | None:
+        """The `summary` block of the dataset's scores.json (mean score, fraction ≥ 0.8, null score, backends)."""
+        p = self._inside(ds.model, "explanations", *ds.path.split("/"), "scores.json")
+        return _load_summary(str(p), p.stat().st_mtime) if p.is_file() else None
+
     def explanations(self, ds: DatasetRef) -> dict[int, dict[str, Any]]:
         """index → {explanation, score, scores} from <model>/explanations/<dataset path>/scores.json if present."""
         p = self._inside(ds.model, "explanations", *ds.path.split("/"), "scores.json")
@@ -188,3 +194,12 @@ class DataRoot:
 def _load_scores(path: str, mtime: float) -> dict[int, dict[str, Any]]:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return {int(k): v for k, v in data.get("units", {}).items()}
+
+
+@lru_cache(maxsize=64)
+def _load_summary(path: str, mtime: float) -> dict[str, Any] | None:
+    summ = json.loads(Path(path).read_text(encoding="utf-8")).get("summary")
+    if summ is None:
+        return None
+    # undefined means (no scored unit) are NaN in the file; JSON responses carry them as null
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in summ.items()}

@@ -207,7 +207,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
             rows = [r for r in rows if r.get(sort) is not None] + [r for r in rows if r.get(sort) is None]
         limit = max(1, min(limit, 1000))
         return {"total": len(rows), "offset": offset, "units": rows[offset:offset + limit],
-                "by_token_pair": s.get("by_token_pair", False)}
+                "by_token_pair": s.get("by_token_pair", False), "scores_summary": data.scores_summary(ds)}
 
     @app.get("/api/record/{model}/{dataset:path}/{index}")
     def record(model: str, dataset: str, index: int) -> Response:

@@ -151,6 +151,7 @@ async function datasetPage(model, dataset) {
     <label>score ≥ <input id="min_score" size="5" value="${esc(state.min_score)}" placeholder="0.5"></label>
     <label><input type="checkbox" id="hide_dead" ${state.hide_dead ? "checked" : ""}> hide dead</label>
     <label><input type="checkbox" id="hide_constant" ${state.hide_constant ? "checked" : ""}> hide constant predictions</label></div>
+    <p id="scores-summary" class="hint"></p><p id="units-error" class="error"></p>
     <table id="units"></table>`;
   const cols = [["index", "unit"], ["max_activation", "max act"], ["density", "density"], ["mean", "mean"], ["variance", "variance"], ["top_token", "top token"], ["explanation", "explanation"], ["score", "score"]];
   async function load() {
@@ -158,8 +159,18 @@ async function datasetPage(model, dataset) {
     for (const k of ["min_density", "min_score"]) if (state[k] !== "") p.set(k, state[k]);
     for (const k of ["hide_dead", "hide_constant"]) if (state[k]) p.set(k, "true");
     history.replaceState(null, "", `${location.pathname}?${p}`);
-    const r = await api(`/api/units/${model}/${dataset}?${p}`);
-    $("#page").textContent = ` ${r.total ? state.offset + 1 : 0}–${Math.min(state.offset + state.limit, r.total)} of ${r.total} `;
+    let r;
+    try { r = await api(`/api/units/${model}/${dataset}?${p}`); } catch (err) {
+      // a bad filter (density ≥ abc): say so and empty the table rather than leave the old rows standing
+      $("#units-error").textContent = err.message; $("#units").innerHTML = ""; $("#page").textContent = " – "; return;
+    }
+    $("#units-error").textContent = "";
+    $("#page").textContent = r.total ? ` ${state.offset + 1}–${Math.min(state.offset + state.limit, r.total)} of ${r.total} ` : " no units match ";
+    const ss = r.scores_summary;
+    $("#scores-summary").textContent = ss ? `explanations: ${ss.units} units scored · mean score ${fmt(ss.mean_score)} · ` +
+      `score ≥ 0.8: ${ss["fraction_ge_0.8"] == null ? "–" : (100 * ss["fraction_ge_0.8"]).toFixed(1) + " %"} · ` +
+      `null explanation's mean ${fmt(ss.mean_null_score)} · constant predictions ${ss.constant_predictions ?? "–"}` +
+      (ss.simulator ? ` · simulator ${ss.simulator}` : "") + (ss.failures ? ` · ${ss.failures} failures` : "") : "";
     $("#units").innerHTML = "<tr>" + cols.map(([k, t]) => `<th data-k="${k}">${t}${state.sort === k ? (state.desc ? " ▼" : " ▲") : ""}</th>`).join("") + "</tr>" +
       r.units.map(u => `<tr><td><a href="/u/${esc(model)}/${esc(dataset)}/${u.index}">${u.index}</a></td><td>${fmt(u.max_activation)}</td><td>${fmt(u.density)}</td><td>${fmt(u.mean)}</td><td>${fmt(u.variance)}</td><td><bdi>${u.top_token == null ? "–" : esc(JSON.stringify(u.top_token))}</bdi></td><td>${esc(u.explanation || "")}</td><td>${u.constant ? `<span class="badge" title="the simulator predicted one value everywhere">constant</span>` : fmt(u.score)}</td></tr>`).join("");
     $("#units").querySelectorAll("th").forEach(th => th.onclick = () => { const k = th.dataset.k; if (k === "top_token" || k === "explanation") return; state.desc = state.sort === k ? !state.desc : true; state.sort = k; state.offset = 0; load(); });
@@ -190,8 +201,9 @@ const SCORE_LABELS = {top_and_random: "top + random correlation", random_only: "
 function explanationBox(e) {
   const sc = e.scores || {};
   const constant = sc.constant_prediction;
-  const parts = Object.entries(SCORE_LABELS).filter(([k]) => sc[k] !== undefined && sc[k] !== null)
-    .map(([k, label]) => `${label} ${fmt(sc[k])}`);
+  // random-only null: the unit never fires on the random excerpts, so that correlation is undefined ("—")
+  const parts = Object.entries(SCORE_LABELS).filter(([k]) => sc[k] !== undefined && (sc[k] !== null || k === "random_only"))
+    .map(([k, label]) => `${label} ${sc[k] === null ? `<span title="undefined: the unit never fires on the random excerpts">—</span>` : fmt(sc[k])}`);
   return `<div class="expl" id="explanation">${esc(e.explanation)}
     <div><b>score ${fmt(e.score)}</b>${constant ? ` <span class="badge" id="constant">constant prediction: the simulator predicted one value everywhere, so the score is 0 by definition</span>` : ""}
     ${parts.length ? `<small> · ${parts.join(" · ")}${sc.method ? ` · simulator: ${esc(sc.method)}` : ""}</small>` : ""}</div></div>`;
