@@ -67,6 +67,16 @@ def test_datasets_units_and_records(client, tiny_dir):
     n = len(hp["tokens"])
     assert len(hp["activations"]) == n * (n + 1) // 2
     assert client.get("/u/x/mlp_neurons/1/3").status_code == 200  # stable URLs serve the page
+    # the histogram counts every collated token (pair) exactly: positives agree with the density, all add up to n
+    for path, i in (("mlp_neurons/1", 3), ("sae_latents/tiny_sae/1", 5), ("attention_heads/1", 0)):
+        r = client.get(f"/api/record/{model}/{path}/{i}").json()
+        h = r["histogram"]
+        assert sum(h["positive"]) + sum(h["negative"]) + h["zero"] == h["n"] > 0
+        assert sum(h["positive"]) == pytest.approx(r["summary"]["density"] * h["n"], abs=0.5)
+        if not r["by_token_pair"]:
+            assert h["n"] == r["tokens"]
+    mlp = client.get(f"/api/record/{model}/mlp_neurons/1/3").json()["histogram"]
+    assert sum(mlp["negative"]) > 0 and sum(mlp["positive"]) > 0  # GELU: both signs, counted apart
 
 
 def test_debug_api(client):
@@ -305,7 +315,11 @@ def test_browser_end_to_end(collated_root, tmp_path):
             page.screenshot(path=str(tmp_path / "unit.png"), full_page=True)
             page.goto(f"http://127.0.0.1:{port}/u/{model}/mlp_neurons/1/3")
             page.wait_for_selector("#top .seq .tok")
-            assert "non-zero of" in page.inner_text("#hist-label") and "log counts" in page.inner_text("#hist-label")
+            label = page.inner_text("#hist-label")  # exact counts over every collated token, signs apart
+            n_tok = page.evaluate(f"fetch('/api/record/{model}/mlp_neurons/1/3').then(r => r.json())"
+                                                  ".then(r => r.histogram.n)")
+            assert f"all {n_tok:,} collated tokens" in label and "negative" in label and "log counts" in label
+            assert n_tok > 0 and int(page.get_attribute("#hist", "data-drawn")) > 0
             # negative activations are drawn (red), not white
             negs = page.eval_on_selector_all("#top .seq .tok.neg", "els => els.map(e => e.style.background)")
             assert negs and all("220, 38, 38" in b for b in negs)  # SiLU neurons go negative

@@ -177,6 +177,22 @@ class DataRoot:
             self._valid.add(key)
         return text
 
+    def histogram(self, ds: DatasetRef, index: int) -> dict[str, Any] | None:
+        """One unit's exact activation histogram over every collated token (see `collate.state.Moments`), or None
+        for a dataset collated without one: {edges, positive, negative, zero, n}."""
+        path = self._inside(ds.model, *ds.path.split("/"), "histogram.safetensors")
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if not 0 <= index < f.get_slice("n").get_shape()[0]:
+                return None
+            counts, n = f.get_slice("counts")[index], int(f.get_slice("n")[index : index + 1][0])
+            edges = f.get_tensor("edges")
+        pos, neg = counts[0].tolist(), counts[1].tolist()
+        return {"edges": edges.tolist(), "positive": pos, "negative": neg, "zero": n - sum(pos) - sum(neg), "n": n}
+
     def scores_summary(self, ds: DatasetRef) -> dict[str, Any] | None:
         """The `summary` block of the dataset's scores.json (mean score, fraction ≥ 0.8, null score, backends)."""
         p = self._inside(ds.model, "explanations", *ds.path.split("/"), "scores.json")

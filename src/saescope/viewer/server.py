@@ -224,6 +224,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         rest = {"max_activation": row.get("max_activation", 0.0), "summary": row,
                 "by_token_pair": s.get("by_token_pair", False), "n_units": n, "prev": index - 1 if index > 0 else None,
                 "next": index + 1 if index + 1 < n else None, "explanation": data.explanations(ds).get(index),
+                "histogram": data.histogram(ds, index),
                 "tokens": next((d.get("tokens") for d in data.manifest(ds.model).get("datasets", [])
                                 if d.get("path") == ds.path), None) or data.manifest(ds.model).get("tokens")}
         # The record is passed through as its file's text: re-encoding ~10⁵ floats per request costs more than
