@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
 from saescope.collate.collator import GroupState, SlotSizes
-from saescope.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
 from saescope.collate.run_collate import CollateConfig, CollateOptions, collate, make_groups
+from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
 from saescope.errors import SaescopeError
-from saescope.collate.units import head_group, mlp_group, tril_flatten, tril_unflatten_index
+from saescope.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
+from saescope.units import head_group, mlp_group, tril_flatten, tril_unflatten_index
 
 T = 8
 
@@ -138,7 +138,7 @@ def test_random_samples_are_uniform():
     """With deterministic per-(excerpt, unit) keys, each excerpt is chosen equally often across units (chi²)."""
     from scipy.stats import chisquare
 
-    from saescope.collate.units import UnitGroup
+    from saescope.units import UnitGroup
 
     U, N, L, n = 400, 50, 3, 10
     g = UnitGroup("mlp_neurons", 0, U, [], lambda c: c)

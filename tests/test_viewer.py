@@ -107,7 +107,8 @@ def test_steering_adds_the_units_write_direction_and_strength_zero_changes_nothi
     import torch
 
     from saescope.models import load_model
-    from saescope.viewer.explore import steer, steer_target
+    from saescope.units import UnitSet
+    from saescope.viewer.explore import steer
 
     model = client.get("/api/datasets").json()[0]["model"]
     body = {"model": model, "dataset": "sae_latents/tiny_sae/1", "index": 5, "prompt": "the cat sat on", "tokens": 8}
@@ -124,7 +125,7 @@ def test_steering_adds_the_units_write_direction_and_strength_zero_changes_nothi
 
     hm = load_model(str(tiny_dir))
     sae = load_sae(Path(next(d for d in client.get("/api/datasets").json() if d["unit_type"] == "sae_latents")["source"]))
-    t = steer_target("sae_latents", 1, 5, hm, sae, "resid_post.1")
+    t = UnitSet("sae_latents", 1, "tiny_sae", sae, "resid_post.1").write_direction(hm, 5)
     torch.testing.assert_close(t.direction, sae.W_dec[5].detach())
     ids = torch.tensor([[hm.tokenizer.bos_token_id, 5, 6, 7]])
     clean = hm.run_with_cache(ids, None, ["resid_post.1"])["resid_post.1"]

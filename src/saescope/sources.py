@@ -31,7 +31,8 @@ from typing import Any
 
 from saescope.errors import SaescopeError
 from saescope.io import atomic_path, cache_dir, read_json, write_json
-from saescope.records import NeuronRecord, dataset_path, dumps, loads, summary_row
+from saescope.records import NeuronRecord, dumps, loads, summary_row
+from saescope.units import dataset_path
 
 log = logging.getLogger(__name__)
 

@@ -16,30 +16,30 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from saescope.collate.collator import ExcerptTokens, GroupState, SlotSizes, build_records
+from saescope.collate.pair_attribution import sae_pair_group
 from saescope.collate.state import Moments
-from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group, sae_pair_group
 from saescope.config import ModelConfig, middle_layer
 from saescope.corpus import CorpusConfig
 from saescope.errors import SaescopeError
 from saescope.io import atomic_dir, write_json
 from saescope.models import HookedModel, parse_hookpoint
 from saescope.models.hooks import ATTENTION_KINDS
-from saescope.records import dataset_path, dumps, summary_row
+from saescope.records import dumps, summary_row
+from saescope.units import UnitGroup, UnitSet, dataset_path, kind_of_option
 
 log = logging.getLogger(__name__)
 
 
-UnitKind = Literal["mlp", "heads"]
+UnitOption = Literal["mlp", "heads"]
 PAIR_SUFFIX = "-by-token-pair"
 """Dataset name suffix of an attention SAE's latents collated by token pair (beside the same SAE by token)."""
 
@@ -63,11 +63,11 @@ class CollateOptions:
     token_pairs: bool = True
     """Also collate SAEs at attn_out by token pair (the attention latents' pair attribution; large records)."""
 
-    def kinds(self) -> list[UnitKind]:
+    def kinds(self) -> list[UnitOption]:
         return [u.strip() for u in self.units.split(",") if u.strip()]  # type: ignore[misc]
 
     def __post_init__(self) -> None:
-        bad = set(self.kinds()) - set(get_args(UnitKind))
+        bad = set(self.kinds()) - set(get_args(UnitOption))
         if bad:
             raise SaescopeError(f"--units {self.units}: unknown kind(s) {', '.join(sorted(bad))}; use mlp,heads")
         if self.sizes.top_k < 1 or self.excerpt_len < 2:
@@ -121,13 +121,10 @@ def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
     kinds = cfg.collate.kinds()
     groups = []
     for layer in layers:
-        if "mlp" in kinds:
-            groups.append(mlp_group(hm, layer))
-        if "heads" in kinds:
-            groups.append(head_group(hm, layer))
+        groups += [UnitSet(kind_of_option(k).unit_type, layer).group(hm) for k in ("mlp", "heads") if k in kinds]
     for sae, hp, path in load_saes_at(cfg.sae, hm):
         name, source = path.name, str(path.resolve())
-        groups.append(sae_group(sae, hp, name, source))
+        groups.append(UnitSet("sae_latents", parse_hookpoint(hp)[1], name, sae, hp, source).group(hm))
         if cfg.collate.token_pairs and parse_hookpoint(hp)[0] == "attn_out":  # attention latents: by pair too
             groups.append(sae_pair_group(hm, sae, hp, f"{name}{PAIR_SUFFIX}", source))
     if not groups:

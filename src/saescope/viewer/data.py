@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from saescope.errors import SaescopeError
-from saescope.records import UNIT_TYPES, dataset_path, loads
+from saescope.records import loads
+from saescope.units import UNIT_TYPES, dataset_path
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 

@@ -103,7 +103,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     @app.post("/api/steer")
     def steer_api(req: SteerRequest) -> dict[str, Any]:
         """Greedy continuation of a prompt with the unit's write direction added at `strength` (and without)."""
-        from saescope.viewer.explore import steer, steer_target
+        from saescope.viewer.explore import steer
 
         ds = ds_of(req.model, req.dataset)
         if not req.prompt.strip() or len(req.prompt) > 2000:
@@ -111,14 +111,10 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         if not -1e4 <= req.strength <= 1e4 or not 1 <= req.tokens <= 64:
             raise HTTPException(400, "strength within ±10000, tokens 1 to 64")
         hm = hub.model(req.model)
-        sae, hp = None, ""
-        if ds.unit_type == "sae_latents":
-            sae, entry = hub.sae(ds)
-            if entry.get("by_token_pair"):
-                raise HTTPException(400, "steer with the same SAE's by-token dataset")
-            hp = entry["hookpoints"][0]
+        if ds.unit_type == "sae_latents" and hub.sae(ds)[1].get("by_token_pair"):
+            raise HTTPException(400, "steer with the same SAE's by-token dataset")
         try:
-            target = steer_target(ds.unit_type, ds.layer, req.index, hm, sae, hp)
+            target = hub.units(ds).write_direction(hm, req.index)
         except IndexError:
             raise NotFound(f"unit {req.index}") from None
         except ValueError as e:
@@ -236,28 +232,19 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     def logit_lens(model: str, dataset: str, index: int, k: int = 10) -> dict[str, Any]:
         import torch
 
-        from saescope.models import parse_hookpoint
+        from saescope.units import residual_write
         from saescope.viewer.lens import logit_lens
 
         ds = ds_of(model, dataset)
+        if ds.unit_type == "attention_heads":
+            raise NotFound("no logit lens for attention heads")
         hm = hub.model(model)
+        try:
+            target = hub.units(ds).write_direction(hm, index)
+        except IndexError as e:
+            raise NotFound(str(e)) from None
         with torch.no_grad():
-            if ds.unit_type == "sae_latents":
-                sae, entry = hub.sae(ds)
-                if not 0 <= index < sae.cfg.d_sae:
-                    raise NotFound(f"latent {index}")
-                hps = [h for h in entry.get("hookpoints", []) if not h.startswith("attn_")]
-                kind, layer = parse_hookpoint(hps[0]) if hps else ("resid_post", ds.layer)
-                direction = sae.W_dec[index].float()
-                if kind == "mlp_post_act":  # a direction over the neurons: what the MLP then writes
-                    direction = direction @ hm.W_out_mlp(layer).float()
-                logits = logit_lens(hm, direction, layer if kind == "mlp_post_act" else None)
-            elif ds.unit_type == "mlp_neurons":
-                if not 0 <= index < hm.d_mlp:
-                    raise NotFound(f"neuron {index}")
-                logits = logit_lens(hm, hm.W_out_mlp(ds.layer)[index], ds.layer)
-            else:
-                raise NotFound("no logit lens for attention heads")
+            logits = logit_lens(hm, *residual_write(hm, target.hookpoint, target.direction))
             top, bottom = logits.topk(k), (-logits).topk(k)
         tok = lambda ids: [hm.tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
         return {"top": [{"token": t, "logit": float(v)} for t, v in zip(tok(top.indices), top.values)],
@@ -267,22 +254,13 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     def probe(req: Probe) -> dict[str, Any]:
         import torch
 
-        from saescope.collate.units import head_group, mlp_group, sae_group
-
         ds = ds_of(req.model, req.dataset)
         if not req.text.strip():
             raise HTTPException(400, "empty prompt")
         if len(req.text) > 4000:
             raise HTTPException(400, "prompt longer than 4000 characters")
         hm = hub.model(req.model)
-        if ds.unit_type == "mlp_neurons":
-            group = mlp_group(hm, ds.layer)
-        elif ds.unit_type == "attention_heads":
-            group = head_group(hm, ds.layer)
-        else:
-            sae, entry = hub.sae(ds)
-            hp = f"attn_out.{ds.layer}" if entry.get("by_token_pair") else entry["hookpoints"][0]
-            group = sae_group(sae, hp, ds.name)  # pair datasets: the same SAE's latents by token
+        group = hub.units(ds).group(hm)  # pair datasets: the same SAE's latents by token
         if not 0 <= req.index < group.n_units:
             raise NotFound(f"unit {req.index}")
         ids = hm.tokenizer(req.text, add_special_tokens=False)["input_ids"][:256]
