@@ -373,6 +373,14 @@ def parse_indices(text: str, option: str = "--indices") -> set[int] | None:
     return out
 
 
+def check_backends(opt: InterpOptions) -> None:
+    """Reach the OpenAI-compatible server(s) the options name, once (see OpenAIBackend.check); no other backend
+    is built (an hf: model loads when it is used)."""
+    for name in {opt.explainer, opt.simulator}:
+        if name.startswith("openai:"):
+            make_backend(name, opt.base_url, opt.api_key_env, opt.timeout, opt.retries)
+
+
 def _offline(opt: InterpOptions) -> bool:
     return opt.explainer in ("baseline", "") and opt.simulator in ("baseline", "same", "")
 

@@ -90,6 +90,25 @@ class DataRoot:
                 out.append(data)
         return out
 
+    def check(self) -> list[dict[str, Any]]:
+        """The datasets, after checking every manifest (`saescope view` calls this before serving): a manifest that
+        is not valid JSON or not a saescope-collated one is a SaescopeError, not a silently smaller list."""
+        from saescope.io import read_json
+
+        paths = sorted(self.root.glob("*/manifest.json"))
+        for m in paths:
+            data = read_json(m, "collated manifest")
+            ok = isinstance(data, dict) and isinstance(data.get("datasets"), list) and all(
+                isinstance(d, dict) and {"path", "unit_type", "layer"} <= set(d) for d in data["datasets"])
+            if not ok or data.get("format") != "saescope-collated" or not isinstance(data.get("model"), str):
+                raise SaescopeError(f"{m}: not a saescope-collated manifest (needs format, model and datasets with "
+                                    f"path, unit_type, layer); restore it or re-run collate")
+        rows = self.datasets()
+        if not rows:
+            raise SaescopeError(f"{self.root}: no datasets (no <model>/manifest.json inside); point `saescope view` "
+                                f"at a collated/ folder")
+        return rows
+
     def datasets(self) -> list[dict[str, Any]]:
         rows = []
         for m in self.manifests():

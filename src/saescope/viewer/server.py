@@ -45,6 +45,11 @@ class ViewOptions:
     port: int = 8000
     """Port."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.port(self.port)
+
 
 @dataclass
 class ViewConfig:
@@ -59,6 +64,12 @@ class ViewConfig:
     its records are by token pair, else mlp_neurons)."""
     model: str = ""
     """Model spec for the live probe and logit lens (default: the one recorded at collation)."""
+
+    def __post_init__(self) -> None:
+        from saescope import validate
+        from saescope.units import UNIT_TYPES
+
+        validate.one_of(self.unit_type, ("", *UNIT_TYPES), "--unit_type")
 
 
 def create_app(root: str | Path, model: str | None = None, preload: bool = False) -> FastAPI:
