@@ -34,6 +34,8 @@ SETTINGS: dict[str, dict] = {
     "batch256": {"batch_size": 256},
     "batch256_epochs2": {"batch_size": 256, "epochs": 2},
     "batch256_epochs4": {"batch_size": 256, "epochs": 4},
+    "batch256_lr2x_epochs2": {"batch_size": 256, "epochs": 2, "lr_mult": 2.0},
+    "batch128_epochs2": {"batch_size": 128, "epochs": 2},
     "batch512_epochs4": {"batch_size": 512, "epochs": 4},
     "no_anneal_epochs4": {"k_anneal_frac": 0.0, "epochs": 4},
     "batchtopk_epochs4": {"arch": "batchtopk", "epochs": 4},
