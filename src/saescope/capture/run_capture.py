@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saescope.capture.capture import CaptureConfig, capture_corpus, default_hookpoint
+from saescope.activations import default_hookpoint
+from saescope.capture.capture import CaptureConfig, capture_corpus
 from saescope.capture.generate import generate_seed_dataset, read_prompts
 from saescope.models import HookedModel
 

@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
+from saescope.activations import ActivationStream, rank_slice
 from saescope.collate.collator import ExcerptTokens, GroupState, SlotSizes, build_records
 from saescope.collate.pair_attribution import sae_pair_group
 from saescope.config import ModelConfig, middle_layer
@@ -150,7 +151,7 @@ def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]
         source, stored, total = store_batches(cfg.store, hm, T, opt.batch_size, rank, world)
     else:
         contexts = iter_contexts(hm.tokenizer, cfg.data.texts(), T + 1)
-        source, stored = corpus_batches(itertools.islice(contexts, n_model), opt.batch_size, rank, world), set()
+        source, stored = corpus_batches(hm, itertools.islice(contexts, n_model), opt.batch_size), set()
         total = n_model
     # attention units (heads, token pairs) take the first --max_tokens, from the store or a model pass; with a store
     # the other units take all of it
@@ -209,11 +210,13 @@ Batch = tuple[Tensor, Tensor, dict[str, Tensor]]
 """([B] global excerpt ids, [B, T+1] token ids with BOS, hookpoint → [B, T+1, d] activations already known)."""
 
 
-def corpus_batches(contexts: Iterator[list[int]], batch_size: int, rank: int, world: int) -> Iterator[Batch]:
-    """Corpus contexts, every world-th one on this rank (ids stay global so the merge is exact); nothing stored."""
-    numbered = ((i, c) for i, c in enumerate(contexts) if i % world == rank)
-    while chunk := list(itertools.islice(numbered, batch_size)):
-        yield torch.tensor([i for i, _ in chunk]), torch.tensor([c for _, c in chunk]), {}
+def corpus_batches(hm: HookedModel, contexts: Iterator[list[int]], batch_size: int) -> Iterator[Batch]:
+    """This rank's corpus contexts by the activation stream's rule (`batch_size` per rank per round; ids stay global
+    so the merge is exact); the model runs later, on what the store cannot feed."""
+    stream = ActivationStream(hm, contexts, [], batch_size)
+    while (rnd := stream.next_round(batch_size * stream.world, per=batch_size)) is not None:
+        if rnd.mine:
+            yield torch.arange(rnd.offset, rnd.offset + len(rnd.mine)), torch.tensor(rnd.mine), {}
 
 
 def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int,
@@ -251,9 +254,12 @@ def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int
             tok = store.load_tokens(i)
             ctx, pos = tok["context"].long(), tok["position"].long()
             acts = {hp: store.load_shard(hp, i) for hp in hps}
-            whole = [c for c in torch.unique(ctx).tolist() if c % world == rank and int((ctx == c).sum()) == T]
-            for b in range(0, len(whole), batch_size):
-                cs = torch.tensor(whole[b:b + batch_size])  # [B] context ids
+            whole = [c for c in torch.unique(ctx).tolist() if int((ctx == c).sum()) == T]
+            for b in range(0, len(whole), batch_size * world):  # the activation stream's rule, per shard
+                lo, hi = rank_slice(len(whole[b:b + batch_size * world]), rank, world, batch_size)
+                if hi == lo:
+                    continue
+                cs = torch.tensor(whole[b + lo:b + hi])  # [B] context ids
                 rows = torch.stack([(ctx == c).nonzero().squeeze(1)[pos[ctx == c].argsort()] for c in cs])  # [B, T]
                 ids = torch.cat([torch.full((len(cs), 1), bos if bos is not None else 0),
                                  tok["token_ids"][rows].long()], 1)  # [B, T+1]
