@@ -40,6 +40,54 @@ class DebugConfig:
     json: bool = False
     """Print the result as JSON."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+        from saescope.errors import SaescopeError
+
+        validate.at_least(self.top, 1, "--top")
+        parse_ablate(self.ablate)
+        if self.trace:
+            check_node(self.trace.strip().split(":")[0], "--trace")
+            if self.trace.count(":") > 1 or self.trace.partition(":")[2] not in ("", "q", "k", "v"):
+                raise SaescopeError(f"--trace '{self.trace}': a head's side is :q, :k or :v (head.9.2@6:k)")
+        if self.distractor and self.distractor == self.target:
+            raise SaescopeError(f"--distractor {self.distractor!r} is the target itself (every attribution would be "
+                                f"0); name another token or leave --distractor out")
+        if self.collated:
+            validate.existing_dir(self.collated, "--collated", "collated model folder")
+
+
+def check_node(name: str, option: str) -> None:
+    """A node name's grammar (the model checks the ranges later): mlp.L.i@t, head.L.h@t, latent.<hookpoint>.i@t."""
+    from saescope.debug import _NODE
+    from saescope.errors import SaescopeError
+
+    if not _NODE.match(name.strip()):
+        raise SaescopeError(f"{option} '{name}': expected mlp.L.i@t, head.L.h@t or latent.<hookpoint>.i@t "
+                            f"(e.g. mlp.9.1234@5)")
+
+
+def parse_ablate(text: str) -> dict[str, str]:
+    """'mlp.9.1234@5=zero,latent.resid_post.9.3@2=2.5' → {node: zero|mean|value}; any malformed item is an error,
+    never dropped."""
+    from saescope.errors import SaescopeError
+
+    out = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        name, eq, how = item.partition("=")
+        check_node(name, "--ablate")
+        try:
+            ok = eq and (how in ("zero", "mean") or float(how) == float(how))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise SaescopeError(f"--ablate '{item}': after NODE= use zero, mean or a number "
+                                f"(e.g. {name.strip()}=zero)")
+        out[name.strip()] = how
+    return out
+
 
 def main(argv: list[str]) -> int:
     from saescope.cli import parse
@@ -50,7 +98,7 @@ def main(argv: list[str]) -> int:
     hm = cfg.model.load()
     saes, names = load_saes(cfg.sae, hm)
     notes = NodeNotes(cfg.collated, names)
-    ablate = dict(item.split("=", 1) for item in cfg.ablate.split(",") if "=" in item)
+    ablate = parse_ablate(cfg.ablate)
     res = debug(hm, cfg.prompt, cfg.target, cfg.distractor, saes, ablate=ablate, means=notes.means(ablate),
                 trace=cfg.trace, freeze_norms=cfg.freeze_norms)
     nodes = res.nodes.top(cfg.top, by=cfg.by)
