@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from saescope.activations import default_hookpoint
-from saescope.capture.capture import CaptureConfig, capture_corpus
+from saescope.capture.capture import capture_corpus
+from saescope.capture.config import CaptureConfig
 from saescope.capture.generate import generate_seed_dataset, read_prompts
 from saescope.models import HookedModel
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.collate.run_collate import CollateConfig, collate
+    from saescope.collate.config import CollateConfig
+    from saescope.collate.run_collate import collate
 
     cfg = parse(CollateConfig, argv, "saescope collate")
     m = collate(cfg)

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,41 +24,15 @@ import torch
 from torch import Tensor
 
 from saescope.activations import ActivationStream, default_hookpoint
-from saescope.config import ModelConfig, resolve_device
-from saescope.corpus import CorpusConfig
+from saescope.config import resolve_device
 from saescope.errors import SaescopeError
 from saescope.io import write_json
 from saescope.store.iterate import ShuffleBuffer
-from saescope.train.trainer import Trainer, TrainerConfig
+from saescope.train.config import OnlineConfig
+from saescope.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "online_checkpoint"
-
-
-@dataclass
-class OnlineConfig:
-    """Train one SAE per hookpoint straight from the model (no activation store): `saescope train --online`."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: CorpusConfig = field(default_factory=CorpusConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    hookpoints: str = ""
-    """Hookpoints or globs (resid_post.*, mlp_out.3); default the middle layer's resid_post."""
-    out: str = "runs/default/saes_online"
-    """Output folder: one SAELens-layout SAE per hookpoint (<out>/<hookpoint>/)."""
-    context_len: int = 128
-    """Tokens per context, BOS included (BOS is not trained on)."""
-    forward_contexts: int = 16
-    """Contexts per model forward."""
-    resume: bool = True
-    """Continue from <out>/online_checkpoint if present."""
-
-    def __post_init__(self) -> None:
-        if self.context_len < 2 or self.forward_contexts < 1:
-            raise SaescopeError("--context_len must be at least 2 and --forward_contexts positive")
-        from saescope import validate
-
-        validate.not_a_file(self.out, "--out")
 
 
 def activation_chunks(hm: Any, contexts: Iterator[list[int]], hookpoints: list[str], forward_contexts: int,
