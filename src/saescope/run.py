@@ -174,8 +174,8 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
         log.info("released %.0f MB of memory-mapped model weights", release_file_pages(hm.model) / 1e6)
 
     # 4. collated records: MLP neurons, heads (by token pair), every SAE's latents (attention SAEs also by pair)
-    from saescope.collate.config import CollateConfig
-    from saescope.collate.run_collate import collate
+    from saescope.collate.config import CollateConfig, CollateResult
+    from saescope.collate.run_collate import run as collate
 
     # collated from the store where its contexts are the excerpts (no second model pass)
     from_store = st.manifest.get("context_len") == cfg.collate.excerpt_len + 1
@@ -186,30 +186,31 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
                                                "layer": layer, "from_store": from_store},
                 {**{s.name: s.fingerprint for s in saes}, **({"store": store.fingerprint} if from_store else {})})
     if start(col):
-        manifest = collate(CollateConfig(model=cfg.model, data=cfg.data, collate=cfg.collate, out=str(col.path),
+        collated = collate(CollateConfig(model=cfg.model, data=cfg.data, collate=cfg.collate, out=str(col.path),
                                          layers=str(layer), sae=",".join(str(s.path) for s in saes),
                                          store=str(store.path) if from_store else ""), hm)
+        assert collated is not None  # `saescope run` is one process
         col.finish()
     else:
-        manifest = read_json(col.path / hm.name / "manifest.json")
-    kinds = sorted({(d["unit_type"], d["by_token_pair"]) for d in manifest["datasets"]})
-    done.append((f"collated records ({len(manifest['datasets'])} datasets, {len(kinds)} kinds, layer {layer})",
-                 col.path / hm.name))
+        collated = CollateResult.read(col.path / hm.name)
+    kinds = sorted({(d.unit_type, d.by_token_pair) for d in collated.datasets})
+    done.append((f"collated records ({len(collated.datasets)} datasets, {len(kinds)} kinds, layer {layer})",
+                 collated.root))
 
     # 5. explanations and scores of every collated dataset
-    from saescope.interp.config import InterpConfig
-    from saescope.interp.pipeline import run_interp_many
+    from saescope.interp.config import InterpConfig, InterpResult
+    from saescope.interp.pipeline import run_many as interp_many
 
     interp = Stage("explanations", col.path / hm.name / "explanations", {"interp": _options(cfg.interp)},
                    {"collated": col.fingerprint})
     if start(interp):
-        summaries = run_interp_many([InterpConfig(interp=cfg.interp, root=str(col.path / hm.name), dataset=d["path"])
-                                     for d in manifest["datasets"]], hm=hm)
+        results = interp_many([InterpConfig(interp=cfg.interp, root=str(collated.root), dataset=d.path)
+                               for d in collated.datasets], hm=hm)
         interp.finish()
     else:
-        summaries = [read_json(interp.path / d["path"] / "scores.json")["summary"] for d in manifest["datasets"]]
-    mean = sum(x["mean_score"] for x in summaries) / max(len(summaries), 1)
-    null = sum(x["mean_null_score"] for x in summaries) / max(len(summaries), 1)
-    done.append((f"explanations + scores of {len(summaries)} datasets ({cfg.interp.explainer}: mean {mean:.3f}, "
+        results = [InterpResult.read(interp.path / d.path) for d in collated.datasets]
+    mean = sum(x.mean_score for x in results) / max(len(results), 1)
+    null = sum(x.mean_null_score for x in results) / max(len(results), 1)
+    done.append((f"explanations + scores of {len(results)} datasets ({cfg.interp.explainer}: mean {mean:.3f}, "
                  f"null {null:.3f})", interp.path))
     return RunResult(done, col.path, decisions)

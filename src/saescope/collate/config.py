@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 from saescope.config import ModelConfig
 from saescope.corpus import CorpusConfig
@@ -102,3 +103,42 @@ class CollateConfig:
                 [int(x) for x in self.layers.split(",") if x.strip()]
             except ValueError:
                 raise SaescopeError(f"--layers '{self.layers}': expected comma-separated layer numbers such as 4,8") from None
+
+
+@dataclass
+class CollatedDataset:
+    """One dataset of a collated model folder (a manifest `datasets` entry)."""
+
+    path: str
+    """`<dataset dir>/<layer>` inside the model folder."""
+    unit_type: str
+    layer: int
+    units: int
+    by_token_pair: bool
+    name: str = ""
+
+
+@dataclass
+class CollateResult:
+    """What `collate` wrote: the model folder, its datasets and how many tokens they were collated from."""
+
+    root: Path
+    """The collated model folder (holds manifest.json)."""
+    model: str
+    datasets: list[CollatedDataset]
+    tokens: int
+    tokens_per_second: float
+
+    @classmethod
+    def from_manifest(cls, root: Path, manifest: dict[str, Any]) -> CollateResult:
+        ds = [CollatedDataset(d["path"], d["unit_type"], int(d["layer"]), int(d.get("units") or 0),
+                              bool(d.get("by_token_pair")), d.get("name", "")) for d in manifest["datasets"]]
+        return cls(Path(root), manifest["model"], ds, int(manifest.get("tokens") or 0),
+                   float(manifest.get("tokens_per_second") or 0.0))
+
+    @classmethod
+    def read(cls, root: Path) -> CollateResult:
+        """The result of an earlier collation, from `<root>/manifest.json`."""
+        from saescope.io import read_json
+
+        return cls.from_manifest(root, read_json(Path(root) / "manifest.json", "collated manifest"))

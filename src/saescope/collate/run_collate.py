@@ -26,7 +26,7 @@ from torch import Tensor
 
 from saescope.activations import ActivationStream, rank_slice
 from saescope.collate.collator import ExcerptTokens, GroupState, build_records
-from saescope.collate.config import PAIR_SUFFIX, CollateConfig
+from saescope.collate.config import PAIR_SUFFIX, CollateConfig, CollateResult
 from saescope.collate.pair_attribution import sae_pair_group
 from saescope.collate.state import Moments
 from saescope.config import middle_layer
@@ -59,6 +59,12 @@ def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
     if not groups:
         raise SaescopeError("nothing to collate: pass --units mlp,heads and/or --sae DIR")
     return groups
+
+
+def run(cfg: CollateConfig, hm: HookedModel | None = None) -> CollateResult | None:
+    """Collate (see `collate`); the typed result, or None on a torchrun rank other than 0 (rank 0 writes)."""
+    manifest = collate(cfg, hm)
+    return CollateResult.from_manifest(Path(cfg.out) / manifest["model"], manifest) if manifest else None
 
 
 def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from saescope.errors import SaescopeError
 
@@ -77,3 +78,31 @@ def parse_indices(text: str, option: str = "--indices") -> set[int] | None:
     if any(i < 0 for i in out):
         raise SaescopeError(f"{option} '{text}': unit indices are 0 or more")
     return out
+
+
+@dataclass
+class InterpResult:
+    """One dataset's explanations and scores (the summary written into its scores.json)."""
+
+    dataset: str
+    out: Path
+    """Its explanations folder (explanations.json, scores.json)."""
+    mean_score: float
+    """Mean score of the explained units (TDB's top-and-random correlation)."""
+    mean_null_score: float
+    """Mean score of another unit's explanation on each unit (the floor)."""
+    summary: dict[str, Any]
+    """Every summary figure, as written (the CLI prints them)."""
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> InterpResult:
+        nan = lambda v: float("nan") if v is None else float(v)  # noqa: E731 - NaN is written as null
+        return cls(summary["dataset"], Path(summary["out"]), nan(summary.get("mean_score")),
+                   nan(summary.get("mean_null_score")), summary)
+
+    @classmethod
+    def read(cls, out: Path) -> InterpResult:
+        """An earlier run's result, from `<out>/scores.json`."""
+        from saescope.io import read_json
+
+        return cls.from_summary(read_json(Path(out) / "scores.json", "scores")["summary"])

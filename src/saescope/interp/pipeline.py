@@ -17,7 +17,7 @@ from saescope.errors import SaescopeError
 from saescope.interp import scoring
 from saescope.interp.backends import Backend, BackendError, make_backend
 from saescope.interp.classify import classify_scores
-from saescope.interp.config import InterpConfig, InterpOptions, parse_indices
+from saescope.interp.config import InterpConfig, InterpOptions, InterpResult, parse_indices
 from saescope.interp.prompts import splits
 from saescope.interp.schema import (
     NeuronSimulationResults,
@@ -321,6 +321,16 @@ def _run_quietly(cfg: InterpConfig) -> dict[str, Any]:
 
     os.environ["TQDM_DISABLE"] = "1"  # one progress line per dataset from the parent instead of interleaved bars
     return run_interp(cfg)
+
+
+def run(cfg: InterpConfig, hm: Any = None) -> InterpResult:
+    """Explain and score one dataset (see `run_interp`)."""
+    return InterpResult.from_summary(run_interp(cfg, hm=hm))
+
+
+def run_many(cfgs: list[InterpConfig], hm: Any = None) -> list[InterpResult]:
+    """`run` over several datasets (see `run_interp_many`)."""
+    return [InterpResult.from_summary(s) for s in run_interp_many(cfgs, hm=hm)]
 
 
 def run_interp_many(cfgs: list[InterpConfig], hm: Any = None, workers: int = 0) -> list[dict[str, Any]]:
