@@ -203,9 +203,8 @@ def _sae(hm, width, seed=0):
 
 def _frozen_final_direction(hm, ids, tgt, dis):
     """Naive reference: ∂(logit diff)/∂(final norm input) at the last position with the norm's scale detached."""
-    from saescope.debug.trace import final_norm
 
-    norm, grabbed = final_norm(hm), {}
+    norm, grabbed = hm.final_norm(), {}
     h = norm.register_forward_pre_hook(lambda m, a: grabbed.setdefault("x", a[0].detach()))
     with torch.no_grad():
         hm.model(input_ids=ids)
