@@ -169,7 +169,7 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     # the model's forward passes are over when collation reads the store: drop its memory-mapped weight pages
     # (clean, re-read on the next touch), which otherwise stay resident through collation, the run's peak
     if cfg.capture.context_len == cfg.collate.excerpt_len + 1:
-        from saescope.train.speed import release_file_pages
+        from saescope.train.memory import release_file_pages
 
         log.info("released %.0f MB of memory-mapped model weights", release_file_pages(hm.model) / 1e6)
 

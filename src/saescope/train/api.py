@@ -17,7 +17,7 @@ from saescope.io import write_json
 from saescope.models.hooks import ATTENTION_KINDS, canonical_hookpoint
 from saescope.store import ActivationStore, shuffled_batches
 from saescope.train.config import EvalConfig, TrainConfig
-from saescope.train.speed import release_freed_memory
+from saescope.train.memory import release_freed_memory
 from saescope.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
