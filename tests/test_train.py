@@ -334,7 +334,7 @@ def test_attention_rows_of_a_store_are_refused_as_sae_input(tiny_gpt2, text_corp
     from saescope.capture.config import CaptureConfig, CaptureOptions
     from saescope.corpus import CorpusConfig
     from saescope.errors import SaescopeError
-    from saescope.train.api import train_from_store
+    from saescope.train.on_store import train_from_store
     from saescope.train.config import TrainConfig
 
     capture_corpus(CaptureConfig(data=CorpusConfig(str(text_corpus)), out=str(tmp_path / "s"),

@@ -141,7 +141,7 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
 
     # 3. one SAE per hookpoint (trained on the store, evaluated on its held-out shard and spliced into the model)
     from saescope.io import write_json
-    from saescope.train.api import evaluate_many, train_from_store
+    from saescope.train.on_store import evaluate_many, train_from_store
     from saescope.train.config import EvalConfig, TrainConfig
     from saescope.train.evaluate import headline
 

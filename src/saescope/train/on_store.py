@@ -1,4 +1,5 @@
-"""Train an SAE on an activation store, evaluate it, and save it (used by the CLI and `saescope run`)."""
+"""Train an SAE on an activation store and evaluate it on the store's held-out shards (the CLI and `saescope run`; training
+straight from the model is `online.py`)."""
 
 from __future__ import annotations
 
