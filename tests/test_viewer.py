@@ -419,7 +419,7 @@ def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
     import torch
     from conftest import make_model
 
-    from saescope.viewer.lens import logit_lens
+    from saescope.models.lens import logit_lens
 
     hm = make_model(arch)
     g = torch.Generator().manual_seed(0)
