@@ -343,3 +343,34 @@ def test_holdout_of_every_shard_is_refused_not_reported_as_held_out(store, tmp_p
     fails(capsys, ["train", "--store", store, "--holdout_shards", n, "--out", tmp_path / "o", "--width", "64",
                    "--k", "4", "--device", "cpu"], f"has only {n} shard(s)", keep=(store,))
     assert not (tmp_path / "o").exists()
+
+
+# --- bad files: one line, and the file (and everything else) left as it was ---------------------------------------
+
+
+def test_corrupted_interp_files_are_reported_and_kept(model_root, capsys):
+    ds = model_root / "explanations" / "mlp_neurons" / "1"
+    (ds / "explanations.json").write_text('{"explainer": "baseline", "units": {"3": ')  # a killed editor, say
+    fails(capsys, ["explain", model_root, "--overwrite", "true"], "is not valid JSON", keep=(model_root,))
+    (ds / "explanations.json").write_text('{"explainer": "baseline", "units": [1, 2]}')
+    fails(capsys, ["score", model_root], "has no 'units' object", keep=(model_root,))
+    (ds / "explanations.json").unlink()
+    first = sorted(model_root.glob("mlp_neurons/1/*.json"), key=lambda p: p.stem)[0]
+    first.write_text("{not a record")
+    fails(capsys, ["explain", model_root, "--indices", first.stem], first.name, keep=(model_root,))
+
+
+def test_corrupted_store_and_sae_files_are_one_line(store, tmp_path, capsys):
+    s = tmp_path / "s"
+    shutil.copytree(store, s)
+    shard = sorted((s / "resid_post.1").glob("*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    fails(capsys, ["store-info", s], "checksum mismatch", keep=(s,))
+    fails(capsys, ["train", "--store", s, "--out", tmp_path / "o", "--width", "64", "--k", "4", "--device", "cpu",
+                   "--holdout_shards", "0"], "checksum mismatch", keep=(s,))
+    (s / "manifest.json").write_text("{")
+    fails(capsys, ["train", "--store", s, "--out", tmp_path / "o"], "is not valid JSON", keep=(s,))
+    sae = tmp_path / "sae"
+    sae.mkdir()
+    (sae / "cfg.json").write_text("[]")
+    fails(capsys, ["eval", "--sae", sae, "--store", store], str(sae), keep=(sae, store))

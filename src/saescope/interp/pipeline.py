@@ -327,6 +327,10 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
                 "kept_by": _label({k: v for k, v in expl.items() if int(k) in set(live) - set(todo_e)}, "explainer")}
     ok = [i for i in live if (expl.get(str(i)) or {}).get("explanation")]
     todo = [i for i in ok if stale(i)]
+    other = sum(1 for i in ok if i not in todo and scores[str(i)].get("simulator") != sim_name)
+    if other:
+        log.warning("%s: kept %d scores by another simulator (%s); --overwrite true rescores them with %s", ds, other,
+                    _label({str(i): scores[str(i)] for i in ok if i not in todo}, "simulator"), sim_name)
 
     def score_one(pos_i: tuple[int, int]) -> tuple[int, dict[str, Any]]:
         pos, i = pos_i
