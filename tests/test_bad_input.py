@@ -83,6 +83,10 @@ def test_overwrite_replaces_only_the_units_it_recomputes(model_root, capsys):
     before_e, before_s = _units(model_root, "explanations.json"), _units(model_root, "scores.json")
     live = sorted(before_e, key=int)
     assert len(live) == 12
+    before = snapshot(model_root)
+    assert main(["explain", str(model_root), "--max_units", "12"]) == 0  # nothing to redo, and it says so
+    assert "explained 0 units, kept 12 explained earlier (baseline;" in capsys.readouterr().out
+    assert snapshot(model_root) == before
     assert main(["explain", str(model_root), "--indices", live[5], "--overwrite", "true"]) == 0
     after_e = _units(model_root, "explanations.json")
     assert sorted(after_e, key=int) == live  # the other 11 are still there, untouched
