@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -66,6 +67,16 @@ def test_datasets_units_and_records(client, tiny_dir):
     n = len(hp["tokens"])
     assert len(hp["activations"]) == n * (n + 1) // 2
     assert client.get("/u/x/mlp_neurons/1/3").status_code == 200  # stable URLs serve the page
+    # the histogram counts every collated token (pair) exactly: positives agree with the density, all add up to n
+    for path, i in (("mlp_neurons/1", 3), ("sae_latents/tiny_sae/1", 5), ("attention_heads/1", 0)):
+        r = client.get(f"/api/record/{model}/{path}/{i}").json()
+        h = r["histogram"]
+        assert sum(h["positive"]) + sum(h["negative"]) + h["zero"] == h["n"] > 0
+        assert sum(h["positive"]) == pytest.approx(r["summary"]["density"] * h["n"], abs=0.5)
+        if not r["by_token_pair"]:
+            assert h["n"] == r["tokens"]
+    mlp = client.get(f"/api/record/{model}/mlp_neurons/1/3").json()["histogram"]
+    assert sum(mlp["negative"]) > 0 and sum(mlp["positive"]) > 0  # GELU: both signs, counted apart
 
 
 def test_debug_api(client):
@@ -220,10 +231,15 @@ def test_unit_table_filters(client, collated_root):
     scores.write_text(json.dumps({"units": {
         "1": {"explanation": "cats", "score": 0.0, "scores": {"constant_prediction": True}},
         "2": {"explanation": "dogs", "score": 0.7, "scores": {"constant_prediction": False}},
-        "3": {"explanation": "mats", "score": 0.2, "scores": {"constant_prediction": False}}}}))
+        "3": {"explanation": "mats", "score": 0.2, "scores": {"constant_prediction": False}}},
+        "summary": {"units": 3, "mean_score": 0.3, "fraction_ge_0.8": 0.0, "mean_null_score": float("nan")}}))
     try:
-        rows = {u["index"]: u for u in client.get(base, params={"limit": 1000}).json()["units"]}
+        page = client.get(base, params={"limit": 1000}).json()
+        rows = {u["index"]: u for u in page["units"]}
         assert rows[1]["constant"] and not rows[2]["constant"]
+        # the file's summary is served (NaN, undefined, as null)
+        assert page["scores_summary"] == {"units": 3, "mean_score": 0.3, "fraction_ge_0.8": 0.0,
+                                          "mean_null_score": None}
         no_const = client.get(base, params={"limit": 1000, "hide_constant": True}).json()["units"]
         assert 1 not in [u["index"] for u in no_const] and len(no_const) == len(every) - 1
         good = client.get(base, params={"limit": 1000, "min_score": 0.5}).json()["units"]
@@ -300,7 +316,11 @@ def test_browser_end_to_end(collated_root, tmp_path):
             page.screenshot(path=str(tmp_path / "unit.png"), full_page=True)
             page.goto(f"http://127.0.0.1:{port}/u/{model}/mlp_neurons/1/3")
             page.wait_for_selector("#top .seq .tok")
-            assert "non-zero of" in page.inner_text("#hist-label") and "log counts" in page.inner_text("#hist-label")
+            label = page.inner_text("#hist-label")  # exact counts over every collated token, signs apart
+            n_tok = page.evaluate(f"fetch('/api/record/{model}/mlp_neurons/1/3').then(r => r.json())"
+                                                  ".then(r => r.histogram.n)")
+            assert f"all {n_tok:,} collated tokens" in label and "negative" in label and "log counts" in label
+            assert n_tok > 0 and int(page.get_attribute("#hist", "data-drawn")) > 0
             # negative activations are drawn (red), not white
             negs = page.eval_on_selector_all("#top .seq .tok.neg", "els => els.map(e => e.style.background)")
             assert negs and all("220, 38, 38" in b for b in negs)  # SiLU neurons go negative
@@ -440,3 +460,17 @@ def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
     if arch == "gemma":
         unfolded = write @ hm.W_U().detach().float()
         assert not torch.equal(unfolded.topk(10).indices, lens.topk(10).indices)
+
+
+def test_each_dataset_shows_its_own_token_count(tmp_path):
+    """Pair datasets see fewer excerpts than the run: the index shows each dataset's count, not the run's."""
+    from saescope.viewer.data import DataRoot
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps({
+        "format": "saescope-collated", "model": "m", "tokens": 200_000, "datasets": [
+            {"unit_type": "mlp_neurons", "layer": 1, "path": "mlp_neurons/1", "units": 4, "tokens": 200_000},
+            {"unit_type": "attention_heads", "layer": 1, "path": "attention_heads/1", "units": 4, "tokens": 131_072},
+            {"unit_type": "mlp_neurons", "layer": 2, "path": "mlp_neurons/2", "units": 4}]}))
+    got = {d["path"]: d["tokens"] for d in DataRoot(tmp_path).datasets()}
+    assert got == {"mlp_neurons/1": 200_000, "attention_heads/1": 131_072, "mlp_neurons/2": 200_000}

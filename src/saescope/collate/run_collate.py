@@ -8,6 +8,7 @@ Layout::
     <out>/<model>/sae_latents/<sae-name>/<layer>/<latent>.json
     <out>/<model>/sae_latents/<sae-name>-by-token-pair/<layer>/<latent>.json   (SAEs at attn_out: by token pair)
     <dataset>/summary.json                                     (one row per unit, for the viewer's index)
+    <dataset>/histogram.safetensors                            (exact |activation| counts per log bin, every token)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from saescope.collate.collator import ExcerptTokens, GroupState, SlotSizes, build_records
 from saescope.collate.pair_attribution import sae_pair_group
+from saescope.collate.state import Moments
 from saescope.config import ModelConfig, middle_layer
 from saescope.corpus import CorpusConfig
 from saescope.errors import SaescopeError
@@ -286,6 +288,21 @@ def merge_ranks(states: list[GroupState], tokens: ExcerptTokens,
     return states, tokens, seen
 
 
+HISTOGRAM_FILE = "histogram.safetensors"
+
+
+def write_histogram(path: Path, moments: Moments) -> None:
+    """Every unit's exact |activation| counts per log bin, positive and negative (Moments.hist), beside summary.json:
+    counts [U, 2, HIST_BINS] int64, n [U] values seen (tokens, or token pairs for heads), edges [HIST_BINS + 1]."""
+    from safetensors.torch import save_file
+
+    from saescope.collate.state import hist_edges
+
+    assert moments.hist is not None
+    save_file({"counts": moments.hist.round().long().contiguous(), "n": moments.sums[:, 0].round().long().contiguous(),
+               "edges": hist_edges()}, str(path))
+
+
 def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], states: list[GroupState],
                   tokens: ExcerptTokens, seen: list[int], elapsed: float, source: dict[str, Any]) -> dict[str, Any]:
     """Records, summaries and the manifest; seen[j] = excerpts group j was collated from."""
@@ -316,6 +333,7 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
                 rows.append({**summary_row(r, g.by_token_pair), "density": float(density[r.neuron_id.neuron_index])})
             write_json(tmp / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
                                               "by_token_pair": g.by_token_pair, "units": rows})
+            write_histogram(tmp / HISTOGRAM_FILE, st.moments)
         live = [x for x in rows if x["max_activation"] > 0]
         datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer,
                          "path": dataset_path(g.unit_type, g.layer, g.name), "units": g.n_units,

@@ -177,7 +177,10 @@ def score_unit(backend: Backend, rec: dict[str, Any], explanation: str) -> tuple
             scores_llm = classify_scores(backend, explanation, parts["valid"], mx)
         except BackendError as e:  # recorded as a failure of these two scores, never as a score
             scores_llm = {"llm_detection": None, "llm_fuzzing": None, "classify_failure": str(e)}
-    scores = {**scores_llm, "top_and_random": allc.score, "random_only": rc.score,
+    rnd_true = [a for s in rnd for a in s.true_activations]
+    # a unit that never fires (or fires alike everywhere) on the random excerpts has no random-only correlation
+    random_only = None if len(set(rnd_true)) <= 1 else rc.score
+    scores = {**scores_llm, "top_and_random": allc.score, "random_only": random_only,
               "detection": scoring.balanced_accuracy(labels, det), "fuzzing": scoring.balanced_accuracy(fuzz_labels, fuzz_pred),
               "constant_prediction": allc.constant, "method": ",".join(sorted(methods))}
     return result, scores

@@ -114,7 +114,8 @@ class DataRoot:
         for m in self.manifests():
             for d in m.get("datasets", []):
                 rows.append({"model": m["model"], "model_spec": m.get("model_spec", m["model"]), **d,
-                             "tokens": m.get("tokens"), "excerpt_len": m.get("excerpt_len")})
+                             # each dataset's own count (pair datasets see fewer excerpts), the run's as a fallback
+                             "tokens": d.get("tokens", m.get("tokens")), "excerpt_len": m.get("excerpt_len")})
         return rows
 
     def manifest(self, model: str) -> dict[str, Any]:
@@ -196,6 +197,27 @@ class DataRoot:
             self._valid.add(key)
         return text
 
+    def histogram(self, ds: DatasetRef, index: int) -> dict[str, Any] | None:
+        """One unit's exact activation histogram over every collated token (see `collate.state.Moments`), or None
+        for a dataset collated without one: {edges, positive, negative, zero, n}."""
+        path = self._inside(ds.model, *ds.path.split("/"), "histogram.safetensors")
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if not 0 <= index < f.get_slice("n").get_shape()[0]:
+                return None
+            counts, n = f.get_slice("counts")[index], int(f.get_slice("n")[index : index + 1][0])
+            edges = f.get_tensor("edges")
+        pos, neg = counts[0].tolist(), counts[1].tolist()
+        return {"edges": edges.tolist(), "positive": pos, "negative": neg, "zero": n - sum(pos) - sum(neg), "n": n}
+
+    def scores_summary(self, ds: DatasetRef) -> dict[str, Any] | None:
+        """The `summary` block of the dataset's scores.json (mean score, fraction ≥ 0.8, null score, backends)."""
+        p = self._inside(ds.model, "explanations", *ds.path.split("/"), "scores.json")
+        return _load_summary(str(p), p.stat().st_mtime) if p.is_file() else None
+
     def explanations(self, ds: DatasetRef) -> dict[int, dict[str, Any]]:
         """index → {explanation, score, scores} from <model>/explanations/<dataset path>/scores.json if present."""
         p = self._inside(ds.model, "explanations", *ds.path.split("/"), "scores.json")
@@ -208,3 +230,12 @@ class DataRoot:
 def _load_scores(path: str, mtime: float) -> dict[int, dict[str, Any]]:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return {int(k): v for k, v in data.get("units", {}).items()}
+
+
+@lru_cache(maxsize=64)
+def _load_summary(path: str, mtime: float) -> dict[str, Any] | None:
+    summ = json.loads(Path(path).read_text(encoding="utf-8")).get("summary")
+    if summ is None:
+        return None
+    # undefined means (no scored unit) are NaN in the file; JSON responses carry them as null
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in summ.items()}

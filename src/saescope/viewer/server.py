@@ -214,7 +214,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
             rows = [r for r in rows if r.get(sort) is not None] + [r for r in rows if r.get(sort) is None]
         limit = max(1, min(limit, 1000))
         return {"total": len(rows), "offset": offset, "units": rows[offset:offset + limit],
-                "by_token_pair": s.get("by_token_pair", False)}
+                "by_token_pair": s.get("by_token_pair", False), "scores_summary": data.scores_summary(ds)}
 
     @app.get("/api/record/{model}/{dataset:path}/{index}")
     def record(model: str, dataset: str, index: int) -> Response:
@@ -231,6 +231,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         rest = {"max_activation": row.get("max_activation", 0.0), "summary": row,
                 "by_token_pair": s.get("by_token_pair", False), "n_units": n, "prev": index - 1 if index > 0 else None,
                 "next": index + 1 if index + 1 < n else None, "explanation": data.explanations(ds).get(index),
+                "histogram": data.histogram(ds, index),
                 "tokens": next((d.get("tokens") for d in data.manifest(ds.model).get("datasets", [])
                                 if d.get("path") == ds.path), None) or data.manifest(ds.model).get("tokens")}
         # The record is passed through as its file's text: re-encoding ~10⁵ floats per request costs more than
