@@ -151,6 +151,48 @@ def test_unreachable_or_silent_llm_server_fails_within_seconds(model_root, capsy
     assert time.perf_counter() - t0 < 10
 
 
+def test_server_that_goes_away_mid_run_stops_the_run_and_keeps_every_unit(model_root, capsys):
+    """Two explanations are answered, then the server is gone: the run stops after 3 unanswered requests (not one
+    timeout per remaining unit), both new explanations are saved, the 10 earlier ones are kept as they were."""
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answered = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):  # the up-front probe
+            self.send_response(404)
+            self.end_headers()
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answered.append(1)
+            body = json.dumps({"choices": [{"message": {"content": "the word cat"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+            if len(answered) == 2:
+                threading.Thread(target=lambda: (srv.shutdown(), srv.server_close())).start()
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    before = _units(model_root, "explanations.json")
+    t0 = time.perf_counter()
+    fails(capsys, ["explain", model_root, "--explainer", "openai:m", "--base_url",
+                   f"http://127.0.0.1:{srv.server_address[1]}/v1", "--overwrite", "true", "--max_units", "12",
+                   "--concurrency", "1", "--retries", "0", "--timeout", "2"], "requests in a row got no answer")
+    assert time.perf_counter() - t0 < 15
+    after = _units(model_root, "explanations.json")
+    assert sorted(after) == sorted(before)
+    new = [k for k, v in after.items() if v["explainer"] == "openai:m"]
+    assert len(new) == 2 and all(after[k]["explanation"] == "the word cat" for k in new)
+    assert all(after[k] == before[k] or "last_failure" in after[k] for k in after if k not in new)
+
+
 def test_score_without_explanations_is_an_error_not_nan(model_root, capsys):
     shutil.rmtree(model_root / "explanations")
     fails(capsys, ["score", model_root], "run `saescope explain` first", keep=(model_root,))
