@@ -33,7 +33,7 @@ def test_direct_effects_sum_to_the_behaviour_per_layer_and_in_total(tiny):
     cache = hm.run_with_cache(ids, None, [f"{k}.{L}" for L in range(hm.n_layers) for k in ("attn_out", "mlp_out")],
                               stop_early=False)
     for L in range(hm.n_layers):
-        for kind, code, bias in (("attn_out", 1, hm.attn_out_bias(L)), ("mlp_out", 2, hm._down_proj(L).bias)):
+        for kind, code, bias in (("attn_out", 1, hm.attn_out_bias(L)), ("mlp_out", 2, hm.down_proj(L).bias)):
             rows = (nodes.kind == code) & (nodes.layer == L)
             layer_total = float(cache[f"{kind}.{L}"][0, -1].float() @ u)
             # for GPT-2/Llama the bias projects through u directly; Gemma has no biases there
