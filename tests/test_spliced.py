@@ -130,12 +130,12 @@ def test_each_dictionary_stops_once_its_standard_error_is_below_the_target(tiny_
 
 
 def test_epochs_sets_the_passes_over_the_training_shards(tiny_gpt2, text_corpus, tmp_path):
-    from saescope.capture import CaptureConfig, capture_corpus
-    from saescope.capture.capture import CaptureOptions
+    from saescope.capture import capture_corpus
+    from saescope.capture.config import CaptureConfig, CaptureOptions
     from saescope.corpus import CorpusConfig
     from saescope.errors import SaescopeError
-    from saescope.train.api import TrainConfig, train_from_store
-    from saescope.train.trainer import TrainerConfig
+    from saescope.train.config import TrainConfig, TrainerConfig
+    from saescope.train.on_store import train_from_store
 
     st = capture_corpus(CaptureConfig(data=CorpusConfig(str(text_corpus)), out=str(tmp_path / "s"),
                                       hookpoints="resid_post.1",

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from saescope.corpus import CorpusConfig
-from saescope.collate.collator import SlotSizes
-from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
+from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+from saescope.collate.run_collate import collate
 from saescope.config import ModelConfig
+from saescope.corpus import CorpusConfig
 from saescope.sae import SAEConfig, TopKSAE
 
 
@@ -295,13 +295,13 @@ def test_browser_end_to_end(collated_root, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no Chromium on PATH (`make test` installs Debian's chromium)")
+    import json
+
     import uvicorn
     from conftest import free_port
     from playwright.sync_api import sync_playwright
 
     from saescope.viewer.server import create_app
-
-    import json
 
     model = json.loads(next(collated_root.glob("*/manifest.json")).read_text())["model"]
     port = free_port()
@@ -440,8 +440,7 @@ def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
     import torch
     from conftest import make_model
 
-    from saescope.debug.trace import final_norm, post_mlp_norm
-    from saescope.viewer.lens import logit_lens
+    from saescope.models.lens import logit_lens
 
     hm = make_model(arch)
     g = torch.Generator().manual_seed(0)
@@ -467,10 +466,10 @@ def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
     x_fin = torch.randn(hm.d_model, generator=g)
     with torch.no_grad():
         dx = write
-        pn = post_mlp_norm(hm, L)
+        pn = hm.post_mlp_norm(L)
         if pn is not None:
             dx = frozen(pn, x_mlp, dx)
-        dy = frozen(final_norm(hm), x_fin, dx)
+        dy = frozen(hm.final_norm(), x_fin, dx)
         dlogits = hm.model.get_output_embeddings()(dy)  # the model's own unembedding (no bias in these models)
     live = lens.abs() > 1e-6  # tokens whose unembedding row is zero (padding) have no lens
     assert int(live.sum()) > 0.9 * lens.numel()

@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from saescope.errors import SaescopeError
 from saescope import validate
+from saescope.errors import SaescopeError
 from saescope.io import atomic_dir, atomic_path, read_json
 from saescope.records import ActivationRecord, NeuronId, NeuronRecord, read_record
 
@@ -133,7 +133,7 @@ def _lens(run: Path, sae: Any, hookpoint: str, k: int = 10) -> tuple[Any, Any]:
 
     from saescope.models import load_model
     from saescope.units import residual_write
-    from saescope.viewer.lens import logit_lens
+    from saescope.models.lens import logit_lens
 
     store = read_json(run / "store" / "manifest.json", "store manifest")
     hm = load_model(store.get("extra", {}).get("model_spec") or store["model"])

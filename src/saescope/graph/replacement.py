@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saescope.debug.trace import final_norm
 from saescope.errors import SaescopeError
 from saescope.models import HookedModel
 
@@ -138,6 +137,9 @@ class FrozenNorm:
     """[T, 1]: σ (LayerNorm) or rms (RMSNorm) of the clean input at each position."""
     centred: bool
 
+    def __post_init__(self) -> None:
+        self.mult = self.gain / self.scale  # [T, d]: one multiply per use
+
     @classmethod
     def of(cls, hm: HookedModel, mod: nn.Module, x: Tensor) -> FrozenNorm:
         """From a norm module and its clean input x [T, d]."""
@@ -153,11 +155,11 @@ class FrozenNorm:
         """x [..., T, d] → [..., T, d] (T may be a prefix of the prompt)."""
         if self.centred:
             x = x - x.mean(-1, keepdim=True)
-        y = x * self.gain / self.scale[: x.shape[-2]]
+        y = x * self.mult[: x.shape[-2]]
         return y if self.bias is None else y + self.bias
 
     def vjp(self, g: Tensor) -> Tensor:
-        v = g * self.gain / self.scale[: g.shape[-2]]
+        v = g * self.mult[: g.shape[-2]]
         return v - v.mean(-1, keepdim=True) if self.centred else v
 
 
@@ -179,11 +181,15 @@ class FrozenLayer:
     """Gemma's norm between attention and the residual stream."""
     norm2: FrozenNorm
     kv_of_head: Tensor
-    """[H] the key/value head each query head reads (grouped-query attention)."""
+    """[H] the key/value head each query head reads (grouped-query attention: h // (H / n_kv))."""
+
+    def __post_init__(self) -> None:
+        n_kv, d, dh = self.W_V.shape
+        self.W_V_flat = self.W_V.permute(0, 2, 1).reshape(n_kv * dh, d)  # [n_kv·dh, d]: the value map, transposed
 
 
 def _value_weights(hm: HookedModel, layer: int) -> tuple[Tensor, Tensor | None]:
-    attn = hm._attn(layer)
+    attn = hm.attention(layer)
     n_kv, dh, d = hm.n_kv_heads, hm.d_head, hm.d_model
     if hm.arch == "gpt2":  # Conv1D c_attn: x @ W [d, 3d], value columns last
         W = attn.c_attn.weight[:, 2 * d:]
@@ -238,13 +244,13 @@ def clean_pass(hm: HookedModel, ids: Tensor) -> CleanPass:
         def block_in(mod, args, kwargs, layer=layer):
             keep("resid_pre", layer, args[0] if args else kwargs["hidden_states"])
         handles.append(block.register_forward_pre_hook(block_in, with_kwargs=True))
-        handles.append(hm._attn(layer).register_forward_hook(
+        handles.append(hm.attention(layer).register_forward_hook(
             lambda m, a, out, layer=layer: keep("pattern", layer, out[1])))
         post = hm.post_attention_norm(layer)
         if post is not None:
             handles.append(post.register_forward_pre_hook(lambda m, a, layer=layer: keep("attn_z", layer, a[0])))
         else:
-            handles.append(hm._attn(layer).register_forward_hook(
+            handles.append(hm.attention(layer).register_forward_hook(
                 lambda m, a, out, layer=layer: keep("attn_z", layer, first(out))))
         handles.append(_pre_mlp_norm(hm, layer).register_forward_pre_hook(
             lambda m, a, layer=layer: keep("resid_mid", layer, a[0])))
@@ -252,11 +258,11 @@ def clean_pass(hm: HookedModel, ids: Tensor) -> CleanPass:
         out_mod = block.post_feedforward_layernorm if hm.arch == "gemma" else block.mlp
         handles.append(out_mod.register_forward_hook(
             lambda m, a, out, layer=layer: keep("mlp_out", layer, first(out))))
-    handles.append(final_norm(hm).register_forward_pre_hook(lambda m, a: got.__setitem__("final", a[0][0].float().cpu())))
+    handles.append(hm.final_norm().register_forward_pre_hook(lambda m, a: got.__setitem__("final", a[0][0].float().cpu())))
     handles.append(hm.model.get_input_embeddings().register_forward_hook(
         lambda m, a, out: got.__setitem__("embed", out[0].float().cpu())))
     try:
-        with hm._eager_attention(True):
+        with hm.eager_attention():
             logits = hm.model(input_ids=ids[None].to(hm.model.device), use_cache=False).logits[0].float().cpu()
     finally:
         for h in handles:
@@ -292,7 +298,7 @@ class FrozenModel:
                 None if post is None else FrozenNorm.of(hm, post, cp.attn_z[layer]),
                 FrozenNorm.of(hm, _pre_mlp_norm(hm, layer), cp.resid_mid[layer]),
                 torch.arange(hm.n_heads) // group))
-        self.final = FrozenNorm.of(hm, final_norm(hm), cp.resid_final)
+        self.final = FrozenNorm.of(hm, hm.final_norm(), cp.resid_final)
         self.W_U = hm.W_U().detach().float().cpu()  # [d, V]
         head_bias = getattr(hm.model.get_output_embeddings(), "bias", None)
         self.b_U = None if head_bias is None else head_bias.detach().float().cpu()
@@ -360,11 +366,11 @@ class FrozenModel:
 
     # ---- backward (a batch of targets → gradients at every write point) ------------------------------------
     @torch.no_grad()
-    def backward(self, layers: Tensor, positions: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(self, layers: Tensor, positions: Tensor, vectors: Tensor) -> tuple[list[Tensor], Tensor]:
         """One row per target b: the gradient of vectors[b] · (mlp_in of layers[b] at positions[b]) — or, for
         layers[b] = n_layers, of vectors[b] · (final-norm output at positions[b]) — with respect to
 
-        - every layer's MLP output slot (resid_post.l): G [n, B, T', d] for l < n (later layers: zero),
+        - every layer's MLP output slot (resid_post.l): G[l] [B, T', d] for l < len(G) (later layers: zero),
         - the embeddings (resid_pre.0): G_embed [B, T', d],
 
         where T' = the last target position + 1 (causal attention: nothing later matters)."""
@@ -379,10 +385,10 @@ class FrozenModel:
             inj[rows[at_top], positions[at_top]] = vectors[at_top].float()
             g += self.final.vjp(inj)
         n_G = min(top + 1, self.n_layers)  # a target at layer L is injected inside layer L's MLP input
-        G = torch.zeros(n_G, B, T, self.d)
+        G: list[Tensor] = [g] * n_G
         for l in range(n_G - 1, -1, -1):
             fl = self.layers[l]
-            G[l] = g
+            G[l] = g  # never modified in place below: every update makes a new tensor
             g_in = torch.zeros(B, T, self.d)
             W_skip = self.tc.skip(l)
             if W_skip is not None:
@@ -398,9 +404,11 @@ class FrozenModel:
         """The transpose of `attention(layer, ·)` applied to g [B, T, d] (constants dropped)."""
         fl = self.layers[layer]
         gz = g if fl.post_attn is None else fl.post_attn.vjp(g)
-        gzh = torch.einsum("btd,hkd->bthk", gz, fl.W_O)  # [B, T, H, dh]
+        B = g.shape[0]
+        H, dh, d = fl.W_O.shape
+        gzh = (gz.reshape(B * T, d) @ fl.W_O.reshape(H * dh, d).T).view(B, T, H, dh)
         gvh = torch.einsum("hts,bthk->bshk", fl.pattern[:, :T, :T], gzh)  # [B, s, H, dh]
         n_kv = fl.W_V.shape[0]
-        gv = torch.zeros(*gvh.shape[:2], n_kv, gvh.shape[-1]).index_add_(2, fl.kv_of_head, gvh)  # [B, s, n_kv, dh]
-        ga = torch.einsum("bsnk,ndk->bsd", gv, fl.W_V)
-        return fl.norm1.vjp(ga)
+        gv = gvh.view(B, T, n_kv, H // n_kv, dh).sum(3)  # heads of a group share their KV head (kv = h // group)
+        ga = gv.reshape(B * T, n_kv * dh) @ fl.W_V_flat  # [B·T, d]
+        return fl.norm1.vjp(ga.view(B, T, d))
