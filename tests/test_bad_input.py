@@ -291,6 +291,9 @@ def test_view_and_summarize_check_what_they_read(collated, tmp_path, capsys, mon
     fails(capsys, ["view", broken], "is not valid JSON", keep=(broken,))
     (broken / "tiny-gpt2" / "manifest.json").write_text('{"format": "saescope-collated", "model": "x", "datasets": 3}')
     fails(capsys, ["view", broken], "not a saescope-collated manifest", keep=(broken,))
+    shutil.copy(collated / "manifest.json", broken / "tiny-gpt2" / "manifest.json")
+    shutil.rmtree(broken / "tiny-gpt2" / "mlp_neurons")
+    fails(capsys, ["view", broken], "lists dataset mlp_neurons/1 but", keep=(broken,))
     cache = tmp_path / "cache"
     monkeypatch.setenv("SAESCOPE_CACHE", str(cache))
     monkeypatch.setenv("SAESCOPE_PUBLIC_MIRROR", str(tmp_path / "no-such-mirror"))
