@@ -84,8 +84,8 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"model": args.model, "transcoders": args.transcoders or tc.scan, "threads": torch.get_num_threads(),
-                       "rows": rows}, f, indent=2)
+            json.dump({"model": args.model, "transcoders": args.transcoders or tc.scan,
+                       "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def test_graph_json_schema(tiny_gpt2, tmp_path):
             assert nid == f"E_{int(graph.tokens[n['ctx_idx']])}_{n['ctx_idx']}" and n["layer"] == "E"
         else:
             assert n["layer"] == str(L + 1) and n["ctx_idx"] == graph.n_pos - 1 and n["influence"] is None
-            assert n["clerp"].startswith('Output "') and n["is_target_logit"] == (n["feature"] == int(graph.logit_tokens[0]))
+            assert n["clerp"].startswith('Output "')
+            assert n["is_target_logit"] == (n["feature"] == int(graph.logit_tokens[0]))
     # links: both ends written, weight = A[target, source]; every written feature/error is on a link
     A = graph.adjacency.to_dense()
     index = {}

@@ -280,7 +280,8 @@ class FrozenModel:
         if tc.n_layers != hm.n_layers:
             raise SaescopeError(f"transcoders: {tc.n_layers} layers for a model with {hm.n_layers}; need one per layer")
         if getattr(hm.model.config, "final_logit_softcapping", None):
-            raise SaescopeError(f"model {hm.name}: final logit softcapping is not linear; graphs need a plain unembedding")
+            raise SaescopeError(f"model {hm.name}: final logit softcapping is not linear; graphs need a plain "
+                                "unembedding")
         self.hm, self.tc, self.ids = hm, tc, ids
         cp = clean_pass(hm, ids)
         self.clean = cp
