@@ -30,6 +30,9 @@ class TrainConfig:
     """Activation store directory."""
     hookpoint: str = ""
     """Hookpoint inside the store (default: its first)."""
+    layers: str = ""
+    """--kind transcoder/skip_transcoder/clt: comma-separated layers ('' = every layer whose mlp_in/mlp_out pair is in
+    the store); per-layer transcoders go to <out>/layer_L/, a cross-layer one to <out>/."""
     out: str = "runs/default/saes/resid_post"
     """Output SAE directory (cfg.json + sae_weights.safetensors + sparsity.safetensors + metrics.json)."""
     resume: bool = True
@@ -50,6 +53,10 @@ def split_shards(store: ActivationStore, holdout: int) -> tuple[list[int], list[
 def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     from saescope.train.evaluate import evaluate_batches
 
+    if cfg.trainer.kind != "sae":
+        from saescope.train.transcoders import train_transcoders_from_store
+
+        return train_transcoders_from_store(cfg, progress)
     dist_utils.init_from_env()
     store = ActivationStore(cfg.store)
     inputs = [h for h in store.hookpoints if h.split(".")[0] not in ATTENTION_KINDS]  # what an SAE can read
