@@ -298,3 +298,20 @@ def test_one_pass_explain_and_score_equals_explaining_everything_first(tiny_gpt2
     assert sorted(p.name for p in ea.glob("*.jsonl")) == sorted(p.name for p in eb.glob("*.jsonl"))
     for p in ea.glob("*.jsonl"):
         assert p.read_text() == (eb / p.name).read_text()
+
+
+def test_random_only_correlation_is_undefined_when_the_unit_never_fires_on_random_excerpts():
+    """Correlation with an all-zero truth is undefined: the score is None (the viewer shows "—"), not 0.000."""
+    from saescope.interp.pipeline import score_unit
+
+    backend = make_backend("baseline")
+    top = [{"tokens": [" cat", " sat", " on"], "activations": [float(i + 1), 0.0, 0.5]} for i in range(20)]
+    silent = [{"tokens": [" the", " mat", " dog"], "activations": [0.0, 0.0, 0.0]} for _ in range(15)]
+    rec = {"neuron_id": {"neuron_index": 0, "layer_index": 0}, "most_positive_activation_records": top,
+           "random_sample": silent}
+    explanation = backend.explain(top[:5], "default")
+    _, scores = score_unit(backend, rec, explanation)
+    assert scores["random_only"] is None and scores["top_and_random"] is not None
+    firing = [{**r, "activations": [0.0, float(i % 3), 0.0]} for i, r in enumerate(silent)]
+    _, scores = score_unit(backend, {**rec, "random_sample": firing}, explanation)
+    assert isinstance(scores["random_only"], float)

@@ -35,12 +35,14 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     done, col_root, decisions = run_pipeline(cfg)
     out = tmp_path / "run"
     assert len(done) == 8 and all(path.exists() for _, path in done)
+    assert all(w.split("(")[1].startswith("ΔCE ") for w, _ in done if w.startswith("SAE "))
     assert decisions == dict.fromkeys(STAGES, "new")
     meta = json.loads((out / "seed_dataset" / "metadata.json").read_text())
     assert meta and (out / "seed_dataset" / "activations_0.pt").is_file()
     for kind in ("resid_post", "mlp_post_act", "mlp_out", "attn_out"):
         ev = json.loads((out / "saes" / kind / "eval.json").read_text())
         assert 0 <= ev["fvu"] < 1 and ev["l0"] <= 4 and "ce_loss_recovered" in ev
+        assert list(ev)[:2] == ["delta_ce", "delta_ce_se"] and ev["delta_ce_se"] >= 0  # the added loss leads
     manifest = json.loads((col_root / tiny_dir.name / "manifest.json").read_text())
     # the seed's five kinds: MLP neurons, heads by token pair, MLP latents, attention latents by token and by pair
     assert {d["path"] for d in manifest["datasets"]} == {

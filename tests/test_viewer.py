@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -66,6 +67,16 @@ def test_datasets_units_and_records(client, tiny_dir):
     n = len(hp["tokens"])
     assert len(hp["activations"]) == n * (n + 1) // 2
     assert client.get("/u/x/mlp_neurons/1/3").status_code == 200  # stable URLs serve the page
+    # the histogram counts every collated token (pair) exactly: positives agree with the density, all add up to n
+    for path, i in (("mlp_neurons/1", 3), ("sae_latents/tiny_sae/1", 5), ("attention_heads/1", 0)):
+        r = client.get(f"/api/record/{model}/{path}/{i}").json()
+        h = r["histogram"]
+        assert sum(h["positive"]) + sum(h["negative"]) + h["zero"] == h["n"] > 0
+        assert sum(h["positive"]) == pytest.approx(r["summary"]["density"] * h["n"], abs=0.5)
+        if not r["by_token_pair"]:
+            assert h["n"] == r["tokens"]
+    mlp = client.get(f"/api/record/{model}/mlp_neurons/1/3").json()["histogram"]
+    assert sum(mlp["negative"]) > 0 and sum(mlp["positive"]) > 0  # GELU: both signs, counted apart
 
 
 def test_debug_api(client):
@@ -77,6 +88,10 @@ def test_debug_api(client):
     assert any(n["kind"] == "latent" for n in res["nodes"]) or any(n["kind"] == "mlp" for n in res["nodes"])
     many = client.post("/api/debug", json={**body, "top": 200}).json()["nodes"]
     mlp = next(n for n in many if n["kind"] == "mlp" and n["layer"] == 1)  # layer 1 is the collated one
+    # links lead only to units that have records: none for the layers that were not collated
+    assert all(n.get("url") is None for n in many if n["kind"] in ("mlp", "head") and n["layer"] != 1)
+    assert any(n["kind"] in ("mlp", "head") and n["layer"] != 1 for n in many)
+    assert all(client.get(n["url"].replace("/u/", "/api/record/", 1)).status_code == 200 for n in many if n.get("url"))
     assert mlp["url"] == f"/u/{model}/mlp_neurons/1/{mlp['index']}" and mlp["mean"] is not None
     ab = client.post("/api/debug", json={**body, "ablate": {mlp["name"]: "mean"}}).json()
     assert ab["ablated_behaviour"] is not None and ab["behaviour"] == pytest.approx(res["behaviour"])
@@ -92,7 +107,8 @@ def test_steering_adds_the_units_write_direction_and_strength_zero_changes_nothi
     import torch
 
     from saescope.models import load_model
-    from saescope.viewer.explore import steer, steer_target
+    from saescope.units import UnitSet
+    from saescope.viewer.explore import steer
 
     model = client.get("/api/datasets").json()[0]["model"]
     body = {"model": model, "dataset": "sae_latents/tiny_sae/1", "index": 5, "prompt": "the cat sat on", "tokens": 8}
@@ -109,7 +125,7 @@ def test_steering_adds_the_units_write_direction_and_strength_zero_changes_nothi
 
     hm = load_model(str(tiny_dir))
     sae = load_sae(Path(next(d for d in client.get("/api/datasets").json() if d["unit_type"] == "sae_latents")["source"]))
-    t = steer_target("sae_latents", 1, 5, hm, sae, "resid_post.1")
+    t = UnitSet("sae_latents", 1, "tiny_sae", sae, "resid_post.1").write_direction(hm, 5)
     torch.testing.assert_close(t.direction, sae.W_dec[5].detach())
     ids = torch.tensor([[hm.tokenizer.bos_token_id, 5, 6, 7]])
     clean = hm.run_with_cache(ids, None, ["resid_post.1"])["resid_post.1"]
@@ -132,6 +148,37 @@ def test_concurrent_model_requests_do_not_see_each_others_hooks(client):
     with ThreadPoolExecutor(4) as pool:
         codes = list(pool.map(lambda c: client.post(c[0], json=c[1]).status_code, calls))
     assert codes == [200] * len(calls)
+
+
+def test_a_long_debug_request_does_not_hold_the_model(client, monkeypatch):
+    """/debug holds the model lock for its forward and backward only: a probe sent while the (slow) ranking runs
+    answers at once; a prompt past the bound is refused with a clear error before the model is touched."""
+    import saescope.debug as dbg
+
+    model = client.get("/api/datasets").json()[0]["model"]
+    ranking, slow = threading.Event(), 3.0
+    real = dbg.rank_nodes
+
+    def slow_rank(*a, **k):
+        ranking.set()
+        time.sleep(slow)  # stands for the ranking of a long prompt on a big model (tens of seconds)
+        return real(*a, **k)
+    monkeypatch.setattr(dbg, "rank_nodes", slow_rank)
+    body = {"model": model, "prompt": "the cat sat on the mat and the", "target": " cat"}
+    done = {}
+    t = threading.Thread(target=lambda: done.setdefault("r", client.post("/api/debug", json=body)))
+    t.start()
+    assert ranking.wait(30)
+    t0 = time.perf_counter()
+    r = client.post("/api/probe", json={"model": model, "dataset": "mlp_neurons/1", "index": 3, "text": "the cat"})
+    waited = time.perf_counter() - t0
+    t.join()
+    assert r.status_code == 200 and done["r"].status_code == 200
+    assert waited < slow / 2, f"the probe queued {waited:.1f} s behind /debug"
+    from saescope.viewer.server import DEBUG_MAX_TOKENS
+
+    long = client.post("/api/debug", json={**body, "prompt": "the cat " * DEBUG_MAX_TOKENS})
+    assert long.status_code == 400 and f"at most {DEBUG_MAX_TOKENS}" in long.json()["detail"]
 
 
 def test_neighbours_and_search_by_inference(client, collated_root, capsys):
@@ -184,10 +231,15 @@ def test_unit_table_filters(client, collated_root):
     scores.write_text(json.dumps({"units": {
         "1": {"explanation": "cats", "score": 0.0, "scores": {"constant_prediction": True}},
         "2": {"explanation": "dogs", "score": 0.7, "scores": {"constant_prediction": False}},
-        "3": {"explanation": "mats", "score": 0.2, "scores": {"constant_prediction": False}}}}))
+        "3": {"explanation": "mats", "score": 0.2, "scores": {"constant_prediction": False}}},
+        "summary": {"units": 3, "mean_score": 0.3, "fraction_ge_0.8": 0.0, "mean_null_score": float("nan")}}))
     try:
-        rows = {u["index"]: u for u in client.get(base, params={"limit": 1000}).json()["units"]}
+        page = client.get(base, params={"limit": 1000}).json()
+        rows = {u["index"]: u for u in page["units"]}
         assert rows[1]["constant"] and not rows[2]["constant"]
+        # the file's summary is served (NaN, undefined, as null)
+        assert page["scores_summary"] == {"units": 3, "mean_score": 0.3, "fraction_ge_0.8": 0.0,
+                                          "mean_null_score": None}
         no_const = client.get(base, params={"limit": 1000, "hide_constant": True}).json()["units"]
         assert 1 not in [u["index"] for u in no_const] and len(no_const) == len(every) - 1
         good = client.get(base, params={"limit": 1000, "min_score": 0.5}).json()["units"]
@@ -264,7 +316,11 @@ def test_browser_end_to_end(collated_root, tmp_path):
             page.screenshot(path=str(tmp_path / "unit.png"), full_page=True)
             page.goto(f"http://127.0.0.1:{port}/u/{model}/mlp_neurons/1/3")
             page.wait_for_selector("#top .seq .tok")
-            assert "non-zero of" in page.inner_text("#hist-label") and "log counts" in page.inner_text("#hist-label")
+            label = page.inner_text("#hist-label")  # exact counts over every collated token, signs apart
+            n_tok = page.evaluate(f"fetch('/api/record/{model}/mlp_neurons/1/3').then(r => r.json())"
+                                                  ".then(r => r.histogram.n)")
+            assert f"all {n_tok:,} collated tokens" in label and "negative" in label and "log counts" in label
+            assert n_tok > 0 and int(page.get_attribute("#hist", "data-drawn")) > 0
             # negative activations are drawn (red), not white
             negs = page.eval_on_selector_all("#top .seq .tok.neg", "els => els.map(e => e.style.background)")
             assert negs and all("220, 38, 38" in b for b in negs)  # SiLU neurons go negative
@@ -404,3 +460,17 @@ def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
     if arch == "gemma":
         unfolded = write @ hm.W_U().detach().float()
         assert not torch.equal(unfolded.topk(10).indices, lens.topk(10).indices)
+
+
+def test_each_dataset_shows_its_own_token_count(tmp_path):
+    """Pair datasets see fewer excerpts than the run: the index shows each dataset's count, not the run's."""
+    from saescope.viewer.data import DataRoot
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps({
+        "format": "saescope-collated", "model": "m", "tokens": 200_000, "datasets": [
+            {"unit_type": "mlp_neurons", "layer": 1, "path": "mlp_neurons/1", "units": 4, "tokens": 200_000},
+            {"unit_type": "attention_heads", "layer": 1, "path": "attention_heads/1", "units": 4, "tokens": 131_072},
+            {"unit_type": "mlp_neurons", "layer": 2, "path": "mlp_neurons/2", "units": 4}]}))
+    got = {d["path"]: d["tokens"] for d in DataRoot(tmp_path).datasets()}
+    assert got == {"mlp_neurons/1": 200_000, "attention_heads/1": 131_072, "mlp_neurons/2": 200_000}

@@ -51,10 +51,23 @@ class RunConfig:
     """Tokens generated per seed prompt (the seed activation dataset)."""
     saes: str = "resid_post,mlp_post_act,mlp_out,attn_out"
     """Hookpoint kinds at the studied layer that get an SAE (TDB names such as resid_delta_attn work too)."""
-    eval_contexts: int = 16
-    """Contexts of the held-out shard for each SAE's spliced CE/KL."""
+    eval_contexts: int = 256
+    """Most held-out contexts for each SAE's spliced ΔCE/KL: each SAE stops once its ΔCE's standard error is below
+    0.01 nats (after 32 contexts; `saescope eval --target_se`)."""
     no_serve: bool = False
     """Do not serve the viewer at the end (it is only served when run from a terminal anyway)."""
+
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.not_a_file(self.out, "--out")
+        validate.at_least(self.layer, -1, "--layer", "-1 = the middle layer")
+        validate.at_least(self.generate, 1, "--generate")
+        validate.at_least(self.eval_contexts, 1, "--eval_contexts")
+        if not [s for s in self.saes.split(",") if s.strip()]:
+            from saescope.errors import SaescopeError
+
+            raise SaescopeError("--saes: name at least one hookpoint kind, e.g. resid_post")
 
 
 class RunResult(NamedTuple):
@@ -75,6 +88,9 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     """Run (or reuse) every stage, in order; each stage's fingerprint includes its inputs' fingerprints."""
     from saescope.io import read_json
 
+    from saescope.interp.pipeline import check_backends
+
+    check_backends(cfg.interp)  # a missing key or unreachable server: one line now, not after capture and training
     out = Path(cfg.out)
     hm = cfg.model.load()
     layer = resolve_layer(cfg.layer, hm.n_layers)
@@ -126,6 +142,7 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     # 3. one SAE per hookpoint (trained on the store, evaluated on its held-out shard and spliced into the model)
     from saescope.io import write_json
     from saescope.train.api import EvalConfig, TrainConfig, evaluate_many, train_from_store
+    from saescope.train.evaluate import headline
 
     saes, trained = [], []
     for hp in sae_hps:
@@ -146,8 +163,7 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
         sae.finish()
     for sae, hp in zip(saes, sae_hps):
         ev = read_json(sae.path / "eval.json")
-        done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} (FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, "
-                     f"CE recovered {ev.get('ce_loss_recovered', float('nan')):.3f})", sae.path))
+        done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} ({headline(ev)})", sae.path))
 
     # the model's forward passes are over when collation reads the store: drop its memory-mapped weight pages
     # (clean, re-read on the next touch), which otherwise stay resident through collation, the run's peak

@@ -107,7 +107,8 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
         writer = None  # rank 0 owns the manifest; the others write their shards' files
         torch.distributed.barrier()  # after rank 0 has opened (or reset) the store
         manifest = read_json(Path(cfg.out) / MANIFEST, "store manifest")
-        done, start, rows = manifest.get("complete"), _next_context(manifest), sum(x["rows"] for x in manifest["shards"])
+        rows = sum(x["rows"] for x in manifest["shards"])
+        done, start = manifest.get("complete") and rows > 0, _next_context(manifest)
         n_shards = len(manifest["shards"])
     else:
         writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
@@ -171,9 +172,11 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
             break
     bar.close()
     elapsed = time.perf_counter() - t0
+    if rows == 0:
+        dist.shutdown()
+        raise SaescopeError(f"corpus '{cfg.data.corpus}': produced no contexts of {opt.context_len} tokens; use a "
+                            f"longer corpus (or a smaller --context_len)")
     if writer is not None:
         writer.finish(tokens_per_second=round((rows - initial) / max(elapsed, 1e-9), 1))
     dist.shutdown()
-    if rows == 0:
-        raise SaescopeError(f"corpus '{cfg.data.corpus}': produced no contexts of {opt.context_len} tokens; use a longer corpus")
     return ActivationStore(cfg.out)

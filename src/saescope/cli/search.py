@@ -21,6 +21,12 @@ class SearchConfig:
     per_token: int = 3
     """Units listed per token."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.at_least(self.per_token, 1, "--per_token")
+        validate.existing_dir(self.root, "--root", "collated data root")
+
 
 def main(argv: list[str]) -> int:
     from saescope.cli import parse

@@ -26,6 +26,12 @@ class ImportSeedConfig:
     overwrite: bool = False
     """Replace an existing store."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.existing_dir(self.seed, "--seed", "seed-format folder")
+        validate.not_a_file(self.out, "--out")
+
 
 @dataclass
 class ExportSeedConfig:
@@ -38,13 +44,21 @@ class ExportSeedConfig:
     hookpoint: str = ""
     """Hookpoint to export (default: the store's first)."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.not_a_file(self.out, "--out")
+
 
 def info(argv: list[str]) -> int:
     from saescope.cli import parse
+    from saescope.errors import SaescopeError
     from saescope.store import ActivationStore
 
     cfg = parse(StoreInfoConfig, argv, "saescope store info")
     store = ActivationStore(cfg.store, verify=cfg.verify)
+    if store.rows == 0:
+        raise SaescopeError(f"{cfg.store}: the store holds 0 rows; re-run the capture with a corpus that has text")
     if cfg.verify:
         for hp in store.hookpoints:
             for i in range(len(store.shards)):
@@ -53,7 +67,8 @@ def info(argv: list[str]) -> int:
             store.load_tokens(i)
     print(store.info())
     if cfg.verify:
-        print(f"verified {len(store.shards)} shards x {len(store.hookpoints) + 1} files: OK")
+        late = "" if store.manifest.get("complete") else " (incomplete: re-run the capture to finish it)"
+        print(f"verified {len(store.shards)} shards x {len(store.hookpoints) + 1} files: OK{late}")
     return 0
 
 

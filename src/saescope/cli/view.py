@@ -11,7 +11,7 @@ def main(argv: list[str]) -> int:
 
     cfg = parse(ViewConfig, argv, "saescope view")
     root = open_root(cfg.root, cfg.unit_type)
-    n = len(DataRoot(root).datasets())
+    n = len(DataRoot(root).check())
     where = cfg.root if str(root) == cfg.root else f"{cfg.root} (records cached under {root})"
     print(f"saescope viewer: {n} datasets from {where} on http://{cfg.view.host}:{cfg.view.port}/  (Ctrl-C to stop)")
     serve(root, cfg.view.host, cfg.view.port, cfg.model or None)

@@ -16,8 +16,8 @@ from torch import Tensor
 
 from saescope.collate.sparse import SparseActs, SparseVectors, prune_vectors, sparse_update
 from saescope.collate.state import Moments, TopSlots, excerpt_keys, pair_keys
-from saescope.collate.units import UnitGroup
 from saescope.records import ActivationRecord, NeuronId, NeuronRecord
+from saescope.units import UnitGroup
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ Layout::
     <out>/<model>/sae_latents/<sae-name>/<layer>/<latent>.json
     <out>/<model>/sae_latents/<sae-name>-by-token-pair/<layer>/<latent>.json   (SAEs at attn_out: by token pair)
     <dataset>/summary.json                                     (one row per unit, for the viewer's index)
+    <dataset>/histogram.safetensors                            (exact |activation| counts per log bin, every token)
 """
 
 from __future__ import annotations
@@ -15,29 +16,30 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from saescope.collate.collator import ExcerptTokens, GroupState, SlotSizes, build_records
-from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group, sae_pair_group
+from saescope.collate.pair_attribution import sae_pair_group
+from saescope.collate.state import Moments
 from saescope.config import ModelConfig, middle_layer
 from saescope.corpus import CorpusConfig
 from saescope.errors import SaescopeError
 from saescope.io import atomic_dir, write_json
 from saescope.models import HookedModel, parse_hookpoint
 from saescope.models.hooks import ATTENTION_KINDS
-from saescope.records import dataset_path, dumps, summary_row
+from saescope.records import dumps, summary_row
+from saescope.units import UnitGroup, UnitSet, dataset_path, kind_of_option
 
 log = logging.getLogger(__name__)
 
 
-UnitKind = Literal["mlp", "heads"]
+UnitOption = Literal["mlp", "heads"]
 PAIR_SUFFIX = "-by-token-pair"
 """Dataset name suffix of an attention SAE's latents collated by token pair (beside the same SAE by token)."""
 
@@ -61,11 +63,11 @@ class CollateOptions:
     token_pairs: bool = True
     """Also collate SAEs at attn_out by token pair (the attention latents' pair attribution; large records)."""
 
-    def kinds(self) -> list[UnitKind]:
+    def kinds(self) -> list[UnitOption]:
         return [u.strip() for u in self.units.split(",") if u.strip()]  # type: ignore[misc]
 
     def __post_init__(self) -> None:
-        bad = set(self.kinds()) - set(get_args(UnitKind))
+        bad = set(self.kinds()) - set(get_args(UnitOption))
         if bad:
             raise SaescopeError(f"--units {self.units}: unknown kind(s) {', '.join(sorted(bad))}; use mlp,heads")
         if self.sizes.top_k < 1 or self.excerpt_len < 2:
@@ -119,13 +121,10 @@ def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
     kinds = cfg.collate.kinds()
     groups = []
     for layer in layers:
-        if "mlp" in kinds:
-            groups.append(mlp_group(hm, layer))
-        if "heads" in kinds:
-            groups.append(head_group(hm, layer))
+        groups += [UnitSet(kind_of_option(k).unit_type, layer).group(hm) for k in ("mlp", "heads") if k in kinds]
     for sae, hp, path in load_saes_at(cfg.sae, hm):
         name, source = path.name, str(path.resolve())
-        groups.append(sae_group(sae, hp, name, source))
+        groups.append(UnitSet("sae_latents", parse_hookpoint(hp)[1], name, sae, hp, source).group(hm))
         if cfg.collate.token_pairs and parse_hookpoint(hp)[0] == "attn_out":  # attention latents: by pair too
             groups.append(sae_pair_group(hm, sae, hp, f"{name}{PAIR_SUFFIX}", source))
     if not groups:
@@ -289,6 +288,21 @@ def merge_ranks(states: list[GroupState], tokens: ExcerptTokens,
     return states, tokens, seen
 
 
+HISTOGRAM_FILE = "histogram.safetensors"
+
+
+def write_histogram(path: Path, moments: Moments) -> None:
+    """Every unit's exact |activation| counts per log bin, positive and negative (Moments.hist), beside summary.json:
+    counts [U, 2, HIST_BINS] int64, n [U] values seen (tokens, or token pairs for heads), edges [HIST_BINS + 1]."""
+    from safetensors.torch import save_file
+
+    from saescope.collate.state import hist_edges
+
+    assert moments.hist is not None
+    save_file({"counts": moments.hist.round().long().contiguous(), "n": moments.sums[:, 0].round().long().contiguous(),
+               "edges": hist_edges()}, str(path))
+
+
 def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], states: list[GroupState],
                   tokens: ExcerptTokens, seen: list[int], elapsed: float, source: dict[str, Any]) -> dict[str, Any]:
     """Records, summaries and the manifest; seen[j] = excerpts group j was collated from."""
@@ -319,6 +333,7 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
                 rows.append({**summary_row(r, g.by_token_pair), "density": float(density[r.neuron_id.neuron_index])})
             write_json(tmp / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
                                               "by_token_pair": g.by_token_pair, "units": rows})
+            write_histogram(tmp / HISTOGRAM_FILE, st.moments)
         live = [x for x in rows if x["max_activation"] > 0]
         datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer,
                          "path": dataset_path(g.unit_type, g.layer, g.name), "units": g.n_units,

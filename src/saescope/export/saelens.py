@@ -37,6 +37,11 @@ class SAELensEntryConfig:
     repo_id: str = ""
     """Hugging Face repo the saes/ folder is uploaded to (default: the local saes/ folder's absolute path)."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.existing_dir(self.run, "RUN_DIR (--run)", "`saescope run` output folder")
+
 
 def saelens_entry(cfg: SAELensEntryConfig) -> str:
     import yaml

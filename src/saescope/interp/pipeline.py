@@ -177,7 +177,10 @@ def score_unit(backend: Backend, rec: dict[str, Any], explanation: str) -> tuple
             scores_llm = classify_scores(backend, explanation, parts["valid"], mx)
         except BackendError as e:  # recorded as a failure of these two scores, never as a score
             scores_llm = {"llm_detection": None, "llm_fuzzing": None, "classify_failure": str(e)}
-    scores = {**scores_llm, "top_and_random": allc.score, "random_only": rc.score,
+    rnd_true = [a for s in rnd for a in s.true_activations]
+    # a unit that never fires (or fires alike everywhere) on the random excerpts has no random-only correlation
+    random_only = None if len(set(rnd_true)) <= 1 else rc.score
+    scores = {**scores_llm, "top_and_random": allc.score, "random_only": random_only,
               "detection": scoring.balanced_accuracy(labels, det), "fuzzing": scoring.balanced_accuracy(fuzz_labels, fuzz_pred),
               "constant_prediction": allc.constant, "method": ",".join(sorted(methods))}
     return result, scores
@@ -368,6 +371,14 @@ def parse_indices(text: str, option: str = "--indices") -> set[int] | None:
     if any(i < 0 for i in out):
         raise SaescopeError(f"{option} '{text}': unit indices are 0 or more")
     return out
+
+
+def check_backends(opt: InterpOptions) -> None:
+    """Reach the OpenAI-compatible server(s) the options name, once (see OpenAIBackend.check); no other backend
+    is built (an hf: model loads when it is used)."""
+    for name in {opt.explainer, opt.simulator}:
+        if name.startswith("openai:"):
+            make_backend(name, opt.base_url, opt.api_key_env, opt.timeout, opt.retries)
 
 
 def _offline(opt: InterpOptions) -> bool:

@@ -56,6 +56,9 @@ class OnlineConfig:
     def __post_init__(self) -> None:
         if self.context_len < 2 or self.forward_contexts < 1:
             raise SaescopeError("--context_len must be at least 2 and --forward_contexts positive")
+        from saescope import validate
+
+        validate.not_a_file(self.out, "--out")
 
 
 def activation_chunks(hm: Any, contexts: Iterator[list[int]], hookpoints: list[str], forward_contexts: int,

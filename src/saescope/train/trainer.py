@@ -131,6 +131,29 @@ class TrainerConfig:
             raise SaescopeError("--width, --k and --batch_size must be positive")
         if topk_family and self.k > self.width:
             raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        from saescope import validate
+        from saescope.errors import SaescopeError
+
+        for name in ("tokens", "holdout_shards", "lr", "grad_clip", "auxk_alpha", "l1_coefficient",
+                     "l0_coefficient", "pre_act_coefficient", "checkpoint_every"):
+            validate.at_least(getattr(self, name), 0, f"--{name}")
+        for name in ("k_anneal_frac", "warmup_frac", "decay_frac", "resample_until", "sparsity_warmup_frac",
+                     "momentum"):
+            validate.between(getattr(self, name), 0, 1, f"--{name}")
+        validate.at_least(self.k_anneal_start, 1, "--k_anneal_start")
+        validate.at_least(self.buffer_rows, 1, "--buffer_rows")
+        validate.at_least(self.dead_tokens, 1, "--dead_tokens")
+        validate.at_least(self.resample_tokens, -1, "--resample_tokens", "-1 = automatic, 0 = off")
+        validate.positive(self.resample_enc_scale, "--resample_enc_scale")
+        if self.warmup_frac + self.decay_frac > 1:
+            raise SaescopeError(f"--warmup_frac {self.warmup_frac} + --decay_frac {self.decay_frac}: more than all "
+                                f"of the steps; make them sum to 1 or less")
+        from saescope.sae.matryoshka import prefix_widths
+
+        prefix_widths(self.matryoshka_widths, self.width)  # its grammar; widths ≥ F are dropped there
 
     def learning_rate(self) -> float:
         from saescope.sae import TopKSAE

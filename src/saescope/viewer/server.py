@@ -45,6 +45,11 @@ class ViewOptions:
     port: int = 8000
     """Port."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.port(self.port)
+
 
 @dataclass
 class ViewConfig:
@@ -59,6 +64,12 @@ class ViewConfig:
     its records are by token pair, else mlp_neurons)."""
     model: str = ""
     """Model spec for the live probe and logit lens (default: the one recorded at collation)."""
+
+    def __post_init__(self) -> None:
+        from saescope import validate
+        from saescope.units import UNIT_TYPES
+
+        validate.one_of(self.unit_type, ("", *UNIT_TYPES), "--unit_type")
 
 
 def create_app(root: str | Path, model: str | None = None, preload: bool = False) -> FastAPI:
@@ -103,7 +114,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     @app.post("/api/steer")
     def steer_api(req: SteerRequest) -> dict[str, Any]:
         """Greedy continuation of a prompt with the unit's write direction added at `strength` (and without)."""
-        from saescope.viewer.explore import steer, steer_target
+        from saescope.viewer.explore import steer
 
         ds = ds_of(req.model, req.dataset)
         if not req.prompt.strip() or len(req.prompt) > 2000:
@@ -111,14 +122,10 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         if not -1e4 <= req.strength <= 1e4 or not 1 <= req.tokens <= 64:
             raise HTTPException(400, "strength within ±10000, tokens 1 to 64")
         hm = hub.model(req.model)
-        sae, hp = None, ""
-        if ds.unit_type == "sae_latents":
-            sae, entry = hub.sae(ds)
-            if entry.get("by_token_pair"):
-                raise HTTPException(400, "steer with the same SAE's by-token dataset")
-            hp = entry["hookpoints"][0]
+        if ds.unit_type == "sae_latents" and hub.sae(ds)[1].get("by_token_pair"):
+            raise HTTPException(400, "steer with the same SAE's by-token dataset")
         try:
-            target = steer_target(ds.unit_type, ds.layer, req.index, hm, sae, hp)
+            target = hub.units(ds).write_direction(hm, req.index)
         except IndexError:
             raise NotFound(f"unit {req.index}") from None
         except ValueError as e:
@@ -207,7 +214,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
             rows = [r for r in rows if r.get(sort) is not None] + [r for r in rows if r.get(sort) is None]
         limit = max(1, min(limit, 1000))
         return {"total": len(rows), "offset": offset, "units": rows[offset:offset + limit],
-                "by_token_pair": s.get("by_token_pair", False)}
+                "by_token_pair": s.get("by_token_pair", False), "scores_summary": data.scores_summary(ds)}
 
     @app.get("/api/record/{model}/{dataset:path}/{index}")
     def record(model: str, dataset: str, index: int) -> Response:
@@ -224,6 +231,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         rest = {"max_activation": row.get("max_activation", 0.0), "summary": row,
                 "by_token_pair": s.get("by_token_pair", False), "n_units": n, "prev": index - 1 if index > 0 else None,
                 "next": index + 1 if index + 1 < n else None, "explanation": data.explanations(ds).get(index),
+                "histogram": data.histogram(ds, index),
                 "tokens": next((d.get("tokens") for d in data.manifest(ds.model).get("datasets", [])
                                 if d.get("path") == ds.path), None) or data.manifest(ds.model).get("tokens")}
         # The record is passed through as its file's text: re-encoding ~10⁵ floats per request costs more than
@@ -235,28 +243,19 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     def logit_lens(model: str, dataset: str, index: int, k: int = 10) -> dict[str, Any]:
         import torch
 
-        from saescope.models import parse_hookpoint
+        from saescope.units import residual_write
         from saescope.viewer.lens import logit_lens
 
         ds = ds_of(model, dataset)
+        if ds.unit_type == "attention_heads":
+            raise NotFound("no logit lens for attention heads")
         hm = hub.model(model)
+        try:
+            target = hub.units(ds).write_direction(hm, index)
+        except IndexError as e:
+            raise NotFound(str(e)) from None
         with torch.no_grad():
-            if ds.unit_type == "sae_latents":
-                sae, entry = hub.sae(ds)
-                if not 0 <= index < sae.cfg.d_sae:
-                    raise NotFound(f"latent {index}")
-                hps = [h for h in entry.get("hookpoints", []) if not h.startswith("attn_")]
-                kind, layer = parse_hookpoint(hps[0]) if hps else ("resid_post", ds.layer)
-                direction = sae.W_dec[index].float()
-                if kind == "mlp_post_act":  # a direction over the neurons: what the MLP then writes
-                    direction = direction @ hm.W_out_mlp(layer).float()
-                logits = logit_lens(hm, direction, layer if kind == "mlp_post_act" else None)
-            elif ds.unit_type == "mlp_neurons":
-                if not 0 <= index < hm.d_mlp:
-                    raise NotFound(f"neuron {index}")
-                logits = logit_lens(hm, hm.W_out_mlp(ds.layer)[index], ds.layer)
-            else:
-                raise NotFound("no logit lens for attention heads")
+            logits = logit_lens(hm, *residual_write(hm, target.hookpoint, target.direction))
             top, bottom = logits.topk(k), (-logits).topk(k)
         tok = lambda ids: [hm.tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
         return {"top": [{"token": t, "logit": float(v)} for t, v in zip(tok(top.indices), top.values)],
@@ -266,22 +265,13 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     def probe(req: Probe) -> dict[str, Any]:
         import torch
 
-        from saescope.collate.units import head_group, mlp_group, sae_group
-
         ds = ds_of(req.model, req.dataset)
         if not req.text.strip():
             raise HTTPException(400, "empty prompt")
         if len(req.text) > 4000:
             raise HTTPException(400, "prompt longer than 4000 characters")
         hm = hub.model(req.model)
-        if ds.unit_type == "mlp_neurons":
-            group = mlp_group(hm, ds.layer)
-        elif ds.unit_type == "attention_heads":
-            group = head_group(hm, ds.layer)
-        else:
-            sae, entry = hub.sae(ds)
-            hp = f"attn_out.{ds.layer}" if entry.get("by_token_pair") else entry["hookpoints"][0]
-            group = sae_group(sae, hp, ds.name)  # pair datasets: the same SAE's latents by token
+        group = hub.units(ds).group(hm)  # pair datasets: the same SAE's latents by token
         if not 0 <= req.index < group.n_units:
             raise NotFound(f"unit {req.index}")
         ids = hm.tokenizer(req.text, add_special_tokens=False)["input_ids"][:256]
@@ -298,6 +288,11 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
                 "by_token_pair": group.by_token_pair}
 
     return app
+
+
+DEBUG_MAX_TOKENS = 128
+"""The longest prompt /debug takes. Its forward and backward hold the model lock (on gemma-3-270m, one CPU thread:
+~4 s at 64 tokens, ~10 s at 256); the ranking that follows runs without it."""
 
 
 def run_debug(data: DataRoot, hub: ModelHub, req: DebugRequest) -> dict[str, Any]:
@@ -321,10 +316,14 @@ def run_debug(data: DataRoot, hub: ModelHub, req: DebugRequest) -> dict[str, Any
         sae, entry = hub.sae(ds)
         saes[entry["hookpoints"][0]], names[entry["hookpoints"][0]] = sae, ds.name
     notes = NodeNotes(str(data.root / req.model), names)
+    n_tokens = len(hm.tokenizer(req.prompt, add_special_tokens=False)["input_ids"])
+    if n_tokens > DEBUG_MAX_TOKENS:
+        raise HTTPException(400, f"prompt is {n_tokens} tokens; /debug takes at most {DEBUG_MAX_TOKENS} so that one "
+                                 "request does not hold the model for every other page (`saescope debug` has no limit)")
     try:
-        with hub.forward_lock:
-            res = debug(hm, req.prompt, req.target, req.distractor, saes, ablate=req.ablate or None,
-                        means=notes.means(req.ablate), trace=req.trace, pairs_for=req.pairs_for)
+        res = debug(hm, req.prompt, req.target, req.distractor, saes, ablate=req.ablate or None,
+                    means=notes.means(req.ablate), trace=req.trace, pairs_for=req.pairs_for,
+                    freeze_norms=req.freeze_norms, model_lock=hub.forward_lock)
     except SaescopeError as e:
         raise HTTPException(400, str(e)) from None
     out = res.to_json(res.nodes.top(max(1, min(req.top, 200)), by=req.by), notes)
