@@ -419,8 +419,7 @@ def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
     import torch
     from conftest import make_model
 
-    from saescope.debug.trace import final_norm, post_mlp_norm
-    from saescope.viewer.lens import logit_lens
+    from saescope.models.lens import logit_lens
 
     hm = make_model(arch)
     g = torch.Generator().manual_seed(0)
@@ -446,10 +445,10 @@ def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
     x_fin = torch.randn(hm.d_model, generator=g)
     with torch.no_grad():
         dx = write
-        pn = post_mlp_norm(hm, L)
+        pn = hm.post_mlp_norm(L)
         if pn is not None:
             dx = frozen(pn, x_mlp, dx)
-        dy = frozen(final_norm(hm), x_fin, dx)
+        dy = frozen(hm.final_norm(), x_fin, dx)
         dlogits = hm.model.get_output_embeddings()(dy)  # the model's own unembedding (no bias in these models)
     live = lens.abs() > 1e-6  # tokens whose unembedding row is zero (padding) have no lens
     assert int(live.sum()) > 0.9 * lens.numel()

@@ -207,7 +207,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         import torch
 
         from saescope.units import residual_write
-        from saescope.viewer.lens import logit_lens
+        from saescope.models.lens import logit_lens
 
         ds = ds_of(model, dataset)
         if ds.unit_type == "attention_heads":
