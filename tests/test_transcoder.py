@@ -339,7 +339,8 @@ def test_online_transcoders_equal_store_training_and_report_fvu(kind, pair_store
     """One forward feeds every layer: online training with a whole-run buffer equals training from a store of the
     same contexts; the store path reports the held-out FVU of the MLP output that the saved files reproduce."""
     from saescope.store import shuffled_batches
-    from saescope.train.api import TrainConfig, train_from_store
+    from saescope.train.config import TrainConfig
+    from saescope.train.on_store import train_from_store
     from saescope.train.online import OnlineConfig, train_online
     from saescope.train.transcoders import pair_groups
 

@@ -127,7 +127,7 @@ def evaluate_replacement(cfg: ReplacementConfig, hm: Any = None) -> dict[str, fl
     from saescope.models import load_model
     from saescope.sae.transcoder_io import load_transcoders
     from saescope.store import ActivationStore
-    from saescope.train.api import contexts_from_store, split_shards
+    from saescope.train.on_store import contexts_from_store, split_shards
 
     ts = load_transcoders(cfg.transcoders)
     store = ActivationStore(cfg.store)
