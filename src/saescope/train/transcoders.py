@@ -90,7 +90,7 @@ def train_transcoders_from_store(cfg: Any, progress: bool = True) -> dict[str, A
     from saescope.config import resolve_device
     from saescope.store import ActivationStore, shuffled_batches
     from saescope.train.on_store import split_shards
-    from saescope.train.speed import release_freed_memory
+    from saescope.train.memory import release_freed_memory
     from saescope.train.trainer import Trainer, split_rows
 
     dist_utils.init_from_env()
