@@ -258,7 +258,8 @@ def clean_pass(hm: HookedModel, ids: Tensor) -> CleanPass:
         out_mod = block.post_feedforward_layernorm if hm.arch == "gemma" else block.mlp
         handles.append(out_mod.register_forward_hook(
             lambda m, a, out, layer=layer: keep("mlp_out", layer, first(out))))
-    handles.append(hm.final_norm().register_forward_pre_hook(lambda m, a: got.__setitem__("final", a[0][0].float().cpu())))
+    handles.append(hm.final_norm().register_forward_pre_hook(
+        lambda m, a: got.__setitem__("final", a[0][0].float().cpu())))
     handles.append(hm.model.get_input_embeddings().register_forward_hook(
         lambda m, a, out: got.__setitem__("embed", out[0].float().cpu())))
     try:
