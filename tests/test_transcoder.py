@@ -138,6 +138,7 @@ def test_clt_decoding_sums_contributions_from_all_earlier_layers():
     assert y[:, 1].tolist() == [1.0, 2.0, 3.0]
     ts = TranscoderSet(clt=clt)
     per_layer = ts.reconstruct({l: x[:, l] for l in range(3)})
+    torch.testing.assert_close(ts.reconstruct(x.transpose(0, 1)), y[:, None])  # stacked [L, N, d] form
     for l in range(3):
         torch.testing.assert_close(per_layer[l], y[None, l])
         torch.testing.assert_close(ts.encode_layer(l, x[:, l]), f[:, l])
@@ -465,3 +466,50 @@ def test_cli_trains_transcoders_from_a_store_and_evaluates_the_replacement(pair_
     m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert m["contexts"] == 4 and m["top1_agreement_with_errors"] == 1.0
     assert abs(m["ce_with_errors"] - m["ce_clean"]) < 1e-4 and 0 <= m["top1_agreement_replaced"] <= 1
+
+
+# ---- transcoder latents as units -----------------------------------------------------------------------------
+
+def test_transcoder_latents_are_collated_per_layer_and_served_like_sae_latents(tiny_dir, tmp_path):
+    """--transcoders DIR collates every layer's latents (transcoder_latents/<set>/<layer>, reading mlp_in.L; the
+    top activation equals a brute-force encoding); the viewer serves them and steers along mlp_out.L."""
+    import itertools
+
+    from fastapi.testclient import TestClient
+
+    from conftest import TEXT
+    from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+    from saescope.collate.run_collate import collate
+    from saescope.config import ModelConfig
+    from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
+    from saescope.models import load_model
+    from saescope.records import read_record
+    from saescope.units import UnitSet
+    from saescope.viewer.server import create_app
+
+    hm = load_model(str(tiny_dir))
+    plts = {l: _plt("topk", True, d_in=hm.d_model, d_out=hm.d_model, F=24, k=4) for l in range(hm.n_layers)}
+    save_transcoders(TranscoderSet(plts=plts), tmp_path / "mytc")
+    (tmp_path / "corpus.txt").write_text(TEXT * 4)
+    T = 8
+    cfg = CollateConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), out=str(tmp_path / "col"),
+                        data=CorpusConfig(str(tmp_path / "corpus.txt")), transcoders=str(tmp_path / "mytc"),
+                        collate=CollateOptions(units="", excerpt_len=T, max_tokens=T * 30,
+                                               sizes=SlotSizes(top_k=20, n_random=15, pool=24)))
+    manifest = collate(cfg, hm)
+    paths = sorted(d["path"] for d in manifest["datasets"])
+    assert paths == [f"transcoder_latents/mytc/{l}" for l in range(hm.n_layers)]
+    ds = next(d for d in manifest["datasets"] if d["path"] == "transcoder_latents/mytc/1")
+    assert ds["hookpoints"] == ["mlp_in.1"] and ds["units"] == 24
+    ctxs = list(itertools.islice(iter_contexts(hm.tokenizer, iter_texts(str(tmp_path / "corpus.txt")), T + 1), 30))
+    x = hm.run_with_cache(torch.tensor(ctxs), None, ["mlp_in.1"])["mlp_in.1"][:, 1:]
+    with torch.no_grad():
+        acts = plts[1].encode(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
+    rec = read_record(tmp_path / "col" / hm.name / ds["path"] / "5.json")
+    assert rec.max_activation == pytest.approx(float(acts[..., 5].max()), rel=1e-4)
+    client = TestClient(create_app(tmp_path / "col"))
+    r = client.get(f"/api/record/{hm.name}/transcoder_latents/mytc/1/5")
+    assert r.status_code == 200 and r.json()["record"]["neuron_id"]["layer_index"] == 1
+    assert client.get(f"/u/{hm.name}/transcoder_latents/mytc/1/5").status_code == 200
+    wd = UnitSet("transcoder_latents", 1, "mytc", plts[1], "mlp_in.1").write_direction(hm, 5)
+    assert wd.hookpoint == "mlp_out.1" and torch.equal(wd.direction, plts[1].W_dec[5].detach())

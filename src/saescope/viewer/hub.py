@@ -82,7 +82,9 @@ class ModelHub:
         token at attn_out)."""
         from saescope.units import UnitSet
 
-        if ds.unit_type != "sae_latents":
+        from saescope.units import KINDS
+
+        if not KINDS[ds.unit_type].dictionary:
             return UnitSet(ds.unit_type, ds.layer)
         sae, entry = self.sae(ds)
         hp = f"attn_out.{ds.layer}" if entry.get("by_token_pair") else entry["hookpoints"][0]

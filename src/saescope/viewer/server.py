@@ -123,8 +123,8 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         from saescope.viewer.explore import coactive, decoder_neighbours
 
         ds = ds_of(model, dataset)
-        if ds.unit_type != "sae_latents":
-            raise NotFound("neighbours are for SAE latents")
+        if ds.unit_type not in ("sae_latents", "transcoder_latents"):
+            raise NotFound("neighbours are for SAE and transcoder latents")
         sae, entry = hub.sae(ds)
         if not 0 <= index < sae.cfg.d_sae:
             raise NotFound(f"latent {index}")

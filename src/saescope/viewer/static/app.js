@@ -263,7 +263,7 @@ async function unitPage(model, dataset, index) {
   const labels = ["[0, 0.5]", "[0.5, 0.9]", "[0.9, 0.99]", "[0.99, 0.999]", "[0.999, 1]"];
   const e = r.explanation;
   const q = new URLSearchParams(location.search);
-  const latent = dataset.startsWith("sae_latents/") && !pair;
+  const latent = (dataset.startsWith("sae_latents/") || dataset.startsWith("transcoder_latents/")) && !pair;
   const steerable = latent || dataset.startsWith("mlp_neurons/");
   const steerStrength = q.get("strength") || (max > 0 ? (2 * max).toPrecision(3) : "10");
   const steerPrompt = q.get("prompt") || "The weather today is";
@@ -358,7 +358,8 @@ async function route() {
     if (parts[0] !== "u") return await indexPage();
     const [, model, ...rest] = parts;
     const last = rest[rest.length - 1];
-    const isUnit = (rest[0] === "sae_latents" && rest.length === 4) || (rest[0] !== "sae_latents" && rest.length === 3);
+    const named = rest[0] === "sae_latents" || rest[0] === "transcoder_latents";  // <kind>/<name>/<layer>/<unit>
+    const isUnit = (named && rest.length === 4) || (!named && rest.length === 3);
     if (isUnit) {
       if (!/^\d+$/.test(last)) throw new Error(`unit "${last}" is not a unit number (0, 1, 2, ...)`);
       return await unitPage(model, rest.slice(0, -1).join("/"), Number(last));
