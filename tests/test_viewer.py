@@ -150,6 +150,37 @@ def test_concurrent_model_requests_do_not_see_each_others_hooks(client):
     assert codes == [200] * len(calls)
 
 
+def test_logit_lens_reads_in_logits_when_the_unit_fires_at_its_max(client, tiny_dir):
+    """The lens is the logit change of the unit's write at its max activation, divided by the final norm's median
+    scale on the unit's top excerpts (measured here with a hook of our own), and says so."""
+    import torch
+
+    from saescope.debug.trace import final_norm
+    from saescope.models import load_model
+    from saescope.viewer.lens import logit_lens
+
+    model = client.get("/api/datasets").json()[0]["model"]
+    hm = load_model(str(tiny_dir))
+    rec = client.get(f"/api/record/{model}/mlp_neurons/1/3").json()["record"]
+    tops = [r for r in rec["most_positive_activation_records"] if max(r["activations"]) > 0][:5]
+    act = max(max(r["activations"]) for r in tops)
+    scales = []
+    h = final_norm(hm).register_forward_pre_hook(lambda m, a: scales.append(
+        a[0][0, 1:].float().pow(2).mean(-1).add(final_norm(hm).variance_epsilon).sqrt()))
+    with torch.no_grad():
+        for r in tops:
+            ids = hm.tokenizer("".join(r["tokens"]), add_special_tokens=False)["input_ids"][:64]
+            hm.model(input_ids=torch.tensor([[hm.tokenizer.bos_token_id, *ids]]))
+    h.remove()
+    scale = float(torch.cat(scales).median())
+    want = logit_lens(hm, hm.W_out_mlp(1)[3].detach(), 1) * act / scale
+    got = client.get(f"/api/logit_lens/{model}/mlp_neurons/1/3").json()
+    assert got["norm_scale"] == pytest.approx(scale, rel=1e-4) and got["activation"] == pytest.approx(act)
+    assert got["top"][0]["logit"] == pytest.approx(float(want.max()), rel=1e-3)
+    assert got["bottom"][0]["logit"] == pytest.approx(float(want.min()), rel=1e-3)
+    assert got["units"].startswith("logit change when the unit fires at its max")
+
+
 def test_a_long_debug_request_does_not_hold_the_model(client, monkeypatch):
     """/debug holds the model lock for its forward and backward only: a probe sent while the (slow) ranking runs
     answers at once; a prompt past the bound is refused with a clear error before the model is touched."""
@@ -474,3 +505,32 @@ def test_each_dataset_shows_its_own_token_count(tmp_path):
             {"unit_type": "mlp_neurons", "layer": 2, "path": "mlp_neurons/2", "units": 4}]}))
     got = {d["path"]: d["tokens"] for d in DataRoot(tmp_path).datasets()}
     assert got == {"mlp_neurons/1": 200_000, "attention_heads/1": 131_072, "mlp_neurons/2": 200_000}
+
+
+def test_search_ranks_by_capped_relative_activation_and_leaves_dense_units_out(tiny_gpt2):
+    """Known activations through a hand-made source: a dense unit at 0.9 of its max everywhere is left out by default
+    (and counted), a unit at 3.5× its max ranks level with one at its max (capped at 1; the sparser first), and
+    max_density 1 brings the dense one back."""
+    import torch
+
+    from saescope.units import UnitGroup
+    from saescope.viewer.explore import SearchSource, search
+
+    hm = tiny_gpt2
+    text = "the cat sat"
+    T = len(hm.tokenizer(text, add_special_tokens=False)["input_ids"])
+    acts = torch.zeros(4, 1, T)  # [U, B, T]
+    acts[0] = 0.9  # dense: 0.9 × its max on every token
+    acts[1, 0, 0] = 3.5  # 3.5 × its max on token 0
+    acts[2, 0, 0] = 2.0  # exactly its max on token 0, sparser than unit 1
+    acts[3, 0, 1] = 0.5  # half its max on token 1
+    group = UnitGroup("sae_latents", 0, 4, ["resid_post.0"], lambda cache: acts)
+    src = SearchSource("sae_latents/x/0", group, torch.tensor([1.0, 1.0, 2.0, 1.0]), {},
+                       torch.tensor([0.6, 0.002, 0.001, 0.01]))
+    res = search(hm, [src], text, per_token=3)
+    assert res["left_out"] == 1 and res["max_density"] == 0.1
+    assert [u["index"] for u in res["units"][0]] == [2, 1]  # both capped at 1: the sparser first; no dense unit
+    assert res["units"][0][1]["relative"] == 3.5  # the value shown is the real ratio
+    assert [u["index"] for u in res["units"][1]] == [3] and res["units"][2] == []
+    every = search(hm, [src], text, per_token=3, max_density=1.0)
+    assert every["left_out"] == 0 and [u["index"] for u in every["units"][2]] == [0]

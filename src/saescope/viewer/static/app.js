@@ -314,7 +314,7 @@ async function unitPage(model, dataset, index) {
   });
   if (!pair) api(`/api/logit_lens/${model}/${dataset}/${index}`).then(l => {
     const li = xs => xs.map(t => `<li><bdi>${esc(JSON.stringify(t.token))}</bdi> <small>${t.logit.toPrecision(3)}</small></li>`).join("");
-    $("#lens").innerHTML = `<h3>Logit lens <small>(logits per unit of activation, norms folded in)</small></h3><div class="lens"><div>promoted<ol>${li(l.top)}</ol></div><div>suppressed<ol>${li(l.bottom)}</ol></div></div>`;
+    $("#lens").innerHTML = `<h3>Logit lens <small id="lens-units">(${esc(l.units)})</small></h3><div class="lens"><div>promoted<ol>${li(l.top)}</ol></div><div>suppressed<ol>${li(l.bottom)}</ol></div></div>`;
   }).catch(err => { $("#lens").innerHTML = `<p class="error">logit lens unavailable: ${esc(err.message)}</p>`; });
   document.onkeydown = ev => {
     if (ev.target.closest && ev.target.closest("input, textarea")) return;
