@@ -534,3 +534,97 @@ def test_search_ranks_by_capped_relative_activation_and_leaves_dense_units_out(t
     assert [u["index"] for u in res["units"][1]] == [3] and res["units"][2] == []
     every = search(hm, [src], text, per_token=3, max_density=1.0)
     assert every["left_out"] == 0 and [u["index"] for u in every["units"][2]] == [0]
+
+
+def test_browser_unit_dataset_and_debug_pages_say_what_they_show(collated_root, tmp_path):
+    """The page points of issue 27 in Chromium: top activations first, numbered; quantile headings with their range
+    and without the top excerpts again; the probe text in the URL; strength=abc refused and an old result cleared;
+    a bad filter empties the table; "no units match"; dead units list no top token; the pair matrix has axes; in the
+    debugger Back undoes an ablation, the pair grid is blue for positive, and the columns are explained."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium on PATH (`make test` installs Debian's chromium)")
+    import uvicorn
+    from conftest import free_port
+    from playwright.sync_api import sync_playwright
+
+    from saescope.viewer.server import create_app
+
+    model = json.loads(next(collated_root.glob("*/manifest.json")).read_text())["model"]
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(collated_root), host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    summary = json.loads((collated_root / model / "sae_latents" / "tiny_sae" / "1" / "summary.json").read_text())
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"{base}/u/{model}/sae_latents/tiny_sae/1/5?probe=the+dog+sat")
+            page.wait_for_selector("#top .excerpt")
+            assert page.locator("#top .excerpt").first.bounding_box()["y"] < page.locator("#hist").bounding_box()["y"]
+            assert page.inner_text("#top .exnum >> nth=0").strip() == "#1"
+            page.wait_for_selector("#probe-out .tok")  # ?probe= fills the probe and runs it
+            assert page.input_value("#probe-text") == "the dog sat"
+            page.fill("#probe-text", "the mat")
+            page.click("#probe-run")
+            page.wait_for_function("location.search.includes('probe=the+mat')")
+            for h in page.locator("#quantiles h3").all_inner_texts():
+                assert "≥ 0.000" not in h and "excerpt max" in h
+            tops = page.eval_on_selector_all("#top .seq", "els => els.map(e => e.innerText)")
+            quant = page.eval_on_selector_all("#quantiles .seq", "els => els.map(e => e.innerText)")
+            assert len(tops) > 0 and not set(quant) & set(tops)  # the top bucket does not repeat the top excerpts
+            page.fill("#steer-strength", "0")
+            page.click("#steer-run")
+            page.wait_for_selector("#steer-steered")
+            page.goto(f"{base}/u/{model}/sae_latents/tiny_sae/1/5?prompt=the+cat&strength=abc")
+            page.wait_for_selector("#steer-error")
+            assert "not a number" in page.inner_text("#steer-error") and page.locator("#steer-steered").count() == 0
+            page.screenshot(path=str(tmp_path / "unit.png"), full_page=True)
+            # the dataset page: a bad filter says so and empties the table; an empty result says so
+            page.goto(f"{base}/u/{model}/sae_latents/tiny_sae/1")
+            page.wait_for_selector("#units td a")
+            page.fill("#min_density", "abc")
+            page.press("#min_density", "Enter")
+            page.wait_for_function("document.querySelector('#units-error').innerText.includes('min_density')")
+            assert page.locator("#units tr").count() == 0
+            page.fill("#min_density", "")
+            page.press("#min_density", "Enter")
+            page.fill("#q", "zzzz-no-such-token")
+            page.wait_for_function("document.querySelector('#page').innerText.includes('no units match')")
+            dead = [u["index"] for u in summary["units"] if u["max_activation"] <= 0]
+            if dead:
+                page.goto(f"{base}/u/{model}/sae_latents/tiny_sae/1?sort=index&desc=false&q=")
+                page.wait_for_selector("#units td a")
+                row = page.locator(f"#units tr:has(a[href$='/{dead[0]}'])")
+                assert row.locator("td >> nth=5").inner_text() == "–"
+            # a head's pair matrix has axis labels
+            page.goto(f"{base}/u/{model}/attention_heads/1/0")
+            page.wait_for_selector("#top .matrix-btn")
+            page.click("#top .matrix-btn >> nth=0")
+            assert page.get_attribute("#top canvas.matrix >> nth=0", "data-axes") == "query,key"
+            # the debugger: Back after an ablation returns to the plain ranking; the pair grid is blue for +
+            page.goto(f"{base}/debug?prompt=the+cat+sat+on+the+mat+and+the&target=+cat&distractor=+dog")
+            page.wait_for_selector("#nodes td")
+            assert "norm of the vector" in page.inner_text("#conventions")
+            page.click("#nodes button.abl >> nth=0")
+            page.wait_for_selector("#ablated")
+            page.go_back()
+            page.wait_for_function("!document.querySelector('#ablated') && !location.search.includes('zero')")
+            assert page.input_value("#ablate") == ""
+            page.click("#nodes button.prs >> nth=0")
+            page.wait_for_selector("table.pairgrid td[title]")
+            colours = page.eval_on_selector_all(
+                "table.pairgrid td[title]", "els => els.map(e => [e.title, getComputedStyle(e).backgroundColor])")
+            pos = [c for t, c in colours if float(t.split("attribution ")[1]) > 0]
+            assert pos and all("46, 134, 222" in c for c in pos)
+            page.screenshot(path=str(tmp_path / "debug.png"), full_page=True)
+            browser.close()
+        assert (tmp_path / "unit.png").stat().st_size > 10_000 and (tmp_path / "debug.png").stat().st_size > 10_000
+    finally:
+        server.should_exit = True
