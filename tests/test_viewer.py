@@ -582,6 +582,10 @@ def test_browser_unit_dataset_and_debug_pages_say_what_they_show(collated_root, 
             page.fill("#steer-strength", "0")
             page.click("#steer-run")
             page.wait_for_selector("#steer-steered")
+            page.fill("#steer-strength", "")  # an error on the same page clears the old result
+            page.click("#steer-run")
+            page.wait_for_selector("#steer-error")
+            assert page.locator("#steer-steered").count() == 0
             page.goto(f"{base}/u/{model}/sae_latents/tiny_sae/1/5?prompt=the+cat&strength=abc")
             page.wait_for_selector("#steer-error")
             assert "not a number" in page.inner_text("#steer-error") and page.locator("#steer-steered").count() == 0

@@ -207,7 +207,8 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
             rows = [r for r in rows if not r["constant"]]
         if q:
             ql = q.lower()
-            rows = [r for r in rows if ql in (r.get("explanation") or "").lower() or ql in r.get("top_token", "").lower()]
+            rows = [r for r in rows
+                    if ql in (r.get("explanation") or "").lower() or ql in (r.get("top_token") or "").lower()]
         if sort not in ("index", "max_activation", "density", "mean", "variance", "score"):
             raise HTTPException(400, f"cannot sort by {sort!r}")
         rows = sorted(rows, key=lambda r: (r.get(sort) is None, r.get(sort) if r.get(sort) is not None else 0),
