@@ -15,12 +15,12 @@ import time
 
 def child(kind: str, hookpoints: str, tokens: int, width: int) -> dict:
     import torch
+    from _common import proc_status_mb
 
     from saescope.config import ModelConfig
     from saescope.corpus import CorpusConfig, iter_contexts
-    from saescope.train.online import OnlineConfig, train_online
-    from saescope.train.trainer import TrainerConfig
-    from _common import proc_status_mb
+    from saescope.train.config import OnlineConfig, TrainerConfig
+    from saescope.train.online import train_online
 
     torch.manual_seed(0)
     hm = ModelConfig().load()

@@ -40,7 +40,7 @@ SETTINGS: dict[str, dict] = {
 
 
 def trainer_config(name: str, train_rows: int):
-    from saescope.train.trainer import TrainerConfig
+    from saescope.train.config import TrainerConfig
 
     s = dict(SETTINGS[name])
     epochs, lr_mult = s.pop("epochs", 1), s.pop("lr_mult", 1.0)
@@ -50,8 +50,8 @@ def trainer_config(name: str, train_rows: int):
 
 def main() -> None:
     from saescope.store import ActivationStore
-    from saescope.train.api import EvalConfig, TrainConfig, evaluate_many, split_shards, train_from_store
-    from saescope.train.trainer import TrainerConfig
+    from saescope.train.api import evaluate_many, split_shards, train_from_store
+    from saescope.train.config import EvalConfig, TrainConfig, TrainerConfig
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", default="runs/default/store")

@@ -64,8 +64,8 @@ def test_attention_latents_by_token_pair_records_match_brute_force(tmp_path, tex
 
     from conftest import make_model
 
-    from saescope.collate.collator import SlotSizes
-    from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
+    from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+    from saescope.collate.run_collate import collate
     from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
     from saescope.records import read_record
     from saescope.units import tril_flatten

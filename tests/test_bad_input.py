@@ -49,10 +49,11 @@ def collated(tmp_path_factory) -> Path:
     """A collated model folder (tiny GPT-2, MLP layer 1) with baseline explanations and scores of 12 units."""
     from conftest import TEXT, make_model
 
-    from saescope.collate.collator import SlotSizes
-    from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
+    from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+    from saescope.collate.run_collate import collate
     from saescope.corpus import CorpusConfig
-    from saescope.interp.pipeline import InterpConfig, InterpOptions, run_interp
+    from saescope.interp.config import InterpConfig, InterpOptions
+    from saescope.interp.pipeline import run_interp
 
     d = tmp_path_factory.mktemp("collated")
     (d / "corpus.txt").write_text(TEXT * 4)

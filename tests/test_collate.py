@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from saescope.collate.collator import GroupState, SlotSizes
-from saescope.collate.run_collate import CollateConfig, CollateOptions, collate, make_groups
+from saescope.collate.collator import GroupState
+from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+from saescope.collate.run_collate import collate, make_groups
 from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
 from saescope.errors import SaescopeError
 from saescope.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
@@ -265,8 +266,8 @@ def test_collating_from_a_store_equals_running_the_model(tiny, text_corpus, tmp_
     latents, and (from its attention pattern and value rows, BOS restored) heads and an attention SAE's latents by
     token pair read from it give the records a model pass gives; attention units take the first --max_tokens; a store
     of another context length is refused. GPT-2, Gemma 3 (post-attention norm) and grouped-query Llama."""
-    from saescope.capture import CaptureConfig, capture_corpus
-    from saescope.capture.capture import CaptureOptions
+    from saescope.capture import capture_corpus
+    from saescope.capture.config import CaptureConfig, CaptureOptions
     from saescope.sae import SAEConfig, sae_class
 
     hm = tiny

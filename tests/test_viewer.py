@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from saescope.corpus import CorpusConfig
-from saescope.collate.collator import SlotSizes
-from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
+from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+from saescope.collate.run_collate import collate
 from saescope.config import ModelConfig
+from saescope.corpus import CorpusConfig
 from saescope.sae import SAEConfig, TopKSAE
 
 
@@ -305,13 +305,13 @@ def test_browser_end_to_end(collated_root, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no Chromium on PATH (`make test` installs Debian's chromium)")
+    import json
+
     import uvicorn
     from conftest import free_port
     from playwright.sync_api import sync_playwright
 
     from saescope.viewer.server import create_app
-
-    import json
 
     model = json.loads(next(collated_root.glob("*/manifest.json")).read_text())["model"]
     port = free_port()

@@ -29,7 +29,8 @@ ONLINE_FLAGS = ("--model", "--corpus", "--hookpoints", "--forward_contexts", "--
 
 def train(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.train.api import TrainConfig, train_from_store
+    from saescope.train.api import train_from_store
+    from saescope.train.config import TrainConfig
 
     if any(a.split("=")[0].replace("-", "_").replace("__", "--", 1) in ONLINE_FLAGS for a in argv):
         return train_online(argv)
@@ -52,7 +53,7 @@ def train(argv: list[str]) -> int:
 def train_online(argv: list[str]) -> int:
     """`saescope train --model M --corpus C --hookpoints 'resid_post.*' --tokens N`: straight from the model."""
     from saescope.cli import parse
-    from saescope.train.online import OnlineConfig
+    from saescope.train.config import OnlineConfig
     from saescope.train.online import train_online as run
 
     argv = [a for a in argv if a not in ("--online",)]
@@ -73,8 +74,8 @@ def train_online(argv: list[str]) -> int:
 
 def evaluate(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.train.api import EvalConfig
     from saescope.train.api import evaluate as run_eval
+    from saescope.train.config import EvalConfig
 
     m = run_eval(parse(EvalConfig, argv, "saescope eval"))
     print(format_metrics(m))

@@ -6,8 +6,9 @@ from __future__ import annotations
 def main(argv: list[str]) -> int:
     from saescope.cli import parse
     from saescope.sources import open_root
+    from saescope.viewer.config import ViewConfig
     from saescope.viewer.data import DataRoot
-    from saescope.viewer.server import ViewConfig, serve
+    from saescope.viewer.server import serve
 
     cfg = parse(ViewConfig, argv, "saescope view")
     root = open_root(cfg.root, cfg.unit_type)

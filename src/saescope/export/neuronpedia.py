@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from saescope.errors import SaescopeError
 from saescope import validate
+from saescope.errors import SaescopeError
 from saescope.io import atomic_dir, atomic_path, read_json
 from saescope.records import ActivationRecord, NeuronId, NeuronRecord, read_record
 

@@ -95,25 +95,25 @@ class SourceReader:
             self.cache[(layer, j)] = (D, idx)
         return D, idx
 
-    def rows(self, G: Tensor, G_embed: Tensor) -> Tensor:
-        """G [n, B, T', d] (gradients at the MLP output slots of layers < n), G_embed [B, T', d] → [B, n_src]."""
+    def rows(self, G: list[Tensor], G_embed: Tensor) -> Tensor:
+        """G[l] [B, T', d] (gradients at the MLP output slots of layers l < len(G)), G_embed [B, T', d] →
+        [B, n_src]."""
         fm = self.fm
         B, T = G_embed.shape[:2]
         out = torch.zeros(B, self.n_src)
-        for layer in range(min(G.shape[0], fm.n_layers)):
+        for layer in range(min(len(G), fm.n_layers)):
             if self.bounds[layer] == self.bounds[layer + 1]:
                 continue
             for j in range(fm.tc.W_dec[layer].shape[1]):
-                if layer + j >= G.shape[0]:
+                if layer + j >= len(G):
                     break
                 D, idx = self._padded(layer, j)
                 e = torch.bmm(G[layer + j].transpose(0, 1), D[:T].transpose(1, 2))  # [T', B, K]
                 valid = idx[:T] >= 0
                 out[:, idx[:T][valid]] += e.permute(1, 0, 2)[:, valid]
         n_act, P = self.active.shape[0], fm.n_pos
-        err = torch.einsum("lbtd,ltd->blt", G, fm.errors[: G.shape[0], :T])  # [B, n, T']
-        for layer in range(G.shape[0]):
-            out[:, n_act + layer * P: n_act + layer * P + T] = err[:, layer]
+        for layer, g in enumerate(G):
+            out[:, n_act + layer * P: n_act + layer * P + T] = (g * fm.errors[layer, :T]).sum(-1)
         emb0 = n_act + fm.n_layers * P
         out[:, emb0: emb0 + T] = torch.einsum("btd,td->bt", G_embed, fm.clean.embed[:T])
         return out

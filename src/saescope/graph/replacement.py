@@ -138,6 +138,9 @@ class FrozenNorm:
     """[T, 1]: σ (LayerNorm) or rms (RMSNorm) of the clean input at each position."""
     centred: bool
 
+    def __post_init__(self) -> None:
+        self.mult = self.gain / self.scale  # [T, d]: one multiply per use
+
     @classmethod
     def of(cls, hm: HookedModel, mod: nn.Module, x: Tensor) -> FrozenNorm:
         """From a norm module and its clean input x [T, d]."""
@@ -153,11 +156,11 @@ class FrozenNorm:
         """x [..., T, d] → [..., T, d] (T may be a prefix of the prompt)."""
         if self.centred:
             x = x - x.mean(-1, keepdim=True)
-        y = x * self.gain / self.scale[: x.shape[-2]]
+        y = x * self.mult[: x.shape[-2]]
         return y if self.bias is None else y + self.bias
 
     def vjp(self, g: Tensor) -> Tensor:
-        v = g * self.gain / self.scale[: g.shape[-2]]
+        v = g * self.mult[: g.shape[-2]]
         return v - v.mean(-1, keepdim=True) if self.centred else v
 
 
@@ -179,7 +182,11 @@ class FrozenLayer:
     """Gemma's norm between attention and the residual stream."""
     norm2: FrozenNorm
     kv_of_head: Tensor
-    """[H] the key/value head each query head reads (grouped-query attention)."""
+    """[H] the key/value head each query head reads (grouped-query attention: h // (H / n_kv))."""
+
+    def __post_init__(self) -> None:
+        n_kv, d, dh = self.W_V.shape
+        self.W_V_flat = self.W_V.permute(0, 2, 1).reshape(n_kv * dh, d)  # [n_kv·dh, d]: the value map, transposed
 
 
 def _value_weights(hm: HookedModel, layer: int) -> tuple[Tensor, Tensor | None]:
@@ -360,11 +367,11 @@ class FrozenModel:
 
     # ---- backward (a batch of targets → gradients at every write point) ------------------------------------
     @torch.no_grad()
-    def backward(self, layers: Tensor, positions: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(self, layers: Tensor, positions: Tensor, vectors: Tensor) -> tuple[list[Tensor], Tensor]:
         """One row per target b: the gradient of vectors[b] · (mlp_in of layers[b] at positions[b]) — or, for
         layers[b] = n_layers, of vectors[b] · (final-norm output at positions[b]) — with respect to
 
-        - every layer's MLP output slot (resid_post.l): G [n, B, T', d] for l < n (later layers: zero),
+        - every layer's MLP output slot (resid_post.l): G[l] [B, T', d] for l < len(G) (later layers: zero),
         - the embeddings (resid_pre.0): G_embed [B, T', d],
 
         where T' = the last target position + 1 (causal attention: nothing later matters)."""
@@ -379,10 +386,10 @@ class FrozenModel:
             inj[rows[at_top], positions[at_top]] = vectors[at_top].float()
             g += self.final.vjp(inj)
         n_G = min(top + 1, self.n_layers)  # a target at layer L is injected inside layer L's MLP input
-        G = torch.zeros(n_G, B, T, self.d)
+        G: list[Tensor] = [g] * n_G
         for l in range(n_G - 1, -1, -1):
             fl = self.layers[l]
-            G[l] = g
+            G[l] = g  # never modified in place below: every update makes a new tensor
             g_in = torch.zeros(B, T, self.d)
             W_skip = self.tc.skip(l)
             if W_skip is not None:
@@ -398,9 +405,11 @@ class FrozenModel:
         """The transpose of `attention(layer, ·)` applied to g [B, T, d] (constants dropped)."""
         fl = self.layers[layer]
         gz = g if fl.post_attn is None else fl.post_attn.vjp(g)
-        gzh = torch.einsum("btd,hkd->bthk", gz, fl.W_O)  # [B, T, H, dh]
+        B = g.shape[0]
+        H, dh, d = fl.W_O.shape
+        gzh = (gz.reshape(B * T, d) @ fl.W_O.reshape(H * dh, d).T).view(B, T, H, dh)
         gvh = torch.einsum("hts,bthk->bshk", fl.pattern[:, :T, :T], gzh)  # [B, s, H, dh]
         n_kv = fl.W_V.shape[0]
-        gv = torch.zeros(*gvh.shape[:2], n_kv, gvh.shape[-1]).index_add_(2, fl.kv_of_head, gvh)  # [B, s, n_kv, dh]
-        ga = torch.einsum("bsnk,ndk->bsd", gv, fl.W_V)
-        return fl.norm1.vjp(ga)
+        gv = gvh.view(B, T, n_kv, H // n_kv, dh).sum(3)  # heads of a group share their KV head (kv = h // group)
+        ga = gv.reshape(B * T, n_kv * dh) @ fl.W_V_flat  # [B·T, d]
+        return fl.norm1.vjp(ga.view(B, T, d))

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from saescope.errors import SaescopeError
 from saescope.interp import scoring
 from saescope.interp.backends import Backend, BackendError, make_backend
 from saescope.interp.classify import classify_scores
+from saescope.interp.config import InterpConfig, InterpOptions, InterpResult, parse_indices
 from saescope.interp.prompts import splits
 from saescope.interp.schema import (
     NeuronSimulationResults,
@@ -31,62 +31,6 @@ from saescope.io import read_json, write_json
 from saescope.records import NeuronId, is_activating, max_activation, read_record_dict, record_dict, to_dict
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class InterpOptions:
-    """Which backends explain and simulate, and how they are called (`saescope run` nests these)."""
-
-    explainer: str = "baseline"
-    """baseline (token lookup, offline), openai:<model> or hf:<model spec>."""
-    simulator: str = "baseline"
-    """baseline, openai:<model>, hf:<model spec>, or same (= the explainer's backend)."""
-    base_url: str = ""
-    """OpenAI-compatible server URL (default https://api.openai.com/v1)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the API key (never saved)."""
-    prompt_style: Literal["tdb", "delphi"] = "tdb"
-    """tdb: token<TAB>activation lines; delphi: <<highlighted>> tokens."""
-    max_units: int = 0
-    """At most this many live units (0 = all)."""
-    concurrency: int = 4
-    """Units in flight at once (language-model backends)."""
-    timeout: float = 60.0
-    """Seconds per request."""
-    retries: int = 3
-    """Retries per request (exponential backoff)."""
-    null_baseline: bool = True
-    """Also score another unit's explanation on each unit (the floor every score is compared with)."""
-
-    def __post_init__(self) -> None:
-        from saescope import validate
-        from saescope.interp.backends import check_backend_name
-
-        check_backend_name(self.explainer, "--explainer")
-        check_backend_name(self.simulator, "--simulator", same=True)
-        validate.at_least(self.max_units, 0, "--max_units", "0 = all")
-        validate.at_least(self.concurrency, 1, "--concurrency")
-        validate.positive(self.timeout, "--timeout", "seconds per request")
-        validate.at_least(self.retries, 0, "--retries")
-
-
-@dataclass
-class InterpConfig:
-    """Explain and score the units of a collated dataset."""
-
-    interp: InterpOptions = field(default_factory=InterpOptions)
-    root: str = "runs/default/collated/gemma-3-270m"
-    """A collated model folder (holds manifest.json), a dataset folder inside it, or a dataset saescope did not
-    write: a TDB-layout folder or URL, or a registry name such as gpt2-small:mlp_neurons (`saescope datasets`)."""
-    dataset: str = ""
-    """Dataset path inside root, e.g. sae_latents/resid_post/9 (default: the first SAE dataset, else the first)."""
-    indices: str = ""
-    """Comma-separated unit indices to explain (default: every live unit, in order)."""
-    overwrite: bool = False
-    """Redo the selected units even where already explained/scored (other units in the files are kept)."""
-
-    def __post_init__(self) -> None:
-        parse_indices(self.indices)
 
 
 def resolve(cfg: InterpConfig) -> tuple[Path, str, dict[str, Any]]:
@@ -360,19 +304,6 @@ def _summary(ds: str, expl: dict[str, Any], scores: dict[str, Any], llms: list[B
             "failures": len(failures), "usage": {b.name: b.usage for b in llms}, "out": str(out)}
 
 
-def parse_indices(text: str, option: str = "--indices") -> set[int] | None:
-    """'3,5,9' → {3, 5, 9}; '' → None (every unit)."""
-    if not text.strip():
-        return None
-    try:
-        out = {int(x) for x in text.split(",") if x.strip()}
-    except ValueError:
-        raise SaescopeError(f"{option} '{text}': expected comma-separated unit indices such as 3,5,9") from None
-    if any(i < 0 for i in out):
-        raise SaescopeError(f"{option} '{text}': unit indices are 0 or more")
-    return out
-
-
 def check_backends(opt: InterpOptions) -> None:
     """Reach the OpenAI-compatible server(s) the options name, once (see OpenAIBackend.check); no other backend
     is built (an hf: model loads when it is used)."""
@@ -390,6 +321,16 @@ def _run_quietly(cfg: InterpConfig) -> dict[str, Any]:
 
     os.environ["TQDM_DISABLE"] = "1"  # one progress line per dataset from the parent instead of interleaved bars
     return run_interp(cfg)
+
+
+def run(cfg: InterpConfig, hm: Any = None) -> InterpResult:
+    """Explain and score one dataset (see `run_interp`)."""
+    return InterpResult.from_summary(run_interp(cfg, hm=hm))
+
+
+def run_many(cfgs: list[InterpConfig], hm: Any = None) -> list[InterpResult]:
+    """`run` over several datasets (see `run_interp_many`)."""
+    return [InterpResult.from_summary(s) for s in run_interp_many(cfgs, hm=hm)]
 
 
 def run_interp_many(cfgs: list[InterpConfig], hm: Any = None, workers: int = 0) -> list[dict[str, Any]]:

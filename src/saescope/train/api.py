@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,32 +16,11 @@ from saescope.errors import SaescopeError
 from saescope.io import write_json
 from saescope.models.hooks import ATTENTION_KINDS, canonical_hookpoint
 from saescope.store import ActivationStore, shuffled_batches
+from saescope.train.config import EvalConfig, TrainConfig
 from saescope.train.speed import release_freed_memory
-from saescope.train.trainer import Trainer, TrainerConfig
+from saescope.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Train a sparse autoencoder on an activation store; writes an SAELens-layout SAE directory."""
-
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    store: str = "runs/default/store"
-    """Activation store directory."""
-    hookpoint: str = ""
-    """Hookpoint inside the store (default: its first)."""
-    out: str = "runs/default/saes/resid_post"
-    """Output SAE directory (cfg.json + sae_weights.safetensors + sparsity.safetensors + metrics.json)."""
-    resume: bool = True
-    """Continue from <out>/checkpoint if present."""
-    device: str = "auto"
-    """cpu, cuda, ... or auto."""
-
-    def __post_init__(self) -> None:
-        from saescope import validate
-
-        validate.not_a_file(self.out, "--out")  # before training, not when the SAE is saved
 
 
 def split_shards(store: ActivationStore, holdout: int) -> tuple[list[int], list[int]]:
@@ -119,37 +98,6 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     release_freed_memory()  # what evaluation freed (measured: 0.64 → 0.28 GB anonymous after training mlp_post_act)
     dist_utils.shutdown()
     return report
-
-
-@dataclass
-class EvalConfig:
-    """Evaluate a saved SAE on a store's held-out shards (and, with --spliced, inside the model)."""
-
-    sae: str = "runs/default/saes/resid_post"
-    """SAE directory or file (saescope/SAELens, sparsify, OpenAI .pt, Gemma Scope)."""
-    store: str = "runs/default/store"
-    """Activation store."""
-    hookpoint: str = ""
-    """Hookpoint (default: the SAE's hook_name, else the store's first)."""
-    holdout_shards: int = 1
-    """Evaluate on the last N shards (0 = all)."""
-    spliced: bool = True
-    """Also splice the SAE into the model: ΔCE (spliced − clean loss), KL, CE loss recovered."""
-    contexts: int = 256
-    """Most held-out contexts for the spliced metrics (fewer where the held-out shards hold fewer)."""
-    target_se: float = 0.01
-    """Stop splicing an SAE once its ΔCE's standard error (over contexts) is below this many nats (0 = use all
-    --contexts)."""
-    min_contexts: int = 32
-    """Contexts every SAE is spliced on before --target_se may stop it (zero-ablation, for CE recovered, stops here)."""
-    model: str = ""
-    """Model spec for spliced metrics (default: the store's model)."""
-
-    def __post_init__(self) -> None:
-        from saescope import validate
-
-        validate.at_least(self.holdout_shards, 0, "--holdout_shards", "0 = all shards")
-        validate.at_least(self.contexts, 1, "--contexts")
 
 
 def evaluate(cfg: EvalConfig, hm: Any = None) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,42 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-
-
-@dataclass
-class ViewOptions:
-    """Where the viewer listens (`saescope run` nests these)."""
-
-    host: str = "127.0.0.1"
-    """Interface to bind; keep 127.0.0.1 unless you mean to expose the data."""
-    port: int = 8000
-    """Port."""
-
-    def __post_init__(self) -> None:
-        from saescope import validate
-
-        validate.port(self.port)
-
-
-@dataclass
-class ViewConfig:
-    """Serve the neuron viewer (a static page + JSON API) for a collated folder, on localhost by default."""
-
-    view: ViewOptions = field(default_factory=ViewOptions)
-    root: str = "runs/default/collated"
-    """Collated data root (holds <model>/manifest.json), or a dataset saescope did not write: a TDB-layout folder or
-    URL ({layer}/{index}.json), or a registry name such as gpt2-small:mlp_neurons (`saescope datasets`)."""
-    unit_type: str = ""
-    """For a TDB-layout folder or URL: mlp_neurons, attention_heads or sae_latents (default: attention_heads when
-    its records are by token pair, else mlp_neurons)."""
-    model: str = ""
-    """Model spec for the live probe and logit lens (default: the one recorded at collation)."""
-
-    def __post_init__(self) -> None:
-        from saescope import validate
-        from saescope.units import UNIT_TYPES
-
-        validate.one_of(self.unit_type, ("", *UNIT_TYPES), "--unit_type")
 
 
 def create_app(root: str | Path, model: str | None = None, preload: bool = False) -> FastAPI:
