@@ -50,7 +50,7 @@ def trainer_config(name: str, train_rows: int):
 
 def main() -> None:
     from saescope.store import ActivationStore
-    from saescope.train.api import evaluate_many, split_shards, train_from_store
+    from saescope.train.on_store import evaluate_many, split_shards, train_from_store
     from saescope.train.config import EvalConfig, TrainConfig, TrainerConfig
 
     ap = argparse.ArgumentParser()

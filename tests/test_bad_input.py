@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_export import run_dir  # noqa: F401 - a run folder as `saescope run` leaves it
 
 from saescope.cli import main
 
@@ -84,6 +85,10 @@ def test_overwrite_replaces_only_the_units_it_recomputes(model_root, capsys):
     before_e, before_s = _units(model_root, "explanations.json"), _units(model_root, "scores.json")
     live = sorted(before_e, key=int)
     assert len(live) == 12
+    before = snapshot(model_root)
+    assert main(["explain", str(model_root), "--max_units", "12"]) == 0  # nothing to redo, and it says so
+    assert "explained 0 units, kept 12 explained earlier (baseline;" in capsys.readouterr().out
+    assert snapshot(model_root) == before
     assert main(["explain", str(model_root), "--indices", live[5], "--overwrite", "true"]) == 0
     after_e = _units(model_root, "explanations.json")
     assert sorted(after_e, key=int) == live  # the other 11 are still there, untouched
@@ -146,6 +151,48 @@ def test_unreachable_or_silent_llm_server_fails_within_seconds(model_root, capsy
     finally:
         srv.close()
     assert time.perf_counter() - t0 < 10
+
+
+def test_server_that_goes_away_mid_run_stops_the_run_and_keeps_every_unit(model_root, capsys):
+    """Two explanations are answered, then the server is gone: the run stops after 3 unanswered requests (not one
+    timeout per remaining unit), both new explanations are saved, the 10 earlier ones are kept as they were."""
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answered = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):  # the up-front probe
+            self.send_response(404)
+            self.end_headers()
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answered.append(1)
+            body = json.dumps({"choices": [{"message": {"content": "the word cat"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+            if len(answered) == 2:
+                threading.Thread(target=lambda: (srv.shutdown(), srv.server_close())).start()
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    before = _units(model_root, "explanations.json")
+    t0 = time.perf_counter()
+    fails(capsys, ["explain", model_root, "--explainer", "openai:m", "--base_url",
+                   f"http://127.0.0.1:{srv.server_address[1]}/v1", "--overwrite", "true", "--max_units", "12",
+                   "--concurrency", "1", "--retries", "0", "--timeout", "2"], "requests in a row got no answer")
+    assert time.perf_counter() - t0 < 15
+    after = _units(model_root, "explanations.json")
+    assert sorted(after) == sorted(before)
+    new = [k for k, v in after.items() if v["explainer"] == "openai:m"]
+    assert len(new) == 2 and all(after[k]["explanation"] == "the word cat" for k in new)
+    assert all(after[k] == before[k] or "last_failure" in after[k] for k in after if k not in new)
 
 
 def test_score_without_explanations_is_an_error_not_nan(model_root, capsys):
@@ -244,6 +291,9 @@ def test_view_and_summarize_check_what_they_read(collated, tmp_path, capsys, mon
     fails(capsys, ["view", broken], "is not valid JSON", keep=(broken,))
     (broken / "tiny-gpt2" / "manifest.json").write_text('{"format": "saescope-collated", "model": "x", "datasets": 3}')
     fails(capsys, ["view", broken], "not a saescope-collated manifest", keep=(broken,))
+    shutil.copy(collated / "manifest.json", broken / "tiny-gpt2" / "manifest.json")
+    shutil.rmtree(broken / "tiny-gpt2" / "mlp_neurons")
+    fails(capsys, ["view", broken], "lists dataset mlp_neurons/1 but", keep=(broken,))
     cache = tmp_path / "cache"
     monkeypatch.setenv("SAESCOPE_CACHE", str(cache))
     monkeypatch.setenv("SAESCOPE_PUBLIC_MIRROR", str(tmp_path / "no-such-mirror"))
@@ -344,3 +394,66 @@ def test_holdout_of_every_shard_is_refused_not_reported_as_held_out(store, tmp_p
     fails(capsys, ["train", "--store", store, "--holdout_shards", n, "--out", tmp_path / "o", "--width", "64",
                    "--k", "4", "--device", "cpu"], f"has only {n} shard(s)", keep=(store,))
     assert not (tmp_path / "o").exists()
+
+
+# --- bad files: one line, and the file (and everything else) left as it was ---------------------------------------
+
+
+def test_corrupted_interp_files_are_reported_and_kept(model_root, capsys):
+    ds = model_root / "explanations" / "mlp_neurons" / "1"
+    (ds / "explanations.json").write_text('{"explainer": "baseline", "units": {"3": ')  # a killed editor, say
+    fails(capsys, ["explain", model_root, "--overwrite", "true"], "is not valid JSON", keep=(model_root,))
+    (ds / "explanations.json").write_text('{"explainer": "baseline", "units": [1, 2]}')
+    fails(capsys, ["score", model_root], "has no 'units' object", keep=(model_root,))
+    (ds / "explanations.json").unlink()
+    first = sorted(model_root.glob("mlp_neurons/1/*.json"), key=lambda p: p.stem)[0]
+    first.write_text("{not a record")
+    fails(capsys, ["explain", model_root, "--indices", first.stem], first.name, keep=(model_root,))
+
+
+def test_corrupted_store_and_sae_files_are_one_line(store, tmp_path, capsys):
+    s = tmp_path / "s"
+    shutil.copytree(store, s)
+    shard = sorted((s / "resid_post.1").glob("*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    fails(capsys, ["store-info", s], "checksum mismatch", keep=(s,))
+    fails(capsys, ["train", "--store", s, "--out", tmp_path / "o", "--width", "64", "--k", "4", "--device", "cpu",
+                   "--holdout_shards", "0"], "checksum mismatch", keep=(s,))
+    (s / "manifest.json").write_text("{")
+    fails(capsys, ["train", "--store", s, "--out", tmp_path / "o"], "is not valid JSON", keep=(s,))
+    sae = tmp_path / "sae"
+    sae.mkdir()
+    (sae / "cfg.json").write_text("[]")
+    fails(capsys, ["eval", "--sae", sae, "--store", store], str(sae), keep=(sae, store))
+
+
+def test_export_that_fails_midway_leaves_the_previous_export(run_dir, capsys):
+    out = run_dir / "np"
+    assert main(["export", "neuronpedia", str(run_dir), str(out), "--logits", "false", "--batch_size", "2"]) == 0
+    capsys.readouterr()
+    assert len(list(out.rglob("batch-*.jsonl.gz"))) > 3
+    rec = next(run_dir.glob("collated/*/sae_latents/resid_post/1/7.json"))
+    good = rec.read_bytes()
+    rec.write_text('{"neuron_id": ')  # a record broken after the first export: the second fails at latent 7
+    fails(capsys, ["export", "neuronpedia", run_dir, out, "--logits", "false", "--batch_size", "2"], "7.json",
+          keep=(out,))
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary folder left behind
+    rec.write_bytes(good)
+    assert main(["export", "neuronpedia", str(run_dir), "--logits", "false"]) == 0  # OUT defaults to RUN/neuronpedia
+    assert "neuronpedia" in capsys.readouterr().out and not Path("neuronpedia").exists()
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    from saescope.io import atomic_dir
+
+    target = tmp_path / "ds"
+    with atomic_dir(target) as d:
+        (d / "0.json").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as d:
+            (d / "0.json").write_text("new")
+            raise RuntimeError("killed while writing")
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"] and (target / "0.json").read_text() == "old"
+    with atomic_dir(target) as d:
+        (d / "1.json").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["1.json"] and [p.name for p in tmp_path.iterdir()] == ["ds"]

@@ -155,9 +155,8 @@ def test_logit_lens_reads_in_logits_when_the_unit_fires_at_its_max(client, tiny_
     scale on the unit's top excerpts (measured here with a hook of our own), and says so."""
     import torch
 
-    from saescope.debug.trace import final_norm
     from saescope.models import load_model
-    from saescope.viewer.lens import logit_lens
+    from saescope.models.lens import logit_lens
 
     model = client.get("/api/datasets").json()[0]["model"]
     hm = load_model(str(tiny_dir))
@@ -165,8 +164,8 @@ def test_logit_lens_reads_in_logits_when_the_unit_fires_at_its_max(client, tiny_
     tops = [r for r in rec["most_positive_activation_records"] if max(r["activations"]) > 0][:5]
     act = max(max(r["activations"]) for r in tops)
     scales = []
-    h = final_norm(hm).register_forward_pre_hook(lambda m, a: scales.append(
-        a[0][0, 1:].float().pow(2).mean(-1).add(final_norm(hm).variance_epsilon).sqrt()))
+    h = hm.final_norm().register_forward_pre_hook(lambda m, a: scales.append(
+        a[0][0, 1:].float().pow(2).mean(-1).add(hm.final_norm().variance_epsilon).sqrt()))
     with torch.no_grad():
         for r in tops:
             ids = hm.tokenizer("".join(r["tokens"]), add_special_tokens=False)["input_ids"][:64]
@@ -450,8 +449,7 @@ def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
     import torch
     from conftest import make_model
 
-    from saescope.debug.trace import final_norm, post_mlp_norm
-    from saescope.viewer.lens import logit_lens
+    from saescope.models.lens import logit_lens
 
     hm = make_model(arch)
     g = torch.Generator().manual_seed(0)
@@ -477,10 +475,10 @@ def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
     x_fin = torch.randn(hm.d_model, generator=g)
     with torch.no_grad():
         dx = write
-        pn = post_mlp_norm(hm, L)
+        pn = hm.post_mlp_norm(L)
         if pn is not None:
             dx = frozen(pn, x_mlp, dx)
-        dy = frozen(final_norm(hm), x_fin, dx)
+        dy = frozen(hm.final_norm(), x_fin, dx)
         dlogits = hm.model.get_output_embeddings()(dy)  # the model's own unembedding (no bias in these models)
     live = lens.abs() > 1e-6  # tokens whose unembedding row is zero (padding) have no lens
     assert int(live.sum()) > 0.9 * lens.numel()

@@ -55,5 +55,10 @@ class CaptureConfig:
     """Generate mode: wrap prompts in the tokenizer's chat template (instruction-tuned models)."""
 
     def __post_init__(self) -> None:
+        from saescope import validate
+
         if self.generate < 0:
             raise SaescopeError("--generate must be >= 0")
+        validate.not_a_file(self.out, "--out")
+        if self.prompts:
+            validate.existing_file(self.prompts, "--prompts", "file with one prompt per line")

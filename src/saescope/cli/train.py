@@ -29,7 +29,7 @@ ONLINE_FLAGS = ("--model", "--corpus", "--hookpoints", "--forward_contexts", "--
 
 def train(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.train.api import train_from_store
+    from saescope.train.on_store import train_from_store
     from saescope.train.config import TrainConfig
 
     if any(a.split("=")[0].replace("-", "_").replace("__", "--", 1) in ONLINE_FLAGS for a in argv):
@@ -74,7 +74,7 @@ def train_online(argv: list[str]) -> int:
 
 def evaluate(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.train.api import evaluate as run_eval
+    from saescope.train.on_store import evaluate as run_eval
     from saescope.train.config import EvalConfig
 
     m = run_eval(parse(EvalConfig, argv, "saescope eval"))

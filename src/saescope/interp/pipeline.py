@@ -4,6 +4,11 @@ Outputs under `<model root>/explanations/<dataset>/`:
     explanations.json        index → explanation (or failure), written as the explain phase goes
     <index>.jsonl            one NeuronSimulationResults line per unit (TDB/automated-interpretability schema)
     scores.json              index → scores (read by the viewer) + a summary
+
+A run merges into these files: units it does not redo are kept byte for byte, `--overwrite` redoes only the selected
+units, and a failed attempt never replaces an earlier success. Provenance is per unit (explainer or simulator,
+model, time); the file-level "explainer" that older readers look for names the one backend behind every unit, or
+"mixed: ..." (files written before per-unit provenance get their header's backend copied onto their units).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from saescope.errors import SaescopeError
 from saescope.interp import scoring
-from saescope.interp.backends import Backend, BackendError, make_backend
+from saescope.interp.backends import Backend, BackendError, BackendGone, make_backend
 from saescope.interp.classify import classify_scores
 from saescope.interp.config import InterpConfig, InterpOptions, InterpResult, parse_indices
 from saescope.interp.prompts import splits
@@ -232,60 +237,71 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
     todo_e = [i for i in live if cfg.overwrite or not (expl.get(str(i)) or {}).get("explanation")] if do_explain else []
     kept = len(live) - len(todo_e) if do_explain else 0
     new_ok: set[int] = set()
-    if do_explain and do_score and workers == 1 and todo_e == live and all(stale(i) for i in live):
-        # one pass, each record read once: unit p is scored when unit p+1's explanation (its null) is known; the
-        # same scores as explaining everything first (the null of the last unit is the first one's explanation)
-        pending: tuple[int, dict[str, Any]] | None = None
-        first: str | None = None
-        for n, i in enumerate(tqdm(live, desc=f"explain + score {ds}", unit="unit")):
-            rec = _read(manifest_dir, ds, i, entry)
-            res = explain_one(i, rec)
-            _merge(expl, i, res, "explanation")
-            if res["failure"]:
-                continue
-            new_ok.add(i)
-            text = res["explanation"]
-            first = first if first is not None else text
-            if pending is not None:
-                _merge(scores, pending[0], score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
-                                                      text), "score")
-            pending = (i, rec)
-            if n % 200 == 199:
-                _write_expl(expl_path, expl)
-                write_json(scores_path, {"units": scores})
-        if pending is not None:
-            only_one = len(new_ok) < 2
-            _merge(scores, pending[0], score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
-                                                  None if only_one else first), "score")
-        _write_expl(expl_path, expl)
-        do_explain = False
-    if do_explain:
-        with ThreadPoolExecutor(workers) as pool:
-            for n, (i, res) in enumerate(tqdm(zip(todo_e, pool.map(explain_one, todo_e)), total=len(todo_e),
-                                              desc=f"explain {ds}", unit="unit")):
+    llms = [b for b in {explainer, simulator} if b is not None and b.is_llm]
+    try:
+        if do_explain and do_score and workers == 1 and todo_e == live and all(stale(i) for i in live):
+            # one pass, each record read once: unit p is scored when unit p+1's explanation (its null) is known; the
+            # same scores as explaining everything first (the null of the last unit is the first one's explanation)
+            pending: tuple[int, dict[str, Any]] | None = None
+            first: str | None = None
+            for n, i in enumerate(tqdm(live, desc=f"explain + score {ds}", unit="unit")):
+                rec = _read(manifest_dir, ds, i, entry)
+                res = explain_one(i, rec)
                 _merge(expl, i, res, "explanation")
-                if not res["failure"]:
-                    new_ok.add(i)
-                if n % 50 == 49:
+                if res["failure"]:
+                    continue
+                new_ok.add(i)
+                text = res["explanation"]
+                first = first if first is not None else text
+                if pending is not None:
+                    _merge(scores, pending[0], score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
+                                                          text), "score")
+                pending = (i, rec)
+                if n % 200 == 199:
                     _write_expl(expl_path, expl)
-        _write_expl(expl_path, expl)
-    if not do_score:
-        return {"out": str(out), "explained": len(new_ok), "failed": len(todo_e) - len(new_ok), "kept": kept,
-                "kept_by": _label({k: v for k, v in expl.items() if int(k) in set(live) - set(todo_e)}, "explainer")}
-    ok = [i for i in live if (expl.get(str(i)) or {}).get("explanation")]
-    todo = [i for i in ok if stale(i)]
+                    write_json(scores_path, {"units": scores})
+            if pending is not None:
+                only_one = len(new_ok) < 2
+                _merge(scores, pending[0], score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
+                                                      None if only_one else first), "score")
+            _write_expl(expl_path, expl)
+            do_explain = False
+        if do_explain:
+            with ThreadPoolExecutor(workers) as pool:
+                for n, (i, res) in enumerate(tqdm(zip(todo_e, pool.map(explain_one, todo_e)), total=len(todo_e),
+                                                  desc=f"explain {ds}", unit="unit")):
+                    _merge(expl, i, res, "explanation")
+                    if not res["failure"]:
+                        new_ok.add(i)
+                    if n % 50 == 49:
+                        _write_expl(expl_path, expl)
+            _write_expl(expl_path, expl)
+        if not do_score:
+            return {"out": str(out), "explained": len(new_ok), "failed": len(todo_e) - len(new_ok), "kept": kept,
+                    "kept_by": _label({k: v for k, v in expl.items() if int(k) in set(live) - set(todo_e)}, "explainer")}
+        ok = [i for i in live if (expl.get(str(i)) or {}).get("explanation")]
+        todo = [i for i in ok if stale(i)]
+        other = sum(1 for i in ok if i not in todo and scores[str(i)].get("simulator") != sim_name)
+        if other:
+            log.warning("%s: kept %d scores by another simulator (%s); --overwrite true rescores them with %s", ds, other,
+                        _label({str(i): scores[str(i)] for i in ok if i not in todo}, "simulator"), sim_name)
 
-    def score_one(pos_i: tuple[int, int]) -> tuple[int, dict[str, Any]]:
-        pos, i = pos_i
-        other = expl[str(ok[(pos + 1) % len(ok)])]["explanation"] if len(ok) > 1 else None  # the null floor
-        return i, score_with(i, _read(manifest_dir, ds, i, entry), expl[str(i)]["explanation"], other)
-    with ThreadPoolExecutor(workers) as pool:
-        pairs = [(ok.index(i), i) for i in todo]
-        for n, (i, res) in enumerate(tqdm(pool.map(score_one, pairs), total=len(pairs), desc=f"score {ds}", unit="unit")):
-            _merge(scores, i, res, "score")
-            if n % 50 == 49:
-                write_json(scores_path, {"units": scores})
-    summ = _summary(ds, expl, scores, [b for b in {explainer, simulator} if b is not None and b.is_llm], out)
+        def score_one(pos_i: tuple[int, int]) -> tuple[int, dict[str, Any]]:
+            pos, i = pos_i
+            other = expl[str(ok[(pos + 1) % len(ok)])]["explanation"] if len(ok) > 1 else None  # the null floor
+            return i, score_with(i, _read(manifest_dir, ds, i, entry), expl[str(i)]["explanation"], other)
+        with ThreadPoolExecutor(workers) as pool:
+            pairs = [(ok.index(i), i) for i in todo]
+            for n, (i, res) in enumerate(tqdm(pool.map(score_one, pairs), total=len(pairs), desc=f"score {ds}", unit="unit")):
+                _merge(scores, i, res, "score")
+                if n % 50 == 49:
+                    write_json(scores_path, {"units": scores})
+    except BackendGone as e:  # the server went away mid-run: keep every finished unit, then one line
+        _write_expl(expl_path, expl)
+        if do_score:
+            write_json(scores_path, {"units": scores, "summary": _summary(ds, expl, scores, llms, out)})
+        raise SaescopeError(str(e)) from None
+    summ = _summary(ds, expl, scores, llms, out)
     write_json(scores_path, {"units": scores, "summary": summ})
     return summ
 

@@ -33,7 +33,7 @@ CT_CONFIG = "config.yaml"
 
 
 def _load(path: Path) -> dict[str, Tensor]:
-    from saescope.sae.io import _safetensors
+    from saescope.sae.loading import _safetensors
 
     return _safetensors(path)
 
@@ -111,7 +111,7 @@ def _fill_clt(cfg: CLTConfig, t: dict[str, Tensor], where: Path) -> CrossLayerTr
 def load_transcoders(path: str | Path) -> TranscoderSet:
     """Any supported transcoder set: saescope's layout (a CLT dir or layer_{L}/ subdirs), circuit-tracer's
     (`config.yaml`), or Gemma Scope 2 (a folder of per-layer `params.safetensors` files or folders)."""
-    from saescope.sae.io import load_sae
+    from saescope.sae.loading import load_sae
 
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -232,7 +232,7 @@ def load_circuit_tracer(path: Path) -> TranscoderSet:
 
 
 def _fill_plt(cls: type, cfg: Any, t: dict[str, Tensor], where: Path) -> Any:
-    from saescope.sae.io import _build
+    from saescope.sae.loading import _build
 
     return _build(cfg, t, where, cls=cls)
 
@@ -242,7 +242,7 @@ def _fill_plt(cls: type, cfg: Any, t: dict[str, Tensor], where: Path) -> Any:
 def load_gemma_scope_2(path: Path) -> TranscoderSet:
     """Gemma Scope 2 transcoders: `path` holds one params file per layer (files or folders named *layer_{L}*). Per-layer
     files (w_dec [F, d]) make a per-layer set; files with w_dec [F, L, d] a cross-layer transcoder."""
-    from saescope.sae.io import load_gemma_scope
+    from saescope.sae.loading import load_gemma_scope
 
     files: dict[int, Path] = {}
     for p in sorted(path.iterdir()):

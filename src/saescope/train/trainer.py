@@ -31,14 +31,10 @@ from saescope.train.checkpoint import (
     save_checkpoint,
 )
 from saescope.train.config import TrainerConfig
-from saescope.train.optim import ScheduleFreeSignSGD, make_optimizer, unit_rows_if
+from saescope.train.memory import retain_freed_memory
+from saescope.train.optim import ScheduleFreeSignSGD, clip_grad_norm, contiguous_alias, make_optimizer, unit_rows_if
+from saescope.train.precision import resolve_encoder_dtype
 from saescope.train.resample import resample_dead
-from saescope.train.speed import (
-    clip_grad_norm,
-    contiguous_alias,
-    resolve_encoder_dtype,
-    retain_freed_memory,
-)
 
 log = logging.getLogger(__name__)
 

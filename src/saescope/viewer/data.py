@@ -103,6 +103,11 @@ class DataRoot:
             if not ok or data.get("format") != "saescope-collated" or not isinstance(data.get("model"), str):
                 raise SaescopeError(f"{m}: not a saescope-collated manifest (needs format, model and datasets with "
                                     f"path, unit_type, layer); restore it or re-run collate")
+            for d in data["datasets"]:
+                summary = m.parent / str(d["path"]) / "summary.json"
+                if not d.get("remote") and not summary.is_file():
+                    raise SaescopeError(f"{m}: lists dataset {d['path']} but {summary} is missing; re-run collate "
+                                        f"(or restore the folder)")
         rows = self.datasets()
         if not rows:
             raise SaescopeError(f"{self.root}: no datasets (no <model>/manifest.json inside); point `saescope view` "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,26 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     @app.get("/search", include_in_schema=False)
     def search_page() -> FileResponse:
         return FileResponse(STATIC / "search.html")
+
+    @app.get("/graph", include_in_schema=False)
+    def graph_page() -> FileResponse:
+        return FileResponse(STATIC / "graph.html")
+
+    @app.get("/api/graphs")
+    def graphs() -> list[dict[str, Any]]:
+        """The attribution graphs in <root>/graphs (graph-metadata.json, as circuit-tracer's local server lists them)."""
+        index = data.root / "graphs" / "graph-metadata.json"
+        return data._json(index).get("graphs", []) if index.is_file() else []
+
+    @app.get("/api/graph/{slug}")
+    def graph(slug: str) -> FileResponse:
+        """One graph JSON (`saescope graph --out <root>/graphs/<slug>.json`)."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", slug) or slug.startswith("."):
+            raise HTTPException(400, "a graph slug is letters, digits, '_', '-' or '.'")
+        path = data._inside("graphs", f"{slug}.json")
+        if not path.is_file():
+            raise NotFound(f"graphs/{slug}.json")
+        return FileResponse(path, media_type="application/json")
 
     @app.post("/api/steer")
     def steer_api(req: SteerRequest) -> dict[str, Any]:
@@ -210,7 +231,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         import torch
 
         from saescope.units import residual_write
-        from saescope.viewer.lens import logit_lens, norm_scale
+        from saescope.models.lens import logit_lens, norm_scale
 
         ds = ds_of(model, dataset)
         if ds.unit_type == "attention_heads":

@@ -1,4 +1,5 @@
-"""Train an SAE on an activation store, evaluate it, and save it (used by the CLI and `saescope run`)."""
+"""Train an SAE on an activation store and evaluate it on the store's held-out shards (the CLI and `saescope run`; training
+straight from the model is `online.py`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from saescope.io import write_json
 from saescope.models.hooks import ATTENTION_KINDS, canonical_hookpoint
 from saescope.store import ActivationStore, shuffled_batches
 from saescope.train.config import EvalConfig, TrainConfig
-from saescope.train.speed import release_freed_memory
+from saescope.train.memory import release_freed_memory
 from saescope.train.trainer import Trainer
 
 log = logging.getLogger(__name__)

@@ -13,14 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from saescope.debug.trace import final_norm, post_mlp_norm
 from saescope.models import HookedModel
-
-
-def norm_gain(hm: HookedModel, norm: nn.Module) -> Tensor:
-    """The per-dimension scale a norm applies after normalising: Gemma's 1 + weight, else its weight."""
-    w = norm.weight.detach().float()
-    return 1.0 + w if hm.arch == "gemma" else w
 
 
 @torch.no_grad()
@@ -28,12 +21,12 @@ def logit_lens(hm: HookedModel, write: Tensor, mlp_layer: int | None = None) -> 
     """[..., V] logits of residual-stream writes [..., d]; `mlp_layer` when the write is an MLP's output before its
     post-feedforward norm (MLP neurons, SAE latents over MLP neurons)."""
     x = write.detach().float()
-    if mlp_layer is not None and (pn := post_mlp_norm(hm, mlp_layer)) is not None:
-        x = x * norm_gain(hm, pn)
-    norm = final_norm(hm)
+    if mlp_layer is not None and (pn := hm.post_mlp_norm(mlp_layer)) is not None:
+        x = x * hm.norm_gain(pn)
+    norm = hm.final_norm()
     if isinstance(norm, nn.LayerNorm):  # GPT-2: centred, then scaled (its bias adds the same to every write)
         x = x - x.mean(-1, keepdim=True)
-    x = x * norm_gain(hm, norm)
+    x = x * hm.norm_gain(norm)
     return x @ hm.W_U().detach().float()
 
 
@@ -52,7 +45,7 @@ def _scale(norm: nn.Module, x: Tensor) -> Tensor:
 def norm_scale(hm: HookedModel, texts: list[str], mlp_layer: int | None = None, max_tokens: int = 64) -> float:
     """The median, over the texts' positions (BOS left out), of the factor a write is divided by on its way to the
     logits: the final norm's scale, times the post-feedforward norm's at `mlp_layer` (Gemma) for an MLP's write."""
-    norms = [final_norm(hm)] + ([pn] if mlp_layer is not None and (pn := post_mlp_norm(hm, mlp_layer)) else [])
+    norms = [hm.final_norm()] + ([pn] if mlp_layer is not None and (pn := hm.post_mlp_norm(mlp_layer)) else [])
     got: dict[int, Tensor] = {}
     handles = [n.register_forward_pre_hook(lambda m, a, j=j: got.__setitem__(j, _scale(norms[j], a[0][0])))
                for j, n in enumerate(norms)]
