@@ -250,9 +250,11 @@ class CrossLayerTranscoder(nn.Module):
             act = "jumprelu"
         return f"clt_{act}", t, {}
 
-    # BaseSAE-compatible no-ops the trainer calls on unit-norm architectures
-    def set_decoder_unit_norm(self) -> None:  # pragma: no cover - never called (unit_norm_decoder False)
-        pass
+    def save(self, path: Any, sparsity: Tensor | None = None) -> Any:
+        """saescope's layout (sae/transcoder_io.py): cfg.json + sae_weights.safetensors (+ sparsity [L, F])."""
+        from saescope.sae.transcoder_io import save_transcoders
+
+        return save_transcoders(TranscoderSet(clt=self), path, sparsity=sparsity)
 
 
 # ---- a transcoder on every layer --------------------------------------------------------------------------
