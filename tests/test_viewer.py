@@ -619,6 +619,9 @@ def test_browser_unit_dataset_and_debug_pages_say_what_they_show(collated_root, 
             page.go_back()
             page.wait_for_function("!document.querySelector('#ablated') && !location.search.includes('zero')")
             assert page.input_value("#ablate") == ""
+            page.goto(f"{base}/debug?prompt=the+cat+sat&target=+cat&freeze_norms=all")  # the convention is a choice
+            page.wait_for_selector("#conventions")
+            assert "all: every norm" in page.inner_text("#conventions") and page.input_value("#freeze_norms") == "all"
             page.click("#nodes button.prs >> nth=0")
             page.wait_for_selector("table.pairgrid td[title]")
             colours = page.eval_on_selector_all(

@@ -2,7 +2,7 @@
 "use strict";
 const $ = s => document.querySelector(s);
 const num = (v, d = 4) => (v === null || v === undefined) ? "–" : (v >= 0 ? "+" : "") + v.toFixed(d);
-const FIELDS = ["model", "prompt", "target", "distractor", "by", "ablate", "trace", "pairs"];
+const FIELDS = ["model", "prompt", "target", "distractor", "by", "ablate", "trace", "pairs", "freeze_norms"];
 
 function parseAblate(text) {
   const out = {};
@@ -22,7 +22,8 @@ async function run(fromHistory = false) {
   const out = $("#out");
   out.innerHTML = "<p>running the model…</p>";
   const body = {model: q.model, prompt: q.prompt, target: q.target, distractor: q.distractor, by: q.by,
-                ablate: parseAblate(q.ablate), trace: q.trace, top: 30, pairs_for: q.pairs};
+                ablate: parseAblate(q.ablate), trace: q.trace, top: 30, pairs_for: q.pairs,
+                freeze_norms: q.freeze_norms || "final"};
   const r = await fetch("/api/debug", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
   const res = await r.json().catch(() => ({detail: r.statusText}));
   if (!r.ok) { out.innerHTML = `<p class="error">${esc(typeof res.detail === "string" ? res.detail : JSON.stringify(res.detail))}</p>`; return; }
@@ -88,7 +89,8 @@ async function init() {
   if (params.get("prompt") && params.get("target")) run(true);
   window.addEventListener("popstate", () => {  // Back / Forward: the form and the ranking follow the URL
     const p = new URLSearchParams(location.search);
-    FIELDS.forEach(f => { if (f !== "model" || p.get(f)) $("#" + f).value = p.get(f) || (f === "by" ? "act_grad" : ""); });
+    const dflt = {by: "act_grad", freeze_norms: "final"};
+    FIELDS.forEach(f => { if (f !== "model" || p.get(f)) $("#" + f).value = p.get(f) || dflt[f] || ""; });
     if (p.get("prompt") && p.get("target")) run(true);
   });
 }
