@@ -15,7 +15,7 @@ from typing import Any
 
 from saescope.errors import SaescopeError
 from saescope.records import loads
-from saescope.units import UNIT_TYPES, dataset_path
+from saescope.units import KINDS, UNIT_TYPES, dataset_path
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
@@ -44,7 +44,7 @@ def parse_dataset(model: str, parts: list[str]) -> DatasetRef:
     """['mlp_neurons', '9'] or ['sae_latents', 'sae', '9'] → DatasetRef (NotFound on anything else)."""
     if not SAFE.match(model) or not parts or parts[0] not in UNIT_TYPES:
         raise NotFound("unknown dataset")
-    if parts[0] == "sae_latents":
+    if KINDS[parts[0]].dictionary:  # sae_latents/<name>/<layer>, transcoder_latents/<name>/<layer>
         if len(parts) != 3 or not SAFE.match(parts[1]):
             raise NotFound("unknown dataset")
         name, layer = parts[1], parts[2]
