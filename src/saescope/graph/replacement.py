@@ -258,7 +258,8 @@ def clean_pass(hm: HookedModel, ids: Tensor) -> CleanPass:
         out_mod = block.post_feedforward_layernorm if hm.arch == "gemma" else block.mlp
         handles.append(out_mod.register_forward_hook(
             lambda m, a, out, layer=layer: keep("mlp_out", layer, first(out))))
-    handles.append(hm.final_norm().register_forward_pre_hook(lambda m, a: got.__setitem__("final", a[0][0].float().cpu())))
+    handles.append(hm.final_norm().register_forward_pre_hook(
+        lambda m, a: got.__setitem__("final", a[0][0].float().cpu())))
     handles.append(hm.model.get_input_embeddings().register_forward_hook(
         lambda m, a, out: got.__setitem__("embed", out[0].float().cpu())))
     try:
@@ -279,7 +280,8 @@ class FrozenModel:
         if tc.n_layers != hm.n_layers:
             raise SaescopeError(f"transcoders: {tc.n_layers} layers for a model with {hm.n_layers}; need one per layer")
         if getattr(hm.model.config, "final_logit_softcapping", None):
-            raise SaescopeError(f"model {hm.name}: final logit softcapping is not linear; graphs need a plain unembedding")
+            raise SaescopeError(f"model {hm.name}: final logit softcapping is not linear; graphs need a plain "
+                                "unembedding")
         self.hm, self.tc, self.ids = hm, tc, ids
         cp = clean_pass(hm, ids)
         self.clean = cp

@@ -54,8 +54,8 @@ def _layer_of(name: str) -> int | None:
 
 # ---- saescope layout ------------------------------------------------------------------------------------------
 
-def save_transcoders(ts: TranscoderSet, out: str | Path) -> Path:
-    """Write a TranscoderSet in saescope's layout (module docstring)."""
+def save_transcoders(ts: TranscoderSet, out: str | Path, sparsity: Tensor | None = None) -> Path:
+    """Write a TranscoderSet in saescope's layout (module docstring); `sparsity`: a CLT's log10 densities [L, F]."""
     from saescope.io import write_json
 
     out = Path(out)
@@ -63,6 +63,10 @@ def save_transcoders(ts: TranscoderSet, out: str | Path) -> Path:
     if ts.clt is not None:
         arch, tensors, _ = ts.clt.inference_state()
         _save(tensors, out / WEIGHTS_FILE)
+        if sparsity is not None:
+            from saescope.sae.base import SPARSITY_FILE
+
+            _save({"sparsity": sparsity}, out / SPARSITY_FILE)
         cfg = asdict(ts.clt.cfg)
         cfg.update(architecture=arch, activation=arch.removeprefix("clt_"), d_out=ts.clt.d_out,
                    metadata={**ts.metadata, **cfg["metadata"]})

@@ -148,6 +148,9 @@ class TrainConfig:
     """Activation store directory."""
     hookpoint: str = ""
     """Hookpoint inside the store (default: its first)."""
+    layers: str = ""
+    """--kind transcoder/skip_transcoder/clt: comma-separated layers ('' = every layer whose mlp_in/mlp_out pair is in
+    the store); per-layer transcoders go to <out>/layer_L/, a cross-layer one to <out>/."""
     out: str = "runs/default/saes/resid_post"
     """Output SAE directory (cfg.json + sae_weights.safetensors + sparsity.safetensors + metrics.json)."""
     resume: bool = True
@@ -202,7 +205,8 @@ class OnlineConfig:
     data: CorpusConfig = field(default_factory=CorpusConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     hookpoints: str = ""
-    """Hookpoints or globs (resid_post.*, mlp_out.3); default the middle layer's resid_post."""
+    """Hookpoints or globs (resid_post.*, mlp_out.3); default the middle layer's resid_post. With --kind transcoder,
+    skip_transcoder or clt: the layers to cover, named by any of their hookpoints (mlp_in.*; '' = every layer)."""
     out: str = "runs/default/saes_online"
     """Output folder: one SAELens-layout SAE per hookpoint (<out>/<hookpoint>/)."""
     context_len: int = 128

@@ -42,6 +42,10 @@ def split_shards(store: ActivationStore, holdout: int) -> tuple[list[int], list[
 def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     from saescope.train.evaluate import evaluate_batches
 
+    if cfg.trainer.kind != "sae":
+        from saescope.train.transcoders import train_transcoders_from_store
+
+        return train_transcoders_from_store(cfg, progress)
     dist_utils.init_from_env()
     store = ActivationStore(cfg.store)
     inputs = [h for h in store.hookpoints if h.split(".")[0] not in ATTENTION_KINDS]  # what an SAE can read

@@ -15,7 +15,7 @@ from typing import Any
 
 from saescope.errors import SaescopeError
 from saescope.records import loads
-from saescope.units import UNIT_TYPES, dataset_path
+from saescope.units import KINDS, UNIT_TYPES, dataset_path
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
@@ -44,7 +44,7 @@ def parse_dataset(model: str, parts: list[str]) -> DatasetRef:
     """['mlp_neurons', '9'] or ['sae_latents', 'sae', '9'] → DatasetRef (NotFound on anything else)."""
     if not SAFE.match(model) or not parts or parts[0] not in UNIT_TYPES:
         raise NotFound("unknown dataset")
-    if parts[0] == "sae_latents":
+    if KINDS[parts[0]].dictionary:  # sae_latents/<name>/<layer>, transcoder_latents/<name>/<layer>
         if len(parts) != 3 or not SAFE.match(parts[1]):
             raise NotFound("unknown dataset")
         name, layer = parts[1], parts[2]
@@ -103,6 +103,11 @@ class DataRoot:
             if not ok or data.get("format") != "saescope-collated" or not isinstance(data.get("model"), str):
                 raise SaescopeError(f"{m}: not a saescope-collated manifest (needs format, model and datasets with "
                                     f"path, unit_type, layer); restore it or re-run collate")
+            for d in data["datasets"]:
+                summary = m.parent / str(d["path"]) / "summary.json"
+                if not d.get("remote") and not summary.is_file():
+                    raise SaescopeError(f"{m}: lists dataset {d['path']} but {summary} is missing; re-run collate "
+                                        f"(or restore the folder)")
         rows = self.datasets()
         if not rows:
             raise SaescopeError(f"{self.root}: no datasets (no <model>/manifest.json inside); point `saescope view` "
