@@ -43,7 +43,7 @@ def test_direct_effects_sum_to_the_behaviour_per_layer_and_in_total(tiny):
 
 def test_act_grad_is_the_gradient_and_ablation_matches_a_patched_hook(tiny):
     hm = tiny
-    res = debug(hm, PROMPT, *_targets(hm))
+    res = debug(hm, PROMPT, *_targets(hm), freeze_norms="none")  # the exact gradient
     top = res.nodes.top(1, kinds=("mlp",))[0]
     # central difference through the set-value intervention: (B(a + ε) − B(a − ε)) / 2ε · a = act × grad
     eps = 1e-3
@@ -86,6 +86,7 @@ def test_spliced_sae_changes_nothing_and_its_attributions_add_up(tiny):
     errors = float(n.act_grad[n.kind == 4].double().sum())
     spliced = (tr.ids[0] != hm.tokenizer.bos_token_id).float()  # BOS is left untouched
     b_dec = float(((sae.b_dec.detach().float() @ g.T) * spliced).sum())
+    assert float(n.act_grad[n.kind == 6].double().sum()) == pytest.approx(b_dec, rel=1e-4, abs=1e-6)
     assert latents + errors + b_dec == pytest.approx(float(((x * g).sum(-1) * spliced).sum()), rel=1e-4, abs=1e-5)
     assert not bool((n.kind == 3)[n.position == 0].any())  # no latent at BOS
     # tracing a latent upstream: its pre-activation becomes the behaviour
@@ -130,6 +131,21 @@ def test_debug_cli_ranks_ablates_and_reports_json(tiny_dir, capsys):
     assert f"after ablating {top}=zero" in text and "behaviour" in text
     assert main([*args, "--ablate", "mlp.0.0@0=bogus"]) == 2
     assert "use zero, mean or a number" in capsys.readouterr().err
+    # the convention is stated: the default and why, and what the norm-valued activations are
+    assert main([*args, "--json", "--freeze_norms", "all"]) == 0
+    conv = json.loads(capsys.readouterr().out)["conventions"]
+    assert conv["freeze_norms"].startswith("all: every norm") and "‖x − x̂‖" in conv["activation"]
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["freeze_norms"] == "final" and "the default" in out["conventions"]["freeze_norms"]
+    # trace mode: the direct effect is null and says why, the traced node is not among its own causes
+    traced = "mlp.1.3@4"
+    assert main([*args, "--json", "--trace", traced, "--top", "1000"]) == 0
+    up = json.loads(capsys.readouterr().out)
+    assert up["traced"] == traced and traced not in [n["name"] for n in up["nodes"]]
+    assert all(n["direct_effect"] is None for n in up["nodes"]) and "trace mode" in up["conventions"]["direct_effect"]
+    assert main([*args, "--trace", traced]) == 0
+    assert "null in trace mode" in capsys.readouterr().out
 
 
 def test_head_token_pairs_sum_to_the_heads_act_grad(tiny):
@@ -174,3 +190,162 @@ def test_head_traced_through_its_query_key_and_value_sides(tiny):
         debug(hm, PROMPT, " cat", trace="mlp.0.1@2:q")
     with pytest.raises(SaescopeError, match="for heads only"):
         debug(hm, PROMPT, " cat", trace=f"{name}:x")
+
+
+def _sae(hm, width, seed=0):
+    """A random TopK SAE with a non-zero decoder bias (so the bias node has something to carry)."""
+    torch.manual_seed(seed)
+    sae = sae_class("topk")(SAEConfig("topk", width, 64, k=8))
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.5)
+    return sae
+
+
+def _frozen_final_direction(hm, ids, tgt, dis):
+    """Naive reference: ∂(logit diff)/∂(final norm input) at the last position with the norm's scale detached."""
+    from saescope.debug.trace import final_norm
+
+    norm, grabbed = final_norm(hm), {}
+    h = norm.register_forward_pre_hook(lambda m, a: grabbed.setdefault("x", a[0].detach()))
+    with torch.no_grad():
+        hm.model(input_ids=ids)
+    h.remove()
+    x = grabbed["x"][0, -1].float().requires_grad_(True)
+    xc = x - x.mean() if isinstance(norm, torch.nn.LayerNorm) else x
+    scale = torch.sqrt(xc.pow(2).mean() + (getattr(norm, "eps", None) or norm.variance_epsilon)).detach()
+    w = norm.weight.float() + (1.0 if hm.arch == "gemma" else 0.0)
+    logits = (w * xc / scale) @ hm.W_U().detach().float()
+    (logits[tgt] - logits[dis]).backward()
+    return x.grad
+
+
+@pytest.mark.parametrize("hp", ["attn_out.1", "mlp_out.1", "mlp_post_act.1", "resid_post.1"])
+def test_sae_latents_error_and_decoder_bias_add_up_to_the_hookpoints_direct_effect(tiny, hp):
+    """Per spliced SAE, latents + error + decoder bias = what the hookpoint itself sends to the logits; the error
+    node is x − x̂ projected the same way (it was 0); with the components the SAE stands for left out, every other
+    node's direct effect adds up to the behaviour."""
+    hm = tiny
+    tgt, dis = single_token(hm, " cat", "t")[0], single_token(hm, " dog", "d")[0]
+    ids = prompt_ids(hm, PROMPT)
+    width = hm.d_mlp if hp.startswith("mlp_post_act") else hm.d_model
+    sae = _sae(hm, width)
+    res = debug(hm, PROMPT, " cat", " dog", saes={hp: sae})
+    n = res.nodes
+    u = _frozen_final_direction(hm, ids, tgt, dis)  # [d]
+    x = hm.run_with_cache(ids, None, [hp], stop_early=False)[hp][0, -1].float()  # [width]
+    sae_rows = (n.kind == 3) | (n.kind == 4) | (n.kind == 6)
+    if hp.startswith("mlp_post_act"):  # x is the neurons themselves: the SAE's rows add up to theirs
+        neurons = float(n.direct_effect[(n.kind == 2) & (n.layer == 1)].double().sum())
+        assert float(n.direct_effect[sae_rows].double().sum()) == pytest.approx(neurons, rel=1e-4, abs=1e-4)
+        if hm.arch == "gemma":  # (the post-FFN norm's pullback is covered by the per-layer test)
+            return
+        u = hm.W_out_mlp(1).detach().float() @ u
+    want = float(x @ u)
+    assert float(n.direct_effect[sae_rows].double().sum()) == pytest.approx(want, rel=1e-4, abs=1e-4)
+    with torch.no_grad():
+        err = x - sae.decode(sae.encode(x[None]))[0]
+    assert n.find(f"error.{hp}@{len(ids[0]) - 1}").direct_effect == pytest.approx(float(err @ u), rel=1e-4, abs=1e-5)
+    assert n.find(f"b_dec.{hp}@{len(ids[0]) - 1}").direct_effect == pytest.approx(
+        float(sae.b_dec.detach() @ u), rel=1e-4, abs=1e-5)
+    assert abs(float(err @ u)) > 1e-3  # a random SAE: the error carries a real share
+    assert float(n.direct_effect[n.in_sum()].double().sum()) == pytest.approx(res.behaviour, rel=1e-4, abs=1e-4)
+    assert n.total_direct == pytest.approx(res.behaviour, rel=1e-4, abs=1e-4)
+    if not hp.startswith("resid"):  # the layer's own components are flagged and left out of the ranking
+        kind = 1 if hp.startswith("attn") else 2
+        assert bool(n.replaced[(n.kind == kind) & (n.layer == 1)].all())
+        assert all(not (nd.kind in ("head", "mlp") and nd.layer == 1 and nd.kind[0] == hp[0])
+                   for nd in n.top(10_000))
+
+
+def test_the_issues_check_attention_sae_on_a_3_layer_gpt2(tiny_gpt2):
+    """The check of issue 27: 3-layer random GPT-2, an SAE on resid_delta_attn.1 (TDB's name), the last position,
+    target vs distractor: embeddings + heads and neurons (layer 1's heads replaced by the SAE) + biases + latents +
+    error + decoder bias sum to the logit difference, and the error node is not 0."""
+    hm = tiny_gpt2
+    assert hm.n_layers == 3
+    sae = _sae(hm, hm.d_model, seed=1)
+    res = debug(hm, PROMPT, " cat", " dog", saes={"resid_delta_attn.1": sae})
+    n = res.nodes
+    names = [n.name(r) for r in range(len(n.kind))]
+    last = len(res.prompt_tokens) - 1
+    assert f"error.attn_out.1@{last}" in names and f"b_dec.attn_out.1@{last}" in names and "bias.attn_out.1" in names
+    with torch.no_grad():
+        logits = hm.model(input_ids=prompt_ids(hm, PROMPT)).logits[0, -1]
+    tgt, dis = single_token(hm, " cat", "t")[0], single_token(hm, " dog", "d")[0]
+    diff = float(logits[tgt] - logits[dis])
+    keep = n.in_sum()
+    assert float(n.direct_effect[keep].double().sum()) == pytest.approx(diff, rel=1e-4, abs=1e-4)
+    kinds = {int(k) for k in n.kind[keep]}
+    assert kinds == {0, 1, 2, 3, 4, 5, 6}  # every kind of node takes part
+    assert abs(n.find(f"error.attn_out.1@{last}").direct_effect) > 1e-3
+
+
+def _naive_frozen_forward(hm, norm):
+    """A plain re-implementation of a norm with its scale detached (the reference for --freeze_norms)."""
+    def fwd(x):
+        xf = x.float()
+        if isinstance(norm, torch.nn.LayerNorm):
+            xf = xf - xf.mean(-1, keepdim=True)
+            scale = torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps).detach()
+            return (xf / scale * norm.weight + norm.bias).to(x.dtype)
+        eps = getattr(norm, "eps", None) or norm.variance_epsilon
+        scale = torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + eps).detach()
+        w = 1.0 + norm.weight.float() if hm.arch == "gemma" else norm.weight.float()
+        return (xf / scale * w).to(x.dtype)
+    return fwd
+
+
+@pytest.mark.parametrize("freeze", ["none", "final", "all"])
+def test_freeze_norms_act_grad_equals_naive_autograd_with_the_same_norms_detached(tiny, freeze):
+    from saescope.debug.trace import norm_modules
+
+    hm = tiny
+    tgt, dis = single_token(hm, " cat", "t")[0], single_token(hm, " dog", "d")[0]
+    ids = prompt_ids(hm, PROMPT)
+    res = debug(hm, PROMPT, " cat", " dog", freeze_norms=freeze)
+    n, T = res.nodes, ids.shape[1]
+    norms = norm_modules(hm, freeze)
+    assert len(norms) == {"none": 0, "final": 1, "all": len(norms)}[freeze] and (freeze != "all" or len(norms) > 3)
+    for L in range(hm.n_layers):
+        leaf = {}
+
+        def grab(x):
+            leaf["a"] = x.detach().requires_grad_(True)
+            return leaf["a"]
+        saved = [m.forward for m in norms]
+        for m in norms:
+            m.forward = _naive_frozen_forward(hm, m)
+        try:
+            with hm.patch(f"mlp_post_act.{L}", grab):
+                logits = hm.model(input_ids=ids).logits[0, -1].float()
+            (logits[tgt] - logits[dis]).backward()
+        finally:
+            for m, f in zip(norms, saved):
+                m.forward = f
+        want = (leaf["a"] * leaf["a"].grad)[0].float()  # [T, d_mlp]
+        rows = (n.kind == 2) & (n.layer == L)
+        got = torch.zeros(T, hm.d_mlp)
+        got[n.position[rows], n.index[rows]] = n.act_grad[rows]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    if freeze != "none":  # the choice matters: a frozen scale is not the exact gradient
+        exact = debug(hm, PROMPT, " cat", " dog", freeze_norms="none").nodes
+        assert float((exact.act_grad - n.act_grad).abs().max()) > 1e-4
+    with pytest.raises(SaescopeError, match="--freeze_norms 'some'"):
+        debug(hm, PROMPT, " cat", freeze_norms="some")
+
+
+def test_last_layer_neuron_act_grad_is_its_direct_effect_when_the_final_norm_is_frozen(tiny):
+    """TDB's convention: one backward with the final norm's scale frozen feeds both columns, so a last-layer neuron at
+    the last position (nothing between it and the final norm) has act × grad == direct effect. On Gemma the post-FFN
+    norm lies in between too: it needs `all`. With the exact gradient the two differ."""
+    hm = tiny
+    L, last = hm.n_layers - 1, prompt_ids(hm, PROMPT).shape[1] - 1
+    for freeze in ("final", "all", "none"):
+        n = debug(hm, PROMPT, " cat", " dog", freeze_norms=freeze).nodes
+        rows = (n.kind == 2) & (n.layer == L) & (n.position == last)
+        gap = float((n.act_grad[rows] - n.direct_effect[rows]).abs().max())
+        scale = float(n.direct_effect[rows].abs().max())
+        if freeze == "all" or (freeze == "final" and hm.arch != "gemma"):
+            assert gap <= 1e-4 * scale + 1e-6
+        else:
+            assert gap > 1e-3 * scale

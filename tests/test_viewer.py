@@ -91,6 +91,10 @@ def test_debug_api(client):
     latent = next(n for n in many if n["kind"] == "latent")  # the collated SAE is spliced in, its latents link home
     assert latent["url"] == f"/u/{model}/sae_latents/tiny_sae/1/{latent['index']}"
     mlp = next(n for n in many if n["kind"] == "mlp" and n["layer"] == 1)  # layer 1 is the collated one
+    # links lead only to units that have records: none for the layers that were not collated
+    assert all(n.get("url") is None for n in many if n["kind"] in ("mlp", "head") and n["layer"] != 1)
+    assert any(n["kind"] in ("mlp", "head") and n["layer"] != 1 for n in many)
+    assert all(client.get(n["url"].replace("/u/", "/api/record/", 1)).status_code == 200 for n in many if n.get("url"))
     assert mlp["url"] == f"/u/{model}/mlp_neurons/1/{mlp['index']}" and mlp["mean"] is not None
     ab = client.post("/api/debug", json={**body, "ablate": {mlp["name"]: "mean"}}).json()
     assert ab["ablated_behaviour"] is not None and ab["behaviour"] == pytest.approx(res["behaviour"])
@@ -146,6 +150,37 @@ def test_concurrent_model_requests_do_not_see_each_others_hooks(client):
     with ThreadPoolExecutor(4) as pool:
         codes = list(pool.map(lambda c: client.post(c[0], json=c[1]).status_code, calls))
     assert codes == [200] * len(calls)
+
+
+def test_a_long_debug_request_does_not_hold_the_model(client, monkeypatch):
+    """/debug holds the model lock for its forward and backward only: a probe sent while the (slow) ranking runs
+    answers at once; a prompt past the bound is refused with a clear error before the model is touched."""
+    import saescope.debug as dbg
+
+    model = client.get("/api/datasets").json()[0]["model"]
+    ranking, slow = threading.Event(), 3.0
+    real = dbg.rank_nodes
+
+    def slow_rank(*a, **k):
+        ranking.set()
+        time.sleep(slow)  # stands for the ranking of a long prompt on a big model (tens of seconds)
+        return real(*a, **k)
+    monkeypatch.setattr(dbg, "rank_nodes", slow_rank)
+    body = {"model": model, "prompt": "the cat sat on the mat and the", "target": " cat"}
+    done = {}
+    t = threading.Thread(target=lambda: done.setdefault("r", client.post("/api/debug", json=body)))
+    t.start()
+    assert ranking.wait(30)
+    t0 = time.perf_counter()
+    r = client.post("/api/probe", json={"model": model, "dataset": "mlp_neurons/1", "index": 3, "text": "the cat"})
+    waited = time.perf_counter() - t0
+    t.join()
+    assert r.status_code == 200 and done["r"].status_code == 200
+    assert waited < slow / 2, f"the probe queued {waited:.1f} s behind /debug"
+    from saescope.viewer.server import DEBUG_MAX_TOKENS
+
+    long = client.post("/api/debug", json={**body, "prompt": "the cat " * DEBUG_MAX_TOKENS})
+    assert long.status_code == 400 and f"at most {DEBUG_MAX_TOKENS}" in long.json()["detail"]
 
 
 def test_neighbours_and_search_by_inference(client, collated_root, capsys):

@@ -104,6 +104,13 @@ def parse(cls: type, argv: Sequence[str], prog: str) -> Any:
     parser = simple_parsing.ArgumentParser(prog=prog, add_config_path_arg=False, description=cls.__doc__,
                                            formatter_class=_formatter())
     parser.add_arguments(cls, dest="cfg")
+
+    def error(message: str) -> None:  # argparse's usage block + message → the CLI's one line, exit 2
+        from saescope.errors import SaescopeError
+
+        raise SaescopeError(f"{message} (see {prog} --help)")
+
+    parser.error = error  # type: ignore[method-assign]
     return parser.parse_args(list(argv)).cfg
 
 

@@ -31,6 +31,10 @@ class DebugConfig:
     trace: str = ""
     """A node to trace upstream: the behaviour becomes its activation (mlp.9.1234@6); a head through one side of its
     attention only with :q, :k or :v (head.9.2@6:k)."""
+    freeze_norms: Literal["none", "final", "all"] = "final"
+    """Whose scale the backward pass for act × grad holds constant: none (the exact gradient), final (the final norm,
+    as TDB; the default, because then one backward feeds both columns: direct effects sum to the behaviour and a
+    last-layer node's act × grad equals its direct effect) or all (every norm, circuit-tracer's linearisation)."""
     collated: str = ""
     """A collated model folder (runs/default/collated/gemma-3-270m): explanations and means of the nodes."""
     json: bool = False
@@ -48,7 +52,7 @@ def main(argv: list[str]) -> int:
     notes = NodeNotes(cfg.collated, names)
     ablate = dict(item.split("=", 1) for item in cfg.ablate.split(",") if "=" in item)
     res = debug(hm, cfg.prompt, cfg.target, cfg.distractor, saes, ablate=ablate, means=notes.means(ablate),
-                trace=cfg.trace)
+                trace=cfg.trace, freeze_norms=cfg.freeze_norms)
     nodes = res.nodes.top(cfg.top, by=cfg.by)
     if cfg.json:
         print(json.dumps(res.to_json(nodes, notes), ensure_ascii=False))
@@ -60,16 +64,21 @@ def main(argv: list[str]) -> int:
     if len(res.target_tokens) > 1:
         print(f"note: {cfg.target!r} is {len(res.target_tokens)} tokens {res.target_tokens}; explaining the first")
     print(f"behaviour {what} = {res.behaviour:+.4f}   p(target) = {res.target_prob:.3f}")
+    print(f"act × grad with freeze_norms={res.conventions()['freeze_norms']}")
+    if cfg.trace:
+        print(f"direct effect: {res.conventions()['direct_effect']}")
     print("top next tokens: " + ", ".join(f"{t!r} {p:.3f}" for t, p in res.top_tokens))
     if res.ablated_behaviour is not None:
         print(f"after ablating {cfg.ablate}: behaviour = {res.ablated_behaviour:+.4f} "
               f"(Δ {res.ablated_behaviour - res.behaviour:+.4f}); top: "
               + ", ".join(f"{t!r} {p:.3f}" for t, p in res.ablated_top_tokens or []))
+    print("activation of embed / error / b_dec rows: the norm of the vector they add")
     print(f"\n{'node':<28} {'token':<14} {'activation':>10} {'direct':>9} {'act×grad':>9}  explanation")
     for n in nodes:
         tok = res.prompt_tokens[n.position] if 0 <= n.position < len(res.prompt_tokens) else ""
         key = f" ←{res.prompt_tokens[n.top_key]!r}" if n.kind == "head" and n.top_key >= 0 else ""
         note = notes.note(n)
-        print(f"{n.name:<28} {tok!r:<14} {n.activation:>10.3f} {n.direct_effect:>+9.4f} {n.act_grad:>+9.4f}  "
+        de = f"{'—':>9}" if cfg.trace else f"{n.direct_effect:>+9.4f}"
+        print(f"{n.name:<28} {tok!r:<14} {n.activation:>10.3f} {de} {n.act_grad:>+9.4f}  "
               f"{(note.get('explanation') or '')[:60]}{key}")
     return 0

@@ -1,18 +1,23 @@
-"""`saescope export neuronpedia RUN_DIR OUT` and `saescope export saelens RUN_DIR` (a pretrained_saes.yaml entry)."""
+"""`saescope export neuronpedia RUN_DIR OUT`, `saescope export saelens RUN_DIR` (a pretrained_saes.yaml entry) and
+`saescope export circuit-tracer DIR OUT` (transcoders in circuit-tracer's local layout)."""
 
 from __future__ import annotations
 
 USAGE = """usage: saescope export neuronpedia RUN_DIR OUT [options]   Neuronpedia's export layout (--help for options)
-       saescope export saelens RUN_DIR [options]           a pretrained_saes.yaml entry for the run's SAEs"""
+       saescope export saelens RUN_DIR [options]           a pretrained_saes.yaml entry for the run's SAEs
+       saescope export circuit-tracer DIR OUT [--scan S]   transcoders (saescope, circuit-tracer or Gemma Scope 2
+                                                           layout) → circuit-tracer's config.yaml + safetensors"""
 
 
 def main(argv: list[str]) -> int:
     from saescope.cli import parse
 
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("neuronpedia", "saelens"):
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("neuronpedia", "saelens", "circuit-tracer"):
         print(USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     what, rest = argv[0], argv[1:]
+    if what == "circuit-tracer":
+        return circuit_tracer(rest)
     if what == "neuronpedia":
         from saescope.export.neuronpedia import NeuronpediaExportConfig, export_neuronpedia
 
@@ -27,4 +32,23 @@ def main(argv: list[str]) -> int:
     if rest and not rest[0].startswith("-"):
         rest = ["--run", rest[0], *rest[1:]]
     print(saelens_entry(parse(SAELensEntryConfig, rest, "saescope export saelens")), end="")
+    return 0
+
+
+def circuit_tracer(argv: list[str]) -> int:
+    from saescope.errors import SaescopeError
+    from saescope.sae.transcoder_io import export_circuit_tracer, load_transcoders
+
+    scan = ""
+    if "--scan" in argv:
+        i = argv.index("--scan")
+        if i + 1 >= len(argv):
+            raise SaescopeError("--scan needs a value (the name circuit-tracer shows for these transcoders)")
+        scan = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    if len(argv) != 2:
+        raise SaescopeError("usage: saescope export circuit-tracer DIR OUT [--scan NAME]")
+    ts = load_transcoders(argv[0])
+    out = export_circuit_tracer(ts, argv[1], scan=scan)
+    print(f"wrote {'a cross-layer transcoder' if ts.is_clt else f'{len(ts.layers)} transcoders'} to {out}")
     return 0

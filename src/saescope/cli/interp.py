@@ -18,7 +18,9 @@ def explain(argv: list[str]) -> int:
     from saescope.interp.pipeline import InterpConfig, run_interp
 
     s = run_interp(parse(InterpConfig, argv, "saescope explain"), do_score=False)
-    print(f"explained {s['explained']} units → {s['out']}/explanations.json")
+    kept = f", kept {s['kept']} explained earlier ({s['kept_by']}; --overwrite true redoes them)" if s["kept"] else ""
+    failed = f", {s['failed']} failed (recorded; a re-run retries them)" if s["failed"] else ""
+    print(f"explained {s['explained']} units{failed}{kept} → {s['out']}/explanations.json")
     return 0
 
 

@@ -29,10 +29,10 @@ from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group, 
 from saescope.config import ModelConfig, middle_layer
 from saescope.corpus import CorpusConfig
 from saescope.errors import SaescopeError
-from saescope.io import write_json
+from saescope.io import atomic_dir, write_json
 from saescope.models import HookedModel, parse_hookpoint
 from saescope.models.hooks import ATTENTION_KINDS
-from saescope.records import dataset_path, summary_row, write_record
+from saescope.records import dataset_path, dumps, summary_row
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,10 @@ class CollateOptions:
             raise SaescopeError(f"--units {self.units}: unknown kind(s) {', '.join(sorted(bad))}; use mlp,heads")
         if self.sizes.top_k < 1 or self.excerpt_len < 2:
             raise SaescopeError("--top_k must be ≥ 1 and --excerpt_len ≥ 2")
+        from saescope import validate
+
+        validate.at_least(self.max_tokens, 0, "--max_tokens", "0 = all")
+        validate.at_least(self.batch_size, 1, "--batch_size")
 
 
 @dataclass
@@ -91,6 +95,18 @@ class CollateConfig:
     and units whose hookpoints it holds are collated from it without running the model (MLP neurons and SAE
     latents by token on every stored context; heads and token pairs, from attn_pattern.L and attn_value.L, on the
     first --max_tokens); the model runs only for what it lacks."""
+
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.not_a_file(self.out, "--out")
+        if self.store:
+            validate.existing_dir(self.store, "--store", "activation store")
+        if self.layers:
+            try:
+                [int(x) for x in self.layers.split(",") if x.strip()]
+            except ValueError:
+                raise SaescopeError(f"--layers '{self.layers}': expected comma-separated layer numbers such as 4,8") from None
 
 
 def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
@@ -210,7 +226,7 @@ def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int
     Returns (batches, the hookpoints it can feed, excerpt count)."""
     from saescope.store import ActivationStore
 
-    store = ActivationStore(path, verify=False)
+    store = ActivationStore(path)  # checksums verified as every other reader does
     ctx_len = store.manifest.get("context_len")
     if ctx_len != T + 1:
         raise SaescopeError(f"{path}/manifest.json: context_len is {ctx_len}, but collating excerpts of {T} tokens "
@@ -295,12 +311,14 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
         ds_root = root / g.rel_dir
         density = st.moments.density()
         rows = []
-        for r in tqdm(build_records(st, decode, opt.sizes), total=g.n_units, desc=f"write {g.rel_dir}/{g.layer}",
-                      unit="rec", leave=False):
-            write_record(ds_root, r, tokens_memo)
-            rows.append({**summary_row(r, g.by_token_pair), "density": float(density[r.neuron_id.neuron_index])})
-        write_json(ds_root / str(g.layer) / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
-                                                               "by_token_pair": g.by_token_pair, "units": rows})
+        # records and summary go to a temporary folder renamed into place: a crash leaves the earlier dataset
+        with atomic_dir(ds_root / str(g.layer)) as tmp:
+            for r in tqdm(build_records(st, decode, opt.sizes), total=g.n_units, desc=f"write {g.rel_dir}/{g.layer}",
+                          unit="rec", leave=False):
+                (tmp / f"{r.neuron_id.neuron_index}.json").write_text(dumps(r, tokens_memo), encoding="utf-8")
+                rows.append({**summary_row(r, g.by_token_pair), "density": float(density[r.neuron_id.neuron_index])})
+            write_json(tmp / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
+                                              "by_token_pair": g.by_token_pair, "units": rows})
         live = [x for x in rows if x["max_activation"] > 0]
         datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer,
                          "path": dataset_path(g.unit_type, g.layer, g.name), "units": g.n_units,

@@ -8,24 +8,30 @@
     debug(hm, ..., trace="head.9.2@6:k")    # a head traced through its key side only (:q, :k or :v)
 
 Node names: `mlp.L.i@t` (neuron i of layer L at position t), `head.L.h@t` (head h's output at query t),
-`latent.<hookpoint>.i@t` (a spliced SAE's latent), `error.<hookpoint>@t`, `embed@t`, `bias`.
+`latent.<hookpoint>.i@t` (a spliced SAE's latent), `error.<hookpoint>@t` (its reconstruction error x − x̂),
+`b_dec.<hookpoint>@t` (its decoder bias), `embed@t`, `bias` (output biases), `bias.<hookpoint>` (the output bias of a
+layer whose output the SAE at <hookpoint> stands for). An SAE on attn_out.L / mlp_out.L / mlp_post_act.L stands for
+that layer's heads or neurons: those are flagged `replaced` and left out of `top` (its latents, error and decoder bias
+are listed instead), and the unflagged rows' direct effects sum to the behaviour.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import Tensor
 
 from saescope.debug.attribute import KINDS, Node, NodeTable, head_pairs, rank_nodes
-from saescope.debug.trace import SIDES, Behaviour, Edits, logit_behaviour, prompt_ids, run_trace, single_token
+from saescope.debug.trace import FREEZE_NORMS, SIDES, Behaviour, Edits, logit_behaviour, prompt_ids, run_trace, single_token
 from saescope.errors import SaescopeError
 from saescope.models import HookedModel, canonical_hookpoint
 from saescope.sae import BaseSAE
 
-__all__ = ["KINDS", "DebugResult", "Node", "NodeTable", "debug", "parse_node"]
+__all__ = ["FREEZE_NORMS", "KINDS", "DebugResult", "Node", "NodeTable", "debug", "parse_node"]
 
 _NODE = re.compile(r"^(mlp|head)\.(\d+)\.(\d+)@(\d+)$|^latent\.([a-z_]+\.\d+)\.(\d+)@(\d+)$")
 
@@ -80,14 +86,60 @@ class DebugResult:
     ablated_top_tokens: list[tuple[str, float]] | None = None
     pairs: dict[str, Any] | None = None
     """For `pairs_for=head.L.h`: that head's pattern and A·∂B/∂A over the prompt's token pairs ([T, T] each)."""
+    freeze_norms: str = "final"
+    """Whose scale the backward pass held constant (FREEZE_NORMS)."""
+    traced: str = ""
+    """The traced node (trace mode), or ''."""
+
+    def conventions(self) -> dict[str, str]:
+        """What each column means for this result, in words (the JSON output carries it)."""
+        out = dict(COLUMNS)
+        out["freeze_norms"] = f"{self.freeze_norms}: {FREEZE_WHY[self.freeze_norms]}"
+        if self.traced:
+            out["direct_effect"] = ("null in trace mode: a direct effect is a write read straight off by the logits; "
+                                    f"the behaviour here is {self.traced}'s activation, so rank by act_grad")
+        return out
 
     def to_json(self, nodes: list[Node], notes: Any = None) -> dict[str, Any]:
-        """Every field but the node table, plus the given nodes (with `notes.note(node)` merged in), JSON-ready."""
+        """Every field but the node table, plus the given nodes (with `notes.note(node)` merged in) and the
+        `conventions` (what the columns mean), JSON-ready. In trace mode the direct effect is null."""
         from dataclasses import asdict
 
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "nodes"}
         out["nodes"] = [{**asdict(n), **(notes.note(n) if notes is not None else {})} for n in nodes]
+        if self.traced:
+            for n in out["nodes"]:
+                n["direct_effect"] = None
+        out["conventions"] = self.conventions()
         return out
+
+
+FREEZE_WHY = {
+    "none": "the exact gradient; direct effects still freeze the final norm (else they would not add up)",
+    "final": "the default, as TDB: one backward with the final norm's scale frozen feeds both columns, so the "
+             "direct effects sum to the behaviour and a last-layer node's act × grad equals its direct effect",
+    "all": "every norm's scale frozen, as circuit-tracer's local replacement model (what attribution graphs use)",
+}
+
+COLUMNS = {
+    "activation": "neurons and latents: their value; heads: ‖z_h W_O[h]‖, the norm of the head's write; embed, error "
+                  "and b_dec: the norm of the vector they add (‖embedding‖, ‖x − x̂‖, ‖b_dec‖), which have no "
+                  "scalar activation of their own",
+    "direct_effect": "the node's write at the last position read straight off by the logits (final norm's scale "
+                     "frozen); the rows not `replaced` add up to the behaviour",
+    "act_grad": "activation × ∂behaviour/∂activation (the estimated total effect), through the backward pass that "
+                "freeze_norms describes; for embed/error/b_dec the vector · its gradient",
+}
+
+
+def _row_of(table: NodeTable, kind: str, key: tuple[Any, ...]) -> Tensor:
+    """[N] bool: the row of the node parse_node gave as (kind, key)."""
+    if kind == "latent":
+        hp, i, t = key
+        code, layer = KINDS.index("latent"), table.hookpoints.index(hp)
+    else:
+        (layer, i, t), code = key, KINDS.index("mlp" if kind == "neuron" else "head")
+    return (table.kind == code) & (table.layer == layer) & (table.index == i) & (table.position == t)
 
 
 def _top_tokens(hm: HookedModel, logits: Tensor, n: int = 5) -> list[tuple[str, float]]:
@@ -98,12 +150,17 @@ def _top_tokens(hm: HookedModel, logits: Tensor, n: int = 5) -> list[tuple[str, 
 
 def debug(hm: HookedModel, prompt: str, target: str, distractor: str = "", saes: dict[str, BaseSAE] | None = None,
           ablate: dict[str, str | float] | None = None, means: dict[str, float] | None = None,
-          trace: str = "", pairs_for: str = "") -> DebugResult:
+          trace: str = "", pairs_for: str = "", freeze_norms: str = "final",
+          model_lock: AbstractContextManager[Any] | None = None) -> DebugResult:
     """Rank every node by its effect on the behaviour; optionally ablate nodes (re-run) or trace a node upstream.
 
     ablate: node name → 'zero', 'mean' (from `means`, e.g. the collated records' means) or a value.
     trace: a node name; for a head, `head.L.h@t:q` (or `:k`, `:v`) ranks the upstream nodes by their effect through
-    that side of the head's layer only (the three sides' act × grad add up to the undivided trace's)."""
+    that side of the head's layer only (the three sides' act × grad add up to the undivided trace's).
+    freeze_norms: whose scale the backward pass (act × grad) holds at its clean value, see FREEZE_NORMS.
+    model_lock: held around each pass through the model only (the ranking, the long part, runs without it), so a
+    server's other requests wait for one forward and backward, not for the whole table."""
+    lock = model_lock if model_lock is not None else contextlib.nullcontext()
     saes = {canonical_hookpoint(k): v for k, v in (saes or {}).items()}
     ids = prompt_ids(hm, prompt)
     T = ids.shape[1]
@@ -119,12 +176,14 @@ def debug(hm: HookedModel, prompt: str, target: str, distractor: str = "", saes:
                 raise SaescopeError(f"trace '{trace}': a side (:q, :k or :v) is for heads only, e.g. head.3.1@7:k")
             side = (upstream[1][0], how)
         behaviour = _activation_of(*upstream, saes, hm)
-    tr = run_trace(hm, ids, behaviour, saes, side=side)
+    with lock:
+        tr = run_trace(hm, ids, behaviour, saes, side=side, freeze_norms=freeze_norms)
     table = rank_nodes(hm, tr, None if upstream else tgt, dis, saes)
-    if upstream is not None:  # only nodes upstream of the traced one can move it
-        table.direct_effect.zero_()
+    if upstream is not None:  # its own row would rank first (act × grad = activation × 1): only upstream nodes stay
+        table = table.select(~_row_of(table, *upstream))
     res = DebugResult([hm.tokenizer.decode([int(i)]) for i in ids[0]], tgt_pieces, dis_pieces, tr.behaviour,
-                      float(tr.logits[tgt]), float(tr.logits.softmax(-1)[tgt]), table, _top_tokens(hm, tr.logits))
+                      float(tr.logits[tgt]), float(tr.logits.softmax(-1)[tgt]), table, _top_tokens(hm, tr.logits),
+                      freeze_norms=freeze_norms, traced=trace.strip())
     if pairs_for:
         m = re.match(r"^head\.(\d+)\.(\d+)(@\d+)?$", pairs_for.strip())
         if not m or int(m.group(1)) >= hm.n_layers or int(m.group(2)) >= hm.n_heads:
@@ -149,6 +208,7 @@ def debug(hm: HookedModel, prompt: str, target: str, distractor: str = "", saes:
             if kind == "head" and value != 0.0:
                 raise SaescopeError(f"--ablate {name}={how}: heads can only be zero-ablated")
             edits[(kind, key)] = value
-        ab = run_trace(hm, ids, behaviour, saes, edits, backward=False)
+        with lock:
+            ab = run_trace(hm, ids, behaviour, saes, edits, backward=False)
         res.ablated_behaviour, res.ablated_top_tokens = ab.behaviour, _top_tokens(hm, ab.logits)
     return res

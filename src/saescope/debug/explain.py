@@ -57,8 +57,10 @@ class NodeNotes:
         if ds is None or self.root is None:
             return {}
         row = self._rows(ds).get(n.index, {})
-        return {"dataset": ds, "url": f"/u/{self.root.name}/{ds}/{n.index}", "explanation": row.get("explanation"),
-                "score": row.get("score"), "mean": row.get("mean")}
+        # link only to a unit that has a record (layers not collated would lead to "not found")
+        url = f"/u/{self.root.name}/{ds}/{n.index}" if (self.root / ds / f"{n.index}.json").is_file() else None
+        return {"dataset": ds, "url": url, "explanation": row.get("explanation"), "score": row.get("score"),
+                "mean": row.get("mean")}
 
     def means(self, ablate: dict[str, str]) -> dict[str, float]:
         """Node name (without @position) → the unit's mean over the collated tokens, for mean-ablation."""

@@ -34,6 +34,44 @@ def post_mlp_norm(hm: HookedModel, layer: int) -> nn.Module | None:
     return hm.layers[layer].post_feedforward_layernorm if hm.arch == "gemma" else None
 
 
+FREEZE_NORMS = ("none", "final", "all")
+"""Which norms' scales the backward pass holds at their clean values: `none` (the exact gradient), `final` (the final
+norm only, as TDB does; the default) or `all` (every norm, as circuit-tracer's local replacement model does)."""
+
+
+def norm_modules(hm: HookedModel, which: str) -> list[nn.Module]:
+    """The norms whose scale `which` (one of FREEZE_NORMS) freezes."""
+    if which not in FREEZE_NORMS:
+        raise SaescopeError(f"--freeze_norms {which!r}: use one of {', '.join(FREEZE_NORMS)}")
+    if which == "none":
+        return []
+    if which == "final":
+        return [final_norm(hm)]
+    return [m for m in hm.model.modules() if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("RMSNorm")]
+
+
+def scale_frozen(hm: HookedModel, norm: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """y = norm(x) [..., d] unchanged in value, with the gradient of the norm whose scale (LayerNorm's σ, RMSNorm's
+    rms) is a constant: a linear map, so ∂y/∂x = g ⊙ P / σ (P the centring for LayerNorm, the identity for RMSNorm)."""
+    xf = x.float()
+    if isinstance(norm, nn.LayerNorm):
+        xf = xf - xf.mean(-1, keepdim=True)
+        g = norm.weight.float() if norm.weight is not None else 1.0
+        eps = norm.eps
+    else:  # Gemma scales by (1 + weight), Llama by weight
+        g = (1.0 + norm.weight.float()) if hm.arch == "gemma" else norm.weight.float()
+        eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", 1e-6)
+    scale = torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + eps).detach()  # [..., 1]
+    lin = g * xf / scale
+    return y.detach() + (lin - lin.detach()).to(y.dtype)  # the value stays the module's own output, bit for bit
+
+
+def _freeze_hooks(hm: HookedModel, which: str) -> list[Any]:
+    def hook(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        return scale_frozen(hm, mod, args[0], out)
+    return [m.register_forward_hook(hook) for m in norm_modules(hm, which)]
+
+
 def single_token(hm: HookedModel, text: str, what: str) -> tuple[int, list[str]]:
     """The token id of `text` (its first token when it splits, with the pieces reported)."""
     if not text:
@@ -118,8 +156,9 @@ def _side_hooks(hm: HookedModel, layer: int, side: str) -> list[Any]:
 
 @contextlib.contextmanager
 def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits,
-           side: tuple[int, str] | None = None) -> Iterator[None]:
+           side: tuple[int, str] | None = None, freeze: str = "final") -> Iterator[None]:
     handles = [] if side is None else _side_hooks(hm, *side)
+    handles += _freeze_hooks(hm, freeze)
 
     def first_block(mod: nn.Module, args: tuple, kwargs: dict) -> Any:
         h = args[0] if args else kwargs["hidden_states"]
@@ -213,16 +252,18 @@ def logit_behaviour(target: int, distractor: int | None) -> Behaviour:
 
 
 def run_trace(hm: HookedModel, ids: Tensor, behaviour: Behaviour, saes: dict[str, BaseSAE],
-              edits: Edits | None = None, backward: bool = True, side: tuple[int, str] | None = None) -> Trace:
+              edits: Edits | None = None, backward: bool = True, side: tuple[int, str] | None = None,
+              freeze_norms: str = "final") -> Trace:
     """Forward (and backward of the behaviour) on one prompt [1, T]; side=(layer, 'q'|'k'|'v') lets the gradient
-    into that layer's attention through one of its three inputs only (tracing a head through one side)."""
+    into that layer's attention through one of its three inputs only (tracing a head through one side);
+    freeze_norms (FREEZE_NORMS) picks the norms whose scale the backward pass holds constant."""
     for hp in saes:
         parse_hookpoint(hp)
     tr = Trace(ids, 0.0, torch.empty(0), torch.empty(0), torch.empty(0))
     req = [p.requires_grad for p in hm.model.parameters()]
     hm.model.requires_grad_(False)
     try:
-        with torch.enable_grad(), _hooks(hm, tr, saes, edits or {}, side):
+        with torch.enable_grad(), _hooks(hm, tr, saes, edits or {}, side, freeze_norms):
             logits = hm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1].float()  # [V]
             b = behaviour(tr, logits)
             if backward:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from saescope.errors import SaescopeError
-from saescope.io import atomic_path, read_json
+from saescope import validate
+from saescope.io import atomic_dir, atomic_path, read_json
 from saescope.records import ActivationRecord, NeuronId, NeuronRecord, read_record
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ class NeuronpediaExportConfig:
 
     run: str = "runs/default"
     """A `saescope run` output folder (holds saes/ and collated/)."""
-    out: str = "runs/default/neuronpedia"
-    """Output folder (OUT/<model>/<source id>/...)."""
+    out: str = ""
+    """Output folder (OUT/<model>/<source id>/...; default RUN/neuronpedia)."""
     sae: str = ""
     """Which SAEs (comma-separated names under saes/, e.g. resid_post); default every one with collated latents."""
     source_set: str = ""
@@ -78,6 +79,14 @@ class NeuronpediaExportConfig:
     """Fill pos_str/neg_str with the latent's logit lens (loads the model)."""
     neighbours: int = 25
     """Decoder cosine neighbours per latent (topkCosSim)."""
+
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.at_least(self.batch_size, 1, "--batch_size", "features per batch file")
+        validate.at_least(self.neighbours, 0, "--neighbours", "0 = none")
+        validate.existing_dir(self.run, "RUN_DIR (--run)", "`saescope run` output folder")
+        validate.not_a_file(self.out, "OUT (--out)")
 
 
 def _id(*parts: Any) -> str:
@@ -184,72 +193,82 @@ def export_neuronpedia(cfg: NeuronpediaExportConfig) -> list[Path]:
         width = f"{sae.cfg.d_sae // 1024}k" if sae.cfg.d_sae % 1024 == 0 else str(sae.cfg.d_sae)
         source_set = cfg.source_set or re.sub(r"[^a-z0-9-]", "-", f"saescope-{d['name']}-{width}".lower())
         source = f"{d['layer']}-{source_set}"
-        out = Path(cfg.out) / model / source
-        _write_jsonl(out / "model.jsonl", [{"id": model, "instruct": model.endswith("-it"), "displayNameShort": model,
-                                            "displayName": model, "creatorId": CREATOR, "createdAt": now,
-                                            "updatedAt": now}])
-        _write_jsonl(out / "release.jsonl", [{"name": source_set, "description": f"saescope SAEs on {model}",
-                                              "descriptionShort": "saescope", "urls": [], "creatorNameShort": CREATOR,
-                                              "creatorName": CREATOR, "creatorId": CREATOR, "createdAt": now}])
-        _write_jsonl(out / "sourceset.jsonl", [{"modelId": model, "name": source_set, "creatorId": CREATOR,
-                                                "createdAt": now, "creatorName": CREATOR, "releaseName": source_set,
-                                                "description": f"{sae.cfg.architecture} SAE, {sae.cfg.d_sae} latents, "
-                                                               f"k={sae.cfg.k}, on {hookpoint}",
-                                                "visibility": "PUBLIC"}])
-        _write_jsonl(out / "source.jsonl", [{"modelId": model, "setName": source_set, "visibility": "PUBLIC",
-                                             "dataset": str(manifest.get("corpus", {})), "id": source,
-                                             "num_prompts": manifest.get("excerpts"),
-                                             "num_tokens_in_prompt": manifest.get("excerpt_len"), "hfRepoId": None,
-                                             "hfFolderId": None, "creatorId": CREATOR}])
-        summary = {u["index"]: u for u in read_json(mdir / d["path"] / "summary.json", "dataset summary")["units"]}
-        scores_path = mdir / "explanations" / d["path"] / "scores.json"
-        expl = read_json(scores_path)["units"] if scores_path.is_file() else {}
-        explainer = read_json(mdir / "explanations" / d["path"] / "explanations.json").get("explainer", "unknown") \
-            if (mdir / "explanations" / d["path"] / "explanations.json").is_file() else "unknown"
-        top, bottom = _lens(run, sae, hookpoint) if cfg.logits else (([], []), ([], []))
-        nb_idx, nb_val = _neighbours(sae, cfg.neighbours) if cfg.neighbours else ([], [])
-        n = sae.cfg.d_sae
-        for b, s in enumerate(range(0, n, cfg.batch_size)):
-            feats, acts, expls = [], [], []
-            for i in range(s, min(s + cfg.batch_size, n)):
-                rec = read_record(mdir / d["path"] / f"{i}.json")
-                a = _activations(rec, model, source, now)
-                acts += a
-                row = summary.get(i, {})
-                feats.append({
-                    "modelId": model, "layer": source, "index": i, "creatorId": CREATOR, "createdAt": now,
-                    "maxActApprox": _r(rec.max_activation), "hasVector": False, "vector": [], "vectorLabel": None,
-                    "hookName": hookpoint,
-                    "topkCosSimIndices": nb_idx[i] if nb_idx else [], "topkCosSimValues": nb_val[i] if nb_val else [],
-                    "neuron_alignment_indices": [], "neuron_alignment_values": [], "neuron_alignment_l1": [],
-                    "correlated_neurons_indices": [], "correlated_neurons_pearson": [], "correlated_neurons_l1": [],
-                    "correlated_features_indices": [], "correlated_features_pearson": [],
-                    "correlated_features_l1": [],
-                    "neg_str": bottom[1][i] if bottom[1] else [], "neg_values": [_r(v) for v in bottom[0][i]] if bottom[0] else [],
-                    "pos_str": top[1][i] if top[1] else [], "pos_values": [_r(v) for v in top[0][i]] if top[0] else [],
-                    "frac_nonzero": float(row.get("density") or 0.0),
-                    "freq_hist_data_bar_heights": [], "freq_hist_data_bar_values": [],
-                    "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
-                    "decoder_weights_dist": []})
-                e = expl.get(str(i)) or {}
-                if e.get("explanation"):
-                    expls.append({"id": _id(model, source, i, "explanation"), "modelId": model, "layer": source,
-                                  "index": i, "description": e["explanation"], "authorId": CREATOR,
-                                  "embedding": None, "typeName": "saescope-" + explainer.split(":")[0],
-                                  "explanationModelName": explainer,
-                                  "notes": f"score {e['score']:.3f} (top-and-random correlation)"
-                                  if e.get("score") is not None else None, "createdAt": now})
-            _write_jsonl_gz(out / "features" / f"batch-{b}.jsonl.gz", feats)
-            _write_jsonl_gz(out / "activations" / f"batch-{b}.jsonl.gz", acts)
-            if expls:
-                _write_jsonl_gz(out / "explanations" / f"batch-{b}.jsonl.gz", expls)
-        (out / "sae").mkdir(parents=True, exist_ok=True)
-        for f in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
-            if (sae_dir / f).is_file():
-                shutil.copyfile(sae_dir / f, out / "sae" / f)
-        log.info("exported %s latents of %s to %s", n, d["name"], out)
-        written.append(out)
+        final = Path(cfg.out or run / "neuronpedia") / model / source
+        validate.not_a_file(final, "OUT (--out)")
+        with atomic_dir(final) as out:  # a crash leaves the previous export (or none), never half of one
+            _export_one(cfg, run, mdir, manifest, d, sae_dir, sae, model, source, source_set, hookpoint, now, out)
+        log.info("exported %s latents of %s to %s", sae.cfg.d_sae, d["name"], final)
+        written.append(final)
     return written
+
+
+def _export_one(cfg: NeuronpediaExportConfig, run: Path, mdir: Path, manifest: dict[str, Any], d: dict[str, Any],
+                sae_dir: Path, sae: Any, model: str, source: str, source_set: str, hookpoint: str, now: str,
+                out: Path) -> None:
+    """One SAE's export into the folder `out` (a temporary one, renamed into place by the caller)."""
+    _write_jsonl(out / "model.jsonl", [{"id": model, "instruct": model.endswith("-it"), "displayNameShort": model,
+                                        "displayName": model, "creatorId": CREATOR, "createdAt": now,
+                                        "updatedAt": now}])
+    _write_jsonl(out / "release.jsonl", [{"name": source_set, "description": f"saescope SAEs on {model}",
+                                          "descriptionShort": "saescope", "urls": [], "creatorNameShort": CREATOR,
+                                          "creatorName": CREATOR, "creatorId": CREATOR, "createdAt": now}])
+    _write_jsonl(out / "sourceset.jsonl", [{"modelId": model, "name": source_set, "creatorId": CREATOR,
+                                            "createdAt": now, "creatorName": CREATOR, "releaseName": source_set,
+                                            "description": f"{sae.cfg.architecture} SAE, {sae.cfg.d_sae} latents, "
+                                                           f"k={sae.cfg.k}, on {hookpoint}",
+                                            "visibility": "PUBLIC"}])
+    _write_jsonl(out / "source.jsonl", [{"modelId": model, "setName": source_set, "visibility": "PUBLIC",
+                                         "dataset": str(manifest.get("corpus", {})), "id": source,
+                                         "num_prompts": manifest.get("excerpts"),
+                                         "num_tokens_in_prompt": manifest.get("excerpt_len"), "hfRepoId": None,
+                                         "hfFolderId": None, "creatorId": CREATOR}])
+    summary = {u["index"]: u for u in read_json(mdir / d["path"] / "summary.json", "dataset summary")["units"]}
+    scores_path = mdir / "explanations" / d["path"] / "scores.json"
+    expl = read_json(scores_path)["units"] if scores_path.is_file() else {}
+    explainer = read_json(mdir / "explanations" / d["path"] / "explanations.json").get("explainer", "unknown") \
+        if (mdir / "explanations" / d["path"] / "explanations.json").is_file() else "unknown"
+    top, bottom = _lens(run, sae, hookpoint) if cfg.logits else (([], []), ([], []))
+    nb_idx, nb_val = _neighbours(sae, cfg.neighbours) if cfg.neighbours else ([], [])
+    n = sae.cfg.d_sae
+    for b, s in enumerate(range(0, n, cfg.batch_size)):
+        feats, acts, expls = [], [], []
+        for i in range(s, min(s + cfg.batch_size, n)):
+            rec = read_record(mdir / d["path"] / f"{i}.json")
+            a = _activations(rec, model, source, now)
+            acts += a
+            row = summary.get(i, {})
+            feats.append({
+                "modelId": model, "layer": source, "index": i, "creatorId": CREATOR, "createdAt": now,
+                "maxActApprox": _r(rec.max_activation), "hasVector": False, "vector": [], "vectorLabel": None,
+                "hookName": hookpoint,
+                "topkCosSimIndices": nb_idx[i] if nb_idx else [], "topkCosSimValues": nb_val[i] if nb_val else [],
+                "neuron_alignment_indices": [], "neuron_alignment_values": [], "neuron_alignment_l1": [],
+                "correlated_neurons_indices": [], "correlated_neurons_pearson": [], "correlated_neurons_l1": [],
+                "correlated_features_indices": [], "correlated_features_pearson": [],
+                "correlated_features_l1": [],
+                "neg_str": bottom[1][i] if bottom[1] else [], "neg_values": [_r(v) for v in bottom[0][i]] if bottom[0] else [],
+                "pos_str": top[1][i] if top[1] else [], "pos_values": [_r(v) for v in top[0][i]] if top[0] else [],
+                "frac_nonzero": float(row.get("density") or 0.0),
+                "freq_hist_data_bar_heights": [], "freq_hist_data_bar_values": [],
+                "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
+                "decoder_weights_dist": []})
+            e = expl.get(str(i)) or {}
+            if e.get("explanation"):
+                by = e.get("explainer") or explainer  # per unit; older files only name it in their header
+                expls.append({"id": _id(model, source, i, "explanation"), "modelId": model, "layer": source,
+                              "index": i, "description": e["explanation"], "authorId": CREATOR,
+                              "embedding": None, "typeName": "saescope-" + by.split(":")[0],
+                              "explanationModelName": by,
+                              "notes": f"score {e['score']:.3f} (top-and-random correlation)"
+                              if e.get("score") is not None else None, "createdAt": now})
+        _write_jsonl_gz(out / "features" / f"batch-{b}.jsonl.gz", feats)
+        _write_jsonl_gz(out / "activations" / f"batch-{b}.jsonl.gz", acts)
+        if expls:
+            _write_jsonl_gz(out / "explanations" / f"batch-{b}.jsonl.gz", expls)
+    (out / "sae").mkdir(parents=True, exist_ok=True)
+    for f in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
+        if (sae_dir / f).is_file():
+            shutil.copyfile(sae_dir / f, out / "sae" / f)
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:

@@ -67,11 +67,37 @@ class OpenAIBackend(Backend):
 
         self.name, self.model = f"openai:{model}", model
         self.base_url, self.retries, self.backoff = base_url.rstrip("/"), retries, backoff
+        self.api_key_env = api_key_env
+        self.has_key = bool(os.environ.get(api_key_env, ""))
         key = os.environ.get(api_key_env, "")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(timeout=timeout, headers=headers)
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
         self._lock = threading.Lock()
+
+    def check(self, wait: float = 10.0) -> None:
+        """Reach the server once, before any unit is read: a missing or refused key, a refused connection or a
+        server that accepts and never answers is one SaescopeError within `wait` seconds, instead of minutes of
+        retries per unit recorded as failures. GET /models is free on OpenAI, vLLM and llama.cpp; any other answer
+        (even 404 or 501 from a server without that route) shows the server is there."""
+        import httpx
+
+        from saescope.errors import SaescopeError
+
+        fix = f"set ${self.api_key_env} (or name another variable with --api_key_env)"
+        if not self.has_key and "api.openai.com" in self.base_url:
+            raise SaescopeError(f"{self.name} needs an API key and ${self.api_key_env} is not set; {fix}")
+        try:
+            r = self.client.get(f"{self.base_url}/models", timeout=httpx.Timeout(wait, connect=min(wait, 5.0)))
+        except httpx.TimeoutException:
+            raise SaescopeError(f"{self.base_url}: no answer within {wait:g} s; check that the server is up and "
+                                f"--base_url is right (or raise --timeout)") from None
+        except httpx.HTTPError as e:
+            raise SaescopeError(f"{self.base_url}: cannot reach the server ({type(e).__name__}: {e}); check that it "
+                                f"is running and --base_url is right") from None
+        if r.status_code in (401, 403):
+            why = "no API key was sent" if not self.has_key else f"the key in ${self.api_key_env} was refused"
+            raise SaescopeError(f"{self.base_url}: HTTP {r.status_code}, {why}; {fix}")
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
@@ -203,9 +229,20 @@ class HFBackend(Backend):
         return out
 
 
+def check_backend_name(name: str, option: str, same: bool = False) -> None:
+    """A backend name's grammar (not whether it works): checked where the option is parsed, before any work."""
+    from saescope.errors import SaescopeError
+
+    kind, _, arg = name.partition(":")
+    if name in ("baseline", "") or (same and name == "same") or (kind in ("openai", "hf") and arg.strip()):
+        return
+    also = ", same" if same else ""
+    raise SaescopeError(f"{option} '{name}': use baseline, openai:<model> or hf:<model spec>{also}")
+
+
 def make_backend(name: str, base_url: str = "", api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                 retries: int = 3, hm: Any = None) -> Backend:
-    """'baseline' (offline); 'openai:<model>'; 'hf:<spec>'."""
+                 retries: int = 3, hm: Any = None, check: bool = True) -> Backend:
+    """'baseline' (offline); 'openai:<model>' (its server is reached once here unless check=False); 'hf:<spec>'."""
     from saescope.errors import SaescopeError
 
     if name in ("baseline", ""):
@@ -214,7 +251,10 @@ def make_backend(name: str, base_url: str = "", api_key_env: str = "OPENAI_API_K
         return BaselineBackend()
     kind, _, arg = name.partition(":")
     if kind == "openai" and arg:
-        return OpenAIBackend(arg, base_url or "https://api.openai.com/v1", api_key_env, timeout, retries)
+        b = OpenAIBackend(arg, base_url or "https://api.openai.com/v1", api_key_env, timeout, retries)
+        if check:
+            b.check(min(timeout, 10.0))
+        return b
     if kind == "hf" and arg:
         return HFBackend(arg, hm=hm if hm is not None and arg in ("default", getattr(hm, "name", None)) else None)
     raise SaescopeError(f"backend '{name}': use baseline, openai:<model> or hf:<model spec>")

@@ -58,6 +58,17 @@ class InterpOptions:
     null_baseline: bool = True
     """Also score another unit's explanation on each unit (the floor every score is compared with)."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+        from saescope.interp.backends import check_backend_name
+
+        check_backend_name(self.explainer, "--explainer")
+        check_backend_name(self.simulator, "--simulator", same=True)
+        validate.at_least(self.max_units, 0, "--max_units", "0 = all")
+        validate.at_least(self.concurrency, 1, "--concurrency")
+        validate.positive(self.timeout, "--timeout", "seconds per request")
+        validate.at_least(self.retries, 0, "--retries")
+
 
 @dataclass
 class InterpConfig:
@@ -72,7 +83,10 @@ class InterpConfig:
     indices: str = ""
     """Comma-separated unit indices to explain (default: every live unit, in order)."""
     overwrite: bool = False
-    """Redo units already explained/scored."""
+    """Redo the selected units even where already explained/scored (other units in the files are kept)."""
+
+    def __post_init__(self) -> None:
+        parse_indices(self.indices)
 
 
 def resolve(cfg: InterpConfig) -> tuple[Path, str, dict[str, Any]]:
@@ -169,33 +183,81 @@ def score_unit(backend: Backend, rec: dict[str, Any], explanation: str) -> tuple
     return result, scores
 
 
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _load_units(path: Path, what: str, header: str) -> dict[str, Any]:
+    """index → entry of an explanations/scores file. Files written before provenance was kept per unit carry it
+    once in a header (explanations.json "explainer", scores.json summary "simulator"): copied onto each unit."""
+    if not path.exists():
+        return {}
+    data = read_json(path, what)
+    if not isinstance(data, dict) or not isinstance(data.get("units"), dict):
+        raise SaescopeError(f"{path}: {what} has no 'units' object; move it aside and re-run")
+    old = (data.get("summary") or {}) if header == "simulator" else data
+    units = data["units"]
+    for v in units.values():
+        if isinstance(v, dict) and header not in v and old.get(header):
+            v[header] = old[header]
+    return units
+
+
+def _label(units: dict[str, Any], key: str) -> str:
+    """The file-level name old readers look for: the one backend behind every unit, else all of them."""
+    names = sorted({str(v.get(key)) for v in units.values() if v.get(key)})
+    return names[0] if len(names) == 1 else ("mixed: " + ", ".join(names) if names else "")
+
+
+def _merge(units: dict[str, Any], i: int, new: dict[str, Any], value: str) -> None:
+    """Put unit i's new result in; a failed attempt never replaces an earlier success (it is noted beside it)."""
+    old = units.get(str(i))
+    if new.get("failure") and old and old.get(value) is not None and not old.get("failure"):
+        old["last_failure"] = new["failure"]
+        return
+    units[str(i)] = new
+
+
+def _write_expl(path: Path, expl: dict[str, Any]) -> None:
+    write_json(path, {"explainer": _label(expl, "explainer"), "units": expl})
+
+
 def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_score: bool = True) -> dict[str, Any]:
+    """Explain and/or score the live units of one dataset, merged into its explanations.json / scores.json: units
+    this run does not redo are kept as they are, each unit carries its own provenance (backend, model, time)."""
     from tqdm.auto import tqdm
 
     manifest_dir, ds, manifest = resolve(cfg)
     out = manifest_dir / "explanations" / ds
     entry = next(d for d in manifest["datasets"] if d["path"] == ds)
     opt = cfg.interp
-    wanted = {int(x) for x in cfg.indices.split(",") if x.strip()} if cfg.indices else None
+    wanted = parse_indices(cfg.indices)
     live = _live_units(manifest_dir, ds, entry, wanted, opt.max_units)
     if not live:
         raise SaescopeError(f"{manifest_dir / ds}: no live units to explain (all max activations are 0)")
-    explainer = make_backend(opt.explainer, opt.base_url, opt.api_key_env, opt.timeout, opt.retries, hm)
+    expl_path, scores_path = out / "explanations.json", out / "scores.json"
+    expl = _load_units(expl_path, "explanations file", "explainer")
+    scores = _load_units(scores_path, "scores file", "simulator")
+    if not do_explain and not any((expl.get(str(i)) or {}).get("explanation") for i in live):
+        raise SaescopeError(f"{expl_path}: no explanations of these units to score; run `saescope explain` first")
+    explainer = make_backend(opt.explainer, opt.base_url, opt.api_key_env, opt.timeout, opt.retries, hm) \
+        if do_explain else None
     sim_name = opt.explainer if opt.simulator == "same" else opt.simulator
-    simulator = explainer if opt.simulator == "same" else make_backend(sim_name, opt.base_url, opt.api_key_env,
-                                                                      opt.timeout, opt.retries, hm)
-    expl_path = out / "explanations.json"
-    expl: dict[str, Any] = {} if cfg.overwrite or not expl_path.exists() else read_json(expl_path)["units"]
-    workers = max(1, opt.concurrency if explainer.is_llm else 1)
-    scores_path = out / "scores.json"
-    scores: dict[str, Any] = {} if cfg.overwrite or not scores_path.exists() else read_json(scores_path)["units"]
+    simulator = (explainer if opt.simulator == "same" and explainer is not None else
+                 make_backend(sim_name, opt.base_url, opt.api_key_env, opt.timeout, opt.retries, hm)) if do_score else None
+    model = manifest.get("model")
+    workers = max(1, opt.concurrency if (explainer or simulator).is_llm else 1)
+    prov_e = lambda: {"explainer": opt.explainer, "prompt_style": opt.prompt_style, "model": model, "time": _now()}  # noqa: E731
 
     def score_with(i: int, rec: dict[str, Any], text: str, null_text: str | None) -> dict[str, Any]:
         """Score unit i's explanation (and another unit's, the null floor); writes its NeuronSimulationResults."""
+        prov = {"explainer": expl[str(i)].get("explainer"), "simulator": sim_name, "model": model, "time": _now()}
         try:
             result, s = score_unit(simulator, rec, text)
         except BackendError as e:
-            return {"explanation": text, "score": None, "failure": str(e)}
+            return {"explanation": text, "score": None, "failure": str(e), **prov}
         if opt.null_baseline and null_text is not None:
             try:
                 s["null"] = score_unit(simulator, rec, null_text)[1]["top_and_random"]
@@ -207,52 +269,64 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
 
         with atomic_path(out / f"{i}.jsonl") as tmp:
             tmp.write_text(json.dumps(to_dict(result), ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-        return {"explanation": text, "score": s["top_and_random"], "scores": s, "failure": None}
+        return {"explanation": text, "score": s["top_and_random"], "scores": s, "failure": None, **prov}
 
-    if do_explain and do_score and workers == 1 and not expl and not scores:
+    def explain_one(i: int, rec: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            rec = rec if rec is not None else _read(manifest_dir, ds, i, entry)
+            return {"explanation": explain_unit(explainer, rec, opt.prompt_style), "failure": None, **prov_e()}
+        except BackendError as e:
+            return {"explanation": None, "failure": str(e), **prov_e()}
+
+    def stale(i: int) -> bool:  # no score yet, a failed one, or one of an explanation since replaced
+        s, e = scores.get(str(i)), expl.get(str(i)) or {}
+        return cfg.overwrite or not s or s.get("score") is None or s.get("explanation") != e.get("explanation")
+
+    todo_e = [i for i in live if cfg.overwrite or not (expl.get(str(i)) or {}).get("explanation")] if do_explain else []
+    kept = len(live) - len(todo_e) if do_explain else 0
+    new_ok: set[int] = set()
+    if do_explain and do_score and workers == 1 and todo_e == live and all(stale(i) for i in live):
         # one pass, each record read once: unit p is scored when unit p+1's explanation (its null) is known; the
         # same scores as explaining everything first (the null of the last unit is the first one's explanation)
         pending: tuple[int, dict[str, Any]] | None = None
         first: str | None = None
         for n, i in enumerate(tqdm(live, desc=f"explain + score {ds}", unit="unit")):
             rec = _read(manifest_dir, ds, i, entry)
-            try:
-                expl[str(i)] = {"explanation": explain_unit(explainer, rec, opt.prompt_style)}
-            except BackendError as e:
-                expl[str(i)] = {"explanation": None, "failure": str(e)}
+            res = explain_one(i, rec)
+            _merge(expl, i, res, "explanation")
+            if res["failure"]:
                 continue
-            text = expl[str(i)]["explanation"]
+            new_ok.add(i)
+            text = res["explanation"]
             first = first if first is not None else text
             if pending is not None:
-                scores[str(pending[0])] = score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"], text)
+                _merge(scores, pending[0], score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
+                                                      text), "score")
             pending = (i, rec)
             if n % 200 == 199:
-                write_json(expl_path, {"explainer": opt.explainer, "units": expl})
+                _write_expl(expl_path, expl)
                 write_json(scores_path, {"units": scores})
         if pending is not None:
-            only_one = sum(1 for v in expl.values() if v.get("explanation")) < 2
-            scores[str(pending[0])] = score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
-                                                 None if only_one else first)
-        write_json(expl_path, {"explainer": opt.explainer, "units": expl})
+            only_one = len(new_ok) < 2
+            _merge(scores, pending[0], score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
+                                                  None if only_one else first), "score")
+        _write_expl(expl_path, expl)
         do_explain = False
     if do_explain:
-        todo = [i for i in live if str(i) not in expl or expl[str(i)].get("failure")]
-
-        def one(i: int) -> tuple[int, dict[str, Any]]:
-            try:
-                return i, {"explanation": explain_unit(explainer, _read(manifest_dir, ds, i, entry), opt.prompt_style)}
-            except BackendError as e:
-                return i, {"explanation": None, "failure": str(e)}
         with ThreadPoolExecutor(workers) as pool:
-            for n, (i, res) in enumerate(tqdm(pool.map(one, todo), total=len(todo), desc=f"explain {ds}", unit="unit")):
-                expl[str(i)] = res
+            for n, (i, res) in enumerate(tqdm(zip(todo_e, pool.map(explain_one, todo_e)), total=len(todo_e),
+                                              desc=f"explain {ds}", unit="unit")):
+                _merge(expl, i, res, "explanation")
+                if not res["failure"]:
+                    new_ok.add(i)
                 if n % 50 == 49:
-                    write_json(expl_path, {"explainer": opt.explainer, "units": expl})
-        write_json(expl_path, {"explainer": opt.explainer, "units": expl})
+                    _write_expl(expl_path, expl)
+        _write_expl(expl_path, expl)
     if not do_score:
-        return {"out": str(out), "explained": sum(1 for v in expl.values() if v.get("explanation"))}
+        return {"out": str(out), "explained": len(new_ok), "failed": len(todo_e) - len(new_ok), "kept": kept,
+                "kept_by": _label({k: v for k, v in expl.items() if int(k) in set(live) - set(todo_e)}, "explainer")}
     ok = [i for i in live if (expl.get(str(i)) or {}).get("explanation")]
-    todo = [i for i in ok if str(i) not in scores]
+    todo = [i for i in ok if stale(i)]
 
     def score_one(pos_i: tuple[int, int]) -> tuple[int, dict[str, Any]]:
         pos, i = pos_i
@@ -261,21 +335,39 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
     with ThreadPoolExecutor(workers) as pool:
         pairs = [(ok.index(i), i) for i in todo]
         for n, (i, res) in enumerate(tqdm(pool.map(score_one, pairs), total=len(pairs), desc=f"score {ds}", unit="unit")):
-            scores[str(i)] = res
+            _merge(scores, i, res, "score")
             if n % 50 == 49:
                 write_json(scores_path, {"units": scores})
+    summ = _summary(ds, expl, scores, [b for b in {explainer, simulator} if b is not None and b.is_llm], out)
+    write_json(scores_path, {"units": scores, "summary": summ})
+    return summ
+
+
+def _summary(ds: str, expl: dict[str, Any], scores: dict[str, Any], llms: list[Backend], out: Path) -> dict[str, Any]:
+    """Over every unit of the file (this run's and kept ones); the backends named are those behind the units."""
     vals = [v["score"] for v in scores.values() if v.get("score") is not None]
     nulls = [v["scores"].get("null") for v in scores.values() if v.get("scores") and v["scores"].get("null") is not None]
     failures = [i for i, v in expl.items() if v.get("failure")] + [i for i, v in scores.items() if v.get("failure")]
-    usage = {b.name: b.usage for b in {explainer, simulator} if b.is_llm}
-    summ = {"dataset": ds, "explainer": opt.explainer, "simulator": sim_name, "units": len(scores),
+    return {"dataset": ds, "explainer": _label(scores, "explainer"), "simulator": _label(scores, "simulator"),
+            "units": len(scores),
             "mean_score": sum(vals) / len(vals) if vals else float("nan"),
             "fraction_ge_0.8": sum(v >= 0.8 for v in vals) / len(vals) if vals else float("nan"),
             "mean_null_score": sum(nulls) / len(nulls) if nulls else float("nan"),
             "constant_predictions": sum(1 for v in scores.values() if (v.get("scores") or {}).get("constant_prediction")),
-            "failures": len(failures), "usage": usage, "out": str(out)}
-    write_json(scores_path, {"units": scores, "summary": summ})
-    return summ
+            "failures": len(failures), "usage": {b.name: b.usage for b in llms}, "out": str(out)}
+
+
+def parse_indices(text: str, option: str = "--indices") -> set[int] | None:
+    """'3,5,9' → {3, 5, 9}; '' → None (every unit)."""
+    if not text.strip():
+        return None
+    try:
+        out = {int(x) for x in text.split(",") if x.strip()}
+    except ValueError:
+        raise SaescopeError(f"{option} '{text}': expected comma-separated unit indices such as 3,5,9") from None
+    if any(i < 0 for i in out):
+        raise SaescopeError(f"{option} '{text}': unit indices are 0 or more")
+    return out
 
 
 def _offline(opt: InterpOptions) -> bool:

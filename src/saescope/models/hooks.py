@@ -7,6 +7,8 @@ Hookpoint names (L = layer index):
 | resid_pre.L       | [d_model]             | residual stream entering block L                            |
 | resid_post.L      | [d_model]             | residual stream leaving block L (= hidden_states[L+1])      |
 | attn_out.L        | [d_model]             | what attention writes to the residual (after Gemma's norm)  |
+| mlp_in.L          | [d_model]             | the MLP's input: after the pre-MLP norm (GPT-2 ln_2, Gemma  |
+|                   |                       | pre_feedforward_layernorm, Llama post_attention_layernorm)  |
 | mlp_out.L         | [d_model]             | what the MLP writes to the residual (after Gemma's norm)    |
 | mlp_post_act.L    | [d_mlp]               | MLP hidden activation, the input of the down projection     |
 | attn_pattern.L    | [n_heads, T] (query)  | post-softmax attention, [heads, q, k] per sequence          |
@@ -19,6 +21,9 @@ Transformer-Debugger names are accepted everywhere a hookpoint is named: `resid_
 `resid_delta_attn.L` (= attn_out.L); `mlp_post_act.L` is the same in both.
 
 The forward stops after the deepest block a request needs (no later blocks, no unembedding).
+
+`mlp_in.L` → `mlp_out.L` is the pair a transcoder maps; `replace_mlps` swaps every MLP for a function of its input
+(the replacement model of circuit tracing).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -34,7 +39,7 @@ from torch import Tensor, nn
 
 from saescope.errors import SaescopeError
 
-HOOK_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post_act", "attn_pattern", "attn_value")
+HOOK_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out", "mlp_post_act", "attn_pattern", "attn_value")
 ATTENTION_KINDS = ("attn_pattern", "attn_value")
 """Hookpoints that are not residual-stream-like vectors: kept for collation, never an SAE's input."""
 
@@ -153,6 +158,14 @@ class HookedModel:
         w = self._down_proj(layer).weight
         return w if self.arch == "gpt2" else w.T
 
+    def mlp_forward(self, layer: int, x_in: Tensor) -> Tensor:
+        """What layer L's MLP writes to the residual given its input (mlp_in.L → mlp_out.L, Gemma's
+        post-feedforward norm included): [..., d] → [..., d]. Calls the modules' `forward` directly, so the hooks
+        of replace_mlps/patch on them do not fire (an oracle inside replace_mlps does not recurse)."""
+        block = self.layers[layer]
+        y = block.mlp.forward(x_in)
+        return block.post_feedforward_layernorm.forward(y) if self.arch == "gemma" else y
+
     def W_U(self) -> Tensor:
         """Unembedding, [d_model, vocab]."""
         return self.model.get_output_embeddings().weight.T
@@ -239,10 +252,11 @@ class HookedModel:
             def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
                 out[hookpoint] = (args[0] if args else kwargs["hidden_states"]).detach()
             return block.register_forward_pre_hook(pre, with_kwargs=True)
-        if kind == "mlp_post_act":
-            def pre_down(mod: nn.Module, args: tuple) -> None:
+        if kind in ("mlp_post_act", "mlp_in"):
+            def pre_mod(mod: nn.Module, args: tuple) -> None:
                 out[hookpoint] = args[0].detach()
-            return self._down_proj(layer).register_forward_pre_hook(pre_down)
+            target = self._down_proj(layer) if kind == "mlp_post_act" else block.mlp
+            return target.register_forward_pre_hook(pre_mod)
 
         if kind == "attn_pattern":
             def pat(mod: nn.Module, args: tuple, output: Any) -> None:
@@ -280,8 +294,9 @@ class HookedModel:
                     return (fn(args[0]), *args[1:]), kwargs
                 return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
             handle = self.layers[layer].register_forward_pre_hook(pre, with_kwargs=True)
-        elif kind == "mlp_post_act":
-            handle = self._down_proj(layer).register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
+        elif kind in ("mlp_post_act", "mlp_in"):
+            target = self._down_proj(layer) if kind == "mlp_post_act" else self.layers[layer].mlp
+            handle = target.register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
         else:
             def post(mod: nn.Module, args: tuple, output: Any) -> Any:
                 if isinstance(output, tuple):
@@ -292,6 +307,38 @@ class HookedModel:
             yield
         finally:
             handle.remove()
+
+    @contextlib.contextmanager
+    def replace_mlps(self, fn: Callable[[int, Tensor, Tensor], Tensor], layers: Sequence[int] | None = None
+                     ) -> Iterator[None]:
+        """During the forward passes inside, what layer L's MLP writes to the residual stream (mlp_out.L) becomes
+        fn(L, mlp_in [B, T, d], mlp_out [B, T, d]) -> [B, T, d], for every layer in `layers` (default all).
+
+        Layers run in order, so a stateful `fn` sees layer 0's input before layer 1's (a cross-layer transcoder
+        keeps the earlier layers' latents). The MLP itself still runs: its clean output is passed to fn (error
+        terms, or fn may ignore it), and gradients flow through fn only if fn keeps them."""
+        chosen = range(self.n_layers) if layers is None else layers
+        handles = []
+        for layer in chosen:
+            seen: dict[str, Tensor] = {}
+
+            def grab(mod: nn.Module, args: tuple, seen: dict[str, Tensor] = seen) -> None:
+                seen["in"] = args[0]
+
+            def swap(mod: nn.Module, args: tuple, output: Any, layer: int = layer,
+                     seen: dict[str, Tensor] = seen) -> Any:
+                x_in = seen.pop("in")
+                if isinstance(output, tuple):
+                    return (fn(layer, x_in, output[0]), *output[1:])
+                return fn(layer, x_in, output)
+
+            handles.append(self.layers[layer].mlp.register_forward_pre_hook(grab))
+            handles.append(self._module_for("mlp_out", layer).register_forward_hook(swap))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     @torch.no_grad()
     def run_with_cache(

@@ -1,7 +1,10 @@
 """Shared SAE base: parameters, encode/decode, the one loss path, folding, and SAELens-layout save/load.
 
     f  = act((x − b_dec·[apply_b_dec_to_input]) W_enc + b_enc)        W_enc [d, F], b_enc [F]
-    x̂  = f W_dec + b_dec                                             W_dec [F, d], b_dec [d]
+    x̂  = f W_dec + b_dec                                             W_dec [F, d_out], b_dec [d_out]
+
+A transcoder (sae/transcoder.py) is the same with a target y ≠ x (d_out may differ from d, no b_dec on the input)
+and an optional skip term x W_skip added to x̂; `training_forward(x, ctx, y)` takes that target.
 
 Each architecture (one file each) defines `act` for inference (`encode`) and its training forward
 (`training_forward`) that returns the reconstruction plus its extra loss terms; the reconstruction loss itself
@@ -34,6 +37,8 @@ class SAEConfig:
     k: int = 32
     """TopK / BatchTopK: latents per token (BatchTopK: on average)."""
     apply_b_dec_to_input: bool = True
+    d_out: int = 0
+    """Transcoders: output width (0 = d_in, as for every SAE)."""
     dtype: str = "float32"
     metadata: dict[str, Any] = field(default_factory=dict)
     """model_name, hook_name, context_size, ... (SAELens metadata block)."""
@@ -89,23 +94,40 @@ class BaseSAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, n = cfg.d_in, cfg.d_sae
+        self.d_out = cfg.d_out or d
         # W_enc is [d, F] as SAELens has it, but stored latent-major ([F, d] memory, a transposed view) so the
         # sparse backward writes whole contiguous rows per latent and needs no transposed copies.
         self.W_enc = nn.Parameter(torch.empty(n, d).T)
         self.b_enc = nn.Parameter(torch.zeros(n))
-        self.W_dec = nn.Parameter(torch.empty(n, d))
-        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.W_dec = nn.Parameter(torch.empty(n, self.d_out))
+        self.b_dec = nn.Parameter(torch.zeros(self.d_out))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # Tied init: W_dec rows random unit directions, W_enc = W_decᵀ (sparsify, openai, dictionary_learning),
         # the encoder at nn.Linear's default row norm (1/√3) rather than 1: at equal budgets this reaches a lower
-        # FVU (bench/train_bench.py: 0.711 vs 0.731 at 64 steps).
+        # FVU (bench/train_bench.py: 0.711 vs 0.731 at 64 steps). A transcoder's encoder reads another space than
+        # its decoder writes: its encoder rows are independent random directions at the same norm.
         with torch.no_grad():
-            w = torch.randn(self.cfg.d_sae, self.cfg.d_in)
+            w = torch.randn(self.cfg.d_sae, self.d_out)
             w /= w.norm(dim=1, keepdim=True)
             self.W_dec.copy_(w)
-            self.W_enc.copy_(w.T / 3**0.5)
+            if self.d_out == self.cfg.d_in and not self.is_transcoder:
+                self.W_enc.copy_(w.T / 3**0.5)
+            else:
+                e = torch.randn(self.cfg.d_sae, self.cfg.d_in)
+                self.W_enc.copy_((e / e.norm(dim=1, keepdim=True)).T / 3**0.5)
+
+    is_transcoder: ClassVar[bool] = False
+
+    @property
+    def n_latents(self) -> int:
+        """Latents in all (F; a cross-layer transcoder has n_layers · F)."""
+        return self.cfg.d_sae
+
+    def bias_out(self, x: Tensor) -> Tensor:
+        """What x̂ adds to the decoded latents: b_dec [d_out] (a skip transcoder adds x W_skip, [N, d_out])."""
+        return self.b_dec
 
     # ---- inference -----------------------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
@@ -124,8 +146,9 @@ class BaseSAE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
-    def training_forward(self, x: Tensor, ctx: TrainContext | None = None) -> TrainOutput:
-        """Training forward on a batch [N, d]: reconstruction and this architecture's extra loss terms."""
+    def training_forward(self, x: Tensor, ctx: TrainContext | None = None, y: Tensor | None = None) -> TrainOutput:
+        """Training forward on a batch [N, d]: reconstruction of y [N, d_out] (default x) and this architecture's
+        extra loss terms."""
         raise NotImplementedError
 
     def inference_state(self) -> tuple[str, dict[str, Tensor], dict[str, Any]]:
@@ -145,11 +168,13 @@ class BaseSAE(nn.Module):
             g.addcmul_(torch.linalg.vecdot(g, w).unsqueeze(1), w, value=-1.0)  # g -= (g·w) w, in one pass
 
     @torch.no_grad()
-    def fold_input_scale(self, s: float) -> None:
-        """The SAE was trained on s·x; rewrite it to take raw x with identical latents and x̂ = x̂'/s."""
+    def fold_input_scale(self, s: float | Tensor, s_out: float | Tensor | None = None) -> None:
+        """The SAE was trained on s·x (a transcoder: to predict s_out·y); rewrite it to take raw x with identical
+        latents and x̂ = x̂'/s_out (s_out defaults to s)."""
+        s_out = s if s_out is None else s_out
         self.W_enc *= s
-        self.W_dec /= s
-        self.b_dec /= s
+        self.W_dec /= s_out
+        self.b_dec /= s_out
 
     # ---- save / load (SAELens layout) ----------------------------------------------------------------------
     def save(self, path: str | Path, sparsity: Tensor | None = None) -> Path:
@@ -169,7 +194,9 @@ class BaseSAE(nn.Module):
         cfg.update(architecture=arch, normalize_activations="none", reshape_activations="none", device="cpu",
                    **extra)
         cfg.pop("matryoshka_widths", None)
-        if arch not in ("topk",):
+        if not cfg.get("d_out"):
+            cfg.pop("d_out", None)
+        if arch.split("_")[0] != "topk":  # topk, topk_transcoder, topk_skip_transcoder
             cfg.pop("k", None)
         write_json(path / CFG_FILE, cfg)
         return path
@@ -177,8 +204,9 @@ class BaseSAE(nn.Module):
 
 def check_weights(path: Path, tensors: dict[str, Tensor], cfg: SAEConfig, required: tuple[str, ...]) -> None:
     """One-line errors for missing keys or shapes that disagree with cfg.json."""
-    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in), "b_enc": (cfg.d_sae,),
-              "b_dec": (cfg.d_in,), "threshold": (cfg.d_sae,)}
+    d_out = cfg.d_out or cfg.d_in
+    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, d_out), "b_enc": (cfg.d_sae,),
+              "b_dec": (d_out,), "threshold": (cfg.d_sae,), "W_skip": (cfg.d_in, d_out)}
     for key in required:
         if key not in tensors:
             raise SaescopeError(f"{path}: weights lack '{key}' (have {', '.join(sorted(tensors))})")

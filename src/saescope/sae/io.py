@@ -35,8 +35,8 @@ def _safetensors(path: Path) -> dict[str, Tensor]:
         raise SaescopeError(f"{path}: unreadable safetensors file ({e})") from None
 
 
-def _build(cfg: SAEConfig, tensors: dict[str, Tensor], path: Path) -> BaseSAE:
-    cls = sae_class(cfg.architecture)
+def _build(cfg: SAEConfig, tensors: dict[str, Tensor], path: Path, cls: type[BaseSAE] | None = None) -> BaseSAE:
+    cls = cls or sae_class(cfg.architecture)
     if "log_threshold" in tensors and "threshold" not in tensors:  # SAELens ≤ 6.47 training checkpoints
         tensors = {**tensors, "threshold": tensors["log_threshold"].exp()}
     required = ("W_enc", "W_dec", "b_enc", "b_dec") + (("threshold",) if issubclass(cls, JumpReLUSAE) else ())
@@ -47,7 +47,7 @@ def _build(cfg: SAEConfig, tensors: dict[str, Tensor], path: Path) -> BaseSAE:
             getattr(sae, key).copy_(tensors[key].float())
         if isinstance(sae, JumpReLUSAE):
             sae.load_threshold(tensors["threshold"].float())
-        if hasattr(sae, "W_skip"):
+        if getattr(sae, "skip_connection", False):
             if "W_skip" not in tensors or tuple(tensors["W_skip"].shape) != tuple(sae.W_skip.shape):
                 raise SaescopeError(f"{path}: a skip transcoder needs W_skip of shape {tuple(sae.W_skip.shape)}")
             sae.W_skip.copy_(tensors["W_skip"].float())
@@ -99,7 +99,9 @@ def load_openai_pt(path: Path) -> BaseSAE:
     return _build(cfg, tensors, path)
 
 
-def load_gemma_scope(path: Path) -> BaseSAE:
+def load_gemma_scope(path: Path, transcoder: bool = False) -> BaseSAE:
+    """A Gemma Scope (1: .npz, 2: .safetensors) params file. A file with an affine_skip_connection, or in a
+    `transcoder*` folder, or with `transcoder` set, is a (skip) transcoder reading mlp_in.L."""
     if path.suffix == ".npz":
         import numpy as np
 
@@ -111,12 +113,15 @@ def load_gemma_scope(path: Path) -> BaseSAE:
     if "W_enc" not in t:
         raise SaescopeError(f"{path}: no W_enc/w_enc; not a Gemma Scope params file")
     arch = "jumprelu"
+    transcoder = transcoder or path.parent.parent.name.startswith("transcoder")
     if "affine_skip_connection" in t:  # Gemma Scope 2 skip transcoder
         t["W_skip"], arch = t.pop("affine_skip_connection"), "jumprelu_skip_transcoder"
+    elif transcoder:
+        arch = "jumprelu_transcoder"
     d, n_lat = t["W_enc"].shape
-    if t["W_dec"].ndim != 2 or t["W_dec"].shape[1] != d:
+    if t["W_dec"].ndim != 2 or t["W_dec"].shape[0] != n_lat or (t["W_dec"].shape[1] != d and arch == "jumprelu"):
         raise SaescopeError(f"{path}: w_dec {tuple(t['W_dec'].shape)} does not map {n_lat} latents back to d={d} "
-                            "(cross-layer or d_out ≠ d_in transcoders are not supported)")
+                            "(a cross-layer transcoder: load its folder with load_transcoders)")
     meta: dict[str, Any] = {"source": "gemma_scope_2" if path.suffix == ".safetensors" else "gemma_scope"}
     # Gemma Scope 2 folders name the site and layer: resid_post/layer_9_width_16k_l0_medium/params.safetensors
     m = re.match(r"layer_(\d+)(?:_|$)", path.parent.name)
@@ -124,7 +129,8 @@ def load_gemma_scope(path: Path) -> BaseSAE:
         meta["hook_name"] = f"{path.parent.parent.name}.{int(m.group(1))}"
     elif m:
         meta["layer"] = int(m.group(1))
-    cfg = SAEConfig(arch, d_in=d, d_sae=n_lat, apply_b_dec_to_input=False, metadata=meta)
+    cfg = SAEConfig(arch, d_in=d, d_sae=n_lat, apply_b_dec_to_input=False, metadata=meta,
+                    d_out=t["W_dec"].shape[1] if arch != "jumprelu" else 0)
     return _build(cfg, t, path)
 
 

@@ -63,12 +63,12 @@ class JumpReLUSAE(BaseSAE):
         z = self.pre_acts(x)
         return z * (z > self.threshold.clamp_min(0.0))
 
-    def training_forward(self, x: Tensor, ctx: TrainContext | None = None) -> TrainOutput:
+    def training_forward(self, x: Tensor, ctx: TrainContext | None = None, y: Tensor | None = None) -> TrainOutput:
         ctx = ctx or TrainContext()
         z = self.pre_acts(x)  # [N, F]
         theta = self.threshold.clamp_min(0.0)
         f = JumpReLUFn.apply(z, theta, self.bandwidth)
-        x_hat = self.decode(f)
+        x_hat = f @ self.W_dec + self.bias_out(x)
         dec_norm = self.W_dec.norm(dim=1)
         lam = ctx.l0_coefficient * ctx.sparsity_scale
         sparsity = StepFn.apply(z, theta, self.bandwidth).sum(1).mean()
@@ -82,23 +82,3 @@ class JumpReLUSAE(BaseSAE):
     @torch.no_grad()
     def load_threshold(self, threshold: Tensor) -> None:
         self.threshold.copy_(threshold)
-
-
-class JumpReLUSkipTranscoder(JumpReLUSAE):
-    """A JumpReLU skip transcoder (Gemma Scope 2's `transcoder/` folders): latents read the MLP's input x and the
-    output predicts what the MLP writes, f W_dec + b_dec + x W_skip, with W_skip [d, d] applied as `x @ W_skip`
-    (the published `affine_skip_connection`). Loaded for inference; saescope does not train transcoders."""
-
-    architecture = "jumprelu_skip_transcoder"
-
-    def __init__(self, cfg: SAEConfig) -> None:
-        super().__init__(cfg)
-        self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_in))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x)) + x @ self.W_skip
-
-    def training_forward(self, x: Tensor, ctx: TrainContext | None = None) -> TrainOutput:
-        from saescope.errors import SaescopeError
-
-        raise SaescopeError("training skip transcoders is not supported; train a jumprelu SAE instead")

@@ -43,10 +43,11 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         self.widths = prefix_widths(",".join(map(str, cfg.matryoshka_widths)), cfg.d_sae)
         """Nested prefix widths ending at F."""
 
-    def _reconstruct(self, x: Tensor, rows: Tensor, cols: Tensor, vals: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        N, widths = x.shape[0], self.widths
+    def _reconstruct(self, x: Tensor, rows: Tensor, cols: Tensor, vals: Tensor, base: Tensor
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+        N, widths = x.shape[0], self.widths  # x: the target
         level = torch.bucketize(cols, torch.tensor(widths, device=cols.device), right=True)  # [nnz] prefix group
-        x_hat = self.b_dec.expand(N, -1)
+        x_hat = base.expand(N, -1)
         inner = []
         for g in range(len(widths)):
             m = level == g  # rows stay sorted under a mask

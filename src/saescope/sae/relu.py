@@ -16,10 +16,10 @@ class ReLUSAE(BaseSAE):
     def encode(self, x: Tensor) -> Tensor:
         return self.pre_acts(x).relu()
 
-    def training_forward(self, x: Tensor, ctx: TrainContext | None = None) -> TrainOutput:
+    def training_forward(self, x: Tensor, ctx: TrainContext | None = None, y: Tensor | None = None) -> TrainOutput:
         ctx = ctx or TrainContext()
         f = self.encode(x)  # [N, F]
-        x_hat = self.decode(f)
+        x_hat = f @ self.W_dec + self.bias_out(x)
         l1 = (f * self.W_dec.norm(dim=1)).sum(1).mean()
         active = f.detach() > 0
         losses = {"l1": ctx.l1_coefficient * ctx.sparsity_scale * l1}

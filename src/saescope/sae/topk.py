@@ -27,8 +27,9 @@ class TopKSAE(BaseSAE):
     def _select(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return topk_coo(pre, k)
 
-    def training_forward(self, x: Tensor, ctx: TrainContext | None = None) -> TrainOutput:
+    def training_forward(self, x: Tensor, ctx: TrainContext | None = None, y: Tensor | None = None) -> TrainOutput:
         ctx = ctx or TrainContext()
+        y = x if y is None else y  # the target (a transcoder's MLP output)
         N = x.shape[0]
         x_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x  # [N, d]
         with torch.no_grad():
@@ -36,22 +37,25 @@ class TopKSAE(BaseSAE):
             pre = torch.addmm(self.b_enc.to(dt), x_in.to(dt), self.W_enc.to(dt))  # [N, F] — the only dense matmul
         rows, cols = self._select(pre, ctx.k or self.cfg.k)
         vals = GatherEncode.apply(x_in, self.W_enc, self.b_enc, rows, cols, pre).relu()  # [nnz]
-        x_hat, losses = self._reconstruct(x, rows, cols, vals)
+        x_hat, losses = self._reconstruct(y, rows, cols, vals, self.bias_out(x))
         active = vals > 0
         fired = torch.bincount(cols[active], minlength=self.cfg.d_sae) > 0
         if ctx.dead is not None and ctx.auxk_alpha > 0 and bool(ctx.dead.any()):
-            losses["auxk"] = ctx.auxk_alpha * self._auxk(x, x_hat, x_in, pre, ctx.dead)
+            losses["auxk"] = ctx.auxk_alpha * self._auxk(y, x_hat, x_in, pre, ctx.dead)
         self._after_select(vals, active)
         return TrainOutput(x_hat, active.sum().detach() / N, fired, losses)
 
-    def _reconstruct(self, x: Tensor, rows: Tensor, cols: Tensor, vals: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """x̂ [N, d] from the sparse code, plus any extra loss terms of the architecture."""
-        return sparse_decode(rows, cols, vals, self.W_dec, x.shape[0]) + self.b_dec, {}
+    def _reconstruct(self, y: Tensor, rows: Tensor, cols: Tensor, vals: Tensor, base: Tensor
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """ŷ [N, d_out] = the sparse code decoded + `base` (b_dec, plus a skip term), and any extra loss terms of
+        the architecture (y is the target)."""
+        return sparse_decode(rows, cols, vals, self.W_dec, y.shape[0]) + base, {}
 
     def _after_select(self, vals: Tensor, active: Tensor) -> None:
         pass
 
     def _auxk(self, x: Tensor, x_hat: Tensor, x_in: Tensor, pre: Tensor, dead: Tensor) -> Tensor:
+        """x: the target, x_hat its reconstruction [N, d_out]; x_in the encoder's input."""
         N, d = x.shape
         n_dead = int(dead.sum())
         k_aux = min(d // 2, n_dead)

@@ -61,7 +61,7 @@ def spliced_metrics_many(hm: HookedModel, saes: list[tuple[BaseSAE, str]], conte
     from saescope.models import parse_hookpoint
 
     for _, hookpoint in saes:
-        if parse_hookpoint(hookpoint)[0] not in ("resid_post", "resid_pre", "mlp_out", "attn_out", "mlp_post_act"):
+        if parse_hookpoint(hookpoint)[0] not in ("resid_post", "resid_pre", "mlp_in", "mlp_out", "attn_out", "mlp_post_act"):
             raise ValueError(f"cannot splice at {hookpoint}")
     device = next(hm.model.parameters()).device
     saes = [(sae.to(device).eval(), hp) for sae, hp in saes]

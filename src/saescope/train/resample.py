@@ -32,10 +32,12 @@ from saescope.sae import BaseSAE
 
 @torch.no_grad()
 def resample_dead(sae: BaseSAE, opt: torch.optim.Optimizer, aliases: dict[str, Tensor], dead: Tensor, x: Tensor,
-                  x_hat: Tensor, generator: torch.Generator | None = None, enc_scale: float = 0.5) -> Tensor:
+                  x_hat: Tensor, generator: torch.Generator | None = None, enc_scale: float = 0.5,
+                  x_in: Tensor | None = None) -> Tensor:
     """Restart the latents `dead` (bool [F]) from the residuals of the batch x [N, d] (x_hat [N, d]). `aliases`
     maps parameter names to the tensors the optimizer updates; a restarted encoder row has `enc_scale` times the
-    alive rows' mean norm. Returns the indices restarted."""
+    alive rows' mean norm. Returns the indices restarted. A transcoder passes its inputs `x_in` [N, d_in] (x is
+    then its target): the encoder row reads the picked token's input direction, the decoder writes its residual."""
     idx = dead.nonzero().squeeze(1)  # [m]
     err = (x - x_hat).float()  # [N, d]
     w = err.pow(2).sum(1)  # [N]
@@ -46,10 +48,15 @@ def resample_dead(sae: BaseSAE, opt: torch.optim.Optimizer, aliases: dict[str, T
     dirs = err[pick]
     dirs /= dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [m, d]
     dist_utils.broadcast_tensor(dirs)  # data parallel: every rank restarts the same rows the same way
+    enc_dirs = dirs
+    if x_in is not None:
+        enc_dirs = x_in[pick].float()
+        enc_dirs = enc_dirs / enc_dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [m, d_in]
+        dist_utils.broadcast_tensor(enc_dirs)
     alive = ~dead
     enc_rows = sae.W_enc.T  # [F, d] view
     scale = enc_scale * (enc_rows[alive].norm(dim=1).mean() if bool(alive.any()) else torch.tensor(1.0))
-    new = {"W_dec": dirs, "W_enc": dirs * scale, "b_enc": torch.zeros(len(idx), dtype=dirs.dtype,
+    new = {"W_dec": dirs, "W_enc": enc_dirs * scale, "b_enc": torch.zeros(len(idx), dtype=dirs.dtype,
                                                                       device=dirs.device)}
     enc_rows[idx] = new["W_enc"]
     sae.W_dec[idx] = new["W_dec"]

@@ -51,6 +51,10 @@ class TrainerConfig:
 
     arch: Arch = "topk"
     """topk, batchtopk, matryoshka (= matryoshka_batchtopk), jumprelu or standard (= relu: ReLU + L1)."""
+    kind: Literal["sae", "transcoder", "skip_transcoder", "clt"] = "sae"
+    """sae (reconstruct the hookpoint), transcoder (mlp_in.L → mlp_out.L, per layer), skip_transcoder (plus an affine
+    skip x W_skip) or clt (cross-layer: layer l's latents write to the MLP outputs of l..L−1; topk, batchtopk or
+    jumprelu)."""
     k: int = 32
     """Active latents per token (TopK; BatchTopK on average; JumpReLU: the L0 its thresholds start at)."""
     k_anneal_frac: float = 0.5
@@ -121,6 +125,8 @@ class TrainerConfig:
         from saescope.sae import TopKSAE
 
         topk_family = issubclass(sae_class(self.arch), TopKSAE)
+        if self.kind == "clt" and sae_class(self.arch).architecture not in ("topk", "batchtopk", "jumprelu"):
+            raise SaescopeError(f"--kind clt: --arch {self.arch} is not supported; use topk, batchtopk or jumprelu")
         if self.width < 1 or self.k < 1 or self.batch_size < 1:
             raise SaescopeError("--width, --k and --batch_size must be positive")
         if topk_family and self.k > self.width:
@@ -172,18 +178,14 @@ class Trainer:
     """Owns the SAE, optimizer, schedule and dead-latent counters; `fit` consumes batches."""
 
     def __init__(self, cfg: TrainerConfig, d_in: int, total_steps: int, metadata: dict[str, Any] | None = None,
-                 device: str = "cpu", out: Path | None = None) -> None:
+                 device: str = "cpu", out: Path | None = None, d_out: int = 0, n_layers: int = 1) -> None:
+        """A transcoder maps d_in → d_out (0 = d_in); a CLT spans `n_layers` layers (batches [N, L·(d_in + d_out)])."""
         self.cfg, self.total_steps, self.out, self.device = cfg, total_steps, out, device
         if str(device) == "cpu":
             retain_freed_memory()
         torch.manual_seed(cfg.seed)
-        from saescope.sae.matryoshka import prefix_widths
-
-        cls = sae_class(cfg.arch)
-        widths = list(prefix_widths(cfg.matryoshka_widths, cfg.width)) if cls.architecture.startswith("matryoshka") else []
-        sae_cfg = SAEConfig(cls.architecture, d_in, cfg.width, k=cfg.k, metadata=metadata or {},
-                            matryoshka_widths=widths)
-        self.sae = cls(sae_cfg).to(device)
+        self.d_in, self.d_out, self.n_layers = d_in, d_out or d_in, n_layers if cfg.kind == "clt" else 1
+        self.sae = build_dictionary(cfg, d_in, d_out, n_layers, metadata or {}).to(device)
         self.encoder_dtype = resolve_encoder_dtype(cfg.encoder_dtype, device)
         # The optimizer updates contiguous aliases of the parameters: fused Adam on the latent-major (transposed)
         # W_enc would otherwise copy it to and from a contiguous buffer every step (5x slower on CPU).
@@ -204,20 +206,33 @@ class Trainer:
         decay = int(cfg.decay_frac * total_steps) if cfg.optimizer == "adam" else 0
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total_steps, max(warm, 1), decay))
         self.step, self.tokens, self.scale, self.initialised = 0, 0, 1.0, False
-        self.since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
+        self.scale_out: float | Tensor = 1.0
+        self.since_fired = torch.zeros(self.sae.n_latents, dtype=torch.long, device=device)
         self.history: list[dict[str, float]] = []
 
     # ---- init from the first batch -------------------------------------------------------------------------
+    def split(self, b: Tensor) -> tuple[Tensor, Tensor | None]:
+        """A batch's rows → (input, target): an SAE's target is its input (None); a transcoder's rows are
+        [mlp_in | mlp_out], a CLT's [mlp_in.0 … mlp_in.L−1 | mlp_out.0 … mlp_out.L−1] → [N, L, d] each."""
+        if self.cfg.kind == "sae":
+            return b, None
+        n_in = self.n_layers * self.d_in
+        x, y = b[:, :n_in], b[:, n_in:]
+        if self.cfg.kind == "clt":
+            return x.unflatten(1, (self.n_layers, self.d_in)), y.unflatten(1, (self.n_layers, self.d_out))
+        return x, y
+
     @torch.no_grad()
-    def _initialise(self, x: Tensor) -> None:
-        d = x.shape[1]
+    def _initialise(self, x: Tensor, y: Tensor | None = None) -> None:
+        y = x if y is None else y
         if self.cfg.normalize:
-            self.scale = float(math.sqrt(d) / x.norm(dim=1).mean().clamp_min(1e-12))
-        xs = x * self.scale
+            self.scale, self.scale_out = norm_scale(x), norm_scale(y)
+        xs, ys = x * self.scale, y * self.scale_out
         if self.cfg.b_dec_init == "geometric_median":
-            self.sae.b_dec.copy_(geometric_median(xs))
+            self.sae.b_dec.copy_(geometric_median(ys) if ys.dim() == 2 else
+                                 torch.stack([geometric_median(ys[:, l]) for l in range(ys.shape[1])]))
         elif self.cfg.b_dec_init == "mean":
-            self.sae.b_dec.copy_(xs.mean(0))
+            self.sae.b_dec.copy_(ys.mean(0))
         if self.cfg.arch == "jumprelu":
             # One threshold for all latents at which the first batch's L0 is k. From the fixed 0.01 start, θ moves by
             # about one learning rate per Adam step whatever the L0 coefficient, so short runs never got sparse
@@ -225,14 +240,16 @@ class Trainer:
             z = self.sae.pre_acts(xs).flatten()  # [N·F]
             theta = z.topk(min(z.numel(), self.cfg.k * xs.shape[0])).values[-1]
             self.sae.load_threshold(torch.full_like(self.sae.threshold, max(float(theta), self.sae.init_threshold)))
-        self.scale = dist_utils.broadcast_float(self.scale)
+        self.scale, self.scale_out = broadcast_scale(self.scale), broadcast_scale(self.scale_out)
         dist_utils.broadcast_params(self.sae)
         self.initialised = True
 
     # ---- one step ------------------------------------------------------------------------------------------
-    def train_step(self, x: Tensor) -> dict[str, float]:
+    def train_step(self, x: Tensor, y: Tensor | None = None) -> dict[str, float]:
+        """One step on inputs x [N, d] (CLT [N, L, d]) and targets y (None: an SAE, y = x)."""
         cfg, sae = self.cfg, self.sae
         x = x.to(self.device, torch.float32) * self.scale
+        y = x if y is None else y.to(self.device, torch.float32) * self.scale_out
         frac = self.step / max(self.total_steps, 1)
         ctx = TrainContext(
             dead=self.since_fired >= cfg.dead_tokens, auxk_alpha=cfg.auxk_alpha, l1_coefficient=cfg.l1_coefficient,
@@ -243,8 +260,8 @@ class Trainer:
         if cfg.k_anneal_frac > 0:  # TopK family: k decays linearly from k_anneal_start·k to k
             k0 = min(cfg.width, round(cfg.k * cfg.k_anneal_start))
             ctx.k = max(cfg.k, round(k0 - (k0 - cfg.k) * min(1.0, frac / cfg.k_anneal_frac)))
-        out = sae.training_forward(x, ctx)
-        fvu = fvu_loss(x, out.x_hat)
+        out = sae.training_forward(x, ctx, y)
+        fvu = fvu_loss(y, out.x_hat)
         loss = fvu + sum(out.losses.values(), torch.zeros(()))
         sae.zero_grad(set_to_none=True)
         loss.backward()
@@ -271,8 +288,8 @@ class Trainer:
         if self.resample_window and sae.unit_norm_decoder and frac < cfg.resample_until:
             stale = self.since_fired >= self.resample_window
             if bool(stale.any()):
-                restarted = resample_dead(sae, self.opt, self.aliases, stale, x, out.x_hat.detach(),
-                                          enc_scale=cfg.resample_enc_scale)
+                restarted = resample_dead(sae, self.opt, self.aliases, stale, y, out.x_hat.detach(),
+                                          enc_scale=cfg.resample_enc_scale, x_in=x if sae.is_transcoder else None)
                 self.since_fired[restarted] = 0
                 self.resampled += len(restarted)
         self.step += 1
@@ -289,7 +306,8 @@ class Trainer:
         tensors.update(opt_t)
         tensors["since_fired"] = self.since_fired
         tensors["rng"] = torch.get_rng_state()
-        meta = {"step": self.step, "tokens": self.tokens, "scale": self.scale, "initialised": self.initialised,
+        tensors["scale_in"], tensors["scale_out"] = _as_tensor(self.scale), _as_tensor(self.scale_out)
+        meta = {"step": self.step, "tokens": self.tokens, "initialised": self.initialised,
                 "param_groups": groups, "sched": self.sched.state_dict(), "config": asdict(self.cfg),
                 "total_steps": self.total_steps, "history": self.history[-200:], "resampled": self.resampled}
         return tensors, meta
@@ -325,7 +343,8 @@ class Trainer:
         self.sched.load_state_dict(meta["sched"])
         self.since_fired.copy_(tensors["since_fired"])
         torch.set_rng_state(tensors["rng"])
-        self.step, self.tokens, self.scale = meta["step"], meta["tokens"], meta["scale"]
+        self.step, self.tokens = meta["step"], meta["tokens"]
+        self.scale, self.scale_out = _scalar(tensors["scale_in"]), _scalar(tensors["scale_out"])
         self.initialised, self.history = meta["initialised"], meta.get("history", [])
         self.resampled = meta.get("resampled", 0)
         log.info("resumed from %s at step %d (%d tokens)", path, self.step, self.tokens)
@@ -338,13 +357,13 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not (progress and dist_utils.is_main()),
                    desc=f"train {self.cfg.arch} F={self.cfg.width}")
         t0, tok0 = time.perf_counter(), self.tokens
-        for x in batches:
+        for b in batches:
             if self.step >= self.total_steps:
                 break
-            x = dist_utils.local_slice(x)
+            x, y = self.split(dist_utils.local_slice(b))
             if not self.initialised:
-                self._initialise(x)
-            stats = self.train_step(x)
+                self._initialise(x, y)
+            stats = self.train_step(x, y)
             if not math.isfinite(stats["loss"]):
                 from saescope.errors import SaescopeError
 
@@ -367,6 +386,44 @@ class Trainer:
             self.opt.averaged()
             if self.sae.unit_norm_decoder:
                 self.sae.set_decoder_unit_norm()
-        self.sae.fold_input_scale(self.scale)
-        self.scale = 1.0
+        self.sae.fold_input_scale(self.scale, self.scale_out)
+        self.scale = self.scale_out = 1.0
         return self.sae
+
+
+def build_dictionary(cfg: TrainerConfig, d_in: int, d_out: int = 0, n_layers: int = 1,
+                     metadata: dict[str, Any] | None = None) -> Any:
+    """The untrained SAE, transcoder or cross-layer transcoder that `cfg` (arch, kind, width, k) describes."""
+    from saescope.sae.matryoshka import prefix_widths
+    from saescope.sae.transcoder import CLTConfig, CrossLayerTranscoder, transcoder_class
+
+    cls = sae_class(cfg.arch)
+    if cfg.kind == "clt":
+        return CrossLayerTranscoder(CLTConfig(cls.architecture, n_layers, d_in, cfg.width, d_out=d_out, k=cfg.k,
+                                              metadata=metadata or {}))
+    if cfg.kind != "sae":
+        cls = transcoder_class(cls, cfg.kind == "skip_transcoder")
+    widths = list(prefix_widths(cfg.matryoshka_widths, cfg.width)) if cls.architecture.startswith("matryoshka") else []
+    return cls(SAEConfig(cls.architecture, d_in, cfg.width, k=cfg.k, metadata=metadata or {},
+                         matryoshka_widths=widths, d_out=d_out if cfg.kind != "sae" else 0,
+                         apply_b_dec_to_input=cfg.kind == "sae"))
+
+
+def norm_scale(x: Tensor) -> float | Tensor:
+    """The factor that makes E‖x‖ = √d: a float for rows [N, d], one per layer [L, 1] for a CLT's [N, L, d]."""
+    d = x.shape[-1]
+    if x.dim() == 2:
+        return float(math.sqrt(d) / x.norm(dim=1).mean().clamp_min(1e-12))
+    return (math.sqrt(d) / x.norm(dim=-1).mean(0).clamp_min(1e-12))[:, None]
+
+
+def broadcast_scale(s: float | Tensor) -> float | Tensor:
+    return dist_utils.broadcast_tensor(s.contiguous()) if isinstance(s, Tensor) else dist_utils.broadcast_float(s)
+
+
+def _as_tensor(s: float | Tensor) -> Tensor:
+    return s if isinstance(s, Tensor) else torch.tensor(s, dtype=torch.float64)  # a float round-trips exactly
+
+
+def _scalar(t: Tensor) -> float | Tensor:
+    return float(t) if t.dim() == 0 else t

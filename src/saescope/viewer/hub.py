@@ -140,3 +140,5 @@ class DebugRequest(BaseModel):
     by: str = "act_grad"
     pairs_for: str = ""
     """A head (head.L.h): also return its pattern and A·∂B/∂A over the prompt's token pairs."""
+    freeze_norms: str = "final"
+    """none, final (the default, as TDB) or all: whose scale the backward pass holds constant (`saescope.debug`)."""

@@ -300,6 +300,11 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     return app
 
 
+DEBUG_MAX_TOKENS = 128
+"""The longest prompt /debug takes. Its forward and backward hold the model lock (on gemma-3-270m, one CPU thread:
+~4 s at 64 tokens, ~10 s at 256); the ranking that follows runs without it."""
+
+
 def run_debug(data: DataRoot, hub: ModelHub, req: DebugRequest) -> dict[str, Any]:
     from fastapi import HTTPException
 
@@ -321,10 +326,14 @@ def run_debug(data: DataRoot, hub: ModelHub, req: DebugRequest) -> dict[str, Any
         sae, entry = hub.sae(ds)
         saes[entry["hookpoints"][0]], names[entry["hookpoints"][0]] = sae, ds.name
     notes = NodeNotes(str(data.root / req.model), names)
+    n_tokens = len(hm.tokenizer(req.prompt, add_special_tokens=False)["input_ids"])
+    if n_tokens > DEBUG_MAX_TOKENS:
+        raise HTTPException(400, f"prompt is {n_tokens} tokens; /debug takes at most {DEBUG_MAX_TOKENS} so that one "
+                                 "request does not hold the model for every other page (`saescope debug` has no limit)")
     try:
-        with hub.forward_lock:
-            res = debug(hm, req.prompt, req.target, req.distractor, saes, ablate=req.ablate or None,
-                        means=notes.means(req.ablate), trace=req.trace, pairs_for=req.pairs_for)
+        res = debug(hm, req.prompt, req.target, req.distractor, saes, ablate=req.ablate or None,
+                    means=notes.means(req.ablate), trace=req.trace, pairs_for=req.pairs_for,
+                    freeze_norms=req.freeze_norms, model_lock=hub.forward_lock)
     except SaescopeError as e:
         raise HTTPException(400, str(e)) from None
     out = res.to_json(res.nodes.top(max(1, min(req.top, 200)), by=req.by), notes)
