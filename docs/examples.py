@@ -38,6 +38,14 @@ def tiny_model(run: Path) -> str:
     return str(d)
 
 
+def source_version() -> str:
+    """The commit of src/, marked when src/ has uncommitted changes."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "src"]).returncode != 0
+    return head + ("+uncommitted src" if dirty else "")
+
+
 def commands(run: str, model: str, corpus: str, layer: int, tokens: int) -> list[tuple[str, str]]:
     """(snippet name, command line) in the order they must run: each reads what the one before wrote."""
     m = ["--model", model] if model != "default" else []
@@ -74,7 +82,6 @@ def main() -> None:
     run = Path(a.run)
     run.mkdir(parents=True, exist_ok=True)
     model, corpus, layer = ("default", "wiki", 9) if a.model == "default" else (tiny_model(run), f"{run}/corpus.txt", 1)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     shown_model = "gemma-3-270m" if model == "default" else "the tests' tiny random Llama (gibberish by design)"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -83,6 +90,7 @@ def main() -> None:
     for name, line in commands(str(run), model, corpus, layer, a.tokens):
         if only and name not in only:
             continue
+        commit = source_version()  # per command: the code this command ran
         argv = [sys.executable, "-m", "saescope.cli", *shlex.split(line)[1:]]
         print(f"[{name}] {line}", flush=True)
         p = subprocess.run(argv, capture_output=True, text=True, env=env)
