@@ -64,6 +64,8 @@ def commands(run: str, model: str, corpus: str, layer: int, tokens: int) -> list
                        "mlp", "--sae", f"{run}/sae", "--out", coll])),
         ("explain", q(["saescope", "explain", f"{coll}/{Path(model).name if model != 'default' else 'gemma-3-270m'}",
                        "--dataset", f"sae_latents/sae/{layer}", "--indices", "0,1,2,3"])),
+        ("score", q(["saescope", "score", f"{coll}/{Path(model).name if model != 'default' else 'gemma-3-270m'}",
+                     "--dataset", f"sae_latents/sae/{layer}", "--indices", "0,1,2,3"])),
         ("search", q(["saescope", "search", "--root", coll, "--text", "The capital of France is Paris."])),
         ("debug", q(["saescope", "debug", *m, "--prompt", "The capital of France is", "--target", " Paris",
                      "--distractor", " London", "--sae", f"{run}/sae", "--top", "8"])),
