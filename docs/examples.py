@@ -16,6 +16,7 @@ import datetime
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,8 @@ def main() -> None:
         if only and name not in only:
             continue
         commit = source_version()  # per command: the code this command ran
+        if name == "collate":  # a fresh folder, so that explain and score start from nothing
+            shutil.rmtree(run / "collated", ignore_errors=True)
         argv = [sys.executable, "-m", "saescope.cli", *shlex.split(line)[1:]]
         print(f"[{name}] {line}", flush=True)
         p = subprocess.run(argv, capture_output=True, text=True, env=env)
