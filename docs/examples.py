@@ -60,7 +60,7 @@ def commands(run: str, model: str, corpus: str, layer: int, tokens: int) -> list
         ("store_info", q(["saescope", "store", "info", f"{run}/store"])),
         ("train", q(["saescope", "train", "--store", f"{run}/store", "--hookpoint", hp, "--width", "1024", "--k", "16",
                      "--batch_size", "256", "--out", f"{run}/sae"])),
-        ("eval", q(["saescope", "eval", "--sae", f"{run}/sae", "--store", f"{run}/store", "--contexts", "8"])),
+        ("eval", q(["saescope", "eval", "--sae", f"{run}/sae", "--store", f"{run}/store", "--contexts", "32"])),
         ("collate", q(["saescope", "collate", *m, *c, "--store", f"{run}/store", "--layers", str(layer), "--units",
                        "mlp", "--sae", f"{run}/sae", "--out", coll])),
         ("explain", q(["saescope", "explain", f"{coll}/{Path(model).name if model != 'default' else 'gemma-3-270m'}",
