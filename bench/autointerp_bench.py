@@ -23,7 +23,8 @@ def main() -> None:
 
     from saescope.interp.backends import make_backend
     from saescope.interp.baseline import token_lookup_explanation
-    from saescope.interp.pipeline import InterpConfig, InterpOptions, _read, resolve, run_interp, score_unit
+    from saescope.interp.config import InterpConfig, InterpOptions
+    from saescope.interp.pipeline import _read, resolve, run_interp, score_unit
     from saescope.interp.prompts import explain_messages, splits
 
     cfg = InterpConfig(root=args.root, dataset=args.dataset, interp=InterpOptions(max_units=args.units), overwrite=True)

@@ -29,7 +29,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="the bundled corpus is ~640k tokens: repeat it for >= 1M")
     args = ap.parse_args()
 
-    from saescope.capture import CaptureConfig, CaptureOptions, capture_corpus
+    from saescope.capture import capture_corpus
+    from saescope.capture.config import CaptureConfig, CaptureOptions
     from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
     from saescope.models import load_model, parse_hookpoint
 

@@ -47,8 +47,9 @@ def corpus_for(tokens: int) -> str:
 
 
 def run_one(mode: str, tokens: int, args: argparse.Namespace) -> dict:
+    from saescope.collate.config import CollateConfig, CollateOptions
+    from saescope.collate.run_collate import collate, make_groups
     from saescope.corpus import CorpusConfig, iter_contexts
-    from saescope.collate.run_collate import CollateConfig, CollateOptions, collate, make_groups
     from saescope.models import load_model
 
     torch.set_grad_enabled(False)

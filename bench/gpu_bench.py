@@ -47,7 +47,8 @@ def peak_mb(device: str) -> float:
 
 
 def bench_train(d: int, F: int, device: str, steps: int, bs: int, metrics: bool) -> dict:
-    from saescope.train.trainer import Trainer, TrainerConfig
+    from saescope.train.config import TrainerConfig
+    from saescope.train.trainer import Trainer
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

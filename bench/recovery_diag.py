@@ -14,9 +14,10 @@ import json
 
 import torch
 
+from saescope.train.config import TrainerConfig
 from saescope.train.optim import ScheduleFreeSignSGD
 from saescope.train.synthetic import realistic_toy, recovery
-from saescope.train.trainer import Trainer, TrainerConfig
+from saescope.train.trainer import Trainer
 
 
 def main() -> None:

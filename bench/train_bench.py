@@ -73,7 +73,8 @@ def train(name: str, width: int, args: argparse.Namespace, x: np.ndarray, steps:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     if name.startswith("saescope"):
-        from saescope.train.trainer import Trainer, TrainerConfig
+        from saescope.train.config import TrainerConfig
+        from saescope.train.trainer import Trainer
 
         extra = OLD_RECIPE | {"lr": 2e-4 * math.sqrt(2**14 / width)} if name == "saescope_old" else {}
         tr = Trainer(TrainerConfig(arch="topk", k=k, width=width, batch_size=bs, checkpoint_every=0, **extra),

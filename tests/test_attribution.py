@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saescope.attribution import attention_writes, latent_pair_attribution
+from saescope.collate.pair_attribution import attention_writes, latent_pair_attribution
 from saescope.sae import SAEConfig, sae_class
 
 
@@ -64,11 +64,11 @@ def test_attention_latents_by_token_pair_records_match_brute_force(tmp_path, tex
 
     from conftest import make_model
 
-    from saescope.collate.collator import SlotSizes
-    from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
-    from saescope.collate.units import tril_flatten
+    from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+    from saescope.collate.run_collate import collate
     from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
     from saescope.records import read_record
+    from saescope.units import tril_flatten
 
     hm = make_model("gemma")
     T, N, F = 8, 40, 24

@@ -12,7 +12,8 @@ import time
 import pytest
 import torch
 
-from saescope.capture import CaptureConfig, CaptureOptions, capture_corpus, generate_seed_dataset
+from saescope.capture import capture_corpus, generate_seed_dataset
+from saescope.capture.config import CaptureConfig, CaptureOptions
 from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
 from saescope.errors import SaescopeError
 from saescope.store import ActivationStore

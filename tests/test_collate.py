@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from saescope.collate.collator import GroupState
+from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+from saescope.collate.run_collate import collate, make_groups
 from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
-from saescope.collate.collator import GroupState, SlotSizes
-from saescope.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
-from saescope.collate.run_collate import CollateConfig, CollateOptions, collate, make_groups
 from saescope.errors import SaescopeError
-from saescope.collate.units import head_group, mlp_group, tril_flatten, tril_unflatten_index
+from saescope.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
+from saescope.units import head_group, mlp_group, tril_flatten, tril_unflatten_index
 
 T = 8
 
@@ -138,7 +139,7 @@ def test_random_samples_are_uniform():
     """With deterministic per-(excerpt, unit) keys, each excerpt is chosen equally often across units (chi²)."""
     from scipy.stats import chisquare
 
-    from saescope.collate.units import UnitGroup
+    from saescope.units import UnitGroup
 
     U, N, L, n = 400, 50, 3, 10
     g = UnitGroup("mlp_neurons", 0, U, [], lambda c: c)
@@ -265,8 +266,8 @@ def test_collating_from_a_store_equals_running_the_model(tiny, text_corpus, tmp_
     latents, and (from its attention pattern and value rows, BOS restored) heads and an attention SAE's latents by
     token pair read from it give the records a model pass gives; attention units take the first --max_tokens; a store
     of another context length is refused. GPT-2, Gemma 3 (post-attention norm) and grouped-query Llama."""
-    from saescope.capture import CaptureConfig, capture_corpus
-    from saescope.capture.capture import CaptureOptions
+    from saescope.capture import capture_corpus
+    from saescope.capture.config import CaptureConfig, CaptureOptions
     from saescope.sae import SAEConfig, sae_class
 
     hm = tiny
@@ -358,3 +359,32 @@ def test_moments_of_sparse_batches_equal_the_dense_sums():
     c = Moments.empty(6)
     c.update(torch.randn(6, 50, generator=g))  # dense path
     assert float(c.sums[0, 0]) == 50
+
+
+def test_histogram_counts_every_value_exactly_in_both_paths_and_merges():
+    """Moments.hist = a naive per-unit histogram of |x| (log bins) for x > 0 and x < 0, whichever path (dense batch,
+    sparse entries) fed it, and two halves merged = the whole."""
+    from saescope.collate.state import HIST_BINS, Moments, hist_edges
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 600, generator=g) * 10.0 ** torch.randint(-5, 5, (5, 600), generator=g).double()
+    x = (x * (torch.rand(5, 600, generator=g) < 0.5)).float()  # half zeros; values from 1e-5 to 1e5
+    x[4] = 0.0
+    edges = hist_edges()
+    want = torch.zeros(5, 2, HIST_BINS, dtype=torch.float64)
+    for u in range(5):
+        for sign, vals in ((0, x[u][x[u] > 0]), (1, -x[u][x[u] < 0])):
+            v = vals.double().clamp(edges[0], edges[-1] * 0.999)  # the outer bins hold what lies beyond them
+            want[u, sign] = torch.histogram(v, edges).hist
+    dense, sparse, halves = Moments.empty(5), Moments.empty(5), Moments.empty(5)
+    dense.update(x)
+    unit, col = x.nonzero(as_tuple=True)
+    sparse.add_entries(unit, x[unit, col], 600.0)
+    halves.update(x[:, :300])
+    other = Moments.empty(5)
+    other.update(x[:, 300:])
+    halves.merge(other)
+    for m in (dense, sparse, halves):
+        torch.testing.assert_close(m.hist, want)
+    assert float(dense.hist[:, 0].sum(-1)[0]) == float(dense.sums[0, 5])  # positives = the density's count
+    assert float(dense.hist[4].sum()) == 0

@@ -11,7 +11,6 @@ import os
 
 import pytest
 import torch
-
 from conftest import make_model
 
 DEVICE = os.environ.get("SAESCOPE_TEST_DEVICE", "cuda")
@@ -26,7 +25,8 @@ ARCHS = ["topk", "batchtopk", "matryoshka", "jumprelu", "standard"]
 def test_training_steps_on_the_device_equal_cpu(arch, encoder_dtype):
     """Same initialisation and batches: three optimizer steps (sparse kernels forward and backward, fused Adam on
     the contiguous aliases, decoder renormalisation) give the CPU weights within float tolerance."""
-    from saescope.train.trainer import Trainer, TrainerConfig
+    from saescope.train.config import TrainerConfig
+    from saescope.train.trainer import Trainer
 
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(256, 32, generator=g) for _ in range(3)]
@@ -79,8 +79,8 @@ def test_collation_on_the_device_gives_the_cpu_records(text_corpus, tmp_path):
     """MLP neurons, heads by token pair, latents by token and an attention SAE's latents by token pair."""
     import json
 
-    from saescope.collate.collator import SlotSizes
-    from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
+    from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+    from saescope.collate.run_collate import collate
     from saescope.corpus import CorpusConfig
     from saescope.records import read_record
     from saescope.sae import SAEConfig, sae_class

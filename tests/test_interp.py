@@ -13,7 +13,12 @@ from saescope.interp import scoring
 from saescope.interp.backends import BackendError, OpenAIBackend, make_backend
 from saescope.interp.baseline import parse_table, simulate_lookup, token_lookup_explanation
 from saescope.interp.prompts import (
-    explain_messages, format_records, normalize, parse_explanation, simulation_prompt, splits,
+    explain_messages,
+    format_records,
+    normalize,
+    parse_explanation,
+    simulation_prompt,
+    splits,
 )
 from saescope.interp.simulate import simulate
 
@@ -161,11 +166,12 @@ def test_hf_backend_digit_distributions():
 
 
 def test_pipeline_end_to_end_resumable_with_failure_accounting(tiny_gpt2, text_corpus, tmp_path, monkeypatch):
+    from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+    from saescope.collate.run_collate import collate
     from saescope.corpus import CorpusConfig
-    from saescope.collate.collator import SlotSizes
-    from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
     from saescope.interp import pipeline
-    from saescope.interp.pipeline import InterpConfig, InterpOptions, run_interp
+    from saescope.interp.config import InterpConfig, InterpOptions
+    from saescope.interp.pipeline import run_interp
 
     collate(CollateConfig(out=str(tmp_path / "col"), data=CorpusConfig(str(text_corpus)), layers="1",
                           collate=CollateOptions(units="mlp", excerpt_len=8, max_tokens=8 * 60,
@@ -224,10 +230,11 @@ def _units(path) -> dict:
 def test_interp_of_several_datasets_in_processes_equals_one_process(tiny_gpt2, text_corpus, tmp_path):
     import shutil
 
-    from saescope.collate.collator import SlotSizes
-    from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
+    from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+    from saescope.collate.run_collate import collate
     from saescope.corpus import CorpusConfig
-    from saescope.interp.pipeline import InterpConfig, InterpOptions, run_interp_many
+    from saescope.interp.config import InterpConfig, InterpOptions
+    from saescope.interp.pipeline import run_interp_many
 
     m = collate(CollateConfig(out=str(tmp_path / "a"), data=CorpusConfig(str(text_corpus)), layers="0,1",
                               collate=CollateOptions(units="mlp,heads", excerpt_len=8, max_tokens=8 * 40,
@@ -252,8 +259,15 @@ def test_record_dict_fast_path_equals_the_full_reader(tmp_path):
     dataclass reader's, and older files still go through it."""
     import json
 
-    from saescope.records import (ActivationRecord, NeuronId, NeuronRecord, read_record, read_record_dict,
-                                  record_dict, write_record)
+    from saescope.records import (
+        ActivationRecord,
+        NeuronId,
+        NeuronRecord,
+        read_record,
+        read_record_dict,
+        record_dict,
+        write_record,
+    )
 
     toks = ["a", "b", "c", "d"]
     pair = [float(v) for v in range(10)]  # T = 4: 10 pairs, row maxima 0, 2, 5, 9
@@ -276,10 +290,11 @@ def test_one_pass_explain_and_score_equals_explaining_everything_first(tiny_gpt2
     the same explanations, scores, nulls and JSONL files as the two-phase path (explain all, then score all)."""
     import shutil
 
-    from saescope.collate.collator import SlotSizes
-    from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
+    from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+    from saescope.collate.run_collate import collate
     from saescope.corpus import CorpusConfig
-    from saescope.interp.pipeline import InterpConfig, InterpOptions, run_interp
+    from saescope.interp.config import InterpConfig, InterpOptions
+    from saescope.interp.pipeline import run_interp
 
     m = collate(CollateConfig(out=str(tmp_path / "a"), data=CorpusConfig(str(text_corpus)), layers="1",
                               collate=CollateOptions(units="mlp", excerpt_len=8, max_tokens=8 * 40,
@@ -298,3 +313,20 @@ def test_one_pass_explain_and_score_equals_explaining_everything_first(tiny_gpt2
     assert sorted(p.name for p in ea.glob("*.jsonl")) == sorted(p.name for p in eb.glob("*.jsonl"))
     for p in ea.glob("*.jsonl"):
         assert p.read_text() == (eb / p.name).read_text()
+
+
+def test_random_only_correlation_is_undefined_when_the_unit_never_fires_on_random_excerpts():
+    """Correlation with an all-zero truth is undefined: the score is None (the viewer shows "—"), not 0.000."""
+    from saescope.interp.pipeline import score_unit
+
+    backend = make_backend("baseline")
+    top = [{"tokens": [" cat", " sat", " on"], "activations": [float(i + 1), 0.0, 0.5]} for i in range(20)]
+    silent = [{"tokens": [" the", " mat", " dog"], "activations": [0.0, 0.0, 0.0]} for _ in range(15)]
+    rec = {"neuron_id": {"neuron_index": 0, "layer_index": 0}, "most_positive_activation_records": top,
+           "random_sample": silent}
+    explanation = backend.explain(top[:5], "default")
+    _, scores = score_unit(backend, rec, explanation)
+    assert scores["random_only"] is None and scores["top_and_random"] is not None
+    firing = [{**r, "activations": [0.0, float(i % 3), 0.0]} for i, r in enumerate(silent)]
+    _, scores = score_unit(backend, {**rec, "random_sample": firing}, explanation)
+    assert isinstance(scores["random_only"], float)

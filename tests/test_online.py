@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saescope.capture import CaptureOptions
-from saescope.capture.capture import CaptureConfig, capture_corpus
+from saescope.capture.capture import capture_corpus
+from saescope.capture.config import CaptureConfig, CaptureOptions
 from saescope.config import ModelConfig
 from saescope.corpus import CorpusConfig
 from saescope.sae import load_sae
 from saescope.store import shuffled_batches
 from saescope.store.iterate import ShuffleBuffer
-from saescope.train.online import OnlineConfig, train_online
-from saescope.train.trainer import Trainer, TrainerConfig
+from saescope.train.config import OnlineConfig, TrainerConfig
+from saescope.train.online import train_online
+from saescope.train.trainer import Trainer
 
 HPS = "resid_post.1,mlp_out.0"
 
@@ -112,6 +113,7 @@ def test_online_two_gloo_ranks_match_one_process(tiny_dir, text_corpus, tmp_path
     """Under torchrun each rank runs the model on its half of every batch of contexts; the rows are gathered, so the
     buffer and the global batches are the ones a single process has, and data-parallel training follows them."""
     import json
+
     from conftest import one_process_and_two_ranks
 
     args = ["train", "--model", str(tiny_dir), "--corpus", str(text_corpus), "--hookpoints", "resid_post.1",
@@ -130,6 +132,7 @@ def test_capture_under_two_gloo_ranks_equals_one_process(tiny_dir, text_corpus, 
     """Rank r captures the r-th shard of every round; rank 0 lists them: the same shards, rows and checksums as one
     process (the token budget included)."""
     import json
+
     from conftest import one_process_and_two_ranks
 
     args = ["capture", "--model", str(tiny_dir), "--corpus", str(text_corpus), "--hookpoints", "resid_post.1,mlp_out.0",

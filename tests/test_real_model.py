@@ -50,7 +50,7 @@ def test_hookpoints_on_real_model(gemma):
 def test_attention_decomposition_and_debugger_on_real_model(gemma):
     """On gemma-3-270m's real weights (post-attention norm weights in the hundreds): the per-head decomposition
     reproduces attn_out, and the debugger's direct effects sum to the logit difference."""
-    from saescope.attribution import attention_writes
+    from saescope.collate.pair_attribution import attention_writes
     from saescope.debug import debug
 
     ids = gemma.tokenizer(PARAGRAPH, return_tensors="pt").input_ids[:, :24]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from saescope.capture import CaptureOptions
-from saescope.collate.run_collate import CollateOptions
+from saescope.capture.config import CaptureOptions
+from saescope.collate.config import CollateOptions
 from saescope.config import ModelConfig
 from saescope.corpus import CorpusConfig
 from saescope.records import read_record
 from saescope.run import RunConfig, run_pipeline
-from saescope.train.trainer import TrainerConfig
+from saescope.train.config import TrainerConfig
 
 SAES = ["sae resid_post.1", "sae mlp_post_act.1", "sae mlp_out.1", "sae attn_out.1"]
 STAGES = ["seed_dataset", "store", *SAES, "collated", "explanations"]
@@ -35,12 +35,14 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     done, col_root, decisions = run_pipeline(cfg)
     out = tmp_path / "run"
     assert len(done) == 8 and all(path.exists() for _, path in done)
+    assert all(w.split("(")[1].startswith("ΔCE ") for w, _ in done if w.startswith("SAE "))
     assert decisions == dict.fromkeys(STAGES, "new")
     meta = json.loads((out / "seed_dataset" / "metadata.json").read_text())
     assert meta and (out / "seed_dataset" / "activations_0.pt").is_file()
     for kind in ("resid_post", "mlp_post_act", "mlp_out", "attn_out"):
         ev = json.loads((out / "saes" / kind / "eval.json").read_text())
         assert 0 <= ev["fvu"] < 1 and ev["l0"] <= 4 and "ce_loss_recovered" in ev
+        assert list(ev)[:2] == ["delta_ce", "delta_ce_se"] and ev["delta_ce_se"] >= 0  # the added loss leads
     manifest = json.loads((col_root / tiny_dir.name / "manifest.json").read_text())
     # the seed's five kinds: MLP neurons, heads by token pair, MLP latents, attention latents by token and by pair
     assert {d["path"] for d in manifest["datasets"]} == {
@@ -89,7 +91,6 @@ def test_run_cli_options_reach_every_stage():
 
 def test_every_command_help_prints(capsys):
     """--help of every command exits 0 and shows its options (a '%' in a field docstring once crashed it)."""
-    import pytest
 
     from saescope.cli import COMMANDS, main
 
@@ -106,3 +107,16 @@ def test_every_command_help_prints(capsys):
             assert "0 %)" in out  # the literal percent sign survives
         if cmd == "explain":
             assert "--null_baseline bool" in out and "--nonull_baseline" not in out
+
+
+def test_importing_run_and_the_stage_configs_loads_no_web_stack():
+    """`saescope run` composes the stages' options; importing it (or any stage's config) must not load the viewer's
+    web stack (fastapi/starlette), which only `saescope view` needs."""
+    import subprocess
+    import sys
+
+    mods = ["saescope.run"] + [f"saescope.{s}.config" for s in ("capture", "train", "collate", "interp", "viewer",
+                                                                  "debug", "store")]
+    code = f"import sys; import {', '.join(mods)}; print([m for m in ('fastapi', 'starlette') if m in sys.modules])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", r.stdout

@@ -193,7 +193,8 @@ def test_token_pair_latents_seed_pt_then_tdb_json(mirror):
 
 
 def test_explain_and_score_a_registry_dataset(mirror):
-    from saescope.interp.pipeline import InterpConfig, run_interp
+    from saescope.interp.config import InterpConfig
+    from saescope.interp.pipeline import run_interp
 
     s = run_interp(InterpConfig(root="gpt2-small:mlp_neurons", dataset="mlp_neurons/0", indices="0,1,3"))
     assert s["units"] == 3 and s["failures"] == 0

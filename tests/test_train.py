@@ -12,16 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from saescope.sae import SAEConfig, sae_class
-
 from conftest import free_port
 
-from saescope.sae import load_sae
+from saescope.sae import SAEConfig, load_sae, sae_class
 from saescope.store import StoreMeta, StoreWriter
 from saescope.train import metrics as M
+from saescope.train.config import TrainerConfig
 from saescope.train.synthetic import make_toy, mcc, mmcs, recovery
-from saescope.train.trainer import Trainer, TrainerConfig, geometric_median
+from saescope.train.trainer import Trainer, geometric_median
 
 
 def _fit_toy(cfg: TrainerConfig, steps: int, toy, seed=1):
@@ -191,9 +189,9 @@ def test_reported_metrics_are_the_tested_functions_over_batches():
 
 def test_spliced_metrics_memory_is_bounded_by_the_budget_not_the_vocabulary(monkeypatch):
     """A large vocabulary: no logits tensor larger than the budget, and the same CE/KL as a naive full pass."""
+    from conftest import make_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from conftest import make_tokenizer
     from saescope.models import HookedModel
     from saescope.train import evaluate as E
 
@@ -332,11 +330,12 @@ def test_resample_restarts_dead_latents_on_residuals_at_half_the_alive_encoder_n
 
 
 def test_attention_rows_of_a_store_are_refused_as_sae_input(tiny_gpt2, text_corpus, tmp_path):
-    from saescope.capture import CaptureConfig, capture_corpus
-    from saescope.capture.capture import CaptureOptions
+    from saescope.capture import capture_corpus
+    from saescope.capture.config import CaptureConfig, CaptureOptions
     from saescope.corpus import CorpusConfig
     from saescope.errors import SaescopeError
-    from saescope.train.api import TrainConfig, train_from_store
+    from saescope.train.api import train_from_store
+    from saescope.train.config import TrainConfig
 
     capture_corpus(CaptureConfig(data=CorpusConfig(str(text_corpus)), out=str(tmp_path / "s"),
                                  hookpoints="attn_out.1,attn_pattern.1,attn_value.1",

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from saescope.corpus import CorpusConfig
-from saescope.collate.collator import SlotSizes
-from saescope.collate.run_collate import CollateConfig, CollateOptions, collate
+from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+from saescope.collate.run_collate import collate
 from saescope.config import ModelConfig
+from saescope.corpus import CorpusConfig
 from saescope.sae import SAEConfig, TopKSAE
 
 
@@ -77,6 +78,16 @@ def test_datasets_units_and_records(client, tiny_dir):
     assert hp["tokens"] == pair_top["tokens"]
     assert hp["activations"] == pytest.approx(pair_top["activations"], abs=1e-5)
     assert client.get("/u/x/mlp_neurons/1/3").status_code == 200  # stable URLs serve the page
+    # the histogram counts every collated token (pair) exactly: positives agree with the density, all add up to n
+    for path, i in (("mlp_neurons/1", 3), ("sae_latents/tiny_sae/1", 5), ("attention_heads/1", 0)):
+        r = client.get(f"/api/record/{model}/{path}/{i}").json()
+        h = r["histogram"]
+        assert sum(h["positive"]) + sum(h["negative"]) + h["zero"] == h["n"] > 0
+        assert sum(h["positive"]) == pytest.approx(r["summary"]["density"] * h["n"], abs=0.5)
+        if not r["by_token_pair"]:
+            assert h["n"] == r["tokens"]
+    mlp = client.get(f"/api/record/{model}/mlp_neurons/1/3").json()["histogram"]
+    assert sum(mlp["negative"]) > 0 and sum(mlp["positive"]) > 0  # GELU: both signs, counted apart
 
 
 def test_debug_api(client):
@@ -110,7 +121,8 @@ def test_steering_adds_the_units_write_direction_and_strength_zero_changes_nothi
     import torch
 
     from saescope.models import load_model
-    from saescope.viewer.explore import steer, steer_target
+    from saescope.units import UnitSet
+    from saescope.viewer.explore import steer
 
     model = client.get("/api/datasets").json()[0]["model"]
     body = {"model": model, "dataset": "sae_latents/tiny_sae/1", "index": 5, "prompt": "the cat sat on", "tokens": 8}
@@ -127,7 +139,7 @@ def test_steering_adds_the_units_write_direction_and_strength_zero_changes_nothi
 
     hm = load_model(str(tiny_dir))
     sae = load_sae(Path(next(d for d in client.get("/api/datasets").json() if d["unit_type"] == "sae_latents")["source"]))
-    t = steer_target("sae_latents", 1, 5, hm, sae, "resid_post.1")
+    t = UnitSet("sae_latents", 1, "tiny_sae", sae, "resid_post.1").write_direction(hm, 5)
     torch.testing.assert_close(t.direction, sae.W_dec[5].detach())
     ids = torch.tensor([[hm.tokenizer.bos_token_id, 5, 6, 7]])
     clean = hm.run_with_cache(ids, None, ["resid_post.1"])["resid_post.1"]
@@ -233,10 +245,15 @@ def test_unit_table_filters(client, collated_root):
     scores.write_text(json.dumps({"units": {
         "1": {"explanation": "cats", "score": 0.0, "scores": {"constant_prediction": True}},
         "2": {"explanation": "dogs", "score": 0.7, "scores": {"constant_prediction": False}},
-        "3": {"explanation": "mats", "score": 0.2, "scores": {"constant_prediction": False}}}}))
+        "3": {"explanation": "mats", "score": 0.2, "scores": {"constant_prediction": False}}},
+        "summary": {"units": 3, "mean_score": 0.3, "fraction_ge_0.8": 0.0, "mean_null_score": float("nan")}}))
     try:
-        rows = {u["index"]: u for u in client.get(base, params={"limit": 1000}).json()["units"]}
+        page = client.get(base, params={"limit": 1000}).json()
+        rows = {u["index"]: u for u in page["units"]}
         assert rows[1]["constant"] and not rows[2]["constant"]
+        # the file's summary is served (NaN, undefined, as null)
+        assert page["scores_summary"] == {"units": 3, "mean_score": 0.3, "fraction_ge_0.8": 0.0,
+                                          "mean_null_score": None}
         no_const = client.get(base, params={"limit": 1000, "hide_constant": True}).json()["units"]
         assert 1 not in [u["index"] for u in no_const] and len(no_const) == len(every) - 1
         good = client.get(base, params={"limit": 1000, "min_score": 0.5}).json()["units"]
@@ -271,13 +288,13 @@ def test_browser_end_to_end(collated_root, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no Chromium on PATH (`make test` installs Debian's chromium)")
+    import json
+
     import uvicorn
     from conftest import free_port
     from playwright.sync_api import sync_playwright
 
     from saescope.viewer.server import create_app
-
-    import json
 
     model = json.loads(next(collated_root.glob("*/manifest.json")).read_text())["model"]
     port = free_port()
@@ -313,7 +330,11 @@ def test_browser_end_to_end(collated_root, tmp_path):
             page.screenshot(path=str(tmp_path / "unit.png"), full_page=True)
             page.goto(f"http://127.0.0.1:{port}/u/{model}/mlp_neurons/1/3")
             page.wait_for_selector("#top .seq .tok")
-            assert "non-zero of" in page.inner_text("#hist-label") and "log counts" in page.inner_text("#hist-label")
+            label = page.inner_text("#hist-label")  # exact counts over every collated token, signs apart
+            n_tok = page.evaluate(f"fetch('/api/record/{model}/mlp_neurons/1/3').then(r => r.json())"
+                                                  ".then(r => r.histogram.n)")
+            assert f"all {n_tok:,} collated tokens" in label and "negative" in label and "log counts" in label
+            assert n_tok > 0 and int(page.get_attribute("#hist", "data-drawn")) > 0
             # negative activations are drawn (red), not white
             negs = page.eval_on_selector_all("#top .seq .tok.neg", "els => els.map(e => e.style.background)")
             assert negs and all("220, 38, 38" in b for b in negs)  # SiLU neurons go negative
@@ -453,3 +474,17 @@ def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
     if arch == "gemma":
         unfolded = write @ hm.W_U().detach().float()
         assert not torch.equal(unfolded.topk(10).indices, lens.topk(10).indices)
+
+
+def test_each_dataset_shows_its_own_token_count(tmp_path):
+    """Pair datasets see fewer excerpts than the run: the index shows each dataset's count, not the run's."""
+    from saescope.viewer.data import DataRoot
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps({
+        "format": "saescope-collated", "model": "m", "tokens": 200_000, "datasets": [
+            {"unit_type": "mlp_neurons", "layer": 1, "path": "mlp_neurons/1", "units": 4, "tokens": 200_000},
+            {"unit_type": "attention_heads", "layer": 1, "path": "attention_heads/1", "units": 4, "tokens": 131_072},
+            {"unit_type": "mlp_neurons", "layer": 2, "path": "mlp_neurons/2", "units": 4}]}))
+    got = {d["path"]: d["tokens"] for d in DataRoot(tmp_path).datasets()}
+    assert got == {"mlp_neurons/1": 200_000, "attention_heads/1": 131_072, "mlp_neurons/2": 200_000}

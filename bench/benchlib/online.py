@@ -21,8 +21,8 @@ def child(kind: str, hookpoints: str, tokens: int, width: int) -> dict:
 
     from saescope.config import ModelConfig
     from saescope.corpus import CorpusConfig, iter_contexts
-    from saescope.train.online import OnlineConfig, train_online
-    from saescope.train.trainer import TrainerConfig
+    from saescope.train.config import OnlineConfig, TrainerConfig
+    from saescope.train.online import train_online
     from benchlib.common import proc_status_mb
 
     torch.manual_seed(0)

@@ -38,7 +38,8 @@ def train_saescope(arch: str, width: int, l0: int, world: Any, stream: Any, n: i
                    out: Path, seed: int = 0, l0_coefficient: float | None = None) -> tuple[Any, dict[str, Any]]:
     from benchlib.synthworld import hidden_batches, median_step_s, timed, to_saelens
 
-    from saescope.train.trainer import Trainer, TrainerConfig
+    from saescope.train.config import TrainerConfig
+    from saescope.train.trainer import Trainer
 
     extra = {"l0_coefficient": l0_coefficient} if l0_coefficient is not None else {}
     cfg = TrainerConfig(arch=arch, k=l0, width=width, batch_size=bs, checkpoint_every=0, seed=seed, **extra)
@@ -59,7 +60,7 @@ def calibrate_jumprelu(width: int, l0: int, world: Any, stream: Any, n: int, bs:
                        rounds: int = 3, frac: float = 0.25, seed: int = 0) -> tuple[float, list[dict[str, float]]]:
     """Pick saescope JumpReLU's L0 coefficient for a target L0: short runs (`frac` of the budget) from the default
     coefficient, each rescaled multiplicatively by (measured L0 / target)² (L0 falls roughly like λ^-1/2)."""
-    from saescope.train.trainer import TrainerConfig
+    from saescope.train.config import TrainerConfig
 
     lam, trace = TrainerConfig().l0_coefficient, []
     m = max(bs, int(n * frac) // bs * bs)
@@ -158,7 +159,7 @@ def train(name: str, width: int, l0: int, world: Any, world_dir: Path, stream: A
             return sae, {**info, "calibration": trace, "calibration_s": time.perf_counter() - t0 - info["wall_s"]}
         return train_saescope(arch, width, l0, world, stream, n, bs, device, out / "sae", seed)
     if family == "saelens" and arch.endswith("-eqlr"):
-        from saescope.train.trainer import TrainerConfig
+        from saescope.train.config import TrainerConfig
 
         lr = TrainerConfig(arch="batchtopk", width=width).learning_rate()
         return train_saelens(arch.removesuffix("-eqlr"), width, l0, world, world_dir, stream, n, bs, device, seed, lr)

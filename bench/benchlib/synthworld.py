@@ -34,8 +34,13 @@ def world_config(tiny: bool = False, features: int = 16_384, hidden_dim: int = 7
     """SynthSAEBench-16k's published `SyntheticModelConfig` (SAELens docs/synth_sae_bench.md, v2 with
     scale_children_by_parent); `tiny` scales it down to a world that builds in seconds."""
     from sae_lens.synthetic import (
-        FoldedNormalMagnitudeConfig, HierarchyConfig, LinearMagnitudeConfig, LowRankCorrelationConfig,
-        OrthogonalizationConfig, SyntheticModelConfig, ZipfianFiringProbabilityConfig,
+        FoldedNormalMagnitudeConfig,
+        HierarchyConfig,
+        LinearMagnitudeConfig,
+        LowRankCorrelationConfig,
+        OrthogonalizationConfig,
+        SyntheticModelConfig,
+        ZipfianFiringProbabilityConfig,
     )
 
     roots, depth, rank, steps, p_min = 128, 3, 25, 100, 5e-4

@@ -52,6 +52,14 @@ class ModelConfig:
     device: str = "auto"
     """cpu, cuda, cuda:1, ... or auto (cuda when available)."""
 
+    def __post_init__(self) -> None:
+        import re
+
+        from saescope.errors import SaescopeError
+
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise SaescopeError(f"--device '{self.device}': use auto, cpu, cuda, cuda:N or mps")
+
     def resolved_device(self) -> str:
         return resolve_device(self.device)
 

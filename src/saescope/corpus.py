@@ -100,9 +100,25 @@ def iter_texts(corpus: str, text_field: str = "text") -> Iterator[str]:
     if path.suffix == ".jsonl":
         yield from _iter_jsonl(path, text_field)
     elif path.suffix == ".txt":
-        yield path.read_text(encoding="utf-8", errors="replace")
+        yield _read_txt(path)
     else:
         raise SaescopeError(f"corpus '{corpus}': unsupported file type {path.suffix!r}; use .txt or .jsonl")
+
+
+def _read_txt(path: Path) -> str:
+    """A .txt corpus file; empty or whitespace-only is an error, bytes that are not UTF-8 (a binary file?) a warning
+    (they are read as U+FFFD)."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise SaescopeError(f"corpus '{path}': the file is {'empty' if not raw else 'only whitespace'}; "
+                            f"pass a corpus with text in it (or 'wiki')")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        text = raw.decode("utf-8", errors="replace")
+        log.warning("corpus '%s': not UTF-8 text (a binary file?) from byte %d; %d undecodable bytes are read as "
+                    "U+FFFD", path, e.start, text.count("\ufffd"))
+        return text
 
 
 def iter_contexts(tokenizer: Any, texts: Iterator[str], context_len: int, add_bos: bool = True) -> Iterator[list[int]]:
@@ -139,6 +155,18 @@ class CorpusConfig:
     shuffle_docs: int = 0
     """Documents held in a seeded shuffle buffer, so contexts come from documents spread over the corpus rather
     than its first ones (0 = the corpus order). A buffer as large as the corpus is a full shuffle."""
+
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.at_least(self.shuffle_docs, 0, "--shuffle_docs", "0 = the corpus order")
+        path = Path(self.corpus).expanduser()
+        if self.corpus == "wiki" or not path.exists():  # a missing path is reported where it is read
+            return
+        if path.is_file() and path.suffix not in (".txt", ".jsonl"):
+            raise SaescopeError(f"--corpus {self.corpus}: unsupported file type {path.suffix!r}; use .txt or .jsonl")
+        if path.is_file() and path.stat().st_size == 0:
+            raise SaescopeError(f"--corpus {self.corpus}: the file is empty; pass a corpus with text in it")
 
     def texts(self) -> Iterator[str]:
         docs = iter_texts(self.corpus, self.text_field)

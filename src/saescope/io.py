@@ -79,8 +79,10 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise SaescopeError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise SaescopeError(f"{path}: is a folder, not a {what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SaescopeError(f"{path}: {what} is not valid JSON ({e}); delete it or restore it from a good copy") from None
 

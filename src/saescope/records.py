@@ -1,9 +1,9 @@
 """Transformer-Debugger `NeuronRecord` JSON: the one door to records (collate writes, interp and the viewer read).
 
-Declared here once: the schema (with legacy renames on reading), the dataset-path rule, the unit types, a
-record's max activation and the "activating" threshold. Every object carries `dataclass_name` (TDB's
+Declared here once: the schema (with legacy renames on reading), a record's max activation and the "activating"
+threshold (the unit kinds and their dataset paths are `saescope.units`'). Every object carries `dataclass_name` (TDB's
 FastDataclass convention); NaN statistics are written as null. Files live at `{dataset}/{layer}/{index}.json`
-under a model folder, where `{dataset}` is `dataset_dir(unit_type, name)`.
+under a model folder, where `{dataset}` is `units.dataset_dir(unit_type, name)`.
 """
 
 from __future__ import annotations
@@ -12,31 +12,16 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from saescope.errors import SaescopeError
 from saescope.io import atomic_path, clean_nans
 
-UnitType = Literal["mlp_neurons", "attention_heads", "sae_latents"]
-UNIT_TYPES: tuple[str, ...] = ("mlp_neurons", "attention_heads", "sae_latents")
-"""mlp_neurons: MLP hidden units (by token); attention_heads: heads, activations by token pair (row-major lower
-triangle); sae_latents: latents of a named SAE (by token)."""
-
 ACTIVATING_FRACTION = 0.3
 """A token (or excerpt, by its max) is "activating" when its activation is ≥ this fraction of the unit's max
 activation (TDB/delphi's convention for detection and fuzzing)."""
-
-
-def dataset_dir(unit_type: str, name: str = "") -> str:
-    """The dataset folder of a unit type inside a model folder: `sae_latents/<sae name>`, else the unit type."""
-    return f"{unit_type}/{name}" if name else unit_type
-
-
-def dataset_path(unit_type: str, layer: int, name: str = "") -> str:
-    """`<dataset dir>/<layer>`: where one layer's records and summary.json live (manifest `path`)."""
-    return f"{dataset_dir(unit_type, name)}/{layer}"
 
 
 def max_activation(activations: Any) -> float:

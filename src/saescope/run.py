@@ -14,15 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from saescope.capture.capture import CaptureOptions
-from saescope.collate.run_collate import CollateOptions
+from saescope.capture.config import CaptureOptions
+from saescope.collate.config import CollateOptions
 from saescope.config import ModelConfig, resolve_layer
 from saescope.corpus import CorpusConfig
-from saescope.interp.pipeline import InterpOptions
+from saescope.interp.config import InterpOptions
 from saescope.models.hooks import canonical_hookpoint
 from saescope.stages import Stage
-from saescope.train.trainer import TrainerConfig
-from saescope.viewer.server import ViewOptions
+from saescope.train.config import TrainerConfig
+from saescope.viewer.config import ViewOptions
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,23 @@ class RunConfig:
     """Tokens generated per seed prompt (the seed activation dataset)."""
     saes: str = "resid_post,mlp_post_act,mlp_out,attn_out"
     """Hookpoint kinds at the studied layer that get an SAE (TDB names such as resid_delta_attn work too)."""
-    eval_contexts: int = 16
-    """Contexts of the held-out shard for each SAE's spliced CE/KL."""
+    eval_contexts: int = 256
+    """Most held-out contexts for each SAE's spliced ΔCE/KL: each SAE stops once its ΔCE's standard error is below
+    0.01 nats (after 32 contexts; `saescope eval --target_se`)."""
     no_serve: bool = False
     """Do not serve the viewer at the end (it is only served when run from a terminal anyway)."""
+
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.not_a_file(self.out, "--out")
+        validate.at_least(self.layer, -1, "--layer", "-1 = the middle layer")
+        validate.at_least(self.generate, 1, "--generate")
+        validate.at_least(self.eval_contexts, 1, "--eval_contexts")
+        if not [s for s in self.saes.split(",") if s.strip()]:
+            from saescope.errors import SaescopeError
+
+            raise SaescopeError("--saes: name at least one hookpoint kind, e.g. resid_post")
 
 
 class RunResult(NamedTuple):
@@ -73,8 +86,10 @@ def _options(obj: Any) -> dict[str, Any]:
 
 def run_pipeline(cfg: RunConfig) -> RunResult:
     """Run (or reuse) every stage, in order; each stage's fingerprint includes its inputs' fingerprints."""
+    from saescope.interp.pipeline import check_backends
     from saescope.io import read_json
 
+    check_backends(cfg.interp)  # a missing key or unreachable server: one line now, not after capture and training
     out = Path(cfg.out)
     hm = cfg.model.load()
     layer = resolve_layer(cfg.layer, hm.n_layers)
@@ -103,7 +118,8 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     done.append(("seed dataset (activations_<i>.pt + metadata.json)", seed.path))
 
     # 2. the activation store: every hookpoint an SAE is trained on, at the studied layer
-    from saescope.capture import CaptureConfig, capture_corpus
+    from saescope.capture import capture_corpus
+    from saescope.capture.config import CaptureConfig
 
     sae_hps = [canonical_hookpoint(f"{kind.strip()}.{layer}") for kind in cfg.saes.split(",") if kind.strip()]
     # where the store's contexts are the collation's excerpts, it also keeps the studied layer's attention pattern
@@ -125,7 +141,9 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
 
     # 3. one SAE per hookpoint (trained on the store, evaluated on its held-out shard and spliced into the model)
     from saescope.io import write_json
-    from saescope.train.api import EvalConfig, TrainConfig, evaluate_many, train_from_store
+    from saescope.train.api import evaluate_many, train_from_store
+    from saescope.train.config import EvalConfig, TrainConfig
+    from saescope.train.evaluate import headline
 
     saes, trained = [], []
     for hp in sae_hps:
@@ -146,8 +164,7 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
         sae.finish()
     for sae, hp in zip(saes, sae_hps):
         ev = read_json(sae.path / "eval.json")
-        done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} (FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, "
-                     f"CE recovered {ev.get('ce_loss_recovered', float('nan')):.3f})", sae.path))
+        done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} ({headline(ev)})", sae.path))
 
     # the model's forward passes are over when collation reads the store: drop its memory-mapped weight pages
     # (clean, re-read on the next touch), which otherwise stay resident through collation, the run's peak
@@ -157,7 +174,8 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
         log.info("released %.0f MB of memory-mapped model weights", release_file_pages(hm.model) / 1e6)
 
     # 4. collated records: MLP neurons, heads (by token pair), every SAE's latents (attention SAEs also by pair)
-    from saescope.collate.run_collate import CollateConfig, collate
+    from saescope.collate.config import CollateConfig, CollateResult
+    from saescope.collate.run_collate import run as collate
 
     # collated from the store where its contexts are the excerpts (no second model pass)
     from_store = st.manifest.get("context_len") == cfg.collate.excerpt_len + 1
@@ -168,29 +186,31 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
                                                "layer": layer, "from_store": from_store},
                 {**{s.name: s.fingerprint for s in saes}, **({"store": store.fingerprint} if from_store else {})})
     if start(col):
-        manifest = collate(CollateConfig(model=cfg.model, data=cfg.data, collate=cfg.collate, out=str(col.path),
+        collated = collate(CollateConfig(model=cfg.model, data=cfg.data, collate=cfg.collate, out=str(col.path),
                                          layers=str(layer), sae=",".join(str(s.path) for s in saes),
                                          store=str(store.path) if from_store else ""), hm)
+        assert collated is not None  # `saescope run` is one process
         col.finish()
     else:
-        manifest = read_json(col.path / hm.name / "manifest.json")
-    kinds = sorted({(d["unit_type"], d["by_token_pair"]) for d in manifest["datasets"]})
-    done.append((f"collated records ({len(manifest['datasets'])} datasets, {len(kinds)} kinds, layer {layer})",
-                 col.path / hm.name))
+        collated = CollateResult.read(col.path / hm.name)
+    kinds = sorted({(d.unit_type, d.by_token_pair) for d in collated.datasets})
+    done.append((f"collated records ({len(collated.datasets)} datasets, {len(kinds)} kinds, layer {layer})",
+                 collated.root))
 
     # 5. explanations and scores of every collated dataset
-    from saescope.interp.pipeline import InterpConfig, run_interp_many
+    from saescope.interp.config import InterpConfig, InterpResult
+    from saescope.interp.pipeline import run_many as interp_many
 
     interp = Stage("explanations", col.path / hm.name / "explanations", {"interp": _options(cfg.interp)},
                    {"collated": col.fingerprint})
     if start(interp):
-        summaries = run_interp_many([InterpConfig(interp=cfg.interp, root=str(col.path / hm.name), dataset=d["path"])
-                                     for d in manifest["datasets"]], hm=hm)
+        results = interp_many([InterpConfig(interp=cfg.interp, root=str(collated.root), dataset=d.path)
+                               for d in collated.datasets], hm=hm)
         interp.finish()
     else:
-        summaries = [read_json(interp.path / d["path"] / "scores.json")["summary"] for d in manifest["datasets"]]
-    mean = sum(x["mean_score"] for x in summaries) / max(len(summaries), 1)
-    null = sum(x["mean_null_score"] for x in summaries) / max(len(summaries), 1)
-    done.append((f"explanations + scores of {len(summaries)} datasets ({cfg.interp.explainer}: mean {mean:.3f}, "
+        results = [InterpResult.read(interp.path / d.path) for d in collated.datasets]
+    mean = sum(x.mean_score for x in results) / max(len(results), 1)
+    null = sum(x.mean_null_score for x in results) / max(len(results), 1)
+    done.append((f"explanations + scores of {len(results)} datasets ({cfg.interp.explainer}: mean {mean:.3f}, "
                  f"null {null:.3f})", interp.path))
     return RunResult(done, col.path, decisions)

@@ -31,7 +31,8 @@ from typing import Any
 
 from saescope.errors import SaescopeError
 from saescope.io import atomic_path, cache_dir, read_json, write_json
-from saescope.records import NeuronRecord, dataset_path, dumps, loads, summary_row
+from saescope.records import NeuronRecord, dumps, loads, summary_row
+from saescope.units import dataset_path
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,9 @@ def _mirrored(template: str) -> str:
     import os
 
     mirror = os.environ.get("SAESCOPE_PUBLIC_MIRROR", "").rstrip("/")
+    if mirror and not is_remote(mirror) and not Path(mirror).is_dir():
+        raise SaescopeError(f"SAESCOPE_PUBLIC_MIRROR={mirror}: no such folder; set it to a local copy of the public "
+                            f"layout or a URL (or unset it)")
     return mirror + template[len(BLOB):] if mirror and template.startswith(BLOB) else template
 
 
@@ -329,6 +333,10 @@ def summarize(root: Path, model: str, path: str, fetch_missing: bool = True) -> 
                 rows[i] = summary_row(loads(record_text(model_dir, entry, i)), bool(entry.get("by_token_pair")))
             except FileNotFoundError:
                 continue
+    if not rows:  # nothing readable: a wrong folder or mirror, not a dataset of missing units
+        where = entry["remote"]["templates"][0].format(layer=entry["layer"], index=0)
+        raise SaescopeError(f"{path}: none of its records could be read (first tried {where}); check the folder, "
+                            f"URL or SAESCOPE_PUBLIC_MIRROR")
     units = [rows.get(i) or {"index": i, "missing": True} for i in range(n)]
     out = {"unit_type": entry["unit_type"], "layer": entry["layer"], "by_token_pair": bool(entry.get("by_token_pair")),
            "units": units}

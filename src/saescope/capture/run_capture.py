@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saescope.capture.capture import CaptureConfig, capture_corpus, default_hookpoint
+from saescope.activations import default_hookpoint
+from saescope.capture.capture import capture_corpus
+from saescope.capture.config import CaptureConfig
 from saescope.capture.generate import generate_seed_dataset, read_prompts
 from saescope.models import HookedModel
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from saescope.cli import capture, collate, datasets, debug, export, interp, run, search, store, train, view
+from saescope.cli import capture, collate, datasets, debug, export, graph, interp, run, search, store, train, view
 
 Command = Callable[[list[str]], int]
 
@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "summarize": (datasets.summarize, "Fetch a TDB-layout dataset's records and write its unit table."),
     "search": (search.main, "The units that fire most on every token of a text, across all collated datasets."),
     "debug": (debug.main, "Why does the model say this? Rank, ablate and trace the nodes behind a next token."),
+    "graph": (graph.main, "Attribution graph of a prompt under transcoders (circuit tracing): graph JSON for Neuronpedia."),
 }
 
 # Commands whose first positional argument is a directory: the option it stands for.

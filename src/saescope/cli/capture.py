@@ -4,11 +4,11 @@ from __future__ import annotations
 
 
 def main(argv: list[str]) -> int:
-    from saescope.capture import CaptureConfig
+    import os
+
+    from saescope.capture.config import CaptureConfig
     from saescope.capture.run_capture import run_capture
     from saescope.cli import parse
-
-    import os
 
     cfg = parse(CaptureConfig, argv, "saescope capture")
     out = run_capture(cfg)

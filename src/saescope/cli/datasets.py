@@ -18,6 +18,12 @@ class SummarizeConfig:
     unit_type: str = ""
     """For a folder or URL: mlp_neurons, attention_heads or sae_latents."""
 
+    def __post_init__(self) -> None:
+        from saescope import validate
+        from saescope.units import UNIT_TYPES
+
+        validate.one_of(self.unit_type, ("", *UNIT_TYPES), "--unit_type")
+
 
 def list_public(argv: list[str]) -> int:
     from saescope.sources import PUBLIC
@@ -44,7 +50,10 @@ def summarize(argv: list[str]) -> int:
         raise SaescopeError("--root: give a registry name, URL or TDB-layout folder to summarize")
     root = open_root(cfg.root, cfg.unit_type)
     for m in sorted(root.glob("*/manifest.json")):
-        paths = [d["path"] for d in read_json(m)["datasets"] if d.get("remote")]
+        data = read_json(m, "dataset manifest")
+        if not isinstance(data, dict) or not isinstance(data.get("datasets"), list):
+            raise SaescopeError(f"{m}: not a dataset manifest (no 'datasets' list); delete it and re-open the dataset")
+        paths = [d["path"] for d in data["datasets"] if isinstance(d, dict) and d.get("remote")]
         if cfg.dataset and cfg.dataset not in paths:
             raise SaescopeError(f"{m}: no external dataset '{cfg.dataset}' (have {', '.join(paths)})")
         for p in [cfg.dataset] if cfg.dataset else paths:

@@ -3,54 +3,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Literal
-
-from saescope.config import ModelConfig
-
-
-@dataclass
-class DebugConfig:
-    """Rank MLP neurons, attention heads and SAE latents by their effect on target − distractor at the prompt's end."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    prompt: str = ""
-    """The prompt (BOS is prepended)."""
-    target: str = ""
-    """The next token to explain, leading space included (' Paris'); a text that splits is explained by its first token."""
-    distractor: str = ""
-    """Optional alternative token: the behaviour becomes logit(target) − logit(distractor)."""
-    sae: str = ""
-    """SAE directories, comma-separated, spliced in with their error term (PATH@HOOKPOINT where not recorded)."""
-    top: int = 20
-    """Nodes to list."""
-    by: Literal["act_grad", "direct_effect"] = "act_grad"
-    """Rank by act_grad (estimated total effect) or direct_effect."""
-    ablate: str = ""
-    """Interventions, comma-separated NODE=zero|mean|VALUE (mlp.9.1234@6=zero, latent.resid_post.9.301@6=2.5)."""
-    trace: str = ""
-    """A node to trace upstream: the behaviour becomes its activation (mlp.9.1234@6); a head through one side of its
-    attention only with :q, :k or :v (head.9.2@6:k)."""
-    freeze_norms: Literal["none", "final", "all"] = "final"
-    """Whose scale the backward pass for act × grad holds constant: none (the exact gradient), final (the final norm,
-    as TDB; the default, because then one backward feeds both columns: direct effects sum to the behaviour and a
-    last-layer node's act × grad equals its direct effect) or all (every norm, circuit-tracer's linearisation)."""
-    collated: str = ""
-    """A collated model folder (runs/default/collated/gemma-3-270m): explanations and means of the nodes."""
-    json: bool = False
-    """Print the result as JSON."""
 
 
 def main(argv: list[str]) -> int:
     from saescope.cli import parse
     from saescope.debug import debug
+    from saescope.debug.config import DebugConfig, parse_ablate
     from saescope.debug.explain import NodeNotes, load_saes
 
     cfg = parse(DebugConfig, argv, "saescope debug")
     hm = cfg.model.load()
     saes, names = load_saes(cfg.sae, hm)
     notes = NodeNotes(cfg.collated, names)
-    ablate = dict(item.split("=", 1) for item in cfg.ablate.split(",") if "=" in item)
+    ablate = parse_ablate(cfg.ablate)
     res = debug(hm, cfg.prompt, cfg.target, cfg.distractor, saes, ablate=ablate, means=notes.means(ablate),
                 trace=cfg.trace, freeze_norms=cfg.freeze_norms)
     nodes = res.nodes.top(cfg.top, by=cfg.by)

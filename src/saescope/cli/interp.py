@@ -15,7 +15,8 @@ def table(s: dict[str, Any]) -> str:
 
 def explain(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.interp.pipeline import InterpConfig, run_interp
+    from saescope.interp.config import InterpConfig
+    from saescope.interp.pipeline import run_interp
 
     s = run_interp(parse(InterpConfig, argv, "saescope explain"), do_score=False)
     kept = f", kept {s['kept']} explained earlier ({s['kept_by']}; --overwrite true redoes them)" if s["kept"] else ""
@@ -26,7 +27,8 @@ def explain(argv: list[str]) -> int:
 
 def score(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.interp.pipeline import InterpConfig, run_interp
+    from saescope.interp.config import InterpConfig
+    from saescope.interp.pipeline import run_interp
 
     print(table(run_interp(parse(InterpConfig, argv, "saescope score"), do_explain=False)))
     return 0

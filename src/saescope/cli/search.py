@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass
-class SearchConfig:
-    """For every token of a text, the units of every collated dataset that fire most on it (relative to their own
-    collated max), with explanations — the viewer's /search page in the terminal."""
-
-    text: str = ""
-    """The text to run through the model."""
-    root: str = "runs/default/collated"
-    """Collated data root (holds <model>/manifest.json)."""
-    collated_model: str = ""
-    """Which collated model folder (default: the first)."""
-    model: str = ""
-    """Model spec to run (default: the one recorded at collation)."""
-    per_token: int = 3
-    """Units listed per token."""
-
 
 def main(argv: list[str]) -> int:
     from saescope.cli import parse
     from saescope.errors import SaescopeError
+    from saescope.viewer.config import SearchConfig
     from saescope.viewer.data import DataRoot
     from saescope.viewer.explore import search
     from saescope.viewer.hub import ModelHub

@@ -2,49 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass
-class StoreInfoConfig:
-    """Print a store's summary (model, hookpoints, rows, disk use) and verify every shard's checksum."""
-
-    store: str = "runs/default/store"
-    """Store directory."""
-    verify: bool = True
-    """Check every shard's sha256 and shape."""
-
-
-@dataclass
-class ImportSeedConfig:
-    """Turn a seed activation dataset (activations_<i>.pt + metadata.json) into a store."""
-
-    seed: str = "runs/default/seed_dataset"
-    """Seed-format folder."""
-    out: str = "runs/default/seed_store"
-    """Store directory to write."""
-    overwrite: bool = False
-    """Replace an existing store."""
-
-
-@dataclass
-class ExportSeedConfig:
-    """Write a store back in the seed format (one activations_<i>.pt per context + metadata.json)."""
-
-    store: str = "runs/default/seed_store"
-    """Store directory."""
-    out: str = "runs/default/seed_export"
-    """Folder to write."""
-    hookpoint: str = ""
-    """Hookpoint to export (default: the store's first)."""
-
 
 def info(argv: list[str]) -> int:
     from saescope.cli import parse
+    from saescope.errors import SaescopeError
     from saescope.store import ActivationStore
+    from saescope.store.config import StoreInfoConfig
 
     cfg = parse(StoreInfoConfig, argv, "saescope store info")
     store = ActivationStore(cfg.store, verify=cfg.verify)
+    if store.rows == 0:
+        raise SaescopeError(f"{cfg.store}: the store holds 0 rows; re-run the capture with a corpus that has text")
     if cfg.verify:
         for hp in store.hookpoints:
             for i in range(len(store.shards)):
@@ -53,12 +21,14 @@ def info(argv: list[str]) -> int:
             store.load_tokens(i)
     print(store.info())
     if cfg.verify:
-        print(f"verified {len(store.shards)} shards x {len(store.hookpoints) + 1} files: OK")
+        late = "" if store.manifest.get("complete") else " (incomplete: re-run the capture to finish it)"
+        print(f"verified {len(store.shards)} shards x {len(store.hookpoints) + 1} files: OK{late}")
     return 0
 
 
 def import_seed(argv: list[str]) -> int:
     from saescope.cli import parse
+    from saescope.store.config import ImportSeedConfig
     from saescope.store.seed import import_seed as do_import
 
     cfg = parse(ImportSeedConfig, argv, "saescope import-seed")
@@ -68,6 +38,7 @@ def import_seed(argv: list[str]) -> int:
 
 def export_seed(argv: list[str]) -> int:
     from saescope.cli import parse
+    from saescope.store.config import ExportSeedConfig
     from saescope.store.seed import export_seed as do_export
 
     cfg = parse(ExportSeedConfig, argv, "saescope export-seed")

@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
-METRIC_KEYS = ["tokens", "fvu", "explained_variance", "mse", "cosine", "l0", "l1", "dead_fraction", "dense_fraction",
-               "shrinkage", "relative_reconstruction_bias", "ce_clean", "ce_with_sae", "ce_zero_ablation",
-               "ce_loss_recovered", "kl_div"]
+METRIC_KEYS = ["delta_ce", "kl_div", "fvu", "l0", "dead_fraction", "tokens", "explained_variance", "mse", "cosine",
+               "l1", "dense_fraction", "shrinkage", "relative_reconstruction_bias", "ce_clean", "ce_with_sae",
+               "ce_zero_ablation", "ce_loss_recovered"]
+"""Printed in this order: the loss the dictionary adds to the model first (ΔCE, KL), then reconstruction, sparsity."""
 
 
 def format_metrics(m: dict[str, Any]) -> str:
-    return "\n".join(f"  {k:<30} {m[k]:.4f}" if isinstance(m[k], float) else f"  {k:<30} {m[k]}"
-                     for k in METRIC_KEYS if k in m)
+    def row(k: str) -> str:
+        v = m[k]
+        text = f"{v:.4f}" if isinstance(v, float) else str(v)
+        if f"{k}_se" in m:  # the standard error over contexts
+            text += f" ± {m[k + '_se']:.4f} nats/token (SE over {m.get('spliced_contexts', '?')} contexts)"
+        if k == "ce_loss_recovered" and not m.get("ce_loss_recovered_reliable", True):
+            text += (f"  unreliable: zero-ablation adds only {m['ce_zero_ablation'] - m['ce_clean']:.3f} nats "
+                     "(read delta_ce)")
+        return f"  {k:<30} {text}"
+    return "\n".join(row(k) for k in METRIC_KEYS if k in m)
 
 
 ONLINE_FLAGS = ("--model", "--corpus", "--hookpoints", "--forward_contexts", "--online")
@@ -20,7 +29,8 @@ ONLINE_FLAGS = ("--model", "--corpus", "--hookpoints", "--forward_contexts", "--
 
 def train(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.train.api import TrainConfig, train_from_store
+    from saescope.train.api import train_from_store
+    from saescope.train.config import TrainConfig
 
     if any(a.split("=")[0].replace("-", "_").replace("__", "--", 1) in ONLINE_FLAGS for a in argv):
         return train_online(argv)
@@ -35,7 +45,7 @@ def train(argv: list[str]) -> int:
         os._exit(0)  # skip the interpreter's teardown, where a worker rank intermittently aborted in native threads
     print(f"SAE written to {cfg.out} ({report['steps']} steps, {report['tokens']:,} tokens, "
           f"{report['train_tokens_per_s'] or 0:,.0f} tokens/s)")
-    print("held-out metrics:")
+    print("metrics on training data (--holdout_shards 0):" if report["heldout_is_training_data"] else "held-out metrics:")
     print(format_metrics(report["heldout"]))
     return 0
 
@@ -43,7 +53,7 @@ def train(argv: list[str]) -> int:
 def train_online(argv: list[str]) -> int:
     """`saescope train --model M --corpus C --hookpoints 'resid_post.*' --tokens N`: straight from the model."""
     from saescope.cli import parse
-    from saescope.train.online import OnlineConfig
+    from saescope.train.config import OnlineConfig
     from saescope.train.online import train_online as run
 
     argv = [a for a in argv if a not in ("--online",)]
@@ -64,8 +74,8 @@ def train_online(argv: list[str]) -> int:
 
 def evaluate(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.train.api import EvalConfig
     from saescope.train.api import evaluate as run_eval
+    from saescope.train.config import EvalConfig
 
     m = run_eval(parse(EvalConfig, argv, "saescope eval"))
     print(format_metrics(m))

@@ -14,30 +14,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saescope.collate.config import SlotSizes
 from saescope.collate.sparse import SparseActs, SparseVectors, prune_vectors, sparse_update
 from saescope.collate.state import Moments, TopSlots, excerpt_keys, pair_keys
-from saescope.collate.units import UnitGroup
 from saescope.records import ActivationRecord, NeuronId, NeuronRecord
+from saescope.units import UnitGroup
 
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
-
-
-@dataclass
-class SlotSizes:
-    """How many excerpts each record keeps (top, random, per quantile bucket) and the candidate pools."""
-
-    top_k: int = 24
-    """Top excerpts per unit (TDB's 4-way split with 5 per split needs ≥ 20)."""
-    n_random: int = 16
-    """Uniform random excerpts per unit (the 3-way split needs ≥ 15)."""
-    n_quantile: int = 5
-    """Excerpts per quantile bucket."""
-    pool: int = 64
-    """Uniform candidate pool with activations, from which random and quantile samples are drawn."""
-    max_pool: int = 256
-    """Uniform pool of excerpt maxima used to place the quantile boundaries."""
 
 
 @dataclass

@@ -8,6 +8,7 @@ Layout::
     <out>/<model>/sae_latents/<sae-name>/<layer>/<latent>.json
     <out>/<model>/sae_latents/<sae-name>-by-token-pair/<layer>/<latent>.json   (SAEs at attn_out: by token pair)
     <dataset>/summary.json                                     (one row per unit, for the viewer's index)
+    <dataset>/histogram.safetensors                            (exact |activation| counts per log bin, every token)
 """
 
 from __future__ import annotations
@@ -15,98 +16,28 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from saescope.collate.collator import ExcerptTokens, GroupState, SlotSizes, build_records
-from saescope.collate.units import UnitGroup, head_group, mlp_group, sae_group, sae_pair_group
-from saescope.config import ModelConfig, middle_layer
-from saescope.corpus import CorpusConfig
+from saescope.activations import ActivationStream, rank_slice
+from saescope.collate.collator import ExcerptTokens, GroupState, build_records
+from saescope.collate.config import PAIR_SUFFIX, CollateConfig, CollateResult
+from saescope.collate.pair_attribution import sae_pair_group
+from saescope.collate.state import Moments
+from saescope.config import middle_layer
 from saescope.errors import SaescopeError
 from saescope.io import atomic_dir, write_json
 from saescope.models import HookedModel, parse_hookpoint
 from saescope.models.hooks import ATTENTION_KINDS
-from saescope.records import dataset_path, dumps, summary_row
+from saescope.records import dumps, summary_row
+from saescope.units import UnitGroup, UnitSet, dataset_path, kind_of_option
 
 log = logging.getLogger(__name__)
-
-
-UnitKind = Literal["mlp", "heads"]
-PAIR_SUFFIX = "-by-token-pair"
-"""Dataset name suffix of an attention SAE's latents collated by token pair (beside the same SAE by token)."""
-
-
-@dataclass
-class CollateOptions:
-    """What is collated per unit and from how many tokens (`saescope run` nests these as its collate options)."""
-
-    sizes: SlotSizes = field(default_factory=SlotSizes)
-    units: str = "mlp,heads"
-    """Unit kinds, comma-separated: mlp (MLP neurons), heads (attention heads). SAE latents are added by --sae."""
-    excerpt_len: int = 64
-    """Tokens per excerpt (BOS is prepended for the forward pass and never recorded)."""
-    max_tokens: int = 100_000
-    """Tokens collated (0 = all): every unit's from a corpus; with --store, the heads' and token pairs' (the other
-    units take the whole store)."""
-    batch_size: int = 16
-    """Excerpts per forward pass."""
-    seed: int = 0
-    """Seed of the random and quantile samples."""
-    token_pairs: bool = True
-    """Also collate SAEs at attn_out by token pair (the attention latents' pair attribution; large records)."""
-
-    def kinds(self) -> list[UnitKind]:
-        return [u.strip() for u in self.units.split(",") if u.strip()]  # type: ignore[misc]
-
-    def __post_init__(self) -> None:
-        bad = set(self.kinds()) - set(get_args(UnitKind))
-        if bad:
-            raise SaescopeError(f"--units {self.units}: unknown kind(s) {', '.join(sorted(bad))}; use mlp,heads")
-        if self.sizes.top_k < 1 or self.excerpt_len < 2:
-            raise SaescopeError("--top_k must be ≥ 1 and --excerpt_len ≥ 2")
-        from saescope import validate
-
-        validate.at_least(self.max_tokens, 0, "--max_tokens", "0 = all")
-        validate.at_least(self.batch_size, 1, "--batch_size")
-
-
-@dataclass
-class CollateConfig:
-    """Collate top-activating excerpts, random/quantile samples and moments for MLP neurons, heads and SAE latents."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: CorpusConfig = field(default_factory=CorpusConfig)
-    collate: CollateOptions = field(default_factory=CollateOptions)
-    out: str = "runs/default/collated"
-    """Output root; records go to <out>/<model>/<unit_type>/..."""
-    layers: str = ""
-    """Comma-separated layers for mlp/heads (default: the middle layer)."""
-    sae: str = ""
-    """SAE directories or files, comma-separated, each collated at its own hookpoint; PATH@HOOKPOINT for files
-    that do not record it (OpenAI .pt: --sae layer_8.pt@resid_delta_mlp.8)."""
-    store: str = ""
-    """An activation store of this model captured with --context_len excerpt_len+1: its contexts are the excerpts,
-    and units whose hookpoints it holds are collated from it without running the model (MLP neurons and SAE
-    latents by token on every stored context; heads and token pairs, from attn_pattern.L and attn_value.L, on the
-    first --max_tokens); the model runs only for what it lacks."""
-
-    def __post_init__(self) -> None:
-        from saescope import validate
-
-        validate.not_a_file(self.out, "--out")
-        if self.store:
-            validate.existing_dir(self.store, "--store", "activation store")
-        if self.layers:
-            try:
-                [int(x) for x in self.layers.split(",") if x.strip()]
-            except ValueError:
-                raise SaescopeError(f"--layers '{self.layers}': expected comma-separated layer numbers such as 4,8") from None
 
 
 def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
@@ -119,18 +50,21 @@ def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
     kinds = cfg.collate.kinds()
     groups = []
     for layer in layers:
-        if "mlp" in kinds:
-            groups.append(mlp_group(hm, layer))
-        if "heads" in kinds:
-            groups.append(head_group(hm, layer))
+        groups += [UnitSet(kind_of_option(k).unit_type, layer).group(hm) for k in ("mlp", "heads") if k in kinds]
     for sae, hp, path in load_saes_at(cfg.sae, hm):
         name, source = path.name, str(path.resolve())
-        groups.append(sae_group(sae, hp, name, source))
+        groups.append(UnitSet("sae_latents", parse_hookpoint(hp)[1], name, sae, hp, source).group(hm))
         if cfg.collate.token_pairs and parse_hookpoint(hp)[0] == "attn_out":  # attention latents: by pair too
             groups.append(sae_pair_group(hm, sae, hp, f"{name}{PAIR_SUFFIX}", source))
     if not groups:
         raise SaescopeError("nothing to collate: pass --units mlp,heads and/or --sae DIR")
     return groups
+
+
+def run(cfg: CollateConfig, hm: HookedModel | None = None) -> CollateResult | None:
+    """Collate (see `collate`); the typed result, or None on a torchrun rank other than 0 (rank 0 writes)."""
+    manifest = collate(cfg, hm)
+    return CollateResult.from_manifest(Path(cfg.out) / manifest["model"], manifest) if manifest else None
 
 
 def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]:
@@ -153,7 +87,7 @@ def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]
         source, stored, total = store_batches(cfg.store, hm, T, opt.batch_size, rank, world)
     else:
         contexts = iter_contexts(hm.tokenizer, cfg.data.texts(), T + 1)
-        source, stored = corpus_batches(itertools.islice(contexts, n_model), opt.batch_size, rank, world), set()
+        source, stored = corpus_batches(hm, itertools.islice(contexts, n_model), opt.batch_size), set()
         total = n_model
     # attention units (heads, token pairs) take the first --max_tokens, from the store or a model pass; with a store
     # the other units take all of it
@@ -212,11 +146,13 @@ Batch = tuple[Tensor, Tensor, dict[str, Tensor]]
 """([B] global excerpt ids, [B, T+1] token ids with BOS, hookpoint → [B, T+1, d] activations already known)."""
 
 
-def corpus_batches(contexts: Iterator[list[int]], batch_size: int, rank: int, world: int) -> Iterator[Batch]:
-    """Corpus contexts, every world-th one on this rank (ids stay global so the merge is exact); nothing stored."""
-    numbered = ((i, c) for i, c in enumerate(contexts) if i % world == rank)
-    while chunk := list(itertools.islice(numbered, batch_size)):
-        yield torch.tensor([i for i, _ in chunk]), torch.tensor([c for _, c in chunk]), {}
+def corpus_batches(hm: HookedModel, contexts: Iterator[list[int]], batch_size: int) -> Iterator[Batch]:
+    """This rank's corpus contexts by the activation stream's rule (`batch_size` per rank per round; ids stay global
+    so the merge is exact); the model runs later, on what the store cannot feed."""
+    stream = ActivationStream(hm, contexts, [], batch_size)
+    while (rnd := stream.next_round(batch_size * stream.world, per=batch_size)) is not None:
+        if rnd.mine:
+            yield torch.arange(rnd.offset, rnd.offset + len(rnd.mine)), torch.tensor(rnd.mine), {}
 
 
 def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int,
@@ -254,9 +190,12 @@ def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int
             tok = store.load_tokens(i)
             ctx, pos = tok["context"].long(), tok["position"].long()
             acts = {hp: store.load_shard(hp, i) for hp in hps}
-            whole = [c for c in torch.unique(ctx).tolist() if c % world == rank and int((ctx == c).sum()) == T]
-            for b in range(0, len(whole), batch_size):
-                cs = torch.tensor(whole[b:b + batch_size])  # [B] context ids
+            whole = [c for c in torch.unique(ctx).tolist() if int((ctx == c).sum()) == T]
+            for b in range(0, len(whole), batch_size * world):  # the activation stream's rule, per shard
+                lo, hi = rank_slice(len(whole[b:b + batch_size * world]), rank, world, batch_size)
+                if hi == lo:
+                    continue
+                cs = torch.tensor(whole[b + lo:b + hi])  # [B] context ids
                 rows = torch.stack([(ctx == c).nonzero().squeeze(1)[pos[ctx == c].argsort()] for c in cs])  # [B, T]
                 ids = torch.cat([torch.full((len(cs), 1), bos if bos is not None else 0),
                                  tok["token_ids"][rows].long()], 1)  # [B, T+1]
@@ -267,7 +206,6 @@ def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int
                     cache[hp] = hm.from_token_rows(hp, full)
                 yield cs, ids, cache
     return batches(), set(hps), total
-
 
 
 def merge_ranks(states: list[GroupState], tokens: ExcerptTokens,
@@ -287,6 +225,21 @@ def merge_ranks(states: list[GroupState], tokens: ExcerptTokens,
         tokens.add(*toks)
         seen = [a + b for a, b in zip(seen, n)]
     return states, tokens, seen
+
+
+HISTOGRAM_FILE = "histogram.safetensors"
+
+
+def write_histogram(path: Path, moments: Moments) -> None:
+    """Every unit's exact |activation| counts per log bin, positive and negative (Moments.hist), beside summary.json:
+    counts [U, 2, HIST_BINS] int64, n [U] values seen (tokens, or token pairs for heads), edges [HIST_BINS + 1]."""
+    from safetensors.torch import save_file
+
+    from saescope.collate.state import hist_edges
+
+    assert moments.hist is not None
+    save_file({"counts": moments.hist.round().long().contiguous(), "n": moments.sums[:, 0].round().long().contiguous(),
+               "edges": hist_edges()}, str(path))
 
 
 def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], states: list[GroupState],
@@ -319,6 +272,7 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
                 rows.append({**summary_row(r, g.by_token_pair), "density": float(density[r.neuron_id.neuron_index])})
             write_json(tmp / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
                                               "by_token_pair": g.by_token_pair, "units": rows})
+            write_histogram(tmp / HISTOGRAM_FILE, st.moments)
         live = [x for x in rows if x["max_activation"] > 0]
         datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer,
                          "path": dataset_path(g.unit_type, g.layer, g.name), "units": g.n_units,

@@ -100,12 +100,37 @@ class TopSlots:
                    torch.cat([self.acts, other.acts], 1))
 
 
+HIST_DECADES = (-4, 4)
+HIST_PER_DECADE = 8
+HIST_BINS = (HIST_DECADES[1] - HIST_DECADES[0]) * HIST_PER_DECADE
+"""Histogram of |activation| per sign: log-spaced bins, 8 per decade from 1e-4 to 1e4 (the first bin also holds
+0 < |x| < 1e-4, the last |x| ≥ 1e4). Fixed edges are what makes it exact in one streaming pass and mergeable."""
+
+
+def hist_edges() -> Tensor:
+    """[HIST_BINS + 1] bin edges of |x| (float64)."""
+    return 10.0 ** (HIST_DECADES[0] + torch.arange(HIST_BINS + 1, dtype=torch.float64) / HIST_PER_DECADE)
+
+
+def hist_bin(v: Tensor) -> Tensor:
+    """Bin index [same shape] of non-zero values v by |v| (see HIST_DECADES)."""
+    b = torch.floor((torch.log10(v.abs().double().clamp_min(1e-300)) - HIST_DECADES[0]) * HIST_PER_DECADE)
+    return b.clamp(0, HIST_BINS - 1).long()
+
+
 @dataclass
 class Moments:
-    """Exact power sums Σx^p (p = 0..4) per unit in float64, plus the count of positive values."""
+    """Exact power sums Σx^p (p = 0..4) per unit in float64, the count of positive values, and exact counts of
+    |x| per log bin for positive and negative values separately (every token counts: no sample)."""
 
     sums: Tensor
     """[U, 6]: n, Σx, Σx², Σx³, Σx⁴, #(x > 0)."""
+    hist: Tensor | None = None
+    """[U, 2, HIST_BINS] counts (float64) of positive (row 0) and negative (row 1) values by |x|; zeros = n − Σ."""
+
+    def __post_init__(self) -> None:
+        if self.hist is None:
+            self.hist = torch.zeros(self.sums.shape[0], 2, HIST_BINS, dtype=torch.float64)
 
     @classmethod
     def empty(cls, n_units: int) -> "Moments":
@@ -120,10 +145,15 @@ class Moments:
             self.add_entries(unit, x[unit, col], float(N))
             return
         pos = (x > 0).sum(1).double()
-        x = x.double()
-        x2 = x * x
+        xd = x.double()
+        x2 = xd * xd
         self.sums += torch.stack([torch.full((U,), float(N), dtype=torch.float64),
-                                  x.sum(1), x2.sum(1), (x2 * x).sum(1), (x2 * x2).sum(1), pos], dim=1)
+                                  xd.sum(1), x2.sum(1), (x2 * xd).sum(1), (x2 * x2).sum(1), pos], dim=1)
+        # one bincount over (unit, sign, bin); zeros go to a spare slot past the end
+        slot = (torch.arange(U)[:, None] * 2 + (x < 0).long()) * HIST_BINS + hist_bin(x)  # [U, N]
+        slot = torch.where(x != 0, slot, U * 2 * HIST_BINS)
+        counts = torch.bincount(slot.flatten(), minlength=U * 2 * HIST_BINS + 1)[:-1]
+        self.hist += counts.view(U, 2, HIST_BINS).double()
 
     def add_entries(self, unit: Tensor, value: Tensor, n: float) -> None:
         """Every unit saw n values, of which only these (unit, value) entries [nnz] are non-zero."""
@@ -134,12 +164,17 @@ class Moments:
         for col, term in ((1, v), (2, v2), (3, v2 * v), (4, v2 * v2), (5, (v > 0).double())):
             sums[:, col].index_add_(0, unit, term)
         self.sums += sums
+        U = self.sums.shape[0]
+        nz = v != 0
+        slot = ((unit[nz] * 2 + (v[nz] < 0).long()) * HIST_BINS + hist_bin(v[nz]))
+        self.hist += torch.bincount(slot, minlength=U * 2 * HIST_BINS).view(U, 2, HIST_BINS).double()
 
     def density(self) -> Tensor:
         return self.sums[:, 5] / self.sums[:, 0].clamp_min(1)
 
     def merge(self, other: "Moments") -> None:
         self.sums += other.sums
+        self.hist += other.hist
 
     def stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """mean, variance (population), skewness, excess kurtosis — NaN where undefined."""

@@ -26,6 +26,7 @@ from typing import Any
 from torch import Tensor
 
 from saescope.debug.attribute import KINDS, Node, NodeTable, head_pairs, rank_nodes
+from saescope.debug.config import NODE_NAME
 from saescope.debug.trace import FREEZE_NORMS, SIDES, Behaviour, Edits, logit_behaviour, prompt_ids, run_trace, single_token
 from saescope.errors import SaescopeError
 from saescope.models import HookedModel, canonical_hookpoint
@@ -33,13 +34,11 @@ from saescope.sae import BaseSAE
 
 __all__ = ["FREEZE_NORMS", "KINDS", "DebugResult", "Node", "NodeTable", "debug", "parse_node"]
 
-_NODE = re.compile(r"^(mlp|head)\.(\d+)\.(\d+)@(\d+)$|^latent\.([a-z_]+\.\d+)\.(\d+)@(\d+)$")
-
 
 def parse_node(name: str, hm: HookedModel, T: int, saes: dict[str, BaseSAE]) -> tuple[str, tuple[Any, ...]]:
     """'mlp.9.12@5' → ('neuron', (9, 12, 5)); 'head.3.1@7' → ('head', (3, 1, 7)); 'latent.resid_post.9.4@2' →
     ('latent', ('resid_post.9', 4, 2)); a one-line error for anything else or out of range."""
-    m = _NODE.match(name.strip())
+    m = NODE_NAME.match(name.strip())
     if not m:
         raise SaescopeError(f"node '{name}': expected mlp.L.i@t, head.L.h@t or latent.<hookpoint>.i@t")
     if m.group(1):

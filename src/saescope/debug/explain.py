@@ -8,6 +8,7 @@ from typing import Any
 from saescope.debug.attribute import Node
 from saescope.models import HookedModel
 from saescope.sae import BaseSAE
+from saescope.units import node_dataset
 
 
 def load_saes(spec: str, hm: HookedModel) -> tuple[dict[str, BaseSAE], dict[str, str]]:
@@ -27,14 +28,11 @@ class NodeNotes:
         self._cache: dict[str, dict[int, dict[str, Any]]] = {}
 
     def dataset(self, n: Node) -> str | None:
-        if n.kind == "mlp":
-            return f"mlp_neurons/{n.layer}"
-        if n.kind == "head":
-            return f"attention_heads/{n.layer}"
+        name = ""
         if n.kind == "latent":
             hp = n.name.split(".", 1)[1].rsplit(".", 1)[0]
-            return f"sae_latents/{self.sae_names.get(hp, hp.split('.')[0])}/{n.layer}"
-        return None
+            name = self.sae_names.get(hp, hp.split(".")[0])
+        return node_dataset(n.kind, n.layer, name)
 
     def _rows(self, ds: str) -> dict[int, dict[str, Any]]:
         if ds not in self._cache:
@@ -72,12 +70,13 @@ class NodeNotes:
             kind, _, rest = base.partition(".")
             parts = rest.rsplit(".", 1)
             if kind == "mlp":
-                ds = f"mlp_neurons/{parts[0]}"
+                ds = node_dataset(kind, int(parts[0]))
             elif kind == "latent":
                 hp = parts[0]
-                ds = f"sae_latents/{self.sae_names.get(hp, hp.split('.')[0])}/{hp.split('.')[1]}"
+                ds = node_dataset(kind, int(hp.split(".")[1]), self.sae_names.get(hp, hp.split(".")[0]))
             else:
                 continue
+            assert ds is not None
             row = self._rows(ds).get(int(parts[1]), {})
             if row.get("mean") is not None:
                 out[base] = float(row["mean"])

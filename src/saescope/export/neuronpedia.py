@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from saescope.errors import SaescopeError
 from saescope import validate
+from saescope.errors import SaescopeError
 from saescope.io import atomic_dir, atomic_path, read_json
 from saescope.records import ActivationRecord, NeuronId, NeuronRecord, read_record
 
@@ -131,19 +131,16 @@ def _lens(run: Path, sae: Any, hookpoint: str, k: int = 10) -> tuple[Any, Any]:
     """(top [F, k], bottom [F, k]) (values, token strings) of every latent's logit lens, in chunks."""
     import torch
 
-    from saescope.models import load_model, parse_hookpoint
+    from saescope.models import load_model
+    from saescope.units import residual_write
     from saescope.viewer.lens import logit_lens
 
     store = read_json(run / "store" / "manifest.json", "store manifest")
     hm = load_model(store.get("extra", {}).get("model_spec") or store["model"])
-    kind, layer = parse_hookpoint(hookpoint)
     pos, neg = [], []
     with torch.no_grad():
         for s in range(0, sae.cfg.d_sae, 256):
-            d = sae.W_dec[s:s + 256].float()
-            if kind == "mlp_post_act":
-                d = d @ hm.W_out_mlp(layer).float()
-            logits = logit_lens(hm, d, layer if kind == "mlp_post_act" else None)  # [n, V]
+            logits = logit_lens(hm, *residual_write(hm, hookpoint, sae.W_dec[s:s + 256]))  # [n, V]
             pos.append(logits.topk(k, dim=-1))
             neg.append((-logits).topk(k, dim=-1))
     dec = lambda ids: [[hm.tokenizer.decode([int(i)]) for i in row] for row in ids.tolist()]  # noqa: E731

@@ -20,10 +20,17 @@ from typing import Any, ClassVar
 log = logging.getLogger(__name__)
 
 DIGITS = [str(i) for i in range(11)]
+GONE_AFTER = 3
+"""Requests in a row without any answer after which a run stops (BackendGone)."""
 
 
 class BackendError(Exception):
     """A failed or unparseable call; counted as a failure."""
+
+
+class BackendGone(Exception):
+    """The server stopped answering altogether (several requests in a row failed on the connection): the run stops
+    with what it has saved, instead of spending retries on every remaining unit."""
 
 
 class Backend(ABC):
@@ -74,6 +81,8 @@ class OpenAIBackend(Backend):
         self.client = httpx.Client(timeout=timeout, headers=headers)
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
         self._lock = threading.Lock()
+        self._unreachable = 0
+        """Requests in a row whose every attempt failed on the connection (reset by any answer)."""
 
     def check(self, wait: float = 10.0) -> None:
         """Reach the server once, before any unit is read: a missing or refused key, a refused connection or a
@@ -102,6 +111,8 @@ class OpenAIBackend(Backend):
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
+        if self._unreachable >= GONE_AFTER:  # units still queued behind the one that found the server gone
+            raise BackendGone(f"{self.base_url}: no answer; stopped")
         last = "no attempt"
         for attempt in range(self.retries + 1):
             if attempt:
@@ -111,6 +122,7 @@ class OpenAIBackend(Backend):
             except httpx.HTTPError as e:
                 last = f"{type(e).__name__}: {e}"
                 continue
+            self._unreachable = 0  # an answer, whatever its status
             if r.status_code == 429 or r.status_code >= 500:
                 last = f"HTTP {r.status_code}"
                 continue
@@ -126,6 +138,12 @@ class OpenAIBackend(Backend):
                 self.usage["completion_tokens"] += int(u.get("completion_tokens", 0))
                 self.usage["requests"] += 1
             return data
+        if last.startswith(("Connect", "ReadTimeout", "Remote", "ReadError", "WriteError", "PoolTimeout")):
+            with self._lock:
+                self._unreachable += 1
+                if self._unreachable >= GONE_AFTER:
+                    raise BackendGone(f"{self.base_url}: {GONE_AFTER} requests in a row got no answer ({last}); "
+                                      f"stopped, with every finished unit saved: re-run when the server is back")
         raise BackendError(f"{self.base_url}{path} failed after {self.retries + 1} attempts ({last})")
 
     def chat(self, messages: list[dict[str, str]], max_tokens: int = 60, temperature: float = 0.0) -> str:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from saescope.errors import SaescopeError
 from saescope.interp import scoring
-from saescope.interp.backends import Backend, BackendError, make_backend
+from saescope.interp.backends import Backend, BackendError, BackendGone, make_backend
 from saescope.interp.classify import classify_scores
+from saescope.interp.config import InterpConfig, InterpOptions, InterpResult, parse_indices
 from saescope.interp.prompts import splits
 from saescope.interp.schema import (
     NeuronSimulationResults,
@@ -31,62 +31,6 @@ from saescope.io import read_json, write_json
 from saescope.records import NeuronId, is_activating, max_activation, read_record_dict, record_dict, to_dict
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class InterpOptions:
-    """Which backends explain and simulate, and how they are called (`saescope run` nests these)."""
-
-    explainer: str = "baseline"
-    """baseline (token lookup, offline), openai:<model> or hf:<model spec>."""
-    simulator: str = "baseline"
-    """baseline, openai:<model>, hf:<model spec>, or same (= the explainer's backend)."""
-    base_url: str = ""
-    """OpenAI-compatible server URL (default https://api.openai.com/v1)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the API key (never saved)."""
-    prompt_style: Literal["tdb", "delphi"] = "tdb"
-    """tdb: token<TAB>activation lines; delphi: <<highlighted>> tokens."""
-    max_units: int = 0
-    """At most this many live units (0 = all)."""
-    concurrency: int = 4
-    """Units in flight at once (language-model backends)."""
-    timeout: float = 60.0
-    """Seconds per request."""
-    retries: int = 3
-    """Retries per request (exponential backoff)."""
-    null_baseline: bool = True
-    """Also score another unit's explanation on each unit (the floor every score is compared with)."""
-
-    def __post_init__(self) -> None:
-        from saescope import validate
-        from saescope.interp.backends import check_backend_name
-
-        check_backend_name(self.explainer, "--explainer")
-        check_backend_name(self.simulator, "--simulator", same=True)
-        validate.at_least(self.max_units, 0, "--max_units", "0 = all")
-        validate.at_least(self.concurrency, 1, "--concurrency")
-        validate.positive(self.timeout, "--timeout", "seconds per request")
-        validate.at_least(self.retries, 0, "--retries")
-
-
-@dataclass
-class InterpConfig:
-    """Explain and score the units of a collated dataset."""
-
-    interp: InterpOptions = field(default_factory=InterpOptions)
-    root: str = "runs/default/collated/gemma-3-270m"
-    """A collated model folder (holds manifest.json), a dataset folder inside it, or a dataset saescope did not
-    write: a TDB-layout folder or URL, or a registry name such as gpt2-small:mlp_neurons (`saescope datasets`)."""
-    dataset: str = ""
-    """Dataset path inside root, e.g. sae_latents/resid_post/9 (default: the first SAE dataset, else the first)."""
-    indices: str = ""
-    """Comma-separated unit indices to explain (default: every live unit, in order)."""
-    overwrite: bool = False
-    """Redo the selected units even where already explained/scored (other units in the files are kept)."""
-
-    def __post_init__(self) -> None:
-        parse_indices(self.indices)
 
 
 def resolve(cfg: InterpConfig) -> tuple[Path, str, dict[str, Any]]:
@@ -177,7 +121,10 @@ def score_unit(backend: Backend, rec: dict[str, Any], explanation: str) -> tuple
             scores_llm = classify_scores(backend, explanation, parts["valid"], mx)
         except BackendError as e:  # recorded as a failure of these two scores, never as a score
             scores_llm = {"llm_detection": None, "llm_fuzzing": None, "classify_failure": str(e)}
-    scores = {**scores_llm, "top_and_random": allc.score, "random_only": rc.score,
+    rnd_true = [a for s in rnd for a in s.true_activations]
+    # a unit that never fires (or fires alike everywhere) on the random excerpts has no random-only correlation
+    random_only = None if len(set(rnd_true)) <= 1 else rc.score
+    scores = {**scores_llm, "top_and_random": allc.score, "random_only": random_only,
               "detection": scoring.balanced_accuracy(labels, det), "fuzzing": scoring.balanced_accuracy(fuzz_labels, fuzz_pred),
               "constant_prediction": allc.constant, "method": ",".join(sorted(methods))}
     return result, scores
@@ -285,60 +232,71 @@ def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_sc
     todo_e = [i for i in live if cfg.overwrite or not (expl.get(str(i)) or {}).get("explanation")] if do_explain else []
     kept = len(live) - len(todo_e) if do_explain else 0
     new_ok: set[int] = set()
-    if do_explain and do_score and workers == 1 and todo_e == live and all(stale(i) for i in live):
-        # one pass, each record read once: unit p is scored when unit p+1's explanation (its null) is known; the
-        # same scores as explaining everything first (the null of the last unit is the first one's explanation)
-        pending: tuple[int, dict[str, Any]] | None = None
-        first: str | None = None
-        for n, i in enumerate(tqdm(live, desc=f"explain + score {ds}", unit="unit")):
-            rec = _read(manifest_dir, ds, i, entry)
-            res = explain_one(i, rec)
-            _merge(expl, i, res, "explanation")
-            if res["failure"]:
-                continue
-            new_ok.add(i)
-            text = res["explanation"]
-            first = first if first is not None else text
-            if pending is not None:
-                _merge(scores, pending[0], score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
-                                                      text), "score")
-            pending = (i, rec)
-            if n % 200 == 199:
-                _write_expl(expl_path, expl)
-                write_json(scores_path, {"units": scores})
-        if pending is not None:
-            only_one = len(new_ok) < 2
-            _merge(scores, pending[0], score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
-                                                  None if only_one else first), "score")
-        _write_expl(expl_path, expl)
-        do_explain = False
-    if do_explain:
-        with ThreadPoolExecutor(workers) as pool:
-            for n, (i, res) in enumerate(tqdm(zip(todo_e, pool.map(explain_one, todo_e)), total=len(todo_e),
-                                              desc=f"explain {ds}", unit="unit")):
+    llms = [b for b in {explainer, simulator} if b is not None and b.is_llm]
+    try:
+        if do_explain and do_score and workers == 1 and todo_e == live and all(stale(i) for i in live):
+            # one pass, each record read once: unit p is scored when unit p+1's explanation (its null) is known; the
+            # same scores as explaining everything first (the null of the last unit is the first one's explanation)
+            pending: tuple[int, dict[str, Any]] | None = None
+            first: str | None = None
+            for n, i in enumerate(tqdm(live, desc=f"explain + score {ds}", unit="unit")):
+                rec = _read(manifest_dir, ds, i, entry)
+                res = explain_one(i, rec)
                 _merge(expl, i, res, "explanation")
-                if not res["failure"]:
-                    new_ok.add(i)
-                if n % 50 == 49:
+                if res["failure"]:
+                    continue
+                new_ok.add(i)
+                text = res["explanation"]
+                first = first if first is not None else text
+                if pending is not None:
+                    _merge(scores, pending[0], score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
+                                                          text), "score")
+                pending = (i, rec)
+                if n % 200 == 199:
                     _write_expl(expl_path, expl)
-        _write_expl(expl_path, expl)
-    if not do_score:
-        return {"out": str(out), "explained": len(new_ok), "failed": len(todo_e) - len(new_ok), "kept": kept,
-                "kept_by": _label({k: v for k, v in expl.items() if int(k) in set(live) - set(todo_e)}, "explainer")}
-    ok = [i for i in live if (expl.get(str(i)) or {}).get("explanation")]
-    todo = [i for i in ok if stale(i)]
+                    write_json(scores_path, {"units": scores})
+            if pending is not None:
+                only_one = len(new_ok) < 2
+                _merge(scores, pending[0], score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
+                                                      None if only_one else first), "score")
+            _write_expl(expl_path, expl)
+            do_explain = False
+        if do_explain:
+            with ThreadPoolExecutor(workers) as pool:
+                for n, (i, res) in enumerate(tqdm(zip(todo_e, pool.map(explain_one, todo_e)), total=len(todo_e),
+                                                  desc=f"explain {ds}", unit="unit")):
+                    _merge(expl, i, res, "explanation")
+                    if not res["failure"]:
+                        new_ok.add(i)
+                    if n % 50 == 49:
+                        _write_expl(expl_path, expl)
+            _write_expl(expl_path, expl)
+        if not do_score:
+            return {"out": str(out), "explained": len(new_ok), "failed": len(todo_e) - len(new_ok), "kept": kept,
+                    "kept_by": _label({k: v for k, v in expl.items() if int(k) in set(live) - set(todo_e)}, "explainer")}
+        ok = [i for i in live if (expl.get(str(i)) or {}).get("explanation")]
+        todo = [i for i in ok if stale(i)]
+        other = sum(1 for i in ok if i not in todo and scores[str(i)].get("simulator") != sim_name)
+        if other:
+            log.warning("%s: kept %d scores by another simulator (%s); --overwrite true rescores them with %s", ds, other,
+                        _label({str(i): scores[str(i)] for i in ok if i not in todo}, "simulator"), sim_name)
 
-    def score_one(pos_i: tuple[int, int]) -> tuple[int, dict[str, Any]]:
-        pos, i = pos_i
-        other = expl[str(ok[(pos + 1) % len(ok)])]["explanation"] if len(ok) > 1 else None  # the null floor
-        return i, score_with(i, _read(manifest_dir, ds, i, entry), expl[str(i)]["explanation"], other)
-    with ThreadPoolExecutor(workers) as pool:
-        pairs = [(ok.index(i), i) for i in todo]
-        for n, (i, res) in enumerate(tqdm(pool.map(score_one, pairs), total=len(pairs), desc=f"score {ds}", unit="unit")):
-            _merge(scores, i, res, "score")
-            if n % 50 == 49:
-                write_json(scores_path, {"units": scores})
-    summ = _summary(ds, expl, scores, [b for b in {explainer, simulator} if b is not None and b.is_llm], out)
+        def score_one(pos_i: tuple[int, int]) -> tuple[int, dict[str, Any]]:
+            pos, i = pos_i
+            other = expl[str(ok[(pos + 1) % len(ok)])]["explanation"] if len(ok) > 1 else None  # the null floor
+            return i, score_with(i, _read(manifest_dir, ds, i, entry), expl[str(i)]["explanation"], other)
+        with ThreadPoolExecutor(workers) as pool:
+            pairs = [(ok.index(i), i) for i in todo]
+            for n, (i, res) in enumerate(tqdm(pool.map(score_one, pairs), total=len(pairs), desc=f"score {ds}", unit="unit")):
+                _merge(scores, i, res, "score")
+                if n % 50 == 49:
+                    write_json(scores_path, {"units": scores})
+    except BackendGone as e:  # the server went away mid-run: keep every finished unit, then one line
+        _write_expl(expl_path, expl)
+        if do_score:
+            write_json(scores_path, {"units": scores, "summary": _summary(ds, expl, scores, llms, out)})
+        raise SaescopeError(str(e)) from None
+    summ = _summary(ds, expl, scores, llms, out)
     write_json(scores_path, {"units": scores, "summary": summ})
     return summ
 
@@ -357,17 +315,12 @@ def _summary(ds: str, expl: dict[str, Any], scores: dict[str, Any], llms: list[B
             "failures": len(failures), "usage": {b.name: b.usage for b in llms}, "out": str(out)}
 
 
-def parse_indices(text: str, option: str = "--indices") -> set[int] | None:
-    """'3,5,9' → {3, 5, 9}; '' → None (every unit)."""
-    if not text.strip():
-        return None
-    try:
-        out = {int(x) for x in text.split(",") if x.strip()}
-    except ValueError:
-        raise SaescopeError(f"{option} '{text}': expected comma-separated unit indices such as 3,5,9") from None
-    if any(i < 0 for i in out):
-        raise SaescopeError(f"{option} '{text}': unit indices are 0 or more")
-    return out
+def check_backends(opt: InterpOptions) -> None:
+    """Reach the OpenAI-compatible server(s) the options name, once (see OpenAIBackend.check); no other backend
+    is built (an hf: model loads when it is used)."""
+    for name in {opt.explainer, opt.simulator}:
+        if name.startswith("openai:"):
+            make_backend(name, opt.base_url, opt.api_key_env, opt.timeout, opt.retries)
 
 
 def _offline(opt: InterpOptions) -> bool:
@@ -379,6 +332,16 @@ def _run_quietly(cfg: InterpConfig) -> dict[str, Any]:
 
     os.environ["TQDM_DISABLE"] = "1"  # one progress line per dataset from the parent instead of interleaved bars
     return run_interp(cfg)
+
+
+def run(cfg: InterpConfig, hm: Any = None) -> InterpResult:
+    """Explain and score one dataset (see `run_interp`)."""
+    return InterpResult.from_summary(run_interp(cfg, hm=hm))
+
+
+def run_many(cfgs: list[InterpConfig], hm: Any = None) -> list[InterpResult]:
+    """`run` over several datasets (see `run_interp_many`)."""
+    return [InterpResult.from_summary(s) for s in run_interp_many(cfgs, hm=hm)]
 
 
 def run_interp_many(cfgs: list[InterpConfig], hm: Any = None, workers: int = 0) -> list[dict[str, Any]]:

@@ -138,7 +138,7 @@ def load_sae(path: str | Path) -> BaseSAE:
     """Load any supported SAE: a directory (saescope/SAELens or sparsify), a file (.pt OpenAI, .npz/.safetensors Gemma
     Scope), or `saelens:<release>:<sae id>` from a SAELens registry entry whose files are on disk."""
     if str(path).startswith("saelens:"):
-        from saescope.export.saelens import resolve_release
+        from saescope.sae.releases import resolve_release
 
         parts = str(path).split(":", 2)
         if len(parts) != 3 or not parts[1] or not parts[2]:

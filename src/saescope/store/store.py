@@ -120,8 +120,8 @@ class StoreWriter:
         self.root = Path(root)
         self.meta = meta
         mpath = self.root / MANIFEST
-        if mpath.exists() and not overwrite:
-            manifest = read_json(mpath, "store manifest")
+        manifest = read_json(mpath, "store manifest") if mpath.exists() and not overwrite else {}
+        if manifest.get("shards") and not overwrite:  # a store without shards holds nothing to keep: start over
             old = {k: manifest.get(k) for k in meta.identity()}
             if old != meta.identity():
                 diff = [k for k in old if old[k] != meta.identity()[k]]
@@ -154,7 +154,8 @@ class StoreWriter:
 
     @property
     def complete(self) -> bool:
-        return bool(self.manifest.get("complete"))
+        """Finished, with rows: a 0-row store (written before this was checked) is resumed, not reused."""
+        return bool(self.manifest.get("complete")) and self.rows > 0
 
     def _flush(self) -> None:
         write_json(self.root / MANIFEST, self.manifest)
@@ -183,6 +184,9 @@ class StoreWriter:
         self._flush()
 
     def finish(self, **info: Any) -> None:
+        if self.rows == 0:
+            raise SaescopeError(f"{self.root}: no rows were stored, so the store is not complete; capture a corpus "
+                                f"that gives at least one context")
         self.manifest["complete"] = True
         self.manifest.update(info)
         self._flush()
@@ -276,7 +280,7 @@ class ActivationStore:
             f"model      {m['model']}  (tokenizer {m.get('tokenizer') or '-'})",
             f"source     {m.get('source', {}).get('kind', '-')}  {m.get('source', {}).get('path', '')}",
             f"rows       {self.rows:,} in {len(self.shards)} shards, context length {m.get('context_len')}",
-            f"dtype      {m['dtype']}   complete: {m.get('complete')}   NaN/Inf rows dropped: {m.get('nonfinite_rows_dropped', 0)}",
+            f"dtype      {m['dtype']}   complete: {bool(m.get('complete')) and self.rows > 0}   NaN/Inf rows dropped: {m.get('nonfinite_rows_dropped', 0)}",
         ]
         for hp, d in self.hookpoints.items():
             mb = self.rows * d * bytes_per / 2**20

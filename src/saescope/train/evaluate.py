@@ -1,14 +1,18 @@
 """Evaluate an SAE: reconstruction/sparsity metrics on held-out activations, and spliced into the model.
 
 Spliced metrics replace the hookpoint's activation by the SAE reconstruction (BOS left untouched, as in
-training) and compare next-token cross-entropy with the clean model and with zero-ablation.
+training) and compare next-token cross-entropy with the clean model: ΔCE (spliced − clean loss) and
+KL(clean ‖ spliced), in nats per token, each with its standard error over contexts, lead; CE loss recovered (against
+zero-ablation) is kept but flagged unreliable where zero-ablation barely changes the loss. `context_losses` takes
+any model variants (a transcoder replacement model, several hookpoints at once), not only one spliced SAE.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -42,65 +46,158 @@ def evaluate_batches(sae: BaseSAE, batches: Iterable[Tensor], device: str = "cpu
 LOGITS_BUDGET = 128 * 2**20
 """Bytes of float32 logits the spliced metrics hold per forward pass (the batch is sized to fit)."""
 
+ZERO_ABLATION_MIN_NATS = 0.5
+"""CE loss recovered = (CE_zero − CE_sae)/(CE_zero − CE_clean) is reported as unreliable when zero-ablating the
+hookpoint raises the loss by less than this: the denominator is then small and noisy (gemma-3-270m's attn_out,
+mlp_out and mlp_post_act lose 0.1 nats when zeroed, so a 0.05-nat SAE reads as 50 % recovered)."""
 
-def spliced_metrics(hm: HookedModel, sae: BaseSAE, hookpoint: str, contexts: Tensor,
-                    batch_size: int = 0) -> dict[str, float]:
-    """CE loss clean / with the SAE spliced in / zero-ablated, CE recovered and KL(clean ‖ spliced). contexts [B, T]."""
-    return spliced_metrics_many(hm, [(sae, hookpoint)], contexts, batch_size)[0]
+Variant = Callable[[Tensor], AbstractContextManager]
+"""ids [b, T] → a context in which `hm.model` runs modified (a dictionary spliced in, a hookpoint zeroed, every
+MLP replaced...); the clean pass is the model outside any variant."""
+
+
+class ContextLosses(NamedTuple):
+    """Losses summed over each context's T − 1 next-token predictions (one value per context, so that standard
+    errors are taken over contexts: the tokens of a context are not independent)."""
+
+    clean: Tensor
+    """[C] NLL of the clean model (C: the contexts any variant was evaluated on)."""
+    nll: Tensor
+    """[n, C] NLL with each variant (variant i: valid on its first contexts[i] contexts, nan beyond)."""
+    kl: Tensor
+    """[n, C] KL(clean ‖ variant) summed over positions (nan beyond contexts[i])."""
+    contexts: list[int]
+    """Contexts each variant was evaluated on (a prefix of the contexts given)."""
+    tokens_per_context: int
+
+
+def splice(hm: HookedModel, hookpoint: str, fn: Callable[[Tensor], Tensor]) -> Variant:
+    """The variant that replaces the hookpoint's activation x by fn(x) everywhere but at BOS (left untouched, as
+    in training: BOS activations are outliers no dictionary is trained on)."""
+    from saescope.models import parse_hookpoint
+
+    if parse_hookpoint(hookpoint)[0] not in SPLICEABLE:
+        raise ValueError(f"cannot splice at {hookpoint}")
+
+    def variant(ids: Tensor) -> AbstractContextManager:
+        keep = (ids == hm.tokenizer.bos_token_id)[..., None]  # [b, T, 1]
+        return hm.patch(hookpoint, lambda x: torch.where(keep, x, fn(x)))
+    return variant
+
+
+SPLICEABLE = ("resid_post", "resid_pre", "mlp_in", "mlp_out", "attn_out", "mlp_post_act")
 
 
 @torch.no_grad()
-def spliced_metrics_many(hm: HookedModel, saes: list[tuple[BaseSAE, str]], contexts: Tensor,
-                         batch_size: int = 0) -> list[dict[str, float]]:
+def context_losses(hm: HookedModel, variants: list[Variant], contexts: Tensor, batch_size: int = 0,
+                   target_se: list[float] | None = None, min_contexts: int = 0) -> ContextLosses:
+    """Per-context NLL of the clean model and of each variant, and KL(clean ‖ variant), on contexts [C, T].
+
+    One clean pass per batch is shared by all variants. With target_se, variant i stops once its ΔCE's standard
+    error is below target_se[i] (0: never; inf: at min_contexts) after at least min_contexts contexts, and the
+    clean pass stops with the last variant: the forward passes go where the noise is. Memory is bounded by
+    LOGITS_BUDGET, not by the vocabulary: each batch holds the clean log-probabilities and one other pass's logits
+    at a time (gemma's 262k-token vocabulary makes one [8, 128, V] float32 logits tensor 1 GiB).
+    """
+    device = next(hm.model.parameters()).device
+    C, T = contexts.shape
+    V = hm.model.get_output_embeddings().weight.shape[0]
+    batch_size = batch_size or max(1, LOGITS_BUDGET // (T * V * 4))
+    target = target_se or [0.0] * len(variants)
+    clean_nll = torch.zeros(C, dtype=torch.float64)
+    nll = torch.full((len(variants), C), float("nan"), dtype=torch.float64)
+    kl = torch.full((len(variants), C), float("nan"), dtype=torch.float64)
+    done: list[int | None] = [None] * len(variants)  # contexts of a variant that has stopped
+    end = 0
+    for b in range(0, C, batch_size):
+        if all(c is not None for c in done):
+            break
+        ids = contexts[b:b + batch_size].to(device)  # [b, T]
+        tgt = ids[:, 1:].flatten()  # [b·(T−1)]
+        end = b + len(ids)
+
+        def next_logp() -> Tensor:
+            """[b·(T−1), V] next-token log-probabilities."""
+            logits = hm.model(input_ids=ids, use_cache=False).logits
+            return logits[:, :-1].flatten(0, 1).float().log_softmax(-1)
+
+        def per_context(x: Tensor) -> Tensor:
+            return x.view(ids.shape[0], T - 1).double().sum(1).cpu()  # [b·(T−1)] → [b]
+
+        clean = next_logp()
+        clean_nll[b:end] = per_context(torch.nn.functional.nll_loss(clean, tgt, reduction="none"))
+        for i, variant in enumerate(variants):
+            if done[i] is not None:
+                continue
+            with variant(ids):
+                other = next_logp()
+            nll[i, b:end] = per_context(torch.nn.functional.nll_loss(other, tgt, reduction="none"))
+            kl[i, b:end] = per_context(M.kl_from_logprobs(clean, other))
+            del other
+            if end >= max(min_contexts, 2) and target[i] > 0 \
+                    and M.mean_and_se(nll[i, :end] - clean_nll[:end])[1] / (T - 1) < target[i]:
+                done[i] = end
+    return ContextLosses(clean_nll[:end], nll[:, :end], kl[:, :end], [c or end for c in done], T - 1)
+
+
+def loss_summary(losses: ContextLosses, i: int, zero: int | None = None) -> dict[str, Any]:
+    """The reported numbers of variant i (zero: the index of the zero-ablation variant of the same hookpoint):
+    ΔCE and KL first, in nats per token, each with its standard error over contexts. CE recovered is taken on the
+    contexts both variants saw."""
+    n, c = losses.tokens_per_context, losses.contexts[i]
+    clean, own = losses.clean[:c], losses.nll[i, :c]
+    d_ce, d_ce_se = M.mean_and_se((own - clean) / n)
+    kl, kl_se = M.mean_and_se(losses.kl[i, :c] / n)
+    out: dict[str, Any] = {"delta_ce": d_ce, "delta_ce_se": d_ce_se, "kl_div": kl, "kl_div_se": kl_se,
+                           "ce_clean": float(clean.mean()) / n, "ce_with_sae": float(own.mean()) / n,
+                           "spliced_contexts": c, "spliced_tokens": c * n}
+    if zero is not None:
+        z = min(c, losses.contexts[zero])
+        base, spliced, ablated = (float(v[:z].mean()) / n for v in (losses.clean, own, losses.nll[zero]))
+        out |= {"ce_zero_ablation": ablated, "ce_loss_recovered": M.ce_loss_recovered(base, spliced, ablated),
+                "ce_loss_recovered_reliable": ablated - base >= ZERO_ABLATION_MIN_NATS, "ce_recovered_contexts": z}
+    return out
+
+
+def spliced_metrics(hm: HookedModel, sae: BaseSAE, hookpoint: str, contexts: Tensor, batch_size: int = 0,
+                    target_se: float = 0.0, min_contexts: int = 0) -> dict[str, Any]:
+    """ΔCE and KL(clean ‖ spliced) with standard errors, CE loss clean / spliced / zero-ablated, CE recovered.
+    contexts [C, T]; see `spliced_metrics_many` for target_se and min_contexts."""
+    return spliced_metrics_many(hm, [(sae, hookpoint)], contexts, batch_size, target_se, min_contexts)[0]
+
+
+def spliced_metrics_many(hm: HookedModel, saes: list[tuple[BaseSAE, str]], contexts: Tensor, batch_size: int = 0,
+                         target_se: float = 0.0, min_contexts: int = 0) -> list[dict[str, Any]]:
     """`spliced_metrics` of several SAEs on the same contexts, sharing the clean pass (and the zero-ablated pass of
     a hookpoint) between them: 1 + n + (hookpoints) forward passes per batch instead of 3n.
 
-    Memory is bounded by LOGITS_BUDGET, not by the vocabulary: each batch holds the clean log-probabilities and one
-    other pass's logits at a time (gemma's 262k-token vocabulary makes one [8, 128, V] float32 logits tensor 1 GiB).
+    target_se > 0: each SAE is evaluated on as many contexts as its ΔCE needs for a standard error below target_se
+    (at least min_contexts, at most all), and zero-ablation (only CE recovered reads it) on min_contexts.
     """
-    from saescope.models import parse_hookpoint
-
-    for _, hookpoint in saes:
-        if parse_hookpoint(hookpoint)[0] not in ("resid_post", "resid_pre", "mlp_in", "mlp_out", "attn_out", "mlp_post_act"):
-            raise ValueError(f"cannot splice at {hookpoint}")
     device = next(hm.model.parameters()).device
     saes = [(sae.to(device).eval(), hp) for sae, hp in saes]
-    B, T = contexts.shape
-    V = hm.model.get_output_embeddings().weight.shape[0]
-    batch_size = batch_size or max(1, LOGITS_BUDGET // (T * V * 4))
-    tot = [{"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl": 0.0} for _ in saes]
-    count = 0
-    for b in range(0, B, batch_size):
-        ids = contexts[b:b + batch_size].to(device)  # [b, T]
-        keep = ids == hm.tokenizer.bos_token_id  # [b, T] positions left untouched
-        tgt = ids[:, 1:].flatten()
+    variants = [splice(hm, hp, lambda a, sae=sae: sae(a.float()).to(a.dtype)) for sae, hp in saes]
+    targets = [target_se] * len(saes)
+    zero: dict[str, int] = {}
+    for _, hp in saes:
+        if hp not in zero:
+            zero[hp] = len(variants)
+            variants.append(splice(hm, hp, torch.zeros_like))
+            targets.append(float("inf") if target_se > 0 else 0.0)
+    losses = context_losses(hm, variants, contexts, batch_size, targets, min_contexts)
+    return [loss_summary(losses, i, zero[hp]) for i, (_, hp) in enumerate(saes)]
 
-        def next_logp(hookpoint: str, patch: Callable[[Tensor], Tensor] | None) -> Tensor:
-            """[b·(T−1), V] next-token log-probabilities with the hookpoint patched (or clean)."""
-            if patch is None:
-                logits = hm.model(input_ids=ids, use_cache=False).logits
-            else:
-                with hm.patch(hookpoint, lambda x: torch.where(keep[..., None], x, patch(x))):
-                    logits = hm.model(input_ids=ids, use_cache=False).logits
-            return logits[:, :-1].flatten(0, 1).float().log_softmax(-1)
 
-        clean = next_logp("", None)
-        clean_nll = float(torch.nn.functional.nll_loss(clean, tgt, reduction="sum"))
-        zero: dict[str, float] = {}
-        for (sae, hookpoint), t in zip(saes, tot):
-            t["clean"] += clean_nll
-            spliced = next_logp(hookpoint, lambda a, sae=sae: sae(a.float()).to(a.dtype))
-            t["sae"] += float(torch.nn.functional.nll_loss(spliced, tgt, reduction="sum"))
-            t["kl"] += float(M.kl_from_logprobs(clean, spliced).sum())
-            del spliced
-            if hookpoint not in zero:
-                zero[hookpoint] = float(torch.nn.functional.nll_loss(next_logp(hookpoint, torch.zeros_like), tgt,
-                                                                     reduction="sum"))
-            t["zero"] += zero[hookpoint]
-        count += tgt.numel()
-    out = []
-    for t in tot:
-        ce = {k: v / count for k, v in t.items()}
-        out.append({"ce_clean": ce["clean"], "ce_with_sae": ce["sae"], "ce_zero_ablation": ce["zero"],
-                    "ce_loss_recovered": M.ce_loss_recovered(ce["clean"], ce["sae"], ce["zero"]), "kl_div": ce["kl"]})
-    return out
+def headline(ev: dict[str, Any]) -> str:
+    """One line for a dictionary's evaluation, in the order that matters: the loss it adds to the model (ΔCE ± its
+    standard error, KL), then FVU, L0, dead %, and CE recovered (marked where zero-ablation makes it unreliable)."""
+    parts = []
+    if "delta_ce" in ev:
+        parts += [f"ΔCE {ev['delta_ce']:.3f} ± {ev['delta_ce_se']:.3f} nats", f"KL {ev['kl_div']:.3f}"]
+    parts += [f"FVU {ev['fvu']:.3f}", f"L0 {ev['l0']:.1f}"]
+    if "dead_fraction" in ev:
+        parts.append(f"dead {100 * ev['dead_fraction']:.1f} %")
+    if "ce_loss_recovered" in ev:
+        reliable = ev.get("ce_loss_recovered_reliable", True)
+        parts.append(f"CE recovered {ev['ce_loss_recovered']:.3f}{'' if reliable else ' (unreliable)'}")
+    return ", ".join(parts)

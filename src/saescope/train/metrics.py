@@ -136,3 +136,12 @@ def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:
 def kl_from_logprobs(lp: Tensor, lq: Tensor) -> Tensor:
     """Per-position KL(p ‖ q) from log-probabilities [..., V]."""
     return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def mean_and_se(values: Tensor) -> tuple[float, float]:
+    """Mean of [N] independent values and its standard error s/√N (s: sample standard deviation, N − 1 in the
+    denominator); the error is nan for N < 2."""
+    v = values.double().flatten()
+    n = v.numel()
+    mean = float(v.mean()) if n else float("nan")
+    return mean, (float(v.std(correction=1)) / n**0.5 if n > 1 else float("nan"))

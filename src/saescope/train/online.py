@@ -16,77 +16,41 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from saescope.config import ModelConfig, resolve_device
-from saescope.corpus import CorpusConfig
+from saescope.activations import ActivationStream, default_hookpoint
+from saescope.config import resolve_device
 from saescope.errors import SaescopeError
 from saescope.io import write_json
 from saescope.store.iterate import ShuffleBuffer
-from saescope.train.trainer import Trainer, TrainerConfig
+from saescope.train.config import OnlineConfig
+from saescope.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "online_checkpoint"
-
-
-@dataclass
-class OnlineConfig:
-    """Train one SAE per hookpoint straight from the model (no activation store): `saescope train --online`."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: CorpusConfig = field(default_factory=CorpusConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    hookpoints: str = ""
-    """Hookpoints or globs (resid_post.*, mlp_out.3); default the middle layer's resid_post."""
-    out: str = "runs/default/saes_online"
-    """Output folder: one SAELens-layout SAE per hookpoint (<out>/<hookpoint>/)."""
-    context_len: int = 128
-    """Tokens per context, BOS included (BOS is not trained on)."""
-    forward_contexts: int = 16
-    """Contexts per model forward."""
-    resume: bool = True
-    """Continue from <out>/online_checkpoint if present."""
-
-    def __post_init__(self) -> None:
-        if self.context_len < 2 or self.forward_contexts < 1:
-            raise SaescopeError("--context_len must be at least 2 and --forward_contexts positive")
 
 
 def activation_chunks(hm: Any, contexts: Iterator[list[int]], hookpoints: list[str], forward_contexts: int,
                       counter: list[int]) -> Iterator[dict[str, Tensor]]:
     """One dict {hookpoint: rows [N, width] float32, cpu} per `forward_contexts` contexts (BOS and padding left out,
     rows non-finite at any hookpoint dropped at all of them); `counter[0]` counts contexts consumed. Under torchrun
-    each rank runs the model on its slice of the contexts and the rows are gathered, in rank order, on every rank:
-    the same chunk, row for row, as one process running them all."""
+    each rank runs the model on its slice of the contexts (`saescope.activations`) and the rows are gathered, in rank
+    order, on every rank: the same chunk, row for row, as one process running them all."""
     from saescope import distributed as dist
-    from saescope.capture.capture import valid_mask
 
-    special = {t for t in (hm.tokenizer.bos_token_id, hm.tokenizer.pad_token_id) if t is not None}
-    device = next(hm.model.parameters()).device
-    ws, rank = dist.world_size(), dist.rank()
-    while True:
-        batch = list(itertools.islice(contexts, forward_contexts))
-        if not batch:
-            return
-        per = -(-len(batch) // ws)
-        mine = batch[rank * per:(rank + 1) * per]
-        if mine:
-            ids = torch.tensor(mine, device=device)  # [B, T]
-            with torch.no_grad():
-                cache = hm.run_with_cache(ids, None, hookpoints)
-            mask = valid_mask(ids, special)
-            rows = {h: hm.token_rows(h, cache[h])[mask].float().cpu() for h in hookpoints}
-        else:  # a short last batch leaves some ranks without contexts
-            rows = {h: torch.empty(0, hm.width(h, len(batch[0]))) for h in hookpoints}
+    stream = ActivationStream(hm, contexts, hookpoints, forward_contexts)
+    while (rnd := stream.next_round(forward_contexts)) is not None:
+        fwd = next(stream.forwards(rnd), None)  # one forward: a rank's slice is at most forward_contexts
+        rows = fwd.rows if fwd is not None else stream.empty_rows(rnd)  # a short last round leaves ranks without
         finite = torch.stack([r.isfinite().all(1) for r in rows.values()]).all(0) if rows else None
         if finite is not None and not bool(finite.all()):
             rows = {h: r[finite] for h, r in rows.items()}
-        counter[0] += len(batch)
+        counter[0] += rnd.size
         yield {h: dist.gather_rows(r) for h, r in rows.items()}
 
 
@@ -124,11 +88,9 @@ def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> di
     """Train one SAE per hookpoint from one model forward per batch of contexts; returns {hookpoint: report}."""
     from tqdm.auto import tqdm
 
-    from saescope.capture.capture import default_hookpoint
+    from saescope import distributed as dist
     from saescope.corpus import iter_contexts
     from saescope.models.hooks import ATTENTION_KINDS
-
-    from saescope import distributed as dist
 
     dist.init_from_env()
     hm = hm or cfg.model.load()

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from saescope.train.trainer import TrainerConfig
+    from saescope.train.config import TrainerConfig
 
 
 class ScheduleFreeSignSGD(torch.optim.Optimizer):

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,6 +30,7 @@ from saescope.train.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
+from saescope.train.config import TrainerConfig
 from saescope.train.optim import ScheduleFreeSignSGD, make_optimizer, unit_rows_if
 from saescope.train.resample import resample_dead
 from saescope.train.speed import (
@@ -40,106 +41,6 @@ from saescope.train.speed import (
 )
 
 log = logging.getLogger(__name__)
-
-
-Arch = Literal["topk", "batchtopk", "matryoshka", "matryoshka_batchtopk", "jumprelu", "standard", "relu"]
-
-
-@dataclass
-class TrainerConfig:
-    """The optimisation recipe (shared by `saescope train` and the Python API)."""
-
-    arch: Arch = "topk"
-    """topk, batchtopk, matryoshka (= matryoshka_batchtopk), jumprelu or standard (= relu: ReLU + L1)."""
-    kind: Literal["sae", "transcoder", "skip_transcoder", "clt"] = "sae"
-    """sae (reconstruct the hookpoint), transcoder (mlp_in.L → mlp_out.L, per layer), skip_transcoder (plus an affine
-    skip x W_skip) or clt (cross-layer: layer l's latents write to the MLP outputs of l..L−1; topk, batchtopk or
-    jumprelu)."""
-    k: int = 32
-    """Active latents per token (TopK; BatchTopK on average; JumpReLU: the L0 its thresholds start at)."""
-    k_anneal_frac: float = 0.5
-    """TopK family: fraction of steps over which the training k decays linearly from k_anneal_start·k to k."""
-    k_anneal_start: float = 4.0
-    """Starting multiple of k for --k_anneal_frac (capped at F)."""
-    width: int = 4096
-    """Number of latents F."""
-    tokens: int = 0
-    """Training tokens (0 = one pass over the training shards)."""
-    batch_size: int = 1024
-    """Tokens per step (global, across data-parallel ranks)."""
-    buffer_rows: int = 65536
-    """Shuffle buffer size in rows (store training)."""
-    holdout_shards: int = 1
-    """Last store shards kept out of training, for the held-out evaluation."""
-    optimizer: Literal["adam", "signum"] = "adam"
-    """adam (fused Adam, LR warm-up and final decay) or signum (sign-SGD with schedule-free averaging, no decay
-    needed; the saved SAE is the averaged iterate)."""
-    lr: float = 0.0
-    """Learning rate; 0 = adam 1e-3·√(2^14 / F) for the TopK family (2e-4·√(2^14 / F) for jumprelu/standard),
-    signum 5e-3·√(2^14 / F)."""
-    momentum: float = 0.95
-    """signum: schedule-free interpolation β between the SGD iterate and its running average."""
-    warmup_frac: float = 0.02
-    """Fraction of steps with linear LR warm-up."""
-    decay_frac: float = 0.2
-    """Final fraction of steps with linear LR decay to 0 (adam; schedule-free signum ignores it)."""
-    grad_clip: float = 1.0
-    """Gradient-norm clip (0 = off)."""
-    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
-    """Initial decoder bias: the geometric median or mean of the first batch, or zeros."""
-    normalize: bool = True
-    """Scale inputs to E‖x‖ = √d during training (folded into the saved weights)."""
-    auxk_alpha: float = 1 / 32
-    """AuxK coefficient (TopK family)."""
-    dead_tokens: int = 1_000_000
-    """A latent is dead after this many tokens without firing (AuxK; the reported dead fraction uses the smaller of
-    this and a quarter of the run, so that a run shorter than it does not always report 0 %)."""
-    resample_tokens: int = -1
-    """TopK family: restart latents that have not fired for this many tokens on the worst-reconstructed tokens'
-    residuals (train/resample.py) until --resample_until; -1 = min(dead_tokens, max(training
-    tokens / 16, 100·F/k)), 0 = off."""
-    resample_until: float = 0.8
-    """Fraction of the steps after which dead latents are no longer restarted."""
-    resample_enc_scale: float = 0.5
-    """Encoder norm of a restarted latent, as a multiple of the alive latents' mean (1 lets fresh latents take over
-    top-k slots en masse where one direction dominates; train/resample.py)."""
-    matryoshka_widths: str = ""
-    """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
-    l1_coefficient: float = 0.08
-    """ReLU+L1 sparsity coefficient (on the FVU-normalised loss)."""
-    l0_coefficient: float = 0.1
-    """JumpReLU L0 coefficient (on the FVU-normalised loss)."""
-    pre_act_coefficient: float = 0.0
-    """JumpReLU pre-act loss for dead latents (0 = off)."""
-    sparsity_warmup_frac: float = 0.05
-    """Fraction of steps over which the sparsity coefficient ramps from 0."""
-    encoder_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """TopK family: dtype of the dense encoder matmul in training (auto = bfloat16 on GPUs and on CPUs with AMX or
-    AVX512-BF16, where it is several times faster; float32 elsewhere). Gradients stay float32."""
-    checkpoint_every: int = 500
-    """Steps between checkpoints."""
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        from saescope.errors import SaescopeError
-        from saescope.sae import TopKSAE
-
-        topk_family = issubclass(sae_class(self.arch), TopKSAE)
-        if self.kind == "clt" and sae_class(self.arch).architecture not in ("topk", "batchtopk", "jumprelu"):
-            raise SaescopeError(f"--kind clt: --arch {self.arch} is not supported; use topk, batchtopk or jumprelu")
-        if self.width < 1 or self.k < 1 or self.batch_size < 1:
-            raise SaescopeError("--width, --k and --batch_size must be positive")
-        if topk_family and self.k > self.width:
-            raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
-
-    def learning_rate(self) -> float:
-        from saescope.sae import TopKSAE
-
-        if self.lr:
-            return self.lr
-        topk_family = issubclass(sae_class(self.arch), TopKSAE)  # the issue-13 recipe was measured on these
-        base = 5e-3 if self.optimizer == "signum" else (1e-3 if topk_family else 2e-4)
-        return base / math.sqrt(self.width / 2**14)
 
 
 def geometric_median(x: Tensor, iters: int = 100, eps: float = 1e-6) -> Tensor:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from saescope.errors import SaescopeError
-from saescope.records import UNIT_TYPES, dataset_path, loads
+from saescope.records import loads
+from saescope.units import UNIT_TYPES, dataset_path
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
@@ -89,12 +90,32 @@ class DataRoot:
                 out.append(data)
         return out
 
+    def check(self) -> list[dict[str, Any]]:
+        """The datasets, after checking every manifest (`saescope view` calls this before serving): a manifest that
+        is not valid JSON or not a saescope-collated one is a SaescopeError, not a silently smaller list."""
+        from saescope.io import read_json
+
+        paths = sorted(self.root.glob("*/manifest.json"))
+        for m in paths:
+            data = read_json(m, "collated manifest")
+            ok = isinstance(data, dict) and isinstance(data.get("datasets"), list) and all(
+                isinstance(d, dict) and {"path", "unit_type", "layer"} <= set(d) for d in data["datasets"])
+            if not ok or data.get("format") != "saescope-collated" or not isinstance(data.get("model"), str):
+                raise SaescopeError(f"{m}: not a saescope-collated manifest (needs format, model and datasets with "
+                                    f"path, unit_type, layer); restore it or re-run collate")
+        rows = self.datasets()
+        if not rows:
+            raise SaescopeError(f"{self.root}: no datasets (no <model>/manifest.json inside); point `saescope view` "
+                                f"at a collated/ folder")
+        return rows
+
     def datasets(self) -> list[dict[str, Any]]:
         rows = []
         for m in self.manifests():
             for d in m.get("datasets", []):
                 rows.append({"model": m["model"], "model_spec": m.get("model_spec", m["model"]), **d,
-                             "tokens": m.get("tokens"), "excerpt_len": m.get("excerpt_len")})
+                             # each dataset's own count (pair datasets see fewer excerpts), the run's as a fallback
+                             "tokens": d.get("tokens", m.get("tokens")), "excerpt_len": m.get("excerpt_len")})
         return rows
 
     def manifest(self, model: str) -> dict[str, Any]:
@@ -176,6 +197,27 @@ class DataRoot:
             self._valid.add(key)
         return text
 
+    def histogram(self, ds: DatasetRef, index: int) -> dict[str, Any] | None:
+        """One unit's exact activation histogram over every collated token (see `collate.state.Moments`), or None
+        for a dataset collated without one: {edges, positive, negative, zero, n}."""
+        path = self._inside(ds.model, *ds.path.split("/"), "histogram.safetensors")
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if not 0 <= index < f.get_slice("n").get_shape()[0]:
+                return None
+            counts, n = f.get_slice("counts")[index], int(f.get_slice("n")[index : index + 1][0])
+            edges = f.get_tensor("edges")
+        pos, neg = counts[0].tolist(), counts[1].tolist()
+        return {"edges": edges.tolist(), "positive": pos, "negative": neg, "zero": n - sum(pos) - sum(neg), "n": n}
+
+    def scores_summary(self, ds: DatasetRef) -> dict[str, Any] | None:
+        """The `summary` block of the dataset's scores.json (mean score, fraction ≥ 0.8, null score, backends)."""
+        p = self._inside(ds.model, "explanations", *ds.path.split("/"), "scores.json")
+        return _load_summary(str(p), p.stat().st_mtime) if p.is_file() else None
+
     def explanations(self, ds: DatasetRef) -> dict[int, dict[str, Any]]:
         """index → {explanation, score, scores} from <model>/explanations/<dataset path>/scores.json if present."""
         p = self._inside(ds.model, "explanations", *ds.path.split("/"), "scores.json")
@@ -188,3 +230,12 @@ class DataRoot:
 def _load_scores(path: str, mtime: float) -> dict[int, dict[str, Any]]:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return {int(k): v for k, v in data.get("units", {}).items()}
+
+
+@lru_cache(maxsize=64)
+def _load_summary(path: str, mtime: float) -> dict[str, Any] | None:
+    summ = json.loads(Path(path).read_text(encoding="utf-8")).get("summary")
+    if summ is None:
+        return None
+    # undefined means (no scored unit) are NaN in the file; JSON responses carry them as null
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in summ.items()}

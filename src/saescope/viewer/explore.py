@@ -17,35 +17,11 @@ import torch
 from torch import Tensor
 
 from saescope.models import HookedModel
-
-
-@dataclass
-class SteerTarget:
-    """Where and what to add: `strength · direction` at `hookpoint`, at every position."""
-
-    hookpoint: str
-    direction: Tensor  # [width of the hookpoint]
-
-
-def steer_target(unit_type: str, layer: int, index: int, hm: HookedModel, sae: Any = None,
-                 hookpoint: str = "") -> SteerTarget:
-    """The unit's write direction: an SAE latent's decoder row at the SAE's hookpoint, an MLP neuron's unit vector
-    at `mlp_post_act` (so the MLP writes its output row). Attention heads have no single direction."""
-    if unit_type == "sae_latents":
-        if not 0 <= index < sae.cfg.d_sae:
-            raise IndexError(f"latent {index}")
-        return SteerTarget(hookpoint, sae.W_dec[index].detach().float())
-    if unit_type == "mlp_neurons":
-        if not 0 <= index < hm.d_mlp:
-            raise IndexError(f"neuron {index}")
-        d = torch.zeros(hm.d_mlp)
-        d[index] = 1.0
-        return SteerTarget(f"mlp_post_act.{layer}", d)
-    raise ValueError("attention heads have no single write direction to steer with")
+from saescope.units import UnitGroup, WriteDirection, sae_group
 
 
 @torch.no_grad()
-def steer(hm: HookedModel, target: SteerTarget, prompt: str, strength: float, n_tokens: int = 24) -> dict[str, Any]:
+def steer(hm: HookedModel, target: WriteDirection, prompt: str, strength: float, n_tokens: int = 24) -> dict[str, Any]:
     """Greedy continuations of `prompt`, unsteered and with `strength · direction` added at the target's hookpoint
     at every position (the prompt's and the generated ones')."""
     ids = hm.tokenizer(prompt, add_special_tokens=False)["input_ids"][:256]
@@ -81,8 +57,6 @@ def coactive(hm: HookedModel, sae: Any, hookpoint: str, index: int, excerpts: li
              k: int = 10) -> list[tuple[int, float]]:
     """Latents firing where latent `index` fires, over the given excerpts (token ids, no BOS): for each other latent,
     the fraction of those tokens on which it fires too."""
-    from saescope.collate.units import sae_group
-
     bos = hm.tokenizer.bos_token_id
     group = sae_group(sae, hookpoint, "")
     counts = torch.zeros(sae.cfg.d_sae)
@@ -108,7 +82,7 @@ class SearchSource:
     """One collated dataset searched by inference: its units' extractor and their max activations (collated)."""
 
     path: str
-    group: Any  # collate.units.UnitGroup
+    group: UnitGroup
     max_act: Tensor  # [n_units]; 0 for dead units (never reported)
     explanations: dict[int, str]
 

@@ -14,6 +14,7 @@ from saescope.viewer.data import DataRoot, DatasetRef, NotFound, parse_dataset
 if TYPE_CHECKING:  # pragma: no cover
     from saescope.models import HookedModel
     from saescope.sae import BaseSAE
+    from saescope.units import UnitSet
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ class ModelHub:
 
     def search_sources(self, model: str) -> list[Any]:
         """Every dataset of a model that search by inference reads (token-pair SAE copies left out), built once."""
-        from saescope.collate.units import head_group, mlp_group, sae_group
         from saescope.viewer.explore import SearchSource
 
         if model in self._search:
@@ -63,15 +63,9 @@ class ModelHub:
         out = []
         for d in self.data.manifest(model).get("datasets", []):
             ds = parse_dataset(model, d["path"].split("/"))
-            if ds.unit_type == "sae_latents":
-                if d.get("by_token_pair"):
-                    continue
-                sae, entry = self.sae(ds)
-                group = sae_group(sae, entry["hookpoints"][0], ds.name)
-            elif ds.unit_type == "mlp_neurons":
-                group = mlp_group(hm, ds.layer)
-            else:
-                group = head_group(hm, ds.layer)
+            if d.get("by_token_pair") and ds.unit_type == "sae_latents":
+                continue
+            group = self.units(ds).group(hm)
             units = self.data.summary(ds)["units"]
             mx = torch.zeros(group.n_units)
             for u in units:
@@ -82,6 +76,17 @@ class ModelHub:
         with self._lock:
             self._search[model] = out
         return out
+
+    def units(self, ds: DatasetRef) -> UnitSet:
+        """A dataset's units, with its SAE loaded for SAE datasets (a by-token-pair dataset reads the same SAE by
+        token at attn_out)."""
+        from saescope.units import UnitSet
+
+        if ds.unit_type != "sae_latents":
+            return UnitSet(ds.unit_type, ds.layer)
+        sae, entry = self.sae(ds)
+        hp = f"attn_out.{ds.layer}" if entry.get("by_token_pair") else entry["hookpoints"][0]
+        return UnitSet(ds.unit_type, ds.layer, ds.name, sae, hp, entry["source"])
 
     def sae(self, ds: DatasetRef) -> tuple[BaseSAE, dict[str, Any]]:
         from saescope.sae import load_sae

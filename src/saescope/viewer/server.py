@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,31 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-
-
-@dataclass
-class ViewOptions:
-    """Where the viewer listens (`saescope run` nests these)."""
-
-    host: str = "127.0.0.1"
-    """Interface to bind; keep 127.0.0.1 unless you mean to expose the data."""
-    port: int = 8000
-    """Port."""
-
-
-@dataclass
-class ViewConfig:
-    """Serve the neuron viewer (a static page + JSON API) for a collated folder, on localhost by default."""
-
-    view: ViewOptions = field(default_factory=ViewOptions)
-    root: str = "runs/default/collated"
-    """Collated data root (holds <model>/manifest.json), or a dataset saescope did not write: a TDB-layout folder or
-    URL ({layer}/{index}.json), or a registry name such as gpt2-small:mlp_neurons (`saescope datasets`)."""
-    unit_type: str = ""
-    """For a TDB-layout folder or URL: mlp_neurons, attention_heads or sae_latents (default: attention_heads when
-    its records are by token pair, else mlp_neurons)."""
-    model: str = ""
-    """Model spec for the live probe and logit lens (default: the one recorded at collation)."""
 
 
 def create_app(root: str | Path, model: str | None = None, preload: bool = False) -> FastAPI:
@@ -103,7 +77,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     @app.post("/api/steer")
     def steer_api(req: SteerRequest) -> dict[str, Any]:
         """Greedy continuation of a prompt with the unit's write direction added at `strength` (and without)."""
-        from saescope.viewer.explore import steer, steer_target
+        from saescope.viewer.explore import steer
 
         ds = ds_of(req.model, req.dataset)
         if not req.prompt.strip() or len(req.prompt) > 2000:
@@ -111,14 +85,10 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         if not -1e4 <= req.strength <= 1e4 or not 1 <= req.tokens <= 64:
             raise HTTPException(400, "strength within ±10000, tokens 1 to 64")
         hm = hub.model(req.model)
-        sae, hp = None, ""
-        if ds.unit_type == "sae_latents":
-            sae, entry = hub.sae(ds)
-            if entry.get("by_token_pair"):
-                raise HTTPException(400, "steer with the same SAE's by-token dataset")
-            hp = entry["hookpoints"][0]
+        if ds.unit_type == "sae_latents" and hub.sae(ds)[1].get("by_token_pair"):
+            raise HTTPException(400, "steer with the same SAE's by-token dataset")
         try:
-            target = steer_target(ds.unit_type, ds.layer, req.index, hm, sae, hp)
+            target = hub.units(ds).write_direction(hm, req.index)
         except IndexError:
             raise NotFound(f"unit {req.index}") from None
         except ValueError as e:
@@ -207,7 +177,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
             rows = [r for r in rows if r.get(sort) is not None] + [r for r in rows if r.get(sort) is None]
         limit = max(1, min(limit, 1000))
         return {"total": len(rows), "offset": offset, "units": rows[offset:offset + limit],
-                "by_token_pair": s.get("by_token_pair", False)}
+                "by_token_pair": s.get("by_token_pair", False), "scores_summary": data.scores_summary(ds)}
 
     @app.get("/api/record/{model}/{dataset:path}/{index}")
     def record(model: str, dataset: str, index: int) -> Response:
@@ -224,6 +194,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         rest = {"max_activation": row.get("max_activation", 0.0), "summary": row,
                 "by_token_pair": s.get("by_token_pair", False), "n_units": n, "prev": index - 1 if index > 0 else None,
                 "next": index + 1 if index + 1 < n else None, "explanation": data.explanations(ds).get(index),
+                "histogram": data.histogram(ds, index),
                 "tokens": next((d.get("tokens") for d in data.manifest(ds.model).get("datasets", [])
                                 if d.get("path") == ds.path), None) or data.manifest(ds.model).get("tokens")}
         # The record is passed through as its file's text: re-encoding ~10⁵ floats per request costs more than
@@ -235,28 +206,19 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     def logit_lens(model: str, dataset: str, index: int, k: int = 10) -> dict[str, Any]:
         import torch
 
-        from saescope.models import parse_hookpoint
+        from saescope.units import residual_write
         from saescope.viewer.lens import logit_lens
 
         ds = ds_of(model, dataset)
+        if ds.unit_type == "attention_heads":
+            raise NotFound("no logit lens for attention heads")
         hm = hub.model(model)
+        try:
+            target = hub.units(ds).write_direction(hm, index)
+        except IndexError as e:
+            raise NotFound(str(e)) from None
         with torch.no_grad():
-            if ds.unit_type == "sae_latents":
-                sae, entry = hub.sae(ds)
-                if not 0 <= index < sae.cfg.d_sae:
-                    raise NotFound(f"latent {index}")
-                hps = [h for h in entry.get("hookpoints", []) if not h.startswith("attn_")]
-                kind, layer = parse_hookpoint(hps[0]) if hps else ("resid_post", ds.layer)
-                direction = sae.W_dec[index].float()
-                if kind == "mlp_post_act":  # a direction over the neurons: what the MLP then writes
-                    direction = direction @ hm.W_out_mlp(layer).float()
-                logits = logit_lens(hm, direction, layer if kind == "mlp_post_act" else None)
-            elif ds.unit_type == "mlp_neurons":
-                if not 0 <= index < hm.d_mlp:
-                    raise NotFound(f"neuron {index}")
-                logits = logit_lens(hm, hm.W_out_mlp(ds.layer)[index], ds.layer)
-            else:
-                raise NotFound("no logit lens for attention heads")
+            logits = logit_lens(hm, *residual_write(hm, target.hookpoint, target.direction))
             top, bottom = logits.topk(k), (-logits).topk(k)
         tok = lambda ids: [hm.tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
         return {"top": [{"token": t, "logit": float(v)} for t, v in zip(tok(top.indices), top.values)],
@@ -266,22 +228,13 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     def probe(req: Probe) -> dict[str, Any]:
         import torch
 
-        from saescope.collate.units import head_group, mlp_group, sae_group
-
         ds = ds_of(req.model, req.dataset)
         if not req.text.strip():
             raise HTTPException(400, "empty prompt")
         if len(req.text) > 4000:
             raise HTTPException(400, "prompt longer than 4000 characters")
         hm = hub.model(req.model)
-        if ds.unit_type == "mlp_neurons":
-            group = mlp_group(hm, ds.layer)
-        elif ds.unit_type == "attention_heads":
-            group = head_group(hm, ds.layer)
-        else:
-            sae, entry = hub.sae(ds)
-            hp = f"attn_out.{ds.layer}" if entry.get("by_token_pair") else entry["hookpoints"][0]
-            group = sae_group(sae, hp, ds.name)  # pair datasets: the same SAE's latents by token
+        group = hub.units(ds).group(hm)  # pair datasets: the same SAE's latents by token
         if not 0 <= req.index < group.n_units:
             raise NotFound(f"unit {req.index}")
         ids = hm.tokenizer(req.text, add_special_tokens=False)["input_ids"][:256]

@@ -126,6 +126,39 @@ function drawHistogram(canvas, h) {
   ctx.fillText("log", 2, H / 2);
 }
 
+// The collated histogram: exact counts over every token, by |activation| on log bins, negatives mirrored to the
+// left of positives (largest |x| outermost); zeros are counted in the label, not drawn.
+function drawExactHistogram(canvas, h) {
+  const nb = h.edges.length - 1, used = i => h.negative[i] > 0 || h.positive[i] > 0;
+  let lo = 0, hi = nb - 1;
+  while (lo < nb && !used(lo)) lo++;
+  while (hi >= 0 && !used(hi)) hi--;
+  const ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, left = 34;
+  ctx.clearRect(0, 0, W, H);
+  const total = h.positive.reduce((a, b) => a + b, 0) + h.negative.reduce((a, b) => a + b, 0);
+  canvas.dataset.drawn = String(total);
+  if (lo > hi) { ctx.fillStyle = "#64748b"; ctx.font = "12px sans-serif"; ctx.fillText("never non-zero on the collated tokens", left, H / 2); return; }
+  const bars = [];  // [count, colour, |x| lower edge, sign]
+  const anyNeg = h.negative.some(c => c > 0), anyPos = h.positive.some(c => c > 0);
+  if (anyNeg) for (let i = hi; i >= lo; i--) bars.push([h.negative[i], "#dc2626", h.edges[i], -1]);
+  if (anyNeg && anyPos) bars.push([0, "#fff", 0, 0]);  // the gap where zero sits
+  if (anyPos) for (let i = lo; i <= hi; i++) bars.push([h.positive[i], "#2e86de", h.edges[i], 1]);
+  const top = Math.log10(1 + Math.max(...bars.map(b => b[0]))), bw = (W - left) / bars.length;
+  bars.forEach(([c, col], i) => {
+    const bh = top ? (Math.log10(1 + c) / top) * (H - 18) : 0;
+    ctx.fillStyle = col; ctx.fillRect(left + i * bw + 1, H - 14 - bh, Math.max(1, bw - 2), bh);
+  });
+  ctx.fillStyle = "#333"; ctx.font = "10px sans-serif";
+  const end = anyNeg ? `−${h.edges[hi + 1].toPrecision(2)}` : h.edges[lo].toPrecision(2);
+  const far = anyPos ? h.edges[hi + 1].toPrecision(2) : `−${h.edges[lo].toPrecision(2)}`;
+  ctx.fillText(end, left, H - 2);
+  ctx.fillText(far, W - ctx.measureText(far).width - 2, H - 2);
+  if (anyNeg && anyPos) ctx.fillText("0", left + (hi - lo + 1) * bw + bw / 2 - 3, H - 2);
+  ctx.fillText(String(Math.max(...bars.map(b => b[0]))), 2, 10);
+  ctx.fillText("1", 2, H - 16);
+  ctx.fillText("log", 2, H / 2);
+}
+
 function crumbs(parts) { $("#crumbs").innerHTML = parts.map(([t, h]) => h ? `/ <a href="${h}">${esc(t)}</a>` : `/ ${esc(t)}`).join(" "); }
 
 async function indexPage() {
@@ -151,6 +184,7 @@ async function datasetPage(model, dataset) {
     <label>score ≥ <input id="min_score" size="5" value="${esc(state.min_score)}" placeholder="0.5"></label>
     <label><input type="checkbox" id="hide_dead" ${state.hide_dead ? "checked" : ""}> hide dead</label>
     <label><input type="checkbox" id="hide_constant" ${state.hide_constant ? "checked" : ""}> hide constant predictions</label></div>
+    <p id="scores-summary" class="hint"></p><p id="units-error" class="error"></p>
     <table id="units"></table>`;
   const cols = [["index", "unit"], ["max_activation", "max act"], ["density", "density"], ["mean", "mean"], ["variance", "variance"], ["top_token", "top token"], ["explanation", "explanation"], ["score", "score"]];
   async function load() {
@@ -158,8 +192,18 @@ async function datasetPage(model, dataset) {
     for (const k of ["min_density", "min_score"]) if (state[k] !== "") p.set(k, state[k]);
     for (const k of ["hide_dead", "hide_constant"]) if (state[k]) p.set(k, "true");
     history.replaceState(null, "", `${location.pathname}?${p}`);
-    const r = await api(`/api/units/${model}/${dataset}?${p}`);
-    $("#page").textContent = ` ${r.total ? state.offset + 1 : 0}–${Math.min(state.offset + state.limit, r.total)} of ${r.total} `;
+    let r;
+    try { r = await api(`/api/units/${model}/${dataset}?${p}`); } catch (err) {
+      // a bad filter (density ≥ abc): say so and empty the table rather than leave the old rows standing
+      $("#units-error").textContent = err.message; $("#units").innerHTML = ""; $("#page").textContent = " – "; return;
+    }
+    $("#units-error").textContent = "";
+    $("#page").textContent = r.total ? ` ${state.offset + 1}–${Math.min(state.offset + state.limit, r.total)} of ${r.total} ` : " no units match ";
+    const ss = r.scores_summary;
+    $("#scores-summary").textContent = ss ? `explanations: ${ss.units} units scored · mean score ${fmt(ss.mean_score)} · ` +
+      `score ≥ 0.8: ${ss["fraction_ge_0.8"] == null ? "–" : (100 * ss["fraction_ge_0.8"]).toFixed(1) + " %"} · ` +
+      `null explanation's mean ${fmt(ss.mean_null_score)} · constant predictions ${ss.constant_predictions ?? "–"}` +
+      (ss.simulator ? ` · simulator ${ss.simulator}` : "") + (ss.failures ? ` · ${ss.failures} failures` : "") : "";
     $("#units").innerHTML = "<tr>" + cols.map(([k, t]) => `<th data-k="${k}">${t}${state.sort === k ? (state.desc ? " ▼" : " ▲") : ""}</th>`).join("") + "</tr>" +
       r.units.map(u => `<tr><td><a href="/u/${esc(model)}/${esc(dataset)}/${u.index}">${u.index}</a></td><td>${fmt(u.max_activation)}</td><td>${fmt(u.density)}</td><td>${fmt(u.mean)}</td><td>${fmt(u.variance)}</td><td><bdi>${u.top_token == null ? "–" : esc(JSON.stringify(u.top_token))}</bdi></td><td>${esc(u.explanation || "")}</td><td>${u.constant ? `<span class="badge" title="the simulator predicted one value everywhere">constant</span>` : fmt(u.score)}</td></tr>`).join("");
     $("#units").querySelectorAll("th").forEach(th => th.onclick = () => { const k = th.dataset.k; if (k === "top_token" || k === "explanation") return; state.desc = state.sort === k ? !state.desc : true; state.sort = k; state.offset = 0; load(); });
@@ -190,8 +234,9 @@ const SCORE_LABELS = {top_and_random: "top + random correlation", random_only: "
 function explanationBox(e) {
   const sc = e.scores || {};
   const constant = sc.constant_prediction;
-  const parts = Object.entries(SCORE_LABELS).filter(([k]) => sc[k] !== undefined && sc[k] !== null)
-    .map(([k, label]) => `${label} ${fmt(sc[k])}`);
+  // random-only null: the unit never fires on the random excerpts, so that correlation is undefined ("—")
+  const parts = Object.entries(SCORE_LABELS).filter(([k]) => sc[k] !== undefined && (sc[k] !== null || k === "random_only"))
+    .map(([k, label]) => `${label} ${sc[k] === null ? `<span title="undefined: the unit never fires on the random excerpts">—</span>` : fmt(sc[k])}`);
   return `<div class="expl" id="explanation">${esc(e.explanation)}
     <div><b>score ${fmt(e.score)}</b>${constant ? ` <span class="badge" id="constant">constant prediction: the simulator predicted one value everywhere, so the score is 0 by definition</span>` : ""}
     ${parts.length ? `<small> · ${parts.join(" · ")}${sc.method ? ` · simulator: ${esc(sc.method)}` : ""}</small>` : ""}</div></div>`;
@@ -239,12 +284,21 @@ async function unitPage(model, dataset, index) {
     <h3>Top activations ${firesLine(r, max, pair)}</h3><div id="top"></div>
     <div id="quantiles"></div>
     <h3>Random sample</h3><div id="random"></div>`;
-  // the random excerpts and the quantile buckets: a sample of every token (pair); zeros are counted, not drawn
-  const sample = [...(rec.random_sample || []), ...(rec.random_sample_by_quantile || []).flat()].flatMap(x => x.activations);
-  const nonzero = sample.filter(v => v !== 0);
-  drawHistogram($("#hist"), histogram(nonzero));
-  $("#hist").dataset.nonzero = String(nonzero.length);
-  $("#hist-label").textContent = `${nonzero.length.toLocaleString()} non-zero of ${sample.length.toLocaleString()} sampled ${pair ? "token pairs" : "tokens"} (${sample.length ? (100 * nonzero.length / sample.length).toPrecision(3) : 0} %), log counts`;
+  const what = pair ? "token pairs" : "tokens";
+  if (r.histogram) {  // exact, from the collation's streaming pass over every token
+    const h = r.histogram, np = h.positive.reduce((a, b) => a + b, 0), nn = h.negative.reduce((a, b) => a + b, 0);
+    const pc = c => h.n ? `${(100 * c / h.n).toPrecision(3)} %` : "–";
+    drawExactHistogram($("#hist"), h);
+    $("#hist").dataset.nonzero = String(np + nn);
+    $("#hist-label").textContent = `all ${h.n.toLocaleString()} collated ${what}: ${np.toLocaleString()} positive (${pc(np)}), ` +
+      `${nn.toLocaleString()} negative (${pc(nn)}), ${h.zero.toLocaleString()} zero · bars by |activation|, log bins, log counts`;
+  } else {  // a dataset collated without one: the uniform random excerpts only (the quantile buckets lean to firing)
+    const sample = (rec.random_sample || []).flatMap(x => x.activations);
+    const nonzero = sample.filter(v => v !== 0);
+    drawHistogram($("#hist"), histogram(nonzero));
+    $("#hist").dataset.nonzero = String(nonzero.length);
+    $("#hist-label").textContent = `${nonzero.length.toLocaleString()} non-zero of ${sample.length.toLocaleString()} ${what} in the random excerpts (${sample.length ? (100 * nonzero.length / sample.length).toPrecision(3) : 0} %), log counts`;
+  }
   if (pair) $("#toppairs").innerHTML = "<tr><th>query</th><th>key</th><th>value</th><th>excerpt</th></tr>" + topPairs(rec.most_positive_activation_records || [], 10)
     .map(p => `<tr><td><bdi>${esc(JSON.stringify(p.q))}</bdi></td><td><bdi>${esc(JSON.stringify(p.k))}</bdi></td><td>${p.v.toPrecision(3)}</td><td>${p.e}</td></tr>`).join("");
   // only excerpts where the unit fires: a sparse unit's "top" slots are padded with excerpts where it never does

@@ -26,8 +26,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from saescope.models import HookedModel
+from saescope.models import HookedModel, parse_hookpoint
 from saescope.sae import BaseSAE
+from saescope.units import UnitGroup
 
 
 class AttnWrites(NamedTuple):
@@ -106,3 +107,28 @@ def latent_pair_attribution(sae: BaseSAE, aw: AttnWrites) -> PairAttribution:
         A = aw.pattern[j][:, tj, :]  # [H, n, s]
         out[lo:hi] = (A * dot.permute(0, 2, 1)).sum(0)  # [n, s]
     return PairAttribution(b, t, lat, out)
+
+
+def sae_pair_group(hm: HookedModel, sae: BaseSAE, hookpoint: str, name: str, source: str = "") -> UnitGroup:
+    """An attention-output SAE's latents by token pair: A(t, s) · ∂pre(t)/∂A(t, s) summed over heads
+    (above), non-zero only where the latent fires at t; BOS row and column dropped."""
+    from saescope.collate.sparse import SparseActs
+
+    layer = parse_hookpoint(hookpoint)[1]
+    pat, val = f"attn_pattern.{layer}", f"attn_value.{layer}"
+
+    def extract(c: dict[str, Tensor]) -> SparseActs:
+        aw = attention_writes(hm, layer, c[pat], c[val])
+        pa = latent_pair_attribution(sae, aw)  # entries (b, t, latent), values [nnz, T+1] by key
+        T1 = aw.pattern.shape[-1]
+        keep = pa.t >= 1  # queries after BOS
+        t, vals = pa.t[keep] - 1, pa.values[keep][:, 1:]  # BOS-dropped coordinates, keys 1..T
+        e, s = (torch.arange(T1 - 1, device=t.device)[None, :] <= t[:, None]).nonzero(as_tuple=True)  # causal pairs
+        v = vals[e, s]
+        nz = v != 0
+        e, s, v = e[nz], s[nz], v[nz]
+        pos = t[e] * (t[e] + 1) // 2 + s
+        # the collation state lives on the CPU, as the dense groups' activations do
+        return SparseActs(pa.latent[keep][e].cpu(), pa.b[keep][e].cpu(), pos.cpu(), v.float().cpu(), aw.pattern.shape[0])
+    return UnitGroup("sae_latents", layer, sae.cfg.d_sae, [pat, val], extract, by_token_pair=True, name=name,
+                     source=source, sparse=True)

@@ -1,0 +1,216 @@
+"""`saescope train` / `eval` options and the training recipe (light: no torch, no model)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from saescope.config import ModelConfig
+from saescope.corpus import CorpusConfig
+from saescope.errors import SaescopeError
+
+Arch = Literal["topk", "batchtopk", "matryoshka", "matryoshka_batchtopk", "jumprelu", "standard", "relu"]
+
+
+
+@dataclass
+class TrainerConfig:
+    """The optimisation recipe (shared by `saescope train` and the Python API)."""
+
+    arch: Arch = "topk"
+    """topk, batchtopk, matryoshka (= matryoshka_batchtopk), jumprelu or standard (= relu: ReLU + L1)."""
+    kind: Literal["sae", "transcoder", "skip_transcoder", "clt"] = "sae"
+    """sae (reconstruct the hookpoint), transcoder (mlp_in.L → mlp_out.L, per layer), skip_transcoder (plus an affine
+    skip x W_skip) or clt (cross-layer: layer l's latents write to the MLP outputs of l..L−1; topk, batchtopk or
+    jumprelu)."""
+    k: int = 32
+    """Active latents per token (TopK; BatchTopK on average; JumpReLU: the L0 its thresholds start at)."""
+    k_anneal_frac: float = 0.5
+    """TopK family: fraction of steps over which the training k decays linearly from k_anneal_start·k to k."""
+    k_anneal_start: float = 4.0
+    """Starting multiple of k for --k_anneal_frac (capped at F)."""
+    width: int = 4096
+    """Number of latents F."""
+    tokens: int = 0
+    """Training tokens (0 = one pass over the training shards)."""
+    batch_size: int = 1024
+    """Tokens per step (global, across data-parallel ranks)."""
+    buffer_rows: int = 65536
+    """Shuffle buffer size in rows (store training)."""
+    holdout_shards: int = 1
+    """Last store shards kept out of training, for the held-out evaluation."""
+    optimizer: Literal["adam", "signum"] = "adam"
+    """adam (fused Adam, LR warm-up and final decay) or signum (sign-SGD with schedule-free averaging, no decay
+    needed; the saved SAE is the averaged iterate)."""
+    lr: float = 0.0
+    """Learning rate; 0 = adam 1e-3·√(2^14 / F) for the TopK family (2e-4·√(2^14 / F) for jumprelu/standard),
+    signum 5e-3·√(2^14 / F)."""
+    momentum: float = 0.95
+    """signum: schedule-free interpolation β between the SGD iterate and its running average."""
+    warmup_frac: float = 0.02
+    """Fraction of steps with linear LR warm-up."""
+    decay_frac: float = 0.2
+    """Final fraction of steps with linear LR decay to 0 (adam; schedule-free signum ignores it)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip (0 = off)."""
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
+    """Initial decoder bias: the geometric median or mean of the first batch, or zeros."""
+    normalize: bool = True
+    """Scale inputs to E‖x‖ = √d during training (folded into the saved weights)."""
+    auxk_alpha: float = 1 / 32
+    """AuxK coefficient (TopK family)."""
+    dead_tokens: int = 1_000_000
+    """A latent is dead after this many tokens without firing (AuxK; the reported dead fraction uses the smaller of
+    this and a quarter of the run, so that a run shorter than it does not always report 0 %)."""
+    resample_tokens: int = -1
+    """TopK family: restart latents that have not fired for this many tokens on the worst-reconstructed tokens'
+    residuals (train/resample.py) until --resample_until; -1 = min(dead_tokens, max(training
+    tokens / 16, 100·F/k)), 0 = off."""
+    resample_until: float = 0.8
+    """Fraction of the steps after which dead latents are no longer restarted."""
+    resample_enc_scale: float = 0.5
+    """Encoder norm of a restarted latent, as a multiple of the alive latents' mean (1 lets fresh latents take over
+    top-k slots en masse where one direction dominates; train/resample.py)."""
+    matryoshka_widths: str = ""
+    """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
+    l1_coefficient: float = 0.08
+    """ReLU+L1 sparsity coefficient (on the FVU-normalised loss)."""
+    l0_coefficient: float = 0.1
+    """JumpReLU L0 coefficient (on the FVU-normalised loss)."""
+    pre_act_coefficient: float = 0.0
+    """JumpReLU pre-act loss for dead latents (0 = off)."""
+    sparsity_warmup_frac: float = 0.05
+    """Fraction of steps over which the sparsity coefficient ramps from 0."""
+    encoder_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """TopK family: dtype of the dense encoder matmul in training (auto = bfloat16 on GPUs and on CPUs with AMX or
+    AVX512-BF16, where it is several times faster; float32 elsewhere). Gradients stay float32."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from saescope.errors import SaescopeError
+        from saescope.sae import TopKSAE, sae_class
+
+        topk_family = issubclass(sae_class(self.arch), TopKSAE)
+        if self.kind == "clt" and sae_class(self.arch).architecture not in ("topk", "batchtopk", "jumprelu"):
+            raise SaescopeError(f"--kind clt: --arch {self.arch} is not supported; use topk, batchtopk or jumprelu")
+        if self.width < 1 or self.k < 1 or self.batch_size < 1:
+            raise SaescopeError("--width, --k and --batch_size must be positive")
+        if topk_family and self.k > self.width:
+            raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        from saescope import validate
+        from saescope.errors import SaescopeError
+
+        for name in ("tokens", "holdout_shards", "lr", "grad_clip", "auxk_alpha", "l1_coefficient",
+                     "l0_coefficient", "pre_act_coefficient", "checkpoint_every"):
+            validate.at_least(getattr(self, name), 0, f"--{name}")
+        for name in ("k_anneal_frac", "warmup_frac", "decay_frac", "resample_until", "sparsity_warmup_frac",
+                     "momentum"):
+            validate.between(getattr(self, name), 0, 1, f"--{name}")
+        validate.at_least(self.k_anneal_start, 1, "--k_anneal_start")
+        validate.at_least(self.buffer_rows, 1, "--buffer_rows")
+        validate.at_least(self.dead_tokens, 1, "--dead_tokens")
+        validate.at_least(self.resample_tokens, -1, "--resample_tokens", "-1 = automatic, 0 = off")
+        validate.positive(self.resample_enc_scale, "--resample_enc_scale")
+        if self.warmup_frac + self.decay_frac > 1:
+            raise SaescopeError(f"--warmup_frac {self.warmup_frac} + --decay_frac {self.decay_frac}: more than all "
+                                f"of the steps; make them sum to 1 or less")
+        from saescope.sae.matryoshka import prefix_widths
+
+        prefix_widths(self.matryoshka_widths, self.width)  # its grammar; widths ≥ F are dropped there
+
+    def learning_rate(self) -> float:
+        from saescope.sae import TopKSAE, sae_class
+
+        if self.lr:
+            return self.lr
+        topk_family = issubclass(sae_class(self.arch), TopKSAE)  # the issue-13 recipe was measured on these
+        base = 5e-3 if self.optimizer == "signum" else (1e-3 if topk_family else 2e-4)
+        return base / math.sqrt(self.width / 2**14)
+
+
+
+@dataclass
+class TrainConfig:
+    """Train a sparse autoencoder on an activation store; writes an SAELens-layout SAE directory."""
+
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    store: str = "runs/default/store"
+    """Activation store directory."""
+    hookpoint: str = ""
+    """Hookpoint inside the store (default: its first)."""
+    out: str = "runs/default/saes/resid_post"
+    """Output SAE directory (cfg.json + sae_weights.safetensors + sparsity.safetensors + metrics.json)."""
+    resume: bool = True
+    """Continue from <out>/checkpoint if present."""
+    device: str = "auto"
+    """cpu, cuda, ... or auto."""
+
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.not_a_file(self.out, "--out")  # before training, not when the SAE is saved
+
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a saved SAE on a store's held-out shards (and, with --spliced, inside the model)."""
+
+    sae: str = "runs/default/saes/resid_post"
+    """SAE directory or file (saescope/SAELens, sparsify, OpenAI .pt, Gemma Scope)."""
+    store: str = "runs/default/store"
+    """Activation store."""
+    hookpoint: str = ""
+    """Hookpoint (default: the SAE's hook_name, else the store's first)."""
+    holdout_shards: int = 1
+    """Evaluate on the last N shards (0 = all)."""
+    spliced: bool = True
+    """Also splice the SAE into the model: ΔCE (spliced − clean loss), KL, CE loss recovered."""
+    contexts: int = 256
+    """Most held-out contexts for the spliced metrics (fewer where the held-out shards hold fewer)."""
+    target_se: float = 0.01
+    """Stop splicing an SAE once its ΔCE's standard error (over contexts) is below this many nats (0 = use all
+    --contexts)."""
+    min_contexts: int = 32
+    """Contexts every SAE is spliced on before --target_se may stop it (zero-ablation, for CE recovered, stops here)."""
+    model: str = ""
+    """Model spec for spliced metrics (default: the store's model)."""
+
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        validate.at_least(self.holdout_shards, 0, "--holdout_shards", "0 = all shards")
+        validate.at_least(self.contexts, 1, "--contexts")
+
+
+
+@dataclass
+class OnlineConfig:
+    """Train one SAE per hookpoint straight from the model (no activation store): `saescope train --online`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    hookpoints: str = ""
+    """Hookpoints or globs (resid_post.*, mlp_out.3); default the middle layer's resid_post."""
+    out: str = "runs/default/saes_online"
+    """Output folder: one SAELens-layout SAE per hookpoint (<out>/<hookpoint>/)."""
+    context_len: int = 128
+    """Tokens per context, BOS included (BOS is not trained on)."""
+    forward_contexts: int = 16
+    """Contexts per model forward."""
+    resume: bool = True
+    """Continue from <out>/online_checkpoint if present."""
+
+    def __post_init__(self) -> None:
+        if self.context_len < 2 or self.forward_contexts < 1:
+            raise SaescopeError("--context_len must be at least 2 and --forward_contexts positive")
+        from saescope import validate
+
+        validate.not_a_file(self.out, "--out")

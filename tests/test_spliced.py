@@ -1,0 +1,129 @@
+"""Spliced metrics: ΔCE and KL of planted dictionaries with known answers, their standard errors against a naive
+computation, and the summaries that lead with them."""
+
+import math
+import statistics
+
+import pytest
+import torch
+
+from saescope.sae import SAEConfig, sae_class
+from saescope.train import evaluate as E
+from saescope.train import metrics as M
+
+
+def planted(d: int, identity: bool):
+    """A ReLU dictionary with 2d latents: W_enc = [I, −I], W_dec = [I; −I] reconstructs x = relu(x) − relu(−x)
+    exactly (identity), or W_dec = 0, b_dec = 0 outputs zeros (zeroing)."""
+    sae = sae_class("standard")(SAEConfig("standard", d, 2 * d))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0) if identity else torch.zeros(2 * d, d))
+    return sae
+
+
+def contexts(hm, n: int = 6, T: int = 16) -> torch.Tensor:
+    ids = torch.randint(3, len(hm.tokenizer), (n, T), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = hm.tokenizer.bos_token_id
+    return ids
+
+
+@pytest.mark.parametrize("hookpoint", ["resid_post.1", "mlp_out.0", "attn_out.2"])
+def test_an_exact_identity_dictionary_adds_no_loss(tiny_gpt2, hookpoint):
+    hm = tiny_gpt2
+    got = E.spliced_metrics(hm, planted(hm.d_model, identity=True), hookpoint, contexts(hm), batch_size=4)
+    assert got["delta_ce"] == pytest.approx(0, abs=1e-6) and got["kl_div"] == pytest.approx(0, abs=1e-6)
+    assert got["delta_ce_se"] == pytest.approx(0, abs=1e-6) and got["ce_with_sae"] == pytest.approx(got["ce_clean"])
+    assert abs(got["ce_zero_ablation"] - got["ce_clean"]) > 1e-4  # the hookpoint matters, so 0 is not vacuous
+    assert got["spliced_contexts"] == 6 and got["spliced_tokens"] == 6 * 15
+
+
+def test_a_zeroing_dictionary_gives_the_zero_ablation_loss(tiny_gpt2):
+    hm = tiny_gpt2
+    ids = contexts(hm)
+    got = E.spliced_metrics(hm, planted(hm.d_model, identity=False), "resid_post.1", ids, batch_size=4)
+    assert got["ce_with_sae"] == pytest.approx(got["ce_zero_ablation"], rel=1e-6)
+    assert got["delta_ce"] == pytest.approx(got["ce_zero_ablation"] - got["ce_clean"], rel=1e-5)
+    assert got["ce_loss_recovered"] == pytest.approx(0, abs=1e-5)
+    with torch.no_grad():  # naive: zero the residual stream after block 1 everywhere but at BOS
+        keep = (ids == hm.tokenizer.bos_token_id)[..., None]
+        with hm.patch("resid_post.1", lambda x: torch.where(keep, x, torch.zeros_like(x))):
+            logits = hm.model(input_ids=ids).logits[:, :-1].flatten(0, 1)
+    naive = float(torch.nn.functional.cross_entropy(logits, ids[:, 1:].flatten()))
+    assert got["ce_zero_ablation"] == pytest.approx(naive, rel=1e-5)
+
+
+def test_standard_error_equals_the_naive_formula():
+    v = torch.tensor([0.3, -1.2, 2.5, 0.0, 0.7, 4.1])
+    mean, se = M.mean_and_se(v)
+    assert mean == pytest.approx(statistics.fmean(v.tolist()))
+    assert se == pytest.approx(statistics.stdev(v.tolist()) / math.sqrt(6), rel=1e-12)
+    assert M.mean_and_se(torch.ones(5)) == (1.0, 0.0)
+    assert math.isnan(M.mean_and_se(torch.tensor([2.0]))[1])
+
+
+def test_delta_ce_and_kl_errors_are_over_contexts_as_a_naive_loop_computes_them(tiny_gpt2):
+    """Differential: one context at a time with cross_entropy and a hand-written KL, then mean ± stdev/√C."""
+    hm = tiny_gpt2
+    ids = contexts(hm, n=7, T=12)
+    sae = sae_class("topk")(SAEConfig("topk", hm.d_model, 48, k=3))
+    got = E.spliced_metrics(hm, sae, "resid_post.0", ids, batch_size=3)
+    d_ce, kl = [], []
+    with torch.no_grad():
+        for row in ids:
+            x = row[None]
+            clean = hm.model(input_ids=x).logits[0, :-1]
+            keep = (x == hm.tokenizer.bos_token_id)[..., None]
+            with hm.patch("resid_post.0", lambda a: torch.where(keep, a, sae(a))):
+                spl = hm.model(input_ids=x).logits[0, :-1]
+            tgt = row[1:]
+            ce = torch.nn.functional.cross_entropy
+            d_ce.append(float(ce(spl, tgt) - ce(clean, tgt)))
+            p, q = clean.softmax(-1), spl.softmax(-1)
+            kl.append(float((p * (p.log() - q.log())).sum(-1).mean()))
+    assert got["delta_ce"] == pytest.approx(statistics.fmean(d_ce), rel=1e-4, abs=1e-7)
+    assert got["delta_ce_se"] == pytest.approx(statistics.stdev(d_ce) / math.sqrt(7), rel=1e-3)
+    assert got["kl_div"] == pytest.approx(statistics.fmean(kl), rel=1e-4)
+    assert got["kl_div_se"] == pytest.approx(statistics.stdev(kl) / math.sqrt(7), rel=1e-3)
+
+
+def test_summaries_lead_with_delta_ce_and_flag_an_ill_conditioned_ce_recovered():
+    from saescope.cli.train import format_metrics
+
+    ev = {"fvu": 0.2, "l0": 32.0, "dead_fraction": 0.01, "delta_ce": 0.05, "delta_ce_se": 0.004, "kl_div": 0.06,
+          "kl_div_se": 0.003, "spliced_contexts": 256, "ce_clean": 3.43, "ce_with_sae": 3.48, "ce_zero_ablation": 3.53,
+          "ce_loss_recovered": 0.5, "ce_loss_recovered_reliable": False}
+    line = E.headline(ev)
+    assert line.startswith("ΔCE 0.050 ± 0.004 nats, KL 0.060, FVU 0.200, L0 32.0, dead 1.0 %")
+    assert line.endswith("CE recovered 0.500 (unreliable)")
+    text = format_metrics(ev).splitlines()
+    assert text[0].split()[0] == "delta_ce" and "± 0.0040" in text[0] and "256 contexts" in text[0]
+    assert text[1].split()[0] == "kl_div" and "unreliable" in text[-1] and "0.100 nats" in text[-1]
+    assert "(unreliable)" not in E.headline({**ev, "ce_loss_recovered_reliable": True})
+
+
+def test_each_dictionary_stops_once_its_standard_error_is_below_the_target(tiny_gpt2, monkeypatch):
+    """The identity (SE 0) stops at min_contexts, a random SAE runs on until its SE is small enough (here: never,
+    so every context), zero-ablation stops at min_contexts; each result equals a plain run on its own contexts."""
+    hm = tiny_gpt2
+    ids = contexts(hm, n=8, T=12)
+    noisy = sae_class("topk")(SAEConfig("topk", hm.d_model, 48, k=3))
+    saes = [(planted(hm.d_model, identity=True), "resid_post.1"), (noisy, "resid_post.1")]
+    calls = []
+    forward = hm.model.forward
+    monkeypatch.setattr(hm.model, "forward", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
+    ident, rand = E.spliced_metrics_many(hm, saes, ids, batch_size=1, target_se=1e-9, min_contexts=3)
+    assert len(calls) == 8 + 3 + 8 + 3  # clean on all 8, identity on 3, the random SAE on 8, zero-ablation on 3
+    assert ident["spliced_contexts"] == 3 and rand["spliced_contexts"] == 8 and rand["ce_recovered_contexts"] == 3
+    monkeypatch.setattr(hm.model, "forward", forward)
+    plain = E.spliced_metrics(hm, noisy, "resid_post.1", ids)
+    for k in ("delta_ce", "delta_ce_se", "kl_div", "kl_div_se", "ce_clean", "ce_with_sae"):
+        assert rand[k] == pytest.approx(plain[k], rel=1e-6, abs=1e-9)
+    first3 = E.spliced_metrics(hm, noisy, "resid_post.1", ids[:3])
+    assert rand["ce_zero_ablation"] == pytest.approx(first3["ce_zero_ablation"], rel=1e-6)
+    assert rand["ce_loss_recovered"] == pytest.approx(first3["ce_loss_recovered"], rel=1e-5)
+    loose = E.spliced_metrics(hm, noisy, "resid_post.1", ids, batch_size=2, target_se=1e9, min_contexts=3)
+    assert loose["spliced_contexts"] == 4  # the first whole batch at or past min_contexts
