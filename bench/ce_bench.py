@@ -32,7 +32,10 @@ SETTINGS: dict[str, dict] = {
     "w8192_epochs4": {"width": 8192, "epochs": 4},
     "w16384_epochs4": {"width": 16384, "epochs": 4},
     "batch256": {"batch_size": 256},
+    "batch256_epochs2": {"batch_size": 256, "epochs": 2},
     "batch256_epochs4": {"batch_size": 256, "epochs": 4},
+    "batch256_lr2x_epochs2": {"batch_size": 256, "epochs": 2, "lr_mult": 2.0},
+    "batch128_epochs2": {"batch_size": 128, "epochs": 2},
     "batch512_epochs4": {"batch_size": 512, "epochs": 4},
     "no_anneal_epochs4": {"k_anneal_frac": 0.0, "epochs": 4},
     "batchtopk_epochs4": {"arch": "batchtopk", "epochs": 4},
@@ -50,7 +53,7 @@ def trainer_config(name: str, train_rows: int):
 
 def main() -> None:
     from saescope.store import ActivationStore
-    from saescope.train.api import evaluate_many, split_shards, train_from_store
+    from saescope.train.on_store import evaluate_many, split_shards, train_from_store
     from saescope.train.config import EvalConfig, TrainConfig, TrainerConfig
 
     ap = argparse.ArgumentParser()

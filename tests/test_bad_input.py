@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_export import run_dir  # noqa: F401 - a run folder as `saescope run` leaves it
 
 from saescope.cli import main
 
@@ -290,6 +291,9 @@ def test_view_and_summarize_check_what_they_read(collated, tmp_path, capsys, mon
     fails(capsys, ["view", broken], "is not valid JSON", keep=(broken,))
     (broken / "tiny-gpt2" / "manifest.json").write_text('{"format": "saescope-collated", "model": "x", "datasets": 3}')
     fails(capsys, ["view", broken], "not a saescope-collated manifest", keep=(broken,))
+    shutil.copy(collated / "manifest.json", broken / "tiny-gpt2" / "manifest.json")
+    shutil.rmtree(broken / "tiny-gpt2" / "mlp_neurons")
+    fails(capsys, ["view", broken], "lists dataset mlp_neurons/1 but", keep=(broken,))
     cache = tmp_path / "cache"
     monkeypatch.setenv("SAESCOPE_CACHE", str(cache))
     monkeypatch.setenv("SAESCOPE_PUBLIC_MIRROR", str(tmp_path / "no-such-mirror"))
@@ -421,3 +425,35 @@ def test_corrupted_store_and_sae_files_are_one_line(store, tmp_path, capsys):
     sae.mkdir()
     (sae / "cfg.json").write_text("[]")
     fails(capsys, ["eval", "--sae", sae, "--store", store], str(sae), keep=(sae, store))
+
+
+def test_export_that_fails_midway_leaves_the_previous_export(run_dir, capsys):
+    out = run_dir / "np"
+    assert main(["export", "neuronpedia", str(run_dir), str(out), "--logits", "false", "--batch_size", "2"]) == 0
+    capsys.readouterr()
+    assert len(list(out.rglob("batch-*.jsonl.gz"))) > 3
+    rec = next(run_dir.glob("collated/*/sae_latents/resid_post/1/7.json"))
+    good = rec.read_bytes()
+    rec.write_text('{"neuron_id": ')  # a record broken after the first export: the second fails at latent 7
+    fails(capsys, ["export", "neuronpedia", run_dir, out, "--logits", "false", "--batch_size", "2"], "7.json",
+          keep=(out,))
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary folder left behind
+    rec.write_bytes(good)
+    assert main(["export", "neuronpedia", str(run_dir), "--logits", "false"]) == 0  # OUT defaults to RUN/neuronpedia
+    assert "neuronpedia" in capsys.readouterr().out and not Path("neuronpedia").exists()
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    from saescope.io import atomic_dir
+
+    target = tmp_path / "ds"
+    with atomic_dir(target) as d:
+        (d / "0.json").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as d:
+            (d / "0.json").write_text("new")
+            raise RuntimeError("killed while writing")
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"] and (target / "0.json").read_text() == "old"
+    with atomic_dir(target) as d:
+        (d / "1.json").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["1.json"] and [p.name for p in tmp_path.iterdir()] == ["ds"]

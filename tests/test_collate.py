@@ -388,3 +388,13 @@ def test_histogram_counts_every_value_exactly_in_both_paths_and_merges():
         torch.testing.assert_close(m.hist, want)
     assert float(dense.hist[:, 0].sum(-1)[0]) == float(dense.sums[0, 5])  # positives = the density's count
     assert float(dense.hist[4].sum()) == 0
+
+
+def test_a_dead_unit_has_no_top_token():
+    """A unit that never fired has top excerpts of zeros: its summary row names no top token (it listed one)."""
+    from saescope.records import summary_row
+
+    dead = NeuronRecord(NeuronId(0, 1), most_positive_activation_records=[ActivationRecord([0.0, 0.0], ["x", " y"])])
+    live = NeuronRecord(NeuronId(0, 2), most_positive_activation_records=[ActivationRecord([0.0, 0.7], ["x", " y"])])
+    assert summary_row(dead, False)["top_token"] is None
+    assert summary_row(live, False)["top_token"] == " y"

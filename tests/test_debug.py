@@ -33,7 +33,7 @@ def test_direct_effects_sum_to_the_behaviour_per_layer_and_in_total(tiny):
     cache = hm.run_with_cache(ids, None, [f"{k}.{L}" for L in range(hm.n_layers) for k in ("attn_out", "mlp_out")],
                               stop_early=False)
     for L in range(hm.n_layers):
-        for kind, code, bias in (("attn_out", 1, hm.attn_out_bias(L)), ("mlp_out", 2, hm._down_proj(L).bias)):
+        for kind, code, bias in (("attn_out", 1, hm.attn_out_bias(L)), ("mlp_out", 2, hm.down_proj(L).bias)):
             rows = (nodes.kind == code) & (nodes.layer == L)
             layer_total = float(cache[f"{kind}.{L}"][0, -1].float() @ u)
             # for GPT-2/Llama the bias projects through u directly; Gemma has no biases there
@@ -203,9 +203,8 @@ def _sae(hm, width, seed=0):
 
 def _frozen_final_direction(hm, ids, tgt, dis):
     """Naive reference: ∂(logit diff)/∂(final norm input) at the last position with the norm's scale detached."""
-    from saescope.debug.trace import final_norm
 
-    norm, grabbed = final_norm(hm), {}
+    norm, grabbed = hm.final_norm(), {}
     h = norm.register_forward_pre_hook(lambda m, a: grabbed.setdefault("x", a[0].detach()))
     with torch.no_grad():
         hm.model(input_ids=ids)

@@ -53,7 +53,8 @@ def run_dir(tmp_path, tiny_dir) -> Path:
     F, d, layer = 12, hm.d_model, 1
     sae = TopKSAE(SAEConfig("topk", d, F, k=2, metadata={"model_name": hm.name, "hook_name": f"resid_post.{layer}"}))
     sae.save(run / "saes" / "resid_post")
-    write_json(run / "saes" / "resid_post" / "eval.json", {"l0": 2.0, "explained_variance": 0.5})
+    write_json(run / "saes" / "resid_post" / "eval.json", {"delta_ce": 0.21234, "delta_ce_se": 0.00812, "kl_div": 0.2,
+                                                         "l0": 2.0, "explained_variance": 0.5})
     write_json(run / "store" / "manifest.json", {"model": str(tiny_dir), "extra": {"model_spec": str(tiny_dir)}})
     mdir = run / "collated" / hm.name
     ds = f"sae_latents/resid_post/{layer}"
@@ -135,7 +136,8 @@ def test_saelens_registry_entry_and_loading_by_release(run_dir, tmp_path, capsys
 
     assert main(["export", "saelens", str(run_dir), "--release", "my-release"]) == 0
     entry = yaml.safe_load(capsys.readouterr().out)
-    assert entry["my-release"]["saes"] == [{"id": "resid_post.1", "path": "resid_post", "l0": 2.0,
+    assert entry["my-release"]["saes"] == [{"id": "resid_post.1", "path": "resid_post", "delta_ce": 0.2123,
+                                            "delta_ce_se": 0.0081, "kl_div": 0.2, "l0": 2.0,
                                             "variance_explained": 0.5}]
     assert entry["my-release"]["conversion_func"] is None
     reg = tmp_path / "pretrained_saes.yaml"

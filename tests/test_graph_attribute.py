@@ -124,7 +124,8 @@ def test_transcoder_set_adapter(tiny_gpt2, which):
         ts = TranscoderSet(clt=CrossLayerTranscoder(CLTConfig("topk", n_layers=L, d_in=d, d_sae=24, k=4, skip=True)))
     else:
         cls = transcoder_class(sae_class("jumprelu"), True)
-        ts = TranscoderSet(plts={l: cls(SAEConfig(cls.architecture, d, 24, apply_b_dec_to_input=False)) for l in range(L)})
+        ts = TranscoderSet(plts={l: cls(SAEConfig(cls.architecture, d, 24, apply_b_dec_to_input=False))
+                                 for l in range(L)})
     with torch.no_grad():
         for name, p in ts.named_parameters():
             p.copy_(torch.rand(p.shape, generator=g) * 0.2 if "threshold" in name else

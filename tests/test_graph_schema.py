@@ -51,7 +51,8 @@ def test_graph_json_schema(tiny_gpt2, tmp_path):
             assert nid == f"E_{int(graph.tokens[n['ctx_idx']])}_{n['ctx_idx']}" and n["layer"] == "E"
         else:
             assert n["layer"] == str(L + 1) and n["ctx_idx"] == graph.n_pos - 1 and n["influence"] is None
-            assert n["clerp"].startswith('Output "') and n["is_target_logit"] == (n["feature"] == int(graph.logit_tokens[0]))
+            assert n["clerp"].startswith('Output "')
+            assert n["is_target_logit"] == (n["feature"] == int(graph.logit_tokens[0]))
     # links: both ends written, weight = A[target, source]; every written feature/error is on a link
     A = graph.adjacency.to_dense()
     index = {}
@@ -96,3 +97,22 @@ def test_cli_graph(tiny_dir, tmp_path, capsys):
     assert sum(n["feature_type"] == "cross layer transcoder" for n in doc["nodes"]) <= 20
     assert "replacement" in capsys.readouterr().out
     assert main(["graph", "--model", str(tiny_dir), "--transcoders", str(tmp_path / "nope"), "--prompt", "x"]) == 2
+
+
+def test_viewer_serves_graphs(tiny_gpt2, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from saescope.viewer.server import create_app
+    from test_graph_attribute import PROMPT, make_transcoders
+
+    graph = attr.attribute(tiny_gpt2, make_transcoders(tiny_gpt2, "plt"), PROMPT, max_feature_nodes=30)
+    doc = graph_json(graph, prune(graph), "fox", 0.8)
+    write_graph(doc, tmp_path / "graphs" / "fox.json")
+    c = TestClient(create_app(tmp_path))
+    assert [g["slug"] for g in c.get("/api/graphs").json()] == ["fox"]
+    assert c.get("/api/graph/fox").json() == doc
+    assert c.get("/api/graph/nope").status_code == 404 and c.get("/api/graph/..").status_code in (400, 404)
+    page = c.get("/graph")
+    assert page.status_code == 200 and "/static/graph.js" in page.text and "cdn" not in page.text.lower()
+    js = c.get("/static/graph.js").text
+    assert "history.replaceState" in js and "/api/graph/" in js

@@ -55,11 +55,11 @@ def test_online_killed_and_resumed_equals_uninterrupted(tiny_dir, text_corpus, t
     calls = {"n": 0}
     step = Trainer.train_step
 
-    def dying(self, x):
+    def dying(self, x, y=None):
         calls["n"] += 1
         if calls["n"] > 2 * 7:  # both trainers did 7 steps: the checkpoint of step 5 is on disk
             raise KeyboardInterrupt
-        return step(self, x)
+        return step(self, x, y)
     monkeypatch.setattr(Trainer, "train_step", dying)
     with pytest.raises(KeyboardInterrupt):
         train_online(cfg("killed"), progress=False)

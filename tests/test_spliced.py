@@ -127,3 +127,26 @@ def test_each_dictionary_stops_once_its_standard_error_is_below_the_target(tiny_
     assert rand["ce_loss_recovered"] == pytest.approx(first3["ce_loss_recovered"], rel=1e-5)
     loose = E.spliced_metrics(hm, noisy, "resid_post.1", ids, batch_size=2, target_se=1e9, min_contexts=3)
     assert loose["spliced_contexts"] == 4  # the first whole batch at or past min_contexts
+
+
+def test_epochs_sets_the_passes_over_the_training_shards(tiny_gpt2, text_corpus, tmp_path):
+    from saescope.capture import capture_corpus
+    from saescope.capture.config import CaptureConfig, CaptureOptions
+    from saescope.corpus import CorpusConfig
+    from saescope.errors import SaescopeError
+    from saescope.train.config import TrainConfig, TrainerConfig
+    from saescope.train.on_store import train_from_store
+
+    st = capture_corpus(CaptureConfig(data=CorpusConfig(str(text_corpus)), out=str(tmp_path / "s"),
+                                      hookpoints="resid_post.1",
+                                      capture=CaptureOptions(context_len=9, max_tokens=400, shard_contexts=10)),
+                        tiny_gpt2)
+    train_rows = sum(s["rows"] for s in st.shards[:-1])  # the last shard is held out
+    steps = {}
+    for epochs in (1.0, 2.5):
+        tc = TrainerConfig(width=16, k=2, batch_size=16, epochs=epochs, buffer_rows=64)
+        cfg = TrainConfig(trainer=tc, store=str(tmp_path / "s"), out=str(tmp_path / str(epochs)), device="cpu")
+        steps[epochs] = train_from_store(cfg, progress=False)["steps"]
+    assert steps == {1.0: train_rows // 16, 2.5: int(2.5 * train_rows) // 16}
+    with pytest.raises(SaescopeError, match="--epochs 0"):
+        TrainerConfig(epochs=0)

@@ -334,7 +334,7 @@ def test_attention_rows_of_a_store_are_refused_as_sae_input(tiny_gpt2, text_corp
     from saescope.capture.config import CaptureConfig, CaptureOptions
     from saescope.corpus import CorpusConfig
     from saescope.errors import SaescopeError
-    from saescope.train.api import train_from_store
+    from saescope.train.on_store import train_from_store
     from saescope.train.config import TrainConfig
 
     capture_corpus(CaptureConfig(data=CorpusConfig(str(text_corpus)), out=str(tmp_path / "s"),
@@ -348,7 +348,7 @@ def test_release_file_pages_keeps_the_weights_and_frees_the_mapping(tiny_dir):
     """After the advice the model computes the same logits (pages come back from the file); the file mapping's
     resident size drops where the weights are memory-mapped."""
     from saescope.models import load_model
-    from saescope.train.speed import release_file_pages
+    from saescope.train.memory import release_file_pages
 
     hm = load_model(str(tiny_dir))
     ids = torch.tensor([[hm.tokenizer.bos_token_id, 5, 6, 7, 8]])

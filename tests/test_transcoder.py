@@ -138,6 +138,7 @@ def test_clt_decoding_sums_contributions_from_all_earlier_layers():
     assert y[:, 1].tolist() == [1.0, 2.0, 3.0]
     ts = TranscoderSet(clt=clt)
     per_layer = ts.reconstruct({l: x[:, l] for l in range(3)})
+    torch.testing.assert_close(ts.reconstruct(x.transpose(0, 1)), y[:, None])  # stacked [L, N, d] form
     for l in range(3):
         torch.testing.assert_close(per_layer[l], y[None, l])
         torch.testing.assert_close(ts.encode_layer(l, x[:, l]), f[:, l])
@@ -271,3 +272,244 @@ def test_cli_export_circuit_tracer(tmp_path, capsys):
 
     assert yaml.safe_load((tmp_path / "ct" / "config.yaml").read_text())["scan"] == "mine"
     _same_outputs(ts, load_transcoders(tmp_path / "ct"))
+
+
+# ---- training ------------------------------------------------------------------------------------------------
+
+from saescope.train.trainer import Trainer, TrainerConfig  # noqa: E402
+
+
+def _pairs(n_layers: int, d: int, n: int, g: torch.Generator) -> torch.Tensor:
+    """Rows [mlp_in.0 … | mlp_out.0 …] of a toy 'MLP' y_l = relu(x_l A_l) B_l (learnable by a transcoder)."""
+    A = torch.randn(n_layers, d, 3 * d, generator=torch.Generator().manual_seed(7))
+    B = torch.randn(n_layers, 3 * d, d, generator=torch.Generator().manual_seed(8)) / d
+    x = torch.randn(n, n_layers, d, generator=g)
+    y = torch.einsum("nlh,lhd->nld", torch.einsum("nld,ldh->nlh", x, A).relu(), B)
+    return torch.cat([x.flatten(1), y.flatten(1)], 1)
+
+
+@pytest.mark.parametrize("kind,arch", [("transcoder", "topk"), ("skip_transcoder", "batchtopk"), ("clt", "topk"),
+                                       ("clt", "jumprelu")])
+def test_transcoder_training_resumes_exactly_and_learns(kind, arch, tmp_path):
+    """Checkpoint at step 10 of 20, a new Trainer resumes and ends where the uninterrupted run ends; the result
+    explains most of the toy MLP's output variance (FVU well below the untrained model's)."""
+    L = 2 if kind == "clt" else 1
+    g = torch.Generator().manual_seed(0)
+    rows = [_pairs(L, 8, 64, g) for _ in range(20)]
+    cfg = TrainerConfig(arch=arch, kind=kind, k=4, width=32, batch_size=64, checkpoint_every=10, lr=0.01)
+    full = Trainer(cfg, 8, 20, n_layers=L)
+    untrained = Trainer(cfg, 8, 20, n_layers=L)
+    full.fit(iter(rows), progress=False)
+    first = Trainer(cfg, 8, 20, out=tmp_path, n_layers=L)
+    first.fit(iter(rows[:10]), progress=False)
+    second = Trainer(cfg, 8, 20, out=tmp_path, n_layers=L)
+    assert second.try_resume() and second.step == 10
+    second.fit(iter(rows[10:]), progress=False)
+    test = _pairs(L, 8, 256, g)
+    x, y = full.split(test)
+    a, b = second.finalize(), full.finalize()
+    torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)
+    from saescope.sae.base import fvu_loss
+
+    untrained._initialise(*untrained.split(rows[0]))
+    with torch.no_grad():
+        assert float(fvu_loss(y, b(x))) < 0.7 * float(fvu_loss(y, untrained.finalize()(x)))
+
+
+@pytest.fixture(scope="module")
+def pair_store(tiny_dir, tmp_path_factory):
+    """A store of mlp_in.*/mlp_out.* of the tiny Llama (captured once for this module's tests)."""
+    from conftest import TEXT
+
+    from saescope.capture import CaptureOptions
+    from saescope.capture.capture import CaptureConfig, capture_corpus
+    from saescope.config import ModelConfig
+    from saescope.corpus import CorpusConfig
+
+    d = tmp_path_factory.mktemp("pairs")
+    (d / "corpus.txt").write_text(TEXT * 4)
+    model, data = ModelConfig(model=str(tiny_dir), device="cpu"), CorpusConfig(str(d / "corpus.txt"))
+    store = capture_corpus(CaptureConfig(model=model, data=data, out=str(d / "store"),
+                                         hookpoints="mlp_in.*,mlp_out.*",
+                                         capture=CaptureOptions(context_len=16, shard_contexts=4, batch_size=2)))
+    return model, data, store
+
+
+@pytest.mark.parametrize("kind", ["skip_transcoder", "clt"])
+def test_online_transcoders_equal_store_training_and_report_fvu(kind, pair_store, tmp_path):
+    """One forward feeds every layer: online training with a whole-run buffer equals training from a store of the
+    same contexts; the store path reports the held-out FVU of the MLP output that the saved files reproduce."""
+    from saescope.store import shuffled_batches
+    from saescope.train.config import TrainConfig
+    from saescope.train.on_store import train_from_store
+    from saescope.train.online import OnlineConfig, train_online
+    from saescope.train.transcoders import pair_groups
+
+    model, data, store = pair_store
+    rows, big = store.rows, store.rows + 1
+    steps = rows // 32
+    tc = TrainerConfig(arch="topk", kind=kind, k=4, width=48, batch_size=32, checkpoint_every=0, tokens=steps * 32,
+                       buffer_rows=big)
+    train_online(OnlineConfig(model=model, data=data, trainer=tc, out=str(tmp_path / "online"), context_len=16,
+                              forward_contexts=3), progress=False)
+    online = load_transcoders(tmp_path / "online")
+    assert online.layers == [0, 1, 2] and online.is_clt == (kind == "clt")
+    for name, hps in pair_groups(kind, [0, 1, 2]).items():
+        n = 3 if kind == "clt" else 1
+        tr = Trainer(tc, 32, steps, d_out=32, n_layers=n)
+        tr.fit(shuffled_batches(lambda i, hps=hps: torch.cat([store.load_shard(h, i) for h in hps], 1),
+                                len(store.shards), 32, seed=0, buffer_rows=big, shard_order="sequential", epochs=1),
+               progress=False)
+        ref = tr.finalize()
+        got = online.clt if kind == "clt" else online[int(name.split("_")[1])]
+        for p in ("W_enc", "b_enc", "b_dec") + (("W_skip",) if kind == "skip_transcoder" else ()):
+            torch.testing.assert_close(getattr(got, p), getattr(ref, p).detach(), rtol=1e-5, atol=1e-6, msg=p)
+    report = train_from_store(TrainConfig(trainer=TrainerConfig(arch="topk", kind=kind, k=4, width=48, batch_size=32,
+                                                                checkpoint_every=0),
+                                          store=str(store.root), out=str(tmp_path / "fromstore"),
+                                          device="cpu"), progress=False)
+    ts = load_transcoders(tmp_path / "fromstore")
+    held = store.shards[-1:]
+    x = {l: store.load_shard(f"mlp_in.{l}", len(store.shards) - 1).float() for l in range(3)}
+    y = {l: store.load_shard(f"mlp_out.{l}", len(store.shards) - 1).float() for l in range(3)}
+    with torch.no_grad():
+        pred = ts.reconstruct(x)
+    from saescope.train import metrics as M
+
+    fvus = [M.fvu(y[l], pred[l]) for l in range(3)]
+    if kind == "clt":
+        got_fvu = [p["fvu"] for p in report["clt"]["heldout"]["per_layer"]]
+    else:
+        got_fvu = [report[f"layer_{l}"]["heldout"]["fvu"] for l in range(3)]
+    assert held and all(abs(a - b) < 1e-4 for a, b in zip(fvus, got_fvu)), (fvus, got_fvu)
+
+
+# ---- the replacement model -----------------------------------------------------------------------------------
+
+def _model_transcoders(hm: HookedModel, kind: str, zero: bool = False) -> TranscoderSet:
+    """Random transcoders whose outputs have the MLPs' scale (random tiny models have residuals of norm ~0.1:
+    outputs 100x larger would make T(x) + (MLP(x) − T(x)) cancel catastrophically, as no trained transcoder does)."""
+    ts = _random_model_transcoders(hm, kind, zero)
+    with torch.no_grad():
+        for name, p in ts.named_parameters():
+            if any(k in name for k in ("W_dec", "b_dec", "W_skip")):
+                p.mul_(0.02)
+    return ts
+
+
+def _random_model_transcoders(hm: HookedModel, kind: str, zero: bool) -> TranscoderSet:
+    d = hm.d_model
+    if kind == "clt":
+        clt = CrossLayerTranscoder(CLTConfig("topk", n_layers=hm.n_layers, d_in=d, d_sae=16, k=4, skip=True))
+        _randomise(clt)
+        if zero:
+            with torch.no_grad():
+                for p in clt.parameters():
+                    p.zero_()
+        return TranscoderSet(clt=clt.eval())
+    plts = {}
+    for l in range(hm.n_layers):
+        t = _plt("jumprelu", kind == "skip", d_in=d, d_out=d, F=16)
+        _randomise(t, seed=l)
+        if zero:
+            with torch.no_grad():
+                t.W_dec.zero_(), t.b_dec.zero_(), t.W_skip.zero_() if kind == "skip" else None
+        plts[l] = t
+    return TranscoderSet(plts=plts)
+
+
+@pytest.mark.parametrize("kind", ["skip", "clt"])
+def test_replacement_with_error_terms_reproduces_the_model(tiny, kind):
+    from saescope.train.replacement import replacement_logits, replacement_metrics
+
+    ts = _model_transcoders(tiny, kind)
+    ids = _ids(tiny, n=3, t=9)
+    lg = replacement_logits(tiny, ts, ids)
+    with torch.no_grad():
+        torch.testing.assert_close(lg["clean"], tiny.model(ids).logits.float())
+    torch.testing.assert_close(lg["with_errors"], lg["clean"], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(lg["replaced"], lg["clean"], atol=1e-3)  # the random transcoders are not the MLPs
+    m = replacement_metrics(tiny, ts, ids, batch_size=2)
+    assert m["top1_agreement_with_errors"] == 1.0 and m["top1_agreement_last_with_errors"] == 1.0
+    assert abs(m["ce_with_errors"] - m["ce_clean"]) < 1e-4 and m["kl_with_errors"] < 1e-5
+    assert m["kl_replaced"] > 0 and m["delta_ce"] == pytest.approx(m["ce_replaced"] - m["ce_clean"])
+    clean_nll = torch.nn.functional.cross_entropy(lg["clean"][:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    assert m["ce_clean"] == pytest.approx(float(clean_nll), rel=1e-5) and m["tokens"] == 3 * 8
+
+
+def test_replacement_by_transcoders_that_write_nothing_is_zero_ablation(tiny_gpt2):
+    """Known answer: transcoders whose decoders and biases are 0 turn the replacement into MLP zero-ablation,
+    so CE loss recovered is 0 and the replaced CE equals the zero-ablated CE."""
+    from saescope.train.replacement import replacement_metrics
+
+    for kind in ("plain", "clt"):
+        m = replacement_metrics(tiny_gpt2, _model_transcoders(tiny_gpt2, kind, zero=True), _ids(tiny_gpt2, 2, 8))
+        assert m["ce_replaced"] == pytest.approx(m["ce_zero_ablation"], abs=1e-6)
+        assert m["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-5)
+        assert m["kl_replaced"] == pytest.approx(m["kl_zero"], abs=1e-6)
+
+
+def test_cli_trains_transcoders_from_a_store_and_evaluates_the_replacement(pair_store, tiny_dir, tmp_path, capsys):
+    import json
+
+    from saescope.cli import main
+
+    _, _, store = pair_store
+    out = tmp_path / "tc"
+    assert main(["train", "--kind", "transcoder", "--arch", "topk", "--store", str(store.root), "--out", str(out),
+                 "--width", "32", "--k", "4", "--batch_size", "32", "--device", "cpu", "--layers", "0,2"]) == 0
+    text = capsys.readouterr().out
+    assert "transcoder layer_0" in text and "FVU of the MLP output" in text
+    assert sorted(p.name for p in out.iterdir()) == ["layer_0", "layer_2"]
+    assert main(["eval-replacement", "--transcoders", str(out), "--store", str(store.root), "--contexts", "4",
+                 "--model", str(tiny_dir)]) == 0
+    m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert m["contexts"] == 4 and m["top1_agreement_with_errors"] == 1.0
+    assert abs(m["ce_with_errors"] - m["ce_clean"]) < 1e-4 and 0 <= m["top1_agreement_replaced"] <= 1
+
+
+# ---- transcoder latents as units -----------------------------------------------------------------------------
+
+def test_transcoder_latents_are_collated_per_layer_and_served_like_sae_latents(tiny_dir, tmp_path):
+    """--transcoders DIR collates every layer's latents (transcoder_latents/<set>/<layer>, reading mlp_in.L; the
+    top activation equals a brute-force encoding); the viewer serves them and steers along mlp_out.L."""
+    import itertools
+
+    from fastapi.testclient import TestClient
+
+    from conftest import TEXT
+    from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+    from saescope.collate.run_collate import collate
+    from saescope.config import ModelConfig
+    from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
+    from saescope.models import load_model
+    from saescope.records import read_record
+    from saescope.units import UnitSet
+    from saescope.viewer.server import create_app
+
+    hm = load_model(str(tiny_dir))
+    plts = {l: _plt("topk", True, d_in=hm.d_model, d_out=hm.d_model, F=24, k=4) for l in range(hm.n_layers)}
+    save_transcoders(TranscoderSet(plts=plts), tmp_path / "mytc")
+    (tmp_path / "corpus.txt").write_text(TEXT * 4)
+    T = 8
+    cfg = CollateConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), out=str(tmp_path / "col"),
+                        data=CorpusConfig(str(tmp_path / "corpus.txt")), transcoders=str(tmp_path / "mytc"),
+                        collate=CollateOptions(units="", excerpt_len=T, max_tokens=T * 30,
+                                               sizes=SlotSizes(top_k=20, n_random=15, pool=24)))
+    manifest = collate(cfg, hm)
+    paths = sorted(d["path"] for d in manifest["datasets"])
+    assert paths == [f"transcoder_latents/mytc/{l}" for l in range(hm.n_layers)]
+    ds = next(d for d in manifest["datasets"] if d["path"] == "transcoder_latents/mytc/1")
+    assert ds["hookpoints"] == ["mlp_in.1"] and ds["units"] == 24
+    ctxs = list(itertools.islice(iter_contexts(hm.tokenizer, iter_texts(str(tmp_path / "corpus.txt")), T + 1), 30))
+    x = hm.run_with_cache(torch.tensor(ctxs), None, ["mlp_in.1"])["mlp_in.1"][:, 1:]
+    with torch.no_grad():
+        acts = plts[1].encode(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
+    rec = read_record(tmp_path / "col" / hm.name / ds["path"] / "5.json")
+    assert rec.max_activation == pytest.approx(float(acts[..., 5].max()), rel=1e-4)
+    client = TestClient(create_app(tmp_path / "col"))
+    r = client.get(f"/api/record/{hm.name}/transcoder_latents/mytc/1/5")
+    assert r.status_code == 200 and r.json()["record"]["neuron_id"]["layer_index"] == 1
+    assert client.get(f"/u/{hm.name}/transcoder_latents/mytc/1/5").status_code == 200
+    wd = UnitSet("transcoder_latents", 1, "mytc", plts[1], "mlp_in.1").write_direction(hm, 5)
+    assert wd.hookpoint == "mlp_out.1" and torch.equal(wd.direction, plts[1].W_dec[5].detach())

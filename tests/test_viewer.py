@@ -41,6 +41,27 @@ def client(collated_root):
     return TestClient(create_app(collated_root))
 
 
+def test_the_dataset_list_shows_an_sae_s_added_loss_first(client):
+    """An SAE with an eval.json next to its weights: the dataset row carries ΔCE ± SE and KL ahead of FVU, L0."""
+    import json
+
+    sae_row = next(d for d in client.get("/api/datasets").json() if d["unit_type"] == "sae_latents")
+    assert "dictionary" not in sae_row  # no eval.json yet
+    ev = {"fvu": 0.2, "l0": 4.0, "dead_fraction": 0.0, "delta_ce": 0.12, "delta_ce_se": 0.008, "kl_div": 0.1,
+          "kl_div_se": 0.004, "ce_clean": 3.0, "mse": 1.0}
+    path = Path(sae_row["source"]) / "eval.json"
+    path.write_text(json.dumps(ev))
+    try:
+        rows = client.get("/api/datasets").json()
+        got = next(d for d in rows if d["unit_type"] == "sae_latents")["dictionary"]
+        assert list(got)[:4] == ["delta_ce", "delta_ce_se", "kl_div", "kl_div_se"] and got["fvu"] == 0.2
+        assert "mse" not in got and all("dictionary" not in d for d in rows if d["unit_type"] != "sae_latents")
+        path.write_text("{broken")
+        assert "dictionary" not in next(d for d in client.get("/api/datasets").json() if d.get("source"))
+    finally:
+        path.unlink()
+
+
 def test_datasets_units_and_records(client, tiny_dir):
     ds = client.get("/api/datasets").json()
     paths = {d["path"] for d in ds}
@@ -162,6 +183,36 @@ def test_concurrent_model_requests_do_not_see_each_others_hooks(client):
     with ThreadPoolExecutor(4) as pool:
         codes = list(pool.map(lambda c: client.post(c[0], json=c[1]).status_code, calls))
     assert codes == [200] * len(calls)
+
+
+def test_logit_lens_reads_in_logits_when_the_unit_fires_at_its_max(client, tiny_dir):
+    """The lens is the logit change of the unit's write at its max activation, divided by the final norm's median
+    scale on the unit's top excerpts (measured here with a hook of our own), and says so."""
+    import torch
+
+    from saescope.models import load_model
+    from saescope.models.lens import logit_lens
+
+    model = client.get("/api/datasets").json()[0]["model"]
+    hm = load_model(str(tiny_dir))
+    rec = client.get(f"/api/record/{model}/mlp_neurons/1/3").json()["record"]
+    tops = [r for r in rec["most_positive_activation_records"] if max(r["activations"]) > 0][:5]
+    act = max(max(r["activations"]) for r in tops)
+    scales = []
+    h = hm.final_norm().register_forward_pre_hook(lambda m, a: scales.append(
+        a[0][0, 1:].float().pow(2).mean(-1).add(hm.final_norm().variance_epsilon).sqrt()))
+    with torch.no_grad():
+        for r in tops:
+            ids = hm.tokenizer("".join(r["tokens"]), add_special_tokens=False)["input_ids"][:64]
+            hm.model(input_ids=torch.tensor([[hm.tokenizer.bos_token_id, *ids]]))
+    h.remove()
+    scale = float(torch.cat(scales).median())
+    want = logit_lens(hm, hm.W_out_mlp(1)[3].detach(), 1) * act / scale
+    got = client.get(f"/api/logit_lens/{model}/mlp_neurons/1/3").json()
+    assert got["norm_scale"] == pytest.approx(scale, rel=1e-4) and got["activation"] == pytest.approx(act)
+    assert got["top"][0]["logit"] == pytest.approx(float(want.max()), rel=1e-3)
+    assert got["bottom"][0]["logit"] == pytest.approx(float(want.min()), rel=1e-3)
+    assert got["units"].startswith("logit change when the unit fires at its max")
 
 
 def test_a_long_debug_request_does_not_hold_the_model(client, monkeypatch):
@@ -433,8 +484,7 @@ def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
     import torch
     from conftest import make_model
 
-    from saescope.debug.trace import final_norm, post_mlp_norm
-    from saescope.viewer.lens import logit_lens
+    from saescope.models.lens import logit_lens
 
     hm = make_model(arch)
     g = torch.Generator().manual_seed(0)
@@ -460,10 +510,10 @@ def test_logit_lens_folds_the_norms_between_the_unit_and_the_unembedding(arch):
     x_fin = torch.randn(hm.d_model, generator=g)
     with torch.no_grad():
         dx = write
-        pn = post_mlp_norm(hm, L)
+        pn = hm.post_mlp_norm(L)
         if pn is not None:
             dx = frozen(pn, x_mlp, dx)
-        dy = frozen(final_norm(hm), x_fin, dx)
+        dy = frozen(hm.final_norm(), x_fin, dx)
         dlogits = hm.model.get_output_embeddings()(dy)  # the model's own unembedding (no bias in these models)
     live = lens.abs() > 1e-6  # tokens whose unembedding row is zero (padding) have no lens
     assert int(live.sum()) > 0.9 * lens.numel()
@@ -488,3 +538,133 @@ def test_each_dataset_shows_its_own_token_count(tmp_path):
             {"unit_type": "mlp_neurons", "layer": 2, "path": "mlp_neurons/2", "units": 4}]}))
     got = {d["path"]: d["tokens"] for d in DataRoot(tmp_path).datasets()}
     assert got == {"mlp_neurons/1": 200_000, "attention_heads/1": 131_072, "mlp_neurons/2": 200_000}
+
+
+def test_search_ranks_by_capped_relative_activation_and_leaves_dense_units_out(tiny_gpt2):
+    """Known activations through a hand-made source: a dense unit at 0.9 of its max everywhere is left out by default
+    (and counted), a unit at 3.5× its max ranks level with one at its max (capped at 1; the sparser first), and
+    max_density 1 brings the dense one back."""
+    import torch
+
+    from saescope.units import UnitGroup
+    from saescope.viewer.explore import SearchSource, search
+
+    hm = tiny_gpt2
+    text = "the cat sat"
+    T = len(hm.tokenizer(text, add_special_tokens=False)["input_ids"])
+    acts = torch.zeros(4, 1, T)  # [U, B, T]
+    acts[0] = 0.9  # dense: 0.9 × its max on every token
+    acts[1, 0, 0] = 3.5  # 3.5 × its max on token 0
+    acts[2, 0, 0] = 2.0  # exactly its max on token 0, sparser than unit 1
+    acts[3, 0, 1] = 0.5  # half its max on token 1
+    group = UnitGroup("sae_latents", 0, 4, ["resid_post.0"], lambda cache: acts)
+    src = SearchSource("sae_latents/x/0", group, torch.tensor([1.0, 1.0, 2.0, 1.0]), {},
+                       torch.tensor([0.6, 0.002, 0.001, 0.01]))
+    res = search(hm, [src], text, per_token=3)
+    assert res["left_out"] == 1 and res["max_density"] == 0.1
+    assert [u["index"] for u in res["units"][0]] == [2, 1]  # both capped at 1: the sparser first; no dense unit
+    assert res["units"][0][1]["relative"] == 3.5  # the value shown is the real ratio
+    assert [u["index"] for u in res["units"][1]] == [3] and res["units"][2] == []
+    every = search(hm, [src], text, per_token=3, max_density=1.0)
+    assert every["left_out"] == 0 and [u["index"] for u in every["units"][2]] == [0]
+
+
+def test_browser_unit_dataset_and_debug_pages_say_what_they_show(collated_root, tmp_path):
+    """The page points of issue 27 in Chromium: top activations first, numbered; quantile headings with their range
+    and without the top excerpts again; the probe text in the URL; strength=abc refused and an old result cleared;
+    a bad filter empties the table; "no units match"; dead units list no top token; the pair matrix has axes; in the
+    debugger Back undoes an ablation, the pair grid is blue for positive, and the columns are explained."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium on PATH (`make test` installs Debian's chromium)")
+    import uvicorn
+    from conftest import free_port
+    from playwright.sync_api import sync_playwright
+
+    from saescope.viewer.server import create_app
+
+    model = json.loads(next(collated_root.glob("*/manifest.json")).read_text())["model"]
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(collated_root), host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    summary = json.loads((collated_root / model / "sae_latents" / "tiny_sae" / "1" / "summary.json").read_text())
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"{base}/u/{model}/sae_latents/tiny_sae/1/5?probe=the+dog+sat")
+            page.wait_for_selector("#top .excerpt")
+            assert page.locator("#top .excerpt").first.bounding_box()["y"] < page.locator("#hist").bounding_box()["y"]
+            assert page.inner_text("#top .exnum >> nth=0").strip() == "#1"
+            page.wait_for_selector("#probe-out .tok")  # ?probe= fills the probe and runs it
+            assert page.input_value("#probe-text") == "the dog sat"
+            page.fill("#probe-text", "the mat")
+            page.click("#probe-run")
+            page.wait_for_function("location.search.includes('probe=the+mat')")
+            for h in page.locator("#quantiles h3").all_inner_texts():
+                assert "≥ 0.000" not in h and "excerpt max" in h
+            tops = page.eval_on_selector_all("#top .seq", "els => els.map(e => e.innerText)")
+            quant = page.eval_on_selector_all("#quantiles .seq", "els => els.map(e => e.innerText)")
+            assert len(tops) > 0 and not set(quant) & set(tops)  # the top bucket does not repeat the top excerpts
+            page.fill("#steer-strength", "0")
+            page.click("#steer-run")
+            page.wait_for_selector("#steer-steered")
+            page.fill("#steer-strength", "")  # an error on the same page clears the old result
+            page.click("#steer-run")
+            page.wait_for_selector("#steer-error")
+            assert page.locator("#steer-steered").count() == 0
+            page.goto(f"{base}/u/{model}/sae_latents/tiny_sae/1/5?prompt=the+cat&strength=abc")
+            page.wait_for_selector("#steer-error")
+            assert "not a number" in page.inner_text("#steer-error") and page.locator("#steer-steered").count() == 0
+            page.screenshot(path=str(tmp_path / "unit.png"), full_page=True)
+            # the dataset page: a bad filter says so and empties the table; an empty result says so
+            page.goto(f"{base}/u/{model}/sae_latents/tiny_sae/1")
+            page.wait_for_selector("#units td a")
+            page.fill("#min_density", "abc")
+            page.press("#min_density", "Enter")
+            page.wait_for_function("document.querySelector('#units-error').innerText.includes('min_density')")
+            assert page.locator("#units tr").count() == 0
+            page.fill("#min_density", "")
+            page.press("#min_density", "Enter")
+            page.fill("#q", "zzzz-no-such-token")
+            page.wait_for_function("document.querySelector('#page').innerText.includes('no units match')")
+            dead = [u["index"] for u in summary["units"] if u["max_activation"] <= 0]
+            if dead:
+                page.goto(f"{base}/u/{model}/sae_latents/tiny_sae/1?sort=index&desc=false&q=")
+                page.wait_for_selector("#units td a")
+                row = page.locator(f"#units tr:has(a[href$='/{dead[0]}'])")
+                assert row.locator("td >> nth=5").inner_text() == "–"
+            # a head's pair matrix has axis labels
+            page.goto(f"{base}/u/{model}/attention_heads/1/0")
+            page.wait_for_selector("#top .matrix-btn")
+            page.click("#top .matrix-btn >> nth=0")
+            assert page.get_attribute("#top canvas.matrix >> nth=0", "data-axes") == "query,key"
+            # the debugger: Back after an ablation returns to the plain ranking; the pair grid is blue for +
+            page.goto(f"{base}/debug?prompt=the+cat+sat+on+the+mat+and+the&target=+cat&distractor=+dog")
+            page.wait_for_selector("#nodes td")
+            assert "norm of the vector" in page.inner_text("#conventions")
+            page.click("#nodes button.abl >> nth=0")
+            page.wait_for_selector("#ablated")
+            page.go_back()
+            page.wait_for_function("!document.querySelector('#ablated') && !location.search.includes('zero')")
+            assert page.input_value("#ablate") == ""
+            page.goto(f"{base}/debug?prompt=the+cat+sat&target=+cat&freeze_norms=all")  # the convention is a choice
+            page.wait_for_selector("#conventions")
+            assert "all: every norm" in page.inner_text("#conventions") and page.input_value("#freeze_norms") == "all"
+            page.click("#nodes button.prs >> nth=0")
+            page.wait_for_selector("table.pairgrid td[title]")
+            colours = page.eval_on_selector_all(
+                "table.pairgrid td[title]", "els => els.map(e => [e.title, getComputedStyle(e).backgroundColor])")
+            pos = [c for t, c in colours if float(t.split("attribution ")[1]) > 0]
+            assert pos and all("46, 134, 222" in c for c in pos)
+            page.screenshot(path=str(tmp_path / "debug.png"), full_page=True)
+            browser.close()
+        assert (tmp_path / "unit.png").stat().st_size > 10_000 and (tmp_path / "debug.png").stat().st_size > 10_000
+    finally:
+        server.should_exit = True

@@ -117,7 +117,7 @@ def train_sparsify(width: int, l0: int, world: Any, stream: Any, n: int, bs: int
     from sparsify import SparseCoder, SparseCoderConfig
     from sparsify.sign_sgd import SignSGD
 
-    from saescope.sae.io import load_sparsify_dir
+    from saescope.sae.loading import load_sparsify_dir
 
     torch.manual_seed(seed)
     with _quiet():

@@ -183,8 +183,8 @@ def summary_row(record: NeuronRecord, by_token_pair: bool) -> dict[str, Any]:
     """A record's row of its dataset's unit table (summary.json): index, max activation, moments, the token of its
     top activation (the query token for by-token-pair records) and how many top excerpts fire."""
     top = record.most_positive_activation_records
-    top_token = ""
-    if top and len(top[0].activations):
+    top_token: str | None = None  # a dead unit (never fired) has no top token
+    if top and len(top[0].activations) and float(np.max(top[0].activations)) > 0:
         j = int(np.argmax(top[0].activations))
         if by_token_pair:
             j = int((math.isqrt(8 * j + 1) - 1) // 2)  # row of flattened lower-triangle index j: the query token

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from saescope.capture.config import CaptureOptions
-from saescope.collate.config import CollateOptions
+from saescope.collate.config import CollateOptions, CollateResult
 from saescope.config import ModelConfig, resolve_layer
 from saescope.corpus import CorpusConfig
 from saescope.interp.config import InterpOptions
@@ -23,6 +23,9 @@ from saescope.models.hooks import canonical_hookpoint
 from saescope.stages import Stage
 from saescope.train.config import TrainerConfig
 from saescope.viewer.config import ViewOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from saescope.store import ActivationStore
 
 log = logging.getLogger(__name__)
 
@@ -87,130 +90,157 @@ def _options(obj: Any) -> dict[str, Any]:
 def run_pipeline(cfg: RunConfig) -> RunResult:
     """Run (or reuse) every stage, in order; each stage's fingerprint includes its inputs' fingerprints."""
     from saescope.interp.pipeline import check_backends
-    from saescope.io import read_json
 
     check_backends(cfg.interp)  # a missing key or unreachable server: one line now, not after capture and training
-    out = Path(cfg.out)
-    hm = cfg.model.load()
-    layer = resolve_layer(cfg.layer, hm.n_layers)
-    hookpoint = f"resid_post.{layer}"
-    model_id = {"model": cfg.model.model, "dtype": cfg.model.dtype}
-    done: list[tuple[str, Path]] = []
-    decisions: dict[str, str] = {}
+    p = _Pipeline(cfg)
+    p.seed_dataset()
+    store, st = p.store()
+    saes = p.saes(store)
+    # the model's forward passes are over when collation reads the store: drop its memory-mapped weight pages
+    # (clean, re-read on the next touch), which otherwise stay resident through collation, the run's peak
+    if cfg.capture.context_len == cfg.collate.excerpt_len + 1:
+        from saescope.train.memory import release_file_pages
 
-    def start(stage: Stage) -> bool:
+        log.info("released %.0f MB of memory-mapped model weights", release_file_pages(p.hm.model) / 1e6)
+    col, collated = p.collated(store, st, saes)
+    p.explanations(col, collated)
+    return RunResult(p.done, col.path, p.decisions)
+
+
+class _Pipeline:
+    """The run's shared state (model, studied layer, report) and one method per stage."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.hm = cfg.model.load()
+        self.layer = resolve_layer(cfg.layer, self.hm.n_layers)
+        self.hookpoint = f"resid_post.{self.layer}"
+        self.model_id = {"model": cfg.model.model, "dtype": cfg.model.dtype}
+        self.sae_hps = [canonical_hookpoint(f"{kind.strip()}.{self.layer}") for kind in cfg.saes.split(",")
+                        if kind.strip()]
+        self.done: list[tuple[str, Path]] = []
+        self.decisions: dict[str, str] = {}
+
+    def start(self, stage: Stage) -> bool:
         """Decide, say so in one line, prepare; True when the stage must (re)compute."""
         decision, why = stage.decide()
-        decisions[stage.name] = decision
+        self.decisions[stage.name] = decision
         log.info("stage %s", why)
         if decision == "reuse":
             return False
         stage.begin(decision)
         return True
 
-    # 1. the seed activation dataset: the 7 seed prompts, greedy generation, the studied layer's resid_post
-    from saescope.capture import generate_seed_dataset, read_prompts
+    def seed_dataset(self) -> None:
+        """1. the seed activation dataset: the 7 seed prompts, greedy generation, the studied layer's resid_post."""
+        from saescope.capture.generate import generate_seed_dataset, read_prompts
 
-    seed = Stage("seed_dataset", out / "seed_dataset", {**model_id, "hookpoint": hookpoint, "generate": cfg.generate}, {})
-    if start(seed):
-        generate_seed_dataset(hm, seed.path, hookpoint, read_prompts(""), cfg.generate)
-        seed.finish()
-    done.append(("seed dataset (activations_<i>.pt + metadata.json)", seed.path))
+        cfg = self.cfg
+        seed = Stage("seed_dataset", self.out / "seed_dataset",
+                     {**self.model_id, "hookpoint": self.hookpoint, "generate": cfg.generate}, {})
+        if self.start(seed):
+            generate_seed_dataset(self.hm, seed.path, self.hookpoint, read_prompts(""), cfg.generate)
+            seed.finish()
+        self.done.append(("seed dataset (activations_<i>.pt + metadata.json)", seed.path))
 
-    # 2. the activation store: every hookpoint an SAE is trained on, at the studied layer
-    from saescope.capture import capture_corpus
-    from saescope.capture.config import CaptureConfig
+    def store(self) -> tuple[Stage, ActivationStore]:
+        """2. the activation store: every hookpoint an SAE is trained on, at the studied layer."""
+        from saescope.capture.capture import capture_corpus
+        from saescope.capture.config import CaptureConfig
+        from saescope.store import ActivationStore
 
-    sae_hps = [canonical_hookpoint(f"{kind.strip()}.{layer}") for kind in cfg.saes.split(",") if kind.strip()]
-    # where the store's contexts are the collation's excerpts, it also keeps the studied layer's attention pattern
-    # and values (0.5k floats a token on gemma-3-270m): heads and token pairs are then collated without a model pass
-    attention = [f"attn_pattern.{layer}", f"attn_value.{layer}"] \
-        if cfg.capture.context_len == cfg.collate.excerpt_len + 1 else []
-    hookpoints = ",".join(dict.fromkeys([hookpoint, *sae_hps, *attention]))
-    store = Stage("store", out / "store", {**model_id, "data": asdict(cfg.data), "capture": _options(cfg.capture),
-                                           "hookpoints": hookpoints}, {})
-    recompute = start(store)
-    st = capture_corpus(CaptureConfig(model=cfg.model, data=cfg.data, capture=cfg.capture, out=str(store.path),
-                                      hookpoints=hookpoints), hm) if recompute else None
-    if recompute:
-        store.finish()
-    from saescope.store import ActivationStore
+        cfg, layer = self.cfg, self.layer
+        # where the store's contexts are the collation's excerpts, it also keeps the studied layer's attention
+        # pattern and values (0.5k floats a token on gemma-3-270m): heads and token pairs are then collated
+        # without a model pass
+        attention = [f"attn_pattern.{layer}", f"attn_value.{layer}"] \
+            if cfg.capture.context_len == cfg.collate.excerpt_len + 1 else []
+        hookpoints = ",".join(dict.fromkeys([self.hookpoint, *self.sae_hps, *attention]))
+        store = Stage("store", self.out / "store", {**self.model_id, "data": asdict(cfg.data),
+                                                    "capture": _options(cfg.capture), "hookpoints": hookpoints}, {})
+        st = None
+        if self.start(store):
+            st = capture_corpus(CaptureConfig(model=cfg.model, data=cfg.data, capture=cfg.capture,
+                                              out=str(store.path), hookpoints=hookpoints), self.hm)
+            store.finish()
+        st = st or ActivationStore(store.path, verify=False)
+        self.done.append((f"activation store ({st.rows:,} tokens x {len(st.hookpoints)} hookpoints)", store.path))
+        return store, st
 
-    st = st or ActivationStore(store.path, verify=False)
-    done.append((f"activation store ({st.rows:,} tokens x {len(st.hookpoints)} hookpoints)", store.path))
+    def saes(self, store: Stage) -> list[Stage]:
+        """3. one SAE per hookpoint (trained on the store, evaluated on its held-out shard and spliced into the
+        model)."""
+        from saescope.io import read_json, write_json
+        from saescope.train.config import EvalConfig, TrainConfig
+        from saescope.train.evaluate import headline
+        from saescope.train.on_store import evaluate_many, train_from_store
 
-    # 3. one SAE per hookpoint (trained on the store, evaluated on its held-out shard and spliced into the model)
-    from saescope.io import write_json
-    from saescope.train.api import evaluate_many, train_from_store
-    from saescope.train.config import EvalConfig, TrainConfig
-    from saescope.train.evaluate import headline
+        cfg = self.cfg
+        saes, trained = [], []
+        for hp in self.sae_hps:
+            sae = Stage(f"sae {hp}", self.out / "saes" / hp.split(".")[0],
+                        {"trainer": _options(cfg.train), "hookpoint": hp}, {"store": store.fingerprint})
+            if self.start(sae):
+                train_from_store(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp,
+                                             out=str(sae.path), device=cfg.model.device))
+                trained.append((sae, hp))
+            saes.append(sae)
+        # evaluated together: the spliced CE/KL of every SAE shares one clean pass per batch (each stage finishes
+        # only once its eval.json is written, so a run killed here evaluates them again)
+        evs = evaluate_many([EvalConfig(sae=str(sae.path), store=str(store.path), hookpoint=hp,
+                                        holdout_shards=cfg.train.holdout_shards, contexts=cfg.eval_contexts)
+                             for sae, hp in trained], hm=self.hm) if trained else []
+        for (sae, _), ev in zip(trained, evs):
+            write_json(sae.path / "eval.json", ev)
+            sae.finish()
+        for sae, hp in zip(saes, self.sae_hps):
+            ev = read_json(sae.path / "eval.json")
+            self.done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} ({headline(ev)})", sae.path))
+        return saes
 
-    saes, trained = [], []
-    for hp in sae_hps:
-        sae = Stage(f"sae {hp}", out / "saes" / hp.split(".")[0], {"trainer": _options(cfg.train), "hookpoint": hp},
-                    {"store": store.fingerprint})
-        if start(sae):
-            train_from_store(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp,
-                                         out=str(sae.path), device=cfg.model.device))
-            trained.append((sae, hp))
-        saes.append(sae)
-    # evaluated together: the spliced CE/KL of every SAE shares one clean pass per batch (each stage finishes
-    # only once its eval.json is written, so a run killed here evaluates them again)
-    evs = evaluate_many([EvalConfig(sae=str(sae.path), store=str(store.path), hookpoint=hp,
-                                    holdout_shards=cfg.train.holdout_shards, contexts=cfg.eval_contexts)
-                         for sae, hp in trained], hm=hm) if trained else []
-    for (sae, _), ev in zip(trained, evs):
-        write_json(sae.path / "eval.json", ev)
-        sae.finish()
-    for sae, hp in zip(saes, sae_hps):
-        ev = read_json(sae.path / "eval.json")
-        done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} ({headline(ev)})", sae.path))
+    def collated(self, store: Stage, st: ActivationStore, saes: list[Stage]) -> tuple[Stage, CollateResult]:
+        """4. collated records: MLP neurons, heads (by token pair), every SAE's latents (attention SAEs also by
+        pair); from the store where its contexts are the excerpts (no second model pass)."""
+        from saescope.collate.config import CollateConfig
+        from saescope.collate.run_collate import run as collate
 
-    # the model's forward passes are over when collation reads the store: drop its memory-mapped weight pages
-    # (clean, re-read on the next touch), which otherwise stay resident through collation, the run's peak
-    if cfg.capture.context_len == cfg.collate.excerpt_len + 1:
-        from saescope.train.speed import release_file_pages
+        cfg, hm, layer = self.cfg, self.hm, self.layer
+        from_store = st.manifest.get("context_len") == cfg.collate.excerpt_len + 1
+        if not from_store:
+            log.info("the store's contexts (%s tokens) are not excerpts of %d: collating every unit with the model",
+                     st.manifest.get("context_len"), cfg.collate.excerpt_len)
+        col = Stage("collated", self.out / "collated",
+                    {**self.model_id, "data": asdict(cfg.data), "collate": _options(cfg.collate), "layer": layer,
+                     "from_store": from_store},
+                    {**{s.name: s.fingerprint for s in saes}, **({"store": store.fingerprint} if from_store else {})})
+        if self.start(col):
+            collated = collate(CollateConfig(model=cfg.model, data=cfg.data, collate=cfg.collate, out=str(col.path),
+                                             layers=str(layer), sae=",".join(str(s.path) for s in saes),
+                                             store=str(store.path) if from_store else ""), hm)
+            assert collated is not None  # `saescope run` is one process
+            col.finish()
+        else:
+            collated = CollateResult.read(col.path / hm.name)
+        kinds = sorted({(d.unit_type, d.by_token_pair) for d in collated.datasets})
+        self.done.append((f"collated records ({len(collated.datasets)} datasets, {len(kinds)} kinds, layer {layer})",
+                          collated.root))
+        return col, collated
 
-        log.info("released %.0f MB of memory-mapped model weights", release_file_pages(hm.model) / 1e6)
+    def explanations(self, col: Stage, collated: CollateResult) -> None:
+        """5. explanations and scores of every collated dataset."""
+        from saescope.interp.config import InterpConfig, InterpResult
+        from saescope.interp.pipeline import run_many as interp_many
 
-    # 4. collated records: MLP neurons, heads (by token pair), every SAE's latents (attention SAEs also by pair)
-    from saescope.collate.config import CollateConfig, CollateResult
-    from saescope.collate.run_collate import run as collate
-
-    # collated from the store where its contexts are the excerpts (no second model pass)
-    from_store = st.manifest.get("context_len") == cfg.collate.excerpt_len + 1
-    if not from_store:
-        log.info("the store's contexts (%s tokens) are not excerpts of %d: collating every unit with the model",
-                 st.manifest.get("context_len"), cfg.collate.excerpt_len)
-    col = Stage("collated", out / "collated", {**model_id, "data": asdict(cfg.data), "collate": _options(cfg.collate),
-                                               "layer": layer, "from_store": from_store},
-                {**{s.name: s.fingerprint for s in saes}, **({"store": store.fingerprint} if from_store else {})})
-    if start(col):
-        collated = collate(CollateConfig(model=cfg.model, data=cfg.data, collate=cfg.collate, out=str(col.path),
-                                         layers=str(layer), sae=",".join(str(s.path) for s in saes),
-                                         store=str(store.path) if from_store else ""), hm)
-        assert collated is not None  # `saescope run` is one process
-        col.finish()
-    else:
-        collated = CollateResult.read(col.path / hm.name)
-    kinds = sorted({(d.unit_type, d.by_token_pair) for d in collated.datasets})
-    done.append((f"collated records ({len(collated.datasets)} datasets, {len(kinds)} kinds, layer {layer})",
-                 collated.root))
-
-    # 5. explanations and scores of every collated dataset
-    from saescope.interp.config import InterpConfig, InterpResult
-    from saescope.interp.pipeline import run_many as interp_many
-
-    interp = Stage("explanations", col.path / hm.name / "explanations", {"interp": _options(cfg.interp)},
-                   {"collated": col.fingerprint})
-    if start(interp):
-        results = interp_many([InterpConfig(interp=cfg.interp, root=str(collated.root), dataset=d.path)
-                               for d in collated.datasets], hm=hm)
-        interp.finish()
-    else:
-        results = [InterpResult.read(interp.path / d.path) for d in collated.datasets]
-    mean = sum(x.mean_score for x in results) / max(len(results), 1)
-    null = sum(x.mean_null_score for x in results) / max(len(results), 1)
-    done.append((f"explanations + scores of {len(results)} datasets ({cfg.interp.explainer}: mean {mean:.3f}, "
-                 f"null {null:.3f})", interp.path))
-    return RunResult(done, col.path, decisions)
+        cfg = self.cfg
+        interp = Stage("explanations", col.path / self.hm.name / "explanations", {"interp": _options(cfg.interp)},
+                       {"collated": col.fingerprint})
+        if self.start(interp):
+            results = interp_many([InterpConfig(interp=cfg.interp, root=str(collated.root), dataset=d.path)
+                                   for d in collated.datasets], hm=self.hm)
+            interp.finish()
+        else:
+            results = [InterpResult.read(interp.path / d.path) for d in collated.datasets]
+        mean = sum(x.mean_score for x in results) / max(len(results), 1)
+        null = sum(x.mean_null_score for x in results) / max(len(results), 1)
+        self.done.append((f"explanations + scores of {len(results)} datasets ({cfg.interp.explainer}: mean "
+                          f"{mean:.3f}, null {null:.3f})", interp.path))

@@ -12,6 +12,8 @@ Activations, per kind:
   their shared KV head's values.
 - SAE latents: the SAE's encoding of its hookpoint, one value per token. (An attention SAE's latents by token pair
   are collation's own group: `collate/pair_attribution.py`.)
+- Transcoder latents: a per-layer transcoder's encoding of mlp_in.L, one value per token; they write their
+  decoder row to mlp_out.L.
 The BOS position (index 0 of every context) is dropped first, so it can never be a top activation.
 
 torch is imported inside the functions that need it: `records` reads the dataset paths from here and stays light.
@@ -48,10 +50,12 @@ KINDS: dict[str, UnitKind] = {k.unit_type: k for k in (
     UnitKind("mlp_neurons", "mlp", "mlp", dictionary=False),
     UnitKind("attention_heads", "heads", "head", dictionary=False),
     UnitKind("sae_latents", "", "latent", dictionary=True),
+    UnitKind("transcoder_latents", "", "tlatent", dictionary=True),
 )}
 UNIT_TYPES: tuple[str, ...] = tuple(KINDS)
 """mlp_neurons: MLP hidden units (by token); attention_heads: heads, activations by token pair (row-major lower
-triangle); sae_latents: latents of a named SAE (by token)."""
+triangle); sae_latents: latents of a named SAE (by token); transcoder_latents: latents of a named per-layer
+transcoder, reading mlp_in.L and writing to mlp_out.L (by token)."""
 
 
 def dataset_dir(unit_type: str, name: str = "") -> str:
@@ -118,7 +122,7 @@ class UnitSet:
         if self.unit_type == "attention_heads":
             return head_group(hm, self.layer)
         assert self.sae is not None
-        return sae_group(self.sae, self.hookpoint, self.name, self.source)
+        return sae_group(self.sae, self.hookpoint, self.name, self.source, unit_type=self.unit_type)
 
     def write_direction(self, hm: HookedModel, index: int) -> WriteDirection:
         """Unit `index`'s write direction: an SAE latent's decoder row at the SAE's hookpoint, an MLP neuron's unit
@@ -126,11 +130,14 @@ class UnitSet:
         attention heads, which have no single direction."""
         import torch
 
-        if self.unit_type == "sae_latents":
+        if KINDS[self.unit_type].dictionary:
             assert self.sae is not None
             if not 0 <= index < self.sae.cfg.d_sae:
                 raise IndexError(f"latent {index}")
-            return WriteDirection(self.hookpoint, self.sae.W_dec[index].detach().float())
+            where = self.hookpoint  # a transcoder latent reads mlp_in.L and writes to mlp_out.L
+            if self.unit_type == "transcoder_latents":
+                where = self.sae.cfg.metadata.get("hook_name_out") or f"mlp_out.{self.layer}"
+            return WriteDirection(where, self.sae.W_dec[index].detach().float())
         if self.unit_type == "mlp_neurons":
             if not 0 <= index < hm.d_mlp:
                 raise IndexError(f"neuron {index}")
@@ -155,7 +162,7 @@ def residual_write(hm: HookedModel, hookpoint: str, direction: Tensor) -> tuple[
 @dataclass
 class UnitGroup:
     unit_type: str
-    """mlp_neurons, attention_heads or sae_latents."""
+    """mlp_neurons, attention_heads, sae_latents or transcoder_latents."""
     layer: int
     n_units: int
     hookpoints: list[str]
@@ -209,7 +216,8 @@ def head_group(hm: HookedModel, layer: int) -> UnitGroup:
     return UnitGroup("attention_heads", layer, hm.n_heads, [pat, val], extract, by_token_pair=True)
 
 
-def sae_group(sae: BaseSAE, hookpoint: str, name: str, source: str = "") -> UnitGroup:
+def sae_group(sae: BaseSAE, hookpoint: str, name: str, source: str = "", unit_type: str = "sae_latents"
+              ) -> UnitGroup:
     import torch
 
     from saescope.models import parse_hookpoint
@@ -221,4 +229,4 @@ def sae_group(sae: BaseSAE, hookpoint: str, name: str, source: str = "") -> Unit
         with torch.no_grad():
             f = sae.encode(x.reshape(-1, x.shape[-1])).reshape(x.shape[0], x.shape[1], -1)
         return f.permute(2, 0, 1)
-    return UnitGroup("sae_latents", layer, sae.cfg.d_sae, [hookpoint], extract, name=name, source=source)
+    return UnitGroup(unit_type, layer, sae.cfg.d_sae, [hookpoint], extract, name=name, source=source)

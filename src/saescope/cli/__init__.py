@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "export-seed": (store.export_seed, "Store → seed-format folder."),
     "train": (train.train, "Train a sparse autoencoder on a store."),
     "eval": (train.evaluate, "Evaluate a saved SAE on a store (and spliced into the model)."),
+    "eval-replacement": (train.eval_replacement, "Replace every MLP by its transcoder: CE, ΔCE, KL, top-1 agreement."),
     "collate": (collate.main, "Write TDB NeuronRecords for MLP neurons, heads, SAE latents."),
     "explain": (interp.explain, "Explain units of a collated dataset."),
     "score": (interp.score, "Simulate and score explanations."),

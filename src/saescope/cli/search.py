@@ -22,7 +22,13 @@ def main(argv: list[str]) -> int:
         raise SaescopeError(f"{cfg.root}: no collated model folder (<model>/manifest.json); run `saescope run` first")
     name = cfg.collated_model or models[0]
     hub = ModelHub(data, cfg.model or None)
-    res = search(hub.model(name), hub.search_sources(name), cfg.text, max(1, cfg.per_token))
+    if not 0 <= cfg.max_density <= 1:
+        raise SaescopeError(f"--max_density {cfg.max_density}: a fraction from 0 to 1 (1 keeps every unit)")
+    res = search(hub.model(name), hub.search_sources(name), cfg.text, max(1, cfg.per_token),
+                 max_density=cfg.max_density)
+    if res["left_out"]:
+        print(f"({res['left_out']} units firing on more than {cfg.max_density:g} of tokens left out; "
+              "--max_density 1 keeps them)")
     for tok, units in zip(res["tokens"], res["units"]):
         print(f"{tok!r}")
         for u in units:

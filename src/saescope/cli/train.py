@@ -29,13 +29,20 @@ ONLINE_FLAGS = ("--model", "--corpus", "--hookpoints", "--forward_contexts", "--
 
 def train(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.train.api import train_from_store
+    from saescope.train.on_store import train_from_store
     from saescope.train.config import TrainConfig
 
     if any(a.split("=")[0].replace("-", "_").replace("__", "--", 1) in ONLINE_FLAGS for a in argv):
         return train_online(argv)
     cfg = parse(TrainConfig, argv, "saescope train")
     report = train_from_store(cfg)
+    if report and cfg.trainer.kind != "sae":
+        for name, r in report.items():
+            h = r["heldout"]
+            print(f"{cfg.trainer.kind} {name}: {r['steps']} steps, {r['tokens']:,} tokens, "
+                  f"{r['train_tokens_per_s'] or 0:,.0f} tokens/s; held-out FVU of the MLP output {h['fvu']:.4f}, "
+                  f"L0 {h['l0']:.1f}, dead {h['dead_fraction']:.1%}")
+        return 0
     if not report:  # a non-zero torchrun rank: rank 0 reports and has written everything (the ranks met at a barrier)
         import os
         import sys
@@ -74,10 +81,21 @@ def train_online(argv: list[str]) -> int:
 
 def evaluate(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.train.api import evaluate as run_eval
+    from saescope.train.on_store import evaluate as run_eval
     from saescope.train.config import EvalConfig
 
     m = run_eval(parse(EvalConfig, argv, "saescope eval"))
     print(format_metrics(m))
     print(json.dumps({k: v for k, v in m.items() if k != "density_histogram"}))
+    return 0
+
+
+def eval_replacement(argv: list[str]) -> int:
+    from saescope.cli import parse
+    from saescope.train.replacement import ReplacementConfig, evaluate_replacement
+
+    m = evaluate_replacement(parse(ReplacementConfig, argv, "saescope eval-replacement"))
+    for k, v in m.items():
+        print(f"  {k:<36} {v:.4f}" if isinstance(v, float) else f"  {k:<36} {v}")
+    print(json.dumps(m))
     return 0

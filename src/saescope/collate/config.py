@@ -86,6 +86,9 @@ class CollateConfig:
     sae: str = ""
     """SAE directories or files, comma-separated, each collated at its own hookpoint; PATH@HOOKPOINT for files
     that do not record it (OpenAI .pt: --sae layer_8.pt@resid_delta_mlp.8)."""
+    transcoders: str = ""
+    """Per-layer transcoder sets (saescope, circuit-tracer or Gemma Scope 2 layout), comma-separated: every layer's
+    latents are collated as transcoder_latents/<set folder>/<layer> (a transcoder given by --sae: its folder)."""
     store: str = ""
     """An activation store of this model captured with --context_len excerpt_len+1: its contexts are the excerpts,
     and units whose hookpoints it holds are collated from it without running the model (MLP neurons and SAE

@@ -7,6 +7,7 @@ Layout::
     <out>/<model>/attention_heads/<layer>/<head>.json          (activations by token pair)
     <out>/<model>/sae_latents/<sae-name>/<layer>/<latent>.json
     <out>/<model>/sae_latents/<sae-name>-by-token-pair/<layer>/<latent>.json   (SAEs at attn_out: by token pair)
+    <out>/<model>/transcoder_latents/<set-name>/<layer>/<latent>.json      (per-layer transcoders, by token)
     <dataset>/summary.json                                     (one row per unit, for the viewer's index)
     <dataset>/histogram.safetensors                            (exact |activation| counts per log bin, every token)
 """
@@ -40,6 +41,21 @@ from saescope.units import UnitGroup, UnitSet, dataset_path, kind_of_option
 log = logging.getLogger(__name__)
 
 
+def transcoders_at(spec: str, hm: HookedModel) -> list[tuple[Any, str, Path]]:
+    """--transcoders DIR,...: every layer of each per-layer transcoder set, as (transcoder, mlp_in.L, its folder);
+    the dataset is named after the set's folder (transcoder_latents/<set>/<layer>)."""
+    from saescope.sae.transcoder_io import load_transcoders
+
+    out = []
+    for d in [s.strip() for s in spec.split(",") if s.strip()]:
+        ts = load_transcoders(d)
+        if ts.is_clt:
+            raise SaescopeError(f"--transcoders {d}: collating cross-layer transcoder latents is not supported yet")
+        dev = next(hm.model.parameters()).device
+        out += [(ts[l].to(dev).eval(), f"mlp_in.{l}", Path(d)) for l in ts.layers if l < hm.n_layers]
+    return out
+
+
 def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
     from saescope.sae import load_saes_at
 
@@ -51,13 +67,14 @@ def make_groups(cfg: CollateConfig, hm: HookedModel) -> list[UnitGroup]:
     groups = []
     for layer in layers:
         groups += [UnitSet(kind_of_option(k).unit_type, layer).group(hm) for k in ("mlp", "heads") if k in kinds]
-    for sae, hp, path in load_saes_at(cfg.sae, hm):
+    for sae, hp, path in load_saes_at(cfg.sae, hm) + transcoders_at(cfg.transcoders, hm):
         name, source = path.name, str(path.resolve())
-        groups.append(UnitSet("sae_latents", parse_hookpoint(hp)[1], name, sae, hp, source).group(hm))
+        kind = "transcoder_latents" if sae.is_transcoder else "sae_latents"
+        groups.append(UnitSet(kind, parse_hookpoint(hp)[1], name, sae, hp, source).group(hm))
         if cfg.collate.token_pairs and parse_hookpoint(hp)[0] == "attn_out":  # attention latents: by pair too
             groups.append(sae_pair_group(hm, sae, hp, f"{name}{PAIR_SUFFIX}", source))
     if not groups:
-        raise SaescopeError("nothing to collate: pass --units mlp,heads and/or --sae DIR")
+        raise SaescopeError("nothing to collate: pass --units mlp,heads and/or --sae DIR / --transcoders DIR")
     return groups
 
 

@@ -27,7 +27,16 @@ from torch import Tensor
 
 from saescope.debug.attribute import KINDS, Node, NodeTable, head_pairs, rank_nodes
 from saescope.debug.config import NODE_NAME
-from saescope.debug.trace import FREEZE_NORMS, SIDES, Behaviour, Edits, logit_behaviour, prompt_ids, run_trace, single_token
+from saescope.debug.trace import (
+    FREEZE_NORMS,
+    SIDES,
+    Behaviour,
+    Edits,
+    logit_behaviour,
+    prompt_ids,
+    run_trace,
+    single_token,
+)
 from saescope.errors import SaescopeError
 from saescope.models import HookedModel, canonical_hookpoint
 from saescope.sae import BaseSAE

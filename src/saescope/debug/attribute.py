@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from saescope.debug.trace import Trace, final_norm, post_mlp_norm
+from saescope.debug.trace import Trace
 from saescope.models import HookedModel, parse_hookpoint
 from saescope.sae import BaseSAE
 
@@ -66,7 +66,7 @@ def final_direction(hm: HookedModel, tr: Trace, target: int | None, distractor: 
     if getattr(head, "bias", None) is not None:
         hb = head.bias.detach()
         bias += float(hb[target] - (hb[distractor] if distractor is not None else 0.0))
-    norm = final_norm(hm)
+    norm = hm.final_norm()
     x = tr.resid_final[0, -1].detach().float()
     if isinstance(norm, nn.LayerNorm):  # (x − mean)/σ ⊙ γ + β, σ frozen; the centring is a symmetric projection
         sigma = torch.sqrt(x.var(unbiased=False) + norm.eps)
@@ -75,9 +75,7 @@ def final_direction(hm: HookedModel, tr: Trace, target: int | None, distractor: 
         return v - v.mean(), bias
     eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", 1e-6)
     r = torch.sqrt(x.pow(2).mean() + eps)
-    w = norm.weight.detach().float()
-    g = 1.0 + w if hm.arch == "gemma" else w
-    return g * du / r, bias
+    return hm.norm_gain(norm) * du / r, bias
 
 
 def _grad(t: Tensor) -> Tensor:
@@ -235,10 +233,10 @@ def rank_nodes(hm: HookedModel, tr: Trace, target: int | None, distractor: int |
         # MLP neurons: act_i W_out[i], through the post-FFN norm (Gemma) linearised at the clean pass
         act = tr.mlp_act[L][0].float()  # [T, d_mlp]
         W_out = hm.W_out_mlp(L).float()  # [d_mlp, d]
-        pn = post_mlp_norm(hm, L)
+        pn = hm.post_mlp_norm(L)
         u = u_final if pn is None else _rms_pullback(pn, tr.mlp_z[L][0, last].float(), u_final)
         de_n = act * (W_out @ u)[None, :] * at_last[:, None]  # [T, d_mlp]
-        b_down = hm._down_proj(L).bias
+        b_down = hm.down_proj(L).bias
         j = replaced.get(("mlp", L))
         # mlp_out's SAE reads b_down with the neurons; mlp_post_act's reads the neurons only
         if b_down is not None and j is not None and parse_hookpoint(list(saes)[j])[0] == "mlp_out":
@@ -266,7 +264,7 @@ def _sae_rows(hm: HookedModel, tr: Trace, j: int, hp: str, sae: BaseSAE, u_final
     last, pos = T - 1, torch.arange(T)
     dir_u = u_final  # [width]: how a unit of the hookpoint reaches the logits at the last position
     if kind == "mlp_post_act":  # neurons → the MLP's write, through its norm
-        pn = post_mlp_norm(hm, L)
+        pn = hm.post_mlp_norm(L)
         u = u_final if pn is None else _rms_pullback(pn, tr.mlp_z[L][0, last].float(), u_final)
         dir_u = hm.W_out_mlp(L).float() @ u  # [d_mlp]
     f = tr.latents[hp][0].float()  # [T, F]

@@ -21,19 +21,6 @@ from saescope.errors import SaescopeError
 from saescope.models import HookedModel, parse_hookpoint
 from saescope.sae import BaseSAE
 
-
-def final_norm(hm: HookedModel) -> nn.Module:
-    """The norm between the last block and the unembedding (GPT-2 ln_f, Llama/Gemma norm)."""
-    for name, mod in hm.model.named_modules():
-        if name.endswith("transformer.ln_f") or name in ("model.norm", "model.language_model.norm"):
-            return mod
-    raise SaescopeError(f"{type(hm.model).__name__}: cannot find the final norm")
-
-
-def post_mlp_norm(hm: HookedModel, layer: int) -> nn.Module | None:
-    return hm.layers[layer].post_feedforward_layernorm if hm.arch == "gemma" else None
-
-
 FREEZE_NORMS = ("none", "final", "all")
 """Which norms' scales the backward pass holds at their clean values: `none` (the exact gradient), `final` (the final
 norm only, as TDB does; the default) or `all` (every norm, as circuit-tracer's local replacement model does)."""
@@ -46,7 +33,7 @@ def norm_modules(hm: HookedModel, which: str) -> list[nn.Module]:
     if which == "none":
         return []
     if which == "final":
-        return [final_norm(hm)]
+        return [hm.final_norm()]
     return [m for m in hm.model.modules() if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("RMSNorm")]
 
 
@@ -59,7 +46,7 @@ def scale_frozen(hm: HookedModel, norm: nn.Module, x: Tensor, y: Tensor) -> Tens
         g = norm.weight.float() if norm.weight is not None else 1.0
         eps = norm.eps
     else:  # Gemma scales by (1 + weight), Llama by weight
-        g = (1.0 + norm.weight.float()) if hm.arch == "gemma" else norm.weight.float()
+        g = hm.norm_gain(norm)
         eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", 1e-6)
     scale = torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + eps).detach()  # [..., 1]
     lin = g * xf / scale
@@ -138,26 +125,10 @@ SIDES = ("q", "k", "v")
 """The three inputs of an attention layer; tracing a head through one side stops the gradient of the other two."""
 
 
-def _side_hooks(hm: HookedModel, layer: int, side: str) -> list[Any]:
-    """Forward hooks that detach the other two of the layer's query/key/value projections (values unchanged), so
-    ∂B/∂(anything upstream) flows into the layer's attention through `side` only. The three sides' gradients add
-    up to the undivided one (the projections are the only way in)."""
-    attn = hm._attn(layer)
-    if hm.arch == "gpt2":  # one c_attn writes [q | k | v]
-        d = hm.d_model
-
-        def split(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            parts = list(out.split(d, dim=-1))
-            return torch.cat([p if s == side else p.detach() for s, p in zip(SIDES, parts)], dim=-1)
-        return [attn.c_attn.register_forward_hook(split)]
-    proj = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}
-    return [m.register_forward_hook(lambda mod, args, out: out.detach()) for s, m in proj.items() if s != side]
-
-
 @contextlib.contextmanager
 def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits,
            side: tuple[int, str] | None = None, freeze: str = "final") -> Iterator[None]:
-    handles = [] if side is None else _side_hooks(hm, *side)
+    handles = [] if side is None else hm.attention_through(*side)
     handles += _freeze_hooks(hm, freeze)
 
     def first_block(mod: nn.Module, args: tuple, kwargs: dict) -> Any:
@@ -168,8 +139,7 @@ def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits,
     handles.append(hm.layers[0].register_forward_pre_hook(first_block, with_kwargs=True))
 
     for L in range(hm.n_layers):
-        attn = hm._attn(L)
-        o_proj = attn.c_proj if hm.arch == "gpt2" else attn.o_proj
+        attn, o_proj = hm.attention(L), hm.o_proj(L)
 
         def mlp_in(mod: nn.Module, args: tuple, L: int = L) -> tuple:
             a = args[0]
@@ -201,12 +171,11 @@ def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits,
         def pat(mod: nn.Module, args: tuple, out: Any, L: int = L) -> None:
             tr.pattern[L] = out[1].detach()
 
-        src = attn.c_attn if hm.arch == "gpt2" else attn.v_proj
+        src, values_of = hm.value_proj(L)
 
-        def val(mod: nn.Module, args: tuple, out: Tensor, L: int = L) -> None:
-            v = out[..., 2 * hm.d_model:] if hm.arch == "gpt2" else out
-            tr.values[L] = v.detach().unflatten(-1, (hm.n_kv_heads, hm.d_head))
-        down = hm._down_proj(L)
+        def val(mod: nn.Module, args: tuple, out: Tensor, L: int = L, values_of: Any = values_of) -> None:
+            tr.values[L] = values_of(out).detach().unflatten(-1, (hm.n_kv_heads, hm.d_head))
+        down = hm.down_proj(L)
         handles += [down.register_forward_pre_hook(mlp_in), down.register_forward_hook(mlp_out),
                     o_proj.register_forward_pre_hook(heads_in), o_proj.register_forward_hook(attn_out),
                     attn.register_forward_hook(pat), src.register_forward_hook(val)]
@@ -214,7 +183,7 @@ def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits,
     def fin(mod: nn.Module, args: tuple) -> None:
         args[0].retain_grad()
         tr.resid_final = args[0]
-    handles.append(final_norm(hm).register_forward_pre_hook(fin))
+    handles.append(hm.final_norm().register_forward_pre_hook(fin))
     stack = contextlib.ExitStack()
     for hp, sae in saes.items():
         def splice(x: Tensor, hp: str = hp, sae: BaseSAE = sae) -> Tensor:
@@ -236,7 +205,7 @@ def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits,
             return out
         stack.enter_context(hm.patch(hp, splice))
     try:
-        with stack, hm._eager_attention(True):
+        with stack, hm.eager_attention():
             yield
     finally:
         for h in handles:

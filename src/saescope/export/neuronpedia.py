@@ -133,7 +133,7 @@ def _lens(run: Path, sae: Any, hookpoint: str, k: int = 10) -> tuple[Any, Any]:
 
     from saescope.models import load_model
     from saescope.units import residual_write
-    from saescope.viewer.lens import logit_lens
+    from saescope.models.lens import logit_lens
 
     store = read_json(run / "store" / "manifest.json", "store manifest")
     hm = load_model(store.get("extra", {}).get("model_spec") or store["model"])

@@ -56,6 +56,9 @@ def saelens_entry(cfg: SAELensEntryConfig) -> str:
         model = model or meta.get("model_name", "")
         ev = read_json(d / "eval.json") if (d / "eval.json").is_file() else {}
         row: dict[str, Any] = {"id": meta.get("hook_name") or d.name, "path": d.name}
+        for key in ("delta_ce", "delta_ce_se", "kl_div"):  # the loss it adds first (SAELens ignores unknown keys)
+            if key in ev:
+                row[key] = round(float(ev[key]), 4)
         if "l0" in ev:
             row["l0"] = round(float(ev["l0"]), 3)
         if "explained_variance" in ev:

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saescope.debug.trace import final_norm
 from saescope.errors import SaescopeError
 from saescope.models import HookedModel
 
@@ -190,7 +189,7 @@ class FrozenLayer:
 
 
 def _value_weights(hm: HookedModel, layer: int) -> tuple[Tensor, Tensor | None]:
-    attn = hm._attn(layer)
+    attn = hm.attention(layer)
     n_kv, dh, d = hm.n_kv_heads, hm.d_head, hm.d_model
     if hm.arch == "gpt2":  # Conv1D c_attn: x @ W [d, 3d], value columns last
         W = attn.c_attn.weight[:, 2 * d:]
@@ -245,13 +244,13 @@ def clean_pass(hm: HookedModel, ids: Tensor) -> CleanPass:
         def block_in(mod, args, kwargs, layer=layer):
             keep("resid_pre", layer, args[0] if args else kwargs["hidden_states"])
         handles.append(block.register_forward_pre_hook(block_in, with_kwargs=True))
-        handles.append(hm._attn(layer).register_forward_hook(
+        handles.append(hm.attention(layer).register_forward_hook(
             lambda m, a, out, layer=layer: keep("pattern", layer, out[1])))
         post = hm.post_attention_norm(layer)
         if post is not None:
             handles.append(post.register_forward_pre_hook(lambda m, a, layer=layer: keep("attn_z", layer, a[0])))
         else:
-            handles.append(hm._attn(layer).register_forward_hook(
+            handles.append(hm.attention(layer).register_forward_hook(
                 lambda m, a, out, layer=layer: keep("attn_z", layer, first(out))))
         handles.append(_pre_mlp_norm(hm, layer).register_forward_pre_hook(
             lambda m, a, layer=layer: keep("resid_mid", layer, a[0])))
@@ -259,11 +258,12 @@ def clean_pass(hm: HookedModel, ids: Tensor) -> CleanPass:
         out_mod = block.post_feedforward_layernorm if hm.arch == "gemma" else block.mlp
         handles.append(out_mod.register_forward_hook(
             lambda m, a, out, layer=layer: keep("mlp_out", layer, first(out))))
-    handles.append(final_norm(hm).register_forward_pre_hook(lambda m, a: got.__setitem__("final", a[0][0].float().cpu())))
+    handles.append(hm.final_norm().register_forward_pre_hook(
+        lambda m, a: got.__setitem__("final", a[0][0].float().cpu())))
     handles.append(hm.model.get_input_embeddings().register_forward_hook(
         lambda m, a, out: got.__setitem__("embed", out[0].float().cpu())))
     try:
-        with hm._eager_attention(True):
+        with hm.eager_attention():
             logits = hm.model(input_ids=ids[None].to(hm.model.device), use_cache=False).logits[0].float().cpu()
     finally:
         for h in handles:
@@ -280,7 +280,8 @@ class FrozenModel:
         if tc.n_layers != hm.n_layers:
             raise SaescopeError(f"transcoders: {tc.n_layers} layers for a model with {hm.n_layers}; need one per layer")
         if getattr(hm.model.config, "final_logit_softcapping", None):
-            raise SaescopeError(f"model {hm.name}: final logit softcapping is not linear; graphs need a plain unembedding")
+            raise SaescopeError(f"model {hm.name}: final logit softcapping is not linear; graphs need a plain "
+                                "unembedding")
         self.hm, self.tc, self.ids = hm, tc, ids
         cp = clean_pass(hm, ids)
         self.clean = cp
@@ -299,7 +300,7 @@ class FrozenModel:
                 None if post is None else FrozenNorm.of(hm, post, cp.attn_z[layer]),
                 FrozenNorm.of(hm, _pre_mlp_norm(hm, layer), cp.resid_mid[layer]),
                 torch.arange(hm.n_heads) // group))
-        self.final = FrozenNorm.of(hm, final_norm(hm), cp.resid_final)
+        self.final = FrozenNorm.of(hm, hm.final_norm(), cp.resid_final)
         self.W_U = hm.W_U().detach().float().cpu()  # [d, V]
         head_bias = getattr(hm.model.get_output_embeddings(), "bias", None)
         self.b_U = None if head_bias is None else head_bias.detach().float().cpu()

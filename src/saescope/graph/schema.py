@@ -88,7 +88,8 @@ def graph_json(graph: Graph, pruned: PruneResult, slug: str, node_threshold: flo
     """The pruned graph as one JSON object (circuit-tracer's `create_graph_files` selection and order)."""
     labels = labels or {}
     keep = pruned.node_mask
-    nodes = {i: node_json(graph, i, float(pruned.cumulative_scores[i]), labels) for i in keep.nonzero().flatten().tolist()}
+    nodes = {i: node_json(graph, i, float(pruned.cumulative_scores[i]), labels)
+             for i in keep.nonzero().flatten().tolist()}
     A = pruned_adjacency(graph, pruned)  # rows-major order: target, then source
     links = [{"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": w}
              for t, s, w in zip(A.rows.tolist(), A.cols.tolist(), A.vals.tolist())]

@@ -4,6 +4,11 @@ Outputs under `<model root>/explanations/<dataset>/`:
     explanations.json        index → explanation (or failure), written as the explain phase goes
     <index>.jsonl            one NeuronSimulationResults line per unit (TDB/automated-interpretability schema)
     scores.json              index → scores (read by the viewer) + a summary
+
+A run merges into these files: units it does not redo are kept byte for byte, `--overwrite` redoes only the selected
+units, and a failed attempt never replaces an earlier success. Provenance is per unit (explainer or simulator,
+model, time); the file-level "explainer" that older readers look for names the one backend behind every unit, or
+"mixed: ..." (files written before per-unit provenance get their header's backend copied onto their units).
 """
 
 from __future__ import annotations

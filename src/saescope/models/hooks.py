@@ -134,6 +134,61 @@ class HookedModel:
         mlp = self.layers[layer].mlp
         return mlp.c_proj if self.arch == "gpt2" else mlp.down_proj
 
+    def attention(self, layer: int) -> nn.Module:
+        """Layer `layer`'s attention module (its forward returns (output, pattern) under `eager_attention`)."""
+        return self._attn(layer)
+
+    def down_proj(self, layer: int) -> nn.Module:
+        """Layer `layer`'s MLP output projection: its input is `mlp_post_act`, its output `mlp_out` (before Gemma's
+        post-feedforward norm)."""
+        return self._down_proj(layer)
+
+    def o_proj(self, layer: int) -> nn.Module:
+        """Layer `layer`'s attention output projection: its input is the heads' outputs [..., H·d_head]."""
+        attn = self._attn(layer)
+        return attn.c_proj if self.arch == "gpt2" else attn.o_proj
+
+    def value_proj(self, layer: int) -> tuple[nn.Module, Callable[[Tensor], Tensor]]:
+        """(the module whose output holds layer `layer`'s values, its output → the values [..., n_kv·d_head])."""
+        attn = self._attn(layer)
+        if self.arch == "gpt2":  # one c_attn writes [q | k | v]
+            return attn.c_attn, lambda out: out[..., 2 * self.d_model:]
+        return attn.v_proj, lambda out: out
+
+    def attention_through(self, layer: int, side: str) -> list[Any]:
+        """Forward hooks (handles) that detach two of layer `layer`'s query/key/value projections, keeping `side`
+        (q, k or v): gradients then flow into its attention through that side only; values are unchanged."""
+        attn = self._attn(layer)
+        if self.arch == "gpt2":  # one c_attn writes [q | k | v]
+            d = self.d_model
+
+            def split(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+                parts = list(out.split(d, dim=-1))
+                return torch.cat([p if s == side else p.detach() for s, p in zip("qkv", parts)], dim=-1)
+            return [attn.c_attn.register_forward_hook(split)]
+        proj = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}
+        return [m.register_forward_hook(lambda mod, args, out: out.detach()) for s, m in proj.items() if s != side]
+
+    def final_norm(self) -> nn.Module:
+        """The norm between the last block and the unembedding (GPT-2 ln_f, Llama/Gemma norm)."""
+        for name, mod in self.model.named_modules():
+            if name.endswith("transformer.ln_f") or name in ("model.norm", "model.language_model.norm"):
+                return mod
+        raise SaescopeError(f"{type(self.model).__name__}: cannot find the final norm")
+
+    def post_mlp_norm(self, layer: int) -> nn.Module | None:
+        """Gemma's norm between the MLP output and the residual stream (None elsewhere)."""
+        return self.layers[layer].post_feedforward_layernorm if self.arch == "gemma" else None
+
+    def norm_gain(self, norm: nn.Module) -> Tensor:
+        """The per-dimension scale a norm applies after normalising [d]: Gemma's 1 + weight, else its weight."""
+        w = norm.weight.detach().float()
+        return 1.0 + w if self.arch == "gemma" else w
+
+    def eager_attention(self, needed: bool = True) -> contextlib.AbstractContextManager[None]:
+        """Run attention eagerly inside (SDPA never materialises the pattern the attention hooks read)."""
+        return self._eager_attention(needed)
+
     def W_O(self, layer: int) -> Tensor:
         """Per-head output projection, [n_heads, d_head, d_model]: head h writes z_h @ W_O[h]."""
         attn = self._attn(layer)

@@ -2,7 +2,7 @@
 
 from saescope.sae.base import BaseSAE, SAEConfig, TrainContext, TrainOutput, fvu_loss
 from saescope.sae.batchtopk import BatchTopKSAE
-from saescope.sae.io import load_sae, load_saes_at
+from saescope.sae.loading import load_sae, load_saes_at
 from saescope.sae.jumprelu import JumpReLUSAE
 from saescope.sae.registry import REGISTRY, sae_class
 from saescope.sae.relu import ReLUSAE

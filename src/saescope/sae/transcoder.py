@@ -250,9 +250,11 @@ class CrossLayerTranscoder(nn.Module):
             act = "jumprelu"
         return f"clt_{act}", t, {}
 
-    # BaseSAE-compatible no-ops the trainer calls on unit-norm architectures
-    def set_decoder_unit_norm(self) -> None:  # pragma: no cover - never called (unit_norm_decoder False)
-        pass
+    def save(self, path: Any, sparsity: Tensor | None = None) -> Any:
+        """saescope's layout (sae/transcoder_io.py): cfg.json + sae_weights.safetensors (+ sparsity [L, F])."""
+        from saescope.sae.transcoder_io import save_transcoders
+
+        return save_transcoders(TranscoderSet(clt=self), path, sparsity=sparsity)
 
 
 # ---- a transcoder on every layer --------------------------------------------------------------------------
@@ -293,8 +295,13 @@ class TranscoderSet(nn.Module):
         """Where layer `layer`'s latents write: [F, d_out] (PLT) or [F, L − layer, d_out] (CLT; to layers ≥ it)."""
         return self.clt.W_dec[layer] if self.clt is not None else self[layer].W_dec
 
-    def reconstruct(self, inputs: dict[int, Tensor]) -> dict[int, Tensor]:
-        """{layer: mlp_in [.., d_in]} → {layer: predicted mlp_out [.., d_out]} for every covered layer."""
+    def reconstruct(self, inputs: dict[int, Tensor] | Tensor) -> dict[int, Tensor] | Tensor:
+        """{layer: mlp_in [.., d_in]} → {layer: predicted mlp_out [.., d_out]} for every covered layer; a stacked
+        tensor [len(layers), .., d_in] (in `layers` order) → [len(layers), .., d_out]."""
+        if isinstance(inputs, Tensor):
+            out = self.reconstruct({l: inputs[i] for i, l in enumerate(self.layers)})
+            assert isinstance(out, dict)
+            return torch.stack([out[l] for l in self.layers])
         missing = [l for l in self.layers if l not in inputs]
         if missing:
             raise ValueError(f"reconstruct needs the MLP inputs of layers {missing}")

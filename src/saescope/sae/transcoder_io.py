@@ -33,7 +33,7 @@ CT_CONFIG = "config.yaml"
 
 
 def _load(path: Path) -> dict[str, Tensor]:
-    from saescope.sae.io import _safetensors
+    from saescope.sae.loading import _safetensors
 
     return _safetensors(path)
 
@@ -54,8 +54,8 @@ def _layer_of(name: str) -> int | None:
 
 # ---- saescope layout ------------------------------------------------------------------------------------------
 
-def save_transcoders(ts: TranscoderSet, out: str | Path) -> Path:
-    """Write a TranscoderSet in saescope's layout (module docstring)."""
+def save_transcoders(ts: TranscoderSet, out: str | Path, sparsity: Tensor | None = None) -> Path:
+    """Write a TranscoderSet in saescope's layout (module docstring); `sparsity`: a CLT's log10 densities [L, F]."""
     from saescope.io import write_json
 
     out = Path(out)
@@ -63,6 +63,10 @@ def save_transcoders(ts: TranscoderSet, out: str | Path) -> Path:
     if ts.clt is not None:
         arch, tensors, _ = ts.clt.inference_state()
         _save(tensors, out / WEIGHTS_FILE)
+        if sparsity is not None:
+            from saescope.sae.base import SPARSITY_FILE
+
+            _save({"sparsity": sparsity}, out / SPARSITY_FILE)
         cfg = asdict(ts.clt.cfg)
         cfg.update(architecture=arch, activation=arch.removeprefix("clt_"), d_out=ts.clt.d_out,
                    metadata={**ts.metadata, **cfg["metadata"]})
@@ -111,7 +115,7 @@ def _fill_clt(cfg: CLTConfig, t: dict[str, Tensor], where: Path) -> CrossLayerTr
 def load_transcoders(path: str | Path) -> TranscoderSet:
     """Any supported transcoder set: saescope's layout (a CLT dir or layer_{L}/ subdirs), circuit-tracer's
     (`config.yaml`), or Gemma Scope 2 (a folder of per-layer `params.safetensors` files or folders)."""
-    from saescope.sae.io import load_sae
+    from saescope.sae.loading import load_sae
 
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -232,7 +236,7 @@ def load_circuit_tracer(path: Path) -> TranscoderSet:
 
 
 def _fill_plt(cls: type, cfg: Any, t: dict[str, Tensor], where: Path) -> Any:
-    from saescope.sae.io import _build
+    from saescope.sae.loading import _build
 
     return _build(cfg, t, where, cls=cls)
 
@@ -242,7 +246,7 @@ def _fill_plt(cls: type, cfg: Any, t: dict[str, Tensor], where: Path) -> Any:
 def load_gemma_scope_2(path: Path) -> TranscoderSet:
     """Gemma Scope 2 transcoders: `path` holds one params file per layer (files or folders named *layer_{L}*). Per-layer
     files (w_dec [F, d]) make a per-layer set; files with w_dec [F, L, d] a cross-layer transcoder."""
-    from saescope.sae.io import load_gemma_scope
+    from saescope.sae.loading import load_gemma_scope
 
     files: dict[int, Path] = {}
     for p in sorted(path.iterdir()):

@@ -33,7 +33,9 @@ class TrainerConfig:
     width: int = 4096
     """Number of latents F."""
     tokens: int = 0
-    """Training tokens (0 = one pass over the training shards)."""
+    """Training tokens (0 = --epochs passes over the training shards)."""
+    epochs: float = 1.0
+    """Store training with --tokens 0: passes over the training shards."""
     batch_size: int = 1024
     """Tokens per step (global, across data-parallel ranks)."""
     buffer_rows: int = 65536
@@ -98,6 +100,8 @@ class TrainerConfig:
             raise SaescopeError(f"--kind clt: --arch {self.arch} is not supported; use topk, batchtopk or jumprelu")
         if self.width < 1 or self.k < 1 or self.batch_size < 1:
             raise SaescopeError("--width, --k and --batch_size must be positive")
+        if self.epochs <= 0:
+            raise SaescopeError(f"--epochs {self.epochs}: must be positive (passes over the store's training shards)")
         if topk_family and self.k > self.width:
             raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
         self._check_ranges()
@@ -144,6 +148,9 @@ class TrainConfig:
     """Activation store directory."""
     hookpoint: str = ""
     """Hookpoint inside the store (default: its first)."""
+    layers: str = ""
+    """--kind transcoder/skip_transcoder/clt: comma-separated layers ('' = every layer whose mlp_in/mlp_out pair is in
+    the store); per-layer transcoders go to <out>/layer_L/, a cross-layer one to <out>/."""
     out: str = "runs/default/saes/resid_post"
     """Output SAE directory (cfg.json + sae_weights.safetensors + sparsity.safetensors + metrics.json)."""
     resume: bool = True
@@ -198,7 +205,8 @@ class OnlineConfig:
     data: CorpusConfig = field(default_factory=CorpusConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     hookpoints: str = ""
-    """Hookpoints or globs (resid_post.*, mlp_out.3); default the middle layer's resid_post."""
+    """Hookpoints or globs (resid_post.*, mlp_out.3); default the middle layer's resid_post. With --kind transcoder,
+    skip_transcoder or clt: the layers to cover, named by any of their hookpoints (mlp_in.*; '' = every layer)."""
     out: str = "runs/default/saes_online"
     """Output folder: one SAELens-layout SAE per hookpoint (<out>/<hookpoint>/)."""
     context_len: int = 128

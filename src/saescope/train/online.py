@@ -85,7 +85,8 @@ def _restore(out: Path, trainers: dict[str, Trainer], buffer: ShuffleBuffer) -> 
 
 
 def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> dict[str, Any]:
-    """Train one SAE per hookpoint from one model forward per batch of contexts; returns {hookpoint: report}."""
+    """Train one SAE per hookpoint (or transcoders: one per layer, `layer_L`, or one CLT, `clt`, written to <out>/)
+    from one model forward per batch of contexts; returns {hookpoint or name: report}."""
     from tqdm.auto import tqdm
 
     from saescope import distributed as dist
@@ -94,11 +95,20 @@ def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> di
 
     dist.init_from_env()
     hm = hm or cfg.model.load()
-    hps = hm.select(cfg.hookpoints) if cfg.hookpoints else [default_hookpoint(hm)]
+    tc = cfg.trainer
+    if tc.kind != "sae":  # transcoders: --hookpoints names the layers (any kind; '' = every layer)
+        from saescope.train.transcoders import pair_groups
+
+        layers = sorted({int(h.split(".")[1]) for h in hm.select(cfg.hookpoints)}) if cfg.hookpoints else \
+            list(range(hm.n_layers))
+        groups = pair_groups(tc.kind, layers)
+    else:
+        sel = hm.select(cfg.hookpoints) if cfg.hookpoints else [default_hookpoint(hm)]
+        groups = {h: [h] for h in sel}
+    hps = [h for g in groups.values() for h in g]
     bad = [h for h in hps if h.split(".")[0] in ATTENTION_KINDS]
     if bad:
         raise SaescopeError(f"--hookpoints: {', '.join(bad)} are attention patterns/values, not SAE inputs")
-    tc = cfg.trainer
     if tc.tokens <= 0:
         raise SaescopeError("--tokens: online training needs a token budget (e.g. --tokens 50000000)")
     if tc.batch_size % dist.world_size():
@@ -106,12 +116,16 @@ def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> di
     steps = max(1, tc.tokens // tc.batch_size)
     device = resolve_device(cfg.model.device)
     out = Path(cfg.out)
-    widths = [hm.width(h, cfg.context_len) for h in hps]
+    widths = [sum(hm.width(h, cfg.context_len) for h in g) for g in groups.values()]  # one slice per trainer
     trainers = {}
-    for h, w in zip(hps, widths):
-        meta = {"model_name": hm.name, "hook_name": h, "context_size": cfg.context_len, "prepend_bos": True,
-                "dataset_path": cfg.data.corpus, "trained_with": "saescope (online)"}
-        trainers[h] = Trainer(tc, w, steps, metadata=meta, device=device)
+    for name, g in groups.items():
+        n = len(g) // 2 if tc.kind == "clt" else 1
+        meta = {"model_name": hm.name, "hook_name": g[0] if n == 1 else "mlp_in.*", "context_size": cfg.context_len,
+                "prepend_bos": True, "dataset_path": cfg.data.corpus, "trained_with": "saescope (online)"}
+        if tc.kind != "sae":
+            meta["hook_name_out"] = g[-1] if n == 1 else "mlp_out.*"
+        trainers[name] = Trainer(tc, hm.width(g[0], cfg.context_len), steps, metadata=meta, device=device,
+                                 d_out=hm.width(g[-1], cfg.context_len), n_layers=n)
     buffer = ShuffleBuffer(tc.batch_size, tc.buffer_rows, seed=tc.seed)  # every hookpoint's row side by side
     if cfg.resume:
         consumed = _restore(out, trainers, buffer)
@@ -141,11 +155,12 @@ def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> di
     for b in batches():
         if step >= steps:
             break
-        for (h, tr), x in zip(trainers.items(), b.split(widths, dim=1)):
-            x = dist.local_slice(x)  # every rank holds the same global batch; each trains on its slice
+        for (h, tr), rows in zip(trainers.items(), b.split(widths, dim=1)):
+            # every rank holds the same global batch; each trains on its slice
+            x, y = tr.split(dist.local_slice(rows).to(tr.device))
             if not tr.initialised:
-                tr._initialise(x.to(tr.device))
-            st = tr.train_step(x)
+                tr._initialise(x, y)
+            st = tr.train_step(x, y)
             if not math.isfinite(st["loss"]):
                 raise SaescopeError(f"{h} step {tr.step}: loss is {st['loss']}; lower --lr or check the inputs")
             if tr.step % 10 == 0 or tr.step == steps:
@@ -168,7 +183,7 @@ def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> di
     reports = {}
     for h, tr in trainers.items():
         sae = tr.finalize()
-        d = out / h.replace(".", "_")
+        d = out / h.replace(".", "_") if h != "clt" else out
         sae.cpu().save(d)
         last = tr.history[-1] if tr.history else {}
         reports[h] = {"hookpoint": h, "steps": tr.step, "tokens": tr.tokens, "fvu": last.get("fvu"),

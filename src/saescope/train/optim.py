@@ -98,3 +98,23 @@ def unit_rows_if(target: Tensor) -> Callable[[Tensor, Tensor], None]:
         if p is target:
             t /= t.norm(dim=1, keepdim=True).clamp_min(1e-8)
     return fn
+
+
+def contiguous_alias(p: Tensor) -> Tensor:
+    """`p` itself, or for a transposed 2-d parameter a contiguous leaf view of the same memory."""
+    if p.dim() == 2 and not p.is_contiguous() and p.T.is_contiguous():
+        return p.detach().T
+    return p
+
+
+@torch.no_grad()
+def clip_grad_norm(params: list[Tensor], max_norm: float) -> float:
+    """Scale the gradients so their global L2 norm is at most `max_norm`; unlike torch's, no pass over the
+    gradients when they are already within bounds (the common case). Returns the norm before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+    if norm > max_norm:
+        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
+    return norm

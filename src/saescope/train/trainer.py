@@ -31,14 +31,10 @@ from saescope.train.checkpoint import (
     save_checkpoint,
 )
 from saescope.train.config import TrainerConfig
-from saescope.train.optim import ScheduleFreeSignSGD, make_optimizer, unit_rows_if
+from saescope.train.memory import retain_freed_memory
+from saescope.train.optim import ScheduleFreeSignSGD, clip_grad_norm, contiguous_alias, make_optimizer, unit_rows_if
+from saescope.train.precision import resolve_encoder_dtype
 from saescope.train.resample import resample_dead
-from saescope.train.speed import (
-    clip_grad_norm,
-    contiguous_alias,
-    resolve_encoder_dtype,
-    retain_freed_memory,
-)
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +111,7 @@ class Trainer:
     def split(self, b: Tensor) -> tuple[Tensor, Tensor | None]:
         """A batch's rows → (input, target): an SAE's target is its input (None); a transcoder's rows are
         [mlp_in | mlp_out], a CLT's [mlp_in.0 … mlp_in.L−1 | mlp_out.0 … mlp_out.L−1] → [N, L, d] each."""
-        if self.cfg.kind == "sae":
-            return b, None
-        n_in = self.n_layers * self.d_in
-        x, y = b[:, :n_in], b[:, n_in:]
-        if self.cfg.kind == "clt":
-            return x.unflatten(1, (self.n_layers, self.d_in)), y.unflatten(1, (self.n_layers, self.d_out))
-        return x, y
+        return split_rows(b, self.cfg.kind, self.n_layers, self.d_in, self.d_out)
 
     @torch.no_grad()
     def _initialise(self, x: Tensor, y: Tensor | None = None) -> None:
@@ -308,6 +298,17 @@ def build_dictionary(cfg: TrainerConfig, d_in: int, d_out: int = 0, n_layers: in
     return cls(SAEConfig(cls.architecture, d_in, cfg.width, k=cfg.k, metadata=metadata or {},
                          matryoshka_widths=widths, d_out=d_out if cfg.kind != "sae" else 0,
                          apply_b_dec_to_input=cfg.kind == "sae"))
+
+
+def split_rows(b: Tensor, kind: str, n_layers: int, d_in: int, d_out: int) -> tuple[Tensor, Tensor | None]:
+    """`Trainer.split` without the trainer."""
+    if kind == "sae":
+        return b, None
+    n_in = n_layers * d_in
+    x, y = b[:, :n_in], b[:, n_in:]
+    if kind == "clt":
+        return x.unflatten(1, (n_layers, d_in)), y.unflatten(1, (n_layers, d_out))
+    return x, y
 
 
 def norm_scale(x: Tensor) -> float | Tensor:

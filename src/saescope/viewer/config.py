@@ -58,6 +58,8 @@ class SearchConfig:
     """Model spec to run (default: the one recorded at collation)."""
     per_token: int = 3
     """Units listed per token."""
+    max_density: float = 0.1
+    """Leave out units that fire on more than this fraction of tokens (they top every token); 1 keeps them all."""
 
     def __post_init__(self) -> None:
         from saescope import validate

@@ -15,7 +15,7 @@ from typing import Any
 
 from saescope.errors import SaescopeError
 from saescope.records import loads
-from saescope.units import UNIT_TYPES, dataset_path
+from saescope.units import KINDS, UNIT_TYPES, dataset_path
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
@@ -44,7 +44,7 @@ def parse_dataset(model: str, parts: list[str]) -> DatasetRef:
     """['mlp_neurons', '9'] or ['sae_latents', 'sae', '9'] → DatasetRef (NotFound on anything else)."""
     if not SAFE.match(model) or not parts or parts[0] not in UNIT_TYPES:
         raise NotFound("unknown dataset")
-    if parts[0] == "sae_latents":
+    if KINDS[parts[0]].dictionary:  # sae_latents/<name>/<layer>, transcoder_latents/<name>/<layer>
         if len(parts) != 3 or not SAFE.match(parts[1]):
             raise NotFound("unknown dataset")
         name, layer = parts[1], parts[2]
@@ -103,6 +103,11 @@ class DataRoot:
             if not ok or data.get("format") != "saescope-collated" or not isinstance(data.get("model"), str):
                 raise SaescopeError(f"{m}: not a saescope-collated manifest (needs format, model and datasets with "
                                     f"path, unit_type, layer); restore it or re-run collate")
+            for d in data["datasets"]:
+                summary = m.parent / str(d["path"]) / "summary.json"
+                if not d.get("remote") and not summary.is_file():
+                    raise SaescopeError(f"{m}: lists dataset {d['path']} but {summary} is missing; re-run collate "
+                                        f"(or restore the folder)")
         rows = self.datasets()
         if not rows:
             raise SaescopeError(f"{self.root}: no datasets (no <model>/manifest.json inside); point `saescope view` "
@@ -115,7 +120,8 @@ class DataRoot:
             for d in m.get("datasets", []):
                 rows.append({"model": m["model"], "model_spec": m.get("model_spec", m["model"]), **d,
                              # each dataset's own count (pair datasets see fewer excerpts), the run's as a fallback
-                             "tokens": d.get("tokens", m.get("tokens")), "excerpt_len": m.get("excerpt_len")})
+                             "tokens": d.get("tokens", m.get("tokens")), "excerpt_len": m.get("excerpt_len"),
+                             **({"dictionary": ev} if (ev := dictionary_eval(d.get("source"))) else {})})
         return rows
 
     def manifest(self, model: str) -> dict[str, Any]:
@@ -239,3 +245,20 @@ def _load_summary(path: str, mtime: float) -> dict[str, Any] | None:
         return None
     # undefined means (no scored unit) are NaN in the file; JSON responses carry them as null
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in summ.items()}
+
+
+DICTIONARY_KEYS = ("delta_ce", "delta_ce_se", "kl_div", "kl_div_se", "fvu", "l0", "dead_fraction", "ce_loss_recovered",
+                   "ce_loss_recovered_reliable", "spliced_contexts")
+"""What the dataset list shows of an SAE's eval.json, the loss it adds to the model first."""
+
+
+def dictionary_eval(source: str | None) -> dict[str, Any]:
+    """The headline numbers of the eval.json next to an SAE's weights (written by `saescope run`), or {} where there
+    is none (a source-less dataset, an SAE evaluated elsewhere, an unreadable file)."""
+    if not source or not (Path(source) / "eval.json").is_file():
+        return {}
+    try:
+        ev = json.loads((Path(source) / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: ev[k] for k in DICTIONARY_KEYS if k in ev} if isinstance(ev, dict) else {}

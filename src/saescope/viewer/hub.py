@@ -67,12 +67,13 @@ class ModelHub:
                 continue
             group = self.units(ds).group(hm)
             units = self.data.summary(ds)["units"]
-            mx = torch.zeros(group.n_units)
+            mx, dens = torch.zeros(group.n_units), torch.zeros(group.n_units)
             for u in units:
                 if u["index"] < group.n_units:
                     mx[u["index"]] = float(u.get("max_activation") or 0.0)
+                    dens[u["index"]] = float(u.get("density") or 0.0)
             expl = {int(i): e.get("explanation") for i, e in self.data.explanations(ds).items() if e.get("explanation")}
-            out.append(SearchSource(d["path"], group, mx, expl))
+            out.append(SearchSource(d["path"], group, mx, expl, dens))
         with self._lock:
             self._search[model] = out
         return out
@@ -82,7 +83,9 @@ class ModelHub:
         token at attn_out)."""
         from saescope.units import UnitSet
 
-        if ds.unit_type != "sae_latents":
+        from saescope.units import KINDS
+
+        if not KINDS[ds.unit_type].dictionary:
             return UnitSet(ds.unit_type, ds.layer)
         sae, entry = self.sae(ds)
         hp = f"attn_out.{ds.layer}" if entry.get("by_token_pair") else entry["hookpoints"][0]
@@ -117,6 +120,8 @@ class SearchRequest(BaseModel):
     model: str
     text: str
     per_token: int = 5
+    max_density: float = 0.1
+    """Leave out units that fire on more than this fraction of tokens (1 keeps them all)."""
 
 
 class Probe(BaseModel):

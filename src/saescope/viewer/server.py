@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,26 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     def search_page() -> FileResponse:
         return FileResponse(STATIC / "search.html")
 
+    @app.get("/graph", include_in_schema=False)
+    def graph_page() -> FileResponse:
+        return FileResponse(STATIC / "graph.html")
+
+    @app.get("/api/graphs")
+    def graphs() -> list[dict[str, Any]]:
+        """The attribution graphs in <root>/graphs (graph-metadata.json, as circuit-tracer's local server lists them)."""
+        index = data.root / "graphs" / "graph-metadata.json"
+        return data._json(index).get("graphs", []) if index.is_file() else []
+
+    @app.get("/api/graph/{slug}")
+    def graph(slug: str) -> FileResponse:
+        """One graph JSON (`saescope graph --out <root>/graphs/<slug>.json`)."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", slug) or slug.startswith("."):
+            raise HTTPException(400, "a graph slug is letters, digits, '_', '-' or '.'")
+        path = data._inside("graphs", f"{slug}.json")
+        if not path.is_file():
+            raise NotFound(f"graphs/{slug}.json")
+        return FileResponse(path, media_type="application/json")
+
     @app.post("/api/steer")
     def steer_api(req: SteerRequest) -> dict[str, Any]:
         """Greedy continuation of a prompt with the unit's write direction added at `strength` (and without)."""
@@ -102,8 +123,8 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         from saescope.viewer.explore import coactive, decoder_neighbours
 
         ds = ds_of(model, dataset)
-        if ds.unit_type != "sae_latents":
-            raise NotFound("neighbours are for SAE latents")
+        if ds.unit_type not in ("sae_latents", "transcoder_latents"):
+            raise NotFound("neighbours are for SAE and transcoder latents")
         sae, entry = hub.sae(ds)
         if not 0 <= index < sae.cfg.d_sae:
             raise NotFound(f"latent {index}")
@@ -135,8 +156,10 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
             raise NotFound("unknown model")
         hm = hub.model(req.model)
         sources = hub.search_sources(req.model)
+        if not 0 <= req.max_density <= 1:
+            raise HTTPException(400, "max_density: a fraction from 0 to 1 (1 keeps every unit)")
         with hub.forward_lock:
-            return search(hm, sources, req.text, max(1, min(req.per_token, 20)))
+            return search(hm, sources, req.text, max(1, min(req.per_token, 20)), max_density=req.max_density)
 
     @app.post("/api/debug")
     def debug_api(req: DebugRequest) -> dict[str, Any]:
@@ -168,7 +191,8 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
             rows = [r for r in rows if not r["constant"]]
         if q:
             ql = q.lower()
-            rows = [r for r in rows if ql in (r.get("explanation") or "").lower() or ql in r.get("top_token", "").lower()]
+            rows = [r for r in rows
+                    if ql in (r.get("explanation") or "").lower() or ql in (r.get("top_token") or "").lower()]
         if sort not in ("index", "max_activation", "density", "mean", "variance", "score"):
             raise HTTPException(400, f"cannot sort by {sort!r}")
         rows = sorted(rows, key=lambda r: (r.get(sort) is None, r.get(sort) if r.get(sort) is not None else 0),
@@ -207,7 +231,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         import torch
 
         from saescope.units import residual_write
-        from saescope.viewer.lens import logit_lens
+        from saescope.models.lens import logit_lens, norm_scale
 
         ds = ds_of(model, dataset)
         if ds.unit_type == "attention_heads":
@@ -217,12 +241,25 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
             target = hub.units(ds).write_direction(hm, index)
         except IndexError as e:
             raise NotFound(str(e)) from None
+        write, mlp_layer = residual_write(hm, target.hookpoint, target.direction)
+        # scaled to what a reader wants: the logit change when the unit fires at its max, with the norms dividing
+        # by their typical scale on the unit's own top excerpts (a per-unit-of-activation lens is not in logits)
+        tops = [r for r in (data.record(ds, index).get("most_positive_activation_records") or [])
+                if r["activations"] and max(r["activations"]) > 0][:5]
+        act = max((max(r["activations"]) for r in tops), default=0.0)
+        with torch.no_grad(), hub.forward_lock:
+            scale = norm_scale(hm, ["".join(r["tokens"]) for r in tops], mlp_layer) if act > 0 else float("nan")
+        factor = act / scale if scale == scale and scale > 0 else 1.0
         with torch.no_grad():
-            logits = logit_lens(hm, *residual_write(hm, target.hookpoint, target.direction))
+            logits = logit_lens(hm, write, mlp_layer) * factor
             top, bottom = logits.topk(k), (-logits).topk(k)
+        units = (f"logit change when the unit fires at its max ({act:.4g}), norms at their median scale on its top "
+                 f"excerpts ({scale:.4g})" if factor != 1.0 else
+                 "logits per unit of activation, the norms' 1/scale left out (the unit never fired)")
         tok = lambda ids: [hm.tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
         return {"top": [{"token": t, "logit": float(v)} for t, v in zip(tok(top.indices), top.values)],
-                "bottom": [{"token": t, "logit": -float(v)} for t, v in zip(tok(bottom.indices), bottom.values)]}
+                "bottom": [{"token": t, "logit": -float(v)} for t, v in zip(tok(bottom.indices), bottom.values)],
+                "units": units, "activation": act, "norm_scale": scale if scale == scale else None}
 
     @app.post("/api/probe")
     def probe(req: Probe) -> dict[str, Any]:

@@ -67,15 +67,20 @@ function pairmap(tokens, flat, max) {
 }
 
 function matrix(tokens, flat, max) {
-  const T = tokens.length, cell = Math.max(3, Math.min(10, Math.floor(480 / T)));
+  // axis labels drawn in the canvas: "key →" along the top, "query ↓" down the left side
+  const T = tokens.length, cell = Math.max(3, Math.min(10, Math.floor(480 / T))), pad = 16;
   const c = document.createElement("canvas");
-  c.className = "matrix"; c.width = c.height = T * cell; c.title = "rows: query, columns: key";
+  c.className = "matrix"; c.width = c.height = T * cell + pad; c.title = "rows: query, columns: key";
   const ctx = c.getContext("2d");
+  ctx.fillStyle = "#333"; ctx.font = "10px sans-serif";
+  ctx.fillText("key →", pad, 11);
+  ctx.save(); ctx.translate(11, pad); ctx.rotate(Math.PI / 2); ctx.fillText("query →", 0, 0); ctx.restore();
   for (let i = 0; i < T; i++) for (let j = 0; j <= i; j++) {
     const v = flat[i * (i + 1) / 2 + j] ?? 0, x = max > 0 ? Math.max(0, Math.min(1, v / max)) : 0;
-    ctx.fillStyle = `rgba(46,134,222,${x.toFixed(3)})`; ctx.fillRect(j * cell, i * cell, cell, cell);
+    ctx.fillStyle = `rgba(46,134,222,${x.toFixed(3)})`; ctx.fillRect(pad + j * cell, pad + i * cell, cell, cell);
   }
   c.dataset.cells = String(T * (T + 1) / 2);
+  c.dataset.axes = "query,key";
   return c;
 }
 
@@ -165,8 +170,20 @@ async function indexPage() {
   crumbs([]);
   const ds = await api("/api/datasets");
   if (!ds.length) { app.innerHTML = "<p>No collated datasets under this root. Run <code>saescope collate</code> first.</p>"; return; }
-  app.innerHTML = "<h2>Datasets</h2><table id='datasets'><tr><th>model</th><th>unit type</th><th>name</th><th>layer</th><th>units</th><th>tokens</th></tr>" +
-    ds.map(d => `<tr><td>${esc(d.model)}</td><td><a href="/u/${esc(d.model)}/${esc(d.path)}">${esc(d.unit_type)}</a></td><td>${esc(d.name || "")}</td><td>${d.layer}</td><td>${d.units}</td><td>${d.tokens ?? ""}</td></tr>`).join("") + "</table>";
+  app.innerHTML = "<h2>Datasets</h2><table id='datasets'><tr><th>model</th><th>unit type</th><th>name</th><th>layer</th><th>units</th><th>tokens</th><th title='the SAE spliced into the model: loss it adds (ΔCE ± standard error, nats/token), KL, then reconstruction'>dictionary</th></tr>" +
+    ds.map(d => `<tr><td>${esc(d.model)}</td><td><a href="/u/${esc(d.model)}/${esc(d.path)}">${esc(d.unit_type)}</a></td><td>${esc(d.name || "")}</td><td>${d.layer}</td><td>${d.units}</td><td>${d.tokens ?? ""}</td><td class="dict">${dictionaryText(d.dictionary)}</td></tr>`).join("") + "</table>";
+}
+
+// an SAE's eval.json headline, in the order that matters: the loss it adds to the model, then reconstruction
+function dictionaryText(ev) {
+  if (!ev) return "";
+  const f = (v, n) => (typeof v === "number" ? v.toFixed(n) : "?");
+  const parts = [];
+  if (ev.delta_ce !== undefined) parts.push(`ΔCE ${f(ev.delta_ce, 3)} ± ${f(ev.delta_ce_se, 3)} nats`, `KL ${f(ev.kl_div, 3)}`);
+  if (ev.fvu !== undefined) parts.push(`FVU ${f(ev.fvu, 3)}`);
+  if (ev.l0 !== undefined) parts.push(`L0 ${f(ev.l0, 1)}`);
+  if (ev.dead_fraction !== undefined) parts.push(`dead ${f(100 * ev.dead_fraction, 1)} %`);
+  return esc(parts.join(", "));
 }
 
 async function datasetPage(model, dataset) {
@@ -205,7 +222,7 @@ async function datasetPage(model, dataset) {
       `null explanation's mean ${fmt(ss.mean_null_score)} · constant predictions ${ss.constant_predictions ?? "–"}` +
       (ss.simulator ? ` · simulator ${ss.simulator}` : "") + (ss.failures ? ` · ${ss.failures} failures` : "") : "";
     $("#units").innerHTML = "<tr>" + cols.map(([k, t]) => `<th data-k="${k}">${t}${state.sort === k ? (state.desc ? " ▼" : " ▲") : ""}</th>`).join("") + "</tr>" +
-      r.units.map(u => `<tr><td><a href="/u/${esc(model)}/${esc(dataset)}/${u.index}">${u.index}</a></td><td>${fmt(u.max_activation)}</td><td>${fmt(u.density)}</td><td>${fmt(u.mean)}</td><td>${fmt(u.variance)}</td><td><bdi>${u.top_token == null ? "–" : esc(JSON.stringify(u.top_token))}</bdi></td><td>${esc(u.explanation || "")}</td><td>${u.constant ? `<span class="badge" title="the simulator predicted one value everywhere">constant</span>` : fmt(u.score)}</td></tr>`).join("");
+      r.units.map(u => `<tr><td><a href="/u/${esc(model)}/${esc(dataset)}/${u.index}">${u.index}</a></td><td>${fmt(u.max_activation)}</td><td>${fmt(u.density)}</td><td>${fmt(u.mean)}</td><td>${fmt(u.variance)}</td><td><bdi>${u.top_token == null || !(u.max_activation > 0) ? "–" : esc(JSON.stringify(u.top_token))}</bdi></td><td>${esc(u.explanation || "")}</td><td>${u.constant ? `<span class="badge" title="the simulator predicted one value everywhere">constant</span>` : fmt(u.score)}</td></tr>`).join("");
     $("#units").querySelectorAll("th").forEach(th => th.onclick = () => { const k = th.dataset.k; if (k === "top_token" || k === "explanation") return; state.desc = state.sort === k ? !state.desc : true; state.sort = k; state.offset = 0; load(); });
     $("#prev").disabled = state.offset === 0; $("#next").disabled = state.offset + state.limit >= r.total;
   }
@@ -263,7 +280,7 @@ async function unitPage(model, dataset, index) {
   const labels = ["[0, 0.5]", "[0.5, 0.9]", "[0.9, 0.99]", "[0.99, 0.999]", "[0.999, 1]"];
   const e = r.explanation;
   const q = new URLSearchParams(location.search);
-  const latent = dataset.startsWith("sae_latents/") && !pair;
+  const latent = (dataset.startsWith("sae_latents/") || dataset.startsWith("transcoder_latents/")) && !pair;
   const steerable = latent || dataset.startsWith("mlp_neurons/");
   const steerStrength = q.get("strength") || (max > 0 ? (2 * max).toPrecision(3) : "10");
   const steerPrompt = q.get("prompt") || "The weather today is";
@@ -273,15 +290,15 @@ async function unitPage(model, dataset, index) {
     <div class="stats"><span>max activation</span><b>${fmt(max)}</b><span>density</span><b>${dataset.startsWith("attention_heads/") ? "–" : fmt(r.summary.density)}</b>
     <span>mean</span><b>${fmt(rec.mean)}</b><span>variance</span><b>${fmt(rec.variance)}</b>
     <span>skewness</span><b>${fmt(rec.skewness)}</b><span>kurtosis</span><b>${fmt(rec.kurtosis)}</b></div>
+    <h3>Top activations ${firesLine(r, max, pair)}</h3><div id="top"></div>
     <h3>Activation histogram <small id="hist-label"></small></h3><canvas id="hist" width="520" height="130"></canvas>
     ${pair ? `<h3>Top token pairs (query ← key)</h3><table id="toppairs"></table>` : ""}
     <div id="lens"></div>
-    <h3>Live probe</h3><textarea id="probe-text">The quick brown fox jumps over the lazy dog.</textarea><br><button id="probe-run">Run</button> <span id="probe-status"></span><div id="probe-out"></div>
+    <h3>Live probe</h3><textarea id="probe-text">${esc(q.get("probe") || "The quick brown fox jumps over the lazy dog.")}</textarea><br><button id="probe-run">Run</button> <span id="probe-status"></span><div id="probe-out"></div>
     ${steerable ? `<h3>Steering</h3><p class="hint">Greedy continuation with the unit's write direction added at every position, beside the unsteered one.</p>
     <textarea id="steer-text">${esc(steerPrompt)}</textarea><br>strength <input id="steer-strength" type="number" step="any" value="${steerStrength}" size="8"> <small>(as if the unit fired at this activation: strength × its write direction)</small>
     <button id="steer-run">Steer</button> <span id="steer-status"></span><div id="steer-out"></div>` : ""}
     ${latent ? `<h3>Neighbours</h3><div id="neighbours" class="lens"><div>decoder cosine<ol id="nb-decoder"><li>…</li></ol></div><div>co-active on its top excerpts<ol id="nb-coactive"><li>…</li></ol></div></div>` : ""}
-    <h3>Top activations ${firesLine(r, max, pair)}</h3><div id="top"></div>
     <div id="quantiles"></div>
     <h3>Random sample</h3><div id="random"></div>`;
   const what = pair ? "token pairs" : "tokens";
@@ -302,19 +319,32 @@ async function unitPage(model, dataset, index) {
   if (pair) $("#toppairs").innerHTML = "<tr><th>query</th><th>key</th><th>value</th><th>excerpt</th></tr>" + topPairs(rec.most_positive_activation_records || [], 10)
     .map(p => `<tr><td><bdi>${esc(JSON.stringify(p.q))}</bdi></td><td><bdi>${esc(JSON.stringify(p.k))}</bdi></td><td>${p.v.toPrecision(3)}</td><td>${p.e}</td></tr>`).join("");
   // only excerpts where the unit fires: a sparse unit's "top" slots are padded with excerpts where it never does
-  (rec.most_positive_activation_records || []).filter(x => Math.max(...x.activations) > 0)
-    .forEach(x => $("#top").appendChild(pair ? view(x) : centred(x, max)));
+  const tops = rec.most_positive_activation_records || [];
+  tops.forEach((x, e) => {  // numbered as the pair table cites them
+    if (!(Math.max(...x.activations) > 0)) return;
+    const el = pair ? view(x) : centred(x, max);
+    el.prepend(Object.assign(document.createElement("small"), {className: "exnum", textContent: `#${e + 1} `}));
+    el.dataset.excerpt = String(e + 1);
+    $("#top").appendChild(el);
+  });
+  const shown = new Set(tops.map(x => JSON.stringify([x.tokens, x.activations])));
   (rec.random_sample || []).forEach(x => $("#random").appendChild(view(x)));
+  const qb = rec.quantile_boundaries || [];
   (rec.random_sample_by_quantile || []).map((b, q) => [b, q]).reverse().forEach(([b, q]) => {
-    if (!b.length) return;
+    const fresh = b.filter(x => !shown.has(JSON.stringify([x.tokens, x.activations])));  // not the top ones again
+    if (!fresh.length) return;
+    const lo = q > 0 ? qb[q - 1] : null, hi = q < qb.length ? qb[q] : max;
+    const range = lo == null ? `up to ${fmt(hi)}` : !(hi > 0) ? "never fires" : `${fmt(lo)} to ${fmt(hi)}`;
     const h = document.createElement("h3");
-    h.textContent = `Quantile ${labels[q]} of excerpt max` + (rec.quantile_boundaries && q > 0 ? ` (≥ ${fmt(rec.quantile_boundaries[q - 1])})` : "");
+    h.className = "quantile";
+    h.textContent = `Excerpts whose max is in quantile ${labels[q]} (excerpt max ${range})` +
+      (fresh.length < b.length ? ` · ${b.length - fresh.length} already among the top activations` : "");
     $("#quantiles").appendChild(h);
-    b.forEach(x => $("#quantiles").appendChild(view(x)));
+    fresh.forEach(x => $("#quantiles").appendChild(view(x)));
   });
   if (!pair) api(`/api/logit_lens/${model}/${dataset}/${index}`).then(l => {
     const li = xs => xs.map(t => `<li><bdi>${esc(JSON.stringify(t.token))}</bdi> <small>${t.logit.toPrecision(3)}</small></li>`).join("");
-    $("#lens").innerHTML = `<h3>Logit lens <small>(logits per unit of activation, norms folded in)</small></h3><div class="lens"><div>promoted<ol>${li(l.top)}</ol></div><div>suppressed<ol>${li(l.bottom)}</ol></div></div>`;
+    $("#lens").innerHTML = `<h3>Logit lens <small id="lens-units">(${esc(l.units)})</small></h3><div class="lens"><div>promoted<ol>${li(l.top)}</ol></div><div>suppressed<ol>${li(l.bottom)}</ol></div></div>`;
   }).catch(err => { $("#lens").innerHTML = `<p class="error">logit lens unavailable: ${esc(err.message)}</p>`; });
   document.onkeydown = ev => {
     if (ev.target.closest && ev.target.closest("input, textarea")) return;
@@ -327,9 +357,16 @@ async function unitPage(model, dataset, index) {
     $("#nb-coactive").innerHTML = li(nb.coactive, x => `${(100 * x.fraction).toFixed(0)} % of its tokens`);
   }).catch(err => { $("#neighbours").innerHTML = `<p class="error">neighbours unavailable: ${esc(err.message)}</p>`; });
   if (steerable) {
-    const run = async () => {
-      const strength = Number($("#steer-strength").value), prompt = $("#steer-text").value;
-      history.replaceState(null, "", `${location.pathname}?${new URLSearchParams({prompt, strength})}`);
+    const run = async (raw) => {
+      const text = String(raw ?? $("#steer-strength").value).trim(), strength = Number(text), prompt = $("#steer-text").value;
+      $("#steer-out").innerHTML = "";  // an error must not leave the last result on screen
+      if (text === "" || !Number.isFinite(strength)) {  // "abc" would otherwise steer at 0
+        $("#steer-status").innerHTML = `<span class="error" id="steer-error">strength ${esc(JSON.stringify(text))} is not a number</span>`;
+        return;
+      }
+      const params = new URLSearchParams(location.search);
+      params.set("prompt", prompt); params.set("strength", String(strength));
+      history.replaceState(null, "", `${location.pathname}?${params}`);
       $("#steer-status").textContent = "generating…";
       try {
         const o = await api("/api/steer", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({model, dataset, index, prompt, strength, tokens: 24})});
@@ -338,11 +375,15 @@ async function unitPage(model, dataset, index) {
         $("#steer-status").textContent = `added at ${o.hookpoint} (direction norm ${o.direction_norm.toFixed(3)})`;
       } catch (err) { $("#steer-status").innerHTML = `<span class="error">${esc(err.message)}</span>`; }
     };
-    $("#steer-run").onclick = run;
-    if (q.get("strength")) run();
+    $("#steer-run").onclick = () => run();
+    if (q.get("strength")) run(q.get("strength"));
   }
   $("#probe-run").onclick = async () => {
     $("#probe-status").textContent = "running…";
+    $("#probe-out").innerHTML = "";  // an error must not leave the last result on screen
+    const params = new URLSearchParams(location.search);  // the probe text is part of the shareable URL
+    params.set("probe", $("#probe-text").value);
+    history.replaceState(null, "", `${location.pathname}?${params}`);
     try {
       const p = await api("/api/probe", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({model, dataset, index, text: $("#probe-text").value})});
       $("#probe-out").innerHTML = "";
@@ -350,6 +391,7 @@ async function unitPage(model, dataset, index) {
       $("#probe-status").textContent = `max on prompt ${Math.max(...p.activations).toFixed(3)} (dataset max ${p.max_activation.toFixed(3)})`;
     } catch (err) { $("#probe-status").innerHTML = `<span class="error">${esc(err.message)}</span>`; }
   };
+  if (q.get("probe")) $("#probe-run").click();
 }
 
 async function route() {
@@ -358,7 +400,8 @@ async function route() {
     if (parts[0] !== "u") return await indexPage();
     const [, model, ...rest] = parts;
     const last = rest[rest.length - 1];
-    const isUnit = (rest[0] === "sae_latents" && rest.length === 4) || (rest[0] !== "sae_latents" && rest.length === 3);
+    const named = rest[0] === "sae_latents" || rest[0] === "transcoder_latents";  // <kind>/<name>/<layer>/<unit>
+    const isUnit = (named && rest.length === 4) || (!named && rest.length === 3);
     if (isUnit) {
       if (!/^\d+$/.test(last)) throw new Error(`unit "${last}" is not a unit number (0, 1, 2, ...)`);
       return await unitPage(model, rest.slice(0, -1).join("/"), Number(last));

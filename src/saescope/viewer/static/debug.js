@@ -2,7 +2,7 @@
 "use strict";
 const $ = s => document.querySelector(s);
 const num = (v, d = 4) => (v === null || v === undefined) ? "–" : (v >= 0 ? "+" : "") + v.toFixed(d);
-const FIELDS = ["model", "prompt", "target", "distractor", "by", "ablate", "trace", "pairs"];
+const FIELDS = ["model", "prompt", "target", "distractor", "by", "ablate", "trace", "pairs", "freeze_norms"];
 
 function parseAblate(text) {
   const out = {};
@@ -13,16 +13,20 @@ function parseAblate(text) {
   return out;
 }
 
-async function run() {
+async function run(fromHistory = false) {
   const q = Object.fromEntries(FIELDS.map(f => [f, $("#" + f).value]));
-  history.replaceState(null, "", "/debug?" + new URLSearchParams(q));
+  // each new question is a history entry (Back returns to the ranking before an ablation or trace)
+  const url = "/debug?" + new URLSearchParams(q);
+  if (fromHistory || location.pathname + location.search === url) history.replaceState(null, "", url);
+  else history.pushState(null, "", url);
   const out = $("#out");
   out.innerHTML = "<p>running the model…</p>";
   const body = {model: q.model, prompt: q.prompt, target: q.target, distractor: q.distractor, by: q.by,
-                ablate: parseAblate(q.ablate), trace: q.trace, top: 30, pairs_for: q.pairs};
+                ablate: parseAblate(q.ablate), trace: q.trace, top: 30, pairs_for: q.pairs,
+                freeze_norms: q.freeze_norms || "final"};
   const r = await fetch("/api/debug", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
   const res = await r.json().catch(() => ({detail: r.statusText}));
-  if (!r.ok) { out.innerHTML = `<p class="error">${esc(res.detail)}</p>`; return; }
+  if (!r.ok) { out.innerHTML = `<p class="error">${esc(typeof res.detail === "string" ? res.detail : JSON.stringify(res.detail))}</p>`; return; }
   const SIDE = {q: " through its query side", k: " through its key side", v: " through its value side"};
   const [tnode, tside] = q.trace.split(":");
   const what = q.trace ? `activation of ${esc(tnode)}${SIDE[tside] || ""}` :
@@ -52,12 +56,16 @@ async function run() {
       `<td>${num(n.direct_effect)}</td><td>${num(n.act_grad)}</td><td>${esc(n.explanation || "")}</td><td>${act}</td></tr>`;
   });
   html += "</table>";
-  if (res.pairs) {  // the head's token-pair view: rows = query, columns = key; colour = A·∂B/∂A (red +, blue −)
+  const cv = res.conventions || {};  // what the columns are: norms for embed/error/b_dec, the backward's convention
+  html += `<p class="hint" id="conventions"><b>activation</b>: ${esc(cv.activation || "")}<br><b>direct effect</b>: ${esc(cv.direct_effect || "")}` +
+    `<br><b>act × grad</b>: ${esc(cv.act_grad || "")}; freeze_norms ${esc(cv.freeze_norms || "")}</p>`;
+  if (res.pairs) {  // the head's token-pair view: rows = query, columns = key; colour = A·∂B/∂A (blue +, red −)
     const a = res.pairs.attribution, mx = Math.max(1e-9, ...a.flat().map(Math.abs));
-    html += `<h3 id="pairview">${esc(res.pairs.head)}: A·∂B/∂A by (query ↓, key →); hover for the pattern</h3><table class="pairgrid"><tr><th></th>` +
+    html += `<h3 id="pairview">${esc(res.pairs.head)}: A·∂B/∂A by (query ↓, key →; blue +, red −); hover for the pattern</h3><table class="pairgrid"><tr><th></th>` +
       res.prompt_tokens.map(t => `<th>${esc(JSON.stringify(t))}</th>`).join("") + "</tr>" +
       a.map((row, t) => `<tr><th>${esc(JSON.stringify(res.prompt_tokens[t]))}</th>` + row.map((v, s) => {
-        const x = Math.min(1, Math.abs(v) / mx).toFixed(3), c = v >= 0 ? `rgba(192,57,43,${x})` : `rgba(46,134,222,${x})`;
+        // as on the unit pages: positive blue, negative red
+        const x = Math.min(1, Math.abs(v) / mx).toFixed(3), c = v >= 0 ? `rgba(46,134,222,${x})` : `rgba(220,38,38,${x})`;
         return s > t ? "<td></td>" : `<td style="background:${c}" title="A ${res.pairs.pattern[t][s].toFixed(3)} · attribution ${v.toFixed(4)}"></td>`;
       }).join("") + "</tr>").join("") + "</table>";
   }
@@ -78,6 +86,12 @@ async function init() {
   const params = new URLSearchParams(location.search);
   FIELDS.forEach(f => { if (params.has(f)) $("#" + f).value = params.get(f); });
   $("#form").addEventListener("submit", ev => { ev.preventDefault(); run(); });
-  if (params.get("prompt") && params.get("target")) run();
+  if (params.get("prompt") && params.get("target")) run(true);
+  window.addEventListener("popstate", () => {  // Back / Forward: the form and the ranking follow the URL
+    const p = new URLSearchParams(location.search);
+    const dflt = {by: "act_grad", freeze_norms: "final"};
+    FIELDS.forEach(f => { if (f !== "model" || p.get(f)) $("#" + f).value = p.get(f) || dflt[f] || ""; });
+    if (p.get("prompt") && p.get("target")) run(true);
+  });
 }
 init();

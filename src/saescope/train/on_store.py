@@ -1,4 +1,5 @@
-"""Train an SAE on an activation store, evaluate it, and save it (used by the CLI and `saescope run`)."""
+"""Train an SAE on an activation store and evaluate it on the store's held-out shards (the CLI and `saescope run`; training
+straight from the model is `online.py`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from saescope.io import write_json
 from saescope.models.hooks import ATTENTION_KINDS, canonical_hookpoint
 from saescope.store import ActivationStore, shuffled_batches
 from saescope.train.config import EvalConfig, TrainConfig
-from saescope.train.speed import release_freed_memory
+from saescope.train.memory import release_freed_memory
 from saescope.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ def split_shards(store: ActivationStore, holdout: int) -> tuple[list[int], list[
 def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     from saescope.train.evaluate import evaluate_batches
 
+    if cfg.trainer.kind != "sae":
+        from saescope.train.transcoders import train_transcoders_from_store
+
+        return train_transcoders_from_store(cfg, progress)
     dist_utils.init_from_env()
     store = ActivationStore(cfg.store)
     inputs = [h for h in store.hookpoints if h.split(".")[0] not in ATTENTION_KINDS]  # what an SAE can read
@@ -57,7 +62,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         raise SaescopeError(f"--batch_size {tc.batch_size} is not divisible by the {ws} data-parallel ranks")
     train_ids, eval_ids = split_shards(store, tc.holdout_shards)
     train_rows = sum(store.shards[i]["rows"] for i in train_ids)
-    tokens = tc.tokens or train_rows
+    tokens = tc.tokens or int(tc.epochs * train_rows)
     steps = max(1, tokens // tc.batch_size)
     device = resolve_device(cfg.device)
     if device.startswith("cuda") and dist_utils.is_distributed():

@@ -1,32 +1,13 @@
-"""The parts of a training step that are only about speed (each measured in bench/train_bench.py)."""
+"""Memory outside the tensors: the allocator's freed pages and the model's memory-mapped weight pages (each
+measured in bench/train_bench.py)."""
 
 from __future__ import annotations
 
 import logging
 
 import torch
-from torch import Tensor
 
 log = logging.getLogger(__name__)
-
-
-def resolve_encoder_dtype(name: str, device: str) -> torch.dtype:
-    from saescope.errors import SaescopeError
-
-    if name == "auto":
-        if str(device).startswith("cuda"):
-            return torch.bfloat16
-        caps = torch.backends.cpu.get_cpu_capability()
-        flags = ""
-        try:
-            flags = open("/proc/cpuinfo").read(200_000)
-        except OSError:
-            pass
-        fast = " amx_bf16" in flags or " avx512_bf16" in flags or caps.startswith("AMX")
-        return torch.bfloat16 if fast else torch.float32
-    if name not in ("float32", "bfloat16"):
-        raise SaescopeError(f"--encoder_dtype {name}: choose auto, float32 or bfloat16")
-    return getattr(torch, name)
 
 
 def retain_freed_memory() -> bool:
@@ -111,21 +92,3 @@ def release_file_pages(module: torch.nn.Module) -> int:
     return total
 
 
-def contiguous_alias(p: Tensor) -> Tensor:
-    """`p` itself, or for a transposed 2-d parameter a contiguous leaf view of the same memory."""
-    if p.dim() == 2 and not p.is_contiguous() and p.T.is_contiguous():
-        return p.detach().T
-    return p
-
-
-@torch.no_grad()
-def clip_grad_norm(params: list[Tensor], max_norm: float) -> float:
-    """Scale the gradients so their global L2 norm is at most `max_norm`; unlike torch's, no pass over the
-    gradients when they are already within bounds (the common case). Returns the norm before clipping."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
-    if norm > max_norm:
-        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
-    return norm
