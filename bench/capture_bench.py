@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RssSampler
+from benchlib.common import RssSampler
 
 
 def main() -> None:

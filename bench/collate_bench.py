@@ -25,7 +25,7 @@ import tempfile
 import time
 
 import torch
-from _common import RssSampler, proc_status_mb
+from benchlib.common import RssSampler, proc_status_mb
 
 
 def corpus_for(tokens: int) -> str:

@@ -72,9 +72,9 @@ def bench_train(d: int, F: int, device: str, steps: int, bs: int, metrics: bool)
 def bench_sparsify(d: int, F: int, device: str, steps: int, bs: int) -> dict | None:
     try:
         from schedulefree import ScheduleFreeWrapper
-        from train_bench import _sparsify  # loads sparsify's pieces even where its `datasets` dependency is absent
+        from benchlib.peers import sparsify_pieces  # loads sparsify's pieces even where its `datasets` dependency is absent
 
-        SparseCoder, SparseCoderConfig, SignSGD = _sparsify()
+        SparseCoder, SparseCoderConfig, SignSGD = sparsify_pieces()
     except ImportError:
         return None
     sae = SparseCoder(d, SparseCoderConfig(num_latents=F, k=32), device=device)

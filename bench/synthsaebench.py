@@ -1,8 +1,8 @@
 """SynthSAEBench-16k: every saescope recipe, SAELens' own runner and sparsify on the field's ground-truth benchmark.
 
 The world is SynthSAEBench-16k built from its published config by SAELens' own generator (`sae_lens.synthetic`),
-cached with a sample stream under $SAESCOPE_CACHE/synthsaebench/<config hash>/ (see _synthworld.py); every trainer
-(_synthtrainers.py) reads the same cached samples, and every SAE is scored by SAELens' `eval_sae_on_synthetic_data`
+cached with a sample stream under $SAESCOPE_CACHE/synthsaebench/<config hash>/ (see benchlib/synthworld.py); every trainer
+(benchlib/synthtrainers.py) reads the same cached samples, and every SAE is scored by SAELens' `eval_sae_on_synthetic_data`
 on a held-out stream. Two comparisons: equal samples (each trainer gets --samples), and equal wall-clock (each gets
 as many samples as it processes, at its equal-samples throughput, in the time the reference trainer, SAELens'
 runner with BatchTopK, needed). Throughput is taken at the median step (data included), which a shared host's stalls
@@ -48,7 +48,7 @@ PUBLISHED = {  # (arch, L0): (F1, MCC, uniqueness, VE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from _synthtrainers import EXTRA, TRAINERS
+    from benchlib.synthtrainers import EXTRA, TRAINERS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true",
@@ -127,8 +127,8 @@ def versions() -> str:
 
 def run_one(a: argparse.Namespace, ctx: dict[str, Any], name: str, width: int, l0: int, n: int) -> dict[str, Any]:
     """Train and score one SAE, or reuse its cached result (same world, trainer, width, L0, samples, eval)."""
-    from _synthtrainers import train
-    from _synthworld import score
+    from benchlib.synthtrainers import train
+    from benchlib.synthworld import score
 
     key = f"{name}-F{width}-L0{l0}-n{n}-b{a.batch_size}-e{a.eval_samples}-s{a.seed}-{a.device.split(':')[0]}"
     path = ctx["results"] / f"{key}.json"
@@ -144,7 +144,7 @@ def run_one(a: argparse.Namespace, ctx: dict[str, Any], name: str, width: int, l
             return {}
         t0 = time.perf_counter()
         s = score(sae, ctx["world"], ctx["eval"], a.eval_samples, a.batch_size, a.device)
-        keep = ctx["results"] / key  # the SAE itself, for bench/_synthdiag.py (SAELens layout)
+        keep = ctx["results"] / key  # the SAE itself, for bench/synthsaebench_diag.py (SAELens layout)
         shutil.rmtree(keep, ignore_errors=True)
         (getattr(sae, "save_inference_model", None) or sae.save_model)(str(keep))
     step_s = info.get("step_s", float("nan"))
@@ -160,7 +160,7 @@ def run_one(a: argparse.Namespace, ctx: dict[str, Any], name: str, width: int, l
 def warm_up(a: argparse.Namespace, ctx: dict[str, Any]) -> None:
     """Two untimed steps of every trainer first, so no timed run pays one-off costs (kernel and allocator set-up,
     lazy imports) that the others skip."""
-    from _synthtrainers import train
+    from benchlib.synthtrainers import train
 
     for name in a.trainers:
         with tempfile.TemporaryDirectory() as tmp:
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         import sae_lens.synthetic  # noqa: F401
     except ImportError:
         sys.exit("synthsaebench needs sae-lens (a bench-only dependency): run bash bench/synthsaebench_setup.sh")
-    from _synthworld import bench_streams, cache_root, load_or_build_world, world_config
+    from benchlib.synthworld import bench_streams, cache_root, load_or_build_world, world_config
 
     a = parse_args(argv)
     t_start = time.perf_counter()

@@ -11,7 +11,7 @@ fp32 and bf16 `torch.mm` GFLOP/s of that shape, measured in the same run. Peers 
 installed: `pip install eai-sparsify schedulefree sae-lens` into the environment that runs this.
 
     python bench/train_bench.py [--widths 4096,16384] [--tokens 262144] [--store runs/default/store]
-    python bench/train_bench.py --online [--tokens 32768] [--widths 4096]    (online training: bench/_online.py)
+    python bench/train_bench.py --online [--tokens 32768] [--widths 4096]    (online training: bench/benchlib/online.py)
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import proc_status_mb
+from benchlib.common import proc_status_mb
+from benchlib.peers import sparsify_pieces
 
 TRAINERS = ["saescope", "saescope_old", "sparsify_signum", "sparsify", "sae_lens", "naive"]
 PEERS = ("sparsify_signum", "sparsify", "sae_lens")
@@ -66,28 +67,6 @@ def batches(x: np.ndarray, bs: int, steps: int):
         yield torch.from_numpy(np.ascontiguousarray(x[s * bs:(s + 1) * bs]))
 
 
-def _sparsify():
-    """sparsify's SparseCoder and SignSGD (its package __init__ also imports the HF trainer; skip that if its
-    `datasets` dependency is absent — the trainer is not used here)."""
-    try:
-        import sparsify  # noqa: F401
-    except ImportError:
-        import importlib.util
-        import types
-
-        spec = importlib.util.find_spec("sparsify")
-        if spec is None or not spec.submodule_search_locations:
-            raise
-        pkg = types.ModuleType("sparsify")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["sparsify"] = pkg
-    from sparsify.config import SparseCoderConfig
-    from sparsify.sign_sgd import SignSGD
-    from sparsify.sparse_coder import SparseCoder
-
-    return SparseCoder, SparseCoderConfig, SignSGD
-
-
 def train(name: str, width: int, args: argparse.Namespace, x: np.ndarray, steps: int):
     """Train one trainer with its own defaults; returns (encode, decode, W_dec, seconds)."""
     dim, bs, k = x.shape[1], args.batch_size, args.k
@@ -104,7 +83,7 @@ def train(name: str, width: int, args: argparse.Namespace, x: np.ndarray, steps:
         sae = tr.finalize()
         return sae.encode, sae.decode, sae.W_dec, time.perf_counter() - t0
     if name.startswith("sparsify"):
-        SparseCoder, SparseCoderConfig, SignSGD = _sparsify()
+        SparseCoder, SparseCoderConfig, SignSGD = sparsify_pieces()
         sae = SparseCoder(dim, SparseCoderConfig(num_latents=width, k=k), device="cpu")
         scale = (width / 2**14) ** 0.5  # sparsify's LR ∝ 1/√F
         if name == "sparsify_signum":  # sparsify's default optimiser: SignSGD in a ScheduleFreeWrapper
@@ -231,11 +210,18 @@ def main() -> None:
     ap.add_argument("--hookpoint", default="")
     ap.add_argument("--trainers", default="saescope,saescope_old,sparsify_signum,sparsify,sae_lens")
     ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # internal: trainer width datadir steps
+    ap.add_argument("--online-one", nargs=4, help=argparse.SUPPRESS)  # internal: kind hookpoints tokens width
     ap.add_argument("--online", action="store_true", help="online training (no store) of 1, 4 and 18 layers of the "
-                    "default model vs the bare forward (bench/_online.py); --tokens per SAE, first of --widths")
+                    "default model vs the bare forward (benchlib/online.py); --tokens per SAE, first of --widths")
     args = ap.parse_args()
+    if args.online_one:  # one row of --online, in its own process (clean peak RSS)
+        from benchlib.online import child
+
+        k, hps, tokens, width = args.online_one
+        print(json.dumps(child(k, hps, int(tokens), int(width))))
+        return
     if args.online:
-        from _online import main_online
+        from benchlib.online import main_online
 
         main_online(args.tokens if args.tokens != 262144 else 32768, int(args.widths.split(",")[0]))
         return

@@ -138,12 +138,14 @@ def test_cli_one_line_errors(tmp_path):
     assert main(["nonsense"]) == 2
 
 
-def test_shared_defaults_declared_once():
+def test_shared_defaults_declared_once(monkeypatch):
     import torch
 
     from saescope.config import resolve_device, resolve_layer
 
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    for available, expected in ((True, "cuda"), (False, "cpu")):  # "auto" follows what torch sees, at call time
+        monkeypatch.setattr(torch.cuda, "is_available", lambda a=available: a)
+        assert resolve_device("auto") == expected
     assert resolve_device("cuda:1") == "cuda:1"
     assert resolve_layer(-1, 18) == 9 and resolve_layer(3, 18) == 3
     with pytest.raises(SaescopeError, match="out of range"):

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("sae_lens", reason="sae_lens is a bench-only dependency (bench/synthsaebench_setup.sh)")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import _synthworld as sw  # noqa: E402
+from benchlib import synthworld as sw  # noqa: E402
 
 from saescope.sae import JumpReLUSAE, SAEConfig  # noqa: E402
 
@@ -76,10 +76,10 @@ def test_random_sae_scores_low(world, tmp_path):
 
 
 def test_diagnosis_names_each_planted_fault(world):
-    """bench/_synthdiag.py on planted SAEs: the perfect one is all fine (or dead where its feature never fired);
+    """benchlib/synthdiag.py on planted SAEs: the perfect one is all fine (or dead where its feature never fired);
     a copied row is a duplicate; a latent made to fire for its sibling too is merged with siblings; a parent latent
     switched off whenever a child is on misses exactly on the child samples (absorption)."""
-    import _synthdiag as sd
+    from benchlib import synthdiag as sd
 
     model, _, stream = world
     parent = sd.parents(model)

@@ -82,11 +82,22 @@ def test_datasets_units_and_records(client, tiny_dir):
     probe = client.post("/api/probe", json={"model": model, "dataset": "mlp_neurons/1", "index": 3,
                                              "text": "the quick brown fox"}).json()
     assert len(probe["tokens"]) == len(probe["activations"]) > 0
-    assert all(0 <= v for v in probe["normalized"])
+    # the live probe on a record's own excerpt gives back the activations collation stored for it
+    top = rec["record"]["most_positive_activation_records"][0]
+    again = client.post("/api/probe", json={"model": model, "dataset": "mlp_neurons/1", "index": 3,
+                                             "text": "".join(top["tokens"])}).json()
+    assert again["tokens"] == top["tokens"]
+    assert again["activations"] == pytest.approx(top["activations"], abs=1e-5)
+    assert max(again["normalized"]) == pytest.approx(1.0, abs=1e-4)  # its max is the record's max
     hp = client.post("/api/probe", json={"model": model, "dataset": "attention_heads/1", "index": 1,
                                           "text": "the quick brown fox"}).json()
     n = len(hp["tokens"])
     assert len(hp["activations"]) == n * (n + 1) // 2
+    pair_top = head["record"]["most_positive_activation_records"][0]  # by token pair, the same rule
+    hp = client.post("/api/probe", json={"model": model, "dataset": "attention_heads/1", "index": 0,
+                                          "text": "".join(pair_top["tokens"])}).json()
+    assert hp["tokens"] == pair_top["tokens"]
+    assert hp["activations"] == pytest.approx(pair_top["activations"], abs=1e-5)
     assert client.get("/u/x/mlp_neurons/1/3").status_code == 200  # stable URLs serve the page
     # the histogram counts every collated token (pair) exactly: positives agree with the density, all add up to n
     for path, i in (("mlp_neurons/1", 3), ("sae_latents/tiny_sae/1", 5), ("attention_heads/1", 0)):
@@ -106,8 +117,11 @@ def test_debug_api(client):
     r = client.post("/api/debug", json=body)
     res = r.json()
     assert r.status_code == 200 and res["saes"] == ["tiny_sae (resid_post.1)"] and len(res["nodes"]) == 30
-    assert any(n["kind"] == "latent" for n in res["nodes"]) or any(n["kind"] == "mlp" for n in res["nodes"])
     many = client.post("/api/debug", json={**body, "top": 200}).json()["nodes"]
+    grads = [abs(n["act_grad"]) for n in many]
+    assert grads == sorted(grads, reverse=True) and many[:30] == res["nodes"]  # ranked by |act × grad|, top first
+    latent = next(n for n in many if n["kind"] == "latent")  # the collated SAE is spliced in, its latents link home
+    assert latent["url"] == f"/u/{model}/sae_latents/tiny_sae/1/{latent['index']}"
     mlp = next(n for n in many if n["kind"] == "mlp" and n["layer"] == 1)  # layer 1 is the collated one
     # links lead only to units that have records: none for the layers that were not collated
     assert all(n.get("url") is None for n in many if n["kind"] in ("mlp", "head") and n["layer"] != 1)

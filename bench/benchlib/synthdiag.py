@@ -12,8 +12,8 @@ A latent that misses is put down to one mechanism:
 - merged, other: its false alarms fall mostly elsewhere (correlated or superposed features merged);
 - fine: F1 >= 0.5.
 
-Also: how many true features have a latent at F1 >= 0.5, by firing frequency. `python bench/_synthdiag.py RESULT_DIR`
-(a folder of SAEs kept by `synthsaebench.py`) prints the table for each SAE in it.
+Also: how many true features have a latent at F1 >= 0.5, by firing frequency. `python bench/synthsaebench_diag.py SAE_DIR...`
+(SAEs kept by `synthsaebench.py`) prints the table for each SAE.
 """
 
 from __future__ import annotations
@@ -97,34 +97,3 @@ def diagnose(sae: Any, world: Any, stream: Any, n_samples: int, batch_size: int 
 
 
 LABELS = ["fine", "dead", "duplicate", "absorbed", "merged_siblings", "merged_other"]
-
-
-def main() -> None:
-    import argparse
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _synthworld import bench_streams, cache_root, load_or_build_world, world_config
-    from sae_lens import SAE
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("saes", nargs="+", help="SAE folders in the SAELens layout (synthsaebench.py keeps them)")
-    ap.add_argument("--eval-samples", type=int, default=65_536)
-    ap.add_argument("--shard-size", type=int, default=65_536)
-    ap.add_argument("--seed", type=int, default=0, help="the bench's --seed (picks its held-out stream)")
-    a = ap.parse_args()
-    cfg = world_config()
-    world, world_dir = load_or_build_world(cfg, cache_root())
-    _, stream = bench_streams(world, world_dir, "cpu", a.seed, a.shard_size, 0, a.eval_samples)
-    head = "| SAE | fine (F1 >= 0.5) | dead | duplicate | absorbed | merged with siblings | merged, other | " \
-           "features found p >= 1e-2 | 1e-3..1e-2 | < 1e-3 |"
-    print(head + "\n|" + "---|" * (head.count("|") - 1))
-    for path in a.saes:
-        d = diagnose(SAE.load_from_disk(path, device="cpu"), world, stream, a.eval_samples)
-        b = list(d["found_by_band"].values())
-        print(f"| {Path(path).name} | {d['fine']} | {d['dead']} | {d['duplicate']} | {d['absorbed']} | "
-              f"{d['merged_siblings']} | {d['merged_other']} | {b[0]} | {b[1]} | {b[2]} |", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""`python bench/train_bench.py --online`: online training (no store) of 1, 4 and all layers' SAEs of the default
+"""Helper of `python bench/train_bench.py --online`: online training (no store) of 1, 4 and all layers' SAEs of the default
 model from one forward per batch, against the bare forward to the same deepest layer, in one run.
 
 Each row runs in its own subprocess (clean peak RSS). "vs forward" = online training wall time / the bare forward's
@@ -11,16 +11,19 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+TRAIN_BENCH = str(Path(__file__).resolve().parents[1] / "train_bench.py")
 
 
 def child(kind: str, hookpoints: str, tokens: int, width: int) -> dict:
     import torch
-    from _common import proc_status_mb
 
     from saescope.config import ModelConfig
     from saescope.corpus import CorpusConfig, iter_contexts
     from saescope.train.config import OnlineConfig, TrainerConfig
     from saescope.train.online import train_online
+    from benchlib.common import proc_status_mb
 
     torch.manual_seed(0)
     hm = ModelConfig().load()
@@ -61,7 +64,7 @@ def main_online(tokens: int, width: int) -> None:
     for name, hps in cases:
         res = {}
         for kind in ("forward", "online"):
-            out = subprocess.run([sys.executable, __file__, kind, hps, str(tokens), str(width)], capture_output=True,
+            out = subprocess.run([sys.executable, TRAIN_BENCH, "--online-one", kind, hps, str(tokens), str(width)], capture_output=True,
                                  text=True, check=True).stdout.strip().splitlines()[-1]
             res[kind] = json.loads(out)
         f, o = res["forward"], res["online"]
@@ -72,7 +75,3 @@ def main_online(tokens: int, width: int) -> None:
         print(f"| {name} | `{hps}` | {f_tps:,.0f} | {o_tps:,.0f} | {ratio:.2f}x | {o['peak_mb']:,.0f} | "
               f"{f['peak_mb']:,.0f} |", flush=True)
 
-
-if __name__ == "__main__":
-    sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    print(json.dumps(child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))

@@ -36,7 +36,7 @@ def _quiet() -> contextlib.AbstractContextManager:
 
 def train_saescope(arch: str, width: int, l0: int, world: Any, stream: Any, n: int, bs: int, device: str,
                    out: Path, seed: int = 0, l0_coefficient: float | None = None) -> tuple[Any, dict[str, Any]]:
-    from _synthworld import hidden_batches, median_step_s, timed, to_saelens
+    from benchlib.synthworld import hidden_batches, median_step_s, timed, to_saelens
 
     from saescope.train.config import TrainerConfig
     from saescope.train.trainer import Trainer
@@ -78,7 +78,7 @@ def train_saelens(arch: str, width: int, l0: int, world: Any, world_dir: Path, s
                   device: str, seed: int = 0, lr: float = 3e-4) -> tuple[Any, dict[str, Any]]:
     from types import SimpleNamespace
 
-    from _synthworld import Replay, median_step_s
+    from benchlib.synthworld import Replay, median_step_s
     from sae_lens import BatchTopKTrainingSAEConfig, LoggingConfig, MatryoshkaBatchTopKTrainingSAEConfig
     from sae_lens.synthetic import SyntheticSAERunner, SyntheticSAERunnerConfig
 
@@ -112,7 +112,7 @@ def train_saelens(arch: str, width: int, l0: int, world: Any, world_dir: Path, s
 
 def train_sparsify(width: int, l0: int, world: Any, stream: Any, n: int, bs: int, device: str, out: Path,
                    seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    from _synthworld import hidden_batches, median_step_s, timed, to_saelens
+    from benchlib.synthworld import hidden_batches, median_step_s, timed, to_saelens
     from schedulefree import ScheduleFreeWrapper
     from sparsify import SparseCoder, SparseCoderConfig
     from sparsify.sign_sgd import SignSGD

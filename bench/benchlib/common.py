@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts (run as `python bench/<name>.py`, so this imports as `_common`)."""
+"""Helpers shared by the benchmark scripts (they run as `python bench/<name>.py`, which puts
+`bench/` on sys.path, so this imports as `benchlib.common`)."""
 
 from __future__ import annotations
 
