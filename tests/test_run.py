@@ -77,6 +77,14 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     fewer = dataclasses.replace(narrow, collate=CollateOptions(max_tokens=160, excerpt_len=16, token_pairs=True))
     assert _recomputed(run_pipeline(fewer).decisions) == ["collated", "explanations"]
 
+    # Other interp options on the same records merge into the explanations: units the re-run does not redo are kept.
+    expl_file = col_root / tiny_dir.name / "explanations" / "mlp_neurons" / "1" / "explanations.json"
+    before = json.loads(expl_file.read_text())["units"]
+    two = dataclasses.replace(fewer, interp=dataclasses.replace(fewer.interp, max_units=2, prompt_style="delphi"))
+    assert _recomputed(run_pipeline(two).decisions) == ["explanations"]
+    after = json.loads(expl_file.read_text())["units"]
+    assert len(before) > 2 and set(after) == set(before)
+
 
 def test_run_cli_options_reach_every_stage():
     from saescope.cli import parse

@@ -121,14 +121,15 @@ class _Pipeline:
         self.done: list[tuple[str, Path]] = []
         self.decisions: dict[str, str] = {}
 
-    def start(self, stage: Stage) -> bool:
-        """Decide, say so in one line, prepare; True when the stage must (re)compute."""
+    def start(self, stage: Stage, keep: bool = False) -> bool:
+        """Decide, say so in one line, prepare; True when the stage must (re)compute. `keep`: a changed stage
+        merges into its old output instead of clearing it."""
         decision, why = stage.decide()
         self.decisions[stage.name] = decision
         log.info("stage %s", why)
         if decision == "reuse":
             return False
-        stage.begin(decision)
+        stage.begin(decision, keep=keep)
         return True
 
     def seed_dataset(self) -> None:
@@ -234,9 +235,13 @@ class _Pipeline:
         cfg = self.cfg
         interp = Stage("explanations", col.path / self.hm.name / "explanations", {"interp": _options(cfg.interp)},
                        {"collated": col.fingerprint})
-        if self.start(interp):
-            results = interp_many([InterpConfig(interp=cfg.interp, root=str(collated.root), dataset=d.path)
-                                   for d in collated.datasets], hm=self.hm)
+        # same records, other interp options: merge into the explanations (every unit of the run redone with the new
+        # options), so units explained by hand with another backend are never deleted by a re-run
+        merge = interp.same_inputs()
+        if self.start(interp, keep=merge):
+            redo = merge and self.decisions[interp.name] == "changed"
+            results = interp_many([InterpConfig(interp=cfg.interp, root=str(collated.root), dataset=d.path,
+                                                overwrite=redo) for d in collated.datasets], hm=self.hm)
             interp.finish()
         else:
             results = [InterpResult.read(interp.path / d.path) for d in collated.datasets]

@@ -81,9 +81,14 @@ class Stage:
         what += [f"input {k} changed" for k in sorted(self.inputs) if saved.get("inputs", {}).get(k) != self.inputs[k]]
         return "changed", f"{self.name}: {'; '.join(what) or 'options changed'}; recomputing it and everything downstream"
 
-    def begin(self, decision: Decision) -> None:
-        """Clear a stale output (changed) and mark the stage started with this config."""
-        if decision == "changed" and self.path.exists():
+    def same_inputs(self) -> bool:
+        """True when the saved stage read the same inputs as this one (only its own options differ)."""
+        saved = self._saved()
+        return saved is not None and saved.get("inputs") == self.inputs
+
+    def begin(self, decision: Decision, keep: bool = False) -> None:
+        """Clear a stale output (changed, unless `keep`: the stage merges into it) and mark the stage started."""
+        if decision == "changed" and self.path.exists() and not keep:
             shutil.rmtree(self.path)
         self._write(complete=False)
 
