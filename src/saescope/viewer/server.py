@@ -10,6 +10,7 @@ API (all JSON):
     POST /api/steer  {model, dataset, index, prompt, strength, tokens}     greedy continuation, unsteered and steered
     GET  /api/neighbours/{model}/{dataset}/{index}       nearest latents by decoder cosine, co-active latents
     POST /api/search {model, text}                       per token, the units of every dataset that fire most (/search)
+    GET  /api/graphs, /api/graph/{slug}, POST /api/graph/{slug}/intervene   attribution graphs (`graph_routes.py`)
 `{dataset}` is `mlp_neurons/<layer>`, `attention_heads/<layer>` or `sae_latents/<sae>/<layer>`. The model behind
 the endpoints that run it, and their request bodies, live in `viewer/hub.py`.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from saescope.viewer.data import SAFE, BrokenFile, DataRoot, DatasetRef, NotFound, parse_dataset
+from saescope.viewer.graph_routes import add_graph_routes
 from saescope.viewer.hub import DebugRequest, ModelHub, Probe, SearchRequest, SteerRequest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,25 +76,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     def search_page() -> FileResponse:
         return FileResponse(STATIC / "search.html")
 
-    @app.get("/graph", include_in_schema=False)
-    def graph_page() -> FileResponse:
-        return FileResponse(STATIC / "graph.html")
-
-    @app.get("/api/graphs")
-    def graphs() -> list[dict[str, Any]]:
-        """The attribution graphs in <root>/graphs (graph-metadata.json, as circuit-tracer's local server lists them)."""
-        index = data.root / "graphs" / "graph-metadata.json"
-        return data._json(index).get("graphs", []) if index.is_file() else []
-
-    @app.get("/api/graph/{slug}")
-    def graph(slug: str) -> FileResponse:
-        """One graph JSON (`saescope graph --out <root>/graphs/<slug>.json`)."""
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", slug) or slug.startswith("."):
-            raise HTTPException(400, "a graph slug is letters, digits, '_', '-' or '.'")
-        path = data._inside("graphs", f"{slug}.json")
-        if not path.is_file():
-            raise NotFound(f"graphs/{slug}.json")
-        return FileResponse(path, media_type="application/json")
+    add_graph_routes(app, data, hub)
 
     @app.post("/api/steer")
     def steer_api(req: SteerRequest) -> dict[str, Any]:
