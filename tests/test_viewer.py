@@ -218,7 +218,7 @@ def test_logit_lens_reads_in_logits_when_the_unit_fires_at_its_max(client, tiny_
 def test_a_long_debug_request_does_not_hold_the_model(client, monkeypatch):
     """/debug holds the model lock for its forward and backward only: a probe sent while the (slow) ranking runs
     answers at once; a prompt past the bound is refused with a clear error before the model is touched."""
-    import saescope.debug as dbg
+    import saescope.debug.run_debug as dbg
 
     model = client.get("/api/datasets").json()[0]["model"]
     ranking, slow = threading.Event(), 3.0
