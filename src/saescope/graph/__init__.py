@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING
 from saescope.lazy import lazy_package
 
 _NAMES = {
-    "Adjacency": "saescope.graph.graph",
-    "Graph": "saescope.graph.graph",
-    **{name: "saescope.graph.prune"
-       for name in ("GraphScores", "PruneResult", "find_threshold", "graph_scores", "influence", "prune")},
+    **dict.fromkeys(("Adjacency", "Graph"), "saescope.graph.graph"),
+    **dict.fromkeys(("GraphScores", "PruneResult", "find_threshold", "graph_scores", "influence", "prune"),
+                    "saescope.graph.prune"),
 }
 __all__ = lazy_package(__name__, _NAMES)
 

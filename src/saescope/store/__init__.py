@@ -7,11 +7,8 @@ from typing import TYPE_CHECKING
 from saescope.lazy import lazy_package
 
 _NAMES = {
-    "DTYPES": "saescope.store.store",
-    "ActivationStore": "saescope.store.store",
-    "StoreMeta": "saescope.store.store",
-    "StoreWriter": "saescope.store.store",
-    "shuffled_batches": "saescope.store.iterate",
+    **dict.fromkeys(("DTYPES", "ActivationStore", "StoreMeta", "StoreWriter"), "saescope.store.store"),
+    **dict.fromkeys(("shuffled_batches",), "saescope.store.iterate"),
 }
 __all__ = lazy_package(__name__, _NAMES)
 
