@@ -1,6 +1,6 @@
 """The viewer's attribution-graph routes: the /graph page, the graphs in <root>/graphs, and interventions.
 
-    GET  /graph                                  the page (graph.html + graph.js)
+    GET  /graph                                  the page (graph.html + graph.js; served with the other pages)
     GET  /api/graphs                             graph-metadata.json's list (as circuit-tracer's local server has it)
     GET  /api/graph/{slug}                       one graph JSON; features without a label get their explanation from
                                                  the collated transcoder_latents/<set>/<layer> dataset, if there is one
@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from saescope.viewer.data import DataRoot, NotFound, parse_dataset
@@ -26,7 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from saescope.viewer.hub import ModelHub
 
-STATIC = Path(__file__).parent / "static"
 FEATURE_TYPE = "cross layer transcoder"
 MAX_INTERVENTIONS = 256
 
@@ -83,10 +82,6 @@ def with_labels(data: DataRoot, doc: dict[str, Any]) -> dict[str, Any]:
 
 def add_graph_routes(app: FastAPI, data: DataRoot, hub: ModelHub) -> None:
     from fastapi import HTTPException
-
-    @app.get("/graph", include_in_schema=False)
-    def graph_page() -> FileResponse:
-        return FileResponse(STATIC / "graph.html")
 
     @app.get("/api/graphs")
     def graphs() -> list[dict[str, Any]]:
