@@ -34,6 +34,9 @@ def run(cfg: GraphConfig, hm: HookedModel | None = None) -> GraphResult:
     if not Path(cfg.transcoders).expanduser().is_dir():
         raise SaescopeError(f"--transcoders {cfg.transcoders}: no such folder; train transcoders on every layer "
                             "(saescope train --kind transcoder) or give a circuit-tracer / Gemma Scope 2 folder")
+    from saescope import distributed as dist
+
+    dist.init_from_env()  # under torchrun: the target rows split across ranks, rank 0 writes
     hm = hm or cfg.model.load()
     where = Path(cfg.transcoders).expanduser().resolve()
     ts = load_transcoders(where)
@@ -45,6 +48,9 @@ def run(cfg: GraphConfig, hm: HookedModel | None = None) -> GraphResult:
     # page (collate --transcoders names the dataset after the set's folder)
     graph.info.update(model_spec=cfg.model.model, transcoders=str(where), write_point=tc.write_point,
                       records=f"transcoder_latents/{where.name}")
+    graph.info.update(ranks=dist.world_size())
     doc = graph_json(graph, prune(graph, cfg.node_threshold, cfg.edge_threshold), Path(cfg.out).stem,
                      cfg.node_threshold)
-    return GraphResult(write_graph(doc, cfg.out), graph, doc["metadata"]["saescope"])
+    path = write_graph(doc, cfg.out) if dist.is_main() else Path(cfg.out)
+    dist.shutdown()
+    return GraphResult(path, graph, doc["metadata"]["saescope"])
