@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_model
+from test_graph_attribute import PROMPT, make_transcoders
 
 from saescope.graph import attribute as attr
 from saescope.graph.qk import qk_attribution
 from saescope.graph.replacement import FrozenModel
-from test_graph_attribute import PROMPT, make_transcoders
 
 
 @pytest.mark.parametrize("arch,where", [("gpt2", "after_norm"), ("gemma", "after_norm"), ("gemma", "before_norm"),

@@ -20,6 +20,8 @@ class GraphResult:
     """The unpruned graph."""
     summary: dict[str, Any]
     """Scores and counts (the JSON's metadata.saescope)."""
+    tc: Any = None
+    """The transcoders as the graph read them (`graph.transcoders.Transcoders`)."""
 
 
 def run(cfg: GraphConfig, hm: HookedModel | None = None) -> GraphResult:
@@ -43,7 +45,7 @@ def run(cfg: GraphConfig, hm: HookedModel | None = None) -> GraphResult:
     tc = from_transcoder_set(ts, hm.n_layers, scan=ts.metadata.get("scan", "") or where.name,
                              write_point=cfg.write_point)
     graph = attribute(hm, tc, cfg.prompt, targets=cfg.target or None, max_feature_nodes=cfg.max_feature_nodes or None,
-                      batch_size=cfg.batch_size, chunk=cfg.chunk)
+                      batch_size=cfg.batch_size, chunk=cfg.chunk, min_edge=cfg.min_edge)
     # what the viewer needs to intervene (the model and transcoders to load) and to link each feature to its record
     # page (collate --transcoders names the dataset after the set's folder)
     graph.info.update(model_spec=cfg.model.model, transcoders=str(where), write_point=tc.write_point,
@@ -53,4 +55,4 @@ def run(cfg: GraphConfig, hm: HookedModel | None = None) -> GraphResult:
                      cfg.node_threshold)
     path = write_graph(doc, cfg.out) if dist.is_main() else Path(cfg.out)
     dist.shutdown()
-    return GraphResult(path, graph, doc["metadata"]["saescope"])
+    return GraphResult(path, graph, doc["metadata"]["saescope"], tc)

@@ -7,6 +7,10 @@
     POST /api/graph/{slug}/intervene {interventions: [{node_id, factor}], top}
                                                  the output distribution before and after scaling the features (a
                                                  real forward with patched latents: `saescope.graph.intervene`)
+    POST /api/graph/{slug}/heads {target, target_type, source, source_type}
+                                                 an edge split by the attention heads that carry it (`graph.heads`)
+    POST /api/graph/{slug}/qk {layer, head, query_pos, key_pos}
+                                                 why a head attends where it does, in features (`graph.qk`)
 """
 
 from __future__ import annotations
@@ -42,6 +46,25 @@ class InterveneRequest(BaseModel):
 
     interventions: list[NodeFactor]
     top: int = 10
+
+
+class HeadsRequest(BaseModel):
+    """POST /api/graph/{slug}/heads body: the edge source → target, nodes as the graph JSON names them."""
+
+    target: str
+    target_type: str
+    source: str
+    source_type: str
+
+
+class QKRequest(BaseModel):
+    """POST /api/graph/{slug}/qk body: head `head` of `layer` at `query_pos` (default: the last position), attending
+    to `key_pos` (default: where it attends most)."""
+
+    layer: int
+    head: int
+    query_pos: int | None = None
+    key_pos: int | None = None
 
 
 def _graph_path(data: DataRoot, slug: str) -> Path:
@@ -96,19 +119,64 @@ def add_graph_routes(app: FastAPI, data: DataRoot, hub: ModelHub) -> None:
         doc = with_labels(data, data._json(_graph_path(data, slug)))
         return Response(json.dumps(doc), media_type="application/json")
 
-    @app.post("/api/graph/{slug}/intervene")
-    def intervene_api(slug: str, req: InterveneRequest) -> dict[str, Any]:
-        """Scale features (0 = ablate) in a real forward of the graph's model and prompt; the output distribution
-        before and after."""
-        from saescope.errors import SaescopeError
+    frozen: dict[tuple[str, float], Any] = {}  # the last graph's local replacement model (heads and QK reuse it)
+
+    def loaded(slug: str) -> tuple[dict[str, Any], Any, Any, Any]:
+        """(graph JSON, model, transcoders, prompt ids) of a graph, with one-line errors."""
         from saescope.graph.attribute import prompt_ids
-        from saescope.graph.intervene import Intervention, intervene
 
         doc = data._json(_graph_path(data, slug))
         meta = doc["metadata"].get("saescope", {})
         if not meta.get("transcoders") or not meta.get("model_spec"):
             raise HTTPException(400, "this graph does not say which model and transcoders made it; re-run saescope "
-                                     "graph to intervene on it")
+                                     "graph to use it here")
+        hm = hub.graph_model(meta.get("model", ""), meta["model_spec"])
+        tc = hub.transcoders(meta["transcoders"], hm.n_layers, meta.get("write_point", "auto"))
+        ids = prompt_ids(hm, doc["metadata"]["prompt"])[0]
+        if len(ids) != len(doc["metadata"]["prompt_tokens"]):
+            raise HTTPException(409, "the model tokenizes the prompt differently from the graph; re-run saescope graph")
+        return doc, hm, tc, ids
+
+    def frozen_model(slug: str) -> Any:
+        from saescope.graph.replacement import FrozenModel
+
+        key = (slug, _graph_path(data, slug).stat().st_mtime)
+        if key not in frozen:
+            _, hm, tc, ids = loaded(slug)
+            with hub.forward_lock:
+                fm = FrozenModel(hm, tc, ids)
+            frozen.clear()
+            frozen[key] = fm
+        return frozen[key]
+
+    @app.post("/api/graph/{slug}/heads")
+    def heads_api(slug: str, req: HeadsRequest) -> dict[str, Any]:
+        """An edge split by the first attention head its paths cross (exact; `residual` = paths through none)."""
+        from saescope.graph.heads import split_json_edge
+
+        sp = split_json_edge(frozen_model(slug), (req.target, req.target_type), (req.source, req.source_type))
+        heads = sorted(sp.heads.items(), key=lambda kv: -abs(kv[1]))
+        return {"total": sp.total, "residual": sp.residual,
+                "heads": [{"layer": l, "head": h, "weight": w} for (l, h), w in heads]}
+
+    @app.post("/api/graph/{slug}/qk")
+    def qk_api(slug: str, req: QKRequest) -> dict[str, Any]:
+        """Which features at the query and at the key make a head attend where it does."""
+        from dataclasses import asdict
+
+        from saescope.graph.qk import qk_attribution
+
+        fm = frozen_model(slug)
+        q = fm.n_pos - 1 if req.query_pos is None else req.query_pos
+        return asdict(qk_attribution(fm, req.layer, req.head, q, req.key_pos, top=15))
+
+    @app.post("/api/graph/{slug}/intervene")
+    def intervene_api(slug: str, req: InterveneRequest) -> dict[str, Any]:
+        """Scale features (0 = ablate) in a real forward of the graph's model and prompt; the output distribution
+        before and after."""
+        from saescope.graph.intervene import Intervention, intervene
+
+        doc, hm, tc, ids = loaded(slug)
         if not req.interventions or len(req.interventions) > MAX_INTERVENTIONS:
             raise HTTPException(400, f"give 1 to {MAX_INTERVENTIONS} interventions")
         # by feature type first: circuit-tracer's error ids (0_{layer}_{pos}) can equal a layer-0 feature's id
@@ -120,14 +188,6 @@ def add_graph_routes(app: FastAPI, data: DataRoot, hub: ModelHub) -> None:
                                          "logits cannot be scaled)")
             layer, index, pos = (int(v) for v in item.node_id.split("_"))
             ivs[item.node_id] = Intervention(layer, pos, index, item.factor)  # a node listed twice: the last factor
-        hm = hub.graph_model(meta.get("model", ""), meta["model_spec"])
-        tc = hub.transcoders(meta["transcoders"], hm.n_layers, meta.get("write_point", "auto"))
-        ids = prompt_ids(hm, doc["metadata"]["prompt"])[0]
-        if len(ids) != len(doc["metadata"]["prompt_tokens"]):
-            raise HTTPException(409, "the model tokenizes the prompt differently from the graph; re-run saescope graph")
-        try:
-            with hub.forward_lock:
-                res = intervene(hm, tc, ids, list(ivs.values()), top=max(1, min(req.top, 50)))
-        except SaescopeError as e:
-            raise HTTPException(400, str(e)) from None
+        with hub.forward_lock:  # a SaescopeError (a bad position, a non-finite factor) answers 400
+            res = intervene(hm, tc, ids, list(ivs.values()), top=max(1, min(req.top, 50)))
         return res.to_json()
