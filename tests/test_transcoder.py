@@ -435,6 +435,17 @@ def test_replacement_with_error_terms_reproduces_the_model(tiny, kind):
     assert m["kl_replaced"] > 0 and m["delta_ce"] == pytest.approx(m["ce_replaced"] - m["ce_clean"])
     clean_nll = torch.nn.functional.cross_entropy(lg["clean"][:, :-1].flatten(0, 1), ids[:, 1:].flatten())
     assert m["ce_clean"] == pytest.approx(float(clean_nll), rel=1e-5) and m["tokens"] == 3 * 8
+    # per-layer FVU and L0: each transcoder on the clean MLP input and output, BOS (ids == 2) left out
+    cache = tiny.run_with_cache(ids, None, [f"{h}.{l}" for h in ("mlp_in", "mlp_out") for l in ts.layers])
+    rows = ids != 2
+    for l in ts.layers:
+        x, y = cache[f"mlp_in.{l}"].float(), cache[f"mlp_out.{l}"].float()
+        pred = ts.reconstruct({j: cache[f"mlp_in.{j}"].float() for j in ts.layers})[l].detach()
+        fvu = float((y - pred)[rows].pow(2).sum() / (y[rows] - y[rows].mean(0)).pow(2).sum())
+        assert m["per_layer"][str(l)]["fvu"] == pytest.approx(fvu, rel=1e-4)
+        l0 = float((ts.encode_layer(l, x[rows]) != 0).sum(-1).float().mean())
+        assert m["per_layer"][str(l)]["l0"] == pytest.approx(l0, rel=1e-5)
+    assert m["fvu"] == pytest.approx(sum(r["fvu"] for r in m["per_layer"].values()) / len(ts.layers))
 
 
 def test_replacement_by_transcoders_that_write_nothing_is_zero_ablation(tiny_gpt2):
