@@ -87,7 +87,7 @@ def _restore(out: Path, trainers: dict[str, Trainer], buffer: ShuffleBuffer) -> 
 def plan_groups(cfg: OnlineConfig, hm: Any) -> dict[str, list[str]]:
     """{trainer name: hookpoints whose rows, side by side, make its training row}: one SAE per hookpoint, or
     transcoders (one per layer, `layer_L`, or one CLT, `clt`) over the layers --hookpoints names."""
-    from saescope.models.hooks import ATTENTION_KINDS
+    from saescope.models.hookpoints import ATTENTION_KINDS
 
     tc = cfg.trainer
     if tc.kind != "sae":  # transcoders: --hookpoints names the layers (any kind; '' = every layer)
