@@ -237,17 +237,17 @@ class TranscoderRunOptions:
     """transcoder (mlp_in.L → mlp_out.L) or skip_transcoder (plus an affine skip x W_skip)."""
     transcoder_arch: Arch = "topk"
     """Architecture of every layer's transcoder."""
-    transcoder_width: int = 2048
+    transcoder_width: int = 1024
     """Latents per layer."""
     transcoder_k: int = 32
     """Active latents per token (TopK)."""
-    transcoder_tokens: int = 49_152
+    transcoder_tokens: int = 24_576
     """Training tokens (each token trains every layer's transcoder)."""
-    transcoder_batch_size: int = 1024
+    transcoder_batch_size: int = 256
     """Tokens per step."""
-    transcoder_buffer_rows: int = 8192
+    transcoder_buffer_rows: int = 4096
     """Shuffle-buffer rows; a row holds every layer's MLP input and output (18 × 1,280 floats on gemma-3-270m:
-    8,192 rows are 0.75 GB)."""
+    4,096 rows are 0.38 GB)."""
     transcoder_forward_contexts: int = 16
     """Contexts per model forward."""
     transcoder_eval_contexts: int = 32
