@@ -173,7 +173,8 @@ class _Pipeline:
         from saescope.io import read_json, write_json
         from saescope.train.config import EvalConfig, TrainConfig
         from saescope.train.evaluate import headline
-        from saescope.train.on_store import evaluate_many, train_from_store
+        from saescope.train.on_store import evaluate_many
+        from saescope.train.run_train import run as train
 
         cfg = self.cfg
         saes, trained = [], []
@@ -181,8 +182,8 @@ class _Pipeline:
             sae = Stage(f"sae {hp}", self.out / "saes" / hp.split(".")[0],
                         {"trainer": _options(cfg.train), "hookpoint": hp}, {"store": store.fingerprint})
             if self.start(sae):
-                train_from_store(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp,
-                                             out=str(sae.path), device=cfg.model.device))
+                train(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp, out=str(sae.path),
+                                  device=cfg.model.device))
                 trained.append((sae, hp))
             saes.append(sae)
         # evaluated together: the spliced CE/KL of every SAE shares one clean pass per batch (each stage finishes
