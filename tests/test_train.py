@@ -410,3 +410,19 @@ def test_train_run_returns_what_it_wrote(tmp_path, capsys):
                  "--batch_size", "64", "--checkpoint_every", "0", "--buffer_rows", "512", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert f"SAE written to {tmp_path / 'cli'} ({d.steps} steps" in out and "held-out metrics:" in out
+
+
+def test_auto_encoder_dtype_follows_the_measured_matmul_speed(monkeypatch):
+    """`auto` picks bfloat16 on a CPU only when the probe measures it faster, whatever the CPU flags say."""
+    import torch
+
+    from saescope.train import precision
+
+    for f32, bf16, want in ((1.0, 0.5, torch.bfloat16), (1.0, 300.0, torch.float32), (1.0, 0.9, torch.float32)):
+        precision.cpu_bf16_is_faster.cache_clear()
+        monkeypatch.setattr(precision, "matmul_seconds", lambda dt, f32=f32, bf16=bf16: f32 if dt == torch.float32 else bf16)
+        assert precision.resolve_encoder_dtype("auto", "cpu") == want
+    monkeypatch.undo()
+    precision.cpu_bf16_is_faster.cache_clear()
+    assert precision.resolve_encoder_dtype("float32", "cpu") == torch.float32
+    assert precision.matmul_seconds(torch.float32, n=32, reps=1) > 0
