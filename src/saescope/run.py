@@ -206,10 +206,10 @@ class _Pipeline:
         from saescope.collate.run_collate import run as collate
 
         cfg, hm, layer = self.cfg, self.hm, self.layer
-        from_store = st.manifest.get("context_len") == cfg.collate.excerpt_len + 1
+        from_store = st.context_len == cfg.collate.excerpt_len + 1
         if not from_store:
             log.info("the store's contexts (%s tokens) are not excerpts of %d: collating every unit with the model",
-                     st.manifest.get("context_len"), cfg.collate.excerpt_len)
+                     st.context_len, cfg.collate.excerpt_len)
         col = Stage("collated", self.out / "collated",
                     {**self.model_id, "data": asdict(cfg.data), "collate": _options(cfg.collate), "layer": layer,
                      "from_store": from_store},
