@@ -10,6 +10,7 @@ API (all JSON):
     POST /api/steer  {model, dataset, index, prompt, strength, tokens}     greedy continuation, unsteered and steered
     GET  /api/neighbours/{model}/{dataset}/{index}       nearest latents by decoder cosine, co-active latents
     POST /api/search {model, text}                       per token, the units of every dataset that fire most (/search)
+    GET  /api/graphs, /api/graph/{slug}, POST /api/graph/{slug}/intervene   attribution graphs (`graph_routes.py`)
 `{dataset}` is `mlp_neurons/<layer>`, `attention_heads/<layer>` or `sae_latents/<sae>/<layer>`. The model behind
 the endpoints that run it, and their request bodies, live in `viewer/hub.py`; what the endpoints compute, in
 `saescope.explore` (routes parse, call, serialise).
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from saescope.errors import NotFoundError, SaescopeError
 from saescope.viewer.data import SAFE, BrokenFile, DataRoot, DatasetRef, NotFound, parse_dataset
+from saescope.viewer.graph_routes import add_graph_routes
 from saescope.viewer.hub import DebugRequest, ModelHub, Probe, SearchRequest, SteerRequest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,7 +55,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_errors(app)
     _add_pages(app)
-    _add_graphs(app, data)
+    add_graph_routes(app, data, hub)
     _add_records(app, data)
     _add_unit_models(app, data, hub)
     _add_text_models(app, data, hub)
@@ -106,24 +107,6 @@ def _add_pages(app: FastAPI) -> None:
         app.add_api_route(url, _static_page(name), methods=["GET"], include_in_schema=False)
 
 
-def _add_graphs(app: FastAPI, data: DataRoot) -> None:
-    from fastapi import HTTPException
-
-    @app.get("/api/graphs")
-    def graphs() -> list[dict[str, Any]]:
-        """The attribution graphs in <root>/graphs (graph-metadata.json, as circuit-tracer's local server lists them)."""
-        index = data.root / "graphs" / "graph-metadata.json"
-        return data._json(index).get("graphs", []) if index.is_file() else []
-
-    @app.get("/api/graph/{slug}")
-    def graph(slug: str) -> FileResponse:
-        """One graph JSON (`saescope graph --out <root>/graphs/<slug>.json`)."""
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", slug) or slug.startswith("."):
-            raise HTTPException(400, "a graph slug is letters, digits, '_', '-' or '.'")
-        path = data._inside("graphs", f"{slug}.json")
-        if not path.is_file():
-            raise NotFound(f"graphs/{slug}.json")
-        return FileResponse(path, media_type="application/json")
 
 
 def _add_records(app: FastAPI, data: DataRoot) -> None:
