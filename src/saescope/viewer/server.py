@@ -107,8 +107,6 @@ def _add_pages(app: FastAPI) -> None:
         app.add_api_route(url, _static_page(name), methods=["GET"], include_in_schema=False)
 
 
-
-
 def _add_records(app: FastAPI, data: DataRoot) -> None:
     """The data root's datasets, unit tables and records (no model)."""
 
