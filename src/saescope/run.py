@@ -26,6 +26,7 @@ from saescope.viewer.config import ViewOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from saescope.store import ActivationStore
+    from saescope.train.config import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,8 @@ class _Pipeline:
         from saescope.io import read_json, write_json
         from saescope.train.config import EvalConfig, TrainConfig
         from saescope.train.evaluate import headline
-        from saescope.train.on_store import evaluate_many, train_from_store
+        from saescope.train.on_store import evaluate_many
+        from saescope.train.run_train import run as train
 
         cfg = self.cfg
         saes, trained = [], []
@@ -196,8 +198,8 @@ class _Pipeline:
             sae = Stage(f"sae {hp}", self.out / "saes" / hp.split(".")[0],
                         {"trainer": _options(cfg.train), "hookpoint": hp}, {"store": store.fingerprint})
             if self.start(sae):
-                train_from_store(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp,
-                                             out=str(sae.path), device=cfg.model.device))
+                train(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp, out=str(sae.path),
+                                  device=cfg.model.device))
                 trained.append((sae, hp))
             saes.append(sae)
         # evaluated together: the spliced CE/KL of every SAE shares one clean pass per batch (each stage finishes
@@ -228,21 +230,20 @@ class _Pipeline:
                    {**self.model_id, "data": asdict(cfg.data), "context_len": cfg.capture.context_len,
                     "seed": cfg.train.seed, **asdict(opts)}, {"store": store.fingerprint})
         if self.start(tc):
-            from saescope.train.online import train_online
+            from saescope.train.run_train import run as train
 
             hps = ",".join(f"mlp_in.{l}" for l in layers)
-            reports = train_online(OnlineConfig(model=cfg.model, data=cfg.data, trainer=opts.trainer(cfg.train.seed),
-                                                hookpoints=hps, out=str(tc.path), context_len=cfg.capture.context_len,
-                                                forward_contexts=opts.transcoder_forward_contexts, resume=False),
-                                   hm=self.hm)
-            write_json(tc.path / "eval.json", self._replacement(store, tc, reports))
+            trained = train(OnlineConfig(model=cfg.model, data=cfg.data, trainer=opts.trainer(cfg.train.seed),
+                                         hookpoints=hps, out=str(tc.path), context_len=cfg.capture.context_len,
+                                         forward_contexts=opts.transcoder_forward_contexts, resume=False), hm=self.hm)
+            write_json(tc.path / "eval.json", self._replacement(store, tc, trained))
             tc.finish()
         ev = read_json(tc.path / "eval.json")
         self.done.append((f"transcoders on {len(layers)} layers ({opts.transcoder_kind} F={opts.transcoder_width}; "
                           f"{replacement_headline(ev)})", tc.path))
         return tc
 
-    def _replacement(self, store: Stage, tc: Stage, reports: dict[str, Any]) -> dict[str, Any]:
+    def _replacement(self, store: Stage, tc: Stage, trained: TrainResult) -> dict[str, Any]:
         """The replacement model's metrics on held-out store contexts, with each layer's training report."""
         from saescope.sae.transcoder_io import load_transcoders
         from saescope.store import ActivationStore
@@ -252,19 +253,20 @@ class _Pipeline:
         st = ActivationStore(store.path, verify=False)
         held = split_shards(st, self.cfg.train.holdout_shards)[1]
         first_held = min(st.shards[i]["contexts"][0] for i in held)
-        used = max(r["contexts"] for r in reports.values())
+        opts = self.cfg.transcoders  # training reads at most its tokens, the buffer and one forward's rows more
+        used = -(-(opts.transcoder_tokens + opts.transcoder_buffer_rows) // (self.cfg.capture.context_len - 1)) + \
+            opts.transcoder_forward_contexts
         if used > first_held:  # a larger --transcoder_tokens than the store's training part
             log.warning("the transcoders trained on %d contexts, past the store's first held-out context (%d): their "
                         "replacement metrics include training contexts", used, first_held)
         ctx = contexts_from_store(st, held, self.cfg.transcoders.transcoder_eval_contexts, self.hm.tokenizer.bos_token_id)
         device = next(self.hm.model.parameters()).device
         ev = replacement_metrics(self.hm, load_transcoders(str(tc.path)).to(device).eval(), ctx)
-        for name, r in reports.items():
-            layer = name.split("_")[1]
-            ev["per_layer"][layer].update(dead_fraction=r["dead"], train_fvu=r["fvu"])
-        ev["dead_fraction"] = sum(r["dead"] or 0.0 for r in reports.values()) / len(reports)
-        ev["train_tokens"] = max(r["tokens"] for r in reports.values())
-        ev["train_tokens_per_s"] = next(iter(reports.values()))["train_tokens_per_s"]
+        for d in trained.dictionaries:  # layer_L: the training run's last logged dead fraction and FVU
+            ev["per_layer"][d.name.split("_")[1]].update(dead_fraction=d.metrics.get("dead"), train_fvu=d.metrics.get("fvu"))
+        ev["dead_fraction"] = sum(d.metrics.get("dead") or 0.0 for d in trained.dictionaries) / len(trained.dictionaries)
+        ev["train_tokens"] = max(d.tokens for d in trained.dictionaries)
+        ev["train_tokens_per_s"] = trained.dictionaries[0].tokens_per_s
         return ev
 
     def whole_layers(self) -> list[int]:
@@ -284,10 +286,10 @@ class _Pipeline:
         from saescope.collate.run_collate import run as collate
 
         cfg, hm, layer = self.cfg, self.hm, self.layer
-        from_store = st.manifest.get("context_len") == cfg.collate.excerpt_len + 1
+        from_store = st.context_len == cfg.collate.excerpt_len + 1
         if not from_store:
             log.info("the store's contexts (%s tokens) are not excerpts of %d: collating every unit with the model",
-                     st.manifest.get("context_len"), cfg.collate.excerpt_len)
+                     st.context_len, cfg.collate.excerpt_len)
         col = Stage("collated", self.out / "collated",
                     {**self.model_id, "data": asdict(cfg.data), "collate": _options(cfg.collate), "layer": layer,
                      "from_store": from_store, "whole_layers": self.whole_layers(),
