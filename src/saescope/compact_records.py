@@ -140,12 +140,29 @@ def _load_table(path: str, mtime_ns: int, size: int) -> ExcerptTable:
     return ExcerptTable(t["offsets"], t["token_ids"], t["strings"], table)
 
 
+def _read_index(path: str) -> tuple[dict[str, str], dict[str, np.ndarray], bool]:
+    """(metadata, every tensor but the activations, whether they are dense) of a records file."""
+    from safetensors import safe_open
+
+    with safe_open(path, "np") as f:
+        meta = f.metadata() or {}
+        keys = set(f.keys())
+        t = {k: f.get_tensor(k) for k in keys - {"acts", "acts_pos", "acts_val"}}
+    need = {"row_offsets", "row_excerpt", "stats", "quantile_boundaries"} | {
+        f"{n}_{x}" for n in ("top", "random", "quantile") for x in ("count", "ref")}
+    if meta.get("format") == FORMAT and not need <= set(t):
+        raise ValueError(f"missing tensors {sorted(need - set(t))}")
+    return meta, t, "acts" in keys
+
+
 def _checked(fn: Any, path: str, what: str) -> Any:
     try:
         return fn(path)
     except FileNotFoundError:
         raise SaescopeError(f"{path}: {what} not found; re-run collate") from None
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a damaged header
+    except SaescopeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
         raise SaescopeError(f"{path}: not a readable {what} ({type(e).__name__}: {e}); re-run collate") from None
 
 
@@ -165,18 +182,13 @@ class PackedRecords:
     """One dataset's records, built on demand. `record(i)` / `record_text(i)`: unit i's NeuronRecord / its JSON."""
 
     def __init__(self, folder: str | Path) -> None:
-        from safetensors import safe_open
-
         self.folder = Path(folder)
         self.path = self.folder / PACK_FILE
-        with _checked(lambda p: safe_open(p, "np"), str(self.path), "records file") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise SaescopeError(f"{self.path}: not a saescope records file (format {meta.get('format')!r})")
-            self.layer, self.length = int(meta["layer"]), int(meta["length"])
-            self.dense = "acts" in f.keys()
-            small = [k for k in f.keys() if k not in ("acts", "acts_pos", "acts_val")]
-            t = {k: f.get_tensor(k) for k in small}
+        meta, t, self.dense = _checked(_read_index, str(self.path), "records file")
+        if meta.get("format") != FORMAT:
+            raise SaescopeError(f"{self.path}: not a saescope records file (format {meta.get('format')!r}); "
+                                f"re-run collate")
+        self.layer, self.length = int(meta["layer"]), int(meta["length"])
         self.excerpts_path = (self.folder / meta["excerpts"]).resolve()
         self.n_units = len(t["row_offsets"]) - 1
         self.row_offsets, self.row_excerpt = t["row_offsets"], t["row_excerpt"]
@@ -210,7 +222,7 @@ class PackedRecords:
         if index not in self:
             raise FileNotFoundError(f"{self.folder}/{index}: no unit {index} (the dataset has {self.n_units})")
         lo, hi = int(self.row_offsets[index]), int(self.row_offsets[index + 1])
-        acts = self._acts(lo, hi)
+        acts = _checked(lambda _: self._acts(lo, hi), str(self.path), "records file")
         table = ExcerptTable.load(self.excerpts_path)
         excerpt = self.row_excerpt[lo:hi].tolist()
 

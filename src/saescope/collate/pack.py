@@ -12,8 +12,8 @@ Shapes: U units, k top slots, P pool slots, C = P + k candidates, R rows (distin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -1,13 +1,14 @@
 """`saescope collate`: stream a corpus through the model once and write TDB NeuronRecords for every unit.
 
-Layout::
+Layout (records as `saescope.compact_records`, or with --records json one `<index>.json` per unit)::
 
     <out>/<model>/manifest.json
-    <out>/<model>/mlp_neurons/<layer>/<index>.json
-    <out>/<model>/attention_heads/<layer>/<head>.json          (activations by token pair)
-    <out>/<model>/sae_latents/<sae-name>/<layer>/<latent>.json
-    <out>/<model>/sae_latents/<sae-name>-by-token-pair/<layer>/<latent>.json   (SAEs at attn_out: by token pair)
-    <out>/<model>/transcoder_latents/<set-name>/<layer>/<latent>.json      (per-layer transcoders, by token)
+    <out>/<model>/excerpts.safetensors                         (the excerpts' tokens, shared by every dataset)
+    <out>/<model>/mlp_neurons/<layer>/records.safetensors
+    <out>/<model>/attention_heads/<layer>/…                    (activations by token pair)
+    <out>/<model>/sae_latents/<sae-name>/<layer>/…
+    <out>/<model>/sae_latents/<sae-name>-by-token-pair/<layer>/…   (SAEs at attn_out: by token pair)
+    <out>/<model>/transcoder_latents/<set-name>/<layer>/…      (per-layer transcoders, by token)
     <dataset>/summary.json                                     (one row per unit, for the viewer's index)
     <dataset>/histogram.safetensors                            (exact |activation| counts per log bin, every token)
 """
@@ -310,7 +311,7 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
         datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer,
                          "path": dataset_path(g.unit_type, g.layer, g.name), "units": g.n_units,
                          "by_token_pair": g.by_token_pair, "hookpoints": g.hookpoints, "source": g.source,
-                         "tokens": n_seen * opt.excerpt_len,
+                         "tokens": n_seen * opt.excerpt_len, "records": opt.records,
                          "live_units": len(live),
                          "live_with_20_firing_excerpts": sum(x["firing_excerpts"] >= 20 for x in live)})
     manifest_path = root / "manifest.json"
