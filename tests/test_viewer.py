@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
 from saescope.collate.run_collate import collate
@@ -23,6 +24,7 @@ def collated_root(tiny_dir, tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("view")
     (tmp / "corpus.txt").write_text(TEXT * 4)
+    torch.manual_seed(0)  # module-scoped: set up before the autouse seed, so the SAE would depend on test order
     sae = TopKSAE(SAEConfig("topk", 32, 48, k=4, metadata={"hook_name": "resid_post.1"}))
     sae.save(tmp / "tiny_sae")
     cfg = CollateConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), out=str(tmp / "collated"),
@@ -278,7 +280,8 @@ def test_neighbours_and_search_by_inference(client, collated_root, capsys):
     assert main(["search", "the cat sat", "--root", str(collated_root), "--per_token", "2"]) == 0
     out = capsys.readouterr().out
     toks = client.post("/api/search", json={"model": model, "text": "the cat sat"}).json()["tokens"]
-    assert all(repr(t) in out for t in toks) and out.count("sae_latents/") + out.count("mlp_neurons/") >= len(toks)
+    listed = sum(out.count(f"{kind}/") for kind in ("sae_latents", "mlp_neurons", "attention_heads"))
+    assert all(repr(t) in out for t in toks) and listed >= len(toks)  # every token lists units, of whatever kind
 
 
 def test_unit_table_filters(client, collated_root):
