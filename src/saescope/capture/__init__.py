@@ -7,14 +7,10 @@ from typing import TYPE_CHECKING
 from saescope.lazy import lazy_package
 
 _NAMES = {
-    "CaptureConfig": "saescope.capture.config",
-    "CaptureOptions": "saescope.capture.config",
-    "CaptureResult": "saescope.capture.config",
-    "capture_corpus": "saescope.capture.capture",
-    "SEED_PROMPTS": "saescope.capture.generate",
-    "generate_seed_dataset": "saescope.capture.generate",
-    "read_prompts": "saescope.capture.generate",
-    "run": "saescope.capture.run_capture",
+    **dict.fromkeys(("CaptureConfig", "CaptureOptions", "CaptureResult"), "saescope.capture.config"),
+    **dict.fromkeys(("capture_corpus",), "saescope.capture.capture"),
+    **dict.fromkeys(("SEED_PROMPTS", "generate_seed_dataset", "read_prompts"), "saescope.capture.generate"),
+    **dict.fromkeys(("run",), "saescope.capture.run_capture"),
 }
 __all__ = lazy_package(__name__, _NAMES)
 

@@ -21,15 +21,9 @@ from saescope.lazy import lazy_package
 
 # Light on import (no torch): the names below load their module on first use.
 _NAMES = {
-    "DebugResult": "saescope.debug.run_debug",
-    "DebugRunResult": "saescope.debug.run_debug",
-    "debug": "saescope.debug.run_debug",
-    "parse_node": "saescope.debug.run_debug",
-    "run": "saescope.debug.run_debug",
-    "FREEZE_NORMS": "saescope.debug.trace",
-    "KINDS": "saescope.debug.attribute",
-    "Node": "saescope.debug.attribute",
-    "NodeTable": "saescope.debug.attribute",
+    **dict.fromkeys(("DebugResult", "DebugRunResult", "debug", "parse_node", "run"), "saescope.debug.run_debug"),
+    **dict.fromkeys(("FREEZE_NORMS",), "saescope.debug.trace"),
+    **dict.fromkeys(("KINDS", "Node", "NodeTable"), "saescope.debug.attribute"),
 }
 __all__ = lazy_package(__name__, _NAMES)
 

@@ -11,20 +11,13 @@ from typing import TYPE_CHECKING
 from saescope.lazy import lazy_package
 
 _NAMES = {
-    "DEBUG_MAX_TOKENS": "saescope.explore.debugging",
-    "debug_request": "saescope.explore.debugging",
-    "unit_lens": "saescope.explore.lens",
-    "coactive": "saescope.explore.neighbours",
-    "decoder_neighbours": "saescope.explore.neighbours",
-    "latent_neighbours": "saescope.explore.neighbours",
-    "probe": "saescope.explore.probing",
-    "MAX_DENSITY": "saescope.explore.searching",
-    "SearchSource": "saescope.explore.searching",
-    "search": "saescope.explore.searching",
-    "search_source": "saescope.explore.searching",
-    "steer": "saescope.explore.steering",
-    "TableQuery": "saescope.explore.table",
-    "unit_table": "saescope.explore.table",
+    **dict.fromkeys(("DEBUG_MAX_TOKENS", "debug_request"), "saescope.explore.debugging"),
+    **dict.fromkeys(("unit_lens",), "saescope.explore.lens"),
+    **dict.fromkeys(("coactive", "decoder_neighbours", "latent_neighbours"), "saescope.explore.neighbours"),
+    **dict.fromkeys(("probe",), "saescope.explore.probing"),
+    **dict.fromkeys(("MAX_DENSITY", "SearchSource", "search", "search_source"), "saescope.explore.searching"),
+    **dict.fromkeys(("steer",), "saescope.explore.steering"),
+    **dict.fromkeys(("TableQuery", "unit_table"), "saescope.explore.table"),
 }
 __all__ = lazy_package(__name__, _NAMES)
 

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 from saescope.lazy import lazy_package
 
 _NAMES = {
-    "Adjacency": "saescope.graph.graph",
-    "Graph": "saescope.graph.graph",
-    **{name: "saescope.graph.prune"
-       for name in ("GraphScores", "PruneResult", "find_threshold", "graph_scores", "influence", "prune")},
+    **dict.fromkeys(("Adjacency", "Graph"), "saescope.graph.graph"),
+    **dict.fromkeys(("GraphResult", "run"), "saescope.graph.run_graph"),
+    **dict.fromkeys(("GraphScores", "PruneResult", "find_threshold", "graph_scores", "influence", "prune"),
+                    "saescope.graph.prune"),
 }
 __all__ = lazy_package(__name__, _NAMES)
 
 if TYPE_CHECKING:  # pragma: no cover
     from saescope.graph.graph import Adjacency, Graph
     from saescope.graph.prune import GraphScores, PruneResult, find_threshold, graph_scores, influence, prune
+    from saescope.graph.run_graph import GraphResult, run

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 from saescope.lazy import lazy_package
 
 _NAMES = {
-    **{name: "saescope.models.hookpoints" for name in ("HOOK_KINDS", "canonical_hookpoint", "natural_key",
-                                                        "parse_hookpoint")},
-    "HookedModel": "saescope.models.hooks",
-    **{name: "saescope.models.loading" for name in ("DEFAULT_MODEL", "EMBEDDED", "canonical_name", "load_model",
-                                                     "resolve_model_dir")},
+    **dict.fromkeys(("HOOK_KINDS", "canonical_hookpoint", "natural_key", "parse_hookpoint"),
+                    "saescope.models.hookpoints"),
+    **dict.fromkeys(("HookedModel",), "saescope.models.hooks"),
+    **dict.fromkeys(("DEFAULT_MODEL", "EMBEDDED", "canonical_name", "load_model", "resolve_model_dir"),
+                    "saescope.models.loading"),
 }
 __all__ = lazy_package(__name__, _NAMES)
 

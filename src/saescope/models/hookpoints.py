@@ -20,10 +20,7 @@ as [n_heads × context_len], values as [n_kv_heads × d_head].
 Transformer-Debugger names are accepted everywhere a hookpoint is named: `resid_delta_mlp.L` (= mlp_out.L) and
 `resid_delta_attn.L` (= attn_out.L); `mlp_post_act.L` is the same in both.
 
-The forward stops after the deepest block a request needs (no later blocks, no unembedding).
-
-`mlp_in.L` → `mlp_out.L` is the pair a transcoder maps; `replace_mlps` swaps every MLP for a function of its input
-(the replacement model of circuit tracing).
+`mlp_in.L` → `mlp_out.L` is the pair a transcoder maps.
 """
 
 from __future__ import annotations

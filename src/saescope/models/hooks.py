@@ -1,29 +1,10 @@
-"""The hooked forward: capture, patch and replace activations at uniform hookpoints over GPT-2, Gemma 3 and Llama-family (Llama, Qwen2, SmolLM2) `transformers` models.
+"""The hooked forward over GPT-2, Gemma 3 and Llama-family (Llama, Qwen2, SmolLM2) `transformers` models: capture,
+patch and replace activations at uniform hookpoints (their names and shapes: `models/hookpoints.py`; the model's
+parts: `models/internals.py`).
 
-Hookpoint names (L = layer index; `models/hookpoints.py`, model parts `models/internals.py`):
-
-| name              | per-token shape       | what                                                        |
-|-------------------|-----------------------|-------------------------------------------------------------|
-| resid_pre.L       | [d_model]             | residual stream entering block L                            |
-| resid_post.L      | [d_model]             | residual stream leaving block L (= hidden_states[L+1])      |
-| attn_out.L        | [d_model]             | what attention writes to the residual (after Gemma's norm)  |
-| mlp_in.L          | [d_model]             | the MLP's input: after the pre-MLP norm (GPT-2 ln_2, Gemma  |
-|                   |                       | pre_feedforward_layernorm, Llama post_attention_layernorm)  |
-| mlp_out.L         | [d_model]             | what the MLP writes to the residual (after Gemma's norm)    |
-| mlp_post_act.L    | [d_mlp]               | MLP hidden activation, the input of the down projection     |
-| attn_pattern.L    | [n_heads, T] (query)  | post-softmax attention, [heads, q, k] per sequence          |
-| attn_value.L      | [n_kv_heads, d_head]  | value vectors, before grouped-query expansion               |
-
-A store keeps every hookpoint as per-token rows (`token_rows`): a query's attention pattern over the context's keys
-as [n_heads × context_len], values as [n_kv_heads × d_head].
-
-Transformer-Debugger names are accepted everywhere a hookpoint is named: `resid_delta_mlp.L` (= mlp_out.L) and
-`resid_delta_attn.L` (= attn_out.L); `mlp_post_act.L` is the same in both.
-
-The forward stops after the deepest block a request needs (no later blocks, no unembedding).
-
-`mlp_in.L` → `mlp_out.L` is the pair a transcoder maps; `replace_mlps` swaps every MLP for a function of its input
-(the replacement model of circuit tracing).
+The forward stops after the deepest block a request needs (no later blocks, no unembedding). A store keeps every
+hookpoint as per-token rows (`token_rows`). `replace_mlps` swaps every MLP for a function of its input (the
+replacement model of circuit tracing).
 """
 
 from __future__ import annotations

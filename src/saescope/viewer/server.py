@@ -10,6 +10,7 @@ API (all JSON):
     POST /api/steer  {model, dataset, index, prompt, strength, tokens}     greedy continuation, unsteered and steered
     GET  /api/neighbours/{model}/{dataset}/{index}       nearest latents by decoder cosine, co-active latents
     POST /api/search {model, text}                       per token, the units of every dataset that fire most (/search)
+    GET  /api/graphs, /api/graph/{slug}, POST /api/graph/{slug}/intervene   attribution graphs (`graph_routes.py`)
 `{dataset}` is `mlp_neurons/<layer>`, `attention_heads/<layer>` or `sae_latents/<sae>/<layer>`. The model behind
 the endpoints that run it, and their request bodies, live in `viewer/hub.py`; what the endpoints compute, in
 `saescope.explore` (routes parse, call, serialise).
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,18 +30,22 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from saescope.errors import NotFoundError, SaescopeError
 from saescope.viewer.data import SAFE, BrokenFile, DataRoot, DatasetRef, NotFound, parse_dataset
+from saescope.viewer.graph_routes import add_graph_routes
 from saescope.viewer.hub import DebugRequest, ModelHub, Probe, SearchRequest, SteerRequest
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
+
+    from saescope.viewer.config import ViewConfig, ViewResult
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
 def create_app(root: str | Path, model: str | None = None, preload: bool = False) -> FastAPI:
-    from fastapi import FastAPI, HTTPException
+    from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
+
     data = DataRoot(root)
     hub = ModelHub(data, model)
     if preload:  # records render at once; the model behind the probe, lens, steering and search loads meanwhile
@@ -48,6 +53,21 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     # docs_url=None: FastAPI's Swagger page loads from a CDN; /api/docs renders the schema offline instead
     app = FastAPI(title="saescope viewer", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_errors(app)
+    _add_pages(app)
+    add_graph_routes(app, data, hub)
+    _add_records(app, data)
+    _add_unit_models(app, data, hub)
+    _add_text_models(app, data, hub)
+    return app
+
+
+def ds_of(model: str, dataset: str) -> DatasetRef:
+    return parse_dataset(model, dataset.strip("/").split("/"))
+
+
+def _add_errors(app: FastAPI) -> None:
+    """Errors as JSON: NotFound / NotFoundError 404, BrokenFile 422, any other SaescopeError (bad input) 400."""
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, e: NotFound) -> JSONResponse:
@@ -66,107 +86,29 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         """The explore functions' one-line errors about a request's fields."""
         return JSONResponse({"detail": str(e)}, status_code=400)
 
-    def ds_of(model: str, dataset: str) -> DatasetRef:
-        return parse_dataset(model, dataset.strip("/").split("/"))
 
+PAGES = {"/api/docs": "apidocs.html", "/debug": "debug.html", "/search": "search.html", "/graph": "graph.html"}
+"""The pages besides the neuron viewer (index.html, also at /u/<model>/<dataset>/<index>)."""
+
+
+def _static_page(name: str) -> Callable[[], FileResponse]:
+    def page() -> FileResponse:
+        return FileResponse(STATIC / name)
+    return page
+
+
+def _add_pages(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     @app.get("/u/{rest:path}", include_in_schema=False)
     def page(rest: str = "") -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/api/docs", include_in_schema=False)
-    def api_docs() -> FileResponse:
-        return FileResponse(STATIC / "apidocs.html")
+    for url, name in PAGES.items():
+        app.add_api_route(url, _static_page(name), methods=["GET"], include_in_schema=False)
 
-    @app.get("/debug", include_in_schema=False)
-    def debug_page() -> FileResponse:
-        return FileResponse(STATIC / "debug.html")
 
-    @app.get("/search", include_in_schema=False)
-    def search_page() -> FileResponse:
-        return FileResponse(STATIC / "search.html")
-
-    @app.get("/graph", include_in_schema=False)
-    def graph_page() -> FileResponse:
-        return FileResponse(STATIC / "graph.html")
-
-    @app.get("/api/graphs")
-    def graphs() -> list[dict[str, Any]]:
-        """The attribution graphs in <root>/graphs (graph-metadata.json, as circuit-tracer's local server lists them)."""
-        index = data.root / "graphs" / "graph-metadata.json"
-        return data._json(index).get("graphs", []) if index.is_file() else []
-
-    @app.get("/api/graph/{slug}")
-    def graph(slug: str) -> FileResponse:
-        """One graph JSON (`saescope graph --out <root>/graphs/<slug>.json`)."""
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", slug) or slug.startswith("."):
-            raise HTTPException(400, "a graph slug is letters, digits, '_', '-' or '.'")
-        path = data._inside("graphs", f"{slug}.json")
-        if not path.is_file():
-            raise NotFound(f"graphs/{slug}.json")
-        return FileResponse(path, media_type="application/json")
-
-    @app.post("/api/steer")
-    def steer_api(req: SteerRequest) -> dict[str, Any]:
-        """Greedy continuation of a prompt with the unit's write direction added at `strength` (and without)."""
-        from saescope.explore import steer
-        from saescope.explore.steering import check_steer
-
-        ds = ds_of(req.model, req.dataset)
-        check_steer(req.prompt, req.strength, req.tokens)
-        hm = hub.model(req.model)
-        if ds.unit_type == "sae_latents" and hub.sae(ds)[1].get("by_token_pair"):
-            raise SaescopeError("steer with the same SAE's by-token dataset")
-        target = hub.write_direction(ds, req.index)
-        with hub.forward_lock:
-            return steer(hm, target, req.prompt, req.strength, req.tokens)
-
-    @app.get("/api/neighbours/{model}/{dataset:path}/{index}")
-    def neighbours(model: str, dataset: str, index: int, k: int = 10) -> dict[str, Any]:
-        """Nearest latents by decoder cosine, and the latents co-active with this one on its top excerpts."""
-        from saescope.explore import latent_neighbours
-
-        ds = ds_of(model, dataset)
-        if ds.unit_type not in ("sae_latents", "transcoder_latents"):
-            raise NotFound("neighbours are for SAE and transcoder latents")
-        sae, entry = hub.sae(ds)
-        if not 0 <= index < sae.cfg.d_sae:
-            raise NotFound(f"latent {index}")
-        k, expl = max(1, min(k, 50)), data.explanations(ds)
-        if entry.get("by_token_pair"):  # co-activation is by token: the same SAE's by-token dataset has it
-            return latent_neighbours(sae, index, k, expl)
-        hm = hub.model(model)
-        with hub.forward_lock:
-            return latent_neighbours(sae, index, k, expl, hm, entry["hookpoints"][0], data.record(ds, index))
-
-    @app.post("/api/search")
-    def search_api(req: SearchRequest) -> dict[str, Any]:
-        """For every token of a text, the units of every collated dataset that fire most on it (relative to their
-        collated max), with explanations."""
-        from saescope.explore import search
-        from saescope.explore.searching import check_search
-
-        check_search(req.text, req.max_density)
-        if not SAFE.match(req.model):
-            raise NotFound("unknown model")
-        hm = hub.model(req.model)
-        sources = hub.search_sources(req.model)
-        with hub.forward_lock:
-            return search(hm, sources, req.text, max(1, min(req.per_token, 20)), max_density=req.max_density)
-
-    @app.post("/api/debug")
-    def debug_api(req: DebugRequest) -> dict[str, Any]:
-        """Rank the nodes behind a next token (and ablate / trace); see `saescope.debug`."""
-        from saescope.debug.explain import NodeNotes
-        from saescope.explore import debug_request
-        from saescope.explore.debugging import check_debug
-
-        check_debug(req.prompt, req.by)
-        hm = hub.model(req.model)
-        saes, names = hub.debug_saes(req.model, req.saes)
-        return debug_request(hm, req.prompt, req.target, saes, names, NodeNotes(str(data.root / req.model), names),
-                             distractor=req.distractor, ablate=req.ablate, trace=req.trace, pairs_for=req.pairs_for,
-                             freeze_norms=req.freeze_norms, top=req.top, by=req.by, model_lock=hub.forward_lock)
+def _add_records(app: FastAPI, data: DataRoot) -> None:
+    """The data root's datasets, unit tables and records (no model)."""
 
     @app.get("/api/datasets")
     def datasets() -> list[dict[str, Any]]:
@@ -209,6 +151,10 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         body = '{"record":' + text.strip() + "," + json.dumps(rest, allow_nan=False)[1:]
         return Response(content=body, media_type="application/json")
 
+
+def _add_unit_models(app: FastAPI, data: DataRoot, hub: ModelHub) -> None:
+    """What one unit does in the model: logit lens, live probe, steering, neighbours."""
+
     @app.get("/api/logit_lens/{model}/{dataset:path}/{index}")
     def logit_lens(model: str, dataset: str, index: int, k: int = 10) -> dict[str, Any]:
         """The unit's top and bottom output tokens, as logit changes when it fires at its max (`explore.unit_lens`)."""
@@ -238,7 +184,89 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
         with hub.forward_lock:
             return probe(hm, group, req.index, req.text, record)
 
-    return app
+    @app.post("/api/steer")
+    def steer_api(req: SteerRequest) -> dict[str, Any]:
+        """Greedy continuation of a prompt with the unit's write direction added at `strength` (and without)."""
+        from saescope.explore import steer
+        from saescope.explore.steering import check_steer
+
+        ds = ds_of(req.model, req.dataset)
+        check_steer(req.prompt, req.strength, req.tokens)
+        hm = hub.model(req.model)
+        if ds.unit_type == "sae_latents" and hub.sae(ds)[1].get("by_token_pair"):
+            raise SaescopeError("steer with the same SAE's by-token dataset")
+        target = hub.write_direction(ds, req.index)
+        with hub.forward_lock:
+            return steer(hm, target, req.prompt, req.strength, req.tokens)
+
+    @app.get("/api/neighbours/{model}/{dataset:path}/{index}")
+    def neighbours(model: str, dataset: str, index: int, k: int = 10) -> dict[str, Any]:
+        """Nearest latents by decoder cosine, and the latents co-active with this one on its top excerpts."""
+        from saescope.explore import latent_neighbours
+
+        ds = ds_of(model, dataset)
+        if ds.unit_type not in ("sae_latents", "transcoder_latents"):
+            raise NotFound("neighbours are for SAE and transcoder latents")
+        sae, entry = hub.sae(ds)
+        if not 0 <= index < sae.cfg.d_sae:
+            raise NotFound(f"latent {index}")
+        k, expl = max(1, min(k, 50)), data.explanations(ds)
+        if entry.get("by_token_pair"):  # co-activation is by token: the same SAE's by-token dataset has it
+            return latent_neighbours(sae, index, k, expl)
+        hm = hub.model(model)
+        with hub.forward_lock:
+            return latent_neighbours(sae, index, k, expl, hm, entry["hookpoints"][0], data.record(ds, index))
+
+
+def _add_text_models(app: FastAPI, data: DataRoot, hub: ModelHub) -> None:
+    """What the model does on a text: search by inference, the debugger."""
+
+    @app.post("/api/search")
+    def search_api(req: SearchRequest) -> dict[str, Any]:
+        """For every token of a text, the units of every collated dataset that fire most on it (relative to their
+        collated max), with explanations."""
+        from saescope.explore import search
+        from saescope.explore.searching import check_search
+
+        check_search(req.text, req.max_density)
+        if not SAFE.match(req.model):
+            raise NotFound("unknown model")
+        hm = hub.model(req.model)
+        sources = hub.search_sources(req.model)
+        with hub.forward_lock:
+            return search(hm, sources, req.text, max(1, min(req.per_token, 20)), max_density=req.max_density)
+
+    @app.post("/api/debug")
+    def debug_api(req: DebugRequest) -> dict[str, Any]:
+        """Rank the nodes behind a next token (and ablate / trace); see `saescope.debug`."""
+        from saescope.debug.explain import NodeNotes
+        from saescope.explore import debug_request
+        from saescope.explore.debugging import check_debug
+
+        check_debug(req.prompt, req.by)
+        hm = hub.model(req.model)
+        saes, names = hub.debug_saes(req.model, req.saes)
+        return debug_request(hm, req.prompt, req.target, saes, names, NodeNotes(str(data.root / req.model), names),
+                             distractor=req.distractor, ablate=req.ablate, trace=req.trace, pairs_for=req.pairs_for,
+                             freeze_norms=req.freeze_norms, top=req.top, by=req.by, model_lock=hub.forward_lock)
+
+
+def open_view(cfg: ViewConfig) -> ViewResult:
+    """The data root `cfg.root` names (a folder, or records fetched into the cache for a URL or registry name),
+    checked, as `view` will serve it."""
+    from saescope.sources import open_root
+    from saescope.viewer.config import ViewResult
+
+    root = open_root(cfg.root, cfg.unit_type)
+    n = len(DataRoot(root).check())
+    return ViewResult(Path(root), cfg.root, str(root) != cfg.root, n, f"http://{cfg.view.host}:{cfg.view.port}/")
+
+
+def run(cfg: ViewConfig) -> ViewResult:
+    """`saescope view`: serve the viewer until interrupted."""
+    res = open_view(cfg)
+    serve(res.root, cfg.view.host, cfg.view.port, cfg.model or None)
+    return res
 
 
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8000, model: str | None = None) -> None:
