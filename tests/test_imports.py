@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "saescope"
 LAYERS = [
     {"errors", "lazy", "io", "validate", "distributed", "stages"},
     {"models", "config", "corpus"},
-    {"sae", "store", "records", "activations"},
+    {"sae", "store", "records", "compact_records", "activations"},
     {"units", "sources"},
     {"capture", "train", "collate"},
     {"interp", "debug", "graph"},
