@@ -26,16 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PUBLISHED = dict(lr=3e-4, warmup_frac=0.0, decay_frac=0.0, k_anneal_start=60 / 25, k_anneal_frac=1.0,
-                 matryoshka_widths="128,512,2048", encoder="lista", lista_iters=1, matryoshka_detach=True,
-                 matryoshka_sort="frequency", term_tilt=2e-3, resample_tokens=0)
-"""The LISTA-Matryoshka recipe's published settings (LR 3e-4 constant, k 60 → 25 linearly, one LISTA step, inner
-levels detached, levels by frequency, tilt 2e-3; SAELens' Matryoshka widths 128/512/2048) in saescope's trainer,
-which keeps its own input normalisation, b_dec init and AuxK; no dead-latent restarts (the recipe has none)."""
-INGREDIENTS = {"lista": dict(encoder="lista"), "k60to25": dict(k_anneal_start=60 / 25, k_anneal_frac=1.0),
-               "detach": dict(matryoshka_detach=True), "term": dict(term_tilt=2e-3),
-               "freqsort": dict(matryoshka_sort="frequency")}
-ALL = {k: v for d in INGREDIENTS.values() for k, v in d.items()}
+from benchlib.recipes import ALL_INGREDIENTS as ALL  # noqa: E402
+from benchlib.recipes import INGREDIENTS, PUBLISHED  # noqa: E402
+
 ROWS: dict[str, dict[str, Any] | None] = {
     "topk": dict(arch="topk"), "matryoshka": dict(arch="matryoshka"),
     **{f"matryoshka+{n}": dict(arch="matryoshka", **kw) for n, kw in INGREDIENTS.items()},
@@ -44,10 +37,10 @@ ROWS: dict[str, dict[str, Any] | None] = {
        for n, kw in INGREDIENTS.items()},
     "topk+lista": dict(arch="topk", encoder="lista"),
     "topk-noanneal": dict(arch="topk", k_anneal_frac=0.0), "topk-signum": dict(arch="topk", optimizer="signum"),
-    "lista-matryoshka-ref": dict(arch="matryoshka", **PUBLISHED),
+    "lista-matryoshka-ref": dict(PUBLISHED),
     "sparsify": None,
 }
-DEFAULT_ROWS = ("topk,matryoshka,matryoshka+lista,matryoshka+k60to25,matryoshka+detach,matryoshka+term,"
+DEFAULT_ROWS = ("topk,matryoshka,matryoshka+lista,matryoshka+kdecay,matryoshka+detach,matryoshka+term,"
                 "matryoshka+freqsort,matryoshka+all,topk+lista,lista-matryoshka-ref,sparsify")
 
 
@@ -140,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--regimes", default="even,rare,hier")
     ap.add_argument("--widths", default="4096")
     ap.add_argument("--tokens", type=int, default=262_144)
+    ap.add_argument("--d", type=int, default=768, help="activation dimension")
+    ap.add_argument("--features", type=int, default=4096, help="true features of the generator")
     ap.add_argument("--k", type=int, default=25)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--heldout", type=int, default=16_384)
@@ -157,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = a.tokens // bs
     for regime in a.regimes.split(","):
         t0 = time.perf_counter()
-        gen = RegimeGenerator(REGIMES[regime], d=768)
+        gen = RegimeGenerator(REGIMES[regime], n_features=a.features, d=a.d)
         g = torch.Generator().manual_seed(7)
         data = torch.cat([gen.sample(8192, g) for _ in range(math.ceil(a.tokens * a.stream_mult / 8192))])
         held = gen.sample(a.heldout, torch.Generator().manual_seed(8))
@@ -184,7 +179,7 @@ def report(a: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     import os
     import platform
 
-    print(f"\nregime bench: TopK/BatchTopK k = {a.k}, batch {a.batch_size}, {a.tokens:,} tokens per row at equal "
+    print(f"\nregime bench: {a.features:,} true features in d = {a.d}; TopK/BatchTopK k = {a.k}, batch {a.batch_size}, {a.tokens:,} tokens per row at equal "
           f"tokens; held-out {a.heldout:,}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs ({platform.machine()}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
     print("| regime | F | mode | row | tokens | train s | tokens/s | vs sparsify | FVU | dead | found >0.9 | found >0.7 "

@@ -52,14 +52,15 @@ REGIMES = {
 
 def fit_zipf(n: int, p_max: float, p_min: float, total: float, law: str = "offset") -> Tensor:
     """[n] firing probabilities from p_max (i = 0) down to p_min (i = n − 1) summing to `total`, α by bisection:
-    `offset`: p_i = p_min + (p_max − p_min)(i + 1)^−α (a head and a flat tail: frequent, even firing);
+    `offset`: p_i = p_min + (p_max − p_min)·((i + 1)^−α − n^−α)/(1 − n^−α) (a head and a flat tail: frequent, even firing);
     `mandelbrot`: p_i ∝ (i + 1 + b)^−α with b set by the end ratio (skewed: a few hundred frequent features,
     a long rare tail)."""
     i = torch.arange(n, dtype=torch.float64)
 
     def probs(alpha: float) -> Tensor:
-        if law == "offset":
-            return p_min + (p_max - p_min) * (i + 1) ** -alpha
+        if law == "offset":  # the power law rescaled to run exactly from 1 (i = 0) to 0 (i = n − 1)
+            tail = float(n) ** -alpha
+            return p_min + (p_max - p_min) * ((i + 1) ** -alpha - tail) / (1 - tail)
         r = (p_max / p_min) ** (1 / alpha)  # (n + b)/(1 + b) = r
         p = 1.0 / (i + 1 + max((n - r) / (r - 1), 0.0)) ** alpha
         return p * p_max / p[0]
