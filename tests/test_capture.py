@@ -37,6 +37,12 @@ def test_corpus_capture_matches_direct_forward(tiny_gpt2, text_corpus, tmp_path)
     ctx = torch.cat([store.load_tokens(i)["context"] for i in range(len(store.shards))])
     torch.testing.assert_close(acts[ctx == 5], hs)
     assert store.load_all("mlp_post_act.0").shape == (store.rows, tiny_gpt2.d_mlp)
+    # the stage's face: run(cfg) resumes the complete store (nothing new) and says what is there
+    from saescope.capture import run
+
+    res = run(cfg, tiny_gpt2)
+    assert (res.out, res.seed_format, res.rows) == (tmp_path / "s", False, len(ctxs) * 15)
+    assert res.hookpoints == ["mlp_post_act.0", "resid_post.1"]
 
 
 def test_jsonl_corpus_and_errors(tiny_gpt2, tmp_path):
@@ -77,6 +83,13 @@ def test_generate_mode_writes_seed_format_and_round_trips(tiny_gpt2, tmp_path):
     assert store.rows == sum(e["shape"][0] for e in meta["files"])
     with pytest.raises(SaescopeError, match="empty prompt"):
         generate_seed_dataset(tiny_gpt2, tmp_path / "x", "resid_post.1", ["ok", "  "], 3)
+    from saescope.capture import run
+
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("\n".join(prompts) + "\n")
+    res = run(CaptureConfig(out=str(tmp_path / "seed2"), generate=6, prompts=str(prompts_file),
+                            hookpoints="resid_post.1"), tiny_gpt2)
+    assert res.seed_format and res.hookpoints == ["resid_post.1"] and res.rows == store.rows
 
 
 def test_seed_import_rejects_non_tensor_pickles(tmp_path):

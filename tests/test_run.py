@@ -115,16 +115,3 @@ def test_every_command_help_prints(capsys):
             assert "0 %)" in out  # the literal percent sign survives
         if cmd == "explain":
             assert "--null_baseline bool" in out and "--nonull_baseline" not in out
-
-
-def test_importing_run_and_the_stage_configs_loads_no_web_stack():
-    """`saescope run` composes the stages' options; importing it (or any stage's config) must not load the viewer's
-    web stack (fastapi/starlette), which only `saescope view` needs."""
-    import subprocess
-    import sys
-
-    mods = ["saescope.run"] + [f"saescope.{s}.config" for s in ("capture", "train", "collate", "interp", "viewer",
-                                                                  "debug", "store")]
-    code = f"import sys; import {', '.join(mods)}; print([m for m in ('fastapi', 'starlette') if m in sys.modules])"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert r.stdout.strip() == "[]", r.stdout

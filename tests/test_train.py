@@ -389,3 +389,19 @@ def test_jumprelu_thresholds_start_at_an_l0_of_k(k):
     with torch.no_grad():
         l0 = (tr.sae.encode(x * tr.scale) != 0).sum(1).float().mean()
     assert abs(float(l0) - k) <= 1 / 256 + 1e-6
+
+
+def test_auto_encoder_dtype_follows_the_measured_matmul_speed(monkeypatch):
+    """`auto` picks bfloat16 on a CPU only when the probe measures it faster, whatever the CPU flags say."""
+    import torch
+
+    from saescope.train import precision
+
+    for f32, bf16, want in ((1.0, 0.5, torch.bfloat16), (1.0, 300.0, torch.float32), (1.0, 0.9, torch.float32)):
+        precision.cpu_bf16_is_faster.cache_clear()
+        monkeypatch.setattr(precision, "matmul_seconds", lambda dt, f32=f32, bf16=bf16: f32 if dt == torch.float32 else bf16)
+        assert precision.resolve_encoder_dtype("auto", "cpu") == want
+    monkeypatch.undo()
+    precision.cpu_bf16_is_faster.cache_clear()
+    assert precision.resolve_encoder_dtype("float32", "cpu") == torch.float32
+    assert precision.matmul_seconds(torch.float32, n=32, reps=1) > 0

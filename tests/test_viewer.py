@@ -143,7 +143,7 @@ def test_steering_adds_the_units_write_direction_and_strength_zero_changes_nothi
 
     from saescope.models import load_model
     from saescope.units import UnitSet
-    from saescope.viewer.explore import steer
+    from saescope.explore import steer
 
     model = client.get("/api/datasets").json()[0]["model"]
     body = {"model": model, "dataset": "sae_latents/tiny_sae/1", "index": 5, "prompt": "the cat sat on", "tokens": 8}
@@ -218,7 +218,7 @@ def test_logit_lens_reads_in_logits_when_the_unit_fires_at_its_max(client, tiny_
 def test_a_long_debug_request_does_not_hold_the_model(client, monkeypatch):
     """/debug holds the model lock for its forward and backward only: a probe sent while the (slow) ranking runs
     answers at once; a prompt past the bound is refused with a clear error before the model is touched."""
-    import saescope.debug as dbg
+    import saescope.debug.run_debug as dbg
 
     model = client.get("/api/datasets").json()[0]["model"]
     ranking, slow = threading.Event(), 3.0
@@ -240,7 +240,7 @@ def test_a_long_debug_request_does_not_hold_the_model(client, monkeypatch):
     t.join()
     assert r.status_code == 200 and done["r"].status_code == 200
     assert waited < slow / 2, f"the probe queued {waited:.1f} s behind /debug"
-    from saescope.viewer.server import DEBUG_MAX_TOKENS
+    from saescope.explore import DEBUG_MAX_TOKENS
 
     long = client.post("/api/debug", json={**body, "prompt": "the cat " * DEBUG_MAX_TOKENS})
     assert long.status_code == 400 and f"at most {DEBUG_MAX_TOKENS}" in long.json()["detail"]
@@ -547,7 +547,7 @@ def test_search_ranks_by_capped_relative_activation_and_leaves_dense_units_out(t
     import torch
 
     from saescope.units import UnitGroup
-    from saescope.viewer.explore import SearchSource, search
+    from saescope.explore import SearchSource, search
 
     hm = tiny_gpt2
     text = "the cat sat"

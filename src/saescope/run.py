@@ -19,7 +19,7 @@ from saescope.collate.config import CollateOptions, CollateResult
 from saescope.config import ModelConfig, resolve_layer
 from saescope.corpus import CorpusConfig
 from saescope.interp.config import InterpOptions
-from saescope.models.hooks import canonical_hookpoint
+from saescope.models.hookpoints import canonical_hookpoint
 from saescope.stages import Stage
 from saescope.train.config import TrainerConfig
 from saescope.viewer.config import ViewOptions
@@ -146,7 +146,7 @@ class _Pipeline:
 
     def store(self) -> tuple[Stage, ActivationStore]:
         """2. the activation store: every hookpoint an SAE is trained on, at the studied layer."""
-        from saescope.capture.capture import capture_corpus
+        from saescope.capture import run as capture
         from saescope.capture.config import CaptureConfig
         from saescope.store import ActivationStore
 
@@ -159,12 +159,11 @@ class _Pipeline:
         hookpoints = ",".join(dict.fromkeys([self.hookpoint, *self.sae_hps, *attention]))
         store = Stage("store", self.out / "store", {**self.model_id, "data": asdict(cfg.data),
                                                     "capture": _options(cfg.capture), "hookpoints": hookpoints}, {})
-        st = None
         if self.start(store):
-            st = capture_corpus(CaptureConfig(model=cfg.model, data=cfg.data, capture=cfg.capture,
-                                              out=str(store.path), hookpoints=hookpoints), self.hm)
+            capture(CaptureConfig(model=cfg.model, data=cfg.data, capture=cfg.capture, out=str(store.path),
+                                  hookpoints=hookpoints), self.hm)
             store.finish()
-        st = st or ActivationStore(store.path, verify=False)
+        st = ActivationStore(store.path, verify=False)
         self.done.append((f"activation store ({st.rows:,} tokens x {len(st.hookpoints)} hookpoints)", store.path))
         return store, st
 

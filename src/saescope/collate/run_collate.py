@@ -34,7 +34,7 @@ from saescope.config import middle_layer
 from saescope.errors import SaescopeError
 from saescope.io import atomic_dir, write_json
 from saescope.models import HookedModel, parse_hookpoint
-from saescope.models.hooks import ATTENTION_KINDS
+from saescope.models.hookpoints import ATTENTION_KINDS
 from saescope.records import dumps, summary_row
 from saescope.units import UnitGroup, UnitSet, dataset_path, kind_of_option
 

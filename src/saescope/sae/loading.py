@@ -173,7 +173,7 @@ def load_sae(path: str | Path) -> BaseSAE:
 def load_saes_at(spec: str, hm: HookedModel) -> list[tuple[BaseSAE, str, Path]]:
     """'DIR,FILE@HOOKPOINT,...' → [(SAE on the model's device, its hookpoint, its path)], each checked against the
     model; `@HOOKPOINT` names where files that do not record it (OpenAI .pt) read their input (TDB names work)."""
-    from saescope.models.hooks import canonical_hookpoint, parse_hookpoint
+    from saescope.models.hookpoints import canonical_hookpoint, parse_hookpoint
 
     out = []
     for item in [s.strip() for s in spec.split(",") if s.strip()]:

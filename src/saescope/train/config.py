@@ -99,8 +99,8 @@ class TrainerConfig:
     sparsity_warmup_frac: float = 0.05
     """Fraction of steps over which the sparsity coefficient ramps from 0."""
     encoder_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """TopK family: dtype of the dense encoder matmul in training (auto = bfloat16 on GPUs and on CPUs with AMX or
-    AVX512-BF16, where it is several times faster; float32 elsewhere). Gradients stay float32."""
+    """TopK family: dtype of the dense encoder matmul in training (auto = bfloat16 on GPUs, and on CPUs where a
+    matmul probe at start-up measures it faster than float32; float32 elsewhere). Gradients stay float32."""
     checkpoint_every: int = 500
     """Steps between checkpoints."""
     seed: int = 0
