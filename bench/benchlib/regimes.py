@@ -123,7 +123,7 @@ class RegimeGenerator:
         """[n, d] activations."""
         g = g or self.gen
         ij = self.sample_fires(n, g).nonzero().T  # [2, nnz], rows sorted
-        mags = -torch.log(torch.rand(ij.shape[1], generator=g)) * self.scale[ij[1]]  # exponential magnitudes
+        mags = torch.empty(ij.shape[1]).exponential_(1.0, generator=g) * self.scale[ij[1]]  # never inf (−log u is)
         x = torch.sparse.mm(torch.sparse_coo_tensor(ij, mags, (n, self.n), check_invariants=False), self.features)  # [n, d]
         return x + self.mean + self.spec.noise * torch.randn(n, self.d, generator=g)
 
