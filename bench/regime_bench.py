@@ -37,6 +37,12 @@ ROWS: dict[str, dict[str, Any] | None] = {
        for n, kw in INGREDIENTS.items()},
     "topk+lista": dict(arch="topk", encoder="lista"),
     "topk-noanneal": dict(arch="topk", k_anneal_frac=0.0), "topk-signum": dict(arch="topk", optimizer="signum"),
+    "topk-kanneal2q": dict(arch="topk", k_anneal_start=2.0, k_anneal_frac=0.25),
+    "topk-noanneal-signum": dict(arch="topk", k_anneal_frac=0.0, optimizer="signum"),
+    "topk-noanneal-nodecay": dict(arch="topk", k_anneal_frac=0.0, decay_frac=0.0),
+    "topk-noanneal+lista": dict(arch="topk", k_anneal_frac=0.0, encoder="lista"),
+    "matryoshka-noanneal": dict(arch="matryoshka", k_anneal_frac=0.0),
+    "matryoshka-kanneal2q": dict(arch="matryoshka", k_anneal_start=2.0, k_anneal_frac=0.25),
     "lista-matryoshka-ref": dict(PUBLISHED),
     "sparsify": None,
 }

@@ -243,7 +243,27 @@ def to_saelens(sae: Any, path: Path, device: str = "cpu") -> Any:
     from sae_lens import SAE
 
     sae.cpu().save(path)
-    return SAE.load_from_disk(str(path), device=device)
+    if not sae.cfg.lista_iters:
+        return SAE.load_from_disk(str(path), device=device)
+    # SAELens has no LISTA encoder: load the same weights without η, and route `encode` through saescope's
+    from safetensors.torch import load_file, save_file
+
+    from saescope.io import read_json, write_json
+
+    w = load_file(str(path / "sae_weights.safetensors"))
+    w.pop("lista_step")
+    save_file(w, str(path / "sae_weights.safetensors"))
+    cfg = read_json(path / "cfg.json", "SAE config")
+    cfg.pop("lista_iters")
+    write_json(path / "cfg.json", cfg)
+    out = SAE.load_from_disk(str(path), device=device)
+    ours = sae.to(device).eval()
+
+    def encode(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return ours.encode(x.float()).to(x.dtype)
+    out.encode = encode  # the saved copy (for the diagnosis) is the linear part only
+    return out
 
 
 @torch.no_grad()
