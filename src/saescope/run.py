@@ -173,7 +173,8 @@ class _Pipeline:
         from saescope.io import read_json, write_json
         from saescope.train.config import EvalConfig, TrainConfig
         from saescope.train.evaluate import headline
-        from saescope.train.on_store import evaluate_many, train_from_store
+        from saescope.train.on_store import evaluate_many
+        from saescope.train.run_train import run as train
 
         cfg = self.cfg
         saes, trained = [], []
@@ -181,8 +182,8 @@ class _Pipeline:
             sae = Stage(f"sae {hp}", self.out / "saes" / hp.split(".")[0],
                         {"trainer": _options(cfg.train), "hookpoint": hp}, {"store": store.fingerprint})
             if self.start(sae):
-                train_from_store(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp,
-                                             out=str(sae.path), device=cfg.model.device))
+                train(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp, out=str(sae.path),
+                                  device=cfg.model.device))
                 trained.append((sae, hp))
             saes.append(sae)
         # evaluated together: the spliced CE/KL of every SAE shares one clean pass per batch (each stage finishes
@@ -205,10 +206,10 @@ class _Pipeline:
         from saescope.collate.run_collate import run as collate
 
         cfg, hm, layer = self.cfg, self.hm, self.layer
-        from_store = st.manifest.get("context_len") == cfg.collate.excerpt_len + 1
+        from_store = st.context_len == cfg.collate.excerpt_len + 1
         if not from_store:
             log.info("the store's contexts (%s tokens) are not excerpts of %d: collating every unit with the model",
-                     st.manifest.get("context_len"), cfg.collate.excerpt_len)
+                     st.context_len, cfg.collate.excerpt_len)
         col = Stage("collated", self.out / "collated",
                     {**self.model_id, "data": asdict(cfg.data), "collate": _options(cfg.collate), "layer": layer,
                      "from_store": from_store},

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from saescope.config import ModelConfig
 from saescope.corpus import CorpusConfig
@@ -241,3 +242,30 @@ class OnlineConfig:
         from saescope import validate
 
         validate.not_a_file(self.out, "--out")
+
+
+@dataclass
+class TrainedDictionary:
+    """One dictionary a train run wrote (an SAE per hookpoint, a transcoder per layer, or one CLT)."""
+
+    name: str
+    """Its hookpoint (SAEs) or layer_<L> / clt (transcoders)."""
+    out: Path
+    """Its directory (cfg.json + weights, metrics.json, train_history.json)."""
+    steps: int
+    tokens: int
+    tokens_per_s: float | None
+    metrics: dict[str, Any]
+    """Held-out metrics (store training: FVU, L0, dead fraction, ...), or online the last logged fvu, l0, dead."""
+    heldout_is_training_data: bool = False
+    """Store training with --holdout_shards 0: `metrics` are on training data."""
+
+
+@dataclass
+class TrainResult:
+    """What `train` wrote; empty on a non-zero torchrun rank (rank 0 writes and reports everything)."""
+
+    kind: str
+    """sae, transcoder, skip_transcoder or clt."""
+    dictionaries: list[TrainedDictionary]
+    main_rank: bool = True

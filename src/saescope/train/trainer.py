@@ -73,7 +73,7 @@ def lr_lambda(total: int, warmup: int, decay: int) -> Callable[[int], float]:
 
 
 @dataclass
-class TrainResult:
+class FitResult:
     steps: int
     """Optimizer steps taken in total (resumed runs included)."""
     tokens: int
@@ -251,7 +251,7 @@ class Trainer:
         log.info("resumed from %s at step %d (%d tokens)", path, self.step, self.tokens)
 
     # ---- the loop ------------------------------------------------------------------------------------------
-    def fit(self, batches: Iterator[Tensor], progress: bool = True) -> TrainResult:
+    def fit(self, batches: Iterator[Tensor], progress: bool = True) -> FitResult:
         """Consume batches until `total_steps`; the iterator must already be positioned at `self.step`."""
         from tqdm.auto import tqdm
 
@@ -279,7 +279,7 @@ class Trainer:
             if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
-        return TrainResult(self.step, self.tokens, self.history)
+        return FitResult(self.step, self.tokens, self.history)
 
     def finalize(self) -> BaseSAE:
         """Averaged weights (signum), input scale folded into the weights: the returned SAE takes raw activations."""

@@ -41,6 +41,34 @@ class ModelHub:
                 self._models[model] = load_model(spec)
             return self._models[model]
 
+    def graph_model(self, name: str, spec: str) -> HookedModel:
+        """The model a graph was made with: the collated model of that name if the data root has it (one copy in
+        memory), else the graph's model spec, loaded once."""
+        from saescope.models import load_model
+
+        try:
+            self.data.manifest(name)
+            return self.model(name)
+        except NotFound:
+            pass
+        with self._lock:
+            key = "spec:" + spec
+            if key not in self._models:
+                self._models[key] = load_model(self.override or spec)
+            return self._models[key]
+
+    def transcoders(self, path: str, n_layers: int, write_point: str) -> Any:
+        """A graph's transcoders as `saescope.graph` reads them, loaded once per (folder, write point)."""
+        from saescope.graph.transcoders import from_transcoder_set
+        from saescope.sae.transcoder_io import load_transcoders
+
+        with self._lock:
+            key = ("tc", path, write_point)
+            if key not in self._saes:
+                ts = load_transcoders(path).eval()
+                self._saes[key] = from_transcoder_set(ts, n_layers, write_point=write_point)  # type: ignore[index]
+            return self._saes[key]  # type: ignore[index]
+
     def preload(self) -> None:
         """Load the first collated model in the background at start-up, so pages that need it do not wait."""
         try:

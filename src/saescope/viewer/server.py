@@ -10,6 +10,7 @@ API (all JSON):
     POST /api/steer  {model, dataset, index, prompt, strength, tokens}     greedy continuation, unsteered and steered
     GET  /api/neighbours/{model}/{dataset}/{index}       nearest latents by decoder cosine, co-active latents
     POST /api/search {model, text}                       per token, the units of every dataset that fire most (/search)
+    GET  /api/graphs, /api/graph/{slug}, POST /api/graph/{slug}/intervene   attribution graphs (`graph_routes.py`)
 `{dataset}` is `mlp_neurons/<layer>`, `attention_heads/<layer>` or `sae_latents/<sae>/<layer>`. The model behind
 the endpoints that run it, and their request bodies, live in `viewer/hub.py`; what the endpoints compute, in
 `saescope.explore` (routes parse, call, serialise).
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +30,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from saescope.errors import NotFoundError, SaescopeError
 from saescope.viewer.data import SAFE, BrokenFile, DataRoot, DatasetRef, NotFound, parse_dataset
+from saescope.viewer.graph_routes import add_graph_routes
 from saescope.viewer.hub import DebugRequest, ModelHub, Probe, SearchRequest, SteerRequest
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
+
+    from saescope.viewer.config import ViewConfig, ViewResult
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -52,7 +55,7 @@ def create_app(root: str | Path, model: str | None = None, preload: bool = False
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_errors(app)
     _add_pages(app)
-    _add_graphs(app, data)
+    add_graph_routes(app, data, hub)
     _add_records(app, data)
     _add_unit_models(app, data, hub)
     _add_text_models(app, data, hub)
@@ -102,26 +105,6 @@ def _add_pages(app: FastAPI) -> None:
 
     for url, name in PAGES.items():
         app.add_api_route(url, _static_page(name), methods=["GET"], include_in_schema=False)
-
-
-def _add_graphs(app: FastAPI, data: DataRoot) -> None:
-    from fastapi import HTTPException
-
-    @app.get("/api/graphs")
-    def graphs() -> list[dict[str, Any]]:
-        """The attribution graphs in <root>/graphs (graph-metadata.json, as circuit-tracer's local server lists them)."""
-        index = data.root / "graphs" / "graph-metadata.json"
-        return data._json(index).get("graphs", []) if index.is_file() else []
-
-    @app.get("/api/graph/{slug}")
-    def graph(slug: str) -> FileResponse:
-        """One graph JSON (`saescope graph --out <root>/graphs/<slug>.json`)."""
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", slug) or slug.startswith("."):
-            raise HTTPException(400, "a graph slug is letters, digits, '_', '-' or '.'")
-        path = data._inside("graphs", f"{slug}.json")
-        if not path.is_file():
-            raise NotFound(f"graphs/{slug}.json")
-        return FileResponse(path, media_type="application/json")
 
 
 def _add_records(app: FastAPI, data: DataRoot) -> None:
@@ -266,6 +249,24 @@ def _add_text_models(app: FastAPI, data: DataRoot, hub: ModelHub) -> None:
         return debug_request(hm, req.prompt, req.target, saes, names, NodeNotes(str(data.root / req.model), names),
                              distractor=req.distractor, ablate=req.ablate, trace=req.trace, pairs_for=req.pairs_for,
                              freeze_norms=req.freeze_norms, top=req.top, by=req.by, model_lock=hub.forward_lock)
+
+
+def open_view(cfg: ViewConfig) -> ViewResult:
+    """The data root `cfg.root` names (a folder, or records fetched into the cache for a URL or registry name),
+    checked, as `view` will serve it."""
+    from saescope.sources import open_root
+    from saescope.viewer.config import ViewResult
+
+    root = open_root(cfg.root, cfg.unit_type)
+    n = len(DataRoot(root).check())
+    return ViewResult(Path(root), cfg.root, str(root) != cfg.root, n, f"http://{cfg.view.host}:{cfg.view.port}/")
+
+
+def run(cfg: ViewConfig) -> ViewResult:
+    """`saescope view`: serve the viewer until interrupted."""
+    res = open_view(cfg)
+    serve(res.root, cfg.view.host, cfg.view.port, cfg.model or None)
+    return res
 
 
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8000, model: str | None = None) -> None:
