@@ -77,6 +77,20 @@ class TrainerConfig:
     top-k slots en masse where one direction dominates; train/resample.py)."""
     matryoshka_widths: str = ""
     """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
+    matryoshka_detach: bool = False
+    """Matryoshka: an inner level's loss trains only its own group's latents (the levels inside it detached);
+    only the full-width loss reaches every latent."""
+    matryoshka_sort: Literal["index", "frequency"] = "index"
+    """Matryoshka: fill the levels with latents in index order, or in order of firing frequency (re-ranked every
+    step; the saved SAE is permuted into that order)."""
+    encoder: Literal["linear", "lista"] = "linear"
+    """TopK family SAEs: linear, or lista (after the linear code, --lista_iters steps re-encode the input plus a
+    learned multiple of the residual: one more [d × F] product per step each; sae/base.py)."""
+    lista_iters: int = 1
+    """--encoder lista: refinement steps."""
+    term_tilt: float = 0.0
+    """Tilted ERM on the reconstruction loss (0 = the mean): samples weighted by softmax(t·‖x − x̂‖²) with x
+    scaled to E‖x‖ = √d, so badly reconstructed samples weigh more (sae/base.py `tilted_fvu`)."""
     l1_coefficient: float = 0.08
     """ReLU+L1 sparsity coefficient (on the FVU-normalised loss)."""
     l0_coefficient: float = 0.1
@@ -105,6 +119,9 @@ class TrainerConfig:
             raise SaescopeError(f"--epochs {self.epochs}: must be positive (passes over the store's training shards)")
         if topk_family and self.k > self.width:
             raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
+        if self.encoder == "lista" and (not topk_family or self.kind != "sae"):
+            raise SaescopeError(f"--encoder lista: only for --kind sae with a TopK-family --arch (topk, batchtopk, "
+                                f"matryoshka), not --kind {self.kind} --arch {self.arch}; use --encoder linear")
         self._check_ranges()
 
     def _check_ranges(self) -> None:
@@ -119,6 +136,8 @@ class TrainerConfig:
             validate.between(getattr(self, name), 0, 1, f"--{name}")
         validate.at_least(self.k_anneal_start, 1, "--k_anneal_start")
         validate.at_least(self.buffer_rows, 1, "--buffer_rows")
+        validate.at_least(self.lista_iters, 1, "--lista_iters")
+        validate.at_least(self.term_tilt, 0, "--term_tilt")
         validate.at_least(self.dead_tokens, 1, "--dead_tokens")
         validate.at_least(self.resample_tokens, -1, "--resample_tokens", "-1 = automatic, 0 = off")
         validate.positive(self.resample_enc_scale, "--resample_enc_scale")
