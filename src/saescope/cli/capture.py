@@ -6,8 +6,8 @@ from __future__ import annotations
 def main(argv: list[str]) -> int:
     import os
 
-    from saescope.capture.config import CaptureConfig
     from saescope.capture import run
+    from saescope.capture.config import CaptureConfig
     from saescope.cli import parse
 
     cfg = parse(CaptureConfig, argv, "saescope capture")

@@ -11,6 +11,7 @@ from saescope.lazy import lazy_package
 
 _NAMES = {
     **dict.fromkeys(("Adjacency", "Graph"), "saescope.graph.graph"),
+    **dict.fromkeys(("GraphResult", "run"), "saescope.graph.run_graph"),
     **dict.fromkeys(("GraphScores", "PruneResult", "find_threshold", "graph_scores", "influence", "prune"),
                     "saescope.graph.prune"),
 }
@@ -19,3 +20,4 @@ __all__ = lazy_package(__name__, _NAMES)
 if TYPE_CHECKING:  # pragma: no cover
     from saescope.graph.graph import Adjacency, Graph
     from saescope.graph.prune import GraphScores, PruneResult, find_threshold, graph_scores, influence, prune
+    from saescope.graph.run_graph import GraphResult, run

@@ -36,6 +36,8 @@ from saescope.viewer.hub import DebugRequest, ModelHub, Probe, SearchRequest, St
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
 
+    from saescope.viewer.config import ViewConfig, ViewResult
+
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
@@ -103,8 +105,6 @@ def _add_pages(app: FastAPI) -> None:
 
     for url, name in PAGES.items():
         app.add_api_route(url, _static_page(name), methods=["GET"], include_in_schema=False)
-
-
 
 
 def _add_records(app: FastAPI, data: DataRoot) -> None:
@@ -249,6 +249,24 @@ def _add_text_models(app: FastAPI, data: DataRoot, hub: ModelHub) -> None:
         return debug_request(hm, req.prompt, req.target, saes, names, NodeNotes(str(data.root / req.model), names),
                              distractor=req.distractor, ablate=req.ablate, trace=req.trace, pairs_for=req.pairs_for,
                              freeze_norms=req.freeze_norms, top=req.top, by=req.by, model_lock=hub.forward_lock)
+
+
+def open_view(cfg: ViewConfig) -> ViewResult:
+    """The data root `cfg.root` names (a folder, or records fetched into the cache for a URL or registry name),
+    checked, as `view` will serve it."""
+    from saescope.sources import open_root
+    from saescope.viewer.config import ViewResult
+
+    root = open_root(cfg.root, cfg.unit_type)
+    n = len(DataRoot(root).check())
+    return ViewResult(Path(root), cfg.root, str(root) != cfg.root, n, f"http://{cfg.view.host}:{cfg.view.port}/")
+
+
+def run(cfg: ViewConfig) -> ViewResult:
+    """`saescope view`: serve the viewer until interrupted."""
+    res = open_view(cfg)
+    serve(res.root, cfg.view.host, cfg.view.port, cfg.model or None)
+    return res
 
 
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8000, model: str | None = None) -> None:
