@@ -90,7 +90,7 @@ def with_labels(data: DataRoot, doc: dict[str, Any]) -> dict[str, Any]:
     except NotFound:
         return doc
     layers = sorted({int(n["layer"]) for n in doc["nodes"] if n["feature_type"] == FEATURE_TYPE})
-    if any(f"{records}/{l}" in datasets for l in layers):
+    if any(f"{records}/{layer}" in datasets for layer in layers):
         meta["record_base"] = f"/u/{model}/{records}"
     for layer in layers:
         if f"{records}/{layer}" not in datasets:
@@ -101,6 +101,45 @@ def with_labels(data: DataRoot, doc: dict[str, Any]) -> dict[str, Any]:
                 index = int(n["node_id"].split("_")[1])
                 n["clerp"] = (expl.get(index) or {}).get("explanation") or ""
     return doc
+
+
+class GraphModels:
+    """What the routes that run a graph's model need: the model, transcoders and prompt of a graph, and its local
+    replacement model (the last one built, reused by the heads and QK requests)."""
+
+    def __init__(self, data: DataRoot, hub: ModelHub) -> None:
+        self.data, self.hub = data, hub
+        self.frozen: dict[tuple[str, float], Any] = {}
+
+    def loaded(self, slug: str) -> tuple[dict[str, Any], Any, Any, Any]:
+        """(graph JSON, model, transcoders, prompt ids) of a graph, with one-line errors."""
+        from fastapi import HTTPException
+
+        from saescope.graph.attribute import prompt_ids
+
+        doc = self.data._json(_graph_path(self.data, slug))
+        meta = doc["metadata"].get("saescope", {})
+        if not meta.get("transcoders") or not meta.get("model_spec"):
+            raise HTTPException(400, "this graph does not say which model and transcoders made it; re-run saescope "
+                                     "graph to use it here")
+        hm = self.hub.graph_model(meta.get("model", ""), meta["model_spec"])
+        tc = self.hub.transcoders(meta["transcoders"], hm.n_layers, meta.get("write_point", "auto"))
+        ids = prompt_ids(hm, doc["metadata"]["prompt"])[0]
+        if len(ids) != len(doc["metadata"]["prompt_tokens"]):
+            raise HTTPException(409, "the model tokenizes the prompt differently from the graph; re-run saescope graph")
+        return doc, hm, tc, ids
+
+    def frozen_model(self, slug: str) -> Any:
+        from saescope.graph.replacement import FrozenModel
+
+        key = (slug, _graph_path(self.data, slug).stat().st_mtime)
+        if key not in self.frozen:
+            _, hm, tc, ids = self.loaded(slug)
+            with self.hub.forward_lock:
+                fm = FrozenModel(hm, tc, ids)
+            self.frozen.clear()
+            self.frozen[key] = fm
+        return self.frozen[key]
 
 
 def add_graph_routes(app: FastAPI, data: DataRoot, hub: ModelHub) -> None:
@@ -119,35 +158,8 @@ def add_graph_routes(app: FastAPI, data: DataRoot, hub: ModelHub) -> None:
         doc = with_labels(data, data._json(_graph_path(data, slug)))
         return Response(json.dumps(doc), media_type="application/json")
 
-    frozen: dict[tuple[str, float], Any] = {}  # the last graph's local replacement model (heads and QK reuse it)
-
-    def loaded(slug: str) -> tuple[dict[str, Any], Any, Any, Any]:
-        """(graph JSON, model, transcoders, prompt ids) of a graph, with one-line errors."""
-        from saescope.graph.attribute import prompt_ids
-
-        doc = data._json(_graph_path(data, slug))
-        meta = doc["metadata"].get("saescope", {})
-        if not meta.get("transcoders") or not meta.get("model_spec"):
-            raise HTTPException(400, "this graph does not say which model and transcoders made it; re-run saescope "
-                                     "graph to use it here")
-        hm = hub.graph_model(meta.get("model", ""), meta["model_spec"])
-        tc = hub.transcoders(meta["transcoders"], hm.n_layers, meta.get("write_point", "auto"))
-        ids = prompt_ids(hm, doc["metadata"]["prompt"])[0]
-        if len(ids) != len(doc["metadata"]["prompt_tokens"]):
-            raise HTTPException(409, "the model tokenizes the prompt differently from the graph; re-run saescope graph")
-        return doc, hm, tc, ids
-
-    def frozen_model(slug: str) -> Any:
-        from saescope.graph.replacement import FrozenModel
-
-        key = (slug, _graph_path(data, slug).stat().st_mtime)
-        if key not in frozen:
-            _, hm, tc, ids = loaded(slug)
-            with hub.forward_lock:
-                fm = FrozenModel(hm, tc, ids)
-            frozen.clear()
-            frozen[key] = fm
-        return frozen[key]
+    graphs_ = GraphModels(data, hub)
+    loaded, frozen_model = graphs_.loaded, graphs_.frozen_model
 
     @app.post("/api/graph/{slug}/heads")
     def heads_api(slug: str, req: HeadsRequest) -> dict[str, Any]:
@@ -157,7 +169,7 @@ def add_graph_routes(app: FastAPI, data: DataRoot, hub: ModelHub) -> None:
         sp = split_json_edge(frozen_model(slug), (req.target, req.target_type), (req.source, req.source_type))
         heads = sorted(sp.heads.items(), key=lambda kv: -abs(kv[1]))
         return {"total": sp.total, "residual": sp.residual,
-                "heads": [{"layer": l, "head": h, "weight": w} for (l, h), w in heads]}
+                "heads": [{"layer": ly, "head": h, "weight": w} for (ly, h), w in heads]}
 
     @app.post("/api/graph/{slug}/qk")
     def qk_api(slug: str, req: QKRequest) -> dict[str, Any]:
