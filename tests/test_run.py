@@ -10,7 +10,7 @@ from saescope.capture.config import CaptureOptions
 from saescope.collate.config import CollateOptions
 from saescope.config import ModelConfig
 from saescope.corpus import CorpusConfig
-from saescope.records import read_record
+from saescope.records import read_unit
 from saescope.run import RunConfig, run_pipeline
 from saescope.train.config import TrainerConfig
 
@@ -52,7 +52,7 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     for d in manifest["datasets"]:  # the store's contexts are the excerpts: neurons and latents read all of it
         needs_model = d["unit_type"] == "attention_heads" or d["by_token_pair"]
         assert d["tokens"] == (320 if needs_model else store_rows), d["path"]
-        rec = read_record(col_root / tiny_dir.name / d["path"] / "0.json")
+        rec = read_unit(col_root / tiny_dir.name / d["path"], 0)
         assert rec.neuron_id.neuron_index == 0 and rec.most_positive_activation_records
         scores = json.loads((col_root / tiny_dir.name / "explanations" / d["path"] / "scores.json").read_text())
         assert scores["summary"]["units"] > 0  # every dataset explained and scored

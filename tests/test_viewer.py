@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
@@ -322,15 +323,18 @@ def test_unknown_units_traversal_and_broken_files(client, collated_root):
         r = client.get(bad)
         assert r.status_code == 404, bad
         assert "root:" not in r.text
-    broken = collated_root / model / "mlp_neurons" / "1" / "7.json"
-    good = broken.read_text()
-    broken.write_text(good[:50])
+    broken = collated_root / model / "mlp_neurons" / "1" / "records.safetensors"
+    good = broken.read_bytes()
+    broken.write_bytes(good[:50])
     r = client.get(f"/api/record/{model}/mlp_neurons/1/7")
-    assert r.status_code == 422 and "mlp_neurons/1/7.json" in r.json()["detail"]
-    broken.write_text('{"hello": [1, 2]}')  # valid JSON, but not a NeuronRecord
+    assert r.status_code == 422 and "mlp_neurons/1/records.safetensors: not a readable records file" in r.json()["detail"]
+    from safetensors.numpy import save_file
+
+    save_file({"x": np.zeros(2)}, str(broken), metadata={"format": "other"})  # safetensors, but not records
     r = client.get(f"/api/record/{model}/mlp_neurons/1/7")
-    assert r.status_code == 422 and "not a NeuronRecord" in r.json()["detail"]
-    broken.write_text(good)
+    assert r.status_code == 422 and "not a saescope records file" in r.json()["detail"]
+    broken.write_bytes(good)
+    assert client.get(f"/api/record/{model}/mlp_neurons/1/7").status_code == 200
 
 
 def test_browser_end_to_end(collated_root, tmp_path):

@@ -27,7 +27,7 @@ from saescope.interp.schema import (
 )
 from saescope.interp.simulate import simulate
 from saescope.io import read_json, write_json
-from saescope.records import NeuronId, is_activating, max_activation, read_record_dict, record_dict, to_dict
+from saescope.records import NeuronId, is_activating, max_activation, read_unit_dict, record_dict, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,10 @@ def _read(manifest_dir: Path, ds: str, index: int, entry: dict[str, Any] | None 
         from saescope.sources import loads_checked, record_text
 
         return record_dict(loads_checked(record_text(manifest_dir, entry, index), f"{ds}/{index}.json"))
-    return read_record_dict(manifest_dir / ds / f"{index}.json")
+    try:
+        return read_unit_dict(manifest_dir / ds, index)
+    except FileNotFoundError:
+        raise SaescopeError(f"{manifest_dir / ds}: no record {index}; re-run collate") from None
 
 
 def _live_units(manifest_dir: Path, ds: str, entry: dict[str, Any], wanted: set[int] | None, limit: int) -> list[int]:
@@ -338,7 +341,7 @@ def run_interp_many(cfgs: list[InterpConfig], hm: Any = None, workers: int = 0) 
 
     def size(c: InterpConfig) -> int:  # bytes of records to read: the largest datasets start first
         manifest_dir, ds, _ = resolve(c)
-        return sum(f.stat().st_size for f in (manifest_dir / ds).glob("*.json"))
+        return sum(f.stat().st_size for f in (manifest_dir / ds).glob("*.*") if f.suffix in (".json", ".safetensors"))
 
     order = sorted(range(len(cfgs)), key=lambda i: -size(cfgs[i]))
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
