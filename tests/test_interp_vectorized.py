@@ -166,3 +166,35 @@ def test_baseline_simulation_results_built_on_demand_equal_the_files_once_writte
         assert not list(out.glob("*.jsonl"))  # replaced by the baseline's scores: nothing stale left
         assert {i: simulation_results(root, d["path"], i) + "\n" for i in files} == files
     assert simulation_results(root, "mlp_neurons/0", 10**6) is None
+
+
+def test_tdb_export_and_viewer_serve_the_rebuilt_simulations(tiny_gpt2, text_corpus, tmp_path):
+    """`export tdb` writes TDB's explanations layout (one `<index>.jsonl` per scored unit) and the viewer's
+    /api/simulation serves the same text, though the run kept no such file."""
+    from fastapi.testclient import TestClient
+
+    from saescope.export.tdb import export_tdb
+    from saescope.interp.config import InterpConfig, InterpOptions
+    from saescope.interp.outputs import Simulations
+    from saescope.interp.pipeline import run_interp
+    from saescope.viewer.server import create_app
+
+    m = _collate(tmp_path, tiny_gpt2, text_corpus, "compact")
+    root = tmp_path / "a" / tiny_gpt2.name
+    ds = m["datasets"][0]["path"]
+    run_interp(InterpConfig(root=str(root), dataset=ds, interp=InterpOptions(max_units=6)))
+    export_tdb(tmp_path / "a", tmp_path / "tdb")
+    got = tmp_path / "tdb" / tiny_gpt2.name / "explanations" / ds
+    scored = json.loads((root / "explanations" / ds / "scores.json").read_text())["units"]
+    assert sorted(int(p.stem) for p in got.glob("*.jsonl")) == sorted(int(i) for i in scored) and len(scored) == 6
+    sims = Simulations(root, ds)
+    client = TestClient(create_app(tmp_path / "a"))
+    for p in got.glob("*.jsonl"):
+        line = p.read_text()
+        assert line == sims.text(int(p.stem)) + "\n" and line.count("\n") == 1
+        res = json.loads(line)
+        assert res["dataclass_name"] == "NeuronSimulationResults"
+        assert res["scored_explanations"][0]["explanation"] == scored[p.stem]["explanation"]
+        assert client.get(f"/api/simulation/{tiny_gpt2.name}/{ds}/{p.stem}").json() == res
+    assert client.get(f"/api/simulation/{tiny_gpt2.name}/{ds}/{m['datasets'][0]['units'] - 1}").status_code == 404
+    assert (got / "scores.json").read_text() == (root / "explanations" / ds / "scores.json").read_text()
