@@ -187,3 +187,17 @@ def test_shuffled_documents_are_a_deterministic_permutation(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     assert list(CorpusConfig(str(p), shuffle_docs=64).texts()) == a
+
+
+def test_batched_greedy_generation_equals_one_prompt_at_a_time(tiny):
+    """Prompts of different lengths decoded together (left padding) continue exactly as each decoded alone."""
+    from saescope.capture.generate import _stop_ids, greedy_generate
+
+    hm = tiny
+    tok = hm.tokenizer
+    prompts = [tok(p).input_ids for p in ("a b c d e f g", "x", "hello there my", "q r")]
+    stops = _stop_ids(hm)
+    together = greedy_generate(hm, prompts, 8, stops, batch=4)
+    alone = [greedy_generate(hm, [p], 8, stops, batch=1)[0] for p in prompts]
+    assert together == alone
+    assert any(len(g) > 0 for g in together)

@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "saescope"
 LAYERS = [
     {"errors", "lazy", "io", "validate", "distributed", "stages"},
     {"models", "config", "corpus"},
-    {"sae", "store", "records", "activations"},
+    {"sae", "store", "records", "compact_records", "activations"},
     {"units", "sources"},
     {"capture", "train", "collate"},
     {"interp", "debug", "graph"},
@@ -103,3 +103,18 @@ def test_every_stage_has_one_face():
         package = importlib.import_module(f"saescope.{stage}")
         name = inspect.signature(package.run).return_annotation.removesuffix(" | None")  # collate: None off rank 0
         assert name.endswith("Result") and dataclasses.is_dataclass(getattr(package, name)), (stage, name)
+
+
+def test_a_lazy_name_keeps_its_meaning_once_its_module_of_the_same_name_is_imported():
+    """graph.prune is a function in the module graph/prune.py: importing the module (as graph/attribute.py does)
+    binds it on the package, which must not turn `from saescope.graph import prune` into the module."""
+    import importlib
+    import types
+
+    importlib.import_module("saescope.graph.prune")
+    from saescope.graph import prune
+
+    assert not isinstance(prune, types.ModuleType) and prune.__name__ == "prune"
+    import saescope.capture as capture
+
+    assert capture.run.__module__ == "saescope.capture.run_capture" and "run" in capture.__all__
