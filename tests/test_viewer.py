@@ -707,6 +707,9 @@ def test_browser_the_model_by_layer_links_every_dataset(tiny_dir, tmp_path):
                                      collate=CollateOptions(excerpt_len=8, max_tokens=8 * 30, token_pairs=False,
                                                             sizes=SlotSizes(top_k=20, n_random=15, pool=24))), hm)
     paths = {d["path"] for d in manifest["datasets"]}
+    # a transcoder set's eval.json (as `saescope run` writes it): each layer's dataset shows its own layer's row
+    (tmp_path / "tcs" / "eval.json").write_text(json.dumps({"delta_ce": 1.5, "fvu": 0.4, "per_layer": {
+        str(l): {"fvu": 0.1 * (l + 1), "l0": 4.0, "dead_fraction": 0.0} for l in range(3)}}))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(tmp_path / "col"), host="127.0.0.1", port=port,
                                            log_level="error"))
@@ -728,6 +731,8 @@ def test_browser_the_model_by_layer_links_every_dataset(tiny_dir, tmp_path):
                 ["0", "1", "2"]
             hrefs = page.eval_on_selector_all("#layers td a", "els => els.map(e => e.getAttribute('href'))")
             assert sorted(hrefs) == sorted(f"/u/{hm.name}/{p}" for p in paths)  # every dataset, once
+            fvus = page.eval_on_selector_all("#layers tr[data-layer] td:last-child .fvu", "els => els.map(e => e.innerText)")
+            assert fvus == ["FVU 0.10", "FVU 0.20", "FVU 0.30"]  # layer L's transcoder, not the replacement model
             row1 = page.eval_on_selector_all("#layers tr[data-layer='1'] td", "els => els.map(e => e.innerText)")
             assert row1[0] == row1[1] == "–" and row1[2].startswith("24 units")  # layer 1: only the SAE
             page.click(f"#layers tr[data-layer='2'] a[href='/u/{hm.name}/transcoder_latents/tcs/2']")

@@ -191,7 +191,7 @@ async function layersPage(model) {
   const cols = [...new Map(ds.map(kindColumn).sort((a, b) => a[0] - b[0] || a[1].localeCompare(b[1])).map(c => [c[1], c])).keys()];
   const layers = [...new Set(ds.map(d => d.layer))].sort((a, b) => a - b);
   const at = new Map(ds.map(d => [`${d.layer}|${kindColumn(d)[1]}`, d]));
-  const cell = d => d ? `<td><a href="/u/${esc(model)}/${esc(d.path)}" title="${d.tokens ?? "?"} tokens collated">${d.units} ${d.units === 1 ? "unit" : "units"}</a>${d.live_units !== undefined ? ` <span class="hint">(${d.live_units} live)</span>` : ""}</td>` : "<td class='hint'>–</td>";
+  const cell = d => d ? `<td><a href="/u/${esc(model)}/${esc(d.path)}" title="${d.tokens ?? "?"} tokens collated">${d.units} ${d.units === 1 ? "unit" : "units"}</a>${d.live_units !== undefined ? ` <span class="hint">(${d.live_units} live)</span>` : ""}${d.dictionary && typeof d.dictionary.fvu === "number" ? ` <span class="hint fvu">FVU ${d.dictionary.fvu.toFixed(2)}</span>` : ""}</td>` : "<td class='hint'>–</td>";
   app.innerHTML = `<h2>${esc(model)} by layer</h2><p class="hint">${ds.length} datasets over ${layers.length} layers; each cell opens its dataset's unit table.</p>` +
     "<table id='layers'><tr><th>layer</th>" + cols.map(c => `<th>${esc(c)}</th>`).join("") + "</tr>" +
     layers.map(l => `<tr data-layer="${l}"><th>${l}</th>` + cols.map(c => cell(at.get(`${l}|${c}`))).join("") + "</tr>").join("") + "</table>";
