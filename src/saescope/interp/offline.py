@@ -119,7 +119,7 @@ def run(job: _Run) -> None:
 
     records = None if job.entry.get("remote") else open_records(job.manifest_dir / job.ds)
     written = {p.name for p in job.out.glob("*.jsonl")} if job.out.is_dir() else set()
-    todo = set(job.todo_e)
+    todo = job.todo_e
     carried: Batch | None = None  # the last explained unit, its null not known yet
     first: str | None = None
     n_ok = since = 0
