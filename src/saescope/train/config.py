@@ -77,6 +77,20 @@ class TrainerConfig:
     top-k slots en masse where one direction dominates; train/resample.py)."""
     matryoshka_widths: str = ""
     """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
+    matryoshka_detach: bool = False
+    """Matryoshka: an inner level's loss trains only its own group's latents (the levels inside it detached);
+    only the full-width loss reaches every latent."""
+    matryoshka_sort: Literal["index", "frequency"] = "index"
+    """Matryoshka: fill the levels with latents in index order, or in order of firing frequency (re-ranked every
+    step; the saved SAE is permuted into that order)."""
+    encoder: Literal["linear", "lista"] = "linear"
+    """TopK family SAEs: linear, or lista (after the linear code, --lista_iters steps re-encode the input plus a
+    learned multiple of the residual: one more [d × F] product per step each; sae/base.py)."""
+    lista_iters: int = 1
+    """--encoder lista: refinement steps."""
+    term_tilt: float = 0.0
+    """Tilted ERM on the reconstruction loss (0 = the mean): samples weighted by softmax(t·‖x − x̂‖²) with x
+    scaled to E‖x‖ = √d, so badly reconstructed samples weigh more (sae/base.py `tilted_fvu`)."""
     l1_coefficient: float = 0.08
     """ReLU+L1 sparsity coefficient (on the FVU-normalised loss)."""
     l0_coefficient: float = 0.1
@@ -105,6 +119,9 @@ class TrainerConfig:
             raise SaescopeError(f"--epochs {self.epochs}: must be positive (passes over the store's training shards)")
         if topk_family and self.k > self.width:
             raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
+        if self.encoder == "lista" and (not topk_family or self.kind != "sae"):
+            raise SaescopeError(f"--encoder lista: only for --kind sae with a TopK-family --arch (topk, batchtopk, "
+                                f"matryoshka), not --kind {self.kind} --arch {self.arch}; use --encoder linear")
         self._check_ranges()
 
     def _check_ranges(self) -> None:
@@ -119,6 +136,8 @@ class TrainerConfig:
             validate.between(getattr(self, name), 0, 1, f"--{name}")
         validate.at_least(self.k_anneal_start, 1, "--k_anneal_start")
         validate.at_least(self.buffer_rows, 1, "--buffer_rows")
+        validate.at_least(self.lista_iters, 1, "--lista_iters")
+        validate.at_least(self.term_tilt, 0, "--term_tilt")
         validate.at_least(self.dead_tokens, 1, "--dead_tokens")
         validate.at_least(self.resample_tokens, -1, "--resample_tokens", "-1 = automatic, 0 = off")
         validate.positive(self.resample_enc_scale, "--resample_enc_scale")
@@ -250,3 +269,60 @@ class TrainResult:
     """sae, transcoder, skip_transcoder or clt."""
     dictionaries: list[TrainedDictionary]
     main_rank: bool = True
+
+
+@dataclass
+class TranscoderRunOptions:
+    """The transcoders `saescope run` trains on every layer, online: one model forward per batch of contexts feeds
+    every layer's transcoder (the recipe is TrainerConfig's; these fields are what the run chooses)."""
+
+    transcoder_layers: str = "*"
+    """Layers that get a transcoder: '*' (every layer), comma-separated numbers, or '' (none: no transcoder stage,
+    and only the studied layer is collated)."""
+    transcoder_kind: Literal["transcoder", "skip_transcoder"] = "skip_transcoder"
+    """transcoder (mlp_in.L → mlp_out.L) or skip_transcoder (plus an affine skip x W_skip)."""
+    transcoder_arch: Arch = "topk"
+    """Architecture of every layer's transcoder."""
+    transcoder_width: int = 1024
+    """Latents per layer."""
+    transcoder_k: int = 32
+    """Active latents per token (TopK)."""
+    transcoder_tokens: int = 24_576
+    """Training tokens (each token trains every layer's transcoder)."""
+    transcoder_batch_size: int = 256
+    """Tokens per step."""
+    transcoder_buffer_rows: int = 4096
+    """Shuffle-buffer rows; a row holds every layer's MLP input and output (18 × 1,280 floats on gemma-3-270m:
+    4,096 rows are 0.38 GB)."""
+    transcoder_forward_contexts: int = 16
+    """Contexts per model forward."""
+    transcoder_eval_contexts: int = 32
+    """Held-out store contexts for the replacement model's CE/KL/top-1 agreement and each layer's FVU."""
+
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        for name in ("transcoder_width", "transcoder_k", "transcoder_tokens", "transcoder_batch_size",
+                     "transcoder_buffer_rows", "transcoder_forward_contexts", "transcoder_eval_contexts"):
+            validate.at_least(getattr(self, name), 1, f"--{name}")
+        self.layer_list(10_000)  # its grammar, now
+
+    def layer_list(self, n_layers: int) -> list[int]:
+        """The layers named by --transcoder_layers, for a model of `n_layers` layers."""
+        spec = self.transcoder_layers.strip()
+        if spec == "*":
+            return list(range(n_layers))
+        try:
+            layers = sorted({int(s) for s in spec.split(",") if s.strip()})
+        except ValueError:
+            raise SaescopeError(f"--transcoder_layers {spec!r}: expected '*', comma-separated layer numbers or ''") \
+                from None
+        bad = [l for l in layers if not 0 <= l < n_layers]
+        if bad:
+            raise SaescopeError(f"--transcoder_layers: layer(s) {bad} out of range (the model has {n_layers})")
+        return layers
+
+    def trainer(self, seed: int = 0) -> TrainerConfig:
+        return TrainerConfig(kind=self.transcoder_kind, arch=self.transcoder_arch, width=self.transcoder_width,
+                             k=self.transcoder_k, tokens=self.transcoder_tokens, batch_size=self.transcoder_batch_size,
+                             buffer_rows=self.transcoder_buffer_rows, checkpoint_every=0, seed=seed)
