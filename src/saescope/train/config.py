@@ -186,6 +186,9 @@ class EvalConfig:
     --contexts)."""
     min_contexts: int = 32
     """Contexts every SAE is spliced on before --target_se may stop it (zero-ablation, for CE recovered, stops here)."""
+    max_seconds: float = 0.0
+    """Stop splicing (every SAE evaluated together) at the first batch past this many seconds once --min_contexts
+    are done; the reported standard errors say what it cost (0 = no limit)."""
     model: str = ""
     """Model spec for spliced metrics (default: the store's model)."""
 
@@ -194,6 +197,7 @@ class EvalConfig:
 
         validate.at_least(self.holdout_shards, 0, "--holdout_shards", "0 = all shards")
         validate.at_least(self.contexts, 1, "--contexts")
+        validate.at_least(self.max_seconds, 0, "--max_seconds", "0 = no limit")
 
 
 

@@ -136,9 +136,9 @@ def evaluate_many(cfgs: list[EvalConfig], hm: Any = None) -> list[dict[str, Any]
         if cfg.spliced:
             model = cfg.model or store.manifest.get("extra", {}).get("model_spec") or store.model
             key = (str(Path(cfg.store).resolve()), tuple(eval_ids), cfg.contexts, cfg.target_se, cfg.min_contexts,
-                   model)
+                   cfg.max_seconds, model)
             groups.setdefault(key, []).append(n)
-    for (_, eval_ids, contexts, target_se, min_contexts, model), members in groups.items():
+    for (_, eval_ids, contexts, target_se, min_contexts, max_seconds, model), members in groups.items():
         from saescope.models import load_model
 
         hm = hm or load_model(model)
@@ -146,15 +146,18 @@ def evaluate_many(cfgs: list[EvalConfig], hm: Any = None) -> list[dict[str, Any]
         ctx = contexts_from_store(store, list(eval_ids), contexts, hm.tokenizer.bos_token_id)
         t0 = time.perf_counter()
         res = spliced_metrics_many(hm, [loaded[n][:2] for n in members], ctx, target_se=target_se,
-                                   min_contexts=min_contexts)
+                                   min_contexts=min_contexts, max_seconds=max_seconds)
         log.info("spliced metrics of %d SAE(s) on up to %d contexts: %.0f s", len(members), len(ctx),
                  time.perf_counter() - t0)
         for n, r in zip(members, res):
             evs[n] = {**r, **evs[n]}  # ΔCE and KL lead the summary
             if target_se and r["delta_ce_se"] >= target_se:
-                log.warning("%s: ΔCE standard error %.3f nats is above --target_se %.3f with all %d held-out contexts; "
-                            "hold out more shards (--holdout_shards) or raise --contexts", cfgs[n].sae,
-                            r["delta_ce_se"], target_se, r["spliced_contexts"])
+                why = (f"the {max_seconds:g} s cap (--max_seconds) stopped it after {r['spliced_contexts']} of "
+                       f"{len(ctx)} contexts" if r["spliced_contexts"] < len(ctx) else
+                       f"with all {len(ctx)} held-out contexts; hold out more shards (--holdout_shards) or raise "
+                       f"--contexts")
+                log.warning("%s: ΔCE standard error %.3f nats is above --target_se %.3f: %s", cfgs[n].sae,
+                            r["delta_ce_se"], target_se, why)
     return evs
 
 
