@@ -107,7 +107,7 @@ def test_summaries_lead_with_delta_ce_and_flag_an_ill_conditioned_ce_recovered()
 
 def test_each_dictionary_stops_once_its_standard_error_is_below_the_target(tiny_gpt2, monkeypatch):
     """The identity (SE 0) stops at min_contexts, a random SAE runs on until its SE is small enough (here: never,
-    so every context), zero-ablation stops at min_contexts; each result equals a plain run on its own contexts."""
+    so every context), zero-ablation stops at zero_contexts; each result equals a plain run on its own contexts."""
     hm = tiny_gpt2
     ids = contexts(hm, n=8, T=12)
     noisy = sae_class("topk")(SAEConfig("topk", hm.d_model, 48, k=3))
@@ -115,9 +115,10 @@ def test_each_dictionary_stops_once_its_standard_error_is_below_the_target(tiny_
     calls = []
     forward = hm.model.forward
     monkeypatch.setattr(hm.model, "forward", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
-    ident, rand = E.spliced_metrics_many(hm, saes, ids, batch_size=1, target_se=1e-9, min_contexts=3)
-    assert len(calls) == 8 + 3 + 8 + 3  # clean on all 8, identity on 3, the random SAE on 8, zero-ablation on 3
-    assert ident["spliced_contexts"] == 3 and rand["spliced_contexts"] == 8 and rand["ce_recovered_contexts"] == 3
+    ident, rand = E.spliced_metrics_many(hm, saes, ids, batch_size=1, target_se=1e-9, min_contexts=4,
+                                         zero_contexts=3)
+    assert len(calls) == 8 + 4 + 8 + 3  # clean on all 8, identity on 4, the random SAE on 8, zero-ablation on 3
+    assert ident["spliced_contexts"] == 4 and rand["spliced_contexts"] == 8 and rand["ce_recovered_contexts"] == 3
     monkeypatch.setattr(hm.model, "forward", forward)
     plain = E.spliced_metrics(hm, noisy, "resid_post.1", ids)
     for k in ("delta_ce", "delta_ce_se", "kl_div", "kl_div_se", "ce_clean", "ce_with_sae"):
