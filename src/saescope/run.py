@@ -57,6 +57,10 @@ class RunConfig:
     eval_contexts: int = 256
     """Most held-out contexts for each SAE's spliced ΔCE/KL: each SAE stops once its ΔCE's standard error is below
     0.01 nats (after 32 contexts; `saescope eval --target_se`)."""
+    eval_seconds: float = 60.0
+    """Wall-time cap of the spliced evaluation once every SAE has its 32 contexts (`saescope eval --max_seconds`;
+    0 = none): the residual SAE's ΔCE would need ~1,000 contexts for a standard error of 0.01, so its error is
+    reported as it stands."""
     no_serve: bool = False
     """Do not serve the viewer at the end (it is only served when run from a terminal anyway)."""
 
@@ -67,6 +71,7 @@ class RunConfig:
         validate.at_least(self.layer, -1, "--layer", "-1 = the middle layer")
         validate.at_least(self.generate, 1, "--generate")
         validate.at_least(self.eval_contexts, 1, "--eval_contexts")
+        validate.at_least(self.eval_seconds, 0, "--eval_seconds", "0 = no cap")
         if not [s for s in self.saes.split(",") if s.strip()]:
             from saescope.errors import SaescopeError
 
@@ -189,7 +194,8 @@ class _Pipeline:
         # evaluated together: the spliced CE/KL of every SAE shares one clean pass per batch (each stage finishes
         # only once its eval.json is written, so a run killed here evaluates them again)
         evs = evaluate_many([EvalConfig(sae=str(sae.path), store=str(store.path), hookpoint=hp,
-                                        holdout_shards=cfg.train.holdout_shards, contexts=cfg.eval_contexts)
+                                        holdout_shards=cfg.train.holdout_shards, contexts=cfg.eval_contexts,
+                                        max_seconds=cfg.eval_seconds)
                              for sae, hp in trained], hm=self.hm) if trained else []
         for (sae, _), ev in zip(trained, evs):
             write_json(sae.path / "eval.json", ev)
