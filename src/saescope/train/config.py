@@ -87,6 +87,11 @@ class TrainerConfig:
     encoder_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """TopK family: dtype of the dense encoder matmul in training (auto = bfloat16 on GPUs and on CPUs with AMX or
     AVX512-BF16, where it is several times faster; float32 elsewhere). Gradients stay float32."""
+    e2e_contexts: int = 0
+    """After training on the store, fine-tune the SAE spliced into the model on this many training contexts (2 per
+    step) for KL(clean ‖ spliced) + FVU (train/finetune.py; Karvonen 2025); 0 = off."""
+    e2e_lr_mult: float = 0.1
+    """--e2e_contexts: the fine-tune's Adam LR as a multiple of the training LR (decayed linearly to 0)."""
     checkpoint_every: int = 500
     """Steps between checkpoints."""
     seed: int = 0
@@ -110,7 +115,7 @@ class TrainerConfig:
         from saescope import validate
         from saescope.errors import SaescopeError
 
-        for name in ("tokens", "holdout_shards", "lr", "grad_clip", "auxk_alpha", "l1_coefficient",
+        for name in ("tokens", "holdout_shards", "lr", "grad_clip", "auxk_alpha", "l1_coefficient", "e2e_contexts",
                      "l0_coefficient", "pre_act_coefficient", "checkpoint_every"):
             validate.at_least(getattr(self, name), 0, f"--{name}")
         for name in ("k_anneal_frac", "warmup_frac", "decay_frac", "resample_until", "sparsity_warmup_frac",
@@ -121,6 +126,10 @@ class TrainerConfig:
         validate.at_least(self.dead_tokens, 1, "--dead_tokens")
         validate.at_least(self.resample_tokens, -1, "--resample_tokens", "-1 = automatic, 0 = off")
         validate.positive(self.resample_enc_scale, "--resample_enc_scale")
+        validate.positive(self.e2e_lr_mult, "--e2e_lr_mult")
+        if self.e2e_contexts and self.kind != "sae":
+            raise SaescopeError(f"--e2e_contexts {self.e2e_contexts}: the spliced fine-tune is for SAEs (--kind sae), "
+                                f"not --kind {self.kind}; set it to 0")
         if self.warmup_frac + self.decay_frac > 1:
             raise SaescopeError(f"--warmup_frac {self.warmup_frac} + --decay_frac {self.decay_frac}: more than all "
                                 f"of the steps; make them sum to 1 or less")

@@ -39,7 +39,9 @@ def split_shards(store: ActivationStore, holdout: int) -> tuple[list[int], list[
     return list(range(n - holdout)), list(range(n - holdout, n))
 
 
-def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+def train_from_store(cfg: TrainConfig, progress: bool = True, hm: Any = None) -> dict[str, Any]:
+    """Train (and with --e2e_contexts fine-tune in the model `hm`, loaded from the store's model if None), evaluate
+    on the held-out shards without splicing, save; returns what metrics.json holds."""
     from saescope.train.evaluate import evaluate_batches
 
     if cfg.trainer.kind != "sae":
@@ -84,6 +86,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
              steps, tc.batch_size, train_rows)
     result = trainer.fit(batches, progress=progress)
     trainer.save_checkpoint()
+    scale = float(trainer.scale) if tc.normalize else 1.0
     sae = trainer.finalize()
     batches.close()  # the shuffle buffer, now (a suspended generator would hold it until its frame is collected)
     del trainer, batches  # the optimizer state and the shuffle buffer
@@ -91,18 +94,34 @@ def train_from_store(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if not dist_utils.is_main():
         dist_utils.shutdown()  # waits for rank 0 to finish writing
         return {}
+    e2e = _finetune(cfg, store, train_ids, sae, hp, scale, hm) if tc.e2e_contexts else None
     ev = evaluate_batches(sae, (store.load_shard(hp, i) for i in eval_ids), device)
     density = ev.pop("_density")
     sae.cpu().save(out, sparsity=density.clamp_min(1e-10).log10().float())
     last = result.history[-1] if result.history else {}
     report = {"hookpoint": hp, "steps": result.steps, "tokens": result.tokens,
               "train_tokens_per_s": last.get("tokens_per_s"), "heldout": ev,
-              "heldout_is_training_data": tc.holdout_shards == 0, "config": asdict(cfg)}
+              "heldout_is_training_data": tc.holdout_shards == 0, "config": asdict(cfg),
+              **({"e2e_finetune": e2e} if e2e else {})}
     write_json(out / "metrics.json", report)
     write_json(out / "train_history.json", result.history)
     release_freed_memory()  # what evaluation freed (measured: 0.64 → 0.28 GB anonymous after training mlp_post_act)
     dist_utils.shutdown()
     return report
+
+
+def _finetune(cfg: TrainConfig, store: ActivationStore, train_ids: list[int], sae: Any, hp: str, scale: float,
+              hm: Any) -> dict[str, Any]:
+    """--e2e_contexts: the spliced fine-tune on that many training contexts, drawn at random with the run's seed."""
+    from saescope.models import load_model
+    from saescope.train.finetune import finetune_spliced
+
+    tc = cfg.trainer
+    hm = hm or load_model(store.manifest.get("extra", {}).get("model_spec") or store.model, device=str(
+        next(sae.parameters()).device))
+    pool = contexts_from_store(store, train_ids, 1 << 30, hm.tokenizer.bos_token_id)  # [C, T] token ids only
+    pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(tc.seed))[:tc.e2e_contexts]
+    return finetune_spliced(hm, sae, hp, pool[pick], scale, tc.learning_rate() * tc.e2e_lr_mult)
 
 
 def evaluate(cfg: EvalConfig, hm: Any = None) -> dict[str, Any]:
