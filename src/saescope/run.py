@@ -188,7 +188,7 @@ class _Pipeline:
                         {"trainer": _options(cfg.train), "hookpoint": hp}, {"store": store.fingerprint})
             if self.start(sae):
                 train_from_store(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp,
-                                             out=str(sae.path), device=cfg.model.device))
+                                             out=str(sae.path), device=cfg.model.device), hm=self.hm)
                 trained.append((sae, hp))
             saes.append(sae)
         # evaluated together: the spliced CE/KL of every SAE shares one clean pass per batch (each stage finishes

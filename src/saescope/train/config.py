@@ -60,6 +60,11 @@ class TrainerConfig:
     """Initial decoder bias: the geometric median or mean of the first batch, or zeros."""
     normalize: bool = True
     """Scale inputs to E‖x‖ = √d during training (folded into the saved weights)."""
+    input_weights: Literal["auto", "read_gain", "none"] = "auto"
+    """read_gain: weight each input dimension by the gain of the norms that read the residual stream after the
+    hookpoint (models/reads.py), so the reconstruction error counts where the later blocks look (folded into the
+    saved weights); auto = read_gain for SAEs on resid_post/resid_pre where the model is at hand (`saescope run`),
+    none elsewhere (an MLP or attention output is not read through those norms alone)."""
     auxk_alpha: float = 1 / 32
     """AuxK coefficient (TopK family)."""
     dead_tokens: int = 1_000_000

@@ -24,12 +24,13 @@ from saescope.sae import BaseSAE, fvu_loss
 log = logging.getLogger(__name__)
 
 
-def finetune_spliced(hm: HookedModel, sae: BaseSAE, hookpoint: str, contexts: Tensor, scale: float,
+def finetune_spliced(hm: HookedModel, sae: BaseSAE, hookpoint: str, contexts: Tensor, scale: float | Tensor,
                      lr: float, fvu_coefficient: float = 1.0, batch_contexts: int = 2) -> dict[str, Any]:
     """Fine-tune `sae` (in place, raw-activation weights) on contexts [C, T] (BOS first), one pass.
 
-    scale: the factor that makes E‖x‖ = √d (training's normalisation): the optimiser works on the SAE of s·x, so
-    `lr` means what it means in training; the scale is folded back at the end. Adam, LR decayed linearly to 0.
+    scale: training's input scale (E‖x‖ = √d, times the dimension weights: a scalar or [d]): the optimiser works
+    on the SAE of s·x, so `lr` means what it means in training; the scale is folded back at the end. Adam, LR
+    decayed linearly to 0.
     Returns the mean KL (nats/token) and FVU of the first and last steps and the seconds spent.
     """
     from saescope.models.resume import record_block_inputs, start_at_block

@@ -72,7 +72,10 @@ def train_from_store(cfg: TrainConfig, progress: bool = True, hm: Any = None) ->
     out = Path(cfg.out)
     meta = {"model_name": store.model, "hook_name": hp, "context_size": store.manifest.get("context_len"),
             "prepend_bos": True, "dataset_path": str(store.root), "trained_with": "saescope"}
-    trainer = Trainer(tc, d, steps, metadata=meta, device=device, out=out)
+    if hm is None and (tc.input_weights == "read_gain" or tc.e2e_contexts):
+        hm = _model_of(store, tc, hp, device)
+    weights = _input_weights(tc, hm, hp)
+    trainer = Trainer(tc, d, steps, metadata=meta, device=device, out=out, dim_weights=weights)
     if cfg.resume:
         trainer.try_resume()
     elif (out / "checkpoint").exists() and dist_utils.is_main():
@@ -86,7 +89,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True, hm: Any = None) ->
              steps, tc.batch_size, train_rows)
     result = trainer.fit(batches, progress=progress)
     trainer.save_checkpoint()
-    scale = float(trainer.scale) if tc.normalize else 1.0
+    scale = trainer.scale
     sae = trainer.finalize()
     batches.close()  # the shuffle buffer, now (a suspended generator would hold it until its frame is collected)
     del trainer, batches  # the optimizer state and the shuffle buffer
@@ -110,15 +113,42 @@ def train_from_store(cfg: TrainConfig, progress: bool = True, hm: Any = None) ->
     return report
 
 
-def _finetune(cfg: TrainConfig, store: ActivationStore, train_ids: list[int], sae: Any, hp: str, scale: float,
-              hm: Any) -> dict[str, Any]:
-    """--e2e_contexts: the spliced fine-tune on that many training contexts, drawn at random with the run's seed."""
+def _model_of(store: ActivationStore, tc: Any, hp: str, device: str) -> Any:
+    """The store's model, for --input_weights read_gain and --e2e_contexts."""
     from saescope.models import load_model
+
+    spec = store.manifest.get("extra", {}).get("model_spec") or store.model
+    try:
+        hm = load_model(spec, device=device)
+    except Exception as e:  # noqa: BLE001 — whatever fails, the fix is the same
+        raise SaescopeError(f"--input_weights read_gain / --e2e_contexts need the store's model {spec}, which does "
+                            f"not load ({e}); use --input_weights none --e2e_contexts 0") from e
+    if hm.d_model != store.hookpoints[hp]:
+        raise SaescopeError(f"--input_weights read_gain / --e2e_contexts: the store's model {spec} has width "
+                            f"{hm.d_model}, not {hp}'s {store.hookpoints[hp]}")
+    return hm
+
+
+def _input_weights(tc: Any, hm: Any, hp: str) -> torch.Tensor | None:
+    from saescope.models import parse_hookpoint
+    from saescope.models.reads import residual_read_weights
+
+    kind, layer = parse_hookpoint(hp)
+    residual = kind in ("resid_post", "resid_pre")
+    if tc.input_weights == "none" or hm is None or (tc.input_weights == "auto" and not residual):
+        return None
+    if not residual:
+        raise SaescopeError(f"--input_weights read_gain: {hp} is not the residual stream; use resid_post/resid_pre "
+                            f"or --input_weights none")
+    return residual_read_weights(hm, layer + 1 if kind == "resid_post" else layer)
+
+
+def _finetune(cfg: TrainConfig, store: ActivationStore, train_ids: list[int], sae: Any, hp: str,
+              scale: float | torch.Tensor, hm: Any) -> dict[str, Any]:
+    """--e2e_contexts: the spliced fine-tune on that many training contexts, drawn at random with the run's seed."""
     from saescope.train.finetune import finetune_spliced
 
     tc = cfg.trainer
-    hm = hm or load_model(store.manifest.get("extra", {}).get("model_spec") or store.model, device=str(
-        next(sae.parameters()).device))
     pool = contexts_from_store(store, train_ids, 1 << 30, hm.tokenizer.bos_token_id)  # [C, T] token ids only
     pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(tc.seed))[:tc.e2e_contexts]
     return finetune_spliced(hm, sae, hp, pool[pick], scale, tc.learning_rate() * tc.e2e_lr_mult)
