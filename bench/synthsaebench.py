@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true",
                     help="small world (512 features, d=128), width 128, L0 6, 65,536 samples: a ~1 min smoke test")
+    ap.add_argument("--world", choices=("v2", "v1"), default="v2",
+                    help="v2 (scale_children_by_parent, SAELens' recommendation) or v1 (the world the published "
+                         "LISTA-Matryoshka F1 0.97 was measured on); each is cached under its own config hash")
     ap.add_argument("--features", type=int, default=0, help="ground-truth features (default 16384; tiny 512)")
     ap.add_argument("--hidden-dim", type=int, default=0, help="d (default 768; tiny 128)")
     ap.add_argument("--samples", type=int, default=0, help="training samples per SAE (default 2^20 CPU, 200M GPU)")
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
 
     a = parse_args(argv)
     t_start = time.perf_counter()
-    cfg = world_config(tiny=a.tiny, features=a.features, hidden_dim=a.hidden_dim)
+    cfg = world_config(tiny=a.tiny, features=a.features, hidden_dim=a.hidden_dim, version=a.world)
     root = cache_root(a.cache_dir or None)
     world, world_dir = load_or_build_world(cfg, root, a.device)
     base = world_dir.parent
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
                         rows.append({**rr, "mode": f"wallclock {budget:,.0f}s"})
     build = json.loads((world_dir / "build.json").read_text()) if (world_dir / "build.json").is_file() else {}
     print(f"\nSynthSAEBench world: {cfg.num_features:,} ground-truth features in d = {cfg.hidden_dim} "
-          f"({'tiny smoke-test world' if a.tiny else 'SynthSAEBench-16k config'}; cache {base}, built in "
+          f"({'tiny smoke-test world' if a.tiny else 'SynthSAEBench-16k config'}, {a.world}; cache {base}, built in "
           f"{build.get('seconds', float('nan')):,.0f} s on {build.get('device', '?')}); true L0 "
           f"{rows[0]['true_l0']:.1f}" if rows else "no results")
     n_eval = rows[0]["eval_samples"] if rows else 0

@@ -17,6 +17,7 @@ def main() -> None:
     ap.add_argument("--eval-samples", type=int, default=65_536)
     ap.add_argument("--shard-size", type=int, default=65_536)
     ap.add_argument("--seed", type=int, default=0, help="the bench's --seed (picks its held-out stream)")
+    ap.add_argument("--world", choices=("v2", "v1"), default="v2", help="the bench's --world")
     a = ap.parse_args()
     try:
         from sae_lens import SAE
@@ -27,7 +28,7 @@ def main() -> None:
     from benchlib.synthdiag import diagnose
     from benchlib.synthworld import bench_streams, cache_root, load_or_build_world, world_config
 
-    cfg = world_config()
+    cfg = world_config(version=a.world)
     world, world_dir = load_or_build_world(cfg, cache_root())
     _, stream = bench_streams(world, world_dir, "cpu", a.seed, a.shard_size, 0, a.eval_samples)
     head = "| SAE | fine (F1 >= 0.5) | dead | duplicate | absorbed | merged with siblings | merged, other | " \

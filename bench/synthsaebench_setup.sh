@@ -13,12 +13,11 @@ PY="${PY:-python3}"
 STAMP="$VENV/.synthsaebench-installed"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q torch==2.13.0          # the CPU build kept on local disk here; elsewhere pip fetches it
-    "$VENV/bin/pip" install -q sae-lens==6.54.12 eai-sparsify==1.3.3 pytest
+    # through uv where it installs, else pip (scripts/install.sh); torch: the CPU build kept on local disk here
+    bash scripts/install.sh "$VENV" torch==2.13.0 sae-lens==6.54.12 eai-sparsify==1.3.3 pytest
     # saescope itself without re-resolving its pins against sae-lens', plus the runtime deps the bench touches
-    "$VENV/bin/pip" install -q --no-deps -e .
-    "$VENV/bin/pip" install -q simple-parsing safetensors tqdm scipy gguf
+    bash scripts/install.sh "$VENV" --no-deps -e .
+    bash scripts/install.sh "$VENV" simple-parsing safetensors tqdm scipy gguf
     "$VENV/bin/python" -c "import sae_lens.synthetic, sparsify, saescope"
     touch "$STAMP"
 fi

@@ -67,7 +67,7 @@ def test_attention_latents_by_token_pair_records_match_brute_force(tmp_path, tex
     from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
     from saescope.collate.run_collate import collate
     from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
-    from saescope.records import read_record
+    from saescope.records import read_unit
     from saescope.units import tril_flatten
 
     hm = make_model("gemma")
@@ -92,7 +92,7 @@ def test_attention_latents_by_token_pair_records_match_brute_force(tmp_path, tex
     dense = tril_flatten(full[:, :, 1:, 1:])  # [N, F, L]
     root = tmp_path / "col" / hm.name / "sae_latents" / "attn_sae-by-token-pair"
     for u in range(F):
-        rec = read_record(root / "1" / f"{u}.json")
+        rec = read_unit(root / "1", u)
         mx = dense[:, u].amax(1)  # [N] excerpt maxima
         top = rec.most_positive_activation_records
         want = sorted(mx.tolist(), reverse=True)[: len(top)]

@@ -406,9 +406,14 @@ def test_corrupted_interp_files_are_reported_and_kept(model_root, capsys):
     (ds / "explanations.json").write_text('{"explainer": "baseline", "units": [1, 2]}')
     fails(capsys, ["score", model_root], "has no 'units' object", keep=(model_root,))
     (ds / "explanations.json").unlink()
-    first = sorted(model_root.glob("mlp_neurons/1/*.json"), key=lambda p: p.stem)[0]
-    first.write_text("{not a record")
-    fails(capsys, ["explain", model_root, "--indices", first.stem], first.name, keep=(model_root,))
+    records = model_root / "mlp_neurons" / "1" / "records.safetensors"
+    good = records.read_bytes()
+    records.write_text("{not a record")
+    fails(capsys, ["explain", model_root, "--indices", "0"], "records.safetensors: not a readable records file",
+          keep=(model_root,))
+    records.write_bytes(good[: len(good) // 2])  # truncated inside the activations
+    fails(capsys, ["explain", model_root, "--indices", "0"], "records.safetensors", keep=(model_root,))
+    records.write_bytes(good)
 
 
 def test_corrupted_store_and_sae_files_are_one_line(store, tmp_path, capsys):
@@ -435,7 +440,7 @@ def test_export_that_fails_midway_leaves_the_previous_export(run_dir, capsys):
     rec = next(run_dir.glob("collated/*/sae_latents/resid_post/1/7.json"))
     good = rec.read_bytes()
     rec.write_text('{"neuron_id": ')  # a record broken after the first export: the second fails at latent 7
-    fails(capsys, ["export", "neuronpedia", run_dir, out, "--logits", "false", "--batch_size", "2"], "7.json",
+    fails(capsys, ["export", "neuronpedia", run_dir, out, "--logits", "false", "--batch_size", "2"], "7",
           keep=(out,))
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary folder left behind
     rec.write_bytes(good)

@@ -37,6 +37,12 @@ def test_corpus_capture_matches_direct_forward(tiny_gpt2, text_corpus, tmp_path)
     ctx = torch.cat([store.load_tokens(i)["context"] for i in range(len(store.shards))])
     torch.testing.assert_close(acts[ctx == 5], hs)
     assert store.load_all("mlp_post_act.0").shape == (store.rows, tiny_gpt2.d_mlp)
+    # the stage's face: run(cfg) resumes the complete store (nothing new) and says what is there
+    from saescope.capture import run
+
+    res = run(cfg, tiny_gpt2)
+    assert (res.out, res.seed_format, res.rows) == (tmp_path / "s", False, len(ctxs) * 15)
+    assert res.hookpoints == ["mlp_post_act.0", "resid_post.1"]
 
 
 def test_jsonl_corpus_and_errors(tiny_gpt2, tmp_path):
@@ -77,6 +83,13 @@ def test_generate_mode_writes_seed_format_and_round_trips(tiny_gpt2, tmp_path):
     assert store.rows == sum(e["shape"][0] for e in meta["files"])
     with pytest.raises(SaescopeError, match="empty prompt"):
         generate_seed_dataset(tiny_gpt2, tmp_path / "x", "resid_post.1", ["ok", "  "], 3)
+    from saescope.capture import run
+
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("\n".join(prompts) + "\n")
+    res = run(CaptureConfig(out=str(tmp_path / "seed2"), generate=6, prompts=str(prompts_file),
+                            hookpoints="resid_post.1"), tiny_gpt2)
+    assert res.seed_format and res.hookpoints == ["resid_post.1"] and res.rows == store.rows
 
 
 def test_seed_import_rejects_non_tensor_pickles(tmp_path):
@@ -174,3 +187,17 @@ def test_shuffled_documents_are_a_deterministic_permutation(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     assert list(CorpusConfig(str(p), shuffle_docs=64).texts()) == a
+
+
+def test_batched_greedy_generation_equals_one_prompt_at_a_time(tiny):
+    """Prompts of different lengths decoded together (left padding) continue exactly as each decoded alone."""
+    from saescope.capture.generate import _stop_ids, greedy_generate
+
+    hm = tiny
+    tok = hm.tokenizer
+    prompts = [tok(p).input_ids for p in ("a b c d e f g", "x", "hello there my", "q r")]
+    stops = _stop_ids(hm)
+    together = greedy_generate(hm, prompts, 8, stops, batch=4)
+    alone = [greedy_generate(hm, [p], 8, stops, batch=1)[0] for p in prompts]
+    assert together == alone
+    assert any(len(g) > 0 for g in together)

@@ -14,7 +14,7 @@ from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
 from saescope.collate.run_collate import collate, make_groups
 from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
 from saescope.errors import SaescopeError
-from saescope.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record
+from saescope.records import ActivationRecord, NeuronId, NeuronRecord, dumps, loads, read_record, read_unit
 from saescope.units import head_group, mlp_group, tril_flatten, tril_unflatten_index
 
 T = 8
@@ -44,7 +44,7 @@ def test_top_excerpts_and_moments_match_brute_force(collated):
     ctxs = _excerpts(hm, corpus, 60)
     acts = _brute_mlp(hm, ctxs, 1)  # [N, T, U]
     for u in (0, 5, hm.d_mlp - 1):
-        r = read_record(root / "mlp_neurons" / "1" / f"{u}.json")
+        r = read_unit(root / "mlp_neurons" / "1", u)
         a = acts[:, :, u]
         mx = a.amax(1)
         order = sorted(range(60), key=lambda i: (-float(mx[i]), i))[:20]
@@ -74,7 +74,13 @@ def test_top_excerpts_and_moments_match_brute_force(collated):
 
 
 def test_bos_never_recorded_and_tdb_json_shape(collated):
-    hm, _, root, manifest = collated
+    """On `saescope export tdb`'s folders: TDB's JSON shape, BOS never recorded, one record per unit."""
+    from saescope.cli import main
+
+    hm, _, compact, manifest = collated
+    assert main(["export", "tdb", str(compact.parent), str(compact.parent.parent / "tdb")]) == 0
+    root = compact.parent.parent / "tdb" / hm.name
+    assert len(list((root / "mlp_neurons" / "1").glob("*.json"))) == hm.d_mlp + 1  # + summary.json
     bos = hm.tokenizer.decode([hm.tokenizer.bos_token_id])
     raw = json.loads((root / "attention_heads" / "1" / "0.json").read_text())
     assert raw["dataclass_name"] == "NeuronRecord" and raw["neuron_id"]["dataclass_name"] == "NeuronId"
@@ -93,7 +99,7 @@ def test_bos_never_recorded_and_tdb_json_shape(collated):
 def test_head_pair_values_match_naive(collated):
     hm, corpus, root, _ = collated
     ctxs = _excerpts(hm, corpus, 60)
-    r = read_record(root / "attention_heads" / "1" / "2.json")
+    r = read_unit(root / "attention_heads" / "1", 2)
     top = r.most_positive_activation_records[0]
     assert len(top.activations) == T * (T + 1) // 2
     i = next(i for i in range(60) if hm.token_strings(ctxs[i][1:]) == top.tokens)
@@ -203,10 +209,12 @@ def test_two_gloo_ranks_write_the_same_records_as_one_process(tiny_dir, tmp_path
             "--device", "cpu"]
     one_process_and_two_ranks(args, tmp_path / "one", tmp_path / "two")
     one, two = tmp_path / "one" / tiny_dir.name, tmp_path / "two" / tiny_dir.name
-    files = sorted(p.relative_to(one) for p in one.rglob("*.json") if p.name not in ("manifest.json", "summary.json"))
-    assert len(files) == 48 + 4
-    for f in files:
-        a, b = read_record(one / f), read_record(two / f)
+    datasets = json.loads((one / "manifest.json").read_text())["datasets"]
+    units = [(d["path"], u) for d in datasets for u in range(d["units"])]
+    assert len(units) == 48 + 4
+    for path, u in units:
+        f = f"{path}/{u}"
+        a, b = read_unit(one / path, u), read_unit(two / path, u)
         for part in ("most_positive_activation_records", "random_sample"):
             ra, rb = getattr(a, part), getattr(b, part)
             assert [x.tokens for x in ra] == [x.tokens for x in rb], f
@@ -242,7 +250,7 @@ def test_openai_state_dict_at_a_tdb_hookpoint(tiny_gpt2, text_corpus, tmp_path):
     ctxs = _excerpts(hm, text_corpus, 30)
     x = hm.run_with_cache(torch.tensor(ctxs), None, ["mlp_out.1"])["mlp_out.1"][:, 1:]  # [N, T, d]
     acts = (x @ W_enc).relu()  # [N, T, F]
-    rec = read_record(tmp_path / "col" / hm.name / ds["path"] / "3.json")
+    rec = read_unit(tmp_path / "col" / hm.name / ds["path"], 3)
     best = acts[..., 3].amax(1).max()
     assert rec.max_activation == pytest.approx(float(best), rel=1e-4)
 
@@ -292,8 +300,8 @@ def test_collating_from_a_store_equals_running_the_model(tiny, text_corpus, tmp_
     assert len(from_model["datasets"]) == len(from_store["datasets"]) == 5  # mlp, heads, 2 SAEs, 1 by pair
     for d in from_model["datasets"]:
         for u in (0, 3):
-            a = read_record(tmp_path / "model" / hm.name / d["path"] / f"{u}.json")
-            b = read_record(tmp_path / "store" / hm.name / d["path"] / f"{u}.json")
+            a = read_unit(tmp_path / "model" / hm.name / d["path"], u)
+            b = read_unit(tmp_path / "store" / hm.name / d["path"], u)
             assert [r.tokens for r in a.most_positive_activation_records] == \
                    [r.tokens for r in b.most_positive_activation_records], d["path"]
             for ra, rb in zip(a.most_positive_activation_records + a.random_sample,

@@ -82,7 +82,7 @@ def test_collation_on_the_device_gives_the_cpu_records(text_corpus, tmp_path):
     from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
     from saescope.collate.run_collate import collate
     from saescope.corpus import CorpusConfig
-    from saescope.records import read_record
+    from saescope.records import read_unit
     from saescope.sae import SAEConfig, sae_class
 
     hm = make_model("gemma")
@@ -98,8 +98,8 @@ def test_collation_on_the_device_gives_the_cpu_records(text_corpus, tmp_path):
     assert [d["path"] for d in manifests["cpu"]["datasets"]] == [d["path"] for d in manifests[DEVICE]["datasets"]]
     for d in manifests["cpu"]["datasets"]:
         for u in (0, 1):
-            a = read_record(tmp_path / "cpu" / hm.name / d["path"] / f"{u}.json")
-            b = read_record(tmp_path / DEVICE / hm.name / d["path"] / f"{u}.json")
+            a = read_unit(tmp_path / "cpu" / hm.name / d["path"], u)
+            b = read_unit(tmp_path / DEVICE / hm.name / d["path"], u)
             assert [r.tokens for r in a.most_positive_activation_records] == \
                    [r.tokens for r in b.most_positive_activation_records], d["path"]
             for ra, rb in zip(a.most_positive_activation_records, b.most_positive_activation_records):

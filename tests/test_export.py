@@ -82,7 +82,7 @@ def run_dir(tmp_path, tiny_dir) -> Path:
 def test_neuronpedia_export_matches_the_schema_and_round_trips(run_dir, tmp_path):
     from saescope.cli import main
     from saescope.export.neuronpedia import read_export
-    from saescope.records import read_record
+    from saescope.records import read_unit
 
     assert main(["export", "neuronpedia", str(run_dir), str(tmp_path / "np"), "--batch_size", "5",
                  "--neighbours", "3"]) == 0
@@ -102,7 +102,7 @@ def test_neuronpedia_export_matches_the_schema_and_round_trips(run_dir, tmp_path
     records, expl, feats = read_export(src)
     mdir = next((run_dir / "collated").iterdir())
     for i in range(12):
-        orig = read_record(mdir / f"sae_latents/resid_post/1/{i}.json")
+        orig = read_unit(mdir / "sae_latents/resid_post/1", i)
         firing = [r for r in orig.most_positive_activation_records if max(r.activations) > 0]
         got = records.get(i, NeuronRecord(NeuronId(i, 1))).most_positive_activation_records
         assert [r.tokens for r in got] == [r.tokens for r in firing]

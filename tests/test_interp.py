@@ -285,9 +285,11 @@ def test_record_dict_fast_path_equals_the_full_reader(tmp_path):
     assert read_record_dict(legacy)["neuron_id"]["layer_index"] == 2
 
 
-def test_one_pass_explain_and_score_equals_explaining_everything_first(tiny_gpt2, text_corpus, tmp_path):
-    """A fresh offline run reads each record once (unit p scored once unit p+1's explanation, its null, is known):
-    the same explanations, scores, nulls and JSONL files as the two-phase path (explain all, then score all)."""
+@pytest.mark.parametrize("chunk", [50, 4])
+def test_one_pass_explain_and_score_equals_explaining_everything_first(tiny_gpt2, text_corpus, tmp_path, chunk,
+                                                                      monkeypatch):
+    """A fresh run reads each record once (unit p scored once unit p+1's explanation, its null, is known):
+    the same explanations, scores, nulls and JSONL files as `explain` of every unit, then `score` of every unit."""
     import shutil
 
     from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
@@ -303,7 +305,10 @@ def test_one_pass_explain_and_score_equals_explaining_everything_first(tiny_gpt2
     ds = m["datasets"][0]["path"]
     cfg = lambda name: InterpConfig(root=str(tmp_path / name / tiny_gpt2.name), dataset=ds,  # noqa: E731
                                     interp=InterpOptions(max_units=9))
-    one = run_interp(cfg("a"))  # fresh: the one-pass path
+    from saescope.interp import pipeline
+
+    monkeypatch.setattr(pipeline, "CHUNK_UNITS", chunk)  # 4: the nulls cross chunk boundaries
+    one = run_interp(cfg("a"))  # fresh: one pass
     run_interp(cfg("b"), do_score=False)  # two phases
     two = run_interp(cfg("b"), do_explain=False)
     assert {k: v for k, v in one.items() if k != "out"} == {k: v for k, v in two.items() if k != "out"}

@@ -10,7 +10,7 @@ from saescope.capture.config import CaptureOptions
 from saescope.collate.config import CollateOptions
 from saescope.config import ModelConfig
 from saescope.corpus import CorpusConfig
-from saescope.records import read_record
+from saescope.records import read_unit
 from saescope.run import RunConfig, run_pipeline
 from saescope.train.config import TrainerConfig
 
@@ -52,7 +52,7 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     for d in manifest["datasets"]:  # the store's contexts are the excerpts: neurons and latents read all of it
         needs_model = d["unit_type"] == "attention_heads" or d["by_token_pair"]
         assert d["tokens"] == (320 if needs_model else store_rows), d["path"]
-        rec = read_record(col_root / tiny_dir.name / d["path"] / "0.json")
+        rec = read_unit(col_root / tiny_dir.name / d["path"], 0)
         assert rec.neuron_id.neuron_index == 0 and rec.most_positive_activation_records
         scores = json.loads((col_root / tiny_dir.name / "explanations" / d["path"] / "scores.json").read_text())
         assert scores["summary"]["units"] > 0  # every dataset explained and scored
@@ -115,16 +115,3 @@ def test_every_command_help_prints(capsys):
             assert "0 %)" in out  # the literal percent sign survives
         if cmd == "explain":
             assert "--null_baseline bool" in out and "--nonull_baseline" not in out
-
-
-def test_importing_run_and_the_stage_configs_loads_no_web_stack():
-    """`saescope run` composes the stages' options; importing it (or any stage's config) must not load the viewer's
-    web stack (fastapi/starlette), which only `saescope view` needs."""
-    import subprocess
-    import sys
-
-    mods = ["saescope.run"] + [f"saescope.{s}.config" for s in ("capture", "train", "collate", "interp", "viewer",
-                                                                  "debug", "store")]
-    code = f"import sys; import {', '.join(mods)}; print([m for m in ('fastapi', 'starlette') if m in sys.modules])"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert r.stdout.strip() == "[]", r.stdout

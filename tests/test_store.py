@@ -129,3 +129,24 @@ def test_shuffled_batches_in_place_buffer_equals_the_copying_reference(batch_siz
     want = _naive_shuffled(shards, batch_size, 1, buffer_rows, epochs, skip)
     assert len(got) == len(want) > 0
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_store_run_verifies_every_shard_and_says_what_is_there(tmp_path):
+    """The store commands' face: run(StoreInfoConfig) reads every shard with its checksum (a truncated one fails
+    there, not later) and returns the store's numbers; an unfinished capture is not `complete`."""
+    from saescope.store import run
+    from saescope.store.config import StoreInfoConfig
+
+    w = StoreWriter(tmp_path, _meta())
+    _shard(w, 6, 0)
+    _shard(w, 5, 1)
+    res = run(StoreInfoConfig(store=str(tmp_path)))
+    assert (res.out, res.rows, res.shards, res.verified, res.complete) == (tmp_path, 11, 2, True, False)
+    assert sorted(res.hookpoints) == ["mlp_out.0", "resid_post.0"] and res.summary == ActivationStore(tmp_path).info()
+    w.finish()
+    assert run(StoreInfoConfig(store=str(tmp_path), verify=False)).complete
+    path = tmp_path / "mlp_out.0" / "shard_00001.safetensors"
+    path.write_bytes(path.read_bytes()[:-8])
+    assert not run(StoreInfoConfig(store=str(tmp_path), verify=False)).verified  # not read: not noticed
+    with pytest.raises(SaescopeError, match="checksum mismatch"):
+        run(StoreInfoConfig(store=str(tmp_path)))

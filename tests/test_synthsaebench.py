@@ -110,3 +110,26 @@ def test_diagnosis_names_each_planted_fault(world):
     assert int(lat["match"][i]) == j and d["duplicate"] == 1  # one of latents i, j (equal F1) is the duplicate
     assert {sd.LABELS[int(lat["label"][k])] for k in (i, j)} == {"duplicate", "fine"}
     assert sd.LABELS[int(lat["label"][c1])] in ("merged_siblings", "fine")  # which, depends on how often c2 fires
+
+
+def test_v1_world_is_v2_without_scale_children_by_parent():
+    v1, v2 = sw.world_config(version="v1"), sw.world_config(version="v2")
+    assert v1.hierarchy.scale_children_by_parent is False and v2.hierarchy.scale_children_by_parent is True
+    d1, d2 = v1.to_dict(), v2.to_dict()
+    d1["hierarchy"].pop("scale_children_by_parent")
+    d2["hierarchy"].pop("scale_children_by_parent")
+    assert d1 == d2  # nothing else differs
+    assert sw.config_hash(v1) != sw.config_hash(v2)  # cached apart
+    with pytest.raises(ValueError, match="v1 or v2"):
+        sw.world_config(version="v3")
+
+
+def test_lista_matryoshka_rows_train_on_the_world(world, tmp_path):
+    """The reference recipe and an ablation train through the bench's own path and are scored by SAELens."""
+    from benchlib.synthtrainers import train
+
+    model, world_dir, stream = world
+    for name in ("saescope-lista-matryoshka", "saescope-lista-matryoshka-no-lista"):
+        sae, info = train(name, 64, 4, model, world_dir, stream, 2048, 256, "cpu", tmp_path / name)
+        s = sw.score(sae, model, stream, 1024, 256)
+        assert info["samples"] == 2048 and 0 < s["l0"] < 64 and s["ve"] > 0

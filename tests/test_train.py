@@ -389,3 +389,40 @@ def test_jumprelu_thresholds_start_at_an_l0_of_k(k):
     with torch.no_grad():
         l0 = (tr.sae.encode(x * tr.scale) != 0).sum(1).float().mean()
     assert abs(float(l0) - k) <= 1 / 256 + 1e-6
+
+
+def test_train_run_returns_what_it_wrote(tmp_path, capsys):
+    """The stage's face: run(TrainConfig) -> TrainResult whose numbers are the ones in the SAE's metrics.json, and
+    the CLI prints from it."""
+    from saescope.cli import main
+    from saescope.train.config import TrainConfig, TrainerConfig
+    from saescope.train.run_train import run
+
+    store = toy_store(tmp_path / "store", n_shards=3, rows=256)
+    tc = TrainerConfig(width=64, k=3, batch_size=64, checkpoint_every=0, buffer_rows=512)
+    res = run(TrainConfig(trainer=tc, store=str(store), out=str(tmp_path / "sae"), device="cpu"), progress=False)
+    written = json.loads((tmp_path / "sae" / "metrics.json").read_text())
+    [d] = res.dictionaries
+    assert res.kind == "sae" and res.main_rank and d.name == "resid_post.0" and d.out == tmp_path / "sae"
+    assert (d.steps, d.tokens, d.metrics) == (written["steps"], written["tokens"], written["heldout"])
+    assert d.steps == 2 * 256 // 64 and not d.heldout_is_training_data
+    assert main(["train", "--store", str(store), "--out", str(tmp_path / "cli"), "--width", "64", "--k", "3",
+                 "--batch_size", "64", "--checkpoint_every", "0", "--buffer_rows", "512", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"SAE written to {tmp_path / 'cli'} ({d.steps} steps" in out and "held-out metrics:" in out
+
+
+def test_auto_encoder_dtype_follows_the_measured_matmul_speed(monkeypatch):
+    """`auto` picks bfloat16 on a CPU only when the probe measures it faster, whatever the CPU flags say."""
+    import torch
+
+    from saescope.train import precision
+
+    for f32, bf16, want in ((1.0, 0.5, torch.bfloat16), (1.0, 300.0, torch.float32), (1.0, 0.9, torch.float32)):
+        precision.cpu_bf16_is_faster.cache_clear()
+        monkeypatch.setattr(precision, "matmul_seconds", lambda dt, f32=f32, bf16=bf16: f32 if dt == torch.float32 else bf16)
+        assert precision.resolve_encoder_dtype("auto", "cpu") == want
+    monkeypatch.undo()
+    precision.cpu_bf16_is_faster.cache_clear()
+    assert precision.resolve_encoder_dtype("float32", "cpu") == torch.float32
+    assert precision.matmul_seconds(torch.float32, n=32, reps=1) > 0

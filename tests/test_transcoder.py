@@ -483,7 +483,7 @@ def test_transcoder_latents_are_collated_per_layer_and_served_like_sae_latents(t
     from saescope.config import ModelConfig
     from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
     from saescope.models import load_model
-    from saescope.records import read_record
+    from saescope.records import read_unit
     from saescope.units import UnitSet
     from saescope.viewer.server import create_app
 
@@ -505,7 +505,7 @@ def test_transcoder_latents_are_collated_per_layer_and_served_like_sae_latents(t
     x = hm.run_with_cache(torch.tensor(ctxs), None, ["mlp_in.1"])["mlp_in.1"][:, 1:]
     with torch.no_grad():
         acts = plts[1].encode(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
-    rec = read_record(tmp_path / "col" / hm.name / ds["path"] / "5.json")
+    rec = read_unit(tmp_path / "col" / hm.name / ds["path"], 5)
     assert rec.max_activation == pytest.approx(float(acts[..., 5].max()), rel=1e-4)
     client = TestClient(create_app(tmp_path / "col"))
     r = client.get(f"/api/record/{hm.name}/transcoder_latents/mytc/1/5")

@@ -7,7 +7,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
 from saescope.collate.run_collate import collate
@@ -22,6 +24,7 @@ def collated_root(tiny_dir, tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("view")
     (tmp / "corpus.txt").write_text(TEXT * 4)
+    torch.manual_seed(0)  # module-scoped: set up before the autouse seed, so the SAE would depend on test order
     sae = TopKSAE(SAEConfig("topk", 32, 48, k=4, metadata={"hook_name": "resid_post.1"}))
     sae.save(tmp / "tiny_sae")
     cfg = CollateConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), out=str(tmp / "collated"),
@@ -143,7 +146,7 @@ def test_steering_adds_the_units_write_direction_and_strength_zero_changes_nothi
 
     from saescope.models import load_model
     from saescope.units import UnitSet
-    from saescope.viewer.explore import steer
+    from saescope.explore import steer
 
     model = client.get("/api/datasets").json()[0]["model"]
     body = {"model": model, "dataset": "sae_latents/tiny_sae/1", "index": 5, "prompt": "the cat sat on", "tokens": 8}
@@ -218,7 +221,7 @@ def test_logit_lens_reads_in_logits_when_the_unit_fires_at_its_max(client, tiny_
 def test_a_long_debug_request_does_not_hold_the_model(client, monkeypatch):
     """/debug holds the model lock for its forward and backward only: a probe sent while the (slow) ranking runs
     answers at once; a prompt past the bound is refused with a clear error before the model is touched."""
-    import saescope.debug as dbg
+    import saescope.debug.run_debug as dbg
 
     model = client.get("/api/datasets").json()[0]["model"]
     ranking, slow = threading.Event(), 3.0
@@ -240,7 +243,7 @@ def test_a_long_debug_request_does_not_hold_the_model(client, monkeypatch):
     t.join()
     assert r.status_code == 200 and done["r"].status_code == 200
     assert waited < slow / 2, f"the probe queued {waited:.1f} s behind /debug"
-    from saescope.viewer.server import DEBUG_MAX_TOKENS
+    from saescope.explore import DEBUG_MAX_TOKENS
 
     long = client.post("/api/debug", json={**body, "prompt": "the cat " * DEBUG_MAX_TOKENS})
     assert long.status_code == 400 and f"at most {DEBUG_MAX_TOKENS}" in long.json()["detail"]
@@ -277,7 +280,8 @@ def test_neighbours_and_search_by_inference(client, collated_root, capsys):
     assert main(["search", "the cat sat", "--root", str(collated_root), "--per_token", "2"]) == 0
     out = capsys.readouterr().out
     toks = client.post("/api/search", json={"model": model, "text": "the cat sat"}).json()["tokens"]
-    assert all(repr(t) in out for t in toks) and out.count("sae_latents/") + out.count("mlp_neurons/") >= len(toks)
+    listed = sum(out.count(f"{kind}/") for kind in ("sae_latents", "mlp_neurons", "attention_heads"))
+    assert all(repr(t) in out for t in toks) and listed >= len(toks)  # every token lists units, of whatever kind
 
 
 def test_unit_table_filters(client, collated_root):
@@ -322,15 +326,18 @@ def test_unknown_units_traversal_and_broken_files(client, collated_root):
         r = client.get(bad)
         assert r.status_code == 404, bad
         assert "root:" not in r.text
-    broken = collated_root / model / "mlp_neurons" / "1" / "7.json"
-    good = broken.read_text()
-    broken.write_text(good[:50])
+    broken = collated_root / model / "mlp_neurons" / "1" / "records.safetensors"
+    good = broken.read_bytes()
+    broken.write_bytes(good[:50])
     r = client.get(f"/api/record/{model}/mlp_neurons/1/7")
-    assert r.status_code == 422 and "mlp_neurons/1/7.json" in r.json()["detail"]
-    broken.write_text('{"hello": [1, 2]}')  # valid JSON, but not a NeuronRecord
+    assert r.status_code == 422 and "mlp_neurons/1/records.safetensors: not a readable records file" in r.json()["detail"]
+    from safetensors.numpy import save_file
+
+    save_file({"x": np.zeros(2)}, str(broken), metadata={"format": "other"})  # safetensors, but not records
     r = client.get(f"/api/record/{model}/mlp_neurons/1/7")
-    assert r.status_code == 422 and "not a NeuronRecord" in r.json()["detail"]
-    broken.write_text(good)
+    assert r.status_code == 422 and "not a saescope records file" in r.json()["detail"]
+    broken.write_bytes(good)
+    assert client.get(f"/api/record/{model}/mlp_neurons/1/7").status_code == 200
 
 
 def test_browser_end_to_end(collated_root, tmp_path):
@@ -547,7 +554,7 @@ def test_search_ranks_by_capped_relative_activation_and_leaves_dense_units_out(t
     import torch
 
     from saescope.units import UnitGroup
-    from saescope.viewer.explore import SearchSource, search
+    from saescope.explore import SearchSource, search
 
     hm = tiny_gpt2
     text = "the cat sat"

@@ -8,6 +8,8 @@
   schedule; Matryoshka inner widths 128, 512, 2048 as in synth-sae-bench-experiments), its data generator replaced by
   a replay of the cached stream. `saelens-batchtopk-eqlr`: the same runner at saescope's learning rate for the width
   (equalised settings: the benchmark's LR 3e-4 is set for 200M samples).
+- saescope-lista-matryoshka: the LISTA-Matryoshka recipe with its published hyper-parameters, re-implemented with
+  saescope's trainer options (benchlib/recipes.py); `-no-<ingredient>`: the same with one ingredient removed.
 - sparsify-topk: sparsify's `SparseCoder` under sparsify's default optimiser (schedule-free SignSGD, momentum 0.95,
   LR 5e-3·√(2^14/F), b_dec = first-batch mean, unit-norm decoder, FVU loss, no AuxK), the loop of
   `sparsify.Trainer.fit` without the model hooks; scored at the schedule-free averaged weights.
@@ -26,7 +28,9 @@ import torch
 
 TRAINERS = ["saescope-topk", "saescope-batchtopk", "saescope-matryoshka", "saescope-jumprelu",
             "saelens-batchtopk", "saelens-matryoshka", "sparsify-topk"]
-EXTRA = ["saelens-batchtopk-eqlr"]  # equalised settings, run when named in --trainers
+EXTRA = ["saelens-batchtopk-eqlr",  # equalised settings, run when named in --trainers
+         "saescope-lista-matryoshka",  # the re-implemented LISTA-Matryoshka recipe (benchlib/recipes.py) ...
+         *[f"saescope-lista-matryoshka-no-{n}" for n in ("lista", "kdecay", "detach", "term", "freqsort")]]  # ablations
 
 
 def _quiet() -> contextlib.AbstractContextManager:
@@ -35,14 +39,17 @@ def _quiet() -> contextlib.AbstractContextManager:
 
 
 def train_saescope(arch: str, width: int, l0: int, world: Any, stream: Any, n: int, bs: int, device: str,
-                   out: Path, seed: int = 0, l0_coefficient: float | None = None) -> tuple[Any, dict[str, Any]]:
+                   out: Path, seed: int = 0, l0_coefficient: float | None = None,
+                   recipe: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """`recipe`: TrainerConfig fields over the defaults (arch included), e.g. benchlib.recipes.PUBLISHED."""
     from benchlib.synthworld import hidden_batches, median_step_s, timed, to_saelens
 
     from saescope.train.config import TrainerConfig
     from saescope.train.trainer import Trainer
 
     extra = {"l0_coefficient": l0_coefficient} if l0_coefficient is not None else {}
-    cfg = TrainerConfig(arch=arch, k=l0, width=width, batch_size=bs, checkpoint_every=0, seed=seed, **extra)
+    fields = {"arch": arch, **(recipe or {})}
+    cfg = TrainerConfig(k=l0, width=width, batch_size=bs, checkpoint_every=0, seed=seed, **fields, **extra)
     steps = max(1, n // bs)
     tr = Trainer(cfg, world.cfg.hidden_dim, steps, metadata={"trained_with": "saescope", "bench": "synthsaebench"},
                  device=device)
@@ -151,6 +158,12 @@ def train(name: str, width: int, l0: int, world: Any, world_dir: Path, stream: A
     """Train `name` for `n` samples of `stream`; (an SAE `eval_sae_on_synthetic_data` accepts, info)."""
     family, arch = name.split("-", 1)
     out.mkdir(parents=True, exist_ok=True)
+    if family == "saescope" and arch.startswith("lista-matryoshka"):
+        from benchlib.recipes import PUBLISHED, without
+
+        recipe = without(arch.rsplit("-no-", 1)[1]) if "-no-" in arch else PUBLISHED
+        return train_saescope("matryoshka", width, l0, world, stream, n, bs, device, out / "sae", seed,
+                              recipe=recipe)
     if family == "saescope":
         if arch == "jumprelu" and calib_rounds > 0:
             t0 = time.perf_counter()

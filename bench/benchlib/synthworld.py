@@ -30,9 +30,13 @@ from torch import Tensor
 SHARD_FILE = "shard_{:05d}.safetensors"
 
 
-def world_config(tiny: bool = False, features: int = 16_384, hidden_dim: int = 768) -> Any:
-    """SynthSAEBench-16k's published `SyntheticModelConfig` (SAELens docs/synth_sae_bench.md, v2 with
+def world_config(tiny: bool = False, features: int = 16_384, hidden_dim: int = 768, version: str = "v2") -> Any:
+    """SynthSAEBench-16k's published `SyntheticModelConfig` (SAELens docs/synth_sae_bench.md): v2 with
+    scale_children_by_parent (what SAELens recommends now), or v1 (`decoderesearch/synth-sae-bench-16k-v1`, the
+    world the LISTA-Matryoshka recipe's 0.97 F1 was measured on: the same generator and config without
     scale_children_by_parent); `tiny` scales it down to a world that builds in seconds."""
+    if version not in ("v1", "v2"):
+        raise ValueError(f"SynthSAEBench world version {version!r}: choose v1 or v2")
     from sae_lens.synthetic import (
         FoldedNormalMagnitudeConfig,
         HierarchyConfig,
@@ -52,7 +56,8 @@ def world_config(tiny: bool = False, features: int = 16_384, hidden_dim: int = 7
         firing_probability=ZipfianFiringProbabilityConfig(exponent=0.5, max_prob=0.4, min_prob=p_min),
         hierarchy=HierarchyConfig(
             total_root_nodes=roots, branching_factor=4, max_depth=depth, mutually_exclusive_portion=1.0,
-            mutually_exclusive_min_depth=0, compensate_probabilities=True, scale_children_by_parent=True,
+            mutually_exclusive_min_depth=0, compensate_probabilities=True,
+            scale_children_by_parent=version == "v2",
         ),
         orthogonalization=OrthogonalizationConfig(num_steps=steps, lr=3e-4),
         correlation=LowRankCorrelationConfig(rank=rank, correlation_scale=0.1),
@@ -238,7 +243,27 @@ def to_saelens(sae: Any, path: Path, device: str = "cpu") -> Any:
     from sae_lens import SAE
 
     sae.cpu().save(path)
-    return SAE.load_from_disk(str(path), device=device)
+    if not sae.cfg.lista_iters:
+        return SAE.load_from_disk(str(path), device=device)
+    # SAELens has no LISTA encoder: load the same weights without η, and route `encode` through saescope's
+    from safetensors.torch import load_file, save_file
+
+    from saescope.io import read_json, write_json
+
+    w = load_file(str(path / "sae_weights.safetensors"))
+    w.pop("lista_step")
+    save_file(w, str(path / "sae_weights.safetensors"))
+    cfg = read_json(path / "cfg.json", "SAE config")
+    cfg.pop("lista_iters")
+    write_json(path / "cfg.json", cfg)
+    out = SAE.load_from_disk(str(path), device=device)
+    ours = sae.to(device).eval()
+
+    def encode(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return ours.encode(x.float()).to(x.dtype)
+    out.encode = encode  # the saved copy (for the diagnosis) is the linear part only
+    return out
 
 
 @torch.no_grad()

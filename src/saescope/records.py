@@ -223,6 +223,55 @@ def read_record(path: str | Path) -> NeuronRecord:
         raise SaescopeError(f"{path}: not a valid NeuronRecord ({e})") from None
 
 
+class JsonRecords:
+    """A TDB-layout folder of `{index}.json` records (what `export tdb` writes, and datasets from elsewhere), read with
+    the same face as `compact_records.PackedRecords`."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def __contains__(self, index: object) -> bool:
+        return isinstance(index, int) and (self.folder / f"{index}.json").is_file()
+
+    def record_text(self, index: int) -> str:
+        return (self.folder / f"{int(index)}.json").read_text(encoding="utf-8")  # FileNotFoundError when absent
+
+    def record(self, index: int) -> NeuronRecord:
+        return read_record(self.folder / f"{int(index)}.json")
+
+    def record_dict(self, index: int) -> dict[str, Any]:
+        return read_record_dict(self.folder / f"{int(index)}.json")
+
+
+def open_records(folder: str | Path) -> Any:
+    """A dataset folder's records, whichever way they are stored: `compact_records.PackedRecords` where collation
+    wrote records.safetensors, else `JsonRecords` (`{index}.json` files). Both give `record(i)`, `record_text(i)`
+    and `i in records`; a unit that is not there raises FileNotFoundError."""
+    from saescope.compact_records import PACK_FILE  # light: numpy only
+
+    if (Path(folder) / PACK_FILE).is_file():
+        from saescope.compact_records import open_pack
+
+        return open_pack(folder)
+    return JsonRecords(folder)
+
+
+def read_unit(folder: str | Path, index: int) -> NeuronRecord:
+    """Unit `index` of a dataset folder (compact or JSON), or a SaescopeError naming it."""
+    try:
+        return open_records(folder).record(int(index))
+    except FileNotFoundError:
+        raise SaescopeError(f"{Path(folder) / str(index)}: no such record") from None
+
+
+def read_unit_dict(folder: str | Path, index: int) -> dict[str, Any]:
+    """`read_record_dict` of unit `index` of a dataset folder (compact or JSON)."""
+    recs = open_records(folder)
+    if isinstance(recs, JsonRecords):
+        return recs.record_dict(index)
+    return _collapsed(json.loads(recs.record_text(int(index))))
+
+
 def read_record_dict(path: str | Path) -> dict[str, Any]:
     """A record as its canonical JSON dict (validated, legacy names renamed), for code that works on JSON.
 

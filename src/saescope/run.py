@@ -19,7 +19,7 @@ from saescope.collate.config import CollateOptions, CollateResult
 from saescope.config import ModelConfig, resolve_layer
 from saescope.corpus import CorpusConfig
 from saescope.interp.config import InterpOptions
-from saescope.models.hooks import canonical_hookpoint
+from saescope.models.hookpoints import canonical_hookpoint
 from saescope.stages import Stage
 from saescope.train.config import TrainerConfig
 from saescope.viewer.config import ViewOptions
@@ -151,7 +151,7 @@ class _Pipeline:
 
     def store(self) -> tuple[Stage, ActivationStore]:
         """2. the activation store: every hookpoint an SAE is trained on, at the studied layer."""
-        from saescope.capture.capture import capture_corpus
+        from saescope.capture import run as capture
         from saescope.capture.config import CaptureConfig
         from saescope.store import ActivationStore
 
@@ -164,12 +164,11 @@ class _Pipeline:
         hookpoints = ",".join(dict.fromkeys([self.hookpoint, *self.sae_hps, *attention]))
         store = Stage("store", self.out / "store", {**self.model_id, "data": asdict(cfg.data),
                                                     "capture": _options(cfg.capture), "hookpoints": hookpoints}, {})
-        st = None
         if self.start(store):
-            st = capture_corpus(CaptureConfig(model=cfg.model, data=cfg.data, capture=cfg.capture,
-                                              out=str(store.path), hookpoints=hookpoints), self.hm)
+            capture(CaptureConfig(model=cfg.model, data=cfg.data, capture=cfg.capture, out=str(store.path),
+                                  hookpoints=hookpoints), self.hm)
             store.finish()
-        st = st or ActivationStore(store.path, verify=False)
+        st = ActivationStore(store.path, verify=False)
         self.done.append((f"activation store ({st.rows:,} tokens x {len(st.hookpoints)} hookpoints)", store.path))
         return store, st
 
@@ -179,7 +178,8 @@ class _Pipeline:
         from saescope.io import read_json, write_json
         from saescope.train.config import EvalConfig, TrainConfig
         from saescope.train.evaluate import headline
-        from saescope.train.on_store import evaluate_many, train_from_store
+        from saescope.train.on_store import evaluate_many
+        from saescope.train.run_train import run as train
 
         cfg = self.cfg
         saes, trained = [], []
@@ -187,8 +187,8 @@ class _Pipeline:
             sae = Stage(f"sae {hp}", self.out / "saes" / hp.split(".")[0],
                         {"trainer": _options(cfg.train), "hookpoint": hp}, {"store": store.fingerprint})
             if self.start(sae):
-                train_from_store(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp,
-                                             out=str(sae.path), device=cfg.model.device), hm=self.hm)
+                train(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp, out=str(sae.path),
+                                  device=cfg.model.device), hm=self.hm)
                 trained.append((sae, hp))
             saes.append(sae)
         # evaluated together: the spliced CE/KL of every SAE shares one clean pass per batch (each stage finishes
@@ -212,10 +212,10 @@ class _Pipeline:
         from saescope.collate.run_collate import run as collate
 
         cfg, hm, layer = self.cfg, self.hm, self.layer
-        from_store = st.manifest.get("context_len") == cfg.collate.excerpt_len + 1
+        from_store = st.context_len == cfg.collate.excerpt_len + 1
         if not from_store:
             log.info("the store's contexts (%s tokens) are not excerpts of %d: collating every unit with the model",
-                     st.manifest.get("context_len"), cfg.collate.excerpt_len)
+                     st.context_len, cfg.collate.excerpt_len)
         col = Stage("collated", self.out / "collated",
                     {**self.model_id, "data": asdict(cfg.data), "collate": _options(cfg.collate), "layer": layer,
                      "from_store": from_store},

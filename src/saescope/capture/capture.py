@@ -6,6 +6,7 @@ import itertools
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -74,18 +75,9 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
             break
         info = None
         if rnd.mine:
-            acts: dict[str, list[Tensor]] = {h: [] for h in hookpoints}
-            tok, ctx, pos = [], [], []
-            for f in stream.forwards(rnd):
-                for h in hookpoints:
-                    acts[h].append(f.rows[h])  # [rows, width]
-                tok.append(f.ids[f.mask].cpu())
-                ci = torch.arange(f.first, f.first + f.ids.shape[0], device=f.ids.device)[:, None].expand_as(f.ids)
-                ctx.append(ci[f.mask].cpu())
-                pos.append(torch.arange(f.ids.shape[1], device=f.ids.device).expand_as(f.ids)[f.mask].cpu())
-                bar.update(int(f.mask.sum()) * ws)
-            info = write_shard(cfg.out, meta, n_shards + rank, {h: torch.cat(a) for h, a in acts.items()},
-                               torch.cat(tok), torch.cat(ctx), torch.cat(pos), (rnd.offset, rnd.offset + len(rnd.mine)))
+            acts, tok, ctx, pos = _shard_rows(stream, rnd, hookpoints, lambda n: bar.update(n * ws))
+            info = write_shard(cfg.out, meta, n_shards + rank, acts, tok, ctx, pos,
+                               (rnd.offset, rnd.offset + len(rnd.mine)))
         infos = dist.gather_objects(info)
         n_new = sum(1 for x in infos if x is not None)
         if writer is not None:
@@ -106,3 +98,21 @@ def capture_corpus(cfg: CaptureConfig, hm: HookedModel | None = None) -> Activat
         writer.finish(tokens_per_second=round((rows - initial) / max(elapsed, 1e-9), 1))
     dist.shutdown()
     return ActivationStore(cfg.out)
+
+
+def _shard_rows(stream: ActivationStream, rnd: Any, hookpoints: list[str], progress: Any
+                ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+    """This rank's contexts of a round through the model, as one shard's rows: ({hookpoint: [rows, width]}, token
+    ids [rows], context index [rows], position [rows]), BOS and padding masked out; `progress(n)` per forward."""
+    acts: dict[str, list[Tensor]] = {h: [] for h in hookpoints}
+    tok, ctx, pos = [], [], []
+    for f in stream.forwards(rnd):
+        for h in hookpoints:
+            acts[h].append(f.rows[h])  # [rows, width]
+        tok.append(f.ids[f.mask].cpu())
+        ci = torch.arange(f.first, f.first + f.ids.shape[0], device=f.ids.device)[:, None].expand_as(f.ids)
+        ctx.append(ci[f.mask].cpu())
+        pos.append(torch.arange(f.ids.shape[1], device=f.ids.device).expand_as(f.ids)[f.mask].cpu())
+        progress(int(f.mask.sum()))
+    return {h: torch.cat(a) for h, a in acts.items()}, torch.cat(tok), torch.cat(ctx), torch.cat(pos)
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from saescope.config import DType, ModelConfig
 from saescope.corpus import CorpusConfig
@@ -62,3 +63,17 @@ class CaptureConfig:
         validate.not_a_file(self.out, "--out")
         if self.prompts:
             validate.existing_file(self.prompts, "--prompts", "file with one prompt per line")
+
+
+@dataclass
+class CaptureResult:
+    """What `capture` wrote: an activation store (corpus mode) or a seed-format dataset (generate mode)."""
+
+    out: Path
+    """The store or seed dataset folder."""
+    seed_format: bool
+    """True for generate mode (activations_<i>.pt + metadata.json), False for a store."""
+    hookpoints: list[str]
+    rows: int
+    """Token rows written: the store's rows, or the generated tokens of the seed dataset."""
+

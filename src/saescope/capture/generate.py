@@ -52,6 +52,35 @@ def _stop_ids(hm: HookedModel) -> set[int]:
     return ids
 
 
+GENERATE_BATCH = 8
+"""Prompts decoded together: one decoding step reads every weight once for the whole batch, and on a CPU a step is
+bound by reading the weights (1 GB a step for gemma-3-270m in float32, the 262k-token unembedding included), so
+seven seed prompts decode about 7x faster together than one by one."""
+
+
+@torch.no_grad()
+def greedy_generate(hm: HookedModel, prompt_ids: list[list[int]], max_new_tokens: int, stops: set[int],
+                    batch: int = GENERATE_BATCH) -> list[list[int]]:
+    """Greedy continuations of each prompt (the new token ids, up to max_new_tokens; cut where the model emits a
+    stop token), decoded `batch` prompts at a time with left padding. A test holds it equal to decoding each
+    prompt alone."""
+    tok = hm.tokenizer
+    device = next(hm.model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out: list[list[int]] = []
+    for start in range(0, len(prompt_ids), batch):
+        group = prompt_ids[start:start + batch]
+        width = max(len(p) for p in group)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in group], device=device)  # [B, width], left-padded
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
+        res = hm.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                eos_token_id=sorted(stops) or None, pad_token_id=pad)
+        for row in res[:, width:].tolist():
+            cut = next((k for k, t in enumerate(row) if t in stops), len(row))  # the stop token itself is not kept
+            out.append(row[:cut])
+    return out
+
+
 @torch.no_grad()
 def generate_seed_dataset(
     hm: HookedModel, out: str | Path, hookpoint: str, prompts: list[str], max_new_tokens: int = 50,
@@ -65,8 +94,8 @@ def generate_seed_dataset(
     tok = hm.tokenizer
     stops = _stop_ids(hm)
     device = next(hm.model.parameters()).device
-    tensors, entries = [], []
-    for i, prompt in enumerate(tqdm(prompts, desc=f"generate {hm.name}", unit="prompt")):
+    prompt_ids = []
+    for prompt in prompts:
         if chat_template:
             if not getattr(tok, "chat_template", None):
                 raise SaescopeError(f"model {hm.name}: tokenizer has no chat template; drop --chat_template")
@@ -74,14 +103,12 @@ def generate_seed_dataset(
                                           return_tensors="pt", return_dict=True)["input_ids"]
         else:
             ids = tok(prompt, return_tensors="pt").input_ids
-        ids = ids.to(device)
-        out_ids = hm.model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=sorted(stops) or None, pad_token_id=tok.pad_token_id or tok.eos_token_id,
-        )
-        gen = out_ids[0, ids.shape[1]:].tolist()
-        cut = next((k for k, t in enumerate(gen) if t in stops), len(gen))  # stop token itself is not kept
-        gen = gen[:cut]
+        prompt_ids.append(ids[0].tolist())
+    generated = greedy_generate(hm, prompt_ids, max_new_tokens, stops)
+    tensors, entries = [], []
+    for i, (prompt, ids_list, gen) in enumerate(tqdm(list(zip(prompts, prompt_ids, generated)),
+                                                     desc=f"activations {hm.name}", unit="prompt")):
+        ids = torch.tensor([ids_list], device=device)
         if not gen:
             log.warning("prompt %d generated no tokens before a stop token; its file is empty", i)
         full = torch.tensor([ids[0].tolist() + gen], device=device)

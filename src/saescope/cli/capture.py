@@ -6,25 +6,25 @@ from __future__ import annotations
 def main(argv: list[str]) -> int:
     import os
 
+    from saescope.capture import run
     from saescope.capture.config import CaptureConfig
-    from saescope.capture.run_capture import run_capture
     from saescope.cli import parse
 
     cfg = parse(CaptureConfig, argv, "saescope capture")
-    out = run_capture(cfg)
+    res = run(cfg)
     if int(os.environ.get("RANK", "0")) > 0:  # a torchrun worker: rank 0 has listed every shard and reports
         import sys
 
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    if cfg.generate:
+    if res.seed_format:
         from saescope.store.seed import seed_summary
 
-        print(seed_summary(out / "metadata.json"))
-        print(f"seed dataset written to {out}")
+        print(seed_summary(res.out / "metadata.json"))
+        print(f"seed dataset written to {res.out}")
     else:
         from saescope.store import ActivationStore
 
-        print(ActivationStore(out, verify=False).info())
+        print(ActivationStore(res.out, verify=False).info())
     return 0

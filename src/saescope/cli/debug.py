@@ -7,20 +7,14 @@ import json
 
 def main(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.debug import debug
-    from saescope.debug.config import DebugConfig, parse_ablate
-    from saescope.debug.explain import NodeNotes, load_saes
+    from saescope.debug import run
+    from saescope.debug.config import DebugConfig
 
     cfg = parse(DebugConfig, argv, "saescope debug")
-    hm = cfg.model.load()
-    saes, names = load_saes(cfg.sae, hm)
-    notes = NodeNotes(cfg.collated, names)
-    ablate = parse_ablate(cfg.ablate)
-    res = debug(hm, cfg.prompt, cfg.target, cfg.distractor, saes, ablate=ablate, means=notes.means(ablate),
-                trace=cfg.trace, freeze_norms=cfg.freeze_norms)
-    nodes = res.nodes.top(cfg.top, by=cfg.by)
+    out = run(cfg)
+    res, nodes, notes = out.result, out.top, out.notes
     if cfg.json:
-        print(json.dumps(res.to_json(nodes, notes), ensure_ascii=False))
+        print(json.dumps(out.to_json(), ensure_ascii=False))
         return 0
     side = {"q": " through its query side", "k": " through its key side", "v": " through its value side"}
     name, _, how = cfg.trace.partition(":")

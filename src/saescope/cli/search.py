@@ -6,9 +6,9 @@ from __future__ import annotations
 def main(argv: list[str]) -> int:
     from saescope.cli import parse
     from saescope.errors import SaescopeError
+    from saescope.explore import search
     from saescope.viewer.config import SearchConfig
     from saescope.viewer.data import DataRoot
-    from saescope.viewer.explore import search
     from saescope.viewer.hub import ModelHub
 
     if argv and not argv[0].startswith("-"):

@@ -27,33 +27,37 @@ def format_metrics(m: dict[str, Any]) -> str:
 ONLINE_FLAGS = ("--model", "--corpus", "--hookpoints", "--forward_contexts", "--online")
 
 
+def _worker_exit() -> None:
+    """A non-zero torchrun rank: rank 0 reports and has written everything (the ranks met at a barrier)."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip the interpreter's teardown, where a worker rank intermittently aborted in native threads
+
+
 def train(argv: list[str]) -> int:
     from saescope.cli import parse
-    from saescope.train.on_store import train_from_store
     from saescope.train.config import TrainConfig
+    from saescope.train.run_train import run
 
     if any(a.split("=")[0].replace("-", "_").replace("__", "--", 1) in ONLINE_FLAGS for a in argv):
         return train_online(argv)
     cfg = parse(TrainConfig, argv, "saescope train")
-    report = train_from_store(cfg)
-    if report and cfg.trainer.kind != "sae":
-        for name, r in report.items():
-            h = r["heldout"]
-            print(f"{cfg.trainer.kind} {name}: {r['steps']} steps, {r['tokens']:,} tokens, "
-                  f"{r['train_tokens_per_s'] or 0:,.0f} tokens/s; held-out FVU of the MLP output {h['fvu']:.4f}, "
-                  f"L0 {h['l0']:.1f}, dead {h['dead_fraction']:.1%}")
+    res = run(cfg)
+    if not res.main_rank:
+        _worker_exit()
+    if res.kind != "sae":
+        for d in res.dictionaries:
+            h = d.metrics
+            print(f"{res.kind} {d.name}: {d.steps} steps, {d.tokens:,} tokens, {d.tokens_per_s or 0:,.0f} tokens/s; "
+                  f"held-out FVU of the MLP output {h['fvu']:.4f}, L0 {h['l0']:.1f}, dead {h['dead_fraction']:.1%}")
         return 0
-    if not report:  # a non-zero torchrun rank: rank 0 reports and has written everything (the ranks met at a barrier)
-        import os
-        import sys
-
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)  # skip the interpreter's teardown, where a worker rank intermittently aborted in native threads
-    print(f"SAE written to {cfg.out} ({report['steps']} steps, {report['tokens']:,} tokens, "
-          f"{report['train_tokens_per_s'] or 0:,.0f} tokens/s)")
-    print("metrics on training data (--holdout_shards 0):" if report["heldout_is_training_data"] else "held-out metrics:")
-    print(format_metrics(report["heldout"]))
+    d = res.dictionaries[0]
+    print(f"SAE written to {d.out} ({d.steps} steps, {d.tokens:,} tokens, {d.tokens_per_s or 0:,.0f} tokens/s)")
+    print("metrics on training data (--holdout_shards 0):" if d.heldout_is_training_data else "held-out metrics:")
+    print(format_metrics(d.metrics))
     return 0
 
 
@@ -61,21 +65,16 @@ def train_online(argv: list[str]) -> int:
     """`saescope train --model M --corpus C --hookpoints 'resid_post.*' --tokens N`: straight from the model."""
     from saescope.cli import parse
     from saescope.train.config import OnlineConfig
-    from saescope.train.online import train_online as run
+    from saescope.train.run_train import run
 
     argv = [a for a in argv if a not in ("--online",)]
     cfg = parse(OnlineConfig, argv, "saescope train (online: --model/--corpus/--hookpoints)")
-    reports = run(cfg)
-    if not reports:  # a non-zero torchrun rank: rank 0 has written everything (the ranks met at a barrier)
-        import os
-        import sys
-
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    for h, r in reports.items():
-        print(f"{h}: {r['steps']} steps, {r['tokens']:,} tokens, {r['train_tokens_per_s']:,.0f} tokens/s, "
-              f"FVU {r['fvu'] if r['fvu'] is not None else float('nan'):.3f} → {cfg.out}/{h.replace('.', '_')}")
+    res = run(cfg)
+    if not res.main_rank:
+        _worker_exit()
+    for d in res.dictionaries:
+        print(f"{d.name}: {d.steps} steps, {d.tokens:,} tokens, {d.tokens_per_s or 0:,.0f} tokens/s, "
+              f"FVU {d.metrics.get('fvu', float('nan')):.3f} → {d.out}")
     return 0
 
 

@@ -55,6 +55,9 @@ class CollateOptions:
     """Seed of the random and quantile samples."""
     token_pairs: bool = True
     """Also collate SAEs at attn_out by token pair (the attention latents' pair attribution; large records)."""
+    records: Literal["compact", "json"] = "compact"
+    """compact: each dataset's records as tensors (records.safetensors), built into TDB JSON when read (fast to
+    write); json: one TDB NeuronRecord file per unit, as `saescope export tdb` writes them."""
 
     def kinds(self) -> list[UnitOption]:
         return [u.strip() for u in self.units.split(",") if u.strip()]  # type: ignore[misc]

@@ -1,13 +1,14 @@
 """`saescope collate`: stream a corpus through the model once and write TDB NeuronRecords for every unit.
 
-Layout::
+Layout (records as `saescope.compact_records`, or with --records json one `<index>.json` per unit)::
 
     <out>/<model>/manifest.json
-    <out>/<model>/mlp_neurons/<layer>/<index>.json
-    <out>/<model>/attention_heads/<layer>/<head>.json          (activations by token pair)
-    <out>/<model>/sae_latents/<sae-name>/<layer>/<latent>.json
-    <out>/<model>/sae_latents/<sae-name>-by-token-pair/<layer>/<latent>.json   (SAEs at attn_out: by token pair)
-    <out>/<model>/transcoder_latents/<set-name>/<layer>/<latent>.json      (per-layer transcoders, by token)
+    <out>/<model>/excerpts.safetensors                         (the excerpts' tokens, shared by every dataset)
+    <out>/<model>/mlp_neurons/<layer>/records.safetensors
+    <out>/<model>/attention_heads/<layer>/…                    (activations by token pair)
+    <out>/<model>/sae_latents/<sae-name>/<layer>/…
+    <out>/<model>/sae_latents/<sae-name>-by-token-pair/<layer>/…   (SAEs at attn_out: by token pair)
+    <out>/<model>/transcoder_latents/<set-name>/<layer>/…      (per-layer transcoders, by token)
     <dataset>/summary.json                                     (one row per unit, for the viewer's index)
     <dataset>/histogram.safetensors                            (exact |activation| counts per log bin, every token)
 """
@@ -34,7 +35,7 @@ from saescope.config import middle_layer
 from saescope.errors import SaescopeError
 from saescope.io import atomic_dir, write_json
 from saescope.models import HookedModel, parse_hookpoint
-from saescope.models.hooks import ATTENTION_KINDS
+from saescope.models.hookpoints import ATTENTION_KINDS
 from saescope.records import dumps, summary_row
 from saescope.units import UnitGroup, UnitSet, dataset_path, kind_of_option
 
@@ -259,12 +260,26 @@ def write_histogram(path: Path, moments: Moments) -> None:
                "edges": hist_edges()}, str(path))
 
 
+def write_json_records(folder: Path, g: UnitGroup, st: GroupState, decode: Any, opt: Any) -> list[dict[str, Any]]:
+    """One TDB NeuronRecord JSON file per unit (`--records json`; the reference the compact format is tested
+    against); returns the unit table rows."""
+    from tqdm.auto import tqdm
+
+    density = st.moments.density()
+    tokens_memo: dict[int, tuple[list[str], str]] = {}  # excerpt token list → its JSON (`decode` shares the lists)
+    rows = []
+    for r in tqdm(build_records(st, decode, opt.sizes), total=g.n_units, desc=f"write {g.rel_dir}/{g.layer}",
+                  unit="rec", leave=False):
+        (folder / f"{r.neuron_id.neuron_index}.json").write_text(dumps(r, tokens_memo), encoding="utf-8")
+        rows.append({**summary_row(r, g.by_token_pair), "density": float(density[r.neuron_id.neuron_index])})
+    return rows
+
+
 def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], states: list[GroupState],
                   tokens: ExcerptTokens, seen: list[int], elapsed: float, source: dict[str, Any]) -> dict[str, Any]:
     """Records, summaries and the manifest; seen[j] = excerpts group j was collated from."""
-    from tqdm.auto import tqdm
-
     opt = cfg.collate
+    T = opt.excerpt_len
 
     cache: dict[int, str] = {}  # token id → string
     decoded: dict[int, list[str]] = {}  # excerpt id → strings, decoded once per excerpt
@@ -276,17 +291,19 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
 
     root = Path(cfg.out) / hm.name
     datasets = []
-    tokens_memo: dict[int, tuple[list[str], str]] = {}  # excerpt token list → its JSON (`decode` shares the lists)
+    if opt.records == "compact":
+        from saescope.collate.pack import write_packs
+        from saescope.compact_records import EXCERPTS_FILE, write_pack
+
+        packs = write_packs(root, states, opt.sizes, lambda e: (tokens.get(e), decode(e)))
     for g, st, n_seen in zip(groups, states, seen):
-        ds_root = root / g.rel_dir
-        density = st.moments.density()
-        rows = []
         # records and summary go to a temporary folder renamed into place: a crash leaves the earlier dataset
-        with atomic_dir(ds_root / str(g.layer)) as tmp:
-            for r in tqdm(build_records(st, decode, opt.sizes), total=g.n_units, desc=f"write {g.rel_dir}/{g.layer}",
-                          unit="rec", leave=False):
-                (tmp / f"{r.neuron_id.neuron_index}.json").write_text(dumps(r, tokens_memo), encoding="utf-8")
-                rows.append({**summary_row(r, g.by_token_pair), "density": float(density[r.neuron_id.neuron_index])})
+        with atomic_dir(root / g.rel_dir / str(g.layer)) as tmp:
+            if opt.records == "compact":
+                arrays, rows = next(packs)
+                write_pack(tmp, arrays, g.layer, T * (T + 1) // 2 if g.by_token_pair else T, root / EXCERPTS_FILE)
+            else:
+                rows = write_json_records(tmp, g, st, decode, opt)
             write_json(tmp / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
                                               "by_token_pair": g.by_token_pair, "units": rows})
             write_histogram(tmp / HISTOGRAM_FILE, st.moments)
@@ -294,7 +311,7 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
         datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer,
                          "path": dataset_path(g.unit_type, g.layer, g.name), "units": g.n_units,
                          "by_token_pair": g.by_token_pair, "hookpoints": g.hookpoints, "source": g.source,
-                         "tokens": n_seen * opt.excerpt_len,
+                         "tokens": n_seen * opt.excerpt_len, "records": opt.records,
                          "live_units": len(live),
                          "live_with_20_firing_excerpts": sum(x["firing_excerpts"] >= 20 for x in live)})
     manifest_path = root / "manifest.json"

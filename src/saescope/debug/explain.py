@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from saescope.debug.attribute import Node
+from saescope.errors import SaescopeError
 from saescope.models import HookedModel
 from saescope.sae import BaseSAE
 from saescope.units import node_dataset
@@ -49,6 +50,15 @@ class NodeNotes:
             self._cache[ds] = rows
         return self._cache[ds]
 
+    def _has_record(self, ds: str, index: int) -> bool:
+        from saescope.records import open_records
+
+        assert self.root is not None
+        try:
+            return index in open_records(self.root / ds)
+        except SaescopeError:  # a damaged records file: no link rather than a failed debug request
+            return False
+
     def note(self, n: Node) -> dict[str, Any]:
         """{dataset, url, explanation, score, mean} where known."""
         ds = self.dataset(n)
@@ -56,7 +66,7 @@ class NodeNotes:
             return {}
         row = self._rows(ds).get(n.index, {})
         # link only to a unit that has a record (layers not collated would lead to "not found")
-        url = f"/u/{self.root.name}/{ds}/{n.index}" if (self.root / ds / f"{n.index}.json").is_file() else None
+        url = f"/u/{self.root.name}/{ds}/{n.index}" if self._has_record(ds, n.index) else None
         return {"dataset": ds, "url": url, "explanation": row.get("explanation"), "score": row.get("score"),
                 "mean": row.get("mean")}
 

@@ -125,6 +125,16 @@ SIDES = ("q", "k", "v")
 """The three inputs of an attention layer; tracing a head through one side stops the gradient of the other two."""
 
 
+def _edited(a: Tensor, edits: Edits, kind: str, layer: int) -> Tensor:
+    """`a` [B, T, units, ...] with the edits of `kind` at `layer` applied (a copy only when one applies): an edit's
+    key is (layer, unit, position)."""
+    for (k, key), val in edits.items():
+        if k == kind and key[0] == layer:
+            a = a.clone()
+            a[:, key[2], key[1]] = val
+    return a
+
+
 @contextlib.contextmanager
 def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits,
            side: tuple[int, str] | None = None, freeze: str = "final") -> Iterator[None]:
@@ -142,11 +152,7 @@ def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits,
         attn, o_proj = hm.attention(L), hm.o_proj(L)
 
         def mlp_in(mod: nn.Module, args: tuple, L: int = L) -> tuple:
-            a = args[0]
-            for (kind, key), val in edits.items():
-                if kind == "neuron" and key[0] == L:
-                    a = a.clone()
-                    a[:, key[2], key[1]] = val
+            a = _edited(args[0], edits, "neuron", L)  # [B, T, d_mlp]
             a.retain_grad()
             tr.mlp_act[L] = a
             return (a, *args[1:])
@@ -155,11 +161,7 @@ def _hooks(hm: HookedModel, tr: Trace, saes: dict[str, BaseSAE], edits: Edits,
             tr.mlp_z[L] = out
 
         def heads_in(mod: nn.Module, args: tuple, L: int = L) -> tuple:
-            a = args[0].unflatten(-1, (hm.n_heads, hm.d_head))
-            for (kind, key), val in edits.items():
-                if kind == "head" and key[0] == L:
-                    a = a.clone()
-                    a[:, key[2], key[1]] = val
+            a = _edited(args[0].unflatten(-1, (hm.n_heads, hm.d_head)), edits, "head", L)  # [B, T, H, d_head]
             a.retain_grad()
             tr.head_in[L] = a
             return (a.flatten(-2), *args[1:])

@@ -27,7 +27,7 @@ from typing import Any
 from saescope import validate
 from saescope.errors import SaescopeError
 from saescope.io import atomic_dir, atomic_path, read_json
-from saescope.records import ActivationRecord, NeuronId, NeuronRecord, read_record
+from saescope.records import ActivationRecord, NeuronId, NeuronRecord, read_unit
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def _export_one(cfg: NeuronpediaExportConfig, run: Path, mdir: Path, manifest: d
     for b, s in enumerate(range(0, n, cfg.batch_size)):
         feats, acts, expls = [], [], []
         for i in range(s, min(s + cfg.batch_size, n)):
-            rec = read_record(mdir / d["path"] / f"{i}.json")
+            rec = read_unit(mdir / d["path"], i)
             a = _activations(rec, model, source, now)
             acts += a
             row = summary.get(i, {})

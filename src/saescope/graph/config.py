@@ -30,6 +30,9 @@ class GraphConfig:
     """Features ranked per influence update (circuit-tracer's batch size; sets the order, not the memory)."""
     chunk: int = 64
     """Targets per backward pass (memory: chunk × layers × tokens × d_model floats)."""
+    write_point: str = "auto"
+    """Where the transcoders write on models with a norm after the MLP (Gemma): after_norm (saescope's mlp_out.L),
+    before_norm (circuit-tracer's mlp.hook_out, Gemma Scope 2) or auto (what the transcoder files say)."""
     out: str = "graph.json"
     """The graph JSON; its folder's graph-metadata.json lists it (slug = the file name without .json)."""
 
@@ -39,5 +42,7 @@ class GraphConfig:
                 raise SaescopeError(f"--{name} {getattr(self, name)}: a fraction between 0 and 1")
         if not self.out.endswith(".json"):
             raise SaescopeError(f"--out {self.out}: the graph is one .json file (e.g. graphs/capital.json)")
+        if self.write_point not in ("auto", "after_norm", "before_norm"):
+            raise SaescopeError(f"--write_point {self.write_point}: auto, after_norm or before_norm")
         if self.chunk < 1 or self.batch_size < 1 or self.max_feature_nodes < 0:
             raise SaescopeError("--chunk and --batch_size must be ≥ 1, --max_feature_nodes ≥ 0")

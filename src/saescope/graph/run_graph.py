@@ -35,10 +35,16 @@ def run(cfg: GraphConfig, hm: HookedModel | None = None) -> GraphResult:
         raise SaescopeError(f"--transcoders {cfg.transcoders}: no such folder; train transcoders on every layer "
                             "(saescope train --kind transcoder) or give a circuit-tracer / Gemma Scope 2 folder")
     hm = hm or cfg.model.load()
-    ts = load_transcoders(cfg.transcoders)
-    tc = from_transcoder_set(ts, hm.n_layers, scan=ts.metadata.get("scan", "") or Path(cfg.transcoders).name)
+    where = Path(cfg.transcoders).expanduser().resolve()
+    ts = load_transcoders(where)
+    tc = from_transcoder_set(ts, hm.n_layers, scan=ts.metadata.get("scan", "") or where.name,
+                             write_point=cfg.write_point)
     graph = attribute(hm, tc, cfg.prompt, targets=cfg.target or None, max_feature_nodes=cfg.max_feature_nodes or None,
                       batch_size=cfg.batch_size, chunk=cfg.chunk)
+    # what the viewer needs to intervene (the model and transcoders to load) and to link each feature to its record
+    # page (collate --transcoders names the dataset after the set's folder)
+    graph.info.update(model_spec=cfg.model.model, transcoders=str(where), write_point=tc.write_point,
+                      records=f"transcoder_latents/{where.name}")
     doc = graph_json(graph, prune(graph, cfg.node_threshold, cfg.edge_threshold), Path(cfg.out).stem,
                      cfg.node_threshold)
     return GraphResult(write_graph(doc, cfg.out), graph, doc["metadata"]["saescope"])

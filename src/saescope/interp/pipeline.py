@@ -1,14 +1,7 @@
 """explain → simulate → score over a collated dataset; resumable; writes automated-interpretability JSONL.
 
-Outputs under `<model root>/explanations/<dataset>/`:
-    explanations.json        index → explanation (or failure), written as the explain phase goes
-    <index>.jsonl            one NeuronSimulationResults line per unit (TDB/automated-interpretability schema)
-    scores.json              index → scores (read by the viewer) + a summary
-
-A run merges into these files: units it does not redo are kept byte for byte, `--overwrite` redoes only the selected
-units, and a failed attempt never replaces an earlier success. Provenance is per unit (explainer or simulator,
-model, time); the file-level "explainer" that older readers look for names the one backend behind every unit, or
-"mixed: ..." (files written before per-unit provenance get their header's backend copied onto their units).
+A run merges into the dataset's explanations.json, scores.json and <index>.jsonl files (`interp/outputs.py`):
+units it does not redo are kept, `--overwrite` redoes only the selected units.
 """
 
 from __future__ import annotations
@@ -23,6 +16,7 @@ from saescope.interp import scoring
 from saescope.interp.backends import Backend, BackendError, BackendGone, make_backend
 from saescope.interp.classify import classify_scores
 from saescope.interp.config import InterpConfig, InterpOptions, InterpResult, parse_indices
+from saescope.interp.outputs import label, load_units, merge, now, summary, write_explanations
 from saescope.interp.prompts import splits
 from saescope.interp.schema import (
     NeuronSimulationResults,
@@ -33,7 +27,7 @@ from saescope.interp.schema import (
 )
 from saescope.interp.simulate import simulate
 from saescope.io import read_json, write_json
-from saescope.records import NeuronId, is_activating, max_activation, read_record_dict, record_dict, to_dict
+from saescope.records import NeuronId, is_activating, max_activation, read_unit_dict, record_dict, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +55,10 @@ def _read(manifest_dir: Path, ds: str, index: int, entry: dict[str, Any] | None 
         from saescope.sources import loads_checked, record_text
 
         return record_dict(loads_checked(record_text(manifest_dir, entry, index), f"{ds}/{index}.json"))
-    return read_record_dict(manifest_dir / ds / f"{index}.json")
+    try:
+        return read_unit_dict(manifest_dir / ds, index)
+    except FileNotFoundError:
+        raise SaescopeError(f"{manifest_dir / ds}: no record {index}; re-run collate") from None
 
 
 def _live_units(manifest_dir: Path, ds: str, entry: dict[str, Any], wanted: set[int] | None, limit: int) -> list[int]:
@@ -135,189 +132,169 @@ def score_unit(backend: Backend, rec: dict[str, Any], explanation: str) -> tuple
     return result, scores
 
 
-def _now() -> str:
-    import datetime
-
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+CHUNK_UNITS = 50
+"""Units read, explained and scored together (their records held in memory); the files are saved after each chunk."""
 
 
-def _load_units(path: Path, what: str, header: str) -> dict[str, Any]:
-    """index → entry of an explanations/scores file. Files written before provenance was kept per unit carry it
-    once in a header (explanations.json "explainer", scores.json summary "simulator"): copied onto each unit."""
-    if not path.exists():
-        return {}
-    data = read_json(path, what)
-    if not isinstance(data, dict) or not isinstance(data.get("units"), dict):
-        raise SaescopeError(f"{path}: {what} has no 'units' object; move it aside and re-run")
-    old = (data.get("summary") or {}) if header == "simulator" else data
-    units = data["units"]
-    for v in units.values():
-        if isinstance(v, dict) and header not in v and old.get(header):
-            v[header] = old[header]
-    return units
+class _Run:
+    """One dataset's explain and/or score run: its live units, the explanations and scores files merged into, the
+    backends, and each unit's provenance (backend, model, time)."""
 
+    def __init__(self, cfg: InterpConfig, hm: Any, do_explain: bool, do_score: bool) -> None:
+        self.cfg, self.opt, self.do_explain, self.do_score = cfg, cfg.interp, do_explain, do_score
+        self.manifest_dir, self.ds, manifest = resolve(cfg)
+        self.out = self.manifest_dir / "explanations" / self.ds
+        self.entry = next(d for d in manifest["datasets"] if d["path"] == self.ds)
+        self.model = manifest.get("model")
+        self.live = _live_units(self.manifest_dir, self.ds, self.entry, parse_indices(cfg.indices),
+                                self.opt.max_units)
+        if not self.live:
+            raise SaescopeError(f"{self.manifest_dir / self.ds}: no live units to explain (all max activations are 0)")
+        self.expl_path, self.scores_path = self.out / "explanations.json", self.out / "scores.json"
+        self.expl = load_units(self.expl_path, "explanations file", "explainer")
+        self.scores = load_units(self.scores_path, "scores file", "simulator")
+        if not do_explain and not any((self.expl.get(str(i)) or {}).get("explanation") for i in self.live):
+            raise SaescopeError(f"{self.expl_path}: no explanations of these units to score; run `saescope explain` "
+                                "first")
+        opt = self.opt
+        self.explainer = make_backend(opt.explainer, opt.base_url, opt.api_key_env, opt.timeout, opt.retries, hm) \
+            if do_explain else None
+        self.sim_name = opt.explainer if opt.simulator == "same" else opt.simulator
+        self.simulator = (self.explainer if opt.simulator == "same" and self.explainer is not None else
+                          make_backend(self.sim_name, opt.base_url, opt.api_key_env, opt.timeout, opt.retries, hm)
+                          ) if do_score else None
+        self.llms = [b for b in {self.explainer, self.simulator} if b is not None and b.is_llm]
+        self.workers = max(1, opt.concurrency if (self.explainer or self.simulator).is_llm else 1)
+        self.todo_e = [i for i in self.live if self.needs_explanation(i)] if do_explain else []
+        self.explained: set[int] = set()  # explained anew by this run
+        self.scored: set[int] = set()  # scored (or failed to score) by this run
 
-def _label(units: dict[str, Any], key: str) -> str:
-    """The file-level name old readers look for: the one backend behind every unit, else all of them."""
-    names = sorted({str(v.get(key)) for v in units.values() if v.get(key)})
-    return names[0] if len(names) == 1 else ("mixed: " + ", ".join(names) if names else "")
+    def needs_explanation(self, i: int) -> bool:
+        return self.cfg.overwrite or not (self.expl.get(str(i)) or {}).get("explanation")
 
+    def stale(self, i: int) -> bool:
+        """No score yet, a failed one, or one of an explanation since replaced."""
+        s, e = self.scores.get(str(i)), self.expl.get(str(i)) or {}
+        return self.cfg.overwrite or not s or s.get("score") is None or s.get("explanation") != e.get("explanation")
 
-def _merge(units: dict[str, Any], i: int, new: dict[str, Any], value: str) -> None:
-    """Put unit i's new result in; a failed attempt never replaces an earlier success (it is noted beside it)."""
-    old = units.get(str(i))
-    if new.get("failure") and old and old.get(value) is not None and not old.get("failure"):
-        old["last_failure"] = new["failure"]
-        return
-    units[str(i)] = new
+    def read(self, i: int) -> dict[str, Any]:
+        return _read(self.manifest_dir, self.ds, i, self.entry)
 
+    def explain_one(self, i: int, rec: dict[str, Any]) -> dict[str, Any]:
+        prov = {"explainer": self.opt.explainer, "prompt_style": self.opt.prompt_style, "model": self.model}
+        try:
+            text = explain_unit(self.explainer, rec, self.opt.prompt_style)
+            return {"explanation": text, "failure": None, **prov, "time": now()}
+        except BackendError as e:
+            return {"explanation": None, "failure": str(e), **prov, "time": now()}
 
-def _write_expl(path: Path, expl: dict[str, Any]) -> None:
-    write_json(path, {"explainer": _label(expl, "explainer"), "units": expl})
+    def score_one(self, i: int, rec: dict[str, Any], null_text: str | None) -> dict[str, Any]:
+        """Score unit i's explanation (and another unit's, the null floor); writes its NeuronSimulationResults."""
+        import json
+
+        from saescope.io import atomic_path
+
+        text = self.expl[str(i)]["explanation"]
+        prov = {"explainer": self.expl[str(i)].get("explainer"), "simulator": self.sim_name, "model": self.model,
+                "time": now()}
+        try:
+            result, s = score_unit(self.simulator, rec, text)
+        except BackendError as e:
+            return {"explanation": text, "score": None, "failure": str(e), **prov}
+        if self.opt.null_baseline and null_text is not None:
+            try:
+                s["null"] = score_unit(self.simulator, rec, null_text)[1]["top_and_random"]
+            except BackendError:
+                s["null"] = None
+        with atomic_path(self.out / f"{i}.jsonl") as tmp:
+            tmp.write_text(json.dumps(to_dict(result), ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+        return {"explanation": text, "score": s["top_and_random"], "scores": s, "failure": None, **prov}
+
+    def run(self) -> None:
+        """One pass over the live units in chunks, each record read once: a chunk's units are explained, then each
+        stale unit is scored once the next explained unit (its null) is known; the last one's null is the first's.
+        The same scores as explaining every unit first, then scoring every unit."""
+        from tqdm.auto import tqdm
+
+        what = " + ".join(w for w, on in (("explain", self.do_explain), ("score", self.do_score)) if on)
+        chunk = max(CHUNK_UNITS, 4 * self.workers)
+        carried: tuple[int, dict[str, Any] | None] | None = None  # the last explained unit, its null still unknown
+        first: str | None = None  # the first explained unit's explanation
+        n_ok = 0
+        with ThreadPoolExecutor(self.workers) as pool, tqdm(total=len(self.live), desc=f"{what} {self.ds}",
+                                                            unit="unit") as bar:
+            for start in range(0, len(self.live), chunk):
+                units = self.live[start:start + chunk]
+                recs = self.explain_chunk(pool, units)
+                if self.do_score:
+                    ok = [i for i in units if (self.expl.get(str(i)) or {}).get("explanation")]
+                    n_ok += len(ok)
+                    first = first if first is not None or not ok else self.expl[str(ok[0])]["explanation"]
+                    queue = ([carried] if carried else []) + [(i, recs.get(i)) for i in ok]
+                    pairs = [(u, rec, self.expl[str(nxt)]["explanation"])
+                             for (u, rec), (nxt, _) in zip(queue, queue[1:])]
+                    carried = queue[-1] if queue else None
+                    self.score_all(pool, pairs)
+                self.save()
+                bar.update(len(units))
+            if carried is not None:
+                self.score_all(pool, [(carried[0], carried[1], first if n_ok > 1 else None)])
+
+    def explain_chunk(self, pool: ThreadPoolExecutor, units: list[int]) -> dict[int, dict[str, Any]]:
+        """Explain the chunk's units that need it; returns the records read (index → record)."""
+        todo = [i for i in units if i in self.todo_e]
+        recs = {i: self.read(i) for i in todo}
+        for i, res in zip(todo, pool.map(lambda i: self.explain_one(i, recs[i]), todo)):
+            merge(self.expl, i, res, "explanation")
+            if not res["failure"]:
+                self.explained.add(i)
+        return recs
+
+    def score_all(self, pool: ThreadPoolExecutor, pairs: list[tuple[int, dict[str, Any] | None, str | None]]) -> None:
+        """Score each stale (unit, its record or None: read now, null explanation)."""
+        todo = [(i, rec, null) for i, rec, null in pairs if self.stale(i)]
+
+        def one(job: tuple[int, dict[str, Any] | None, str | None]) -> dict[str, Any]:
+            i, rec, null = job
+            return self.score_one(i, rec if rec is not None else self.read(i), null)
+        for (i, _, _), res in zip(todo, pool.map(one, todo)):
+            merge(self.scores, i, res, "score")
+            self.scored.add(i)
+
+    def save(self, final: bool = False) -> None:
+        write_explanations(self.expl_path, self.expl)
+        if self.do_score:
+            extra = {"summary": summary(self.ds, self.expl, self.scores, self.llms, self.out)} if final else {}
+            write_json(self.scores_path, {"units": self.scores, **extra})
+
+    def report(self) -> dict[str, Any]:
+        """Explain only: what was explained, failed and kept; with scores: the summary over the file."""
+        if not self.do_score:
+            kept = set(self.live) - set(self.todo_e)
+            return {"out": str(self.out), "explained": len(self.explained),
+                    "failed": len(self.todo_e) - len(self.explained), "kept": len(kept) if self.do_explain else 0,
+                    "kept_by": label({k: v for k, v in self.expl.items() if int(k) in kept}, "explainer")}
+        kept = {str(i): self.scores[str(i)] for i in self.live
+                if i not in self.scored and str(i) in self.scores and (self.expl.get(str(i)) or {}).get("explanation")}
+        other = sum(1 for v in kept.values() if v.get("simulator") != self.sim_name)
+        if other:
+            log.warning("%s: kept %d scores by another simulator (%s); --overwrite true rescores them with %s",
+                        self.ds, other, label(kept, "simulator"), self.sim_name)
+        summ = summary(self.ds, self.expl, self.scores, self.llms, self.out)
+        write_json(self.scores_path, {"units": self.scores, "summary": summ})
+        return summ
 
 
 def run_interp(cfg: InterpConfig, hm: Any = None, do_explain: bool = True, do_score: bool = True) -> dict[str, Any]:
     """Explain and/or score the live units of one dataset, merged into its explanations.json / scores.json: units
     this run does not redo are kept as they are, each unit carries its own provenance (backend, model, time)."""
-    from tqdm.auto import tqdm
-
-    manifest_dir, ds, manifest = resolve(cfg)
-    out = manifest_dir / "explanations" / ds
-    entry = next(d for d in manifest["datasets"] if d["path"] == ds)
-    opt = cfg.interp
-    wanted = parse_indices(cfg.indices)
-    live = _live_units(manifest_dir, ds, entry, wanted, opt.max_units)
-    if not live:
-        raise SaescopeError(f"{manifest_dir / ds}: no live units to explain (all max activations are 0)")
-    expl_path, scores_path = out / "explanations.json", out / "scores.json"
-    expl = _load_units(expl_path, "explanations file", "explainer")
-    scores = _load_units(scores_path, "scores file", "simulator")
-    if not do_explain and not any((expl.get(str(i)) or {}).get("explanation") for i in live):
-        raise SaescopeError(f"{expl_path}: no explanations of these units to score; run `saescope explain` first")
-    explainer = make_backend(opt.explainer, opt.base_url, opt.api_key_env, opt.timeout, opt.retries, hm) \
-        if do_explain else None
-    sim_name = opt.explainer if opt.simulator == "same" else opt.simulator
-    simulator = (explainer if opt.simulator == "same" and explainer is not None else
-                 make_backend(sim_name, opt.base_url, opt.api_key_env, opt.timeout, opt.retries, hm)) if do_score else None
-    model = manifest.get("model")
-    workers = max(1, opt.concurrency if (explainer or simulator).is_llm else 1)
-    prov_e = lambda: {"explainer": opt.explainer, "prompt_style": opt.prompt_style, "model": model, "time": _now()}  # noqa: E731
-
-    def score_with(i: int, rec: dict[str, Any], text: str, null_text: str | None) -> dict[str, Any]:
-        """Score unit i's explanation (and another unit's, the null floor); writes its NeuronSimulationResults."""
-        prov = {"explainer": expl[str(i)].get("explainer"), "simulator": sim_name, "model": model, "time": _now()}
-        try:
-            result, s = score_unit(simulator, rec, text)
-        except BackendError as e:
-            return {"explanation": text, "score": None, "failure": str(e), **prov}
-        if opt.null_baseline and null_text is not None:
-            try:
-                s["null"] = score_unit(simulator, rec, null_text)[1]["top_and_random"]
-            except BackendError:
-                s["null"] = None
-        import json
-
-        from saescope.io import atomic_path
-
-        with atomic_path(out / f"{i}.jsonl") as tmp:
-            tmp.write_text(json.dumps(to_dict(result), ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-        return {"explanation": text, "score": s["top_and_random"], "scores": s, "failure": None, **prov}
-
-    def explain_one(i: int, rec: dict[str, Any] | None = None) -> dict[str, Any]:
-        try:
-            rec = rec if rec is not None else _read(manifest_dir, ds, i, entry)
-            return {"explanation": explain_unit(explainer, rec, opt.prompt_style), "failure": None, **prov_e()}
-        except BackendError as e:
-            return {"explanation": None, "failure": str(e), **prov_e()}
-
-    def stale(i: int) -> bool:  # no score yet, a failed one, or one of an explanation since replaced
-        s, e = scores.get(str(i)), expl.get(str(i)) or {}
-        return cfg.overwrite or not s or s.get("score") is None or s.get("explanation") != e.get("explanation")
-
-    todo_e = [i for i in live if cfg.overwrite or not (expl.get(str(i)) or {}).get("explanation")] if do_explain else []
-    kept = len(live) - len(todo_e) if do_explain else 0
-    new_ok: set[int] = set()
-    llms = [b for b in {explainer, simulator} if b is not None and b.is_llm]
+    job = _Run(cfg, hm, do_explain, do_score)
     try:
-        if do_explain and do_score and workers == 1 and todo_e == live and all(stale(i) for i in live):
-            # one pass, each record read once: unit p is scored when unit p+1's explanation (its null) is known; the
-            # same scores as explaining everything first (the null of the last unit is the first one's explanation)
-            pending: tuple[int, dict[str, Any]] | None = None
-            first: str | None = None
-            for n, i in enumerate(tqdm(live, desc=f"explain + score {ds}", unit="unit")):
-                rec = _read(manifest_dir, ds, i, entry)
-                res = explain_one(i, rec)
-                _merge(expl, i, res, "explanation")
-                if res["failure"]:
-                    continue
-                new_ok.add(i)
-                text = res["explanation"]
-                first = first if first is not None else text
-                if pending is not None:
-                    _merge(scores, pending[0], score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
-                                                          text), "score")
-                pending = (i, rec)
-                if n % 200 == 199:
-                    _write_expl(expl_path, expl)
-                    write_json(scores_path, {"units": scores})
-            if pending is not None:
-                only_one = len(new_ok) < 2
-                _merge(scores, pending[0], score_with(pending[0], pending[1], expl[str(pending[0])]["explanation"],
-                                                      None if only_one else first), "score")
-            _write_expl(expl_path, expl)
-            do_explain = False
-        if do_explain:
-            with ThreadPoolExecutor(workers) as pool:
-                for n, (i, res) in enumerate(tqdm(zip(todo_e, pool.map(explain_one, todo_e)), total=len(todo_e),
-                                                  desc=f"explain {ds}", unit="unit")):
-                    _merge(expl, i, res, "explanation")
-                    if not res["failure"]:
-                        new_ok.add(i)
-                    if n % 50 == 49:
-                        _write_expl(expl_path, expl)
-            _write_expl(expl_path, expl)
-        if not do_score:
-            return {"out": str(out), "explained": len(new_ok), "failed": len(todo_e) - len(new_ok), "kept": kept,
-                    "kept_by": _label({k: v for k, v in expl.items() if int(k) in set(live) - set(todo_e)}, "explainer")}
-        ok = [i for i in live if (expl.get(str(i)) or {}).get("explanation")]
-        todo = [i for i in ok if stale(i)]
-        other = sum(1 for i in ok if i not in todo and scores[str(i)].get("simulator") != sim_name)
-        if other:
-            log.warning("%s: kept %d scores by another simulator (%s); --overwrite true rescores them with %s", ds, other,
-                        _label({str(i): scores[str(i)] for i in ok if i not in todo}, "simulator"), sim_name)
-
-        def score_one(pos_i: tuple[int, int]) -> tuple[int, dict[str, Any]]:
-            pos, i = pos_i
-            other = expl[str(ok[(pos + 1) % len(ok)])]["explanation"] if len(ok) > 1 else None  # the null floor
-            return i, score_with(i, _read(manifest_dir, ds, i, entry), expl[str(i)]["explanation"], other)
-        with ThreadPoolExecutor(workers) as pool:
-            pairs = [(ok.index(i), i) for i in todo]
-            for n, (i, res) in enumerate(tqdm(pool.map(score_one, pairs), total=len(pairs), desc=f"score {ds}", unit="unit")):
-                _merge(scores, i, res, "score")
-                if n % 50 == 49:
-                    write_json(scores_path, {"units": scores})
+        job.run()
     except BackendGone as e:  # the server went away mid-run: keep every finished unit, then one line
-        _write_expl(expl_path, expl)
-        if do_score:
-            write_json(scores_path, {"units": scores, "summary": _summary(ds, expl, scores, llms, out)})
+        job.save(final=True)
         raise SaescopeError(str(e)) from None
-    summ = _summary(ds, expl, scores, llms, out)
-    write_json(scores_path, {"units": scores, "summary": summ})
-    return summ
-
-
-def _summary(ds: str, expl: dict[str, Any], scores: dict[str, Any], llms: list[Backend], out: Path) -> dict[str, Any]:
-    """Over every unit of the file (this run's and kept ones); the backends named are those behind the units."""
-    vals = [v["score"] for v in scores.values() if v.get("score") is not None]
-    nulls = [v["scores"].get("null") for v in scores.values() if v.get("scores") and v["scores"].get("null") is not None]
-    failures = [i for i, v in expl.items() if v.get("failure")] + [i for i, v in scores.items() if v.get("failure")]
-    return {"dataset": ds, "explainer": _label(scores, "explainer"), "simulator": _label(scores, "simulator"),
-            "units": len(scores),
-            "mean_score": sum(vals) / len(vals) if vals else float("nan"),
-            "fraction_ge_0.8": sum(v >= 0.8 for v in vals) / len(vals) if vals else float("nan"),
-            "mean_null_score": sum(nulls) / len(nulls) if nulls else float("nan"),
-            "constant_predictions": sum(1 for v in scores.values() if (v.get("scores") or {}).get("constant_prediction")),
-            "failures": len(failures), "usage": {b.name: b.usage for b in llms}, "out": str(out)}
+    return job.report()
 
 
 def check_backends(opt: InterpOptions) -> None:
@@ -364,7 +341,7 @@ def run_interp_many(cfgs: list[InterpConfig], hm: Any = None, workers: int = 0) 
 
     def size(c: InterpConfig) -> int:  # bytes of records to read: the largest datasets start first
         manifest_dir, ds, _ = resolve(c)
-        return sum(f.stat().st_size for f in (manifest_dir / ds).glob("*.json"))
+        return sum(f.stat().st_size for f in (manifest_dir / ds).glob("*.*") if f.suffix in (".json", ".safetensors"))
 
     order = sorted(range(len(cfgs)), key=lambda i: -size(cfgs[i]))
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:

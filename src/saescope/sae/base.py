@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -45,6 +46,10 @@ class SAEConfig:
     matryoshka_widths: list[int] = field(default_factory=list)
     """Matryoshka: nested prefix widths ending at d_sae (empty = F/16, F/8, F/4, F/2, F). Training only: the saved
     inference SAE is a JumpReLU, so cfg.json does not carry it."""
+    lista_iters: int = 0
+    """LISTA encoder (Gregor & LeCun 2010): refinement steps after the linear encoder, each re-encoding the input
+    plus a learned multiple `lista_step` of the residual the current code leaves (0 = the plain linear encoder;
+    saved in cfg.json only when > 0, and such an SAE loads in saescope only)."""
 
 
 @dataclass
@@ -83,6 +88,19 @@ def fvu_loss(x: Tensor, x_hat: Tensor) -> Tensor:
     return (x - x_hat).pow(2).sum() / denom
 
 
+def tilted_fvu(x: Tensor, x_hat: Tensor, tilt: float) -> Tensor:
+    """FVU whose gradient is tilted ERM's (Li et al. 2021, "Tilted Empirical Risk Minimization"): with per-sample
+    losses ℓ_n = ‖x_n − x̂_n‖² [N], TERM minimises (1/t)·log mean_n exp(t·ℓ_n), whose gradient is
+    Σ_n softmax(t·ℓ)_n ∇ℓ_n: badly reconstructed samples weigh more. Here each ℓ_n is weighted by
+    N·softmax(t·ℓ)_n (detached), so the gradient is TERM's times N/Σ(x − x̄)², and t = 0 is exactly `fvu_loss`."""
+    if tilt == 0:
+        return fvu_loss(x, x_hat)
+    denom = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    per = (x - x_hat).pow(2).sum(-1).flatten()  # [N] (a CLT's [N, L] rows flattened: one weight per row)
+    w = torch.softmax(tilt * per.detach(), 0) * per.numel()  # [N], mean 1
+    return (w * per).sum() / denom
+
+
 class BaseSAE(nn.Module):
     """Parameters and the parts every architecture shares."""
 
@@ -101,6 +119,11 @@ class BaseSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.W_dec = nn.Parameter(torch.empty(n, self.d_out))
         self.b_dec = nn.Parameter(torch.zeros(self.d_out))
+        if cfg.lista_iters > 0:
+            if self.d_out != d or self.is_transcoder:
+                raise SaescopeError("--encoder lista: only for SAEs (a transcoder's residual is not in its input space)")
+            # η starts at 0: the SAE starts as the linear encoder and learns how much of the residual to re-encode
+            self.lista_step = nn.Parameter(torch.zeros(()))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -138,6 +161,19 @@ class BaseSAE(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """[N, d] → dense latent activations [N, F]."""
         raise NotImplementedError
+
+    def lista_refine(self, x: Tensor, pre: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
+        """The code of pre-activations `pre` [N, F] under activation `act`, refined by the LISTA steps: each
+        re-encodes x_in + η·r, r = x_in − f W_dec the residual of the current code f (x_in = x − b_dec), i.e.
+        pre_t = pre + η·r W_enc; without LISTA (or η = 0) it is act(pre). The training forward computes the same
+        with sparse kernels (topk.py)."""
+        f = act(pre)  # [N, F]
+        if self.cfg.lista_iters == 0:
+            return f
+        x_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+        for _ in range(self.cfg.lista_iters):
+            f = act(pre + self.lista_step * ((x_in - f @ self.W_dec) @ self.W_enc))
+        return f
 
     def decode(self, f: Tensor) -> Tensor:
         """[N, F] → [N, d]."""
@@ -195,6 +231,8 @@ class BaseSAE(nn.Module):
         cfg.update(architecture=arch, normalize_activations="none", reshape_activations="none", device="cpu",
                    **extra)
         cfg.pop("matryoshka_widths", None)
+        if not cfg.get("lista_iters"):
+            cfg.pop("lista_iters", None)  # a plain SAE's cfg.json stays what SAELens writes
         if not cfg.get("d_out"):
             cfg.pop("d_out", None)
         if arch.split("_")[0] != "topk":  # topk, topk_transcoder, topk_skip_transcoder

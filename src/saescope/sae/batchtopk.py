@@ -35,7 +35,10 @@ class BatchTopKSAE(TopKSAE):
             self.threshold.copy_(lo if t == 0 else (1 - self.threshold_lr) * t + self.threshold_lr * lo)
 
     def encode(self, x: Tensor) -> Tensor:
-        pre = self.pre_acts(x).relu()
+        return self.lista_refine(x, self.pre_acts(x), self._above_threshold)
+
+    def _above_threshold(self, pre: Tensor) -> Tensor:
+        pre = pre.relu()
         return pre * (pre > self.threshold)
 
     def inference_state(self) -> tuple[str, dict[str, Tensor], dict[str, Any]]:

@@ -60,8 +60,8 @@ class JumpReLUSAE(BaseSAE):
         self.threshold = nn.Parameter(torch.full((cfg.d_sae,), self.init_threshold))
 
     def encode(self, x: Tensor) -> Tensor:
-        z = self.pre_acts(x)
-        return z * (z > self.threshold.clamp_min(0.0))
+        # LISTA only reaches here as a saved BatchTopK/Matryoshka (training a JumpReLU with it is refused)
+        return self.lista_refine(x, self.pre_acts(x), lambda z: z * (z > self.threshold.clamp_min(0.0)))
 
     def training_forward(self, x: Tensor, ctx: TrainContext | None = None, y: Tensor | None = None) -> TrainOutput:
         ctx = ctx or TrainContext()

@@ -47,6 +47,11 @@ def _build(cfg: SAEConfig, tensors: dict[str, Tensor], path: Path, cls: type[Bas
             getattr(sae, key).copy_(tensors[key].float())
         if isinstance(sae, JumpReLUSAE):
             sae.load_threshold(tensors["threshold"].float())
+        if cfg.lista_iters:
+            if "lista_step" not in tensors:
+                raise SaescopeError(f"{path}: cfg.json has lista_iters={cfg.lista_iters} but the weights lack "
+                                    "'lista_step'")
+            sae.lista_step.copy_(tensors["lista_step"].float().reshape(()))
         if getattr(sae, "skip_connection", False):
             if "W_skip" not in tensors or tuple(tensors["W_skip"].shape) != tuple(sae.W_skip.shape):
                 raise SaescopeError(f"{path}: a skip transcoder needs W_skip of shape {tuple(sae.W_skip.shape)}")
@@ -168,7 +173,7 @@ def load_sae(path: str | Path) -> BaseSAE:
 def load_saes_at(spec: str, hm: HookedModel) -> list[tuple[BaseSAE, str, Path]]:
     """'DIR,FILE@HOOKPOINT,...' → [(SAE on the model's device, its hookpoint, its path)], each checked against the
     model; `@HOOKPOINT` names where files that do not record it (OpenAI .pt) read their input (TDB names work)."""
-    from saescope.models.hooks import canonical_hookpoint, parse_hookpoint
+    from saescope.models.hookpoints import canonical_hookpoint, parse_hookpoint
 
     out = []
     for item in [s.strip() for s in spec.split(",") if s.strip()]:

@@ -20,7 +20,9 @@ class TopKSAE(BaseSAE):
     unit_norm_decoder = True
 
     def encode(self, x: Tensor) -> Tensor:
-        pre = self.pre_acts(x)
+        return self.lista_refine(x, self.pre_acts(x), self._topk)
+
+    def _topk(self, pre: Tensor) -> Tensor:
         vals, idx = pre.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
 
@@ -35,11 +37,22 @@ class TopKSAE(BaseSAE):
         with torch.no_grad():
             dt = ctx.encoder_dtype
             pre = torch.addmm(self.b_enc.to(dt), x_in.to(dt), self.W_enc.to(dt))  # [N, F] — the only dense matmul
-        rows, cols = self._select(pre, ctx.k or self.cfg.k)
+        k = ctx.k or self.cfg.k
+        rows, cols = self._select(pre, k)
         vals = GatherEncode.apply(x_in, self.W_enc, self.b_enc, rows, cols, pre).relu()  # [nnz]
+        x0, pre0 = x_in, pre
+        for _ in range(self.cfg.lista_iters):  # LISTA (base.lista_refine), sparse: x_in + η·r through the encoder
+            r = x0 - sparse_decode(rows, cols, vals, self.W_dec, N)  # [N, d] residual of the current code
+            x_in = x0 + self.lista_step * r  # gradients reach η, and the earlier codes through r
+            with torch.no_grad():
+                pre = torch.addmm(pre0, r.detach().to(dt), self.W_enc.to(dt), alpha=float(self.lista_step))
+            rows, cols = self._select(pre, k)  # the one extra dense product per step is the addmm above
+            vals = GatherEncode.apply(x_in, self.W_enc, self.b_enc, rows, cols, pre).relu()
         x_hat, losses = self._reconstruct(y, rows, cols, vals, self.bias_out(x))
         active = vals > 0
-        fired = torch.bincount(cols[active], minlength=self.cfg.d_sae) > 0
+        counts = torch.bincount(cols[active], minlength=self.cfg.d_sae)  # [F] tokens each latent fired on
+        fired = counts > 0
+        self._count(counts, N)
         if ctx.dead is not None and ctx.auxk_alpha > 0 and bool(ctx.dead.any()):
             losses["auxk"] = ctx.auxk_alpha * self._auxk(y, x_hat, x_in, pre, ctx.dead)
         self._after_select(vals, active)
@@ -53,6 +66,9 @@ class TopKSAE(BaseSAE):
 
     def _after_select(self, vals: Tensor, active: Tensor) -> None:
         pass
+
+    def _count(self, counts: Tensor, n: int) -> None:
+        """Sees how many of the n tokens each latent fired on (counts [F]) in every training step."""
 
     def _auxk(self, x: Tensor, x_hat: Tensor, x_in: Tensor, pre: Tensor, dead: Tensor) -> Tensor:
         """x: the target, x_hat its reconstruction [N, d_out]; x_in the encoder's input."""

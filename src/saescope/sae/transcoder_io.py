@@ -147,9 +147,13 @@ def export_circuit_tracer(ts: TranscoderSet, out: str | Path, scan: str = "", mo
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # where the set writes (graph/transcoders.py): saescope's own sets are trained on mlp_out.L, after Gemma's
+    # post-MLP norm (TransformerLens `hook_mlp_out`); circuit-tracer's and Gemma Scope 2's before it (`mlp.hook_out`)
+    out_hook = ts.metadata.get("feature_output_hook") or (
+        "mlp.hook_out" if ts.metadata.get("source") == "gemma_scope_2" else "hook_mlp_out")
     conf: dict[str, Any] = {
         "model_name": model_name or ts.metadata.get("model_name", ""), "scan": scan or str(out.name),
-        "feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out",
+        "feature_input_hook": "mlp.hook_in", "feature_output_hook": out_hook,
         "model_kind": "cross_layer_transcoder" if ts.is_clt else "transcoder_set"}
     if ts.clt is not None:
         arch, t, _ = ts.clt.inference_state()
@@ -190,7 +194,8 @@ def load_circuit_tracer(path: Path) -> TranscoderSet:
 
     conf = yaml.safe_load((path / CT_CONFIG).read_text()) or {}
     kind = conf.get("model_kind", "transcoder_set")
-    meta = {"model_name": conf.get("model_name", ""), "scan": conf.get("scan", ""), "source": "circuit-tracer"}
+    meta = {"model_name": conf.get("model_name", ""), "scan": conf.get("scan", ""), "source": "circuit-tracer",
+            "feature_output_hook": conf.get("feature_output_hook") or "mlp.hook_out"}
     if kind == "cross_layer_transcoder":
         n = len(list(path.glob("W_enc_*.safetensors")))
         if n == 0:

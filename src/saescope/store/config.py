@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -50,3 +51,21 @@ class ExportSeedConfig:
         from saescope import validate
 
         validate.not_a_file(self.out, "--out")
+
+
+@dataclass
+class StoreResult:
+    """What a store command read or wrote: the store (info, import-seed) or the seed folder (export-seed)."""
+
+    out: Path
+    """The store directory, or the seed folder written by export-seed."""
+    rows: int
+    """Token rows of the store."""
+    hookpoints: list[str]
+    shards: int
+    summary: str
+    """The store's summary (model, hookpoints, rows, disk use), as `store info` prints it."""
+    verified: bool = False
+    """Every shard's checksum and shape was checked (`store info --verify`)."""
+    complete: bool = True
+    """False while a capture into the store has not finished."""

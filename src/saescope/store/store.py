@@ -218,6 +218,11 @@ class ActivationStore:
     def model(self) -> str:
         return self.manifest["model"]
 
+    @property
+    def context_len(self) -> int | None:
+        """Tokens per context, BOS included (None: a store imported from the seed format, one prompt a context)."""
+        return self.manifest.get("context_len")
+
     def _check_hp(self, hookpoint: str) -> None:
         if hookpoint not in self.hookpoints:
             raise SaescopeError(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from saescope.config import ModelConfig
 from saescope.corpus import CorpusConfig
@@ -81,6 +82,20 @@ class TrainerConfig:
     top-k slots en masse where one direction dominates; train/resample.py)."""
     matryoshka_widths: str = ""
     """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
+    matryoshka_detach: bool = False
+    """Matryoshka: an inner level's loss trains only its own group's latents (the levels inside it detached);
+    only the full-width loss reaches every latent."""
+    matryoshka_sort: Literal["index", "frequency"] = "index"
+    """Matryoshka: fill the levels with latents in index order, or in order of firing frequency (re-ranked every
+    step; the saved SAE is permuted into that order)."""
+    encoder: Literal["linear", "lista"] = "linear"
+    """TopK family SAEs: linear, or lista (after the linear code, --lista_iters steps re-encode the input plus a
+    learned multiple of the residual: one more [d × F] product per step each; sae/base.py)."""
+    lista_iters: int = 1
+    """--encoder lista: refinement steps."""
+    term_tilt: float = 0.0
+    """Tilted ERM on the reconstruction loss (0 = the mean): samples weighted by softmax(t·‖x − x̂‖²) with x
+    scaled to E‖x‖ = √d, so badly reconstructed samples weigh more (sae/base.py `tilted_fvu`)."""
     l1_coefficient: float = 0.08
     """ReLU+L1 sparsity coefficient (on the FVU-normalised loss)."""
     l0_coefficient: float = 0.1
@@ -90,8 +105,8 @@ class TrainerConfig:
     sparsity_warmup_frac: float = 0.05
     """Fraction of steps over which the sparsity coefficient ramps from 0."""
     encoder_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """TopK family: dtype of the dense encoder matmul in training (auto = bfloat16 on GPUs and on CPUs with AMX or
-    AVX512-BF16, where it is several times faster; float32 elsewhere). Gradients stay float32."""
+    """TopK family: dtype of the dense encoder matmul in training (auto = bfloat16 on GPUs, and on CPUs where a
+    matmul probe at start-up measures it faster than float32; float32 elsewhere). Gradients stay float32."""
     e2e_contexts: int = 0
     """After training on the store, fine-tune the SAE spliced into the model on this many training contexts (2 per
     step) for KL(clean ‖ spliced) + FVU (train/finetune.py; Karvonen 2025); 0 = off."""
@@ -114,6 +129,9 @@ class TrainerConfig:
             raise SaescopeError(f"--epochs {self.epochs}: must be positive (passes over the store's training shards)")
         if topk_family and self.k > self.width:
             raise SaescopeError(f"--k {self.k} is larger than --width {self.width}")
+        if self.encoder == "lista" and (not topk_family or self.kind != "sae"):
+            raise SaescopeError(f"--encoder lista: only for --kind sae with a TopK-family --arch (topk, batchtopk, "
+                                f"matryoshka), not --kind {self.kind} --arch {self.arch}; use --encoder linear")
         self._check_ranges()
 
     def _check_ranges(self) -> None:
@@ -128,6 +146,8 @@ class TrainerConfig:
             validate.between(getattr(self, name), 0, 1, f"--{name}")
         validate.at_least(self.k_anneal_start, 1, "--k_anneal_start")
         validate.at_least(self.buffer_rows, 1, "--buffer_rows")
+        validate.at_least(self.lista_iters, 1, "--lista_iters")
+        validate.at_least(self.term_tilt, 0, "--term_tilt")
         validate.at_least(self.dead_tokens, 1, "--dead_tokens")
         validate.at_least(self.resample_tokens, -1, "--resample_tokens", "-1 = automatic, 0 = off")
         validate.positive(self.resample_enc_scale, "--resample_enc_scale")
@@ -240,3 +260,30 @@ class OnlineConfig:
         from saescope import validate
 
         validate.not_a_file(self.out, "--out")
+
+
+@dataclass
+class TrainedDictionary:
+    """One dictionary a train run wrote (an SAE per hookpoint, a transcoder per layer, or one CLT)."""
+
+    name: str
+    """Its hookpoint (SAEs) or layer_<L> / clt (transcoders)."""
+    out: Path
+    """Its directory (cfg.json + weights, metrics.json, train_history.json)."""
+    steps: int
+    tokens: int
+    tokens_per_s: float | None
+    metrics: dict[str, Any]
+    """Held-out metrics (store training: FVU, L0, dead fraction, ...), or online the last logged fvu, l0, dead."""
+    heldout_is_training_data: bool = False
+    """Store training with --holdout_shards 0: `metrics` are on training data."""
+
+
+@dataclass
+class TrainResult:
+    """What `train` wrote; empty on a non-zero torchrun rank (rank 0 writes and reports everything)."""
+
+    kind: str
+    """sae, transcoder, skip_transcoder or clt."""
+    dictionaries: list[TrainedDictionary]
+    main_rank: bool = True

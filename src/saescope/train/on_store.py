@@ -15,7 +15,7 @@ from saescope import distributed as dist_utils
 from saescope.config import resolve_device
 from saescope.errors import SaescopeError
 from saescope.io import write_json
-from saescope.models.hooks import ATTENTION_KINDS, canonical_hookpoint
+from saescope.models.hookpoints import ATTENTION_KINDS, canonical_hookpoint
 from saescope.store import ActivationStore, shuffled_batches
 from saescope.train.config import EvalConfig, TrainConfig
 from saescope.train.memory import release_freed_memory

@@ -91,7 +91,7 @@ def train_online(cfg: OnlineConfig, hm: Any = None, progress: bool = True) -> di
 
     from saescope import distributed as dist
     from saescope.corpus import iter_contexts
-    from saescope.models.hooks import ATTENTION_KINDS
+    from saescope.models.hookpoints import ATTENTION_KINDS
 
     dist.init_from_env()
     hm = hm or cfg.model.load()

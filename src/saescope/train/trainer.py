@@ -23,6 +23,7 @@ from torch import Tensor
 
 from saescope import distributed as dist_utils
 from saescope.sae import BaseSAE, SAEConfig, TrainContext, fvu_loss, sae_class
+from saescope.sae.base import tilted_fvu
 from saescope.train.checkpoint import (
     find_checkpoint,
     load_checkpoint,
@@ -51,6 +52,16 @@ def geometric_median(x: Tensor, iters: int = 100, eps: float = 1e-6) -> Tensor:
     return y
 
 
+def k_schedule(cfg: TrainerConfig, frac: float) -> int:
+    """The training k at fraction `frac` of the run (0 = the SAE's k): with --k_anneal_frac > 0 it decreases
+    linearly from k_anneal_start·k (at most F) to k over that fraction of the steps, then stays at k. The
+    LISTA-Matryoshka recipe's "k from 60 down to 25" is k_anneal_start 2.4 with k_anneal_frac 1."""
+    if cfg.k_anneal_frac <= 0:
+        return 0
+    k0 = min(cfg.width, round(cfg.k * cfg.k_anneal_start))
+    return max(cfg.k, round(k0 - (k0 - cfg.k) * min(1.0, frac / cfg.k_anneal_frac)))
+
+
 def lr_lambda(total: int, warmup: int, decay: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < warmup:
@@ -62,7 +73,7 @@ def lr_lambda(total: int, warmup: int, decay: int) -> Callable[[int], float]:
 
 
 @dataclass
-class TrainResult:
+class FitResult:
     steps: int
     """Optimizer steps taken in total (resumed runs included)."""
     tokens: int
@@ -156,12 +167,11 @@ class Trainer:
             sparsity_scale=min(1.0, frac / cfg.sparsity_warmup_frac) if cfg.sparsity_warmup_frac > 0 else 1.0,
             encoder_dtype=self.encoder_dtype,
         )
-        if cfg.k_anneal_frac > 0:  # TopK family: k decays linearly from k_anneal_start·k to k
-            k0 = min(cfg.width, round(cfg.k * cfg.k_anneal_start))
-            ctx.k = max(cfg.k, round(k0 - (k0 - cfg.k) * min(1.0, frac / cfg.k_anneal_frac)))
+        ctx.k = k_schedule(cfg, frac)
         out = sae.training_forward(x, ctx, y)
         fvu = fvu_loss(y, out.x_hat)
-        loss = fvu + sum(out.losses.values(), torch.zeros(()))
+        rec = tilted_fvu(y, out.x_hat, cfg.term_tilt) if cfg.term_tilt else fvu
+        loss = rec + sum(out.losses.values(), torch.zeros(()))
         sae.zero_grad(set_to_none=True)
         loss.backward()
         dist_utils.average_gradients(sae)
@@ -249,7 +259,7 @@ class Trainer:
         log.info("resumed from %s at step %d (%d tokens)", path, self.step, self.tokens)
 
     # ---- the loop ------------------------------------------------------------------------------------------
-    def fit(self, batches: Iterator[Tensor], progress: bool = True) -> TrainResult:
+    def fit(self, batches: Iterator[Tensor], progress: bool = True) -> FitResult:
         """Consume batches until `total_steps`; the iterator must already be positioned at `self.step`."""
         from tqdm.auto import tqdm
 
@@ -277,7 +287,7 @@ class Trainer:
             if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
-        return TrainResult(self.step, self.tokens, self.history)
+        return FitResult(self.step, self.tokens, self.history)
 
     def finalize(self) -> BaseSAE:
         """Averaged weights (signum), input scale folded into the weights: the returned SAE takes raw activations."""
@@ -285,6 +295,8 @@ class Trainer:
             self.opt.averaged()
             if self.sae.unit_norm_decoder:
                 self.sae.set_decoder_unit_norm()
+        if getattr(self.sae, "sort_by_frequency", False):
+            self.sae.sorted_by_frequency()  # the saved prefixes are the levels trained
         self.sae.fold_input_scale(self.scale, self.scale_out)
         self.scale = self.scale_out = 1.0
         return self.sae
@@ -303,9 +315,14 @@ def build_dictionary(cfg: TrainerConfig, d_in: int, d_out: int = 0, n_layers: in
     if cfg.kind != "sae":
         cls = transcoder_class(cls, cfg.kind == "skip_transcoder")
     widths = list(prefix_widths(cfg.matryoshka_widths, cfg.width)) if cls.architecture.startswith("matryoshka") else []
-    return cls(SAEConfig(cls.architecture, d_in, cfg.width, k=cfg.k, metadata=metadata or {},
-                         matryoshka_widths=widths, d_out=d_out if cfg.kind != "sae" else 0,
-                         apply_b_dec_to_input=cfg.kind == "sae"))
+    sae = cls(SAEConfig(cls.architecture, d_in, cfg.width, k=cfg.k, metadata=metadata or {},
+                        matryoshka_widths=widths, d_out=d_out if cfg.kind != "sae" else 0,
+                        apply_b_dec_to_input=cfg.kind == "sae", lista_iters=cfg.lista_iters * (cfg.encoder == "lista")))
+    if widths:
+        sae.detach_inner = cfg.matryoshka_detach
+        if cfg.matryoshka_sort == "frequency":
+            sae.enable_frequency_sort()
+    return sae
 
 
 def split_rows(b: Tensor, kind: str, n_layers: int, d_in: int, d_out: int) -> tuple[Tensor, Tensor | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -66,3 +67,16 @@ class SearchConfig:
 
         validate.at_least(self.per_token, 1, "--per_token")
         validate.existing_dir(self.root, "--root", "collated data root")
+
+
+@dataclass
+class ViewResult:
+    """What `view` serves: the data root (a cache folder for a URL or registry name) and its datasets."""
+
+    root: Path
+    source: str
+    """What was asked for (--root)."""
+    cached: bool
+    """The records were fetched into a cache folder (a URL or registry name), not served where they were."""
+    datasets: int
+    url: str

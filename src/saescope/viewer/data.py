@@ -175,7 +175,8 @@ class DataRoot:
         return json.loads(self.record_text(ds, index))
 
     def record_text(self, ds: DatasetRef, index: int) -> str:
-        """The record file's JSON text, validated (a broken file raises BrokenFile naming it)."""
+        """The record's JSON text: built from the dataset's compact records, or a record file's text, validated (a
+        broken file raises BrokenFile naming it)."""
         path = self._inside(ds.model, *ds.path.split("/"), f"{int(index)}.json")
         entry = self.external(ds)
         if entry is not None:  # fetched (and cached) on first read, or read from its local folder
@@ -185,6 +186,18 @@ class DataRoot:
                 return record_text(self.root / ds.model, entry, int(index))
             except FileNotFoundError:
                 raise NotFound(f"{ds.path}/{index}.json") from None
+            except SaescopeError as e:
+                raise BrokenFile(str(e)) from None
+        folder = path.parent
+        from saescope.compact_records import PACK_FILE
+
+        if (folder / PACK_FILE).is_file():  # compact records: built on demand (valid by construction)
+            from saescope.compact_records import open_pack
+
+            try:
+                return open_pack(folder).record_text(int(index))
+            except FileNotFoundError:
+                raise NotFound(f"{ds.path}/{index}") from None
             except SaescopeError as e:
                 raise BrokenFile(str(e)) from None
         if not path.is_file():

@@ -14,7 +14,7 @@ from saescope.viewer.data import DataRoot, DatasetRef, NotFound, parse_dataset
 if TYPE_CHECKING:  # pragma: no cover
     from saescope.models import HookedModel
     from saescope.sae import BaseSAE
-    from saescope.units import UnitSet
+    from saescope.units import UnitSet, WriteDirection
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,34 @@ class ModelHub:
                 self._models[model] = load_model(spec)
             return self._models[model]
 
+    def graph_model(self, name: str, spec: str) -> HookedModel:
+        """The model a graph was made with: the collated model of that name if the data root has it (one copy in
+        memory), else the graph's model spec, loaded once."""
+        from saescope.models import load_model
+
+        try:
+            self.data.manifest(name)
+            return self.model(name)
+        except NotFound:
+            pass
+        with self._lock:
+            key = "spec:" + spec
+            if key not in self._models:
+                self._models[key] = load_model(self.override or spec)
+            return self._models[key]
+
+    def transcoders(self, path: str, n_layers: int, write_point: str) -> Any:
+        """A graph's transcoders as `saescope.graph` reads them, loaded once per (folder, write point)."""
+        from saescope.graph.transcoders import from_transcoder_set
+        from saescope.sae.transcoder_io import load_transcoders
+
+        with self._lock:
+            key = ("tc", path, write_point)
+            if key not in self._saes:
+                ts = load_transcoders(path).eval()
+                self._saes[key] = from_transcoder_set(ts, n_layers, write_point=write_point)  # type: ignore[index]
+            return self._saes[key]  # type: ignore[index]
+
     def preload(self) -> None:
         """Load the first collated model in the background at start-up, so pages that need it do not wait."""
         try:
@@ -53,27 +81,18 @@ class ModelHub:
 
     def search_sources(self, model: str) -> list[Any]:
         """Every dataset of a model that search by inference reads (token-pair SAE copies left out), built once."""
-        from saescope.viewer.explore import SearchSource
+        from saescope.explore import search_source
 
         if model in self._search:
             return self._search[model]
-        import torch
-
         hm = self.model(model)
         out = []
         for d in self.data.manifest(model).get("datasets", []):
             ds = parse_dataset(model, d["path"].split("/"))
             if d.get("by_token_pair") and ds.unit_type == "sae_latents":
                 continue
-            group = self.units(ds).group(hm)
-            units = self.data.summary(ds)["units"]
-            mx, dens = torch.zeros(group.n_units), torch.zeros(group.n_units)
-            for u in units:
-                if u["index"] < group.n_units:
-                    mx[u["index"]] = float(u.get("max_activation") or 0.0)
-                    dens[u["index"]] = float(u.get("density") or 0.0)
-            expl = {int(i): e.get("explanation") for i, e in self.data.explanations(ds).items() if e.get("explanation")}
-            out.append(SearchSource(d["path"], group, mx, expl, dens))
+            out.append(search_source(d["path"], self.units(ds).group(hm), self.data.summary(ds)["units"],
+                                     self.data.explanations(ds)))
         with self._lock:
             self._search[model] = out
         return out
@@ -81,15 +100,36 @@ class ModelHub:
     def units(self, ds: DatasetRef) -> UnitSet:
         """A dataset's units, with its SAE loaded for SAE datasets (a by-token-pair dataset reads the same SAE by
         token at attn_out)."""
-        from saescope.units import UnitSet
-
-        from saescope.units import KINDS
+        from saescope.units import KINDS, UnitSet
 
         if not KINDS[ds.unit_type].dictionary:
             return UnitSet(ds.unit_type, ds.layer)
         sae, entry = self.sae(ds)
         hp = f"attn_out.{ds.layer}" if entry.get("by_token_pair") else entry["hookpoints"][0]
         return UnitSet(ds.unit_type, ds.layer, ds.name, sae, hp, entry["source"])
+
+    def write_direction(self, ds: DatasetRef, index: int) -> WriteDirection:
+        """Unit `index`'s write direction (NotFound past the dataset's units; a unit without one: SaescopeError)."""
+        from saescope.errors import SaescopeError
+
+        try:
+            return self.units(ds).write_direction(self.model(ds.model), index)
+        except IndexError as e:
+            raise NotFound(str(e) or f"unit {index}") from None
+        except ValueError as e:
+            raise SaescopeError(str(e)) from None
+
+    def debug_saes(self, model: str, paths: list[str] | None) -> tuple[dict[str, BaseSAE], dict[str, str]]:
+        """({hookpoint: SAE}, {hookpoint: dataset name}) for the debugger: the given SAE dataset paths, or every SAE
+        dataset of the model collated by token."""
+        wanted = paths if paths is not None else [d["path"] for d in self.data.manifest(model)["datasets"]
+                                                  if d["unit_type"] == "sae_latents" and not d.get("by_token_pair")]
+        saes, names = {}, {}
+        for path in wanted:
+            ds = parse_dataset(model, path.strip("/").split("/"))
+            sae, entry = self.sae(ds)
+            saes[entry["hookpoints"][0]], names[entry["hookpoints"][0]] = sae, ds.name
+        return saes, names
 
     def sae(self, ds: DatasetRef) -> tuple[BaseSAE, dict[str, Any]]:
         from saescope.sae import load_sae

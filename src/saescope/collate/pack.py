@@ -1,0 +1,183 @@
+"""A group's final state → the compact record tensors (`saescope.compact_records`) and its unit table, vectorised.
+
+`collator.build_records` is the reference: it builds every record in Python (~10 ms a unit with its JSON). Here
+the same choices (top excerpts, the first valid pool slots as the random sample, quantile buckets filled in key
+order from pool ∪ top) are made for all units at once as tensor ops, and each (unit, excerpt) pair's activations
+are stored once however many lists refer to it. A differential test holds the records built from these tensors
+equal, byte for byte, to the reference's JSON.
+
+Shapes: U units, k top slots, P pool slots, C = P + k candidates, R rows (distinct (unit, excerpt) pairs), L values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from saescope.collate.collator import QUANTILES, GroupState, quantile_boundaries
+from saescope.collate.config import SlotSizes
+from saescope.collate.state import pair_keys
+from saescope.io import clean_nans
+
+N_BUCKETS = len(QUANTILES) + 1
+CSR_BELOW = 0.3
+"""Rows whose non-zero fraction is below this are stored as CSR (dictionary latents), the others dense."""
+
+
+@dataclass
+class Selection:
+    """Which excerpts each unit's record lists, as references into R distinct (unit, excerpt) rows."""
+
+    row_unit: Tensor
+    """[R] int64, sorted (rows of a unit are contiguous)."""
+    row_eid: Tensor
+    """[R] int64 excerpt ids."""
+    row_cand: Tensor
+    """[R] int64 candidate holding the row's activations: c < P pool slot c, else top slot c − P."""
+    counts: dict[str, Tensor]
+    """top [U], random [U], quantile [U, 5] int32."""
+    refs: dict[str, Tensor]
+    """Same keys: int32 row indices, unit by unit (quantile: bucket by bucket within a unit)."""
+    stats: Tensor
+    """[U, 4] float64 mean, variance, skewness, excess kurtosis."""
+    bounds: Tensor
+    """[U, 4] float64 quantile boundaries."""
+
+
+def select(state: GroupState, sizes: SlotSizes) -> Selection:
+    """The reference's choices (`build_records`) for every unit at once."""
+    U = state.group.n_units
+    state.sort()
+    top, pool = state.top, state.pool
+    P = pool.ids.shape[1]
+    bounds = quantile_boundaries(state.maxima)  # [U, 4]
+    cand_ids = torch.cat([pool.ids, top.ids], 1)  # [U, C]
+    # top: every filled slot, best first; random: the first n_random filled pool slots (pool order = key order)
+    u_top, c_top = ((top.ids >= 0) & (top.score > float("-inf"))).nonzero(as_tuple=True)
+    filled = pool.ids >= 0
+    u_rnd, c_rnd = (filled & (filled.cumsum(1) <= sizes.n_random)).nonzero(as_tuple=True)
+    # quantile buckets: candidates in key order, each excerpt once (its copies share a key, so they are adjacent),
+    # the first n_quantile of each bucket
+    cand_max = torch.cat([pool.acts.amax(2), top.acts.amax(2)], 1).double()  # [U, C] excerpt maxima
+    bucket = torch.searchsorted(bounds.nan_to_num(float("inf")).contiguous(), cand_max.contiguous(), right=False)
+    keys = pair_keys(state.seed, cand_ids, torch.arange(U)[:, None]).masked_fill(cand_ids < 0, float("inf"))
+    order = keys.argsort(dim=1)  # [U, C]
+    sid, sb = cand_ids.gather(1, order), bucket.gather(1, order)
+    first = torch.ones_like(sid, dtype=torch.bool)
+    first[:, 1:] = sid[:, 1:] != sid[:, :-1]
+    keep = (sid >= 0) & first
+    in_b = keep[:, None, :] & (sb[:, None, :] == torch.arange(N_BUCKETS)[None, :, None])  # [U, 5, C]
+    in_b &= in_b.cumsum(2) <= sizes.n_quantile
+    u_q, b_q, pos_q = in_b.nonzero(as_tuple=True)  # unit-major, bucket-major, key order
+    c_q = order[u_q, pos_q]
+    u_all = torch.cat([u_top, u_rnd, u_q])
+    c_all = torch.cat([c_top + P, c_rnd, c_q])
+    key = u_all * (1 << 40) + cand_ids[u_all, c_all]
+    uniq, inv = torch.unique(key, return_inverse=True)  # rows sorted by (unit, excerpt)
+    rep = torch.full((len(uniq),), len(key), dtype=torch.int64).scatter_reduce(
+        0, inv, torch.arange(len(key)), "amin")  # the first reference of each row holds its activations
+    n_top, n_rnd = len(u_top), len(u_rnd)
+    inv32 = inv.to(torch.int32)
+    return Selection(
+        row_unit=uniq >> 40, row_eid=uniq & ((1 << 40) - 1), row_cand=c_all[rep],
+        counts={"top": torch.bincount(u_top, minlength=U).int(), "random": torch.bincount(u_rnd, minlength=U).int(),
+                "quantile": in_b.sum(2).int()},
+        refs={"top": inv32[:n_top], "random": inv32[n_top:n_top + n_rnd], "quantile": inv32[n_top + n_rnd:]},
+        stats=torch.stack(state.moments.stats(), 1), bounds=bounds)
+
+
+def row_acts(state: GroupState, sel: Selection) -> np.ndarray:
+    """[R, L] float32 activations of every row."""
+    P = state.pool.ids.shape[1]
+    u, c = sel.row_unit, sel.row_cand
+    if state.vectors is not None:  # sparse groups: the slots hold maxima; the vectors are COO rows
+        vu, ve, vp, vv = state.vectors.columns()
+        out = torch.zeros(len(u), state.vectors.length)
+        if len(u) and len(vu):
+            key = vu.long() * (1 << 40) + ve.long()
+            rowkey = u * (1 << 40) + sel.row_eid
+            r = torch.searchsorted(rowkey, key).clamp(max=len(u) - 1)
+            hit = rowkey[r] == key
+            out[r[hit], vp[hit].long()] = vv[hit]
+        return out.numpy()
+    pool = c < P
+    out = torch.empty(len(u), state.top.acts.shape[2], dtype=torch.float32)
+    out[pool] = state.pool.acts[u[pool], c[pool]].float()
+    out[~pool] = state.top.acts[u[~pool], c[~pool] - P].float()
+    return out.numpy()
+
+
+def tensors(sel: Selection, acts: np.ndarray, row_excerpt: np.ndarray, n_units: int) -> dict[str, np.ndarray]:
+    """The records file's tensors (see `compact_records`); mostly-zero activations as CSR."""
+    out = {"row_offsets": np.concatenate([[0], np.cumsum(np.bincount(sel.row_unit.numpy(), minlength=n_units))]),
+           "row_excerpt": row_excerpt.astype(np.int32), "stats": sel.stats.numpy(),
+           "quantile_boundaries": sel.bounds.numpy()}
+    for name in ("top", "random", "quantile"):
+        out[f"{name}_count"], out[f"{name}_ref"] = sel.counts[name].numpy(), sel.refs[name].numpy()
+    nz = acts != 0
+    if acts.size and nz.mean() < CSR_BELOW:
+        r, p = nz.nonzero()  # row-major: by row, then position
+        out |= {"acts_ptr": np.concatenate([[0], np.cumsum(nz.sum(1))]), "acts_pos": p.astype(np.int32),
+                "acts_val": acts[r, p]}
+    else:
+        out["acts"] = acts
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def summary_rows(sel: Selection, acts: np.ndarray, strings: Callable[[int], list[str]], density: Tensor,
+                 by_token_pair: bool) -> list[dict[str, Any]]:
+    """Each unit's row of summary.json, equal to `records.summary_row` of its record (plus its density).
+    strings(r): row r's token strings."""
+    U = len(density)
+    rounded_max = acts.astype(np.float64).round(6).max(1) if acts.shape[1] else np.zeros(len(acts))  # [R]
+    starts = np.concatenate([[0], np.cumsum(sel.counts["top"].numpy())])
+    top = sel.refs["top"].numpy()
+    fires = rounded_max[top] > 0 if acts.shape[1] else np.zeros(len(top), bool)
+    stats = sel.stats.numpy()
+    dens = density.tolist()
+    rows = []
+    for u in range(U):
+        a, b = int(starts[u]), int(starts[u + 1])
+        best, token = 0.0, None
+        if b > a:
+            m = rounded_max[top[a:b]].max() if acts.shape[1] else 0.0
+            best = float(m) if m > 0 else 0.0
+            r0 = int(top[a])
+            if acts.shape[1] and rounded_max[r0] > 0:
+                j = int(np.argmax(acts[r0].astype(np.float64).round(6)))
+                if by_token_pair:
+                    j = int((math.isqrt(8 * j + 1) - 1) // 2)  # the query token of flattened pair j
+                toks = strings(r0)
+                token = toks[j] if j < len(toks) else ""
+        rows.append({"index": u, "max_activation": best, "mean": clean_nans(float(stats[u, 0])),
+                     "variance": clean_nans(float(stats[u, 1])), "top_token": token,
+                     "firing_excerpts": int(fires[a:b].sum()), "density": float(dens[u])})
+    return rows
+
+
+def write_packs(root: Path, states: list[GroupState], sizes: SlotSizes,
+                decode: Callable[[int], tuple[list[int], list[str]]]) -> Any:
+    """Add every referenced excerpt to the model folder's excerpt table (written first: rows only ever get added),
+    then yield, group by group, (the records file's tensors, the unit table rows) for the caller to write.
+    decode(excerpt id) → (token ids, token strings)."""
+    from saescope.compact_records import EXCERPTS_FILE, ExcerptTable
+
+    sels = [select(st, sizes) for st in states]
+    eids = torch.unique(torch.cat([s.row_eid for s in sels])) if sels else torch.zeros(0, dtype=torch.int64)
+    path = root / EXCERPTS_FILE
+    table = ExcerptTable.read(path) if path.is_file() else ExcerptTable.empty()
+    table_rows = torch.tensor(table.extend([decode(e) for e in eids.tolist()]), dtype=torch.int64)
+    table.save(path)
+    for st, sel in zip(states, sels):
+        acts = row_acts(st, sel)
+        row_excerpt = table_rows[torch.searchsorted(eids, sel.row_eid)].numpy()
+        rows = summary_rows(sel, acts, lambda r: table.strings(int(row_excerpt[r])), st.moments.density(),
+                            st.group.by_token_pair)
+        yield tensors(sel, acts, row_excerpt, st.group.n_units), rows

@@ -1,0 +1,125 @@
+"""Beyond circuit-tracer: which attention heads carry an edge.
+
+An edge A[t, s] of the local replacement model is a sum over paths from the source's write to the target through
+the residual stream and frozen attention. Split the paths by the **first attention head they cross after the
+source** (layer l > the source's write slot, head h), or none:
+
+    A[t, s] = A_resid[t, s] + Σ_{l, h} A_{l,h}[t, s]
+    A_{l,h}[t, s] = value_s · w_s · P(H_{l,h})[p_s],   H_{l,h} = N1_lᵀ (W_V[kv(h)] (Σ_q A_l[h, q, ·] (W_O[h] g_l[q])))
+
+where g_l is the target's gradient at the output of layer l's attention (what `FrozenModel.backward` carries), H_{l,h}
+is head h's share of the gradient it passes back to layer l's input, and P is the source's write map (identity, or
+Gemma's frozen post-MLP norm). With no skip connection a path that has not yet crossed attention reaches the source
+unchanged (the residual stream is the identity), which is what makes the split exact; `A_resid` (paths through no
+head: the target at the source's own position) is what is left. Edges within one position can still cross heads
+(a position attending to itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saescope.errors import SaescopeError
+from saescope.graph.graph import Graph
+from saescope.graph.replacement import FrozenModel
+
+
+@dataclass
+class HeadSplit:
+    total: float
+    """The edge A[t, s]."""
+    residual: float
+    """Paths that cross no attention head."""
+    heads: dict[tuple[int, int], float]
+    """(layer, head) → paths whose first head after the source is this one; heads that carry nothing are left out."""
+
+
+def target_of(fm: FrozenModel, graph: Graph, t: int) -> tuple[int, int, Tensor]:
+    """(layer, position, read vector) of target node t: a feature reads its encoder row at its MLP input, a logit its
+    demeaned unembedding column after the final norm (layer = n_layers)."""
+    if graph.node_kind(t) == "logit":
+        tok = int(graph.logit_tokens[t - graph.logit_start])
+        return fm.n_layers, fm.n_pos - 1, fm.W_U[:, tok] - fm.W_U.mean(1)
+    if graph.node_kind(t) != "feature":
+        raise SaescopeError(f"node {t}: a {graph.node_kind(t)} has no incoming edges; pick a feature or a logit")
+    layer, pos, idx, _ = graph.feature(t)
+    return layer, pos, fm.tc.W_enc[layer][:, idx]
+
+
+def source_writes(fm: FrozenModel, graph: Graph, s: int) -> tuple[int, list[tuple[int, Tensor]]]:
+    """(position, [(write slot k, vector written into the stream after layer k)]) of source node s; k = −1 is the
+    embedding (the stream's input)."""
+    kind = graph.node_kind(s)
+    if kind == "feature":
+        layer, pos, idx, act = graph.feature(s)
+        W = fm.tc.W_dec[layer]  # [F, n_out, d]
+        return pos, [(layer + j, act * W[idx, j]) for j in range(W.shape[1])]
+    if kind == "error":
+        layer, pos = graph.error(s)
+        return pos, [(layer, fm.errors[layer, pos])]
+    if kind == "embedding":
+        pos = s - graph.embed_start
+        return pos, [(-1, fm.clean.embed[pos])]
+    raise SaescopeError(f"node {s}: a logit is never a source")
+
+
+def _head_vjp(fm: FrozenModel, layer: int, g: Tensor) -> Tensor:
+    """[H, T, d]: each head's part of the transpose of frozen attention at `layer` applied to g [T, d]."""
+    fl = fm.layers[layer]
+    T = g.shape[0]
+    gz = g if fl.post_attn is None else fl.post_attn.vjp(g)
+    gzh = torch.einsum("td,hkd->thk", gz, fl.W_O)  # [T, H, dh]
+    gvh = torch.einsum("hts,thk->shk", fl.pattern[:, :T, :T], gzh)  # [T(key), H, dh]
+    ga = torch.einsum("shk,hdk->hsd", gvh, fl.W_V[fl.kv_of_head])  # [H, T, d]
+    return fl.norm1.vjp(ga)
+
+
+@torch.no_grad()
+def gradients_with_heads(fm: FrozenModel, layer: int, pos: int, vector: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """For one target (read `vector` at `layer`'s MLP input, or after the final norm for layer = n_layers, at `pos`):
+    (G[k] [T, d] the gradient at the stream after layer k, for k = −1 .. n_layers − 1 stored at index k + 1;
+     Hd[l] [H, T, d] each head's share of what layer l's attention passes back to the stream before it)."""
+    if fm.tc.W_skip is not None and any(w is not None for w in fm.tc.W_skip):
+        raise SaescopeError("head split: transcoders with a skip connection are not supported (the paths through "
+                            "a skip do not reach the source unchanged)")
+    T, L = pos + 1, fm.n_layers
+    g = torch.zeros(T, fm.d)
+    if layer == L:
+        inj = torch.zeros(T, fm.d)
+        inj[pos] = vector.float()
+        g = g + fm.final.vjp(inj)
+    G: list[Tensor] = [torch.zeros(T, fm.d) for _ in range(L + 1)]
+    Hd: list[Tensor] = [torch.zeros(fm.layers[0].W_O.shape[0], T, fm.d) for _ in range(L)]
+    for l in range(min(layer, L - 1), -1, -1):
+        G[l + 1] = g
+        if l == layer:
+            inj = torch.zeros(T, fm.d)
+            inj[pos] = vector.float()
+            g = g + fm.layers[l].norm2.vjp(inj)
+        Hd[l] = _head_vjp(fm, l, g)
+        g = g + Hd[l].sum(0)
+    G[0] = g
+    return G, Hd
+
+
+def split_edge(fm: FrozenModel, graph: Graph, t: int, s: int, min_share: float = 0.0) -> HeadSplit:
+    """The edge from source node s to target node t split by the first head its paths cross (module docstring).
+    `heads` lists the heads whose part exceeds min_share · |edge|; `residual` is always the exact no-head part."""
+    layer, pos, vector = target_of(fm, graph, t)
+    p_s, writes = source_writes(fm, graph, s)
+    if p_s > pos:
+        return HeadSplit(0.0, 0.0, {})
+    G, Hd = gradients_with_heads(fm, layer, pos, vector)
+    total, parts = 0.0, torch.zeros(fm.n_layers, Hd[0].shape[0], dtype=torch.float64)
+    for k, w in writes:
+        post = fm.post_mlp[k] if k >= 0 else None
+        P = (lambda x: x) if post is None else post.vjp  # noqa: E731
+        total += float(w @ P(G[k + 1])[p_s])
+        for l in range(k + 1, min(layer + 1, fm.n_layers)):
+            parts[l] += (P(Hd[l])[:, p_s] @ w).double()
+    heads = {(l, h): float(parts[l, h]) for l in range(fm.n_layers) for h in range(parts.shape[1])
+             if abs(float(parts[l, h])) > min_share * abs(total) and parts[l, h] != 0}
+    return HeadSplit(total, total - float(parts.sum()), heads)
