@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--lengths", default="16,32,64")
     ap.add_argument("--max_feature_nodes", type=int, default=7500)
     ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--min_edge", type=float, default=0.0)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
 
@@ -69,12 +70,14 @@ def main() -> None:
     for n in (int(x) for x in args.lengths.split(",")):
         prompt = prompt_of(hm, n)
         t0, c0 = time.perf_counter(), time.process_time()
-        g = attribute(hm, tc, prompt, max_feature_nodes=args.max_feature_nodes or None, chunk=args.chunk)
+        g = attribute(hm, tc, prompt, max_feature_nodes=args.max_feature_nodes or None, chunk=args.chunk,
+                      min_edge=args.min_edge)
         t1 = time.perf_counter()
         pr = prune(g, 0.8, 0.98)
         t2 = time.perf_counter()
         full, kept = graph_scores(g), graph_scores(g, pruned_adjacency(g, pr))
-        rows.append({"tokens": g.n_pos, "seconds": round(t2 - t0, 2), "cpu_s": round(time.process_time() - c0, 2), "attribute_s": round(t1 - t0, 2),
+        rows.append({"tokens": g.n_pos, "seconds": round(t2 - t0, 2), "cpu_s": round(time.process_time() - c0, 2),
+                     "attribute_s": round(t1 - t0, 2), "min_edge": args.min_edge,
                      "prune_s": round(t2 - t1, 2), **{k: g.info[k] for k in ("seconds_setup", "seconds_rows")},
                      "active_features": g.info["n_active_features"], "feature_nodes": g.n_features,
                      "nodes": g.n_nodes, "edges": g.adjacency.nnz, "nodes_pruned": int(pr.node_mask.sum()),

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_graph_attribute import PROMPT, make_transcoders, naive_row
 
 from saescope.graph import attribute as attr
 from saescope.graph.heads import split_edge
 from saescope.graph.replacement import FrozenModel
-from test_graph_attribute import PROMPT, make_transcoders, naive_row
 
 
 def edge_with_patterns(fm: FrozenModel, graph, t: int, s: int, keep: dict[int, list[int] | None]) -> float:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_model
+from test_graph_attribute import PROMPT, make_transcoders, naive_row
 
 from saescope.graph import attribute as attr
 from saescope.graph.intervene import Intervention, intervene, patched_logits
 from saescope.graph.replacement import FrozenModel
-from test_graph_attribute import PROMPT, make_transcoders, naive_row
 
 
 def strongest(fm: FrozenModel, layer: int) -> tuple[int, int]:

@@ -116,3 +116,29 @@ def test_viewer_serves_graphs(tiny_gpt2, tmp_path):
     assert page.status_code == 200 and "/static/graph.js" in page.text and "cdn" not in page.text.lower()
     js = c.get("/static/graph.js").text
     assert "history.replaceState" in js and "/api/graph/" in js
+
+
+def test_torchrun_splits_the_target_rows(tiny_dir, tmp_path):
+    """`saescope graph` under torchrun with 2 gloo ranks: each rank computes every other chunk of rows, the graph
+    is the one-process graph (same nodes, same links and weights)."""
+    from conftest import one_process_and_two_ranks
+
+    from saescope.models import load_model
+    from saescope.sae.base import SAEConfig
+    from saescope.sae.registry import sae_class
+    from saescope.sae.transcoder import TranscoderSet, transcoder_class
+    from saescope.sae.transcoder_io import save_transcoders
+
+    hm = load_model(str(tiny_dir), device="cpu")
+    cls = transcoder_class(sae_class("topk"), False)
+    torch.manual_seed(0)
+    ts = TranscoderSet(plts={i: cls(SAEConfig(cls.architecture, hm.d_model, 24, k=4, apply_b_dec_to_input=False))
+                             for i in range(hm.n_layers)})
+    save_transcoders(ts, tmp_path / "tc")
+    args = ["graph", "--model", str(tiny_dir), "--device", "cpu", "--transcoders", str(tmp_path / "tc"), "--prompt",
+            "The quick brown fox sat on the mat", "--max_feature_nodes", "30", "--batch_size", "4", "--chunk", "3"]
+    one_process_and_two_ranks(args, tmp_path / "one.json", tmp_path / "two.json")
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["metadata"]["saescope"]["ranks"] == 2 and one["metadata"]["saescope"]["ranks"] == 1
+    assert one["nodes"] == two["nodes"] and len(one["links"]) > 20
+    assert one["links"] == two["links"]

@@ -79,6 +79,26 @@ def test_viewer_intervene_and_labels(tiny_dir, tmp_path):
     assert bad.status_code == 400 and "not a feature node" in bad.json()["detail"]
     assert c.post("/api/graph/nope/intervene", json={"interventions": []}).status_code == 404
 
+    # heads and QK: the library's answers for the same graph
+    from saescope.graph.heads import split_json_edge
+    from saescope.graph.qk import qk_attribution
+    from saescope.graph.replacement import FrozenModel
+
+    fm = FrozenModel(hm, from_transcoder_set(ts, hm.n_layers), ids)
+    logit = next(n for n in doc["nodes"] if n["is_target_logit"])
+    link = max((lk for lk in doc["links"] if lk["target"] == logit["node_id"]), key=lambda lk: abs(lk["weight"]))
+    src = next(n for n in doc["nodes"] if n["node_id"] == link["source"])
+    body = {"target": logit["node_id"], "target_type": "logit", "source": src["node_id"],
+            "source_type": src["feature_type"]}
+    got = c.post("/api/graph/fox/heads", json=body).json()
+    want = split_json_edge(fm, (logit["node_id"], "logit"), (src["node_id"], src["feature_type"]))
+    assert got["total"] == pytest.approx(link["weight"], abs=1e-5, rel=1e-4) == pytest.approx(want.total)
+    assert {(h["layer"], h["head"]): h["weight"] for h in got["heads"]} == pytest.approx(want.heads)
+    qk = c.post("/api/graph/fox/qk", json={"layer": 1, "head": 0}).json()
+    ref = qk_attribution(fm, 1, 0, len(ids) - 1, top=15)
+    assert qk["key_pos"] == ref.key_pos and qk["score"] == pytest.approx(ref.score, rel=1e-5)
+    assert c.post("/api/graph/fox/qk", json={"layer": 99, "head": 0}).status_code == 400
+
 
 def test_browser_graph_page(tiny_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -129,6 +149,12 @@ def test_browser_graph_page(tiny_dir, tmp_path):
             page.click("#iv-run")
             page.wait_for_selector("#iv-out table")
             assert "KL(before‖after)" in page.inner_text("#iv-out")
+            page.click("#side button.heads >> nth=0")
+            page.wait_for_function("document.querySelector('#hs-0').textContent.includes('no head')")
+            page.fill("#qk-layer", "1")
+            page.click("#qk-run")
+            page.wait_for_selector("#qk-out .lens li")
+            assert "attends to" in page.inner_text("#qk-out")
             page.screenshot(path=str(tmp_path / "graph.png"), full_page=True)
             url = page.url
             page.goto(url)  # the URL alone restores the selection and the supernode

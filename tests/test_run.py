@@ -12,16 +12,18 @@ from saescope.config import ModelConfig
 from saescope.corpus import CorpusConfig
 from saescope.records import read_unit
 from saescope.run import RunConfig, run_pipeline
-from saescope.train.config import TrainerConfig
+from saescope.train.config import TrainerConfig, TranscoderRunOptions
 
 SAES = ["sae resid_post.1", "sae mlp_post_act.1", "sae mlp_out.1", "sae attn_out.1"]
-STAGES = ["seed_dataset", "store", *SAES, "collated", "explanations"]
+STAGES = ["seed_dataset", "store", *SAES, "transcoders", "collated", "explanations"]
+TC = TranscoderRunOptions(transcoder_width=16, transcoder_k=4, transcoder_tokens=640, transcoder_batch_size=64,
+                          transcoder_buffer_rows=256, transcoder_forward_contexts=4, transcoder_eval_contexts=6)
 
 
 def _cfg(tiny_dir, text_corpus, tmp_path, width: int = 64) -> RunConfig:
     return RunConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), data=CorpusConfig(str(text_corpus)),
                      out=str(tmp_path / "run"), generate=4, capture=CaptureOptions(max_tokens=1500, context_len=17),
-                     train=TrainerConfig(width=width, k=4),
+                     train=TrainerConfig(width=width, k=4), transcoders=TC, whole_model_tokens=160,
                      collate=CollateOptions(max_tokens=320, excerpt_len=16, token_pairs=True),
                      no_serve=True)
 
@@ -34,7 +36,7 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     cfg = _cfg(tiny_dir, text_corpus, tmp_path)
     done, col_root, decisions = run_pipeline(cfg)
     out = tmp_path / "run"
-    assert len(done) == 8 and all(path.exists() for _, path in done)
+    assert len(done) == 9 and all(path.exists() for _, path in done)
     assert all(w.split("(")[1].startswith("ΔCE ") for w, _ in done if w.startswith("SAE "))
     assert decisions == dict.fromkeys(STAGES, "new")
     meta = json.loads((out / "seed_dataset" / "metadata.json").read_text())
@@ -44,18 +46,26 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
         assert 0 <= ev["fvu"] < 1 and ev["l0"] <= 4 and "ce_loss_recovered" in ev
         assert list(ev)[:2] == ["delta_ce", "delta_ce_se"] and ev["delta_ce_se"] >= 0  # the added loss leads
     manifest = json.loads((col_root / tiny_dir.name / "manifest.json").read_text())
-    # the seed's five kinds: MLP neurons, heads by token pair, MLP latents, attention latents by token and by pair
+    # the seed's five kinds at the studied layer: MLP neurons, heads by token pair, MLP latents, attention latents by
+    # token and by pair; every other layer's neurons and heads; every layer's transcoder latents
+    whole = {f"{k}/{l}" for k in ("mlp_neurons", "attention_heads") for l in (0, 2)}
+    whole |= {f"transcoder_latents/transcoders/{l}" for l in range(3)}
     assert {d["path"] for d in manifest["datasets"]} == {
         "mlp_neurons/1", "attention_heads/1", "sae_latents/resid_post/1", "sae_latents/mlp_post_act/1",
-        "sae_latents/mlp_out/1", "sae_latents/attn_out/1", "sae_latents/attn_out-by-token-pair/1"}
+        "sae_latents/mlp_out/1", "sae_latents/attn_out/1", "sae_latents/attn_out-by-token-pair/1"} | whole
     store_rows = sum(x["rows"] for x in json.loads((out / "store" / "manifest.json").read_text())["shards"])
     for d in manifest["datasets"]:  # the store's contexts are the excerpts: neurons and latents read all of it
         needs_model = d["unit_type"] == "attention_heads" or d["by_token_pair"]
-        assert d["tokens"] == (320 if needs_model else store_rows), d["path"]
+        assert d["tokens"] == (160 if d["path"] in whole else 320 if needs_model else store_rows), d["path"]
         rec = read_unit(col_root / tiny_dir.name / d["path"], 0)
         assert rec.neuron_id.neuron_index == 0 and rec.most_positive_activation_records
         scores = json.loads((col_root / tiny_dir.name / "explanations" / d["path"] / "scores.json").read_text())
         assert scores["summary"]["units"] > 0  # every dataset explained and scored
+    _debug_links_resolve(col_root, tiny_dir.name)
+    ev = json.loads((out / "transcoders" / "eval.json").read_text())  # the replacement model, held out
+    assert sorted(ev["per_layer"]) == ["0", "1", "2"] and all(0 < r["fvu"] for r in ev["per_layer"].values())
+    assert ev["top1_agreement_with_errors"] == 1.0 and ev["kl_with_errors"] < 1e-6 and ev["contexts"] == 6
+    assert ev["train_tokens"] == 640 and 0 <= ev["top1_agreement_replaced"] <= 1
     stamp = (out / "saes" / "resid_post" / "sae_weights.safetensors").stat().st_mtime_ns
     again = run_pipeline(cfg)  # complete stages are reused, not redone
     assert [w for w, _ in again.done] == [w for w, _ in done]
@@ -77,6 +87,11 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     fewer = dataclasses.replace(narrow, collate=CollateOptions(max_tokens=160, excerpt_len=16, token_pairs=True))
     assert _recomputed(run_pipeline(fewer).decisions) == ["collated", "explanations"]
 
+    # A changed transcoder width recomputes the transcoders, the collation and the explanations.
+    fewer = dataclasses.replace(fewer, transcoders=dataclasses.replace(TC, transcoder_width=24))
+    assert _recomputed(run_pipeline(fewer).decisions) == ["transcoders", "collated", "explanations"]
+    assert json.loads((out / "transcoders" / "layer_2" / "cfg.json").read_text())["d_sae"] == 24
+
     # Other interp options on the same records merge into the explanations: units the re-run does not redo are kept.
     expl_file = col_root / tiny_dir.name / "explanations" / "mlp_neurons" / "1" / "explanations.json"
     before = json.loads(expl_file.read_text())["units"]
@@ -84,6 +99,26 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     assert _recomputed(run_pipeline(two).decisions) == ["explanations"]
     after = json.loads(expl_file.read_text())["units"]
     assert len(before) > 2 and set(after) == set(before)
+
+
+def _debug_links_resolve(col_root, model: str) -> None:
+    """The run's Debug page has no dead links: every neuron, head and SAE latent it ranks, on every layer, links to a
+    record that the viewer serves."""
+    from fastapi.testclient import TestClient
+
+    from saescope.viewer.server import create_app
+
+    client = TestClient(create_app(col_root))
+    body = {"model": model, "prompt": "the cat sat on the mat and the dog", "target": " sat", "top": 1000}
+    nodes = client.post("/api/debug", json=body).json()["nodes"]
+    units = [n for n in nodes if n["kind"] in ("mlp", "head", "latent")]
+    # the neurons and heads of the layers outside the studied one (whose SAEs stand for its own) and SAE latents
+    assert {(n["kind"], n["layer"]) for n in units} >= {(k, l) for k in ("mlp", "head") for l in (0, 2)} | {
+        ("latent", 1)}
+    assert [n["name"] for n in units if not n.get("url")] == []
+    for n in units:
+        r = client.get(n["url"].replace("/u/", "/api/record/", 1))
+        assert r.status_code == 200 and r.json()["record"]["neuron_id"]["neuron_index"] == n["index"], n["name"]
 
 
 def test_run_cli_options_reach_every_stage():

@@ -435,6 +435,17 @@ def test_replacement_with_error_terms_reproduces_the_model(tiny, kind):
     assert m["kl_replaced"] > 0 and m["delta_ce"] == pytest.approx(m["ce_replaced"] - m["ce_clean"])
     clean_nll = torch.nn.functional.cross_entropy(lg["clean"][:, :-1].flatten(0, 1), ids[:, 1:].flatten())
     assert m["ce_clean"] == pytest.approx(float(clean_nll), rel=1e-5) and m["tokens"] == 3 * 8
+    # per-layer FVU and L0: each transcoder on the clean MLP input and output, BOS (ids == 2) left out
+    cache = tiny.run_with_cache(ids, None, [f"{h}.{l}" for h in ("mlp_in", "mlp_out") for l in ts.layers])
+    rows = ids != 2
+    for l in ts.layers:
+        x, y = cache[f"mlp_in.{l}"].float(), cache[f"mlp_out.{l}"].float()
+        pred = ts.reconstruct({j: cache[f"mlp_in.{j}"].float() for j in ts.layers})[l].detach()
+        fvu = float((y - pred)[rows].pow(2).sum() / (y[rows] - y[rows].mean(0)).pow(2).sum())
+        assert m["per_layer"][str(l)]["fvu"] == pytest.approx(fvu, rel=1e-4)
+        l0 = float((ts.encode_layer(l, x[rows]) != 0).sum(-1).float().mean())
+        assert m["per_layer"][str(l)]["l0"] == pytest.approx(l0, rel=1e-5)
+    assert m["fvu"] == pytest.approx(sum(r["fvu"] for r in m["per_layer"].values()) / len(ts.layers))
 
 
 def test_replacement_by_transcoders_that_write_nothing_is_zero_ablation(tiny_gpt2):
@@ -513,3 +524,48 @@ def test_transcoder_latents_are_collated_per_layer_and_served_like_sae_latents(t
     assert client.get(f"/u/{hm.name}/transcoder_latents/mytc/1/5").status_code == 200
     wd = UnitSet("transcoder_latents", 1, "mytc", plts[1], "mlp_in.1").write_direction(hm, 5)
     assert wd.hookpoint == "mlp_out.1" and torch.equal(wd.direction, plts[1].W_dec[5].detach())
+
+
+def test_cross_layer_transcoder_latents_are_collated_per_layer(tiny_dir, tmp_path):
+    """--transcoders with a CLT: layer L's latents (read from mlp_in.L) are collated as transcoder_latents/<set>/L;
+    the top activation equals a brute-force encode_layer, and the viewer probes and steers them (along the latent's
+    write into mlp_out.L)."""
+    import itertools
+
+    from fastapi.testclient import TestClient
+
+    from conftest import TEXT
+    from saescope.collate.config import CollateConfig, CollateOptions, SlotSizes
+    from saescope.collate.run_collate import collate
+    from saescope.config import ModelConfig
+    from saescope.corpus import CorpusConfig, iter_contexts, iter_texts
+    from saescope.models import load_model
+    from saescope.records import read_unit
+    from saescope.viewer.server import create_app
+
+    hm = load_model(str(tiny_dir))
+    clt = CrossLayerTranscoder(CLTConfig("topk", n_layers=hm.n_layers, d_in=hm.d_model, d_sae=20, k=4))
+    _randomise(clt)
+    save_transcoders(TranscoderSet(clt=clt.eval()), tmp_path / "myclt")
+    (tmp_path / "corpus.txt").write_text(TEXT * 4)
+    T = 8
+    manifest = collate(CollateConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), out=str(tmp_path / "col"),
+                                     data=CorpusConfig(str(tmp_path / "corpus.txt")), transcoders=str(tmp_path / "myclt"),
+                                     collate=CollateOptions(units="", excerpt_len=T, max_tokens=T * 30,
+                                                            sizes=SlotSizes(top_k=20, n_random=15, pool=24))), hm)
+    assert sorted(d["path"] for d in manifest["datasets"]) == [f"transcoder_latents/myclt/{l}" for l in range(3)]
+    ctxs = list(itertools.islice(iter_contexts(hm.tokenizer, iter_texts(str(tmp_path / "corpus.txt")), T + 1), 30))
+    cache = hm.run_with_cache(torch.tensor(ctxs), None, [f"mlp_in.{l}" for l in range(3)])
+    for l in range(3):
+        with torch.no_grad():
+            acts = clt.encode_layer(l, cache[f"mlp_in.{l}"][:, 1:])  # [B, T, F]
+        for i in (0, 7):
+            rec = read_unit(tmp_path / "col" / hm.name / f"transcoder_latents/myclt/{l}", i)
+            assert rec.max_activation == pytest.approx(float(acts[..., i].max()), rel=1e-4, abs=1e-6)
+    client = TestClient(create_app(tmp_path / "col"))
+    probe = client.post("/api/probe", json={"model": hm.name, "dataset": "transcoder_latents/myclt/2", "index": 7,
+                                             "text": "the cat sat"})
+    assert probe.status_code == 200, probe.text
+    steer = client.post("/api/steer", json={"model": hm.name, "dataset": "transcoder_latents/myclt/1", "index": 3,
+                                            "prompt": "the cat", "strength": 0.0, "tokens": 2})
+    assert steer.status_code == 200 and steer.json()["steered"] == steer.json()["unsteered"], steer.text

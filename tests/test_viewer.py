@@ -675,3 +675,69 @@ def test_browser_unit_dataset_and_debug_pages_say_what_they_show(collated_root, 
         assert (tmp_path / "unit.png").stat().st_size > 10_000 and (tmp_path / "debug.png").stat().st_size > 10_000
     finally:
         server.should_exit = True
+
+
+def test_browser_the_model_by_layer_links_every_dataset(tiny_dir, tmp_path):
+    """The home page links each model's layer × kind overview: one row per layer, one column per kind (MLP neurons,
+    heads, each SAE, each transcoder set), every cell a link to its dataset, an empty cell where a layer lacks it."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium on PATH (`make test` installs Debian's chromium)")
+    import uvicorn
+    from conftest import TEXT, free_port
+    from playwright.sync_api import sync_playwright
+
+    from saescope.models import load_model
+    from saescope.sae.transcoder import TranscoderSet, transcoder_class
+    from saescope.sae.transcoder_io import save_transcoders
+    from saescope.viewer.server import create_app
+
+    hm = load_model(str(tiny_dir))
+    d = hm.d_model
+    cls = transcoder_class(TopKSAE, skip=True)
+    plts = {l: cls(SAEConfig(cls.architecture, d, 16, k=4, d_out=d, apply_b_dec_to_input=False)) for l in range(3)}
+    save_transcoders(TranscoderSet(plts=plts), tmp_path / "tcs")
+    TopKSAE(SAEConfig("topk", d, 24, k=4, metadata={"hook_name": "resid_post.1"})).save(tmp_path / "res")
+    (tmp_path / "corpus.txt").write_text(TEXT * 4)
+    manifest = collate(CollateConfig(model=ModelConfig(model=str(tiny_dir), device="cpu"), out=str(tmp_path / "col"),
+                                     data=CorpusConfig(str(tmp_path / "corpus.txt")), layers="0,2",
+                                     sae=str(tmp_path / "res"), transcoders=str(tmp_path / "tcs"),
+                                     collate=CollateOptions(excerpt_len=8, max_tokens=8 * 30, token_pairs=False,
+                                                            sizes=SlotSizes(top_k=20, n_random=15, pool=24))), hm)
+    paths = {d["path"] for d in manifest["datasets"]}
+    # a transcoder set's eval.json (as `saescope run` writes it): each layer's dataset shows its own layer's row
+    (tmp_path / "tcs" / "eval.json").write_text(json.dumps({"delta_ce": 1.5, "fvu": 0.4, "per_layer": {
+        str(l): {"fvu": 0.1 * (l + 1), "l0": 4.0, "dead_fraction": 0.0} for l in range(3)}}))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(tmp_path / "col"), host="127.0.0.1", port=port,
+                                           log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"{base}/")
+            page.click(f"#models a[href='/u/{hm.name}']")
+            page.wait_for_selector("#layers td a")
+            heads = page.eval_on_selector_all("#layers tr:first-child th", "els => els.map(e => e.innerText)")
+            assert heads == ["layer", "MLP neurons", "attention heads", "SAE res", "transcoder tcs"]
+            assert page.eval_on_selector_all("#layers tr[data-layer]", "els => els.map(e => e.dataset.layer)") == \
+                ["0", "1", "2"]
+            hrefs = page.eval_on_selector_all("#layers td a", "els => els.map(e => e.getAttribute('href'))")
+            assert sorted(hrefs) == sorted(f"/u/{hm.name}/{p}" for p in paths)  # every dataset, once
+            fvus = page.eval_on_selector_all("#layers tr[data-layer] td:last-child .fvu", "els => els.map(e => e.innerText)")
+            assert fvus == ["FVU 0.10", "FVU 0.20", "FVU 0.30"]  # layer L's transcoder, not the replacement model
+            row1 = page.eval_on_selector_all("#layers tr[data-layer='1'] td", "els => els.map(e => e.innerText)")
+            assert row1[0] == row1[1] == "–" and row1[2].startswith("24 units")  # layer 1: only the SAE
+            page.click(f"#layers tr[data-layer='2'] a[href='/u/{hm.name}/transcoder_latents/tcs/2']")
+            page.wait_for_selector("#units td a")  # the cell opens the dataset's unit table
+            assert page.locator("#units td a").count() > 0 and "transcoder_latents/tcs/2" in page.inner_text("h2")
+            browser.close()
+    finally:
+        server.should_exit = True

@@ -10,7 +10,7 @@ from the run (model, corpus, output folders, the studied layer) is declared here
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -21,11 +21,12 @@ from saescope.corpus import CorpusConfig
 from saescope.interp.config import InterpOptions
 from saescope.models.hookpoints import canonical_hookpoint
 from saescope.stages import Stage
-from saescope.train.config import TrainerConfig
+from saescope.train.config import TrainerConfig, TranscoderRunOptions
 from saescope.viewer.config import ViewOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from saescope.store import ActivationStore
+    from saescope.train.config import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class RunConfig:
     # 256-token batches: the store holds 200k tokens, and 4x the steps on them cut the residual SAE's ΔCE from 1.53
     # to 0.87 nats at about the same training time (docs/metrics.md, "The loss an SAE adds")
     train: TrainerConfig = field(default_factory=lambda: TrainerConfig(batch_size=256))
+    transcoders: TranscoderRunOptions = field(default_factory=TranscoderRunOptions)
     collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=131_072))
     interp: InterpOptions = field(default_factory=InterpOptions)
     view: ViewOptions = field(default_factory=ViewOptions)
@@ -56,6 +58,12 @@ class RunConfig:
     """Tokens generated per seed prompt (the seed activation dataset)."""
     saes: str = "resid_post,mlp_post_act,mlp_out,attn_out"
     """Hookpoint kinds at the studied layer that get an SAE (TDB names such as resid_delta_attn work too)."""
+    collate_layers: str = "*"
+    """Layers whose MLP neurons and heads are collated besides the studied one: '*' (every layer), comma-separated
+    numbers, or '' (the studied layer only). The transcoders' latents are collated on every layer they cover."""
+    whole_model_tokens: int = 16_384
+    """Tokens collated for those layers and the transcoder latents (a full-model pass over the corpus's first
+    contexts, which are the store's first ones); the studied layer's units read the store as before."""
     eval_contexts: int = 256
     """Most held-out contexts for each SAE's spliced ΔCE/KL: each SAE stops once its ΔCE's standard error is below
     0.01 nats (after 32 contexts; `saescope eval --target_se`)."""
@@ -89,6 +97,13 @@ class RunResult(NamedTuple):
     """Stage name → reuse, resume, new or changed."""
 
 
+def replacement_headline(ev: dict[str, Any]) -> str:
+    """One line of a transcoder set's eval.json: each layer's reconstruction, then the replacement model."""
+    return (f"mean FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, dead {ev['dead_fraction']:.1%}; every MLP replaced: "
+            f"ΔCE {ev['delta_ce']:.2f} nats, KL {ev['kl_replaced']:.2f}, top-1 agreement "
+            f"{ev['top1_agreement_replaced']:.0%} ({ev['top1_agreement_with_errors']:.0%} with error terms)")
+
+
 def _options(obj: Any) -> dict[str, Any]:
     d = asdict(obj)
     return {k: v for k, v in d.items() if k not in NOT_OUTPUT}
@@ -103,13 +118,14 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     p.seed_dataset()
     store, st = p.store()
     saes = p.saes(store)
+    tc = p.transcoders(store)
     # the model's forward passes are over when collation reads the store: drop its memory-mapped weight pages
     # (clean, re-read on the next touch), which otherwise stay resident through collation, the run's peak
     if cfg.capture.context_len == cfg.collate.excerpt_len + 1:
         from saescope.train.memory import release_file_pages
 
         log.info("released %.0f MB of memory-mapped model weights", release_file_pages(p.hm.model) / 1e6)
-    col, collated = p.collated(store, st, saes)
+    col, collated = p.collated(store, st, saes, tc)
     p.explanations(col, collated)
     return RunResult(p.done, col.path, p.decisions)
 
@@ -207,9 +223,73 @@ class _Pipeline:
             self.done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} ({headline(ev)})", sae.path))
         return saes
 
-    def collated(self, store: Stage, st: ActivationStore, saes: list[Stage]) -> tuple[Stage, CollateResult]:
-        """4. collated records: MLP neurons, heads (by token pair), every SAE's latents (attention SAEs also by
-        pair); from the store where its contexts are the excerpts (no second model pass)."""
+    def transcoders(self, store: Stage) -> Stage | None:
+        """3b. a transcoder on every layer, trained online (one model forward per batch of contexts feeds every
+        layer's), then the replacement model (every MLP replaced at once, with and without error terms) and each
+        layer's FVU/L0 on the store's held-out contexts (the corpus's last contexts; training reads its first)."""
+        from saescope.io import read_json, write_json
+        from saescope.train.config import OnlineConfig
+
+        cfg, opts = self.cfg, self.cfg.transcoders
+        layers = opts.layer_list(self.hm.n_layers)
+        if not layers:
+            return None
+        tc = Stage("transcoders", self.out / "transcoders",
+                   {**self.model_id, "data": asdict(cfg.data), "context_len": cfg.capture.context_len,
+                    "seed": cfg.train.seed, **asdict(opts)}, {"store": store.fingerprint})
+        if self.start(tc):
+            from saescope.train.run_train import run as train
+
+            hps = ",".join(f"mlp_in.{l}" for l in layers)
+            trained = train(OnlineConfig(model=cfg.model, data=cfg.data, trainer=opts.trainer(cfg.train.seed),
+                                         hookpoints=hps, out=str(tc.path), context_len=cfg.capture.context_len,
+                                         forward_contexts=opts.transcoder_forward_contexts, resume=False), hm=self.hm)
+            write_json(tc.path / "eval.json", self._replacement(store, tc, trained))
+            tc.finish()
+        ev = read_json(tc.path / "eval.json")
+        self.done.append((f"transcoders on {len(layers)} layers ({opts.transcoder_kind} F={opts.transcoder_width}; "
+                          f"{replacement_headline(ev)})", tc.path))
+        return tc
+
+    def _replacement(self, store: Stage, tc: Stage, trained: TrainResult) -> dict[str, Any]:
+        """The replacement model's metrics on held-out store contexts, with each layer's training report."""
+        from saescope.sae.transcoder_io import load_transcoders
+        from saescope.store import ActivationStore
+        from saescope.train.on_store import contexts_from_store, split_shards
+        from saescope.train.replacement import replacement_metrics
+
+        st = ActivationStore(store.path, verify=False)
+        held = split_shards(st, self.cfg.train.holdout_shards)[1]
+        first_held = min(st.shards[i]["contexts"][0] for i in held)
+        opts = self.cfg.transcoders  # training reads at most its tokens, the buffer and one forward's rows more
+        used = -(-(opts.transcoder_tokens + opts.transcoder_buffer_rows) // (self.cfg.capture.context_len - 1)) + \
+            opts.transcoder_forward_contexts
+        if used > first_held:  # a larger --transcoder_tokens than the store's training part
+            log.warning("the transcoders trained on %d contexts, past the store's first held-out context (%d): their "
+                        "replacement metrics include training contexts", used, first_held)
+        ctx = contexts_from_store(st, held, self.cfg.transcoders.transcoder_eval_contexts, self.hm.tokenizer.bos_token_id)
+        device = next(self.hm.model.parameters()).device
+        ev = replacement_metrics(self.hm, load_transcoders(str(tc.path)).to(device).eval(), ctx)
+        for d in trained.dictionaries:  # layer_L: the training run's last logged dead fraction and FVU
+            ev["per_layer"][d.name.split("_")[1]].update(dead_fraction=d.metrics.get("dead"), train_fvu=d.metrics.get("fvu"))
+        ev["dead_fraction"] = sum(d.metrics.get("dead") or 0.0 for d in trained.dictionaries) / len(trained.dictionaries)
+        ev["train_tokens"] = max(d.tokens for d in trained.dictionaries)
+        ev["train_tokens_per_s"] = trained.dictionaries[0].tokens_per_s
+        return ev
+
+    def whole_layers(self) -> list[int]:
+        """The layers collated besides the studied one (--collate_layers)."""
+        spec = self.cfg.collate_layers.strip()
+        layers = list(range(self.hm.n_layers)) if spec == "*" else \
+            TranscoderRunOptions(transcoder_layers=spec).layer_list(self.hm.n_layers) if spec else []
+        return [l for l in layers if l != self.layer]
+
+    def collated(self, store: Stage, st: ActivationStore, saes: list[Stage],
+                 tc: Stage | None) -> tuple[Stage, CollateResult]:
+        """4. collated records: the studied layer's MLP neurons, heads (by token pair) and every SAE's latents
+        (attention SAEs also by pair), from the store where its contexts are the excerpts (no second model pass);
+        then, from one full-model pass over --whole_model_tokens, every other layer's neurons and heads and every
+        transcoder latent."""
         from saescope.collate.config import CollateConfig
         from saescope.collate.run_collate import run as collate
 
@@ -220,18 +300,28 @@ class _Pipeline:
                      st.context_len, cfg.collate.excerpt_len)
         col = Stage("collated", self.out / "collated",
                     {**self.model_id, "data": asdict(cfg.data), "collate": _options(cfg.collate), "layer": layer,
-                     "from_store": from_store},
-                    {**{s.name: s.fingerprint for s in saes}, **({"store": store.fingerprint} if from_store else {})})
+                     "from_store": from_store, "whole_layers": self.whole_layers(),
+                     "whole_model_tokens": cfg.whole_model_tokens},
+                    {**{s.name: s.fingerprint for s in saes}, **({"store": store.fingerprint} if from_store else {}),
+                     **({"transcoders": tc.fingerprint} if tc is not None else {})})
         if self.start(col):
             collated = collate(CollateConfig(model=cfg.model, data=cfg.data, collate=cfg.collate, out=str(col.path),
                                              layers=str(layer), sae=",".join(str(s.path) for s in saes),
                                              store=str(store.path) if from_store else ""), hm)
+            if self.whole_layers() or tc is not None:  # writes beside the above (the manifest keeps both)
+                whole = replace(cfg.collate, max_tokens=cfg.whole_model_tokens,
+                                units="mlp,heads" if self.whole_layers() else "")
+                collated = collate(CollateConfig(model=cfg.model, data=cfg.data, collate=whole, out=str(col.path),
+                                                 layers=",".join(map(str, self.whole_layers())),
+                                                 transcoders=str(tc.path) if tc is not None else ""), hm)
             assert collated is not None  # `saescope run` is one process
             col.finish()
         else:
             collated = CollateResult.read(col.path / hm.name)
         kinds = sorted({(d.unit_type, d.by_token_pair) for d in collated.datasets})
-        self.done.append((f"collated records ({len(collated.datasets)} datasets, {len(kinds)} kinds, layer {layer})",
+        layers = sorted({d.layer for d in collated.datasets})
+        self.done.append((f"collated records ({len(collated.datasets)} datasets, {len(kinds)} kinds, "
+                          f"{'layer ' + str(layer) if len(layers) == 1 else f'{len(layers)} layers'})",
                           collated.root))
         return col, collated
 

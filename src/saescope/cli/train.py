@@ -95,6 +95,9 @@ def eval_replacement(argv: list[str]) -> int:
 
     m = evaluate_replacement(parse(ReplacementConfig, argv, "saescope eval-replacement"))
     for k, v in m.items():
-        print(f"  {k:<36} {v:.4f}" if isinstance(v, float) else f"  {k:<36} {v}")
+        if k != "per_layer":
+            print(f"  {k:<36} {v:.4f}" if isinstance(v, float) else f"  {k:<36} {v}")
+    for l, r in m["per_layer"].items():
+        print(f"  layer {l:<30} FVU {r['fvu']:.4f}  L0 {r['l0']:.1f}")
     print(json.dumps(m))
     return 0

@@ -43,17 +43,18 @@ log = logging.getLogger(__name__)
 
 
 def transcoders_at(spec: str, hm: HookedModel) -> list[tuple[Any, str, Path]]:
-    """--transcoders DIR,...: every layer of each per-layer transcoder set, as (transcoder, mlp_in.L, its folder);
-    the dataset is named after the set's folder (transcoder_latents/<set>/<layer>)."""
+    """--transcoders DIR,...: every layer of each transcoder set, as (that layer's dictionary, mlp_in.L, the set's
+    folder); the dataset is named after the set's folder (transcoder_latents/<set>/<layer>). A cross-layer
+    transcoder's layer-L latents read mlp_in.L like a per-layer transcoder's (`TranscoderSet.layer_dictionary`)."""
     from saescope.sae.transcoder_io import load_transcoders
 
     out = []
     for d in [s.strip() for s in spec.split(",") if s.strip()]:
-        ts = load_transcoders(d)
-        if ts.is_clt:
-            raise SaescopeError(f"--transcoders {d}: collating cross-layer transcoder latents is not supported yet")
-        dev = next(hm.model.parameters()).device
-        out += [(ts[l].to(dev).eval(), f"mlp_in.{l}", Path(d)) for l in ts.layers if l < hm.n_layers]
+        ts = load_transcoders(d).to(next(hm.model.parameters()).device).eval()
+        if max(ts.layers) >= hm.n_layers:
+            raise SaescopeError(f"--transcoders {d}: transcoders for layers up to {max(ts.layers)}, but {hm.name} has "
+                                f"{hm.n_layers} layers")
+        out += [(ts.layer_dictionary(l), f"mlp_in.{l}", Path(d)) for l in ts.layers]
     return out
 
 

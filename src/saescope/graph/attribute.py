@@ -9,7 +9,8 @@ Order, as circuit-tracer's `attribute`: the logit rows first; then, while fewer 
 have rows, rank the features without a row by their influence on the logits through the rows so far (the partial
 adjacency, normalised as in `prune.influence`), and compute the next `update_interval × batch_size` of them. The
 features with rows are the graph's feature nodes. Rows are kept sparse (only non-zero edges, or only
-|A| > min_edge), so memory grows with the edges, not with (rows × active features).
+|A| > min_edge), so memory grows with the edges, not with (rows × active features). Under torchrun the chunks of
+target rows are split across ranks and their sparse rows gathered on every rank (the same graph as one process).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saescope import distributed as dist
 from saescope.debug.trace import prompt_ids, single_token
 from saescope.graph.graph import Adjacency, Graph
 from saescope.graph.replacement import FrozenModel, Transcoders
@@ -129,11 +131,16 @@ class _Rows:
         self.v: list[Tensor] = []
         self.node: list[int] = []
 
-    def add(self, dense: Tensor, nodes: list[int]) -> None:
-        b, s = (dense.abs() > self.min_edge).nonzero(as_tuple=True)
-        self.r.append((b + len(self.node)).int())
-        self.c.append(s.int())
-        self.v.append(dense[b, s])
+    @staticmethod
+    def sparse(dense: Tensor, min_edge: float) -> tuple[Tensor, Tensor, Tensor]:
+        """[B, n_src] rows → (row, source, weight) of the entries with |weight| > min_edge."""
+        b, s = (dense.abs() > min_edge).nonzero(as_tuple=True)
+        return b.int(), s.int(), dense[b, s]
+
+    def add_sparse(self, b: Tensor, s: Tensor, v: Tensor, nodes: list[int]) -> None:
+        self.r.append(b + len(self.node))
+        self.c.append(s)
+        self.v.append(v)
         self.node += nodes
 
     def cat(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -175,12 +182,20 @@ def attribute(hm: HookedModel, tc: Transcoders, prompt: str, *, targets: list[st
     store = _Rows(n_src, min_edge)
     t_setup = time.perf_counter()
 
+    world, me = dist.world_size(), dist.rank()
+
     def run(layers: Tensor, positions: Tensor, vectors: Tensor, nodes: list[int]) -> None:
+        """Rows of these targets, `chunk` per backward pass; under torchrun rank r computes chunks r, r + world, …
+        and every rank gets every chunk's sparse rows back, in chunk order (the same store as one process)."""
         order = torch.argsort(layers * fm.n_pos + positions)  # similar targets share a chunk: shorter passes
-        for i in range(0, len(order), chunk):
-            sel = order[i: i + chunk]
+        chunks = [order[i: i + chunk] for i in range(0, len(order), chunk)]
+        mine = []
+        for sel in chunks[me::world]:
             G, G_embed = fm.backward(layers[sel], positions[sel], vectors[sel])
-            store.add(reader.rows(G, G_embed), [nodes[int(k)] for k in sel])
+            mine.append(_Rows.sparse(reader.rows(G, G_embed), min_edge))
+        per_rank = dist.gather_objects(mine) if world > 1 else [mine]
+        for i, sel in enumerate(chunks):
+            store.add_sparse(*per_rank[i % world][i // world], [nodes[int(k)] for k in sel])
 
     k = torch.arange(n_logits)
     run(torch.full((n_logits,), fm.n_layers), torch.full((n_logits,), fm.n_pos - 1), lt.vectors,

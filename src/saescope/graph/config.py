@@ -30,6 +30,9 @@ class GraphConfig:
     """Features ranked per influence update (circuit-tracer's batch size; sets the order, not the memory)."""
     chunk: int = 64
     """Targets per backward pass (memory: chunk × layers × tokens × d_model floats)."""
+    min_edge: float = 0.0
+    """Keep only edges with |weight| > min_edge while computing (memory: the edges kept, not rows × sources; the
+    pruning then normalises over what was kept). 0 keeps every non-zero edge, as circuit-tracer does."""
     write_point: str = "auto"
     """Where the transcoders write on models with a norm after the MLP (Gemma): after_norm (saescope's mlp_out.L),
     before_norm (circuit-tracer's mlp.hook_out, Gemma Scope 2) or auto (what the transcoder files say)."""
@@ -44,5 +47,7 @@ class GraphConfig:
             raise SaescopeError(f"--out {self.out}: the graph is one .json file (e.g. graphs/capital.json)")
         if self.write_point not in ("auto", "after_norm", "before_norm"):
             raise SaescopeError(f"--write_point {self.write_point}: auto, after_norm or before_norm")
+        if self.min_edge < 0:
+            raise SaescopeError(f"--min_edge {self.min_edge}: an absolute edge weight ≥ 0 (0 keeps every edge)")
         if self.chunk < 1 or self.batch_size < 1 or self.max_feature_nodes < 0:
             raise SaescopeError("--chunk and --batch_size must be ≥ 1, --max_feature_nodes ≥ 0")

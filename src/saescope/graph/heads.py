@@ -108,8 +108,57 @@ def gradients_with_heads(fm: FrozenModel, layer: int, pos: int, vector: Tensor) 
 def split_edge(fm: FrozenModel, graph: Graph, t: int, s: int, min_share: float = 0.0) -> HeadSplit:
     """The edge from source node s to target node t split by the first head its paths cross (module docstring).
     `heads` lists the heads whose part exceeds min_share · |edge|; `residual` is always the exact no-head part."""
-    layer, pos, vector = target_of(fm, graph, t)
-    p_s, writes = source_writes(fm, graph, s)
+    return split_between(fm, target_of(fm, graph, t), source_writes(fm, graph, s), min_share)
+
+
+def node_of_json(fm: FrozenModel, node_id: str, feature_type: str) -> tuple[str, tuple[int, ...]]:
+    """A graph-JSON node (id + feature_type, as schema.py writes them) → (kind, (layer, pos[, index]))."""
+    parts = node_id.split("_")
+    try:
+        if feature_type == "cross layer transcoder":
+            layer, index, pos = (int(v) for v in parts)
+            return "feature", (layer, pos, index)
+        if feature_type == "mlp reconstruction error":
+            return "error", (int(parts[1]), int(parts[2]))
+        if feature_type == "embedding":
+            return "embedding", (int(parts[2]),)
+        if feature_type == "logit":
+            return "logit", (int(parts[1]),)
+    except ValueError:
+        pass
+    raise SaescopeError(f"node {node_id!r} ({feature_type}): not a node id of a saescope / circuit-tracer graph")
+
+
+def split_json_edge(fm: FrozenModel, target: tuple[str, str], source: tuple[str, str], min_share: float = 0.0
+                    ) -> HeadSplit:
+    """`split_edge` for nodes named as in the graph JSON: target/source = (node_id, feature_type)."""
+    kind, key = node_of_json(fm, *target)
+    if kind == "logit":
+        tgt = (fm.n_layers, fm.n_pos - 1, fm.W_U[:, key[0]] - fm.W_U.mean(1))
+    elif kind == "feature":
+        tgt = (key[0], key[1], fm.tc.W_enc[key[0]][:, key[2]])
+    else:
+        raise SaescopeError(f"node {target[0]}: a {kind} has no incoming edges; pick a feature or a logit")
+    kind, key = node_of_json(fm, *source)
+    if kind == "feature":
+        layer, pos, idx = key
+        W = fm.tc.W_dec[layer]
+        act = float(fm.acts[layer][pos, idx])
+        writes = (pos, [(layer + j, act * W[idx, j]) for j in range(W.shape[1])])
+    elif kind == "error":
+        writes = (key[1], [(key[0], fm.errors[key[0], key[1]])])
+    elif kind == "embedding":
+        writes = (key[0], [(-1, fm.clean.embed[key[0]])])
+    else:
+        raise SaescopeError(f"node {source[0]}: a logit is never a source")
+    return split_between(fm, tgt, writes, min_share)
+
+
+def split_between(fm: FrozenModel, target: tuple[int, int, Tensor], source: tuple[int, list[tuple[int, Tensor]]],
+                  min_share: float = 0.0) -> HeadSplit:
+    """The split for a target (layer, position, read vector) and a source (position, [(slot, write)])."""
+    layer, pos, vector = target
+    p_s, writes = source
     if p_s > pos:
         return HeadSplit(0.0, 0.0, {})
     G, Hd = gradients_with_heads(fm, layer, pos, vector)

@@ -20,6 +20,8 @@ class GraphResult:
     """The unpruned graph."""
     summary: dict[str, Any]
     """Scores and counts (the JSON's metadata.saescope)."""
+    tc: Any = None
+    """The transcoders as the graph read them (`graph.transcoders.Transcoders`)."""
 
 
 def run(cfg: GraphConfig, hm: HookedModel | None = None) -> GraphResult:
@@ -34,17 +36,23 @@ def run(cfg: GraphConfig, hm: HookedModel | None = None) -> GraphResult:
     if not Path(cfg.transcoders).expanduser().is_dir():
         raise SaescopeError(f"--transcoders {cfg.transcoders}: no such folder; train transcoders on every layer "
                             "(saescope train --kind transcoder) or give a circuit-tracer / Gemma Scope 2 folder")
+    from saescope import distributed as dist
+
+    dist.init_from_env()  # under torchrun: the target rows split across ranks, rank 0 writes
     hm = hm or cfg.model.load()
     where = Path(cfg.transcoders).expanduser().resolve()
     ts = load_transcoders(where)
     tc = from_transcoder_set(ts, hm.n_layers, scan=ts.metadata.get("scan", "") or where.name,
                              write_point=cfg.write_point)
     graph = attribute(hm, tc, cfg.prompt, targets=cfg.target or None, max_feature_nodes=cfg.max_feature_nodes or None,
-                      batch_size=cfg.batch_size, chunk=cfg.chunk)
+                      batch_size=cfg.batch_size, chunk=cfg.chunk, min_edge=cfg.min_edge)
     # what the viewer needs to intervene (the model and transcoders to load) and to link each feature to its record
     # page (collate --transcoders names the dataset after the set's folder)
     graph.info.update(model_spec=cfg.model.model, transcoders=str(where), write_point=tc.write_point,
                       records=f"transcoder_latents/{where.name}")
+    graph.info.update(ranks=dist.world_size())
     doc = graph_json(graph, prune(graph, cfg.node_threshold, cfg.edge_threshold), Path(cfg.out).stem,
                      cfg.node_threshold)
-    return GraphResult(write_graph(doc, cfg.out), graph, doc["metadata"]["saescope"])
+    path = write_graph(doc, cfg.out) if dist.is_main() else Path(cfg.out)
+    dist.shutdown()
+    return GraphResult(path, graph, doc["metadata"]["saescope"], tc)

@@ -165,7 +165,7 @@ class _Run:
                           ) if do_score else None
         self.llms = [b for b in {self.explainer, self.simulator} if b is not None and b.is_llm]
         self.workers = max(1, opt.concurrency if (self.explainer or self.simulator).is_llm else 1)
-        self.todo_e = [i for i in self.live if self.needs_explanation(i)] if do_explain else []
+        self.todo_e = {i for i in self.live if self.needs_explanation(i)} if do_explain else set()
         self.explained: set[int] = set()  # explained anew by this run
         self.scored: set[int] = set()  # scored (or failed to score) by this run
 
@@ -270,7 +270,7 @@ class _Run:
     def report(self) -> dict[str, Any]:
         """Explain only: what was explained, failed and kept; with scores: the summary over the file."""
         if not self.do_score:
-            kept = set(self.live) - set(self.todo_e)
+            kept = set(self.live) - self.todo_e
             return {"out": str(self.out), "explained": len(self.explained),
                     "failed": len(self.todo_e) - len(self.explained), "kept": len(kept) if self.do_explain else 0,
                     "kept_by": label({k: v for k, v in self.expl.items() if int(k) in kept}, "explainer")}

@@ -257,6 +257,30 @@ class CrossLayerTranscoder(nn.Module):
         return save_transcoders(TranscoderSet(clt=self), path, sparsity=sparsity)
 
 
+class CLTLayer(nn.Module):
+    """One layer's latents of a cross-layer transcoder, seen as a per-layer dictionary (what collation, the
+    viewer's probe and steering ask of a unit set): `encode` reads mlp_in.L; `W_dec` [F, d_out] is where each
+    latent writes into mlp_out.L itself (its writes to later layers, W_dec[L][:, 1:], are left out of steering)."""
+
+    is_transcoder = True
+
+    def __init__(self, clt: CrossLayerTranscoder, layer: int) -> None:
+        super().__init__()
+        self.clt, self.layer = clt, layer
+        self.cfg = SAEConfig(f"{clt.cfg.architecture}_layer", clt.cfg.d_in, clt.cfg.d_sae, k=clt.cfg.k,
+                             apply_b_dec_to_input=False, d_out=clt.d_out,
+                             metadata={**clt.cfg.metadata, "hook_name": f"mlp_in.{layer}",
+                                       "hook_name_out": f"mlp_out.{layer}"})
+
+    @property
+    def W_dec(self) -> Tensor:
+        return self.clt.W_dec[self.layer][:, 0]  # [F, d_out]
+
+    def encode(self, x: Tensor) -> Tensor:
+        """[.., d_in] → [.., F]."""
+        return self.clt.encode_layer(self.layer, x)
+
+
 # ---- a transcoder on every layer --------------------------------------------------------------------------
 
 class TranscoderSet(nn.Module):
@@ -284,6 +308,10 @@ class TranscoderSet(nn.Module):
 
     def __getitem__(self, layer: int) -> BaseSAE:
         return self.plts[str(layer)]
+
+    def layer_dictionary(self, layer: int) -> BaseSAE | CLTLayer:
+        """Layer `layer`'s latents as one dictionary: its per-layer transcoder, or the CLT's layer (CLTLayer)."""
+        return CLTLayer(self.clt, layer) if self.clt is not None else self[layer]
 
     def encode_layer(self, layer: int, x: Tensor) -> Tensor:
         """Latents of `layer` from mlp_in.layer: [.., d_in] → [.., F]."""

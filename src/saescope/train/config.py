@@ -287,3 +287,60 @@ class TrainResult:
     """sae, transcoder, skip_transcoder or clt."""
     dictionaries: list[TrainedDictionary]
     main_rank: bool = True
+
+
+@dataclass
+class TranscoderRunOptions:
+    """The transcoders `saescope run` trains on every layer, online: one model forward per batch of contexts feeds
+    every layer's transcoder (the recipe is TrainerConfig's; these fields are what the run chooses)."""
+
+    transcoder_layers: str = "*"
+    """Layers that get a transcoder: '*' (every layer), comma-separated numbers, or '' (none: no transcoder stage,
+    and only the studied layer is collated)."""
+    transcoder_kind: Literal["transcoder", "skip_transcoder"] = "skip_transcoder"
+    """transcoder (mlp_in.L → mlp_out.L) or skip_transcoder (plus an affine skip x W_skip)."""
+    transcoder_arch: Arch = "topk"
+    """Architecture of every layer's transcoder."""
+    transcoder_width: int = 1024
+    """Latents per layer."""
+    transcoder_k: int = 32
+    """Active latents per token (TopK)."""
+    transcoder_tokens: int = 24_576
+    """Training tokens (each token trains every layer's transcoder)."""
+    transcoder_batch_size: int = 256
+    """Tokens per step."""
+    transcoder_buffer_rows: int = 4096
+    """Shuffle-buffer rows; a row holds every layer's MLP input and output (18 × 1,280 floats on gemma-3-270m:
+    4,096 rows are 0.38 GB)."""
+    transcoder_forward_contexts: int = 16
+    """Contexts per model forward."""
+    transcoder_eval_contexts: int = 32
+    """Held-out store contexts for the replacement model's CE/KL/top-1 agreement and each layer's FVU."""
+
+    def __post_init__(self) -> None:
+        from saescope import validate
+
+        for name in ("transcoder_width", "transcoder_k", "transcoder_tokens", "transcoder_batch_size",
+                     "transcoder_buffer_rows", "transcoder_forward_contexts", "transcoder_eval_contexts"):
+            validate.at_least(getattr(self, name), 1, f"--{name}")
+        self.layer_list(10_000)  # its grammar, now
+
+    def layer_list(self, n_layers: int) -> list[int]:
+        """The layers named by --transcoder_layers, for a model of `n_layers` layers."""
+        spec = self.transcoder_layers.strip()
+        if spec == "*":
+            return list(range(n_layers))
+        try:
+            layers = sorted({int(s) for s in spec.split(",") if s.strip()})
+        except ValueError:
+            raise SaescopeError(f"--transcoder_layers {spec!r}: expected '*', comma-separated layer numbers or ''") \
+                from None
+        bad = [l for l in layers if not 0 <= l < n_layers]
+        if bad:
+            raise SaescopeError(f"--transcoder_layers: layer(s) {bad} out of range (the model has {n_layers})")
+        return layers
+
+    def trainer(self, seed: int = 0) -> TrainerConfig:
+        return TrainerConfig(kind=self.transcoder_kind, arch=self.transcoder_arch, width=self.transcoder_width,
+                             k=self.transcoder_k, tokens=self.transcoder_tokens, batch_size=self.transcoder_batch_size,
+                             buffer_rows=self.transcoder_buffer_rows, checkpoint_every=0, seed=seed)

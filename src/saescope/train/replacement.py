@@ -32,8 +32,10 @@ def _logits(hm: Any, ids: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def replacement_logits(hm: Any, ts: TranscoderSet, ids: Tensor) -> dict[str, Tensor]:
-    """{clean, replaced, with_errors, zero}: logits [B, T, V] of the four variants (module docstring)."""
+def replacement_logits(hm: Any, ts: TranscoderSet, ids: Tensor,
+                       sums: dict[int, M.ReconstructionSums] | None = None) -> dict[str, Tensor]:
+    """{clean, replaced, with_errors, zero}: logits [B, T, V] of the four variants (module docstring). `sums`
+    (layer → running sums) accumulates each transcoder's reconstruction of the clean MLP output, BOS left out."""
     device = next(hm.model.parameters()).device
     ids = ids.to(device)
     keep = ids == hm.tokenizer.bos_token_id  # [B, T]
@@ -47,6 +49,11 @@ def replacement_logits(hm: Any, ts: TranscoderSet, ids: Tensor) -> dict[str, Ten
         clean = _logits(hm, ids)
     pred = ts.reconstruct({l: seen[l][0] for l in ts.layers})
     errors = {l: seen[l][1] - pred[l] for l in ts.layers}
+    if sums is not None:
+        rows = ~keep  # [B, T]: the positions the transcoders replace
+        for l in ts.layers:
+            x_in, out = seen[l][0][rows], seen[l][1][rows]  # [N, d_in], [N, d_out]
+            sums.setdefault(l, M.ReconstructionSums()).add(out, pred[l][rows], ts.encode_layer(l, x_in))
     with ts.replacement(hm, keep=keep):
         replaced = _logits(hm, ids)
     with ts.replacement(hm, errors=errors, keep=keep):
@@ -67,9 +74,10 @@ class _Sums:
 
 
 @torch.no_grad()
-def replacement_metrics(hm: Any, ts: TranscoderSet, contexts: Tensor, batch_size: int = 0) -> dict[str, float]:
+def replacement_metrics(hm: Any, ts: TranscoderSet, contexts: Tensor, batch_size: int = 0) -> dict[str, Any]:
     """CE loss (clean / replaced / with errors / zero-ablated), ΔCE, CE loss recovered, KL(clean ‖ variant) and
-    top-1 agreement with the model, over contexts [B, T] (module docstring). Memory: one batch's four logits
+    top-1 agreement with the model, over contexts [B, T] (module docstring); per layer (`per_layer`) and their
+    mean, the FVU and L0 of each transcoder on the clean MLP input and output. Memory: one batch's four logits
     tensors, sized by evaluate.LOGITS_BUDGET."""
     from saescope.train.evaluate import LOGITS_BUDGET
 
@@ -79,9 +87,10 @@ def replacement_metrics(hm: Any, ts: TranscoderSet, contexts: Tensor, batch_size
     names = ("replaced", "with_errors", "zero")
     s = _Sums({k: 0.0 for k in ("clean", *names)}, {k: 0.0 for k in names}, {k: 0.0 for k in names},
               {k: 0.0 for k in names})
+    layer_sums: dict[int, M.ReconstructionSums] = {}
     for b in range(0, B, batch_size):
         ids = contexts[b:b + batch_size]
-        logits = replacement_logits(hm, ts, ids)
+        logits = replacement_logits(hm, ts, ids, layer_sums)
         tgt = ids[:, 1:].to(logits["clean"].device).flatten()
         lp = {k: v[:, :-1].flatten(0, 1).log_softmax(-1) for k, v in logits.items()}  # [b·(T−1), V]
         top = {k: v.argmax(-1) for k, v in logits.items()}  # [b, T]
@@ -101,7 +110,11 @@ def replacement_metrics(hm: Any, ts: TranscoderSet, contexts: Tensor, batch_size
         out[f"kl_{k}"] = s.kl[k] / s.n
         out[f"top1_agreement_{k}"] = s.top1[k] / s.n
         out[f"top1_agreement_last_{k}"] = s.top1_last[k] / s.n_last
+    per_layer = {l: layer_sums[l].result() for l in ts.layers}
+    out["fvu"] = sum(r["fvu"] for r in per_layer.values()) / len(per_layer)  # mean over layers
+    out["l0"] = sum(r["l0"] for r in per_layer.values()) / len(per_layer)
     out.update(tokens=s.n, contexts=s.n_last)
+    out["per_layer"] = {str(l): {"fvu": r["fvu"], "l0": r["l0"]} for l, r in per_layer.items()}  # type: ignore[assignment]
     return out
 
 
@@ -122,7 +135,7 @@ class ReplacementConfig:
     """Model spec (default: the store's model)."""
 
 
-def evaluate_replacement(cfg: ReplacementConfig, hm: Any = None) -> dict[str, float]:
+def evaluate_replacement(cfg: ReplacementConfig, hm: Any = None) -> dict[str, Any]:
     from saescope.errors import SaescopeError
     from saescope.models import load_model
     from saescope.sae.transcoder_io import load_transcoders

@@ -121,7 +121,7 @@ class DataRoot:
                 rows.append({"model": m["model"], "model_spec": m.get("model_spec", m["model"]), **d,
                              # each dataset's own count (pair datasets see fewer excerpts), the run's as a fallback
                              "tokens": d.get("tokens", m.get("tokens")), "excerpt_len": m.get("excerpt_len"),
-                             **({"dictionary": ev} if (ev := dictionary_eval(d.get("source"))) else {})})
+                             **({"dictionary": ev} if (ev := dictionary_eval(d.get("source"), d)) else {})})
         return rows
 
     def manifest(self, model: str) -> dict[str, Any]:
@@ -265,13 +265,18 @@ DICTIONARY_KEYS = ("delta_ce", "delta_ce_se", "kl_div", "kl_div_se", "fvu", "l0"
 """What the dataset list shows of an SAE's eval.json, the loss it adds to the model first."""
 
 
-def dictionary_eval(source: str | None) -> dict[str, Any]:
+def dictionary_eval(source: str | None, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
     """The headline numbers of the eval.json next to an SAE's weights (written by `saescope run`), or {} where there
-    is none (a source-less dataset, an SAE evaluated elsewhere, an unreadable file)."""
+    is none (a source-less dataset, an SAE evaluated elsewhere, an unreadable file). A transcoder set's eval.json
+    describes the whole replacement model: a transcoder dataset shows its own layer's row (FVU, L0, dead)."""
     if not source or not (Path(source) / "eval.json").is_file():
         return {}
     try:
         ev = json.loads((Path(source) / "eval.json").read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(ev, dict):
+        return {}
+    if dataset is not None and dataset.get("unit_type") == "transcoder_latents":
+        ev = ev.get("per_layer", {}).get(str(dataset.get("layer")), {})
     return {k: ev[k] for k in DICTIONARY_KEYS if k in ev} if isinstance(ev, dict) else {}

@@ -138,6 +138,13 @@ class ModelHub:
         if entry is None or not entry.get("source"):
             raise NotFound("this dataset does not record where its SAE is")
         with self._lock:
+            if ds.unit_type == "transcoder_latents":  # the source is the set's folder: this layer's dictionary
+                key = ("layer", entry["source"], ds.layer)
+                if key not in self._saes:
+                    from saescope.sae.transcoder_io import load_transcoders
+
+                    self._saes[key] = load_transcoders(entry["source"]).eval().layer_dictionary(ds.layer)  # type: ignore[index]
+                return self._saes[key], entry  # type: ignore[index]
             if entry["source"] not in self._saes:
                 self._saes[entry["source"]] = load_sae(entry["source"]).eval()
             return self._saes[entry["source"]], entry

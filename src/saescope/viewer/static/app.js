@@ -170,8 +170,31 @@ async function indexPage() {
   crumbs([]);
   const ds = await api("/api/datasets");
   if (!ds.length) { app.innerHTML = "<p>No collated datasets under this root. Run <code>saescope collate</code> first.</p>"; return; }
-  app.innerHTML = "<h2>Datasets</h2><table id='datasets'><tr><th>model</th><th>unit type</th><th>name</th><th>layer</th><th>units</th><th>tokens</th><th title='the SAE spliced into the model: loss it adds (ΔCE ± standard error, nats/token), KL, then reconstruction'>dictionary</th></tr>" +
+  const models = [...new Set(ds.map(d => d.model))];
+  app.innerHTML = "<h2>Models</h2><ul id='models'>" + models.map(m => `<li><a href="/u/${esc(m)}">${esc(m)}</a>: the model by layer (${ds.filter(d => d.model === m).length} datasets)</li>`).join("") + "</ul>" +
+    "<h2>Datasets</h2><table id='datasets'><tr><th>model</th><th>unit type</th><th>name</th><th>layer</th><th>units</th><th>tokens</th><th title='the SAE spliced into the model: loss it adds (ΔCE ± standard error, nats/token), KL, then reconstruction'>dictionary</th></tr>" +
     ds.map(d => `<tr><td>${esc(d.model)}</td><td><a href="/u/${esc(d.model)}/${esc(d.path)}">${esc(d.unit_type)}</a></td><td>${esc(d.name || "")}</td><td>${d.layer}</td><td>${d.units}</td><td>${d.tokens ?? ""}</td><td class="dict">${dictionaryText(d.dictionary)}</td></tr>`).join("") + "</table>";
+}
+
+// the model by layer: rows = layers, columns = kinds of unit (MLP neurons, heads, each SAE, each transcoder set);
+// each cell links to its dataset
+function kindColumn(d) {
+  if (d.unit_type === "mlp_neurons") return [0, "MLP neurons"];
+  if (d.unit_type === "attention_heads") return [1, "attention heads"];
+  return [d.unit_type === "sae_latents" ? 2 : 3, `${d.unit_type === "sae_latents" ? "SAE" : "transcoder"} ${d.name}`];
+}
+
+async function layersPage(model) {
+  crumbs([[model, null]]);
+  const ds = (await api("/api/datasets")).filter(d => d.model === model);
+  if (!ds.length) throw new Error(`no collated datasets of model "${model}" under this root`);
+  const cols = [...new Map(ds.map(kindColumn).sort((a, b) => a[0] - b[0] || a[1].localeCompare(b[1])).map(c => [c[1], c])).keys()];
+  const layers = [...new Set(ds.map(d => d.layer))].sort((a, b) => a - b);
+  const at = new Map(ds.map(d => [`${d.layer}|${kindColumn(d)[1]}`, d]));
+  const cell = d => d ? `<td><a href="/u/${esc(model)}/${esc(d.path)}" title="${d.tokens ?? "?"} tokens collated">${d.units} ${d.units === 1 ? "unit" : "units"}</a>${d.live_units !== undefined ? ` <span class="hint">(${d.live_units} live)</span>` : ""}${d.dictionary && typeof d.dictionary.fvu === "number" ? ` <span class="hint fvu">FVU ${d.dictionary.fvu.toFixed(2)}</span>` : ""}</td>` : "<td class='hint'>–</td>";
+  app.innerHTML = `<h2>${esc(model)} by layer</h2><p class="hint">${ds.length} datasets over ${layers.length} layers; each cell opens its dataset's unit table.</p>` +
+    "<table id='layers'><tr><th>layer</th>" + cols.map(c => `<th>${esc(c)}</th>`).join("") + "</tr>" +
+    layers.map(l => `<tr data-layer="${l}"><th>${l}</th>` + cols.map(c => cell(at.get(`${l}|${c}`))).join("") + "</tr>").join("") + "</table>";
 }
 
 // an SAE's eval.json headline, in the order that matters: the loss it adds to the model, then reconstruction
@@ -399,6 +422,7 @@ async function route() {
   try {
     if (parts[0] !== "u") return await indexPage();
     const [, model, ...rest] = parts;
+    if (!rest.length) return await layersPage(model);
     const last = rest[rest.length - 1];
     const named = rest[0] === "sae_latents" || rest[0] === "transcoder_latents";  // <kind>/<name>/<layer>/<unit>
     const isUnit = (named && rest.length === 4) || (!named && rest.length === 3);

@@ -3,7 +3,8 @@
 // and influence; click selects it (its links stay, the rest fade; a second click opens its record page);
 // ctrl/shift-click pins it; pinned nodes can be grouped into named supernodes (drawn as a dashed box); the
 // intervene panel scales the selected node, the pinned nodes or a supernode and shows the output distribution
-// before and after. State in the URL: ?slug=&clicked=&pinned=a,b&supernodes=[["name","id",…],…] (Neuronpedia's form).
+// before and after; each input of the selected node can be split by the attention heads that carry it, and the QK
+// panel explains where a head attends in features. State in the URL: ?slug=&clicked=&pinned=a,b&supernodes=[["name","id",…],…] (Neuronpedia's form).
 "use strict";
 const NS = "http://www.w3.org/2000/svg";
 const state = new URLSearchParams(location.search);
@@ -147,10 +148,17 @@ function side(byId, clicked, pinned) {
     const url = recordUrl(n);
     out.push(`<p>${describe(n)}${url ? `<br><a id="record-link" href="${esc(url)}" target="_blank">record page</a>` : ""}</p>`);
     const rows = G.links.filter(l => l.target === clicked).sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight));
-    if (rows.length) out.push("<p>strongest inputs:</p><ul>" + rows.slice(0, 12).map(l =>
-      `<li>${l.weight.toFixed(3)} ← ${esc(l.source)} ${esc(byId[l.source]?.clerp || "")}</li>`).join("") + "</ul>");
+    if (rows.length) out.push("<p>strongest inputs (heads: which attention heads carry the edge):</p><ul>" +
+      rows.slice(0, 12).map((l, i) => `<li>${l.weight.toFixed(3)} ← ${esc(l.source)} ` +
+        `${esc(byId[l.source]?.clerp || "")} <button type="button" class="abl heads" data-i="${i}">heads</button>` +
+        `<span class="hs" id="hs-${i}"></span></li>`).join("") + "</ul>");
+    document.getElementById("side").innerHTML = out.join("");
+    for (const b of document.querySelectorAll("#side button.heads")) {
+      b.addEventListener("click", () => headSplit(n, byId[rows[+b.dataset.i].source], b.dataset.i));
+    }
+  } else {
+    document.getElementById("side").innerHTML = "";
   }
-  document.getElementById("side").innerHTML = out.join("");
   document.getElementById("pins").textContent = pinned.size ? "pinned: " + [...pinned].join(", ") :
     "ctrl/shift-click nodes to pin them";
   document.getElementById("supers").innerHTML = supernodes().map(([name, ...ids], k) =>
@@ -187,6 +195,42 @@ function targets(byId, clicked, pinned) {
   };
 }
 
+async function post(what, body) {
+  return api(`/api/graph/${encodeURIComponent(state.get("slug"))}/${what}`, {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+}
+
+async function headSplit(target, source, i) {
+  const span = document.getElementById("hs-" + i);
+  span.textContent = " …";
+  try {
+    const r = await post("heads", {target: target.node_id, target_type: target.feature_type,
+                                   source: source.node_id, source_type: source.feature_type});
+    span.textContent = " = " + r.heads.slice(0, 4).map(h => `L${h.layer}.H${h.head} ${h.weight.toFixed(3)}`)
+      .concat([`no head ${r.residual.toFixed(3)}`]).join(" + ");
+  } catch (e) {
+    span.innerHTML = ` <span class="error">${esc(e.message)}</span>`;
+  }
+}
+
+async function runQK() {
+  const out = document.getElementById("qk-out");
+  const body = {layer: +document.getElementById("qk-layer").value, head: +document.getElementById("qk-head").value};
+  const q = document.getElementById("qk-query").value;
+  if (q !== "") body.query_pos = +q;
+  out.textContent = "running…";
+  try {
+    const r = await post("qk", body);
+    const toks = G.metadata.prompt_tokens;
+    const list = rows => "<ul>" + rows.map(([id, v]) => `<li>${v.toFixed(3)} ${esc(id)}</li>`).join("") + "</ul>";
+    out.innerHTML = `<p>L${r.layer}.H${r.head}: query ${esc(JSON.stringify(toks[r.query_pos]))} attends to ` +
+      `${esc(JSON.stringify(toks[r.key_pos]))} (weight ${r.pattern.toFixed(3)}, score ${r.score.toFixed(2)})</p>` +
+      `<div class="lens"><div>through the query${list(r.query)}</div><div>through the key${list(r.key)}</div></div>`;
+  } catch (e) {
+    out.innerHTML = `<p class="error">${esc(e.message)}</p>`;
+  }
+}
+
 async function runIntervention() {
   const sel = document.getElementById("iv-on"), out = document.getElementById("iv-out");
   const ids = sel.targetIds ? sel.targetIds() : [];
@@ -194,9 +238,7 @@ async function runIntervention() {
   if (!ids.length) { out.innerHTML = '<p class="error">select, pin or group feature nodes first</p>'; return; }
   out.textContent = "running…";
   try {
-    const r = await api(`/api/graph/${encodeURIComponent(state.get("slug"))}/intervene`, {
-      method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({interventions: ids.map(node_id => ({node_id, factor})), top: 8})});
+    const r = await post("intervene", {interventions: ids.map(node_id => ({node_id, factor})), top: 8});
     const mx = Math.max(...r.before, ...r.after, 1e-9);
     out.innerHTML = `<p>${ids.length} feature(s) × ${factor}: KL(before‖after) ${r.kl.toFixed(4)} nats</p>` +
       "<table><tr><th>token</th><th>before</th><th>after</th><th></th></tr>" + r.tokens.map((t, i) =>
@@ -232,6 +274,7 @@ async function load(slug) {
   const sel = document.getElementById("slug");
   document.getElementById("iv-run").addEventListener("click", runIntervention);
   document.getElementById("sn-make").addEventListener("click", makeSupernode);
+  document.getElementById("qk-run").addEventListener("click", runQK);
   const list = await api("/api/graphs");
   if (!list.length) {
     document.getElementById("side").textContent = "no graphs: write one with saescope graph --out <root>/graphs/NAME.json";
