@@ -15,7 +15,7 @@ def test_read_weights_are_the_rms_gain_of_the_norms_that_read_the_residual(tiny)
     d = hm.d_model
     gains = []
     with torch.no_grad():
-        for i, norm in enumerate([hm.final_norm()] + [getattr(hm.layers[l], n) for l in (1, 2) for n in names]):
+        for i, norm in enumerate([hm.final_norm()] + [getattr(hm.layers[b], n) for b in (1, 2) for n in names]):
             g = torch.linspace(0.5, 2.0, d) * (i + 1)
             g[3] = 0.0  # a dimension no norm reads
             norm.weight.copy_(g - 1 if hm.arch == "gemma" else g)  # Gemma's gain is 1 + weight
