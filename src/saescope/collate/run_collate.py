@@ -305,8 +305,8 @@ def write_outputs(cfg: CollateConfig, hm: HookedModel, groups: list[UnitGroup], 
                 write_pack(tmp, arrays, g.layer, T * (T + 1) // 2 if g.by_token_pair else T, root / EXCERPTS_FILE)
             else:
                 rows = write_json_records(tmp, g, st, decode, opt)
-            write_json(tmp / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,
-                                              "by_token_pair": g.by_token_pair, "units": rows})
+            write_json(tmp / "summary.json", {"unit_type": g.unit_type, "layer": g.layer,  # one line: C encoder
+                                              "by_token_pair": g.by_token_pair, "units": rows}, indent=None)
             write_histogram(tmp / HISTOGRAM_FILE, st.moments)
         live = [x for x in rows if x["max_activation"] > 0]
         datasets.append({"unit_type": g.unit_type, "name": g.name, "layer": g.layer,
