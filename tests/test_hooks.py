@@ -130,3 +130,25 @@ def test_token_strings_merge_the_byte_pieces_of_one_character(tiny_gpt2):
     table = {1: b"a", 2: b"\xe2", 3: b"\x82", 4: b"\xac", 5: b"b"}
     dec = lambda xs: b"".join(table[x] for x in xs).decode("utf-8", errors="replace")  # noqa: E731
     assert merge_byte_tokens([1, 2, 3, 4, 5], [dec([x]) for x in [1, 2, 3, 4, 5]], dec) == ["a", "\u20ac", "", "", "b"]
+
+
+def test_gguf_conversion_parses_each_file_once(tmp_path):
+    """Inside the conversion block every GGUFReader of one file is the same parse (transformers asks three times);
+    outside it the gguf module's own reader is back."""
+    import gguf
+    import numpy as np
+
+    from saescope.models.loading import _one_gguf_parse
+
+    path = tmp_path / "t.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tensor("x", np.arange(8, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    real = gguf.GGUFReader
+    with _one_gguf_parse():
+        a, b = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert a is b and list(a.tensors[0].data) == list(range(8))
+    assert gguf.GGUFReader is real and gguf.GGUFReader(path) is not a

@@ -178,11 +178,13 @@ def test_pipeline_end_to_end_resumable_with_failure_accounting(tiny_gpt2, text_c
                                                  sizes=SlotSizes(top_k=20, n_random=15, pool=24))),
             tiny_gpt2)
     root = tmp_path / "col" / tiny_gpt2.name
+    monkeypatch.setattr(pipeline, "VECTORISED", False)  # the per-unit path (language models take it)
     s = run_interp(InterpConfig(root=str(root), interp=InterpOptions(max_units=12)))
     assert s["units"] == 12 and s["failures"] == 0 and s["mean_score"] > s["mean_null_score"]
-    line = (root / "explanations" / "mlp_neurons" / "1" / "0.jsonl").read_text().splitlines()
-    assert len(line) == 1
-    res = json.loads(line[0])
+    from saescope.interp.outputs import simulation_results
+
+    assert not list((root / "explanations" / "mlp_neurons" / "1").glob("*.jsonl"))  # baseline: built on demand
+    res = json.loads(simulation_results(root, "mlp_neurons/1", 0))
     assert res["dataclass_name"] == "NeuronSimulationResults"
     sim = res["scored_explanations"][0]["scored_simulation"]
     assert sim["dataclass_name"] == "ScoredSimulation" and len(sim["scored_sequence_simulations"]) == 10
@@ -308,6 +310,7 @@ def test_one_pass_explain_and_score_equals_explaining_everything_first(tiny_gpt2
     from saescope.interp import pipeline
 
     monkeypatch.setattr(pipeline, "CHUNK_UNITS", chunk)  # 4: the nulls cross chunk boundaries
+    monkeypatch.setattr(pipeline, "VECTORISED", False)  # the per-unit path's chunking (language models take it)
     one = run_interp(cfg("a"))  # fresh: one pass
     run_interp(cfg("b"), do_score=False)  # two phases
     two = run_interp(cfg("b"), do_explain=False)
@@ -315,9 +318,11 @@ def test_one_pass_explain_and_score_equals_explaining_everything_first(tiny_gpt2
     ea, eb = (tmp_path / n / tiny_gpt2.name / "explanations" / ds for n in "ab")
     assert _units(ea / "scores.json") == _units(eb / "scores.json")
     assert all(s["scores"]["null"] is not None for s in json.loads((ea / "scores.json").read_text())["units"].values())
-    assert sorted(p.name for p in ea.glob("*.jsonl")) == sorted(p.name for p in eb.glob("*.jsonl"))
-    for p in ea.glob("*.jsonl"):
-        assert p.read_text() == (eb / p.name).read_text()
+    from saescope.interp.outputs import simulation_results
+
+    for i in json.loads((ea / "scores.json").read_text())["units"]:
+        a, b = (simulation_results(tmp_path / n / tiny_gpt2.name, ds, int(i)) for n in "ab")
+        assert a is not None and a == b
 
 
 def test_random_only_correlation_is_undefined_when_the_unit_never_fires_on_random_excerpts():

@@ -3,7 +3,9 @@
 Collation stores each dataset compactly (`saescope.compact_records`); TDB's loaders and other tools read
 `{dataset}/{layer}/{index}.json`. The export writes, for every dataset of every model folder under ROOT,
 `OUT/<model>/<dataset>/<layer>/<index>.json` plus the dataset's summary.json and histogram.safetensors, and the
-model's manifest.json last: exactly what `saescope collate --records json` writes. Each dataset folder is written
+model's manifest.json last: exactly what `saescope collate --records json` writes; where a dataset was scored, its
+explanations too, as `OUT/<model>/explanations/<dataset>/<index>.jsonl` (TDB's layout: one NeuronSimulationResults
+per unit, the offline baseline's rebuilt) beside explanations.json and scores.json. Each dataset folder is written
 under a temporary name and renamed into place, so a killed export never leaves a half-written dataset.
 """
 
@@ -61,7 +63,33 @@ def export_tdb(root: str | Path, out: str | Path) -> list[Path]:
                     if (src / name).is_file():
                         shutil.copyfile(src / name, tmp / name)
             written.append(dst)
+            export_explanations(mdir, d["path"], out / mdir.name)
             log.info("exported %s (%d records) to %s", d["path"], n, dst)
         write_json(out / mdir.name / "manifest.json",
                    {**manifest, "datasets": [{**d, "records": "json"} for d in datasets]})
     return written
+
+
+def export_explanations(mdir: Path, ds: str, out_model: Path) -> int:
+    """The dataset's explanations in TDB's layout, `explanations/<dataset>/<index>.jsonl` (one NeuronSimulationResults
+    per scored unit: the baseline's rebuilt, which saescope does not keep as files) beside explanations.json and
+    scores.json; returns the units written (0 where the dataset was never scored)."""
+    from saescope.interp.outputs import Simulations
+
+    src = mdir / "explanations" / ds
+    if not (src / "scores.json").is_file():
+        return 0
+    scored = [int(i) for i, v in read_json(src / "scores.json", "scores file").get("units", {}).items()
+              if v.get("score") is not None]
+    sims, n = Simulations(mdir, ds), 0
+    with atomic_dir(out_model / "explanations" / ds) as tmp:
+        for name in ("explanations.json", "scores.json"):
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
+        for i in sorted(scored):
+            text = sims.text(i)
+            if text is not None:
+                (tmp / f"{i}.jsonl").write_text(text + "\n", encoding="utf-8")
+                n += 1
+    log.info("exported the explanations of %s (%d simulations)", ds, n)
+    return n

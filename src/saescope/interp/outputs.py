@@ -75,3 +75,40 @@ def summary(ds: str, expl: dict[str, Any], scores: dict[str, Any], llms: list[Ba
             "mean_null_score": sum(nulls) / len(nulls) if nulls else float("nan"),
             "constant_predictions": sum(1 for v in scores.values() if (v.get("scores") or {}).get("constant_prediction")),
             "failures": len(failures), "usage": {b.name: b.usage for b in llms}, "out": str(out)}
+
+
+
+class Simulations:
+    """A dataset's `NeuronSimulationResults`, one JSON line per scored unit: the `<index>.jsonl` a language-model
+    simulator wrote, or, for the baseline simulator, which writes none (its simulation is a function of the
+    explanation and the record), rebuilt: the same text the file held when the baseline wrote one."""
+
+    def __init__(self, manifest_dir: Path, ds: str) -> None:
+        self.manifest_dir, self.ds = Path(manifest_dir), ds
+        self.out = self.manifest_dir / "explanations" / ds
+        self.scores = load_units(self.out / "scores.json", "scores file", "simulator")
+        manifest = read_json(self.manifest_dir / "manifest.json", "collated manifest")
+        self.entry = next((d for d in manifest.get("datasets", []) if d.get("path") == ds), None)
+
+    def text(self, index: int) -> str | None:
+        """Unit `index`'s line (no newline), or None where it has no scored explanation."""
+        import json
+
+        path = self.out / f"{index}.jsonl"
+        if path.is_file():
+            return path.read_text(encoding="utf-8").rstrip("\n")
+        entry = self.scores.get(str(index)) or {}
+        if entry.get("simulator") not in ("baseline", "") or not entry.get("explanation") or entry.get("score") is None:
+            return None
+        from saescope.interp.backends import make_backend
+        from saescope.interp.pipeline import _read, score_unit
+        from saescope.records import to_dict
+
+        rec = _read(self.manifest_dir, self.ds, index, self.entry)
+        result, _ = score_unit(make_backend("baseline"), rec, entry["explanation"])
+        return json.dumps(to_dict(result), ensure_ascii=False, allow_nan=False)
+
+
+def simulation_results(manifest_dir: Path, ds: str, index: int) -> str | None:
+    """`Simulations(manifest_dir, ds).text(index)`."""
+    return Simulations(manifest_dir, ds).text(index)

@@ -132,6 +132,8 @@ def score_unit(backend: Backend, rec: dict[str, Any], explanation: str) -> tuple
     return result, scores
 
 
+VECTORISED = True
+"""Run the offline baseline through `interp.offline` (False: unit by unit, the reference it is tested against)."""
 CHUNK_UNITS = 50
 """Units read, explained and scored together (their records held in memory); the files are saved after each chunk."""
 
@@ -165,7 +167,9 @@ class _Run:
                           ) if do_score else None
         self.llms = [b for b in {self.explainer, self.simulator} if b is not None and b.is_llm]
         self.workers = max(1, opt.concurrency if (self.explainer or self.simulator).is_llm else 1)
-        self.todo_e = [i for i in self.live if self.needs_explanation(i)] if do_explain else []
+        self.todo_e = {i for i in self.live if self.needs_explanation(i)} if do_explain else set()
+        self.vectorised = VECTORISED and all(b is None or b.name == "baseline" for b in (self.explainer, self.simulator))
+        """The offline baseline alone: every unit at once (`interp.offline`), the same results."""
         self.explained: set[int] = set()  # explained anew by this run
         self.scored: set[int] = set()  # scored (or failed to score) by this run
 
@@ -206,8 +210,12 @@ class _Run:
                 s["null"] = score_unit(self.simulator, rec, null_text)[1]["top_and_random"]
             except BackendError:
                 s["null"] = None
-        with atomic_path(self.out / f"{i}.jsonl") as tmp:
-            tmp.write_text(json.dumps(to_dict(result), ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+        if self.simulator.is_llm:  # the baseline's results are rebuilt on demand (outputs.simulation_results)
+            with atomic_path(self.out / f"{i}.jsonl") as tmp:
+                tmp.write_text(json.dumps(to_dict(result), ensure_ascii=False, allow_nan=False) + "\n",
+                               encoding="utf-8")
+        else:
+            (self.out / f"{i}.jsonl").unlink(missing_ok=True)
         return {"explanation": text, "score": s["top_and_random"], "scores": s, "failure": None, **prov}
 
     def run(self) -> None:
@@ -216,6 +224,11 @@ class _Run:
         The same scores as explaining every unit first, then scoring every unit."""
         from tqdm.auto import tqdm
 
+        if self.vectorised:
+            from saescope.interp import offline
+
+            offline.run(self)
+            return
         what = " + ".join(w for w, on in (("explain", self.do_explain), ("score", self.do_score)) if on)
         chunk = max(CHUNK_UNITS, 4 * self.workers)
         carried: tuple[int, dict[str, Any] | None] | None = None  # the last explained unit, its null still unknown
@@ -270,7 +283,7 @@ class _Run:
     def report(self) -> dict[str, Any]:
         """Explain only: what was explained, failed and kept; with scores: the summary over the file."""
         if not self.do_score:
-            kept = set(self.live) - set(self.todo_e)
+            kept = set(self.live) - self.todo_e
             return {"out": str(self.out), "explained": len(self.explained),
                     "failed": len(self.todo_e) - len(self.explained), "kept": len(kept) if self.do_explain else 0,
                     "kept_by": label({k: v for k, v in self.expl.items() if int(k) in kept}, "explainer")}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,17 +71,41 @@ def _dense_cache_for(gguf: Path, name: str) -> Path:
     return cache_dir() / "models" / f"{name}-{stat.st_size}"
 
 
+@contextmanager
+def _one_gguf_parse() -> Iterator[None]:
+    """transformers parses the GGUF file anew for the tokenizer, the config and the weights; parsing gemma-3-270m's
+    262k-token vocabulary takes ~28 s each time on a 2-core machine (of a ~100 s conversion). The reader is a
+    read-only memory map, so one parse per file is shared by the three within this block."""
+    import gguf
+
+    real = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared(path: Any, mode: str = "r") -> Any:
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = real(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared  # transformers imports it from the gguf module when it loads a checkpoint
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = real
+
+
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Dequantize a GGUF file to a dense fp32 HF directory (one-off, 1–2 minutes)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    log.warning("converting %s to a dense model in %s (one-off, 1-2 minutes)", gguf.name, out_dir)
+    log.warning("converting %s to a dense model in %s (one-off, under a minute)", gguf.name, out_dir)
     kw: dict[str, Any] = dict(gguf_file=gguf.name)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), **kw, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
-    )
+    with _one_gguf_parse():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), **kw, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+        )
     # A GGUF-loaded model keeps its quantizer and refuses save_pretrained; the weights are already dense fp32.
     model.hf_quantizer = None
     for attr in ("quantization_config", "_pre_quantization_dtype"):

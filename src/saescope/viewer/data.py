@@ -244,6 +244,13 @@ class DataRoot:
             return {}
         return _load_scores(str(p), p.stat().st_mtime)
 
+    def simulation_text(self, ds: DatasetRef, index: int) -> str | None:
+        """Unit `index`'s scored simulation, `NeuronSimulationResults` JSON (`interp.outputs.simulation_results`:
+        the file a language-model simulator wrote, the baseline's rebuilt), or None where none was scored."""
+        from saescope.interp.outputs import simulation_results
+
+        return simulation_results(self._inside(ds.model), ds.path, index)
+
 
 @lru_cache(maxsize=64)
 def _load_scores(path: str, mtime: float) -> dict[int, dict[str, Any]]:

@@ -4,6 +4,7 @@ API (all JSON):
     GET  /api/datasets                                   every dataset in every <model>/manifest.json
     GET  /api/units/{model}/{dataset}?offset&limit&sort&desc&q    one page of the unit table (from summary.json)
     GET  /api/record/{model}/{dataset}/{index}           record + summary row + prev/next + explanation
+    GET  /api/simulation/{model}/{dataset}/{index}       the unit's scored simulation (NeuronSimulationResults)
     GET  /api/logit_lens/{model}/{dataset}/{index}       top/bottom output tokens of the unit's write direction
     POST /api/probe  {model, dataset, index, text}        the unit's activations on a prompt, normalised by its max
     POST /api/debug  {model, prompt, target, distractor, ablate, trace}   ranked nodes behind a next token (/debug)
@@ -150,6 +151,14 @@ def _add_records(app: FastAPI, data: DataRoot) -> None:
         # everything else here.
         body = '{"record":' + text.strip() + "," + json.dumps(rest, allow_nan=False)[1:]
         return Response(content=body, media_type="application/json")
+
+    @app.get("/api/simulation/{model}/{dataset:path}/{index}")
+    def simulation(model: str, dataset: str, index: int) -> Response:
+        """The unit's scored simulation (per valid excerpt: tokens, predicted and true activations, scores)."""
+        text = data.simulation_text(ds_of(model, dataset), index)
+        if text is None:
+            raise NotFound(f"no scored explanation of unit {index}")
+        return Response(content=text, media_type="application/json")
 
 
 def _add_unit_models(app: FastAPI, data: DataRoot, hub: ModelHub) -> None:
