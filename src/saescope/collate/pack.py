@@ -40,7 +40,8 @@ class Selection:
     row_eid: Tensor
     """[R] int64 excerpt ids."""
     row_cand: Tensor
-    """[R] int64 candidate holding the row's activations: c < P pool slot c, else top slot c − P."""
+    """[R] int64 slot holding the row's activations: c < P pool slot c, else top slot c − P (as the slots are
+    stored, unsorted)."""
     counts: dict[str, Tensor]
     """top [U], random [U], quantile [U, 5] int32."""
     refs: dict[str, Tensor]
@@ -54,18 +55,22 @@ class Selection:
 def select(state: GroupState, sizes: SlotSizes) -> Selection:
     """The reference's choices (`build_records`) for every unit at once."""
     U = state.group.n_units
-    state.sort()
     top, pool = state.top, state.pool
     P = pool.ids.shape[1]
+    # the slots in `sort`'s order, without moving their activations: perm[u, c] = the slot sorted position c holds
+    perm_pool = pool._order(pool.score, pool.ids, P)
+    perm_top = top._order(top.score, top.ids, top.ids.shape[1])
+    top_ids, top_score = top.ids.gather(1, perm_top), top.score.gather(1, perm_top)
+    perm = torch.cat([perm_pool, perm_top + P], 1)  # [U, C]
     bounds = quantile_boundaries(state.maxima)  # [U, 4]
-    cand_ids = torch.cat([pool.ids, top.ids], 1)  # [U, C]
+    cand_ids = torch.cat([pool.ids.gather(1, perm_pool), top_ids], 1)  # [U, C]
     # top: every filled slot, best first; random: the first n_random filled pool slots (pool order = key order)
-    u_top, c_top = ((top.ids >= 0) & (top.score > float("-inf"))).nonzero(as_tuple=True)
-    filled = pool.ids >= 0
+    u_top, c_top = ((top_ids >= 0) & (top_score > float("-inf"))).nonzero(as_tuple=True)
+    filled = cand_ids[:, :P] >= 0
     u_rnd, c_rnd = (filled & (filled.cumsum(1) <= sizes.n_random)).nonzero(as_tuple=True)
     # quantile buckets: candidates in key order, each excerpt once (its copies share a key, so they are adjacent),
     # the first n_quantile of each bucket
-    cand_max = torch.cat([pool.acts.amax(2), top.acts.amax(2)], 1).double()  # [U, C] excerpt maxima
+    cand_max = torch.cat([pool.acts.amax(2), top.acts.amax(2)], 1).double().gather(1, perm)  # [U, C] excerpt maxima
     bucket = torch.searchsorted(bounds.nan_to_num(float("inf")).contiguous(), cand_max.contiguous(), right=False)
     keys = pair_keys(state.seed, cand_ids, torch.arange(U)[:, None]).masked_fill(cand_ids < 0, float("inf"))
     order = keys.argsort(dim=1)  # [U, C]
@@ -86,7 +91,7 @@ def select(state: GroupState, sizes: SlotSizes) -> Selection:
     n_top, n_rnd = len(u_top), len(u_rnd)
     inv32 = inv.to(torch.int32)
     return Selection(
-        row_unit=uniq >> 40, row_eid=uniq & ((1 << 40) - 1), row_cand=c_all[rep],
+        row_unit=uniq >> 40, row_eid=uniq & ((1 << 40) - 1), row_cand=perm[uniq >> 40, c_all[rep]],
         counts={"top": torch.bincount(u_top, minlength=U).int(), "random": torch.bincount(u_rnd, minlength=U).int(),
                 "quantile": in_b.sum(2).int()},
         refs={"top": inv32[:n_top], "random": inv32[n_top:n_top + n_rnd], "quantile": inv32[n_top + n_rnd:]},
@@ -136,29 +141,32 @@ def summary_rows(sel: Selection, acts: np.ndarray, strings: Callable[[int], list
     """Each unit's row of summary.json, equal to `records.summary_row` of its record (plus its density).
     strings(r): row r's token strings."""
     U = len(density)
-    rounded_max = acts.astype(np.float64).round(6).max(1) if acts.shape[1] else np.zeros(len(acts))  # [R]
-    starts = np.concatenate([[0], np.cumsum(sel.counts["top"].numpy())])
-    top = sel.refs["top"].numpy()
-    fires = rounded_max[top] > 0 if acts.shape[1] else np.zeros(len(top), bool)
-    stats = sel.stats.numpy()
-    dens = density.tolist()
-    rows = []
-    for u in range(U):
-        a, b = int(starts[u]), int(starts[u + 1])
-        best, token = 0.0, None
-        if b > a:
-            m = rounded_max[top[a:b]].max() if acts.shape[1] else 0.0
-            best = float(m) if m > 0 else 0.0
-            r0 = int(top[a])
-            if acts.shape[1] and rounded_max[r0] > 0:
-                j = int(np.argmax(acts[r0].astype(np.float64).round(6)))
-                if by_token_pair:
-                    j = int((math.isqrt(8 * j + 1) - 1) // 2)  # the query token of flattened pair j
-                toks = strings(r0)
-                token = toks[j] if j < len(toks) else ""
-        rows.append({"index": u, "max_activation": best, "mean": clean_nans(float(stats[u, 0])),
-                     "variance": clean_nans(float(stats[u, 1])), "top_token": token,
-                     "firing_excerpts": int(fires[a:b].sum()), "density": float(dens[u])})
+    L = acts.shape[1]
+    # rounding is monotone, so the max of the rounded values is the rounded max
+    rounded_max = acts.max(1).astype(np.float64).round(6) if L else np.zeros(len(acts))  # [R]
+    counts = sel.counts["top"].numpy().astype(np.int64)
+    top = sel.refs["top"].numpy().astype(np.int64)
+    unit = np.repeat(np.arange(U), counts)  # [refs] the unit of each top reference
+    best = np.zeros(U)
+    np.maximum.at(best, unit, rounded_max[top])
+    best = np.where(best > 0, best, 0.0)  # the reference starts from 0.0
+    fires = np.bincount(unit, weights=rounded_max[top] > 0, minlength=U).astype(np.int64)
+    has = np.flatnonzero(counts > 0)
+    first = top[np.concatenate([[0], np.cumsum(counts)])[has]]  # each unit's best excerpt row
+    tokens: list[str | None] = [None] * U
+    if L:
+        lit = rounded_max[first] > 0
+        js = acts[first[lit]].astype(np.float64).round(6).argmax(1)  # first index of the (rounded) max
+        for u, r, j in zip(has[lit].tolist(), first[lit].tolist(), js.tolist()):
+            if by_token_pair:
+                j = int((math.isqrt(8 * j + 1) - 1) // 2)  # the query token of flattened pair j
+            toks = strings(r)
+            tokens[u] = toks[j] if j < len(toks) else ""
+    stats, dens = sel.stats.numpy(), density.tolist()
+    rows = [{"index": u, "max_activation": b, "mean": m, "variance": v, "top_token": t, "firing_excerpts": f,
+             "density": float(d)}
+            for u, (b, m, v, t, f, d) in enumerate(zip(best.tolist(), clean_nans(stats[:, 0].tolist()),
+                                                       clean_nans(stats[:, 1].tolist()), tokens, fires.tolist(), dens))]
     return rows
 
 

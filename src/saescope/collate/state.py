@@ -43,6 +43,8 @@ class TopSlots:
     """[U, k, L] the unit's activations on that excerpt."""
     unique_scores: bool = False
     """Scores never tie (hash keys of keyed reservoirs): one sort instead of two."""
+    fill: int = 0
+    """Slots fill.. are empty in every row (filled by `update`'s fast path); k once any slot may be evicted."""
 
     @classmethod
     def empty(cls, n_units: int, k: int, length: int, dtype: torch.dtype = torch.float32,
@@ -60,6 +62,7 @@ class TopSlots:
         return torch.gather(order, 1, by_score)[:, :k]
 
     def _keep(self, all_score: Tensor, all_ids: Tensor, all_acts: Tensor) -> None:
+        self.fill = self.score.shape[1]
         order = self._order(all_score, all_ids, self.score.shape[1])
         self.score = torch.gather(all_score, 1, order)
         self.ids = torch.gather(all_ids, 1, order)
@@ -77,11 +80,19 @@ class TopSlots:
         batches change few units (a reservoir of P among n seen admits a newcomer with probability P/n).
         """
         k = self.score.shape[1]
+        B = score.shape[1]
+        if self.fill + B <= k:  # room for the whole batch in every row: nothing is evicted, so no ordering
+            self.score[:, self.fill:self.fill + B] = score
+            self.ids[:, self.fill:self.fill + B] = ids[None, :]
+            self.acts[:, self.fill:self.fill + B] = acts
+            self.fill += B
+            return
+        self.fill = k
         need = (score >= self.score.amin(1, keepdim=True)).any(1)  # ≥: a tie may still win on the smaller id
         rows = need.nonzero().squeeze(1)
         if rows.numel() == 0:
             return
-        R, B = rows.numel(), score.shape[1]
+        R = rows.numel()
         new_score = score[rows]  # [R, B]
         best = self._order(torch.cat([self.score[rows], new_score], 1),
                            torch.cat([self.ids[rows], ids[None, :].expand(R, -1)], 1), k)  # [R, k] of k + B
@@ -112,10 +123,44 @@ def hist_edges() -> Tensor:
     return 10.0 ** (HIST_DECADES[0] + torch.arange(HIST_BINS + 1, dtype=torch.float64) / HIST_PER_DECADE)
 
 
+_LUT: tuple[Tensor, Tensor] | None = None
+
+
+def _bin_tables() -> tuple[Tensor, Tensor]:
+    """Lookup tables over the top 16 bits of a float32 (sign, exponent, 7 mantissa bits): [65536] the bin of the
+    prefix's smallest |value| (+ HIST_BINS for negatives), and [65536] the |value| bits from which the value lies
+    one bin higher (each prefix spans a relative width of 2⁻⁷ < 10^(1/8), so at most one edge falls inside)."""
+    global _LUT
+    if _LUT is None:
+        import numpy as np
+
+        edges = hist_edges().numpy()
+        e32 = edges.astype(np.float32)  # nearest; a float32 v ≥ edge iff v ≥ the smallest float32 ≥ edge:
+        e32 = np.where(e32.astype(np.float64) >= edges, e32, np.nextafter(e32, np.float32(np.inf)))
+        edge_bits = torch.from_numpy(e32.view(np.int32).astype(np.int64))[1:HIST_BINS]  # inner edges, ascending
+        lo = torch.arange(1 << 15, dtype=torch.int64) << 16  # smallest |value| bits of each prefix
+        hi = lo | 0xFFFF
+        bin_lo = torch.searchsorted(edge_bits, lo, right=True)  # edges ≤ the prefix's smallest value
+        nxt = edge_bits[bin_lo.clamp(max=len(edge_bits) - 1)]
+        inside = (bin_lo < len(edge_bits)) & (nxt <= hi)
+        assert bool((torch.searchsorted(edge_bits, hi, right=True) - bin_lo <= 1).all())
+        nxt = torch.where(inside, nxt, torch.full_like(nxt, 0x7FFFFFFF))  # no edge inside: never (NaN aside)
+        _LUT = (torch.cat([bin_lo, bin_lo + HIST_BINS]).int(), torch.cat([nxt, nxt]).int())
+    return _LUT
+
+
+def hist_slot(v: Tensor) -> Tensor:
+    """[same shape] int32: bin of |v| by HIST_DECADES, plus HIST_BINS where v < 0 (zeros: bin 0). Exact: v lies in
+    bin k iff edge_k ≤ |v| < edge_k+1 (float64 edges), found from the float32 bit pattern without a logarithm."""
+    bin_lo, nxt = _bin_tables()
+    bits = v.float().contiguous().view(torch.int32)
+    top = (bits >> 16).bitwise_and_(0xFFFF)  # sign and magnitude prefix
+    return bin_lo[top].add_(bits.bitwise_and(0x7FFFFFFF) >= nxt[top])
+
+
 def hist_bin(v: Tensor) -> Tensor:
     """Bin index [same shape] of non-zero values v by |v| (see HIST_DECADES)."""
-    b = torch.floor((torch.log10(v.abs().double().clamp_min(1e-300)) - HIST_DECADES[0]) * HIST_PER_DECADE)
-    return b.clamp(0, HIST_BINS - 1).long()
+    return hist_slot(v.abs())
 
 
 @dataclass
@@ -144,16 +189,24 @@ class Moments:
             unit, col = x.nonzero(as_tuple=True)
             self.add_entries(unit, x[unit, col], float(N))
             return
-        pos = (x > 0).sum(1).double()
-        xd = x.double()
-        x2 = xd * xd
-        self.sums += torch.stack([torch.full((U,), float(N), dtype=torch.float64),
-                                  xd.sum(1), x2.sum(1), (x2 * xd).sum(1), (x2 * x2).sum(1), pos], dim=1)
-        # one bincount over (unit, sign, bin); zeros go to a spare slot past the end
-        slot = (torch.arange(U)[:, None] * 2 + (x < 0).long()) * HIST_BINS + hist_bin(x)  # [U, N]
-        slot = torch.where(x != 0, slot, U * 2 * HIST_BINS)
-        counts = torch.bincount(slot.flatten(), minlength=U * 2 * HIST_BINS + 1)[:-1]
-        self.hist += counts.view(U, 2, HIST_BINS).double()
+        x = x.float().contiguous()
+        for lo in range(0, U, self.CHUNK):  # a few hundred units at a time: temporaries stay small and in cache
+            self._dense(x[lo:lo + self.CHUNK], lo)
+
+    CHUNK = 256
+
+    def _dense(self, x: Tensor, first: int) -> None:
+        """x [u, N] float32 values of units first..first+u: float32 partial sums of the batch, accumulated in
+        float64; one bincount over (unit, sign, bin) with zeros in a spare slot past the end."""
+        u, N = x.shape
+        x2 = x * x
+        self.sums[first:first + u] += torch.stack([
+            torch.full((u,), float(N), dtype=torch.float64), x.sum(1, dtype=torch.float64), x2.sum(1).double(),
+            (x2 * x).sum(1, dtype=torch.float64), x2.mul_(x2).sum(1).double(), (x > 0).sum(1).double()], dim=1)
+        slot = hist_slot(x).add_(torch.arange(u, dtype=torch.int32)[:, None] * (2 * HIST_BINS))  # [u, N]
+        slot.masked_fill_(x == 0, u * 2 * HIST_BINS)
+        counts = torch.bincount(slot.flatten(), minlength=u * 2 * HIST_BINS + 1)[:-1]
+        self.hist[first:first + u] += counts.view(u, 2, HIST_BINS)
 
     def add_entries(self, unit: Tensor, value: Tensor, n: float) -> None:
         """Every unit saw n values, of which only these (unit, value) entries [nnz] are non-zero."""
@@ -166,7 +219,7 @@ class Moments:
         self.sums += sums
         U = self.sums.shape[0]
         nz = v != 0
-        slot = ((unit[nz] * 2 + (v[nz] < 0).long()) * HIST_BINS + hist_bin(v[nz]))
+        slot = unit[nz] * (2 * HIST_BINS) + hist_slot(value[nz]).long()
         self.hist += torch.bincount(slot, minlength=U * 2 * HIST_BINS).view(U, 2, HIST_BINS).double()
 
     def density(self) -> Tensor:
