@@ -48,7 +48,9 @@ class RunConfig:
     # SAE adds"); --train.batch_size 1024 --train.epochs 1 is the old, faster recipe
     train: TrainerConfig = field(default_factory=lambda: TrainerConfig(batch_size=256, epochs=2))
     transcoders: TranscoderRunOptions = field(default_factory=TranscoderRunOptions)
-    collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=131_072))
+    # the studied layer's units on the store's first 65,536 tokens (the others on --whole_model_tokens): collation
+    # cost grows with units x tokens, and the run's 15-minute budget on two cores sets it
+    collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=65_536, store_tokens=65_536))
     interp: InterpOptions = field(default_factory=InterpOptions)
     view: ViewOptions = field(default_factory=ViewOptions)
     out: str = "runs/default"

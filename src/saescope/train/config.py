@@ -27,9 +27,10 @@ class TrainerConfig:
     jumprelu)."""
     k: int = 32
     """Active latents per token (TopK; BatchTopK on average; JumpReLU: the L0 its thresholds start at)."""
-    k_anneal_frac: float = 0.5
-    """TopK family: fraction of steps over which the training k decays linearly from k_anneal_start·k to k."""
-    k_anneal_start: float = 4.0
+    k_anneal_frac: float = 0.25
+    """TopK family: fraction of steps over which the training k decays linearly from k_anneal_start·k to k (0.5
+    with start 4 before issue 30: at 131k tokens that found half as many true features, docs/benchmarks.md)."""
+    k_anneal_start: float = 2.0
     """Starting multiple of k for --k_anneal_frac (capped at F)."""
     width: int = 4096
     """Number of latents F."""

@@ -3,7 +3,7 @@
 Recipe (each part switchable in TrainConfig): tied init; b_dec from the geometric median (or mean); inputs scaled
 so E‖x‖ = √d (folded into the weights at save); Adam with LR 1e-3·√(2^14/F), linear warm-up and final linear
 decay (or schedule-free sign-SGD, `--optimizer signum`); gradient clipping; sparsity-coefficient warm-up; for the
-TopK family: k annealed from 4k to k over the first half, dead latents restarted on the worst-reconstructed
+TopK family: k annealed from 2k to k over the first quarter, dead latents restarted on the worst-reconstructed
 residuals, AuxK, unit-norm decoder with the parallel gradient removed. Dead latents are tracked in tokens since
 last fire. Why this recipe: bench/train_bench.py and README ("SAE training").
 """
