@@ -39,6 +39,10 @@ SETTINGS: dict[str, dict] = {
     "batch512_epochs4": {"batch_size": 512, "epochs": 4},
     "no_anneal_epochs4": {"k_anneal_frac": 0.0, "epochs": 4},
     "batchtopk_epochs4": {"arch": "batchtopk", "epochs": 4},
+    "read_gain": {"input_weights": "read_gain"},
+    "read_gain_batch256": {"input_weights": "read_gain", "batch_size": 256},
+    "read_gain_batch256_epochs2": {"input_weights": "read_gain", "batch_size": 256, "epochs": 2},
+    "e2e32": {"e2e_contexts": 32},
 }
 
 

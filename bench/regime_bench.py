@@ -40,6 +40,7 @@ ROWS: dict[str, dict[str, Any] | None] = {
     "topk-kanneal2q": dict(arch="topk", k_anneal_start=2.0, k_anneal_frac=0.25),
     "topk-noanneal-signum": dict(arch="topk", k_anneal_frac=0.0, optimizer="signum"),
     "topk-noanneal-nodecay": dict(arch="topk", k_anneal_frac=0.0, decay_frac=0.0),
+    "topk-noanneal-lr2x": dict(arch="topk", k_anneal_frac=0.0, lr=-2.0),  # lr < 0: that multiple of the default
     "topk-noanneal+lista": dict(arch="topk", k_anneal_frac=0.0, encoder="lista"),
     "matryoshka-noanneal": dict(arch="matryoshka", k_anneal_frac=0.0),
     "matryoshka-kanneal2q": dict(arch="matryoshka", k_anneal_start=2.0, k_anneal_frac=0.25),
@@ -55,6 +56,8 @@ def train_saescope(kw: dict[str, Any], width: int, k: int, data: torch.Tensor, s
     from saescope.train.trainer import Trainer
 
     torch.manual_seed(0)
+    if kw.get("lr", 0) < 0:  # a multiple of the default learning rate for this arch and width
+        kw = {**kw, "lr": -kw["lr"] * TrainerConfig(arch=kw.get("arch", "topk"), width=width).learning_rate()}
     tr = Trainer(TrainerConfig(k=k, width=width, batch_size=bs, checkpoint_every=0, **kw), data.shape[1], steps)
     spent = 0.0
     for s in range(steps):

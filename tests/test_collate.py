@@ -290,10 +290,10 @@ def test_collating_from_a_store_equals_running_the_model(tiny, text_corpus, tmp_
                                                                "attn_pattern.1,attn_value.1"), hm)
     sizes = SlotSizes(top_k=20, n_random=15, pool=24)
 
-    def run(out, store, max_tokens):
+    def run(out, store, max_tokens, store_tokens=0):
         return collate(CollateConfig(out=str(tmp_path / out), data=data, layers="1", sae=saes, store=store,
                                      collate=CollateOptions(excerpt_len=T, max_tokens=max_tokens, batch_size=5,
-                                                            sizes=sizes)), hm)
+                                                            sizes=sizes, store_tokens=store_tokens)), hm)
     n = len(_excerpts(hm, text_corpus, 10_000))
     from_model = run("model", "", 0)
     from_store = run("store", str(tmp_path / "store"), 0)
@@ -312,6 +312,17 @@ def test_collating_from_a_store_equals_running_the_model(tiny, text_corpus, tmp_
     for d in budget["datasets"]:
         attention = d["unit_type"] == "attention_heads" or d["by_token_pair"]
         assert d["tokens"] == (20 if attention else n) * T, d["path"]
+    # --store_tokens: the store-fed units read its first 12 contexts (9 a shard: across a shard boundary), and their
+    # records are a model pass's over those 12 excerpts
+    first = run("first", str(tmp_path / "store"), T * 12, store_tokens=T * 12)
+    model12 = run("model12", "", T * 12)
+    for d in first["datasets"]:
+        assert d["tokens"] == 12 * T, d["path"]
+        a = read_unit(tmp_path / "model12" / hm.name / d["path"], 2)
+        b = read_unit(tmp_path / "first" / hm.name / d["path"], 2)
+        assert [r.tokens for r in a.most_positive_activation_records] == \
+               [r.tokens for r in b.most_positive_activation_records], d["path"]
+        assert a.mean == pytest.approx(b.mean, rel=1e-4, abs=1e-6)
     capture_corpus(CaptureConfig(data=data, out=str(tmp_path / "store2"), hookpoints="resid_post.1",
                                  capture=CaptureOptions(context_len=T + 2)), hm)
     with pytest.raises(SaescopeError, match="context_len is 10.*--context_len 9"):

@@ -117,8 +117,10 @@ def test_term_with_zero_tilt_is_the_mean_loss_and_otherwise_has_terms_gradient()
 def test_k_schedule_known_values():
     pub = TrainerConfig(k=25, width=4096, k_anneal_start=2.4, k_anneal_frac=1.0)  # the recipe's 60 → 25
     assert [k_schedule(pub, f) for f in (0.0, 0.5, 1.0)] == [60, 42, 25]
-    ours = TrainerConfig(k=32, width=4096)  # saescope's: 4k → k over the first half, then k
-    assert [k_schedule(ours, f) for f in (0.0, 0.25, 0.5, 0.9)] == [128, 80, 32, 32]
+    ours = TrainerConfig(k=32, width=4096)  # saescope's: 2k → k over the first quarter, then k
+    assert [k_schedule(ours, f) for f in (0.0, 0.125, 0.25, 0.9)] == [64, 48, 32, 32]
+    old = TrainerConfig(k=32, width=4096, k_anneal_start=4.0, k_anneal_frac=0.5)  # before issue 30
+    assert [k_schedule(old, f) for f in (0.0, 0.25, 0.5, 0.9)] == [128, 80, 32, 32]
     assert k_schedule(TrainerConfig(k=32, k_anneal_frac=0.0), 0.0) == 0  # 0 = the SAE's own k
     assert k_schedule(TrainerConfig(k=32, width=64), 0.0) == 64  # capped at F
 

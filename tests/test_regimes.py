@@ -32,7 +32,7 @@ def test_even_regime_matches_the_held_out_set_description():
 
 
 def test_hierarchy_children_fire_only_with_their_parent_and_exclusively():
-    spec = RegimeSpec("t", p_max=0.3, p_min=2e-3, active=10.0, roots=8, branching=3)
+    spec = RegimeSpec("t", p_max=0.3, p_min=2e-3, active=10.0, roots=64, branching=3)  # 8 roots per 512
     gen = RegimeGenerator(spec, n_features=512, d=32)
     fires = gen.sample_fires(4096, torch.Generator().manual_seed(0))  # [N, F]
     kids = (gen.parent >= 0).nonzero().squeeze(1)

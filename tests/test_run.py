@@ -126,8 +126,8 @@ def test_run_cli_options_reach_every_stage():
 
     cfg = parse(RunConfig, ["--width", "512", "--k", "16", "--capture.max_tokens", "1000", "--collate.max_tokens",
                             "300", "--corpus", "x.jsonl", "--explainer", "openai:m", "--port", "9000",
-                            "--train.batch_size", "256", "--arch", "batchtopk"], "saescope run")
-    assert (cfg.train.width, cfg.train.k, cfg.train.batch_size, cfg.train.arch) == (512, 16, 256, "batchtopk")
+                            "--train.batch_size", "512", "--arch", "batchtopk"], "saescope run")
+    assert (cfg.train.width, cfg.train.k, cfg.train.batch_size, cfg.train.arch) == (512, 16, 512, "batchtopk")
     assert (cfg.capture.max_tokens, cfg.collate.max_tokens, cfg.data.corpus) == (1000, 300, "x.jsonl")
     assert (cfg.interp.explainer, cfg.view.port) == ("openai:m", 9000)
 

@@ -107,7 +107,7 @@ def test_summaries_lead_with_delta_ce_and_flag_an_ill_conditioned_ce_recovered()
 
 def test_each_dictionary_stops_once_its_standard_error_is_below_the_target(tiny_gpt2, monkeypatch):
     """The identity (SE 0) stops at min_contexts, a random SAE runs on until its SE is small enough (here: never,
-    so every context), zero-ablation stops at min_contexts; each result equals a plain run on its own contexts."""
+    so every context), zero-ablation stops at zero_contexts; each result equals a plain run on its own contexts."""
     hm = tiny_gpt2
     ids = contexts(hm, n=8, T=12)
     noisy = sae_class("topk")(SAEConfig("topk", hm.d_model, 48, k=3))
@@ -115,9 +115,10 @@ def test_each_dictionary_stops_once_its_standard_error_is_below_the_target(tiny_
     calls = []
     forward = hm.model.forward
     monkeypatch.setattr(hm.model, "forward", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
-    ident, rand = E.spliced_metrics_many(hm, saes, ids, batch_size=1, target_se=1e-9, min_contexts=3)
-    assert len(calls) == 8 + 3 + 8 + 3  # clean on all 8, identity on 3, the random SAE on 8, zero-ablation on 3
-    assert ident["spliced_contexts"] == 3 and rand["spliced_contexts"] == 8 and rand["ce_recovered_contexts"] == 3
+    ident, rand = E.spliced_metrics_many(hm, saes, ids, batch_size=1, target_se=1e-9, min_contexts=4,
+                                         zero_contexts=3)
+    assert len(calls) == 8 + 4 + 8 + 3  # clean on all 8, identity on 4, the random SAE on 8, zero-ablation on 3
+    assert ident["spliced_contexts"] == 4 and rand["spliced_contexts"] == 8 and rand["ce_recovered_contexts"] == 3
     monkeypatch.setattr(hm.model, "forward", forward)
     plain = E.spliced_metrics(hm, noisy, "resid_post.1", ids)
     for k in ("delta_ce", "delta_ce_se", "kl_div", "kl_div_se", "ce_clean", "ce_with_sae"):
@@ -150,3 +151,43 @@ def test_epochs_sets_the_passes_over_the_training_shards(tiny_gpt2, text_corpus,
     assert steps == {1.0: train_rows // 16, 2.5: int(2.5 * train_rows) // 16}
     with pytest.raises(SaescopeError, match="--epochs 0"):
         TrainerConfig(epochs=0)
+
+
+@pytest.mark.parametrize("hookpoint", ["resid_post.1", "resid_pre.2", "mlp_out.2", "attn_out.1"])
+def test_a_pass_started_at_the_hookpoints_block_equals_the_full_forward(tiny, hookpoint):
+    """Differential: skipping the blocks before the hookpoint's and feeding the clean pass's input there gives the
+    logits of the whole model, clean and with a patch at the hookpoint (gpt2, gemma with its sliding window, llama)."""
+    from saescope.models import parse_hookpoint
+    from saescope.models.resume import record_block_inputs, start_at_block
+
+    hm = tiny
+    ids = contexts(hm, n=3, T=20)
+    layer = parse_hookpoint(hookpoint)[1]
+    seen: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        with record_block_inputs(hm, [layer], seen):
+            clean = hm.model(input_ids=ids).logits
+        with hm.patch(hookpoint, lambda x: 0.5 * x + 0.1):
+            patched = hm.model(input_ids=ids).logits
+        with start_at_block(hm, layer, seen[layer]):
+            resumed = hm.model(input_ids=ids).logits
+        with start_at_block(hm, layer, seen[layer]), hm.patch(hookpoint, lambda x: 0.5 * x + 0.1):
+            resumed_patched = hm.model(input_ids=ids).logits
+        again = hm.model(input_ids=ids).logits  # the skipped blocks are restored
+    assert (patched - clean).abs().max() > 1e-3  # the patch matters, so equality below is not vacuous
+    torch.testing.assert_close(resumed, clean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(resumed_patched, patched, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, clean, rtol=0, atol=0)
+    assert all("forward" not in vars(block) for block in hm.layers)
+
+
+def test_a_wall_time_cap_stops_every_dictionary_after_min_contexts(tiny_gpt2):
+    hm = tiny_gpt2
+    ids = contexts(hm, n=8, T=12)
+    noisy = sae_class("topk")(SAEConfig("topk", hm.d_model, 48, k=3))
+    capped = E.spliced_metrics(hm, noisy, "resid_post.1", ids, batch_size=1, target_se=1e-9, min_contexts=3,
+                               max_seconds=1e-9)
+    assert capped["spliced_contexts"] == 3 and capped["ce_recovered_contexts"] == 3
+    first3 = E.spliced_metrics(hm, noisy, "resid_post.1", ids[:3])
+    for k in ("delta_ce", "delta_ce_se", "kl_div", "kl_div_se"):
+        assert capped[k] == pytest.approx(first3[k], rel=1e-6, abs=1e-9)

@@ -344,13 +344,17 @@ def test_attention_rows_of_a_store_are_refused_as_sae_input(tiny_gpt2, text_corp
         train_from_store(TrainConfig(store=str(tmp_path / "s"), hookpoint="attn_pattern.1", out=str(tmp_path / "o")))
 
 
-def test_release_file_pages_keeps_the_weights_and_frees_the_mapping(tiny_dir):
+def test_release_file_pages_keeps_the_weights_and_frees_the_mapping(tiny_dir, tmp_path):
     """After the advice the model computes the same logits (pages come back from the file); the file mapping's
     resident size drops where the weights are memory-mapped."""
     from saescope.models import load_model
     from saescope.train.memory import release_file_pages
 
-    hm = load_model(str(tiny_dir))
+    import shutil
+
+    # a private copy: MADV_PAGEOUT leaves pages that another mapping shares (another test's model of tiny_dir)
+    own = shutil.copytree(tiny_dir, tmp_path / "model")
+    hm = load_model(str(own))
     ids = torch.tensor([[hm.tokenizer.bos_token_id, 5, 6, 7, 8]])
     with torch.no_grad():
         before = hm.model(input_ids=ids).logits
@@ -360,7 +364,7 @@ def test_release_file_pages_keeps_the_weights_and_frees_the_mapping(tiny_dir):
         with open("/proc/self/smaps") as f:
             for line in f:
                 if "-" in line.split(" ")[0]:
-                    on = line.rstrip().endswith("model.safetensors") and str(tiny_dir) in line
+                    on = line.rstrip().endswith("model.safetensors") and str(own) in line
                 elif on and line.startswith("Rss:"):
                     total += int(line.split()[1])
         return total

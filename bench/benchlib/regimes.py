@@ -34,6 +34,7 @@ class RegimeSpec:
     p_min: float
     active: float = 20.0
     roots: int = 0
+    """Hierarchy roots per 4,096 features (scaled with the generator's feature count)."""
     branching: int = 4
     child_prob: float = 0.7
     block: int = 0
@@ -86,19 +87,21 @@ class RegimeGenerator:
         self.scale = 0.5 + torch.rand(n_features, generator=g)  # per-feature mean magnitude m_i
         p = fit_zipf(n_features, spec.p_max, spec.p_min, spec.active, spec.law)
         self.base = p[torch.randperm(n_features, generator=g)]  # [F]
-        n_par = spec.roots * (1 + spec.branching + spec.branching**2)  # 3 levels: roots, children, grandchildren
+        n_roots = max(1, spec.roots * n_features // 4096) if spec.roots else 0  # spec.roots: per 4,096 features
+        n_tree = n_roots * (1 + spec.branching + spec.branching**2)  # 3 levels: roots, children, grandchildren
         self.parent = torch.full((n_features,), -1, dtype=torch.long)
-        if spec.roots:
+        self.levels: list[tuple[Tensor, Tensor]] = []  # (parents [P], their children [P, B]) per tree level
+        if n_roots:
             # roots: the most frequent features (a tree under a rare root would hardly ever fire); the rest random
-            roots = torch.argsort(self.base, descending=True)[:spec.roots]
+            roots = torch.argsort(self.base, descending=True)[:n_roots]
             others = torch.ones(n_features, dtype=torch.bool)
             others[roots] = False
-            rest = others.nonzero().squeeze(1)[torch.randperm(n_features - spec.roots, generator=g)][:n_par - spec.roots]
-            kids = rest[:spec.roots * spec.branching].view(spec.roots, spec.branching)
-            grand = rest[spec.roots * spec.branching:].view(spec.roots * spec.branching, spec.branching)
+            rest = others.nonzero().squeeze(1)[torch.randperm(n_features - n_roots, generator=g)][:n_tree - n_roots]
+            kids = rest[:n_roots * spec.branching].view(n_roots, spec.branching)
+            grand = rest[n_roots * spec.branching:].view(n_roots * spec.branching, spec.branching)
             self.parent[kids.flatten()] = roots.repeat_interleave(spec.branching)
             self.parent[grand.flatten()] = kids.flatten().repeat_interleave(spec.branching)
-            self.levels = [(roots, kids), (kids.flatten(), grand)]  # (parents [P], their children [P, B])
+            self.levels = [(roots, kids), (kids.flatten(), grand)]
         self.gen = torch.Generator().manual_seed(1 + seed)
         self.probs = self.measure_probs()
 
@@ -110,7 +113,7 @@ class RegimeGenerator:
             m = self.n - self.n % s.block
             lead = fires[:, :m:s.block].repeat_interleave(s.block, dim=1)  # [n, m]
             fires[:, :m] |= lead & (torch.rand(n, m, generator=g) < s.block_prob)
-        if s.roots:
+        if self.levels:
             fires[:, self.parent >= 0] = False  # children fire only through their parent
             for par, kids in self.levels:
                 on = fires[:, par] & (torch.rand(n, len(par), generator=g) < s.child_prob)  # [n, P]

@@ -43,9 +43,13 @@ class RunConfig:
     # Contexts of excerpt_len + 1 tokens (BOS + 64): the store's contexts are then the collation's excerpts, and
     # the MLP neurons and every SAE's latents are collated from the store without running the model again.
     capture: CaptureOptions = field(default_factory=lambda: CaptureOptions(max_tokens=200_000, context_len=65))
-    train: TrainerConfig = field(default_factory=TrainerConfig)
+    # 256-token batches: the store holds 200k tokens, and 4x the steps on them cut the residual SAE's ΔCE from 1.53
+    # to 0.87 nats at about the same training time (docs/metrics.md, "The loss an SAE adds")
+    train: TrainerConfig = field(default_factory=lambda: TrainerConfig(batch_size=256))
     transcoders: TranscoderRunOptions = field(default_factory=TranscoderRunOptions)
-    collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=131_072))
+    # the studied layer's units on the store's first 65,536 tokens (the others on --whole_model_tokens): collation
+    # cost grows with units x tokens, and the run's 15-minute budget on two cores sets it
+    collate: CollateOptions = field(default_factory=lambda: CollateOptions(max_tokens=65_536, store_tokens=65_536))
     interp: InterpOptions = field(default_factory=InterpOptions)
     view: ViewOptions = field(default_factory=ViewOptions)
     out: str = "runs/default"
@@ -65,6 +69,10 @@ class RunConfig:
     eval_contexts: int = 256
     """Most held-out contexts for each SAE's spliced ΔCE/KL: each SAE stops once its ΔCE's standard error is below
     0.01 nats (after 32 contexts; `saescope eval --target_se`)."""
+    eval_seconds: float = 60.0
+    """Wall-time cap of the spliced evaluation once every SAE has its 32 contexts (`saescope eval --max_seconds`;
+    0 = none): the residual SAE's ΔCE would need ~1,000 contexts for a standard error of 0.01, so its error is
+    reported as it stands."""
     no_serve: bool = False
     """Do not serve the viewer at the end (it is only served when run from a terminal anyway)."""
 
@@ -75,6 +83,7 @@ class RunConfig:
         validate.at_least(self.layer, -1, "--layer", "-1 = the middle layer")
         validate.at_least(self.generate, 1, "--generate")
         validate.at_least(self.eval_contexts, 1, "--eval_contexts")
+        validate.at_least(self.eval_seconds, 0, "--eval_seconds", "0 = no cap")
         if not [s for s in self.saes.split(",") if s.strip()]:
             from saescope.errors import SaescopeError
 
@@ -199,13 +208,14 @@ class _Pipeline:
                         {"trainer": _options(cfg.train), "hookpoint": hp}, {"store": store.fingerprint})
             if self.start(sae):
                 train(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp, out=str(sae.path),
-                                  device=cfg.model.device))
+                                  device=cfg.model.device), hm=self.hm)
                 trained.append((sae, hp))
             saes.append(sae)
         # evaluated together: the spliced CE/KL of every SAE shares one clean pass per batch (each stage finishes
         # only once its eval.json is written, so a run killed here evaluates them again)
         evs = evaluate_many([EvalConfig(sae=str(sae.path), store=str(store.path), hookpoint=hp,
-                                        holdout_shards=cfg.train.holdout_shards, contexts=cfg.eval_contexts)
+                                        holdout_shards=cfg.train.holdout_shards, contexts=cfg.eval_contexts,
+                                        max_seconds=cfg.eval_seconds)
                              for sae, hp in trained], hm=self.hm) if trained else []
         for (sae, _), ev in zip(trained, evs):
             write_json(sae.path / "eval.json", ev)

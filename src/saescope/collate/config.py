@@ -48,7 +48,10 @@ class CollateOptions:
     """Tokens per excerpt (BOS is prepended for the forward pass and never recorded)."""
     max_tokens: int = 100_000
     """Tokens collated (0 = all): every unit's from a corpus; with --store, the heads' and token pairs' (the other
-    units take the whole store)."""
+    units take --store_tokens)."""
+    store_tokens: int = 0
+    """With --store: tokens of the store (its first contexts) collated for the units it feeds, MLP neurons and
+    SAE latents by token (0 = all of it)."""
     batch_size: int = 16
     """Excerpts per forward pass."""
     seed: int = 0
@@ -71,6 +74,7 @@ class CollateOptions:
         from saescope import validate
 
         validate.at_least(self.max_tokens, 0, "--max_tokens", "0 = all")
+        validate.at_least(self.store_tokens, 0, "--store_tokens", "0 = all of the store")
         validate.at_least(self.batch_size, 1, "--batch_size")
 
 

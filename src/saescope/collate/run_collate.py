@@ -103,20 +103,21 @@ def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]
     tokens = ExcerptTokens()
     n_model = -(-opt.max_tokens // T) if opt.max_tokens else None  # excerpts that get a model pass
     if cfg.store:
-        source, stored, total = store_batches(cfg.store, hm, T, opt.batch_size, rank, world)
+        n_store = -(-opt.store_tokens // T) if opt.store_tokens else None  # excerpts read from the store
+        source, stored, total = store_batches(cfg.store, hm, T, opt.batch_size, rank, world, n_store)
     else:
         contexts = iter_contexts(hm.tokenizer, cfg.data.texts(), T + 1)
         source, stored = corpus_batches(hm, itertools.islice(contexts, n_model), opt.batch_size), set()
         total = n_model
     # attention units (heads, token pairs) take the first --max_tokens, from the store or a model pass; with a store
-    # the other units take all of it
+    # the other units take its first --store_tokens (all of it by default)
     attention = {j for j, g in enumerate(groups) if g.unit_type == "attention_heads" or g.by_token_pair}
     from_store = [j for j, g in enumerate(groups) if set(g.hookpoints) <= stored and j not in attention]
     budget_store = [j for j, g in enumerate(groups) if set(g.hookpoints) <= stored and j in attention]
     from_model = [j for j in range(len(groups)) if j not in from_store and j not in budget_store]
     if cfg.store:
-        log.info("collating from the store %s: %s on all of it, %s on its first %s excerpts; with the model: %s",
-                 cfg.store, ", ".join(groups[j].rel_dir for j in from_store) or "nothing",
+        log.info("collating from the store %s: %s on %s excerpts, %s on its first %s excerpts; with the model: %s",
+                 cfg.store, ", ".join(groups[j].rel_dir for j in from_store) or "nothing", f"{total:,}",
                  ", ".join(groups[j].rel_dir for j in budget_store) or "nothing", n_model or "all",
                  ", ".join(groups[j].rel_dir for j in from_model) or "nothing")
     model_hps = sorted({h for j in from_model for h in groups[j].hookpoints})
@@ -174,11 +175,12 @@ def corpus_batches(hm: HookedModel, contexts: Iterator[list[int]], batch_size: i
             yield torch.arange(rnd.offset, rnd.offset + len(rnd.mine)), torch.tensor(rnd.mine), {}
 
 
-def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int,
-                  world: int) -> tuple[Iterator[Batch], set[str], int]:
+def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int, world: int,
+                  limit: int | None = None) -> tuple[Iterator[Batch], set[str], int]:
     """The store's contexts as excerpts (excerpt id = context index), with its activations at every hookpoint in
-    `run_with_cache` shapes, BOS row in front (restored for attention, zeros elsewhere: the unit groups drop it).
-    Returns (batches, the hookpoints it can feed, excerpt count)."""
+    `run_with_cache` shapes, BOS row in front (restored for attention, zeros elsewhere: the unit groups drop it);
+    only its first `limit` contexts where a limit is given. Returns (batches, the hookpoints it can feed, excerpt
+    count)."""
     from saescope.store import ActivationStore
 
     store = ActivationStore(path)  # checksums verified as every other reader does
@@ -191,6 +193,7 @@ def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int
         raise SaescopeError(f"{path}/manifest.json: captured from model {store.model}, not {hm.name}")
     bos = hm.tokenizer.bos_token_id
     total = sum(s["contexts"][1] - s["contexts"][0] for s in store.shards)
+    total = min(total, limit) if limit is not None else total
     # The BOS row is not stored; attention needs it. BOS sits at position 0 of every context and attends only to
     # itself, so its pattern row is [1, 0, ...] and its values are the same in every context: one forward of BOS.
     hps = [hp for hp in store.hookpoints if bos is not None or parse_hookpoint(hp)[0] not in ATTENTION_KINDS]
@@ -206,10 +209,13 @@ def store_batches(path: str, hm: HookedModel, T: int, batch_size: int, rank: int
 
     def batches() -> Iterator[Batch]:
         for i in range(len(store.shards)):
+            if limit is not None and store.shards[i]["contexts"][0] >= limit:
+                return
             tok = store.load_tokens(i)
             ctx, pos = tok["context"].long(), tok["position"].long()
             acts = {hp: store.load_shard(hp, i) for hp in hps}
-            whole = [c for c in torch.unique(ctx).tolist() if int((ctx == c).sum()) == T]
+            whole = [c for c in torch.unique(ctx).tolist()
+                     if int((ctx == c).sum()) == T and (limit is None or c < limit)]
             for b in range(0, len(whole), batch_size * world):  # the activation stream's rule, per shard
                 lo, hi = rank_slice(len(whole[b:b + batch_size * world]), rank, world, batch_size)
                 if hi == lo:

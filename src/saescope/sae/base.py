@@ -206,9 +206,10 @@ class BaseSAE(nn.Module):
     @torch.no_grad()
     def fold_input_scale(self, s: float | Tensor, s_out: float | Tensor | None = None) -> None:
         """The SAE was trained on s·x (a transcoder: to predict s_out·y); rewrite it to take raw x with identical
-        latents and x̂ = x̂'/s_out (s_out defaults to s)."""
+        latents and x̂ = x̂'/s_out (s_out defaults to s). s may be a scalar or a per-dimension [d_in] vector."""
         s_out = s if s_out is None else s_out
-        self.W_enc *= s
+        # a per-dimension scale [d_in] (inputs weighted by dimension, `models/reads.py`) scales W_enc's rows
+        self.W_enc *= s[:, None] if isinstance(s, Tensor) and s.dim() == 1 else s
         self.W_dec /= s_out
         self.b_dec /= s_out
 

@@ -27,9 +27,10 @@ class TrainerConfig:
     jumprelu)."""
     k: int = 32
     """Active latents per token (TopK; BatchTopK on average; JumpReLU: the L0 its thresholds start at)."""
-    k_anneal_frac: float = 0.5
-    """TopK family: fraction of steps over which the training k decays linearly from k_anneal_start·k to k."""
-    k_anneal_start: float = 4.0
+    k_anneal_frac: float = 0.25
+    """TopK family: fraction of steps over which the training k decays linearly from k_anneal_start·k to k (0.5
+    with start 4 before issue 30: at 131k tokens that found half as many true features, docs/benchmarks.md)."""
+    k_anneal_start: float = 2.0
     """Starting multiple of k for --k_anneal_frac (capped at F)."""
     width: int = 4096
     """Number of latents F."""
@@ -61,6 +62,11 @@ class TrainerConfig:
     """Initial decoder bias: the geometric median or mean of the first batch, or zeros."""
     normalize: bool = True
     """Scale inputs to E‖x‖ = √d during training (folded into the saved weights)."""
+    input_weights: Literal["auto", "read_gain", "none"] = "auto"
+    """read_gain: weight each input dimension by the gain of the norms that read the residual stream after the
+    hookpoint (models/reads.py), so the reconstruction error counts where the later blocks look (folded into the
+    saved weights); auto = read_gain for SAEs on resid_post/resid_pre where the model is at hand (`saescope run`),
+    none elsewhere (an MLP or attention output is not read through those norms alone)."""
     auxk_alpha: float = 1 / 32
     """AuxK coefficient (TopK family)."""
     dead_tokens: int = 1_000_000
@@ -102,6 +108,11 @@ class TrainerConfig:
     encoder_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """TopK family: dtype of the dense encoder matmul in training (auto = bfloat16 on GPUs, and on CPUs where a
     matmul probe at start-up measures it faster than float32; float32 elsewhere). Gradients stay float32."""
+    e2e_contexts: int = 0
+    """After training on the store, fine-tune the SAE spliced into the model on this many training contexts (2 per
+    step) for KL(clean ‖ spliced) + FVU (train/finetune.py; Karvonen 2025); 0 = off."""
+    e2e_lr_mult: float = 0.1
+    """--e2e_contexts: the fine-tune's Adam LR as a multiple of the training LR (decayed linearly to 0)."""
     checkpoint_every: int = 500
     """Steps between checkpoints."""
     seed: int = 0
@@ -128,7 +139,7 @@ class TrainerConfig:
         from saescope import validate
         from saescope.errors import SaescopeError
 
-        for name in ("tokens", "holdout_shards", "lr", "grad_clip", "auxk_alpha", "l1_coefficient",
+        for name in ("tokens", "holdout_shards", "lr", "grad_clip", "auxk_alpha", "l1_coefficient", "e2e_contexts",
                      "l0_coefficient", "pre_act_coefficient", "checkpoint_every"):
             validate.at_least(getattr(self, name), 0, f"--{name}")
         for name in ("k_anneal_frac", "warmup_frac", "decay_frac", "resample_until", "sparsity_warmup_frac",
@@ -141,6 +152,10 @@ class TrainerConfig:
         validate.at_least(self.dead_tokens, 1, "--dead_tokens")
         validate.at_least(self.resample_tokens, -1, "--resample_tokens", "-1 = automatic, 0 = off")
         validate.positive(self.resample_enc_scale, "--resample_enc_scale")
+        validate.positive(self.e2e_lr_mult, "--e2e_lr_mult")
+        if self.e2e_contexts and self.kind != "sae":
+            raise SaescopeError(f"--e2e_contexts {self.e2e_contexts}: the spliced fine-tune is for SAEs (--kind sae), "
+                                f"not --kind {self.kind}; set it to 0")
         if self.warmup_frac + self.decay_frac > 1:
             raise SaescopeError(f"--warmup_frac {self.warmup_frac} + --decay_frac {self.decay_frac}: more than all "
                                 f"of the steps; make them sum to 1 or less")
@@ -206,6 +221,9 @@ class EvalConfig:
     --contexts)."""
     min_contexts: int = 32
     """Contexts every SAE is spliced on before --target_se may stop it (zero-ablation, for CE recovered, stops here)."""
+    max_seconds: float = 0.0
+    """Stop splicing (every SAE evaluated together) at the first batch past this many seconds once --min_contexts
+    are done; the reported standard errors say what it cost (0 = no limit)."""
     model: str = ""
     """Model spec for spliced metrics (default: the store's model)."""
 
@@ -214,6 +232,7 @@ class EvalConfig:
 
         validate.at_least(self.holdout_shards, 0, "--holdout_shards", "0 = all shards")
         validate.at_least(self.contexts, 1, "--contexts")
+        validate.at_least(self.max_seconds, 0, "--max_seconds", "0 = no limit")
 
 
 

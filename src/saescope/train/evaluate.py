@@ -10,6 +10,7 @@ any model variants (a transcoder replacement model, several hookpoints at once),
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
@@ -51,6 +52,11 @@ ZERO_ABLATION_MIN_NATS = 0.5
 hookpoint raises the loss by less than this: the denominator is then small and noisy (gemma-3-270m's attn_out,
 mlp_out and mlp_post_act lose 0.1 nats when zeroed, so a 0.05-nat SAE reads as 50 % recovered)."""
 
+ZERO_ABLATION_CONTEXTS = 8
+"""Contexts of the zero-ablated pass when the SAEs stop at a target standard error: CE recovered is its only
+reader and zero-ablation moves the loss either by tens of nats (the residual stream: 3.4 → 22.9 on gemma-3-270m)
+or by too little for CE recovered to be reliable, so 8 contexts say which; on 32 they were 40 % of the passes."""
+
 Variant = Callable[[Tensor], AbstractContextManager]
 """ids [b, T] → a context in which `hm.model` runs modified (a dictionary spliced in, a hookpoint zeroed, every
 MLP replaced...); the clean pass is the model outside any variant."""
@@ -73,42 +79,82 @@ class ContextLosses(NamedTuple):
 
 def splice(hm: HookedModel, hookpoint: str, fn: Callable[[Tensor], Tensor]) -> Variant:
     """The variant that replaces the hookpoint's activation x by fn(x) everywhere but at BOS (left untouched, as
-    in training: BOS activations are outliers no dictionary is trained on)."""
+    in training: BOS activations are outliers no dictionary is trained on). Its `first_block` attribute (the
+    hookpoint's layer) lets `context_losses` start its passes there."""
     from saescope.models import parse_hookpoint
 
-    if parse_hookpoint(hookpoint)[0] not in SPLICEABLE:
+    kind, layer = parse_hookpoint(hookpoint)
+    if kind not in SPLICEABLE:
         raise ValueError(f"cannot splice at {hookpoint}")
 
     def variant(ids: Tensor) -> AbstractContextManager:
         keep = (ids == hm.tokenizer.bos_token_id)[..., None]  # [b, T, 1]
         return hm.patch(hookpoint, lambda x: torch.where(keep, x, fn(x)))
+    variant.first_block = layer  # type: ignore[attr-defined]
     return variant
 
 
 SPLICEABLE = ("resid_post", "resid_pre", "mlp_in", "mlp_out", "attn_out", "mlp_post_act")
 
 
+class _Clean(NamedTuple):
+    """What every variant's losses need from the clean pass of a batch ([N] = b·(T−1) predictions)."""
+
+    p: Tensor
+    """[N, V] clean next-token probabilities."""
+    p_logits: Tensor
+    """[N] Σ_v p_v · logit_v of the clean logits."""
+    lse: Tensor
+    """[N] logsumexp of the clean logits."""
+    nll: Tensor
+    """[N] clean NLL of the targets."""
+
+
+def _clean_stats(logits: Tensor, tgt: Tensor) -> _Clean:
+    """logits [N, V] float32, tgt [N]. One softmax per batch, shared by every variant's KL."""
+    lse = logits.logsumexp(-1)  # [N]
+    p = (logits - lse[:, None]).exp_()  # [N, V]
+    return _Clean(p, torch.linalg.vecdot(p, logits), lse, lse - logits.gather(1, tgt[:, None])[:, 0])
+
+
+def _variant_losses(logits: Tensor, tgt: Tensor, c: _Clean) -> tuple[Tensor, Tensor]:
+    """(NLL [N], KL(clean ‖ variant) [N]) from the variant's logits [N, V] without materialising its log-softmax:
+    KL = Σ p (log p − log q) = (Σ p·z_p − Σ p·z_q) + (lse_q − lse_p) for logits z (2 passes over [N, V] instead of
+    5; both brackets are exactly 0 when the logits are identical)."""
+    lse = logits.logsumexp(-1)  # [N]
+    nll = lse - logits.gather(1, tgt[:, None])[:, 0]
+    return nll, (c.p_logits - torch.linalg.vecdot(c.p, logits)) + (lse - c.lse)
+
+
 @torch.no_grad()
 def context_losses(hm: HookedModel, variants: list[Variant], contexts: Tensor, batch_size: int = 0,
-                   target_se: list[float] | None = None, min_contexts: int = 0) -> ContextLosses:
+                   target_se: list[float] | None = None, min_contexts: int = 0,
+                   max_seconds: float = 0.0, max_contexts: list[int] | None = None) -> ContextLosses:
     """Per-context NLL of the clean model and of each variant, and KL(clean ‖ variant), on contexts [C, T].
 
-    One clean pass per batch is shared by all variants. With target_se, variant i stops once its ΔCE's standard
-    error is below target_se[i] (0: never; inf: at min_contexts) after at least min_contexts contexts, and the
-    clean pass stops with the last variant: the forward passes go where the noise is. Memory is bounded by
-    LOGITS_BUDGET, not by the vocabulary: each batch holds the clean log-probabilities and one other pass's logits
+    One clean pass per batch is shared by all variants, and a variant with a `first_block` attribute L (what
+    `splice` returns) starts its pass at block L from the clean pass's input there (blocks < L are the same in
+    both). With target_se, variant i stops once its ΔCE's standard error is below target_se[i] (0: never; inf: at
+    min_contexts) after at least min_contexts contexts, and the clean pass stops with the last variant: the forward
+    passes go where the noise is. max_seconds > 0 stops every variant at the first batch boundary past that many
+    seconds once min_contexts are done (the standard errors say what that cost in precision); max_contexts[i] > 0
+    stops variant i at the first batch boundary at or past that many contexts. Memory is bounded
+    by LOGITS_BUDGET, not by the vocabulary: each batch holds the clean probabilities and one other pass's logits
     at a time (gemma's 262k-token vocabulary makes one [8, 128, V] float32 logits tensor 1 GiB).
     """
+    from saescope.models.resume import record_block_inputs, start_at_block
+
     device = next(hm.model.parameters()).device
     C, T = contexts.shape
     V = hm.model.get_output_embeddings().weight.shape[0]
     batch_size = batch_size or max(1, LOGITS_BUDGET // (T * V * 4))
     target = target_se or [0.0] * len(variants)
+    starts = [getattr(v, "first_block", 0) for v in variants]
     clean_nll = torch.zeros(C, dtype=torch.float64)
     nll = torch.full((len(variants), C), float("nan"), dtype=torch.float64)
     kl = torch.full((len(variants), C), float("nan"), dtype=torch.float64)
     done: list[int | None] = [None] * len(variants)  # contexts of a variant that has stopped
-    end = 0
+    end, t0 = 0, time.perf_counter()
     for b in range(0, C, batch_size):
         if all(c is not None for c in done):
             break
@@ -116,27 +162,31 @@ def context_losses(hm: HookedModel, variants: list[Variant], contexts: Tensor, b
         tgt = ids[:, 1:].flatten()  # [b·(T−1)]
         end = b + len(ids)
 
-        def next_logp() -> Tensor:
-            """[b·(T−1), V] next-token log-probabilities."""
-            logits = hm.model(input_ids=ids, use_cache=False).logits
-            return logits[:, :-1].flatten(0, 1).float().log_softmax(-1)
+        def next_logits() -> Tensor:
+            """[b·(T−1), V] next-token logits."""
+            return hm.model(input_ids=ids, use_cache=False).logits[:, :-1].flatten(0, 1).float()
 
         def per_context(x: Tensor) -> Tensor:
             return x.view(ids.shape[0], T - 1).double().sum(1).cpu()  # [b·(T−1)] → [b]
 
-        clean = next_logp()
-        clean_nll[b:end] = per_context(torch.nn.functional.nll_loss(clean, tgt, reduction="none"))
+        block_in: dict[int, Tensor] = {}
+        with record_block_inputs(hm, [s for s, c in zip(starts, done) if s > 0 and c is None], block_in):
+            clean = _clean_stats(next_logits(), tgt)
+        clean_nll[b:end] = per_context(clean.nll)
         for i, variant in enumerate(variants):
             if done[i] is not None:
                 continue
-            with variant(ids):
-                other = next_logp()
-            nll[i, b:end] = per_context(torch.nn.functional.nll_loss(other, tgt, reduction="none"))
-            kl[i, b:end] = per_context(M.kl_from_logprobs(clean, other))
-            del other
-            if end >= max(min_contexts, 2) and target[i] > 0 \
+            with start_at_block(hm, starts[i], block_in.get(starts[i])), variant(ids):
+                own, div = _variant_losses(next_logits(), tgt, clean)
+            nll[i, b:end], kl[i, b:end] = per_context(own), per_context(div)
+            if max_contexts and 0 < max_contexts[i] <= end:
+                done[i] = end
+            elif end >= max(min_contexts, 2) and target[i] > 0 \
                     and M.mean_and_se(nll[i, :end] - clean_nll[:end])[1] / (T - 1) < target[i]:
                 done[i] = end
+        del clean
+        if max_seconds > 0 and end >= min_contexts and time.perf_counter() - t0 > max_seconds:
+            done = [c or end for c in done]
     return ContextLosses(clean_nll[:end], nll[:, :end], kl[:, :end], [c or end for c in done], T - 1)
 
 
@@ -160,31 +210,35 @@ def loss_summary(losses: ContextLosses, i: int, zero: int | None = None) -> dict
 
 
 def spliced_metrics(hm: HookedModel, sae: BaseSAE, hookpoint: str, contexts: Tensor, batch_size: int = 0,
-                    target_se: float = 0.0, min_contexts: int = 0) -> dict[str, Any]:
+                    target_se: float = 0.0, min_contexts: int = 0, max_seconds: float = 0.0) -> dict[str, Any]:
     """ΔCE and KL(clean ‖ spliced) with standard errors, CE loss clean / spliced / zero-ablated, CE recovered.
-    contexts [C, T]; see `spliced_metrics_many` for target_se and min_contexts."""
-    return spliced_metrics_many(hm, [(sae, hookpoint)], contexts, batch_size, target_se, min_contexts)[0]
+    contexts [C, T]; see `spliced_metrics_many` for target_se, min_contexts and max_seconds."""
+    return spliced_metrics_many(hm, [(sae, hookpoint)], contexts, batch_size, target_se, min_contexts, max_seconds)[0]
 
 
 def spliced_metrics_many(hm: HookedModel, saes: list[tuple[BaseSAE, str]], contexts: Tensor, batch_size: int = 0,
-                         target_se: float = 0.0, min_contexts: int = 0) -> list[dict[str, Any]]:
+                         target_se: float = 0.0, min_contexts: int = 0, max_seconds: float = 0.0,
+                         zero_contexts: int = ZERO_ABLATION_CONTEXTS) -> list[dict[str, Any]]:
     """`spliced_metrics` of several SAEs on the same contexts, sharing the clean pass (and the zero-ablated pass of
     a hookpoint) between them: 1 + n + (hookpoints) forward passes per batch instead of 3n.
 
     target_se > 0: each SAE is evaluated on as many contexts as its ΔCE needs for a standard error below target_se
-    (at least min_contexts, at most all), and zero-ablation (only CE recovered reads it) on min_contexts.
+    (at least min_contexts, at most all), and zero-ablation (only CE recovered reads it) on the first batches
+    covering zero_contexts.
+    max_seconds > 0: all of them stop at the first batch past that wall time once min_contexts are done.
     """
     device = next(hm.model.parameters()).device
     saes = [(sae.to(device).eval(), hp) for sae, hp in saes]
     variants = [splice(hm, hp, lambda a, sae=sae: sae(a.float()).to(a.dtype)) for sae, hp in saes]
-    targets = [target_se] * len(saes)
+    targets, caps = [target_se] * len(saes), [0] * len(saes)
     zero: dict[str, int] = {}
     for _, hp in saes:
         if hp not in zero:
             zero[hp] = len(variants)
             variants.append(splice(hm, hp, torch.zeros_like))
-            targets.append(float("inf") if target_se > 0 else 0.0)
-    losses = context_losses(hm, variants, contexts, batch_size, targets, min_contexts)
+            targets.append(0.0)
+            caps.append(zero_contexts if target_se > 0 else 0)
+    losses = context_losses(hm, variants, contexts, batch_size, targets, min_contexts, max_seconds, caps)
     return [loss_summary(losses, i, zero[hp]) for i, (_, hp) in enumerate(saes)]
 
 

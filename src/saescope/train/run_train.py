@@ -10,7 +10,8 @@ from saescope.train.config import OnlineConfig, TrainConfig, TrainedDictionary, 
 
 
 def run(cfg: TrainConfig | OnlineConfig, hm: Any = None, progress: bool = True) -> TrainResult:
-    """Train what `cfg` asks for; an OnlineConfig trains from the model (`hm`, or cfg.model loaded)."""
+    """Train what `cfg` asks for; an OnlineConfig trains from the model (`hm`, or cfg.model loaded). An SAE on a
+    store uses `hm` for --input_weights auto and --e2e_contexts (None: loaded from the store's model if needed)."""
     kind = cfg.trainer.kind
     if isinstance(cfg, OnlineConfig):
         from saescope.train.online import train_online
@@ -28,7 +29,7 @@ def run(cfg: TrainConfig | OnlineConfig, hm: Any = None, progress: bool = True) 
                                   for name, r in reports.items()], bool(reports))
     from saescope.train.on_store import train_from_store
 
-    report = train_from_store(cfg, progress)
+    report = train_from_store(cfg, progress, hm=hm)
     if not report:
         return TrainResult(kind, [], main_rank=False)
     return TrainResult(kind, [_stored(report["hookpoint"], report, Path(cfg.out))])

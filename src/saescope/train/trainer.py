@@ -3,7 +3,7 @@
 Recipe (each part switchable in TrainConfig): tied init; b_dec from the geometric median (or mean); inputs scaled
 so E‖x‖ = √d (folded into the weights at save); Adam with LR 1e-3·√(2^14/F), linear warm-up and final linear
 decay (or schedule-free sign-SGD, `--optimizer signum`); gradient clipping; sparsity-coefficient warm-up; for the
-TopK family: k annealed from 4k to k over the first half, dead latents restarted on the worst-reconstructed
+TopK family: k annealed from 2k to k over the first quarter, dead latents restarted on the worst-reconstructed
 residuals, AuxK, unit-norm decoder with the parallel gradient removed. Dead latents are tracked in tokens since
 last fire. Why this recipe: bench/train_bench.py and README ("SAE training").
 """
@@ -86,8 +86,12 @@ class Trainer:
     """Owns the SAE, optimizer, schedule and dead-latent counters; `fit` consumes batches."""
 
     def __init__(self, cfg: TrainerConfig, d_in: int, total_steps: int, metadata: dict[str, Any] | None = None,
-                 device: str = "cpu", out: Path | None = None, d_out: int = 0, n_layers: int = 1) -> None:
-        """A transcoder maps d_in → d_out (0 = d_in); a CLT spans `n_layers` layers (batches [N, L·(d_in + d_out)])."""
+                 device: str = "cpu", out: Path | None = None, d_out: int = 0, n_layers: int = 1,
+                 dim_weights: Tensor | None = None) -> None:
+        """A transcoder maps d_in → d_out (0 = d_in); a CLT spans `n_layers` layers (batches [N, L·(d_in + d_out)]).
+        dim_weights [d_in] (an SAE only): train on x ⊙ w, so the reconstruction error of dimension i counts w_i²
+        times (`models/reads.py`); folded into the saved weights like the norm scale."""
+        self.dim_weights = None if dim_weights is None else dim_weights.float().to(device)
         self.cfg, self.total_steps, self.out, self.device = cfg, total_steps, out, device
         if str(device) == "cpu":
             retain_freed_memory()
@@ -127,7 +131,11 @@ class Trainer:
     @torch.no_grad()
     def _initialise(self, x: Tensor, y: Tensor | None = None) -> None:
         y = x if y is None else y
-        if self.cfg.normalize:
+        if self.dim_weights is not None:  # an SAE: y is x
+            w = self.dim_weights
+            self.scale = w * (norm_scale(x * w) if self.cfg.normalize else 1.0)  # [d]
+            self.scale_out = self.scale.clone()  # a checkpoint cannot save one tensor twice
+        elif self.cfg.normalize:
             self.scale, self.scale_out = norm_scale(x), norm_scale(y)
         xs, ys = x * self.scale, y * self.scale_out
         if self.cfg.b_dec_init == "geometric_median":
