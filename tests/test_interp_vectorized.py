@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from saescope.interp.backends import make_backend
-from saescope.interp.baseline import token_lookup_explanation
+from saescope.interp.baseline import parse_table, token_lookup_explanation
 from saescope.interp.offline import batch_from_dicts
 from saescope.interp.pipeline import score_unit
 from saescope.interp.prompts import splits
@@ -51,7 +51,9 @@ def test_explanations_equal_the_per_unit_explainer_on_edge_cases():
     b = batch_from_dicts(list(range(len(recs))), recs)
     want = [token_lookup_explanation(splits(r["most_positive_activation_records"], r["random_sample"])["train"])
             for r in recs]
-    assert explain(b) == want
+    parsed: dict = {}
+    assert explain(b, parsed=parsed) == want
+    assert parsed and all(parse_table(text) == tab for text, tab in parsed.items())  # read back without parsing
     assert any("no activating tokens" in w for w in want) and any(w.count(", ") == 7 for w in want)
 
 

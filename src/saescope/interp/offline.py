@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from saescope.errors import SaescopeError
-from saescope.interp.outputs import merge, now
+from saescope.interp.outputs import merge, now, write_explanations
 from saescope.interp.prompts import splits
 from saescope.interp.vectorized import N_SLOTS, Batch, explain, score
 from saescope.records import JsonRecords, max_activation, open_records
@@ -146,7 +146,10 @@ def run(job: _Run) -> None:
             bar.update(len(units))
         if carried is not None:
             _score(job, carried, [first if n_ok > 1 else None], written)
-    job.save()
+    if job.do_score:
+        write_explanations(job.expl_path, job.expl)  # scores.json, with its summary, is written by job.report()
+    else:
+        job.save()
 
 
 def _text(job: _Run, i: int) -> str | None:
@@ -156,7 +159,7 @@ def _text(job: _Run, i: int) -> str | None:
 def _explain(job: _Run, batch: Batch, todo: list[int]) -> None:
     if not todo:
         return
-    texts = explain(batch if len(todo) == len(batch.units) else batch.take(todo))
+    texts = explain(batch if len(todo) == len(batch.units) else batch.take(todo), parsed=job.tables)
     prov = {"explainer": job.opt.explainer, "prompt_style": job.opt.prompt_style, "model": job.model, "time": now()}
     for k, text in zip(todo, texts):
         merge(job.expl, batch.units[k], {"explanation": text, "failure": None, **prov}, "explanation")
@@ -170,7 +173,7 @@ def _score(job: _Run, batch: Batch, nulls: list[str | None], written: set[str]) 
         return
     b = batch if len(keep) == len(batch.units) else batch.take(keep)
     texts = [job.expl[str(i)]["explanation"] for i in b.units]
-    results = score(b, texts, [nulls[k] for k in keep] if job.opt.null_baseline else None)
+    results = score(b, texts, [nulls[k] for k in keep] if job.opt.null_baseline else None, job.tables)
     t = now()
     for i, text, s in zip(b.units, texts, results):
         merge(job.scores, i, {"explanation": text, "score": s["top_and_random"], "scores": s, "failure": None,

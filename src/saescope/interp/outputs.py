@@ -60,7 +60,12 @@ def merge(units: dict[str, Any], i: int, new: dict[str, Any], value: str) -> Non
 
 
 def write_explanations(path: Path, expl: dict[str, Any]) -> None:
-    write_json(path, {"explainer": label(expl, "explainer"), "units": expl})
+    write_json(path, {"explainer": label(expl, "explainer"), "units": expl}, indent=None)
+
+
+def write_scores(path: Path, scores: dict[str, Any], summ: dict[str, Any] | None = None) -> None:
+    """scores.json on one line: with 10⁴–10⁵ units, an indented file takes json's pure-Python encoder (~10× slower)."""
+    write_json(path, {"units": scores, **({"summary": summ} if summ is not None else {})}, indent=None)
 
 
 def summary(ds: str, expl: dict[str, Any], scores: dict[str, Any], llms: list[Backend], out: Path) -> dict[str, Any]:

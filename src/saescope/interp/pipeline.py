@@ -16,7 +16,7 @@ from saescope.interp import scoring
 from saescope.interp.backends import Backend, BackendError, BackendGone, make_backend
 from saescope.interp.classify import classify_scores
 from saescope.interp.config import InterpConfig, InterpOptions, InterpResult, parse_indices
-from saescope.interp.outputs import label, load_units, merge, now, summary, write_explanations
+from saescope.interp.outputs import label, load_units, merge, now, summary, write_explanations, write_scores
 from saescope.interp.prompts import splits
 from saescope.interp.schema import (
     NeuronSimulationResults,
@@ -26,7 +26,7 @@ from saescope.interp.schema import (
     SequenceSimulation,
 )
 from saescope.interp.simulate import simulate
-from saescope.io import read_json, write_json
+from saescope.io import read_json
 from saescope.records import NeuronId, is_activating, max_activation, read_unit_dict, record_dict, to_dict
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ class _Run:
         self.todo_e = {i for i in self.live if self.needs_explanation(i)} if do_explain else set()
         self.vectorised = VECTORISED and all(b is None or b.name == "baseline" for b in (self.explainer, self.simulator))
         """The offline baseline alone: every unit at once (`interp.offline`), the same results."""
+        self.tables: dict[str, dict[str, float]] = {}  # explanation → its lookup table, for those explained here
         self.explained: set[int] = set()  # explained anew by this run
         self.scored: set[int] = set()  # scored (or failed to score) by this run
 
@@ -277,8 +278,8 @@ class _Run:
     def save(self, final: bool = False) -> None:
         write_explanations(self.expl_path, self.expl)
         if self.do_score:
-            extra = {"summary": summary(self.ds, self.expl, self.scores, self.llms, self.out)} if final else {}
-            write_json(self.scores_path, {"units": self.scores, **extra})
+            write_scores(self.scores_path, self.scores,
+                         summary(self.ds, self.expl, self.scores, self.llms, self.out) if final else None)
 
     def report(self) -> dict[str, Any]:
         """Explain only: what was explained, failed and kept; with scores: the summary over the file."""
@@ -294,7 +295,7 @@ class _Run:
             log.warning("%s: kept %d scores by another simulator (%s); --overwrite true rescores them with %s",
                         self.ds, other, label(kept, "simulator"), self.sim_name)
         summ = summary(self.ds, self.expl, self.scores, self.llms, self.out)
-        write_json(self.scores_path, {"units": self.scores, "summary": summ})
+        write_scores(self.scores_path, self.scores, summ)
         return summ
 
 

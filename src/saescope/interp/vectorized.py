@@ -95,8 +95,9 @@ def _square(x: np.ndarray) -> np.ndarray:
 
 
 # ---- explanations ----------------------------------------------------------------------------------------------
-def explain(b: Batch, n_tokens: int = N_TOKENS) -> list[str]:
-    """Every unit's token-lookup explanation from its train slots (`baseline.token_lookup_explanation`)."""
+def explain(b: Batch, n_tokens: int = N_TOKENS, parsed: dict[str, dict[str, float]] | None = None) -> list[str]:
+    """Every unit's token-lookup explanation from its train slots (`baseline.token_lookup_explanation`); `parsed`
+    gets each explanation's lookup table (text → `baseline.parse_table(text)`)."""
     ids, acts = b.ids[:, TRAIN], b.acts[:, TRAIN]  # [U, 5, T]
     U = len(b.units)
     on = ids >= 0
@@ -111,28 +112,55 @@ def explain(b: Batch, n_tokens: int = N_TOKENS) -> list[str]:
     mean = sums / np.bincount(inv)
     g_unit, g_sid = groups // len(b.strings), groups % len(b.strings)
     distinct = np.unique(g_sid)
+    present = [b.strings[k] for k in distinct.tolist()]
     rank = np.empty(len(distinct), np.int64)  # Python's string order (code points) among the strings present
-    rank[sorted(range(len(distinct)), key=lambda k: b.strings[distinct[k]])] = np.arange(len(distinct))
+    rank[sorted(range(len(distinct)), key=present.__getitem__)] = np.arange(len(distinct))
     order = np.lexsort((rank[np.searchsorted(distinct, g_sid)], -mean, g_unit))
     g_unit, g_sid, mean = g_unit[order], g_sid[order], mean[order]
     first = np.searchsorted(g_unit, g_unit)  # each group's unit starts here in the sorted order
     keep = (np.arange(len(g_unit)) - first < n_tokens) & (mean > 0)
     items: list[list[str]] = [[] for _ in range(U)]
+    tabs: list[dict[str, float]] = [{} for _ in range(U)]
     quoted: dict[int, str] = {}
+    shown: dict[float, tuple[str, float]] = {}  # mean → (its text, the value the simulator reads back)
     for k, t, m in zip(g_unit[keep].tolist(), g_sid[keep].tolist(), mean[keep].tolist()):
         q = quoted.get(t)
         if q is None:
             q = quoted[t] = json.dumps(b.strings[t], ensure_ascii=False)
-        items[k].append(f"{q} ({m:.1f})")
-    return [f"{PREFIX} " + ", ".join(it) if it else f"{PREFIX} (no activating tokens)" for it in items]
+        v = shown.get(m)
+        if v is None:
+            text = f"{m:.1f}"
+            v = shown[m] = (text, float(text))
+        items[k].append(f"{q} ({v[0]})")
+        tabs[k][b.strings[t]] = v[1]
+    texts = [f"{PREFIX} " + ", ".join(it) if it else f"{PREFIX} (no activating tokens)" for it in items]
+    if parsed is not None:  # parse_table(text) of each, known without parsing (a test holds the two equal)
+        parsed.update(zip(texts, tabs))
+    return texts
 
 
 # ---- simulation and scores -------------------------------------------------------------------------------------
-def tables(texts: list[str | None], strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+_WHERE: list[tuple[list[str], dict[str, int]]] = []
+
+
+def _index(strings: list[str]) -> dict[str, int]:
+    """string → its id, kept for the last string table asked (a dataset's chunks share one)."""
+    if not _WHERE or _WHERE[0][0] is not strings:
+        _WHERE[:] = [(strings, {s: i for i, s in enumerate(strings)})]
+    return _WHERE[0][1]
+
+
+def tables(texts: list[str | None], strings: list[str],
+           known: dict[str, dict[str, float]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """([U, K] string ids, −1 padded, [U, K] values) of each explanation's lookup table, as the simulator parses it
-    (tokens that occur in no excerpt are dropped: they predict nothing)."""
-    where = {s: i for i, s in enumerate(strings)}
-    parsed = [[(where[t], v) for t, v in parse_table(x or "").items() if t in where] for x in texts]
+    (`known`: tables already parsed, by text; tokens that occur in no excerpt are dropped: they predict nothing)."""
+    where, known = _index(strings), known or {}
+    parsed = []
+    for x in texts:
+        tab = known.get(x or "")
+        if tab is None:
+            tab = parse_table(x or "")
+        parsed.append([(where[t], v) for t, v in tab.items() if t in where])
     K = max((len(p) for p in parsed), default=0)
     sid, val = np.full((len(texts), K), -1, np.int64), np.zeros((len(texts), K))
     for k, p in enumerate(parsed):
@@ -169,13 +197,14 @@ def _balanced_accuracy(labels: np.ndarray, preds: np.ndarray, on: np.ndarray) ->
     return [None if p == 0 or q == 0 else a for p, q, a in zip(P.tolist(), N.tolist(), acc.tolist())]
 
 
-def score(b: Batch, texts: list[str], null_texts: list[str | None] | None = None) -> list[dict[str, Any]]:
+def score(b: Batch, texts: list[str], null_texts: list[str | None] | None = None,
+          known: dict[str, dict[str, float]] | None = None) -> list[dict[str, Any]]:
     """Each unit's scores of its explanation (and "null": the top-and-random score of its null explanation, where
-    one is given), the dict `pipeline.score_unit` returns."""
+    one is given), the dict `pipeline.score_unit` returns; `known`: lookup tables by text (see `explain`)."""
     ids, true, present = b.ids[:, 5:], b.acts[:, 5:], b.present[:, 5:]  # [U, 10, T] the valid slots
     U, V, T = ids.shape
     on = ids >= 0
-    pred = simulate(ids, *tables(texts, b.strings))
+    pred = simulate(ids, *tables(texts, b.strings, known))
     allc, const = correlation(true.reshape(U, -1), pred.reshape(U, -1), on.reshape(U, -1))
     rt, rp, ron = (a[:, 5:].reshape(U, -1) for a in (true, pred, on))  # the random valid slots
     rc, _ = correlation(rt, rp, ron)
@@ -196,7 +225,7 @@ def score(b: Batch, texts: list[str], null_texts: list[str | None] | None = None
     if null_texts is not None:
         has = [k for k, t in enumerate(null_texts) if t is not None]
         if has:
-            npred = simulate(ids[has], *tables([null_texts[k] for k in has], b.strings))
+            npred = simulate(ids[has], *tables([null_texts[k] for k in has], b.strings, known))
             nc, _ = correlation(true[has].reshape(len(has), -1), npred.reshape(len(has), -1), on[has].reshape(len(has), -1))
             for k, v in zip(has, nc.tolist()):
                 null[k] = v
