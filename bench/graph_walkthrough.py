@@ -35,6 +35,7 @@ def serve_and_shoot(root: Path, slug: str, pins: list[str], shot: Path) -> None:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"),
                                         args=["--headless", "--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1700, "height": 950})
+            page.set_default_timeout(900_000)  # a graph of ~10⁵ links draws slowly on a loaded machine
             page.goto(f"http://127.0.0.1:8765/graph?slug={slug}&clicked={pins[0]}")
             page.wait_for_selector("#plot[data-drawn]")
             for nid in pins:
@@ -59,7 +60,12 @@ def main() -> None:
     ap.add_argument("--shot", default="docs/img/graph_walkthrough.png")
     ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--max_feature_nodes", type=int, default=7500)
+    ap.add_argument("--shot_only", action="store_true", help="only the screenshot of an existing <root>/walkthrough.json")
     args = ap.parse_args()
+    if args.shot_only:
+        done = json.loads((Path(args.root) / "walkthrough.json").read_text())
+        serve_and_shoot(Path(args.root), "eiffel", done["ablated"], Path(args.shot))
+        return
 
     import torch
 

@@ -24,7 +24,7 @@ function supernodes() {
 }
 
 function layout(g, W, H) {
-  const nLayers = Math.max(...g.nodes.map(n => n.layer === "E" ? 0 : +n.layer));  // logits sit at n_layers + 1
+  const nLayers = g.nodes.reduce((m, n) => Math.max(m, n.layer === "E" ? 0 : +n.layer), 0);  // logits sit at n_layers + 1
   const nPos = g.metadata.prompt_tokens.length;
   const cells = {};
   const row = n => n.layer === "E" ? 0 : +n.layer + 1;
@@ -69,7 +69,8 @@ function draw() {
     t.textContent = r === 0 ? "emb" : r === geo.nLayers + 1 ? "logit" : "L" + (r - 1);
     svg.appendChild(t);
   }
-  const maxW = Math.max(1e-12, ...g.links.map(l => Math.abs(l.weight)));
+  // reduce, not Math.max(...links): spreading ~10⁵ links overflows the call stack
+  const maxW = g.links.reduce((m, l) => Math.max(m, Math.abs(l.weight)), 1e-12);
   const clicked = state.get("clicked") || "";
   const pinned = pinnedSet();
   const near = new Set([clicked]);
