@@ -6,8 +6,8 @@
 
 `time` runs `run_interp_many` over every dataset of ROOT (explanations/ removed first) and prints units/s;
 `--per-unit` turns the vectorised path off (the reference path, as language models take it). `pack` stores every
-listed excerpt as its own row (no sharing between lists), activations in CSR, with token ids standing in for the unknown ones: enough
-for the interp stage, which reads strings and activations only.
+listed excerpt as its own row (no sharing between lists), activations in CSR, with token ids standing in for the
+unknown ones: enough for the interp stage, which reads strings and activations only.
 """
 
 from __future__ import annotations

@@ -150,3 +150,16 @@ def test_every_command_help_prints(capsys):
             assert "0 %)" in out  # the literal percent sign survives
         if cmd == "explain":
             assert "--null_baseline bool" in out and "--nonull_baseline" not in out
+
+
+def test_residual_saes_take_resid_epochs():
+    """The run's residual-stream SAEs get --resid_epochs passes (the stage fingerprint sees it), the others
+    --train.epochs; 0 leaves every SAE at --train.epochs."""
+    from saescope.run import RunConfig, _Pipeline
+
+    p = object.__new__(_Pipeline)
+    p.cfg = RunConfig(resid_epochs=3.0)
+    assert p.trainer_for("resid_post.4").epochs == 3.0 and p.trainer_for("resid_pre.2").epochs == 3.0
+    assert p.trainer_for("mlp_out.4").epochs == p.cfg.train.epochs == 1.0
+    p.cfg = RunConfig(resid_epochs=0)
+    assert p.trainer_for("resid_post.4").epochs == 1.0

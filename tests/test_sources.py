@@ -198,10 +198,16 @@ def test_explain_and_score_a_registry_dataset(mirror):
 
     s = run_interp(InterpConfig(root="gpt2-small:mlp_neurons", dataset="mlp_neurons/0", indices="0,1,3"))
     assert s["units"] == 3 and s["failures"] == 0
+    from saescope.interp.outputs import simulation_results
+
     out = Path(s["out"])
-    assert sorted(p.name for p in out.glob("*.jsonl")) == ["0.jsonl", "1.jsonl", "3.jsonl"]
-    line = json.loads((out / "1.jsonl").read_text())
-    assert line["neuron_id"]["neuron_index"] == 1 and line["scored_explanations"][0]["explanation"]
+    assert not list(out.glob("*.jsonl"))  # the baseline writes no simulation files: they are rebuilt when asked
+    ds = "mlp_neurons/0"
+    manifest_dir = out.parents[len(Path(ds).parts)]  # <model dir>/explanations/<ds>
+    for i in (0, 1, 3):
+        line = json.loads(simulation_results(manifest_dir, ds, i))
+        assert line["neuron_id"]["neuron_index"] == i and line["scored_explanations"][0]["explanation"]
+    assert simulation_results(manifest_dir, ds, 2) is None  # not scored
 
 
 def test_local_tdb_folder_view_and_summarize(tmp_path, monkeypatch):

@@ -43,10 +43,10 @@ class RunConfig:
     # Contexts of excerpt_len + 1 tokens (BOS + 64): the store's contexts are then the collation's excerpts, and
     # the MLP neurons and every SAE's latents are collated from the store without running the model again.
     capture: CaptureOptions = field(default_factory=lambda: CaptureOptions(max_tokens=200_000, context_len=65))
-    # 256-token batches, two passes: the store holds 200k tokens, and with the residual SAE's input weights these
-    # took its ΔCE from 0.62 (1,024-token batches, one pass) to 0.28, then 0.22 nats (docs/metrics.md, "The loss an
-    # SAE adds"); --train.batch_size 1024 --train.epochs 1 is the old, faster recipe
-    train: TrainerConfig = field(default_factory=lambda: TrainerConfig(batch_size=256, epochs=2))
+    # 256-token batches (and two passes for the residual SAE, --resid_epochs): the store holds 200k tokens, and with
+    # the residual SAE's input weights these took its ΔCE from 0.62 (1,024-token batches, one pass) to 0.28, then
+    # 0.22 nats (docs/metrics.md, "The loss an SAE adds"); --train.batch_size 1024 --resid_epochs 0 is the old recipe
+    train: TrainerConfig = field(default_factory=lambda: TrainerConfig(batch_size=256))
     transcoders: TranscoderRunOptions = field(default_factory=TranscoderRunOptions)
     # the studied layer's units on the store's first 65,536 tokens (the others on --whole_model_tokens): collation
     # cost grows with units x tokens, and the run's 15-minute budget on two cores sets it
@@ -67,6 +67,10 @@ class RunConfig:
     whole_model_tokens: int = 16_384
     """Tokens collated for those layers and the transcoder latents (a full-model pass over the corpus's first
     contexts, which are the store's first ones); the studied layer's units read the store as before."""
+    resid_epochs: float = 2.0
+    """Passes over the store for residual-stream SAEs (resid_post/resid_pre), which the model's later norms amplify
+    most (docs/metrics.md); the other SAEs, which add 0.03-0.04 nats after one pass, take --train.epochs (0 =
+    --train.epochs for every SAE)."""
     eval_contexts: int = 256
     """Most held-out contexts for each SAE's spliced ΔCE/KL: each SAE stops once its ΔCE's standard error is below
     0.01 nats (after 32 contexts; `saescope eval --target_se`)."""
@@ -84,6 +88,7 @@ class RunConfig:
         validate.at_least(self.layer, -1, "--layer", "-1 = the middle layer")
         validate.at_least(self.generate, 1, "--generate")
         validate.at_least(self.eval_contexts, 1, "--eval_contexts")
+        validate.at_least(self.resid_epochs, 0, "--resid_epochs", "0 = --train.epochs for every SAE")
         validate.at_least(self.eval_seconds, 0, "--eval_seconds", "0 = no cap")
         if not [s for s in self.saes.split(",") if s.strip()]:
             from saescope.errors import SaescopeError
@@ -193,6 +198,17 @@ class _Pipeline:
         self.done.append((f"activation store ({st.rows:,} tokens x {len(st.hookpoints)} hookpoints)", store.path))
         return store, st
 
+    def trainer_for(self, hp: str) -> TrainerConfig:
+        """The run's trainer options for one hookpoint: residual-stream SAEs take --resid_epochs passes over the
+        store (the model amplifies their error most: docs/metrics.md), the others --train.epochs."""
+        from dataclasses import replace
+
+        from saescope.models.hookpoints import parse_hookpoint
+
+        residual = parse_hookpoint(hp)[0] in ("resid_post", "resid_pre")
+        return replace(self.cfg.train, epochs=self.cfg.resid_epochs) if residual and self.cfg.resid_epochs else \
+            self.cfg.train
+
     def saes(self, store: Stage) -> list[Stage]:
         """3. one SAE per hookpoint (trained on the store, evaluated on its held-out shard and spliced into the
         model)."""
@@ -205,10 +221,11 @@ class _Pipeline:
         cfg = self.cfg
         saes, trained = [], []
         for hp in self.sae_hps:
+            trainer = self.trainer_for(hp)
             sae = Stage(f"sae {hp}", self.out / "saes" / hp.split(".")[0],
-                        {"trainer": _options(cfg.train), "hookpoint": hp}, {"store": store.fingerprint})
+                        {"trainer": _options(trainer), "hookpoint": hp}, {"store": store.fingerprint})
             if self.start(sae):
-                train(TrainConfig(trainer=cfg.train, store=str(store.path), hookpoint=hp, out=str(sae.path),
+                train(TrainConfig(trainer=trainer, store=str(store.path), hookpoint=hp, out=str(sae.path),
                                   device=cfg.model.device), hm=self.hm)
                 trained.append((sae, hp))
             saes.append(sae)

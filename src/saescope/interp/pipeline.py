@@ -168,7 +168,8 @@ class _Run:
         self.llms = [b for b in {self.explainer, self.simulator} if b is not None and b.is_llm]
         self.workers = max(1, opt.concurrency if (self.explainer or self.simulator).is_llm else 1)
         self.todo_e = {i for i in self.live if self.needs_explanation(i)} if do_explain else set()
-        self.vectorised = VECTORISED and all(b is None or b.name == "baseline" for b in (self.explainer, self.simulator))
+        self.vectorised = VECTORISED and all(b is None or b.name == "baseline"
+                                             for b in (self.explainer, self.simulator))
         """The offline baseline alone: every unit at once (`interp.offline`), the same results."""
         self.tables: dict[str, dict[str, float]] = {}  # explanation → its lookup table, for those explained here
         self.explained: set[int] = set()  # explained anew by this run

@@ -208,7 +208,8 @@ def score(b: Batch, texts: list[str], null_texts: list[str | None] | None = None
     allc, const = correlation(true.reshape(U, -1), pred.reshape(U, -1), on.reshape(U, -1))
     rt, rp, ron = (a[:, 5:].reshape(U, -1) for a in (true, pred, on))  # the random valid slots
     rc, _ = correlation(rt, rp, ron)
-    hi, lo = np.where(ron, rt, -np.inf).max(axis=1, initial=-np.inf), np.where(ron, rt, np.inf).min(axis=1, initial=np.inf)
+    hi = np.where(ron, rt, -np.inf).max(axis=1, initial=-np.inf)
+    lo = np.where(ron, rt, np.inf).min(axis=1, initial=np.inf)
     random_only = [None if h <= m else r for h, m, r in zip(hi.tolist(), lo.tolist(), rc.tolist())]  # one value at most
     # detection: does an excerpt reach 0.3·max (the unit's max over its top excerpts), and does the simulation say 1+?
     mx = b.mx[:, None]
@@ -226,7 +227,8 @@ def score(b: Batch, texts: list[str], null_texts: list[str | None] | None = None
         has = [k for k, t in enumerate(null_texts) if t is not None]
         if has:
             npred = simulate(ids[has], *tables([null_texts[k] for k in has], b.strings, known))
-            nc, _ = correlation(true[has].reshape(len(has), -1), npred.reshape(len(has), -1), on[has].reshape(len(has), -1))
+            H = len(has)
+            nc, _ = correlation(true[has].reshape(H, -1), npred.reshape(H, -1), on[has].reshape(H, -1))
             for k, v in zip(has, nc.tolist()):
                 null[k] = v
     out = []
