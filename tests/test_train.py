@@ -410,6 +410,16 @@ def test_train_run_returns_what_it_wrote(tmp_path, capsys):
     assert res.kind == "sae" and res.main_rank and d.name == "resid_post.0" and d.out == tmp_path / "sae"
     assert (d.steps, d.tokens, d.metrics) == (written["steps"], written["tokens"], written["heldout"])
     assert d.steps == 2 * 256 // 64 and not d.heldout_is_training_data
+    # dead as the trainer counts it (its last window of tokens), kept apart from the held-out shard's unfired count
+    assert 0.0 <= written["dead_fraction_training"] <= 1.0 and written["dead_window_tokens"] == 128
+    from saescope.train.config import EvalConfig
+    from saescope.train.evaluate import headline
+    from saescope.train.on_store import evaluate_many
+
+    [ev] = evaluate_many([EvalConfig(sae=str(tmp_path / "sae"), store=str(store), spliced=False)])
+    assert ev["dead_fraction_training"] == written["dead_fraction_training"]
+    assert (f"dead {100 * written['dead_fraction_training']:.1f} % (none in the last 128 training tokens; "
+            f"{100 * ev['dead_fraction']:.1f} % unfired on 256 held-out tokens)") in headline(ev)
     assert main(["train", "--store", str(store), "--out", str(tmp_path / "cli"), "--width", "64", "--k", "3",
                  "--batch_size", "64", "--checkpoint_every", "0", "--buffer_rows", "512", "--device", "cpu"]) == 0
     out = capsys.readouterr().out

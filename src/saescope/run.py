@@ -160,6 +160,9 @@ class _Pipeline:
         log.info("stage %s", why)
         if decision == "reuse":
             return False
+        from saescope.train.memory import trim_freed_memory
+
+        trim_freed_memory()  # what the stages before freed goes back to the OS before this one allocates
         stage.begin(decision, keep=keep)
         return True
 
@@ -329,6 +332,9 @@ class _Pipeline:
                                              layers=str(layer), sae=",".join(str(s.path) for s in saes),
                                              store=str(store.path) if from_store else ""), hm)
             if self.whole_layers() or tc is not None:  # writes beside the above (the manifest keeps both)
+                from saescope.train.memory import trim_freed_memory
+
+                trim_freed_memory()  # the studied layer's collation state, freed
                 whole = replace(cfg.collate, max_tokens=cfg.whole_model_tokens,
                                 units="mlp,heads" if self.whole_layers() else "")
                 collated = collate(CollateConfig(model=cfg.model, data=cfg.data, collate=whole, out=str(col.path),

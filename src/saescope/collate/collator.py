@@ -71,6 +71,13 @@ class GroupState:
             self.vectors.add(*other.vectors.columns())
             self.prune()
 
+    def nbytes(self) -> int:
+        """Bytes of the tensors this state holds (slots, samples, moments, sparse vectors)."""
+        ts = [t for s in (self.top, self.pool, self.maxima) for t in (s.score, s.ids, s.acts)]
+        ts += [self.moments.sums, self.moments.hist] if self.moments.hist is not None else [self.moments.sums]
+        ts += [t for c in (self.vectors.chunks if self.vectors is not None else []) for t in c]
+        return sum(t.numel() * t.element_size() for t in ts)
+
     def prune(self) -> None:
         """Sparse groups: forget the vectors of (unit, excerpt) pairs no slot holds any more."""
         if self.vectors is not None:

@@ -98,20 +98,48 @@ def select(state: GroupState, sizes: SlotSizes) -> Selection:
         stats=torch.stack(state.moments.stats(), 1), bounds=bounds)
 
 
-def row_acts(state: GroupState, sel: Selection) -> np.ndarray:
-    """[R, L] float32 activations of every row."""
+@dataclass
+class CsrRows:
+    """[R, L] activations as CSR (the sparse groups' rows: a dense [R, L] of an attention SAE's latents by token
+    pair is 4,096 units x ~65 rows x 2,080 pairs x 4 bytes = 2.2 GB, most of it zeros); non-zeros only, each row's
+    by position."""
+
+    ptr: np.ndarray
+    """[R + 1] int64 row offsets."""
+    pos: np.ndarray
+    """[nnz] int32 positions."""
+    val: np.ndarray
+    """[nnz] float32 values."""
+    shape: tuple[int, int]
+
+    def row_max(self) -> np.ndarray:
+        """[R] each row's max, its implicit zeros included."""
+        R, L = self.shape
+        n = np.diff(self.ptr)
+        out = np.full(R, -np.inf, dtype=np.float32)
+        has = n > 0
+        if has.any():
+            out[has] = np.maximum.reduceat(self.val, self.ptr[:-1][has])
+        return np.where(n < L, np.maximum(out, 0), out).astype(np.float32)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """[len(idx), L] dense copies of some rows."""
+        out = np.zeros((len(idx), self.shape[1]), dtype=np.float32)
+        for i, r in enumerate(idx.tolist()):
+            a, b = self.ptr[r], self.ptr[r + 1]
+            out[i, self.pos[a:b]] = self.val[a:b]
+        return out
+
+    def dense(self) -> np.ndarray:
+        return self.rows(np.arange(self.shape[0]))
+
+
+def row_acts(state: GroupState, sel: Selection) -> np.ndarray | CsrRows:
+    """[R, L] float32 activations of every row (CSR for sparse groups)."""
     P = state.pool.ids.shape[1]
     u, c = sel.row_unit, sel.row_cand
     if state.vectors is not None:  # sparse groups: the slots hold maxima; the vectors are COO rows
-        vu, ve, vp, vv = state.vectors.columns()
-        out = torch.zeros(len(u), state.vectors.length)
-        if len(u) and len(vu):
-            key = vu.long() * (1 << 40) + ve.long()
-            rowkey = u * (1 << 40) + sel.row_eid
-            r = torch.searchsorted(rowkey, key).clamp(max=len(u) - 1)
-            hit = rowkey[r] == key
-            out[r[hit], vp[hit].long()] = vv[hit]
-        return out.numpy()
+        return _csr_rows(state, sel)
     pool = c < P
     out = torch.empty(len(u), state.top.acts.shape[2], dtype=torch.float32)
     out[pool] = state.pool.acts[u[pool], c[pool]].float()
@@ -119,13 +147,44 @@ def row_acts(state: GroupState, sel: Selection) -> np.ndarray:
     return out.numpy()
 
 
-def tensors(sel: Selection, acts: np.ndarray, row_excerpt: np.ndarray, n_units: int) -> dict[str, np.ndarray]:
+def _csr_rows(state: GroupState, sel: Selection) -> CsrRows:
+    """A sparse group's rows from its COO vectors: each (unit, excerpt, position) once (the last one added), zeros
+    dropped, ordered by row then position."""
+    assert state.vectors is not None
+    R, L = len(sel.row_unit), state.vectors.length
+    vu, ve, vp, vv = state.vectors.columns()
+    flat, v = torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+    if R and len(vu):
+        rowkey = sel.row_unit * (1 << 40) + sel.row_eid  # sorted (Selection's rows are)
+        key = vu.long() * (1 << 40) + ve.long()
+        r = torch.searchsorted(rowkey, key).clamp_(max=R - 1)
+        hit = rowkey[r] == key
+        del key
+        flat = r[hit] * L + vp[hit].long()  # [hits] row-major position
+        order = torch.argsort(flat, stable=True)
+        flat, v = flat[order], vv[hit][order].float()
+        last = torch.ones(len(flat), dtype=torch.bool)
+        last[:-1] = flat[1:] != flat[:-1]
+        keep = last & (v != 0)
+        flat, v = flat[keep], v[keep]
+    counts = torch.bincount(flat // L, minlength=R) if R else torch.zeros(0, dtype=torch.int64)
+    ptr = np.concatenate([[0], np.cumsum(counts.numpy())]).astype(np.int64)
+    return CsrRows(ptr, (flat % L).numpy().astype(np.int32), v.numpy().astype(np.float32), (R, L))
+
+
+def tensors(sel: Selection, acts: np.ndarray | CsrRows, row_excerpt: np.ndarray, n_units: int) -> dict[str, np.ndarray]:
     """The records file's tensors (see `compact_records`); mostly-zero activations as CSR."""
     out = {"row_offsets": np.concatenate([[0], np.cumsum(np.bincount(sel.row_unit.numpy(), minlength=n_units))]),
            "row_excerpt": row_excerpt.astype(np.int32), "stats": sel.stats.numpy(),
            "quantile_boundaries": sel.bounds.numpy()}
     for name in ("top", "random", "quantile"):
         out[f"{name}_count"], out[f"{name}_ref"] = sel.counts[name].numpy(), sel.refs[name].numpy()
+    if isinstance(acts, CsrRows):
+        R, L = acts.shape
+        if R * L and len(acts.val) < CSR_BELOW * R * L:
+            return {k: np.ascontiguousarray(v) for k, v in
+                    (out | {"acts_ptr": acts.ptr, "acts_pos": acts.pos, "acts_val": acts.val}).items()}
+        acts = acts.dense()
     nz = acts != 0
     if acts.size and nz.mean() < CSR_BELOW:
         r, p = nz.nonzero()  # row-major: by row, then position
@@ -136,14 +195,15 @@ def tensors(sel: Selection, acts: np.ndarray, row_excerpt: np.ndarray, n_units: 
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-def summary_rows(sel: Selection, acts: np.ndarray, strings: Callable[[int], list[str]], density: Tensor,
+def summary_rows(sel: Selection, acts: np.ndarray | CsrRows, strings: Callable[[int], list[str]], density: Tensor,
                  by_token_pair: bool) -> list[dict[str, Any]]:
     """Each unit's row of summary.json, equal to `records.summary_row` of its record (plus its density).
     strings(r): row r's token strings."""
     U = len(density)
     L = acts.shape[1]
     # rounding is monotone, so the max of the rounded values is the rounded max
-    rounded_max = acts.max(1).astype(np.float64).round(6) if L else np.zeros(len(acts))  # [R]
+    row_max = acts.row_max() if isinstance(acts, CsrRows) else acts.max(1) if L else np.zeros(len(acts))
+    rounded_max = row_max.astype(np.float64).round(6) if L else row_max  # [R]
     counts = sel.counts["top"].numpy().astype(np.int64)
     top = sel.refs["top"].numpy().astype(np.int64)
     unit = np.repeat(np.arange(U), counts)  # [refs] the unit of each top reference
@@ -156,7 +216,8 @@ def summary_rows(sel: Selection, acts: np.ndarray, strings: Callable[[int], list
     tokens: list[str | None] = [None] * U
     if L:
         lit = rounded_max[first] > 0
-        js = acts[first[lit]].astype(np.float64).round(6).argmax(1)  # first index of the (rounded) max
+        best_rows = acts.rows(first[lit]) if isinstance(acts, CsrRows) else acts[first[lit]]
+        js = best_rows.astype(np.float64).round(6).argmax(1)  # first index of the (rounded) max
         for u, r, j in zip(has[lit].tolist(), first[lit].tolist(), js.tolist()):
             if by_token_pair:
                 j = int((math.isqrt(8 * j + 1) - 1) // 2)  # the query token of flattened pair j

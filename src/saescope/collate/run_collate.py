@@ -151,6 +151,9 @@ def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]
     bar.close()
     for st in states:
         st.prune()
+    sizes = sorted(((st.nbytes(), st.group.rel_dir) for st in states), reverse=True)
+    log.info("collation state: %.0f MB in %d groups (largest: %s)", sum(b for b, _ in sizes) / 1e6, len(sizes),
+             ", ".join(f"{n} {b / 1e6:.0f} MB" for b, n in sizes[:3]))
     elapsed = time.perf_counter() - t0
     if world > 1:
         states, tokens, seen = merge_ranks(states, tokens, seen)

@@ -249,7 +249,11 @@ def headline(ev: dict[str, Any]) -> str:
     if "delta_ce" in ev:
         parts += [f"ΔCE {ev['delta_ce']:.3f} ± {ev['delta_ce_se']:.3f} nats", f"KL {ev['kl_div']:.3f}"]
     parts += [f"FVU {ev['fvu']:.3f}", f"L0 {ev['l0']:.1f}"]
-    if "dead_fraction" in ev:
+    if "dead_fraction_training" in ev:  # the training window's count, then what the held-out tokens left unfired
+        parts.append(f"dead {100 * ev['dead_fraction_training']:.1f} % (none in the last "
+                     f"{ev['dead_window_tokens']:,} training tokens; {100 * ev.get('dead_fraction', 0):.1f} % "
+                     f"unfired on {ev.get('tokens', 0):,} held-out tokens)")
+    elif "dead_fraction" in ev:
         parts.append(f"dead {100 * ev['dead_fraction']:.1f} %")
     if "ce_loss_recovered" in ev:
         reliable = ev.get("ce_loss_recovered_reliable", True)

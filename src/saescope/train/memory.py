@@ -51,6 +51,22 @@ def release_freed_memory() -> None:
         pass
 
 
+def trim_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc `malloc_trim`), leaving malloc's thresholds as they are:
+    glibc raises its mmap threshold as large blocks are freed, so tensors of up to 32 MB then live on the heap and
+    stay resident after they are freed (measured: 2.6 GB anonymous after collation, 0.6 GB once trimmed). Fixing
+    the threshold instead would page-fault every such tensor again (collation 1.6x slower)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def release_file_pages(module: torch.nn.Module) -> int:
     """Ask the kernel to drop the resident pages of a module's weights (Linux `MADV_PAGEOUT`): pages of memory-mapped
     weight files are clean, so they are freed and read again from the file on the next touch; nothing is lost, and

@@ -90,6 +90,10 @@ def train_from_store(cfg: TrainConfig, progress: bool = True, hm: Any = None) ->
     result = trainer.fit(batches, progress=progress)
     trainer.save_checkpoint()
     scale = trainer.scale
+    # dead as SAELens counts it: no firing in the trainer's last window of tokens (the held-out shard, a few
+    # thousand tokens, leaves rare latents unfired: eval's dead_fraction says that instead)
+    dead_train = {"dead_fraction_training": float((trainer.since_fired >= trainer.dead_window).float().mean()),
+                  "dead_window_tokens": int(trainer.dead_window)}
     sae = trainer.finalize()
     batches.close()  # the shuffle buffer, now (a suspended generator would hold it until its frame is collected)
     del trainer, batches  # the optimizer state and the shuffle buffer
@@ -104,7 +108,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True, hm: Any = None) ->
     last = result.history[-1] if result.history else {}
     report = {"hookpoint": hp, "steps": result.steps, "tokens": result.tokens,
               "train_tokens_per_s": last.get("tokens_per_s"), "heldout": ev,
-              "heldout_is_training_data": tc.holdout_shards == 0, "config": asdict(cfg),
+              "heldout_is_training_data": tc.holdout_shards == 0, **dead_train, "config": asdict(cfg),
               **({"e2e_finetune": e2e} if e2e else {})}
     write_json(out / "metrics.json", report)
     write_json(out / "train_history.json", result.history)
@@ -180,6 +184,12 @@ def evaluate_many(cfgs: list[EvalConfig], hm: Any = None) -> list[dict[str, Any]
                  f" and {cfg.contexts} spliced contexts" if cfg.spliced else "")
         ev = evaluate_batches(sae, (store.load_shard(hp, i) for i in eval_ids))
         ev.pop("_density")
+        trained = Path(cfg.sae) / "metrics.json"  # saescope's own SAEs: the training window's dead fraction
+        if trained.is_file():
+            from saescope.io import read_json
+
+            ev.update({k: v for k, v in read_json(trained).items() if k in ("dead_fraction_training",
+                                                                            "dead_window_tokens")})
         evs.append(ev)
         loaded.append((sae, hp, store, eval_ids))
         if cfg.spliced:

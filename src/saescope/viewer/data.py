@@ -286,4 +286,9 @@ def dictionary_eval(source: str | None, dataset: dict[str, Any] | None = None) -
         return {}
     if dataset is not None and dataset.get("unit_type") == "transcoder_latents":
         ev = ev.get("per_layer", {}).get(str(dataset.get("layer")), {})
-    return {k: ev[k] for k in DICTIONARY_KEYS if k in ev} if isinstance(ev, dict) else {}
+    if not isinstance(ev, dict):
+        return {}
+    out = {k: ev[k] for k in DICTIONARY_KEYS if k in ev}
+    if isinstance(ev.get("dead_fraction_training"), float):  # dead as training counts it, not the held-out shard's
+        out["dead_fraction"] = ev["dead_fraction_training"]
+    return out
