@@ -38,8 +38,9 @@ def serve_and_shoot(root: Path, slug: str, pins: list[str], shot: Path) -> None:
             page.set_default_timeout(900_000)  # a graph of ~10⁵ links draws slowly on a loaded machine
             page.goto(f"http://127.0.0.1:8765/graph?slug={slug}&clicked={pins[0]}")
             page.wait_for_selector("#plot[data-drawn]")
-            for nid in pins:
-                page.click(f'#plot circle[data-id="{nid}"][data-type="cross layer transcoder"]', modifiers=["Control"])
+            for nid in pins:  # dispatched to the node itself: a click at its centre can land on a node drawn over it
+                page.dispatch_event(f'#plot circle[data-id="{nid}"][data-type="cross layer transcoder"]', "click",
+                                    {"ctrlKey": True})
             page.fill("#sn-name", "top features")
             page.click("#sn-make")
             page.select_option("#iv-on", "super:0")
