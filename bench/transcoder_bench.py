@@ -10,6 +10,7 @@ STORE holds mlp_in.L and mlp_out.L of the layer (e.g. `saescope capture --hookpo
 - sparsify default: `SparseCoder(transcode=True)` as `--transcode` trains it: no skip connection, SignSGD in a
   ScheduleFreeWrapper at its automatic LR 5e-3/√(F/2^14), FVU loss, no AuxK. (Its default batch, 32 sequences of
   2,048 tokens, is more than the store's training tokens: the batch is equalised in every row.)
+- saescope `--optimizer signum`: the same with sign-SGD and schedule-free averaging (sparsify's optimizer).
 - sparsify equalised: the same with `skip_connection=True`, the architecture saescope's skip transcoder has.
 The rows train interleaved, one step each in turn, and each row's clock runs only during its own steps, so machine
 load shifts them alike. saescope needs its step count up front (its LR and k schedules): it is set from a 10-step
@@ -49,13 +50,14 @@ class Row:
         self.name, self.seconds, self.steps, self.tokens = name, 0.0, 0, 0
 
 
-def saescope_row(args: argparse.Namespace, d: int, steps: int) -> Row:
+def saescope_row(args: argparse.Namespace, d: int, steps: int, optimizer: str = "adam") -> Row:
     from saescope.train.config import TrainerConfig
     from saescope.train.trainer import Trainer
 
-    row = Row("saescope skip_transcoder")
+    row = Row(f"saescope skip_transcoder ({'its recipe' if optimizer == 'adam' else '--optimizer ' + optimizer})")
     tr = Trainer(TrainerConfig(kind="skip_transcoder", width=args.width, k=args.k, batch_size=args.batch_size,
-                               checkpoint_every=0, tokens=steps * args.batch_size), d, steps, d_out=d)
+                               checkpoint_every=0, tokens=steps * args.batch_size, optimizer=optimizer), d, steps,
+                 d_out=d)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         if not tr.initialised:
@@ -108,7 +110,8 @@ def main() -> None:
     for i in range(10):
         probe.step(x[i * args.batch_size:(i + 1) * args.batch_size], y[i * args.batch_size:(i + 1) * args.batch_size])
     steps = max(10, int(args.seconds / ((time.perf_counter() - t0) / 10)))
-    rows = [saescope_row(args, d, steps), sparsify_row(args, d, False), sparsify_row(args, d, True)]
+    rows = [saescope_row(args, d, steps), saescope_row(args, d, steps, "signum"), sparsify_row(args, d, False),
+            sparsify_row(args, d, True)]
     g = torch.Generator().manual_seed(0)
     perm, at = torch.randperm(N, generator=g), 0
     while not all(r.done() for r in rows):  # type: ignore[attr-defined]
