@@ -32,9 +32,15 @@ function layout(g, W, H) {
   const cw = (W - 60) / nPos, rh = (H - 70) / (nLayers + 2);
   for (const list of Object.values(cells)) {
     list.sort((a, b) => Math.abs(b.influence || 0) - Math.abs(a.influence || 0));
+    // a crowded cell (hundreds of features of one layer at one token) wraps into up to 3 staggered lines, and its
+    // circles shrink with the spacing, so that fewer of them hide one another
+    const lines = Math.min(3, Math.ceil(list.length * 6 / cw));
+    const perLine = Math.ceil(list.length / lines);
     list.forEach((n, i) => {
-      n.x = 50 + cw * n.ctx_idx + cw * (i + 1) / (list.length + 1);
-      n.y = H - 50 - rh * row(n);
+      const line = i % lines, j = Math.floor(i / lines);
+      n.x = 50 + cw * n.ctx_idx + cw * (j + 1) / (perLine + 1);
+      n.y = H - 50 - rh * row(n) + (lines > 1 ? (line - (lines - 1) / 2) * Math.min(6, rh / (lines + 1)) : 0);
+      n.r = Math.max(1.5, Math.min(4.5, cw / (perLine + 1) * 0.6 * lines));
     });
   }
   return {cw, rh, nPos, nLayers};
@@ -95,9 +101,12 @@ function draw() {
     t.textContent = name;
     svg.appendChild(t);
   });
-  for (const n of g.nodes) {
+  // the most influential drawn last, on top: a click where circles overlap lands on the node that matters most
+  // (`influence` is the node's place in the descending cumulative influence: smaller = more influential)
+  const order = [...g.nodes].sort((a, b) => (b.influence ?? 0) - (a.influence ?? 0));
+  for (const n of order) {
     const big = n.feature_type === "logit" || n.feature_type === "embedding";
-    const c = el("circle", {cx: n.x, cy: n.y, r: big ? 6 : 4.5, fill: color(n), "data-id": n.node_id,
+    const c = el("circle", {cx: n.x, cy: n.y, r: big ? 6 : n.r || 4.5, fill: color(n), "data-id": n.node_id,
                             "data-type": n.feature_type});
     // byId[...] === n: circuit-tracer's error ids (0_{layer}_{pos}) can equal a layer-0 feature's; the feature wins
     if (pinned.has(n.node_id) && byId[n.node_id] === n) c.classList.add("pinned");
