@@ -92,3 +92,23 @@ def test_excerpt_table_is_shared_and_append_only(tiny_gpt2, text_corpus, tmp_pat
     assert rec.neuron_id.layer_index == 1 and len(rec.most_positive_activation_records) > 0
     manifest = json.loads((root / "manifest.json").read_text())
     assert {d["path"] for d in manifest["datasets"]} >= {"mlp_neurons/0", "sae_latents/resid_post/1"}
+
+
+def test_csr_rows_match_their_dense_rows():
+    """The sparse groups' CSR rows (collate/pack.py) read back as the dense rows they stand for: any subset of rows,
+    all of them, and each row's max with its implicit zeros (an all-negative row that is full keeps its max)."""
+    import numpy as np
+
+    from saescope.collate.pack import CsrRows
+
+    rng = np.random.default_rng(0)
+    R, L = 50, 20
+    d = ((rng.random((R, L)) < 0.2) * rng.standard_normal((R, L))).astype(np.float32)
+    d[3] = 0  # an empty row
+    d[5] = -rng.random(L).astype(np.float32) - 0.1  # a full row of negatives
+    nz = d != 0
+    r, p = nz.nonzero()
+    csr = CsrRows(np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64), p.astype(np.int32), d[r, p], (R, L))
+    idx = np.array([3, 7, 0, 49, 7, 5])
+    assert np.array_equal(csr.rows(idx), d[idx]) and np.array_equal(csr.dense(), d)
+    assert np.array_equal(csr.row_max(), d.max(1))

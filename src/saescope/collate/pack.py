@@ -125,9 +125,10 @@ class CsrRows:
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """[len(idx), L] dense copies of some rows."""
         out = np.zeros((len(idx), self.shape[1]), dtype=np.float32)
-        for i, r in enumerate(idx.tolist()):
-            a, b = self.ptr[r], self.ptr[r + 1]
-            out[i, self.pos[a:b]] = self.val[a:b]
+        start, n = self.ptr[idx], self.ptr[idx + 1] - self.ptr[idx]
+        row = np.repeat(np.arange(len(idx)), n)  # [entries] the output row of each entry
+        src = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(start, n)  # its index in pos/val
+        out[row, self.pos[src]] = self.val[src]
         return out
 
     def dense(self) -> np.ndarray:

@@ -46,9 +46,9 @@ def release_freed_memory() -> None:
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
         libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
         libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
-        libc.malloc_trim(0)
     except (OSError, AttributeError):
-        pass
+        return
+    trim_freed_memory()
 
 
 def trim_freed_memory() -> None:

@@ -92,8 +92,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True, hm: Any = None) ->
     scale = trainer.scale
     # dead as SAELens counts it: no firing in the trainer's last window of tokens (the held-out shard, a few
     # thousand tokens, leaves rare latents unfired: eval's dead_fraction says that instead)
-    dead_train = {"dead_fraction_training": float((trainer.since_fired >= trainer.dead_window).float().mean()),
-                  "dead_window_tokens": int(trainer.dead_window)}
+    dead_train = {"dead_fraction_training": trainer.dead_fraction(), "dead_window_tokens": int(trainer.dead_window)}
     sae = trainer.finalize()
     batches.close()  # the shuffle buffer, now (a suspended generator would hold it until its frame is collected)
     del trainer, batches  # the optimizer state and the shuffle buffer

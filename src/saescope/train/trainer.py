@@ -204,7 +204,7 @@ class Trainer:
         self.step += 1
         self.tokens += n_global
         stats = {"loss": float(loss.detach()), "fvu": float(fvu.detach()), "l0": float(out.l0),
-                 "dead": float((self.since_fired >= self.dead_window).float().mean()), "resampled": self.resampled,
+                 "dead": self.dead_fraction(), "resampled": self.resampled,
                  **{k: float(v.detach()) for k, v in out.losses.items()}}
         return stats
 
@@ -288,6 +288,10 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         return FitResult(self.step, self.tokens, self.history)
+
+    def dead_fraction(self) -> float:
+        """Latents that did not fire in the last `dead_window` tokens (the dead fraction SAELens reports)."""
+        return float((self.since_fired >= self.dead_window).float().mean())
 
     def finalize(self) -> BaseSAE:
         """Averaged weights (signum), input scale folded into the weights: the returned SAE takes raw activations."""
