@@ -79,6 +79,8 @@ def test_edges_equal_autograd_and_sum_to_targets(tiny, kind):
     fm = FrozenModel(tiny, tc, graph.tokens)
     A = graph.adjacency.to_dense()
     assert graph.n_features == graph.active_features.shape[0] > 0 and graph.n_logits >= 1
+    key = graph.adjacency.rows * graph.n_nodes + graph.adjacency.cols
+    assert bool((key[1:] > key[:-1]).all())  # stored sorted by (target, source), each edge once
     targets = list(range(graph.logit_start, graph.n_nodes)) + list(range(0, graph.n_features, 11))
     for t in targets:
         row, y, const = naive_row(fm, graph, t)
@@ -89,6 +91,25 @@ def test_edges_equal_autograd_and_sum_to_targets(tiny, kind):
     lp = graph.active_features[graph.selected_features][:, :2]  # [n_features, (layer, pos)]
     t, s = A[: graph.n_features, : graph.n_features].nonzero(as_tuple=True)
     assert t.numel() > 0 and (lp[s, 0] < lp[t, 0]).all() and (lp[s, 1] <= lp[t, 1]).all()
+
+
+def naive_selection(full, n_select: int, per_round: int) -> list[int]:
+    """The capped feature choice, densely: rank the features by w M (I − M)⁻¹, M = the row-normalised |rows| computed
+    so far (the logits', then each round's), and take the best `per_round` not yet chosen. `full`: an uncapped graph
+    of the same prompt (its feature nodes are every active feature)."""
+    A, n, w = full.adjacency.to_dense().double(), full.n_nodes, full.logit_weights()
+    have = torch.zeros(n, dtype=torch.bool)
+    have[full.logit_start:] = True
+    chosen: list[int] = []
+    while len(chosen) < n_select:
+        M = A.abs() * have[:, None]
+        M = M / M.sum(1, keepdim=True).clamp(min=1e-10)
+        infl = w @ M @ torch.linalg.inv(torch.eye(n, dtype=torch.float64) - M)
+        rank = torch.argsort(infl[:full.n_features], descending=True, stable=True).tolist()
+        batch = [i for i in rank if not have[i]][: min(per_round, n_select - len(chosen))]
+        chosen += batch
+        have[batch] = True
+    return sorted(chosen)
 
 
 def test_logit_targets_and_cap(tiny_gpt2):
@@ -102,6 +123,9 @@ def test_logit_targets_and_cap(tiny_gpt2):
     named = attr.attribute(tiny_gpt2, tc, PROMPT, targets=[" the", other], max_feature_nodes=7, batch_size=2,
                            update_interval=1)
     assert named.logit_strs == [" the", other] and named.n_features == 7
+    # the features were chosen as circuit-tracer chooses them: by influence through the rows computed so far
+    again = attr.attribute(tiny_gpt2, tc, PROMPT, max_feature_nodes=7, batch_size=2, update_interval=1)
+    assert again.selected_features.tolist() == naive_selection(full, 7, 2)
     # a capped graph's rows are the full graph's rows restricted to its nodes
     A, B = full.adjacency.to_dense(), named.adjacency.to_dense()
     sel = named.selected_features

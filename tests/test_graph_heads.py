@@ -1,5 +1,5 @@
 """Per-head split of edges: each head's part equals a naive derivative through the frozen model with the other
-paths cut (attention patterns zeroed), and the parts sum to the edge."""
+paths cut (attention patterns zeroed), and the parts sum to the edge, with and without skip transcoders."""
 
 from __future__ import annotations
 
@@ -27,12 +27,16 @@ def edge_with_patterns(fm: FrozenModel, graph, t: int, s: int, keep: dict[int, l
             fl.pattern = p
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "gemma", "llama"])
-def test_head_parts_equal_cut_paths(arch):
+@pytest.mark.parametrize("arch,kind", [("gpt2", "plt"), ("gemma", "plt"), ("llama", "plt"), ("gpt2", "skip"),
+                                       ("gemma", "skip")])
+def test_head_parts_equal_cut_paths(arch, kind):
+    """With skip transcoders too: a path may run through the skips of the layers before its first head."""
     from conftest import make_model
 
     hm = make_model(arch)
-    tc = make_transcoders(hm, "plt")
+    tc = make_transcoders(hm, kind)
+    if kind == "skip":  # skips strong enough that a split which ignored them would miss by far more than the tolerance
+        tc.W_skip = [w * 5 for w in tc.W_skip]
     graph = attr.attribute(hm, tc, PROMPT)
     fm = FrozenModel(hm, tc, graph.tokens)
     L, H = hm.n_layers, hm.n_heads
@@ -57,13 +61,3 @@ def test_head_parts_equal_cut_paths(arch):
                 none = edge_with_patterns(fm, graph, t, s, {**before, l: []})
                 assert split.heads.get((l, h), 0.0) == pytest.approx(only - none, abs=3e-5, rel=1e-4)
         assert len(split.heads) > 1
-
-
-def test_head_split_refuses_skip_transcoders(tiny_gpt2):
-    from saescope.errors import SaescopeError
-
-    tc = make_transcoders(tiny_gpt2, "skip")
-    graph = attr.attribute(tiny_gpt2, tc, PROMPT, max_feature_nodes=5)
-    fm = FrozenModel(tiny_gpt2, tc, graph.tokens)
-    with pytest.raises(SaescopeError, match="skip"):
-        split_edge(fm, graph, graph.logit_start, graph.embed_start + 1)

@@ -9,13 +9,16 @@ import torch
 
 from saescope.errors import SaescopeError
 from saescope.graph import Adjacency, Graph, graph_scores, influence, prune
+from saescope.graph.prune import influence_by_level
 
 
-def make_graph(A: np.ndarray, n_features: int, n_layers: int, n_pos: int, probs: list[float]) -> Graph:
+def make_graph(A: np.ndarray, n_features: int, n_layers: int, n_pos: int, probs: list[float],
+               feature_layers: list[int] | None = None) -> Graph:
     n_active = n_features + 2  # two active features that were not selected: indices must still line up
+    layers = [0] + list(feature_layers or [0] * n_features) + [0]
     return Graph(
         prompt="x", tokens=torch.arange(n_pos), token_strs=["t"] * n_pos, n_layers=n_layers,
-        active_features=torch.tensor([[0, 0, i] for i in range(n_active)]),
+        active_features=torch.tensor([[layers[i], 0, i] for i in range(n_active)]),
         activation_values=torch.ones(n_active), selected_features=torch.arange(1, n_features + 1),
         adjacency=Adjacency.from_dense(torch.tensor(A, dtype=torch.float32)),
         logit_tokens=torch.arange(len(probs)), logit_strs=["l"] * len(probs),
@@ -115,6 +118,49 @@ def test_prune_matches_naive(seed, nt, et):
     assert r.node_mask.tolist() == keep.tolist()
     got = np.zeros((n, n), dtype=bool)
     ok = r.edge_mask & r.node_mask[g.adjacency.rows] & r.node_mask[g.adjacency.cols]
+    got[g.adjacency.rows[ok].numpy(), g.adjacency.cols[ok].numpy()] = True
+    assert (got == emask).all()
+
+
+def levelled_graph(seed: int) -> tuple[Graph, np.ndarray]:
+    """A random graph shaped like an attribution graph: features on layers 0..2, errors per (layer, position),
+    edges only from a lower level (embeddings −1, a layer, logits 3) to a higher one."""
+    rng = np.random.default_rng(seed)
+    n_feat, n_layers, n_pos, n_logits = 9, 3, 2, 2
+    feat_layers = sorted(rng.integers(0, n_layers, n_feat).tolist())
+    n = n_feat + n_layers * n_pos + n_pos + n_logits
+    level = np.array(feat_layers + np.repeat(np.arange(n_layers), n_pos).tolist() + [-1] * n_pos + [n_layers] * 2)
+    A = rng.normal(size=(n, n)) * (rng.random((n, n)) < 0.6) * (level[:, None] > level[None, :])
+    A[n_feat:n - n_logits] = 0  # errors and embeddings have no inputs
+    return make_graph(A, n_feat, n_layers, n_pos, [0.6, 0.3], feat_layers), A
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_influence_by_level_equals_power_series(seed):
+    g, A = levelled_graph(seed)
+    A_hat, w, levels = g.adjacency.row_normalised_abs(), g.logit_weights(), g.node_levels()
+    assert levels[g.error_start:g.embed_start].tolist() == [0, 0, 1, 1, 2, 2]
+    one_sweep = influence_by_level(A_hat, w, levels)
+    assert one_sweep is not None and float(one_sweep.abs().sum()) > 0
+    torch.testing.assert_close(one_sweep, influence(A_hat, w), rtol=1e-12, atol=1e-14)
+    Ah = A_hat.to_dense().double().numpy()
+    np.testing.assert_allclose(one_sweep.numpy(), w.numpy() @ Ah @ np.linalg.inv(np.eye(g.n_nodes) - Ah), rtol=1e-9)
+    perm = torch.randperm(A_hat.nnz, generator=torch.Generator().manual_seed(seed))  # rows in no level order
+    shuffled = Adjacency(A_hat.rows[perm], A_hat.cols[perm], A_hat.vals[perm], A_hat.n)
+    torch.testing.assert_close(influence_by_level(shuffled, w, levels), one_sweep, rtol=1e-12, atol=1e-14)
+    flat = torch.zeros_like(levels)  # an edge within a level: no sweep order exists, so the power series is used
+    assert influence_by_level(A_hat, w, flat) is None
+    torch.testing.assert_close(influence(A_hat, w, levels=flat), one_sweep, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_prune_on_levelled_graph_matches_naive(seed):
+    g, A = levelled_graph(seed)
+    r = prune(g, 0.8, 0.9)
+    keep, emask = naive_prune(A, g.logit_weights().numpy(), g.n_features, g.embed_start, 0.8, 0.9)
+    assert r.node_mask.tolist() == keep.tolist()
+    ok = r.edge_mask & r.node_mask[g.adjacency.rows] & r.node_mask[g.adjacency.cols]
+    got = np.zeros(A.shape, dtype=bool)
     got[g.adjacency.rows[ok].numpy(), g.adjacency.cols[ok].numpy()] = True
     assert (got == emask).all()
 

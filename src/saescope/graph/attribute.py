@@ -25,6 +25,7 @@ from torch import Tensor
 from saescope import distributed as dist
 from saescope.debug.trace import prompt_ids, single_token
 from saescope.graph.graph import Adjacency, Graph
+from saescope.graph.prune import influence
 from saescope.graph.replacement import FrozenModel, Transcoders
 from saescope.models import HookedModel
 
@@ -144,27 +145,34 @@ class _Rows:
         self.node += nodes
 
     def cat(self) -> tuple[Tensor, Tensor, Tensor]:
-        return (torch.cat(self.r).long(), torch.cat(self.c).long(), torch.cat(self.v)) if self.r else (
-            torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0))
+        """(row, source, weight) of every entry, grouped by row in the order the rows were added."""
+        if not self.r:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0)
+        if len(self.r) > 1:  # consolidate, so the next call concatenates only what was added since
+            self.r, self.c, self.v = [torch.cat(self.r)], [torch.cat(self.c)], [torch.cat(self.v)]
+        return self.r[0].long(), self.c[0].long(), self.v[0]
 
-    def partial_influence(self, n_logits: int, probs: Tensor) -> Tensor:
-        """Influence on the logits of every source through the rows so far (circuit-tracer's partial influence):
-        p at the logit nodes, pushed through the row-normalised |rows| until nothing is left. [n_src + n_logits]."""
+    def by_rows(self, order: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`cat()` with the rows taken in `order` (a permutation of the row numbers): each row's entries stay
+        together and in source order, so no sort over the entries is needed."""
         r, c, v = self.cat()
+        counts = torch.bincount(r, minlength=len(self.node))
+        starts = torch.cumsum(counts, 0) - counts
+        seg = counts[order]
+        idx = torch.arange(r.numel()) + torch.repeat_interleave(starts[order] - (torch.cumsum(seg, 0) - seg), seg)
+        return r[idx], c[idx], v[idx]
+
+    def partial_influence(self, n_logits: int, probs: Tensor, levels: Tensor) -> Tensor:
+        """Influence on the logits of every source through the rows so far (circuit-tracer's partial influence):
+        p at the logit nodes, pushed through the row-normalised |rows| (`prune.influence`; `levels` [n_src +
+        n_logits] the nodes' layers, so it is one sweep). [n_src + n_logits]."""
+        node = torch.tensor(self.node, dtype=torch.long)
+        r, c, v = self.by_rows(torch.argsort(levels[node], stable=True))  # the rows level by level: no sort
         n = self.n_src + n_logits
-        a = v.abs().double()
-        sums = torch.zeros(len(self.node), dtype=torch.float64).index_add_(0, r, a)
-        a = a / sums[r].clamp(min=1e-8)
-        row_node = torch.tensor(self.node)
-        prod = torch.zeros(n, dtype=torch.float64)
-        prod[self.n_src:] = probs.double()
-        total = torch.zeros(n, dtype=torch.float64)
-        for _ in range(n + 1):
-            prod = torch.zeros(n, dtype=torch.float64).index_add_(0, c, prod[row_node][r] * a)
-            if not prod.any():
-                return total
-            total += prod
-        raise RuntimeError("partial influence did not vanish: the rows form a cycle")
+        A = Adjacency(node[r], c, v, n).row_normalised_abs()
+        w = torch.zeros(n, dtype=torch.float64)
+        w[self.n_src:] = probs.double()
+        return influence(A, w, levels=levels)
 
 
 def attribute(hm: HookedModel, tc: Transcoders, prompt: str, *, targets: list[str] | None = None,
@@ -188,7 +196,9 @@ def attribute(hm: HookedModel, tc: Transcoders, prompt: str, *, targets: list[st
         """Rows of these targets, `chunk` per backward pass; under torchrun rank r computes chunks r, r + world, …
         and every rank gets every chunk's sparse rows back, in chunk order (the same store as one process)."""
         order = torch.argsort(layers * fm.n_pos + positions)  # similar targets share a chunk: shorter passes
-        chunks = [order[i: i + chunk] for i in range(0, len(order), chunk)]
+        chunks = []  # a chunk never spans two layers: a pass costs (its rows) × (its top layer) × (its last position)
+        for same_layer in torch.split(order, torch.bincount(layers[order] - int(layers.min())).tolist()):
+            chunks += [same_layer[i: i + chunk] for i in range(0, len(same_layer), chunk)]
         mine = []
         for sel in chunks[me::world]:
             G, G_embed = fm.backward(layers[sel], positions[sel], vectors[sel])
@@ -200,12 +210,14 @@ def attribute(hm: HookedModel, tc: Transcoders, prompt: str, *, targets: list[st
     k = torch.arange(n_logits)
     run(torch.full((n_logits,), fm.n_layers), torch.full((n_logits,), fm.n_pos - 1), lt.vectors,
         (n_src + k).tolist())
+    levels = torch.cat([active[:, 0], torch.arange(fm.n_layers).repeat_interleave(fm.n_pos),
+                        torch.full((fm.n_pos,), -1), torch.full((n_logits,), fm.n_layers)])  # as Graph.node_levels
     visited = torch.zeros(n_act, dtype=torch.bool)
     while int(visited.sum()) < cap:
         if cap == n_act:
             pending = torch.arange(n_act)
         else:
-            infl = store.partial_influence(n_logits, lt.probs)[:n_act]
+            infl = store.partial_influence(n_logits, lt.probs, levels)[:n_act]
             rank = torch.argsort(infl, descending=True, stable=True)
             pending = rank[~visited[rank]][: min(update_interval * batch_size, cap - int(visited.sum()))]
         L_, P_, F_ = active[pending, 0], active[pending, 1], active[pending, 2]
@@ -230,13 +242,11 @@ def _assemble(hm: HookedModel, tc: Transcoders, prompt: str, fm: FrozenModel, ac
     new = torch.full((n_src + lt.ids.numel(),), -1, dtype=torch.long)  # all-sources layout → node index
     new[selected] = torch.arange(n_sel)
     new[n_act:] = torch.arange(n_sel, n_sel + n_src - n_act + lt.ids.numel())
-    r, c, v = store.cat()
-    row_node = new[torch.tensor(store.node, dtype=torch.long)][r]
-    col_node = new[c]
+    node_of_row = new[torch.tensor(store.node, dtype=torch.long)]
+    r, c, v = store.by_rows(torch.argsort(node_of_row))  # sorted by (row, column): `new` keeps the source order
+    row_node, col_node = node_of_row[r], new[c]
     keep = col_node >= 0
     adj = Adjacency(row_node[keep], col_node[keep], v[keep].float(), n_sel + n_src - n_act + lt.ids.numel())
-    order = torch.argsort(adj.rows * adj.n + adj.cols)
-    adj = Adjacency(adj.rows[order], adj.cols[order], adj.vals[order], adj.n)
     ids = fm.ids
     return Graph(prompt=prompt, tokens=ids, token_strs=[hm.tokenizer.decode([int(i)]) for i in ids],
                  n_layers=fm.n_layers, active_features=active, activation_values=values, selected_features=selected,

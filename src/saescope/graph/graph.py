@@ -130,6 +130,16 @@ class Graph:
         w[self.logit_start:] = self.logit_probabilities.double()
         return w
 
+    def node_levels(self) -> Tensor:
+        """[n_nodes] int64 each node's level, so that every edge goes up: a feature's layer, an error's layer, −1 for
+        embeddings, n_layers for logits (a source writes at or after its layer, a target reads before it)."""
+        lv = torch.empty(self.n_nodes, dtype=torch.long)
+        lv[:self.n_features] = self.active_features[self.selected_features, 0]
+        lv[self.error_start:self.embed_start] = torch.arange(self.n_layers).repeat_interleave(self.n_pos)
+        lv[self.embed_start:self.logit_start] = -1
+        lv[self.logit_start:] = self.n_layers
+        return lv
+
     def error_mask(self) -> Tensor:
         m = torch.zeros(self.n_nodes, dtype=torch.bool)
         m[self.error_start:self.embed_start] = True

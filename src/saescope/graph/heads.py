@@ -9,10 +9,11 @@ source** (layer l > the source's write slot, head h), or none:
 
 where g_l is the target's gradient at the output of layer l's attention (what `FrozenModel.backward` carries), H_{l,h}
 is head h's share of the gradient it passes back to layer l's input, and P is the source's write map (identity, or
-Gemma's frozen post-MLP norm). With no skip connection a path that has not yet crossed attention reaches the source
-unchanged (the residual stream is the identity), which is what makes the split exact; `A_resid` (paths through no
-head: the target at the source's own position) is what is left. Edges within one position can still cross heads
-(a position attending to itself).
+Gemma's frozen post-MLP norm). Before its first head a path stays at the source's position: through the residual
+stream (the identity) and, with skip transcoders, through the skips of the layers in between (x ↦ x + N2(x) W_skip,
+position-wise), so the head's share is carried back to the source through those maps (`_through_skips`) and the
+split stays exact; `A_resid` (paths through no head: the target at the source's own position) is what is left.
+Edges within one position can still cross heads (a position attending to itself).
 """
 
 from __future__ import annotations
@@ -77,14 +78,30 @@ def _head_vjp(fm: FrozenModel, layer: int, g: Tensor) -> Tensor:
     return fl.norm1.vjp(ga)
 
 
+def _skip_vjp(fm: FrozenModel, layer: int, g: Tensor, pos: int | None = None) -> Tensor | None:
+    """The transpose of layer `layer`'s skip path (m ↦ P(N2(m) W_skip), P Gemma's frozen post-MLP norm or the
+    identity) applied to g [..., T, d], or to g [..., d] at position `pos`; None without a skip."""
+    W = fm.tc.skip(layer)
+    if W is None:
+        return None
+    post, norm2 = fm.post_mlp[layer], fm.layers[layer].norm2
+    if pos is None:
+        return norm2.vjp((g if post is None else post.vjp(g)) @ W.T)
+    v = g if post is None else _vjp_at(post, g, pos)
+    return _vjp_at(norm2, v @ W.T, pos)
+
+
+def _vjp_at(norm, g: Tensor, pos: int) -> Tensor:
+    """A frozen norm's transpose at one position, for g [..., d]."""
+    v = g * norm.mult[pos]
+    return v - v.mean(-1, keepdim=True) if norm.centred else v
+
+
 @torch.no_grad()
 def gradients_with_heads(fm: FrozenModel, layer: int, pos: int, vector: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     """For one target (read `vector` at `layer`'s MLP input, or after the final norm for layer = n_layers, at `pos`):
     (G[k] [T, d] the gradient at the stream after layer k, for k = −1 .. n_layers − 1 stored at index k + 1;
      Hd[l] [H, T, d] each head's share of what layer l's attention passes back to the stream before it)."""
-    if fm.tc.W_skip is not None and any(w is not None for w in fm.tc.W_skip):
-        raise SaescopeError("head split: transcoders with a skip connection are not supported (the paths through "
-                            "a skip do not reach the source unchanged)")
     T, L = pos + 1, fm.n_layers
     g = torch.zeros(T, fm.d)
     if layer == L:
@@ -95,6 +112,9 @@ def gradients_with_heads(fm: FrozenModel, layer: int, pos: int, vector: Tensor) 
     Hd: list[Tensor] = [torch.zeros(fm.layers[0].W_O.shape[0], T, fm.d) for _ in range(L)]
     for l in range(min(layer, L - 1), -1, -1):
         G[l + 1] = g
+        skip = _skip_vjp(fm, l, g)
+        if skip is not None:
+            g = g + skip  # ∂/∂m_l through the skip
         if l == layer:
             inj = torch.zeros(T, fm.d)
             inj[pos] = vector.float()
@@ -103,6 +123,18 @@ def gradients_with_heads(fm: FrozenModel, layer: int, pos: int, vector: Tensor) 
         g = g + Hd[l].sum(0)
     G[0] = g
     return G, Hd
+
+
+def _through_skips(fm: FrozenModel, v: Tensor, first: int, last: int, pos: int) -> Tensor:
+    """v [..., d], a gradient at the stream before layer last + 1 at position `pos`, carried back to the stream
+    before layer `first` through the position-wise maps x ↦ x + skip_l(x) of layers last, …, first (paths that cross
+    no attention head)."""
+    for layer in range(last, first - 1, -1):
+        skip = _skip_vjp(fm, layer, v, pos)
+        if skip is None:
+            continue
+        v = v + skip
+    return v
 
 
 def split_edge(fm: FrozenModel, graph: Graph, t: int, s: int, min_share: float = 0.0) -> HeadSplit:
@@ -165,10 +197,13 @@ def split_between(fm: FrozenModel, target: tuple[int, int, Tensor], source: tupl
     total, parts = 0.0, torch.zeros(fm.n_layers, Hd[0].shape[0], dtype=torch.float64)
     for k, w in writes:
         post = fm.post_mlp[k] if k >= 0 else None
-        P = (lambda x: x) if post is None else post.vjp  # noqa: E731
-        total += float(w @ P(G[k + 1])[p_s])
+
+        def P(v: Tensor) -> Tensor:  # v [..., d] at p_s → the write slot's side of Gemma's post-MLP norm
+            return v if post is None else _vjp_at(post, v, p_s)
+
+        total += float(w @ P(G[k + 1][p_s]))
         for l in range(k + 1, min(layer + 1, fm.n_layers)):
-            parts[l] += (P(Hd[l])[:, p_s] @ w).double()
+            parts[l] += (P(_through_skips(fm, Hd[l][:, p_s], k + 1, l - 1, p_s)) @ w).double()
     heads = {(l, h): float(parts[l, h]) for l in range(fm.n_layers) for h in range(parts.shape[1])
              if abs(float(parts[l, h])) > min_share * abs(total) and parts[l, h] != 0}
     return HeadSplit(total, total - float(parts.sum()), heads)

@@ -15,9 +15,17 @@ from torch import Tensor
 from saescope.graph.graph import Adjacency, Graph
 
 
-def influence(A_hat: Adjacency, w: Tensor, max_iter: int | None = None) -> Tensor:
+def influence(A_hat: Adjacency, w: Tensor, max_iter: int | None = None, levels: Tensor | None = None) -> Tensor:
     """influence = w Â + w Â² + … = w Â (I − Â)⁻¹: how much of the logits' weight reaches each node through every
-    path, each edge counted by its share of its target's absolute input. [n] float64."""
+    path, each edge counted by its share of its target's absolute input. [n] float64.
+
+    With `levels` ([n] int, every edge from a lower level to a higher one: a node's layer, as `Graph.node_levels`)
+    it is one sweep over the edges from the top level down (`influence_by_level`); otherwise the power series, one
+    pass over the edges per power (as many as the longest path)."""
+    if levels is not None:
+        out = influence_by_level(A_hat, w, levels)
+        if out is not None:
+            return out
     max_iter = A_hat.n + 1 if max_iter is None else max_iter
     current = A_hat.vecmat(w.double())
     total = current.clone()
@@ -27,6 +35,33 @@ def influence(A_hat: Adjacency, w: Tensor, max_iter: int | None = None) -> Tenso
         current = A_hat.vecmat(current)
         total += current
     raise RuntimeError(f"influence did not vanish after {max_iter} powers: the graph has a cycle")
+
+
+def influence_by_level(A_hat: Adjacency, w: Tensor, levels: Tensor) -> Tensor | None:
+    """The influence in one pass: infl[s] = Σ_t (infl[t] + w[t]) Â[t, s], with the targets taken level by level from
+    the top, so each infl[t] is complete before it is passed on. None when some edge does not go up a level."""
+    row_level = levels[A_hat.rows]
+    if A_hat.nnz and bool((levels[A_hat.cols] >= row_level).any()):
+        return None
+    order = None
+    if A_hat.nnz > 1 and not bool((row_level[1:] >= row_level[:-1]).all()):
+        order = torch.argsort(row_level, stable=True)
+        row_level = row_level[order]
+    rows, cols, vals = (A_hat.rows, A_hat.cols, A_hat.vals) if order is None else (
+        A_hat.rows[order], A_hat.cols[order], A_hat.vals[order])
+    w = w.to(vals.dtype)
+    total = torch.zeros(A_hat.n, dtype=vals.dtype)
+    if not A_hat.nnz:
+        return total
+    lo_level = int(row_level[0])
+    bounds = torch.searchsorted(row_level, torch.arange(lo_level, int(row_level[-1]) + 2, dtype=row_level.dtype))
+    for i in range(bounds.numel() - 2, -1, -1):  # the top level first
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        if a == b:
+            continue
+        r = rows[a:b]
+        total.index_add_(0, cols[a:b], (total[r] + w[r]) * vals[a:b])
+    return total
 
 
 def find_threshold(scores: Tensor, fraction: float) -> float:
@@ -64,15 +99,15 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
             from saescope.errors import SaescopeError
 
             raise SaescopeError(f"--{name} {v}: must be between 0 and 1 (a fraction of the total influence)")
-    A, w = graph.adjacency, graph.logit_weights()
-    node_influence = influence(A.row_normalised_abs(), w)
+    A, w, levels = graph.adjacency, graph.logit_weights(), graph.node_levels()
+    node_influence = influence(A.row_normalised_abs(), w, levels=levels)
     node_mask = node_influence >= find_threshold(node_influence, node_threshold)
     node_mask[graph.embed_start:] = True  # embeddings and logits stay
 
     alive = node_mask[A.rows] & node_mask[A.cols]
     pruned = Adjacency(A.rows, A.cols, torch.where(alive, A.vals, torch.zeros_like(A.vals)), A.n)
     A_hat = pruned.row_normalised_abs()
-    reach = influence(A_hat, w) + w
+    reach = influence(A_hat, w, levels=levels) + w
     edge_scores = A_hat.vals * reach[A.rows]
     edge_mask = edge_scores >= find_threshold(edge_scores, edge_threshold)
 
@@ -110,7 +145,7 @@ def graph_scores(graph: Graph, A: Adjacency | None = None) -> GraphScores:
     A = graph.adjacency if A is None else A
     w = graph.logit_weights()
     A_hat = A.row_normalised_abs()
-    infl = influence(A_hat, w)
+    infl = influence(A_hat, w, levels=graph.node_levels())
     err = graph.error_mask()
     tok = float(infl[graph.embed_start:graph.logit_start].sum())
     err_infl = float(infl[err].sum())
