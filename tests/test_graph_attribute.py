@@ -167,3 +167,35 @@ def test_transcoder_set_adapter(tiny_gpt2, which):
     graph = attr.attribute(hm, tc, PROMPT)
     row, y, const = naive_row(fm, graph, graph.logit_start)
     torch.testing.assert_close(graph.adjacency.to_dense()[graph.logit_start], row, atol=3e-5, rtol=1e-4)
+
+
+def test_topk_convention_follows_the_files(tiny_gpt2, tmp_path):
+    """circuit-tracer's TopK keeps the k largest pre-activations even when ≤ 0 (x · gate); saescope's ReLUs them. A
+    TopK set read from circuit-tracer's layout is encoded as circuit-tracer does (so both tools make the same graph),
+    the same set in saescope's layout as it was trained."""
+    from saescope.graph.replacement import from_transcoder_set
+    from saescope.sae.base import SAEConfig
+    from saescope.sae.registry import sae_class
+    from saescope.sae.transcoder import TranscoderSet, transcoder_class
+    from saescope.sae.transcoder_io import export_circuit_tracer, load_transcoders
+
+    hm, d, L, k = tiny_gpt2, tiny_gpt2.d_model, tiny_gpt2.n_layers, 6
+    cls = transcoder_class(sae_class("topk"), False)
+    ts = TranscoderSet(plts={l: cls(SAEConfig(cls.architecture, d, 24, k=k, apply_b_dec_to_input=False))
+                             for l in range(L)})
+    with torch.no_grad():
+        for name, p in ts.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+            if name.endswith("b_enc"):
+                p.sub_(1.0)  # most pre-activations negative: some of the top k are ≤ 0
+    ct = load_transcoders(export_circuit_tracer(ts, tmp_path / "ct"))
+    mine, theirs = from_transcoder_set(ts, L), from_transcoder_set(ct, L)
+    x = FrozenModel(hm, mine, attr.prompt_ids(hm, PROMPT)[0]).clean.mlp_in[1]  # [T, d]
+    pre = x @ mine.W_enc[1] + mine.b_enc[1]
+    top = pre.topk(k, dim=-1)
+    signed = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+    assert bool((top.values <= 0).any())
+    torch.testing.assert_close(theirs.encode(1, x), signed, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mine.encode(1, x), signed.relu(), atol=1e-5, rtol=1e-5)
+    graph = attr.attribute(hm, theirs, PROMPT)  # the ≤ 0 ones are nodes, as in circuit-tracer
+    assert bool((graph.activation_values < 0).any())

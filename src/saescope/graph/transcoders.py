@@ -97,12 +97,15 @@ def from_transcoder_set(ts: Any, n_layers: int, scan: str = "", write_point: str
     def encode(layer: int, x: Tensor) -> Tensor:
         return ts.encode_layer(layer, x.to(dev)).detach().float().cpu()
 
+    signed_k = _signed_topk_k(ts, n_layers)
+    how = dict(encoder=encode) if signed_k is None else dict(encoder=None)  # signed TopK: activation(x W_enc + b_enc)
+    activation = _no_activation if signed_k is None else topk_activation(signed_k, relu=False)
     if ts.is_clt:
         clt = ts.clt
         skip = [f(clt.W_skip[l]) for l in range(n_layers)] if clt.cfg.skip else None
         per = lambda w: [f(w[l]) for l in range(n_layers)]  # noqa: E731
-        return Transcoders(per(clt.W_enc), per(clt.b_enc), per(clt.W_dec), per(clt.b_dec), _no_activation, skip, scan,
-                           encoder=encode, write_point=where)
+        return Transcoders(per(clt.W_enc), per(clt.b_enc), per(clt.W_dec), per(clt.b_dec), activation, skip, scan,
+                           write_point=where, **how)
     W_enc, b_enc, W_dec, b_dec, skip = [], [], [], [], []
     for l in range(n_layers):
         t = ts[l]
@@ -112,20 +115,32 @@ def from_transcoder_set(ts: Any, n_layers: int, scan: str = "", write_point: str
         W_dec.append(f(t.W_dec)[:, None, :])
         b_dec.append(f(t.b_dec))
         skip.append(f(t.W_skip) if getattr(t, "skip_connection", False) else None)
-    return Transcoders(W_enc, b_enc, W_dec, b_dec, _no_activation, skip if any(w is not None for w in skip) else None,
-                       scan, encoder=encode, write_point=where)
+    return Transcoders(W_enc, b_enc, W_dec, b_dec, activation, skip if any(w is not None for w in skip) else None,
+                       scan, write_point=where, **how)
 
 
 def _no_activation(layer: int, pre: Tensor) -> Tensor:
     raise NotImplementedError("this set encodes through its own encoder")
 
 
-def topk_activation(k: int) -> Callable[[int, Tensor], Tensor]:
-    """The k largest pre-activations of each row, ReLU'd; the rest 0."""
+def topk_activation(k: int | list[int], relu: bool = True) -> Callable[[int, Tensor], Tensor]:
+    """The k (or k[layer]) largest pre-activations of each row, ReLU'd (saescope's and sparsify's TopK) or kept as they
+    are, ≤ 0 included (circuit-tracer's `TopK`: x · gate); the rest 0."""
     def act(layer: int, pre: Tensor) -> Tensor:
-        top = pre.topk(k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        top = pre.topk(k if isinstance(k, int) else k[layer], dim=-1)
+        return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu() if relu else top.values)
     return act
+
+
+def _signed_topk_k(ts: Any, n_layers: int) -> list[int] | None:
+    """Per-layer k where the set is a TopK set read from circuit-tracer's layout (its TopK keeps the k largest
+    pre-activations even when they are ≤ 0, and so does the graph, so both tools make the same graph); else None."""
+    if (getattr(ts, "metadata", None) or {}).get("source") != "circuit-tracer":
+        return None
+    if ts.is_clt:
+        return [int(ts.clt.cfg.k)] * n_layers if ts.clt.cfg.activation == "topk" else None
+    archs = [ts[l].cfg.architecture for l in range(n_layers)]
+    return [int(ts[l].cfg.k) for l in range(n_layers)] if all(a.startswith("topk") for a in archs) else None
 
 
 def jumprelu_activation(thresholds: list[Tensor]) -> Callable[[int, Tensor], Tensor]:

@@ -174,14 +174,17 @@ def export_circuit_tracer(ts: TranscoderSet, out: str | Path, scan: str = "", mo
             arch, t, _ = ts[i].inference_state()
             if arch.startswith("topk"):
                 conf.update(activation="topk", k=ts[i].cfg.k)
-                log.warning("layer %d is a TopK transcoder: circuit-tracer 0.4.1 cannot load TopK transcoders "
-                            "from a local directory (reference/circuit_tracing.md)", i)
             ct = {"W_enc": t["W_enc"].T, "b_enc": t["b_enc"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
             if "threshold" in t:
                 ct["activation_function.threshold"] = t["threshold"]
             if "W_skip" in t:
                 ct["W_skip"] = t["W_skip"].T  # a per-layer transcoder's skip is applied as x @ W_skip.T
             _save(ct, out / f"layer_{i}.safetensors")
+    if conf.get("activation") == "topk":
+        log.warning("%s: TopK transcoders. circuit-tracer 0.4.1 keeps `activation: topk` and `k` when it loads them "
+                    "with circuit_tracer.utils.hf_utils.load_transcoders(config) and a `transcoders:` list of these "
+                    "layer files (its local-cache route falls back to ReLU), and its TopK keeps top-k values ≤ 0, which "
+                    "saescope's ReLU drops: docs/graphs.md#circuit-tracer", out)
     (out / CT_CONFIG).write_text(yaml.safe_dump(conf, sort_keys=False))
     return out
 
