@@ -7,7 +7,7 @@ attribution call on `--threads` threads (each tool alone, min over `--reps`), an
 
 Cases: `tiny-plt` / `tiny-pltneg` / `tiny-skip` (the tests' random 3-layer GPT-2 with random per-layer TopK /
 TopK with non-positive top-k pre-activations / JumpReLU+skip transcoders, written in circuit-tracer's local layout),
-`gemma` and `gemma-skip` (gemma-3-270m with the trained per-layer TopK set /work/runs/graph/tc or the TopK skip
+`gemma` and `gemma-skip` (gemma-3-270m with the trained per-layer TopK set `--gemma_tc` (runs/graph/tc) or the TopK skip
 transcoders of the default run, exported with saescope's `export_circuit_tracer`, i.e. `saescope export
 circuit-tracer`). saescope reads the same circuit-tracer-layout files, so its TopK keeps top-k values ≤ 0 as
 circuit-tracer's does (`graph/transcoders.py`); its own layout would ReLU them, as saescope trains them. circuit-tracer's transcoders are loaded with `load_transcoders(config.yaml + "transcoders": [the
@@ -44,8 +44,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-GEMMA_DIR = Path("/root/.cache/saescope/models/gemma-3-270m-253113024")
-GEMMA_TC = {"gemma": Path("/work/runs/graph/tc"), "gemma-skip": Path("/work/runs/fresh3/runs/default/transcoders")}
+GEMMA_DIR = Path.home() / ".cache/saescope/models/gemma-3-270m-253113024"  # where `saescope run` converts the model
+GEMMA_TC = {"gemma": Path("runs/graph/tc"), "gemma-skip": Path("runs/default/transcoders")}  # --gemma_tc / --gemma_skip_tc
 PROMPT_TINY = "def reverse(s): return s[::-1]  # code is"
 PROMPT_GEMMA = "The capital of the state containing Dallas is"
 
@@ -297,7 +297,11 @@ def main() -> None:
     ap.add_argument("--ct-as-is", action="store_true",
                     help="keep circuit-tracer's shared RoPE buffers (wrong on Gemma 3, see ct_worker)")
     ap.add_argument("--ct-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--gemma_tc", default=str(GEMMA_TC["gemma"]), help="a per-layer TopK set on all 18 layers "
+                    "(docs/graphs.md: `saescope train --kind transcoder --arch topk -k 32 --width 4096`)")
+    ap.add_argument("--gemma_skip_tc", default=str(GEMMA_TC["gemma-skip"]), help="the default run's skip transcoders")
     args = ap.parse_args()
+    GEMMA_TC.update({"gemma": Path(args.gemma_tc), "gemma-skip": Path(args.gemma_skip_tc)})
     if args.ct_worker:
         return ct_worker(args.ct_worker)
     work = Path(args.work)

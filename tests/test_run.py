@@ -153,7 +153,7 @@ def test_every_command_help_prints(capsys):
 
 
 def test_residual_saes_take_resid_epochs():
-    """The run's residual-stream SAEs get --resid_epochs passes (the stage fingerprint sees it), the others
+    """The run's residual-stream SAEs get --resid_epochs passes and --resid_arch (the stage fingerprint sees both), the others
     --train.epochs; 0 leaves every SAE at --train.epochs."""
     from saescope.run import RunConfig, _Pipeline
 
@@ -163,3 +163,7 @@ def test_residual_saes_take_resid_epochs():
     assert p.trainer_for("mlp_out.4").epochs == p.cfg.train.epochs == 1.0
     p.cfg = RunConfig(resid_epochs=0)
     assert p.trainer_for("resid_post.4").epochs == 1.0
+    # and --resid_arch (BatchTopK by default; '' = --train.arch), which the other SAEs never take
+    assert p.trainer_for("resid_post.4").arch == "batchtopk" and p.trainer_for("mlp_out.4").arch == "topk"
+    p.cfg = RunConfig(resid_arch="")
+    assert p.trainer_for("resid_post.4").arch == p.cfg.train.arch == "topk"
