@@ -253,7 +253,8 @@ class _Pipeline:
             sae.finish()
         for sae, hp in zip(saes, self.sae_hps):
             ev = read_json(sae.path / "eval.json")
-            self.done.append((f"SAE {hp} {cfg.train.arch} F={cfg.train.width} ({headline(ev)})", sae.path))
+            trainer = self.trainer_for(hp)
+            self.done.append((f"SAE {hp} {trainer.arch} F={trainer.width} ({headline(ev)})", sae.path))
         return saes
 
     def transcoders(self, store: Stage) -> Stage | None:
