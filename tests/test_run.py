@@ -43,7 +43,14 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
     assert meta and (out / "seed_dataset" / "activations_0.pt").is_file()
     for kind in ("resid_post", "mlp_post_act", "mlp_out", "attn_out"):
         ev = json.loads((out / "saes" / kind / "eval.json").read_text())
-        assert 0 <= ev["fvu"] < 1 and ev["l0"] <= 4 and "ce_loss_recovered" in ev
+        assert 0 <= ev["fvu"] < 1 and ev["l0"] > 0 and "ce_loss_recovered" in ev
+        arch = json.loads((out / "saes" / kind / "cfg.json").read_text())["architecture"]
+        # TopK: exactly k per token at most; the residual SAE is BatchTopK, saved with its threshold as a JumpReLU
+        # (a mean L0 of k on training batches, not a cap per token)
+        if kind == "resid_post":
+            assert arch == "jumprelu"
+        else:
+            assert arch == "topk" and ev["l0"] <= 4
         assert list(ev)[:2] == ["delta_ce", "delta_ce_se"] and ev["delta_ce_se"] >= 0  # the added loss leads
     manifest = json.loads((col_root / tiny_dir.name / "manifest.json").read_text())
     # the seed's five kinds at the studied layer: MLP neurons, heads by token pair, MLP latents, attention latents by
