@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--hookpoint", default="resid_post.9")
     ap.add_argument("--eps", default="0.01,0.1")
     ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--arch", default="topk", help="the trainer's --arch (batchtopk: the run's residual SAE)")
+    ap.add_argument("--name", default="fisher_eps{eps:g}", help="each variant's folder under --out")
     a = ap.parse_args()
     from saescope.models import load_model
     from saescope.store import ActivationStore
@@ -68,7 +70,7 @@ def main() -> None:
         M, Minv = ((U * s.sqrt()) @ U.T).float(), ((U / s.sqrt()) @ U.T).float()
         xs = rows @ M
         steps = int(a.epochs * len(xs)) // 256
-        tr = Trainer(TrainerConfig(batch_size=256, checkpoint_every=0), hm.d_model, steps,
+        tr = Trainer(TrainerConfig(batch_size=256, checkpoint_every=0, arch=a.arch), hm.d_model, steps,
                      metadata={"hook_name": a.hookpoint, "model_name": st.model})
 
         def batches(xs: torch.Tensor = xs):
@@ -85,8 +87,9 @@ def main() -> None:
             sae.W_enc.copy_(M @ sae.W_enc)
             sae.W_dec.copy_(sae.W_dec @ Minv)
             sae.b_dec.copy_(sae.b_dec @ Minv)
-        sae.save(Path(a.out) / f"fisher_eps{eps:g}")
-        print(f"fisher_eps{eps:g}: trained in {time.perf_counter() - t0:.0f} s")
+        name = a.name.format(eps=eps)
+        sae.save(Path(a.out) / name)
+        print(f"{name}: trained in {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":
