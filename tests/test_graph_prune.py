@@ -112,11 +112,14 @@ def test_prune_matches_naive(seed, nt, et):
     A = A * (rank[:, None] > rank[None, :])  # edges only from earlier to later nodes
     A[embed_start:embed_start + n_pos] = 0
     A[n_feat:embed_start] = 0  # errors have no inputs
-    g = make_graph(A, n_feat, n_layers, n_pos, [0.6, 0.3])
+    assert_prunes_as_naive(make_graph(A, n_feat, n_layers, n_pos, [0.6, 0.3]), A, nt, et)
+
+
+def assert_prunes_as_naive(g: Graph, A: np.ndarray, nt: float, et: float) -> None:
     r = prune(g, nt, et)
-    keep, emask = naive_prune(A, g.logit_weights().numpy(), n_feat, embed_start, nt, et)
+    keep, emask = naive_prune(A, g.logit_weights().numpy(), g.n_features, g.embed_start, nt, et)
     assert r.node_mask.tolist() == keep.tolist()
-    got = np.zeros((n, n), dtype=bool)
+    got = np.zeros(A.shape, dtype=bool)
     ok = r.edge_mask & r.node_mask[g.adjacency.rows] & r.node_mask[g.adjacency.cols]
     got[g.adjacency.rows[ok].numpy(), g.adjacency.cols[ok].numpy()] = True
     assert (got == emask).all()
@@ -156,13 +159,7 @@ def test_influence_by_level_equals_power_series(seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_prune_on_levelled_graph_matches_naive(seed):
     g, A = levelled_graph(seed)
-    r = prune(g, 0.8, 0.9)
-    keep, emask = naive_prune(A, g.logit_weights().numpy(), g.n_features, g.embed_start, 0.8, 0.9)
-    assert r.node_mask.tolist() == keep.tolist()
-    ok = r.edge_mask & r.node_mask[g.adjacency.rows] & r.node_mask[g.adjacency.cols]
-    got = np.zeros(A.shape, dtype=bool)
-    got[g.adjacency.rows[ok].numpy(), g.adjacency.cols[ok].numpy()] = True
-    assert (got == emask).all()
+    assert_prunes_as_naive(g, A, 0.8, 0.9)
 
 
 def test_layout_and_bad_threshold():

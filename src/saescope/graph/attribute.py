@@ -24,7 +24,7 @@ from torch import Tensor
 
 from saescope import distributed as dist
 from saescope.debug.trace import prompt_ids, single_token
-from saescope.graph.graph import Adjacency, Graph
+from saescope.graph.graph import Adjacency, Graph, node_levels
 from saescope.graph.prune import influence
 from saescope.graph.replacement import FrozenModel, Transcoders
 from saescope.models import HookedModel
@@ -210,8 +210,7 @@ def attribute(hm: HookedModel, tc: Transcoders, prompt: str, *, targets: list[st
     k = torch.arange(n_logits)
     run(torch.full((n_logits,), fm.n_layers), torch.full((n_logits,), fm.n_pos - 1), lt.vectors,
         (n_src + k).tolist())
-    levels = torch.cat([active[:, 0], torch.arange(fm.n_layers).repeat_interleave(fm.n_pos),
-                        torch.full((fm.n_pos,), -1), torch.full((n_logits,), fm.n_layers)])  # as Graph.node_levels
+    levels = node_levels(active[:, 0], fm.n_layers, fm.n_pos, n_logits)  # of the all-sources layout
     visited = torch.zeros(n_act, dtype=torch.bool)
     while int(visited.sum()) < cap:
         if cap == n_act:

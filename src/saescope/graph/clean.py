@@ -46,7 +46,13 @@ class FrozenNorm:
         return y if self.bias is None else y + self.bias
 
     def vjp(self, g: Tensor) -> Tensor:
-        v = g * self.mult[: g.shape[-2]]
+        return self._centre(g * self.mult[: g.shape[-2]])
+
+    def vjp_at(self, g: Tensor, pos: int) -> Tensor:
+        """The transpose at one position, for g [..., d]."""
+        return self._centre(g * self.mult[pos])
+
+    def _centre(self, v: Tensor) -> Tensor:
         return v - v.mean(-1, keepdim=True) if self.centred else v
 
 

@@ -131,14 +131,8 @@ class Graph:
         return w
 
     def node_levels(self) -> Tensor:
-        """[n_nodes] int64 each node's level, so that every edge goes up: a feature's layer, an error's layer, −1 for
-        embeddings, n_layers for logits (a source writes at or after its layer, a target reads before it)."""
-        lv = torch.empty(self.n_nodes, dtype=torch.long)
-        lv[:self.n_features] = self.active_features[self.selected_features, 0]
-        lv[self.error_start:self.embed_start] = torch.arange(self.n_layers).repeat_interleave(self.n_pos)
-        lv[self.embed_start:self.logit_start] = -1
-        lv[self.logit_start:] = self.n_layers
-        return lv
+        """[n_nodes] int64 each node's level (`node_levels`)."""
+        return node_levels(self.active_features[self.selected_features, 0], self.n_layers, self.n_pos, self.n_logits)
 
     def error_mask(self) -> Tensor:
         m = torch.zeros(self.n_nodes, dtype=torch.bool)
@@ -162,3 +156,11 @@ class Graph:
     def error(self, i: int) -> tuple[int, int]:
         """(layer, position) of error node i."""
         return divmod(i - self.error_start, self.n_pos)
+
+
+def node_levels(feature_layers: Tensor, n_layers: int, n_pos: int, n_logits: int) -> Tensor:
+    """[features | errors (layer-major) | embeddings | logits] int64 levels such that every edge goes up: a feature's
+    layer, an error's layer, −1 for embeddings, n_layers for logits (a source writes at or after its layer, a target
+    reads before it)."""
+    return torch.cat([feature_layers.long(), torch.arange(n_layers).repeat_interleave(n_pos),
+                      torch.full((n_pos,), -1), torch.full((n_logits,), n_layers)])

@@ -87,14 +87,7 @@ def _skip_vjp(fm: FrozenModel, layer: int, g: Tensor, pos: int | None = None) ->
     post, norm2 = fm.post_mlp[layer], fm.layers[layer].norm2
     if pos is None:
         return norm2.vjp((g if post is None else post.vjp(g)) @ W.T)
-    v = g if post is None else _vjp_at(post, g, pos)
-    return _vjp_at(norm2, v @ W.T, pos)
-
-
-def _vjp_at(norm, g: Tensor, pos: int) -> Tensor:
-    """A frozen norm's transpose at one position, for g [..., d]."""
-    v = g * norm.mult[pos]
-    return v - v.mean(-1, keepdim=True) if norm.centred else v
+    return norm2.vjp_at((g if post is None else post.vjp_at(g, pos)) @ W.T, pos)
 
 
 @torch.no_grad()
@@ -131,9 +124,8 @@ def _through_skips(fm: FrozenModel, v: Tensor, first: int, last: int, pos: int) 
     no attention head)."""
     for layer in range(last, first - 1, -1):
         skip = _skip_vjp(fm, layer, v, pos)
-        if skip is None:
-            continue
-        v = v + skip
+        if skip is not None:
+            v = v + skip
     return v
 
 
@@ -199,7 +191,7 @@ def split_between(fm: FrozenModel, target: tuple[int, int, Tensor], source: tupl
         post = fm.post_mlp[k] if k >= 0 else None
 
         def P(v: Tensor) -> Tensor:  # v [..., d] at p_s → the write slot's side of Gemma's post-MLP norm
-            return v if post is None else _vjp_at(post, v, p_s)
+            return v if post is None else post.vjp_at(v, p_s)
 
         total += float(w @ P(G[k + 1][p_s]))
         for l in range(k + 1, min(layer + 1, fm.n_layers)):

@@ -97,15 +97,15 @@ def from_transcoder_set(ts: Any, n_layers: int, scan: str = "", write_point: str
     def encode(layer: int, x: Tensor) -> Tensor:
         return ts.encode_layer(layer, x.to(dev)).detach().float().cpu()
 
-    signed_k = _signed_topk_k(ts, n_layers)
-    how = dict(encoder=encode) if signed_k is None else dict(encoder=None)  # signed TopK: activation(x W_enc + b_enc)
+    signed_k = _signed_topk_k(ts, n_layers)  # circuit-tracer's TopK: activation(x W_enc + b_enc), not the set's own
+    encoder = encode if signed_k is None else None
     activation = _no_activation if signed_k is None else topk_activation(signed_k, relu=False)
     if ts.is_clt:
         clt = ts.clt
         skip = [f(clt.W_skip[l]) for l in range(n_layers)] if clt.cfg.skip else None
         per = lambda w: [f(w[l]) for l in range(n_layers)]  # noqa: E731
         return Transcoders(per(clt.W_enc), per(clt.b_enc), per(clt.W_dec), per(clt.b_dec), activation, skip, scan,
-                           write_point=where, **how)
+                           encoder=encoder, write_point=where)
     W_enc, b_enc, W_dec, b_dec, skip = [], [], [], [], []
     for l in range(n_layers):
         t = ts[l]
@@ -116,7 +116,7 @@ def from_transcoder_set(ts: Any, n_layers: int, scan: str = "", write_point: str
         b_dec.append(f(t.b_dec))
         skip.append(f(t.W_skip) if getattr(t, "skip_connection", False) else None)
     return Transcoders(W_enc, b_enc, W_dec, b_dec, activation, skip if any(w is not None for w in skip) else None,
-                       scan, write_point=where, **how)
+                       scan, encoder=encoder, write_point=where)
 
 
 def _no_activation(layer: int, pre: Tensor) -> Tensor:
