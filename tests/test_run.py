@@ -52,6 +52,7 @@ def test_pipeline_runs_every_stage_and_reuses_them(tiny_dir, text_corpus, tmp_pa
         else:
             assert arch == "topk" and ev["l0"] <= 4
         assert list(ev)[:2] == ["delta_ce", "delta_ce_se"] and ev["delta_ce_se"] >= 0  # the added loss leads
+        assert ev["spliced_from"] == "corpus"  # the corpus's contexts after the store's: none trained on
     manifest = json.loads((col_root / tiny_dir.name / "manifest.json").read_text())
     # the seed's five kinds at the studied layer: MLP neurons, heads by token pair, MLP latents, attention latents by
     # token and by pair; every other layer's neurons and heads; every layer's transcoder latents

@@ -203,18 +203,28 @@ def test_spliced_metrics_memory_is_bounded_by_the_budget_not_the_vocabulary(monk
     ids = torch.randint(3, len(tok), (6, T))
     ids[:, 0] = tok.bos_token_id
     sae = sae_class("topk")(SAEConfig("topk", 32, 64, k=8))
-    monkeypatch.setattr(E, "LOGITS_BUDGET", 2 * T * V * 4)  # two contexts of logits at a time
-    sizes: list[int] = []
-    forward = model.forward
+    from saescope.train import next_token as NT
 
-    def spy(*a, **kw):
-        out = forward(*a, **kw)
-        sizes.append(out.logits.numel())
-        return out
-    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(E, "LOGITS_BUDGET", 2 * T * V * 4)  # two contexts of clean probabilities at a time
+    monkeypatch.setattr(NT, "CHUNK", 4096)
+    held: list[int] = []
+    clean_stats, logits_t = NT.clean_stats, NT.Unembed.logits_t
+
+    def spy_clean(*a):
+        c = clean_stats(*a)
+        held.append(c.p.numel())
+        return c
+
+    def spy_logits(self, h):
+        chunk = logits_t(self, h)
+        return lambda i, j: held.append(chunk(i, j).numel()) or chunk(i, j)
+    monkeypatch.setattr(NT, "clean_stats", spy_clean)
+    monkeypatch.setattr(NT.Unembed, "logits_t", spy_logits)
+    monkeypatch.setattr(model, "forward", None)  # never the whole [tokens, V] logits: the head runs in chunks
     got = E.spliced_metrics(hm, sae, "resid_post.0", ids)
-    assert sizes and max(sizes) <= 2 * T * V  # bounded by the budget, whatever the batch of contexts
-    monkeypatch.setattr(model, "forward", forward)
+    assert held and max(held) <= 2 * T * V  # bounded by the budget, whatever the batch of contexts
+    assert any(n == 4096 * 2 * (T - 1) for n in held)  # the chunks: 4,096 vocabulary rows × 2 contexts
+    monkeypatch.undo()
     with torch.no_grad():  # naive reference: every context at once
         clean = model(input_ids=ids).logits[:, :-1].flatten(0, 1)
         with hm.patch("resid_post.0", lambda x: torch.where((ids == 2)[..., None], x, sae(x))):
@@ -237,8 +247,8 @@ def test_spliced_metrics_of_several_saes_share_the_clean_pass_and_equal_one_at_a
             (sae_class("topk")(SAEConfig("topk", d, 32, k=4)), "attn_out.1")]
     one = [E.spliced_metrics(hm, sae, hp, ids) for sae, hp in saes]
     calls = []
-    forward = hm.model.forward
-    monkeypatch.setattr(hm.model, "forward", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
+    forward = hm.model.base_model.forward
+    monkeypatch.setattr(hm.model.base_model, "forward", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
     many = E.spliced_metrics_many(hm, saes, ids, batch_size=4)
     assert len(calls) == 1 + 3 + 2  # clean once, each SAE, each hookpoint's zero ablation once
     for a, b in zip(one, many):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+
 import torch
 
 from saescope.models import HookedModel
@@ -420,6 +423,7 @@ def _random_model_transcoders(hm: HookedModel, kind: str, zero: bool) -> Transco
 
 @pytest.mark.parametrize("kind", ["skip", "clt"])
 def test_replacement_with_error_terms_reproduces_the_model(tiny, kind):
+    from saescope.train import metrics as M
     from saescope.train.replacement import replacement_logits, replacement_metrics
 
     ts = _model_transcoders(tiny, kind)
@@ -435,6 +439,16 @@ def test_replacement_with_error_terms_reproduces_the_model(tiny, kind):
     assert m["kl_replaced"] > 0 and m["delta_ce"] == pytest.approx(m["ce_replaced"] - m["ce_clean"])
     clean_nll = torch.nn.functional.cross_entropy(lg["clean"][:, :-1].flatten(0, 1), ids[:, 1:].flatten())
     assert m["ce_clean"] == pytest.approx(float(clean_nll), rel=1e-5) and m["tokens"] == 3 * 8
+    # differential: the chunked losses against the whole logits, standard errors over contexts as a naive loop
+    ce = torch.nn.functional.cross_entropy
+    d_ce = [float(ce(lg["replaced"][i, :-1], ids[i, 1:]) - ce(lg["clean"][i, :-1], ids[i, 1:])) for i in range(3)]
+    assert m["delta_ce"] == pytest.approx(statistics.fmean(d_ce), rel=1e-4, abs=1e-6)
+    assert m["delta_ce_se"] == pytest.approx(statistics.stdev(d_ce) / math.sqrt(3), rel=1e-3, abs=1e-6)
+    kl = M.kl_divergence(lg["clean"][:, :-1].flatten(0, 1), lg["replaced"][:, :-1].flatten(0, 1))
+    assert m["kl_replaced"] == pytest.approx(float(kl.mean()), rel=1e-4, abs=1e-7)
+    top = lg["replaced"].argmax(-1) == lg["clean"].argmax(-1)  # [3, 9]
+    assert m["top1_agreement_replaced"] == pytest.approx(float(top[:, :-1].float().mean()))
+    assert m["top1_agreement_last_replaced"] == pytest.approx(float(top[:, -1].float().mean()))
     # per-layer FVU and L0: each transcoder on the clean MLP input and output, BOS (ids == 2) left out
     cache = tiny.run_with_cache(ids, None, [f"{h}.{l}" for h in ("mlp_in", "mlp_out") for l in ts.layers])
     rows = ids != 2

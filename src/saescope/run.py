@@ -74,13 +74,14 @@ class RunConfig:
     resid_arch: str = "batchtopk"
     """Architecture of residual-stream SAEs ('' = --train.arch): at the same mean L0 (k = 32) BatchTopK's ΔCE on
     resid_post.9 was 0.295 against TopK's 0.353 nats, and 0.271 with a third pass (docs/metrics.md)."""
-    eval_contexts: int = 256
-    """Most held-out contexts for each SAE's spliced ΔCE/KL: each SAE stops once its ΔCE's standard error is below
-    0.01 nats (after 32 contexts; `saescope eval --target_se`)."""
-    eval_seconds: float = 60.0
+    eval_contexts: int = 400
+    """Most contexts for each SAE's spliced ΔCE/KL, the corpus's contexts after the store's (`saescope eval
+    --spliced_from corpus`): each SAE stops once its ΔCE's standard error is below 0.01 nats (after 32 contexts;
+    `saescope eval --target_se`). The residual SAE needs ~200-300 (per-context SD 0.14-0.17 nats), the others 32."""
+    eval_seconds: float = 240.0
     """Wall-time cap of the spliced evaluation once every SAE has its 32 contexts (`saescope eval --max_seconds`;
-    0 = none): the residual SAE's ΔCE would need ~1,000 contexts for a standard error of 0.01, so its error is
-    reported as it stands."""
+    0 = none), a guard for slow machines: the standard errors then say what the cap cost. On a 2-core EPYC the
+    residual SAE reaches SE < 0.01 in about 2 minutes (docs/metrics.md)."""
     no_serve: bool = False
     """Do not serve the viewer at the end (it is only served when run from a terminal anyway)."""
 
@@ -116,9 +117,11 @@ class RunResult(NamedTuple):
 
 def replacement_headline(ev: dict[str, Any]) -> str:
     """One line of a transcoder set's eval.json: each layer's reconstruction, then the replacement model."""
+    se = f" ± {ev['delta_ce_se']:.2f}" if "delta_ce_se" in ev else ""  # eval.json files before it had one
     return (f"mean FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, dead {ev['dead_fraction']:.1%}; every MLP replaced: "
-            f"ΔCE {ev['delta_ce']:.2f} nats, KL {ev['kl_replaced']:.2f}, top-1 agreement "
-            f"{ev['top1_agreement_replaced']:.0%} ({ev['top1_agreement_with_errors']:.0%} with error terms)")
+            f"ΔCE {ev['delta_ce']:.2f}{se} nats, KL {ev['kl_replaced']:.2f}, top-1 agreement "
+            f"{ev['top1_agreement_replaced']:.0%}; with error terms: ΔCE {ev['ce_with_errors'] - ev['ce_clean']:.3f}, "
+            f"KL {ev['kl_with_errors']:.3f}, top-1 {ev['top1_agreement_with_errors']:.0%}")
 
 
 def _options(obj: Any) -> dict[str, Any]:
@@ -246,7 +249,7 @@ class _Pipeline:
         # only once its eval.json is written, so a run killed here evaluates them again)
         evs = evaluate_many([EvalConfig(sae=str(sae.path), store=str(store.path), hookpoint=hp,
                                         holdout_shards=cfg.train.holdout_shards, contexts=cfg.eval_contexts,
-                                        max_seconds=cfg.eval_seconds)
+                                        spliced_from="corpus", max_seconds=cfg.eval_seconds)
                              for sae, hp in trained], hm=self.hm) if trained else []
         for (sae, _), ev in zip(trained, evs):
             write_json(sae.path / "eval.json", ev)

@@ -216,6 +216,10 @@ class EvalConfig:
     """Also splice the SAE into the model: ΔCE (spliced − clean loss), KL, CE loss recovered."""
     contexts: int = 256
     """Most held-out contexts for the spliced metrics (fewer where the held-out shards hold fewer)."""
+    spliced_from: str = "holdout"
+    """Where the spliced contexts come from: holdout (the store's held-out shards) or corpus (the store's corpus,
+    the contexts after the last one the store holds: no dictionary trained on the store saw them, and there are as
+    many as --contexts asks, where the held-out shards hold a few dozen)."""
     target_se: float = 0.01
     """Stop splicing an SAE once its ΔCE's standard error (over contexts) is below this many nats (0 = use all
     --contexts)."""
@@ -233,6 +237,7 @@ class EvalConfig:
         validate.at_least(self.holdout_shards, 0, "--holdout_shards", "0 = all shards")
         validate.at_least(self.contexts, 1, "--contexts")
         validate.at_least(self.max_seconds, 0, "--max_seconds", "0 = no limit")
+        validate.one_of(self.spliced_from, ("holdout", "corpus"), "--spliced_from")
 
 
 

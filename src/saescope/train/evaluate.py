@@ -44,8 +44,10 @@ def evaluate_batches(sae: BaseSAE, batches: Iterable[Tensor], device: str = "cpu
             "density_histogram": M.log_density_histogram(dens), "_density": dens}
 
 
-LOGITS_BUDGET = 128 * 2**20
-"""Bytes of float32 logits the spliced metrics hold per forward pass (the batch is sized to fit)."""
+LOGITS_BUDGET = 256 * 2**20
+"""Bytes of float32 [V, tokens] the spliced metrics hold per batch: the clean pass's probabilities (the batch is
+sized to fit: 4 contexts of 65 tokens with gemma's 262k vocabulary). The replacement metrics hold four logits
+tensors within it."""
 
 ZERO_ABLATION_MIN_NATS = 0.5
 """CE loss recovered = (CE_zero − CE_sae)/(CE_zero − CE_clean) is reported as unreliable when zero-ablating the
@@ -97,35 +99,6 @@ def splice(hm: HookedModel, hookpoint: str, fn: Callable[[Tensor], Tensor]) -> V
 SPLICEABLE = ("resid_post", "resid_pre", "mlp_in", "mlp_out", "attn_out", "mlp_post_act")
 
 
-class _Clean(NamedTuple):
-    """What every variant's losses need from the clean pass of a batch ([N] = b·(T−1) predictions)."""
-
-    p: Tensor
-    """[N, V] clean next-token probabilities."""
-    p_logits: Tensor
-    """[N] Σ_v p_v · logit_v of the clean logits."""
-    lse: Tensor
-    """[N] logsumexp of the clean logits."""
-    nll: Tensor
-    """[N] clean NLL of the targets."""
-
-
-def _clean_stats(logits: Tensor, tgt: Tensor) -> _Clean:
-    """logits [N, V] float32, tgt [N]. One softmax per batch, shared by every variant's KL."""
-    lse = logits.logsumexp(-1)  # [N]
-    p = (logits - lse[:, None]).exp_()  # [N, V]
-    return _Clean(p, torch.linalg.vecdot(p, logits), lse, lse - logits.gather(1, tgt[:, None])[:, 0])
-
-
-def _variant_losses(logits: Tensor, tgt: Tensor, c: _Clean) -> tuple[Tensor, Tensor]:
-    """(NLL [N], KL(clean ‖ variant) [N]) from the variant's logits [N, V] without materialising its log-softmax:
-    KL = Σ p (log p − log q) = (Σ p·z_p − Σ p·z_q) + (lse_q − lse_p) for logits z (2 passes over [N, V] instead of
-    5; both brackets are exactly 0 when the logits are identical)."""
-    lse = logits.logsumexp(-1)  # [N]
-    nll = lse - logits.gather(1, tgt[:, None])[:, 0]
-    return nll, (c.p_logits - torch.linalg.vecdot(c.p, logits)) + (lse - c.lse)
-
-
 @torch.no_grad()
 def context_losses(hm: HookedModel, variants: list[Variant], contexts: Tensor, batch_size: int = 0,
                    target_se: list[float] | None = None, min_contexts: int = 0,
@@ -139,15 +112,17 @@ def context_losses(hm: HookedModel, variants: list[Variant], contexts: Tensor, b
     passes go where the noise is. max_seconds > 0 stops every variant at the first batch boundary past that many
     seconds once min_contexts are done (the standard errors say what that cost in precision); max_contexts[i] > 0
     stops variant i at the first batch boundary at or past that many contexts. Memory is bounded
-    by LOGITS_BUDGET, not by the vocabulary: each batch holds the clean probabilities and one other pass's logits
-    at a time (gemma's 262k-token vocabulary makes one [8, 128, V] float32 logits tensor 1 GiB).
+    by LOGITS_BUDGET, not by the vocabulary: each batch holds the clean probabilities [V, tokens], and every pass
+    forms its logits a vocabulary chunk at a time (`next_token`).
     """
     from saescope.models.resume import record_block_inputs, start_at_block
+    from saescope.train import next_token as NT
 
     device = next(hm.model.parameters()).device
     C, T = contexts.shape
-    V = hm.model.get_output_embeddings().weight.shape[0]
-    batch_size = batch_size or max(1, LOGITS_BUDGET // (T * V * 4))
+    V = NT.vocab_size(hm.model)
+    head = NT.Unembed.of(hm.model)
+    batch_size = batch_size or max(1, LOGITS_BUDGET // ((T - 1) * V * 4))
     target = target_se or [0.0] * len(variants)
     starts = [getattr(v, "first_block", 0) for v in variants]
     clean_nll = torch.zeros(C, dtype=torch.float64)
@@ -162,22 +137,18 @@ def context_losses(hm: HookedModel, variants: list[Variant], contexts: Tensor, b
         tgt = ids[:, 1:].flatten()  # [b·(T−1)]
         end = b + len(ids)
 
-        def next_logits() -> Tensor:
-            """[b·(T−1), V] next-token logits."""
-            return hm.model(input_ids=ids, use_cache=False).logits[:, :-1].flatten(0, 1).float()
-
         def per_context(x: Tensor) -> Tensor:
             return x.view(ids.shape[0], T - 1).double().sum(1).cpu()  # [b·(T−1)] → [b]
 
         block_in: dict[int, Tensor] = {}
         with record_block_inputs(hm, [s for s, c in zip(starts, done) if s > 0 and c is None], block_in):
-            clean = _clean_stats(next_logits(), tgt)
+            clean = NT.clean_stats(NT.run(hm.model, ids, head), V, tgt)
         clean_nll[b:end] = per_context(clean.nll)
         for i, variant in enumerate(variants):
             if done[i] is not None:
                 continue
             with start_at_block(hm, starts[i], block_in.get(starts[i])), variant(ids):
-                own, div = _variant_losses(next_logits(), tgt, clean)
+                own, div, _ = NT.variant_losses(NT.run(hm.model, ids, head), V, tgt, clean)
             nll[i, b:end], kl[i, b:end] = per_context(own), per_context(div)
             if max_contexts and 0 < max_contexts[i] <= end:
                 done[i] = end

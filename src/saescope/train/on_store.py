@@ -194,21 +194,28 @@ def evaluate_many(cfgs: list[EvalConfig], hm: Any = None) -> list[dict[str, Any]
         if cfg.spliced:
             model = cfg.model or store.manifest.get("extra", {}).get("model_spec") or store.model
             key = (str(Path(cfg.store).resolve()), tuple(eval_ids), cfg.contexts, cfg.target_se, cfg.min_contexts,
-                   cfg.max_seconds, model)
+                   cfg.max_seconds, model, cfg.spliced_from)
             groups.setdefault(key, []).append(n)
-    for (_, eval_ids, contexts, target_se, min_contexts, max_seconds, model), members in groups.items():
+    for (_, eval_ids, contexts, target_se, min_contexts, max_seconds, model, source), members in groups.items():
         from saescope.models import load_model
 
         hm = hm or load_model(model)
         store = loaded[members[0]][2]
-        ctx = contexts_from_store(store, list(eval_ids), contexts, hm.tokenizer.bos_token_id)
+        ctx, where = None, "corpus"
+        if source == "corpus":
+            ctx = contexts_after_store(store, contexts, hm.tokenizer)
+        if ctx is None or len(ctx) < min(contexts, min_contexts):
+            if ctx is not None:
+                log.warning("%s: its corpus holds %d contexts after the store's; splicing on the held-out shards "
+                            "instead", store.root, len(ctx))
+            ctx, where = contexts_from_store(store, list(eval_ids), contexts, hm.tokenizer.bos_token_id), "holdout"
         t0 = time.perf_counter()
         res = spliced_metrics_many(hm, [loaded[n][:2] for n in members], ctx, target_se=target_se,
                                    min_contexts=min_contexts, max_seconds=max_seconds)
-        log.info("spliced metrics of %d SAE(s) on up to %d contexts: %.0f s", len(members), len(ctx),
+        log.info("spliced metrics of %d SAE(s) on up to %d %s contexts: %.0f s", len(members), len(ctx), where,
                  time.perf_counter() - t0)
         for n, r in zip(members, res):
-            evs[n] = {**r, **evs[n]}  # ΔCE and KL lead the summary
+            evs[n] = {**r, "spliced_from": where, **evs[n]}  # ΔCE and KL lead the summary
             if target_se and r["delta_ce_se"] >= target_se:
                 why = (f"the {max_seconds:g} s cap (--max_seconds) stopped it after {r['spliced_contexts']} of "
                        f"{len(ctx)} contexts" if r["spliced_contexts"] < len(ctx) else
@@ -217,6 +224,22 @@ def evaluate_many(cfgs: list[EvalConfig], hm: Any = None) -> list[dict[str, Any]
                 log.warning("%s: ΔCE standard error %.3f nats is above --target_se %.3f: %s", cfgs[n].sae,
                             r["delta_ce_se"], target_se, why)
     return evs
+
+
+def contexts_after_store(store: ActivationStore, n: int, tokenizer: Any) -> torch.Tensor:
+    """Up to n contexts [n, T] of the store's corpus that come after the last one it holds (packed as the capture
+    packed them), so that no dictionary trained on the store saw them; [0, T] where the corpus ends there or the
+    store records none."""
+    from saescope.corpus import CorpusConfig, iter_contexts
+
+    src, T = store.manifest.get("source", {}), store.context_len
+    if not src.get("path") or not T:
+        return torch.zeros(0, T or 0, dtype=torch.long)  # a store of prompts (the seed dataset): no corpus
+    corpus = CorpusConfig("wiki" if src.get("kind") == "wiki" else src["path"], src.get("text_field", "text"),
+                          src.get("shuffle_docs", 0))
+    skip = store.shards[-1]["contexts"][1] if store.shards else 0
+    rows = [c for _, c in zip(range(skip + n), iter_contexts(tokenizer, corpus.texts(), T))][skip:]
+    return torch.tensor(rows, dtype=torch.long).view(len(rows), T)
 
 
 def contexts_from_store(store: ActivationStore, shard_ids: list[int], n: int, bos: int | None) -> torch.Tensor:

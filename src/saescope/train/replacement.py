@@ -14,11 +14,11 @@ agreement with the model (every position, and the last position of each context:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from saescope.sae.transcoder import TranscoderSet
@@ -31,13 +31,15 @@ def _logits(hm: Any, ids: Tensor) -> Tensor:
     return hm.model(input_ids=ids, use_cache=False).logits.float()
 
 
+VARIANTS = ("clean", "replaced", "with_errors", "zero")
+
+
 @torch.no_grad()
-def replacement_logits(hm: Any, ts: TranscoderSet, ids: Tensor,
-                       sums: dict[int, M.ReconstructionSums] | None = None) -> dict[str, Tensor]:
-    """{clean, replaced, with_errors, zero}: logits [B, T, V] of the four variants (module docstring). `sums`
-    (layer → running sums) accumulates each transcoder's reconstruction of the clean MLP output, BOS left out."""
-    device = next(hm.model.parameters()).device
-    ids = ids.to(device)
+def replacement_passes(hm: Any, ts: TranscoderSet, ids: Tensor, run: Callable[[], Any],
+                       sums: dict[int, M.ReconstructionSums] | None = None) -> dict[str, Any]:
+    """{clean, replaced, with_errors, zero}: what run() returns inside each variant (module docstring), the clean
+    pass first. `sums` (layer → running sums) accumulates each transcoder's reconstruction of the clean MLP output,
+    BOS left out."""
     keep = ids == hm.tokenizer.bos_token_id  # [B, T]
     seen: dict[int, tuple[Tensor, Tensor]] = {}
 
@@ -46,7 +48,7 @@ def replacement_logits(hm: Any, ts: TranscoderSet, ids: Tensor,
         return out
 
     with hm.replace_mlps(record, ts.layers):
-        clean = _logits(hm, ids)
+        clean = run()
     pred = ts.reconstruct({l: seen[l][0] for l in ts.layers})
     errors = {l: seen[l][1] - pred[l] for l in ts.layers}
     if sums is not None:
@@ -55,65 +57,86 @@ def replacement_logits(hm: Any, ts: TranscoderSet, ids: Tensor,
             x_in, out = seen[l][0][rows], seen[l][1][rows]  # [N, d_in], [N, d_out]
             sums.setdefault(l, M.ReconstructionSums()).add(out, pred[l][rows], ts.encode_layer(l, x_in))
     with ts.replacement(hm, keep=keep):
-        replaced = _logits(hm, ids)
+        replaced = run()
     with ts.replacement(hm, errors=errors, keep=keep):
-        with_errors = _logits(hm, ids)
+        with_errors = run()
     with hm.replace_mlps(lambda l, x, out: torch.where(keep[..., None], out, torch.zeros_like(out)), ts.layers):
-        zero = _logits(hm, ids)
-    return {"clean": clean, "replaced": replaced, "with_errors": with_errors, "zero": zero}
+        zero = run()
+    return dict(zip(VARIANTS, (clean, replaced, with_errors, zero)))
 
 
-@dataclass
-class _Sums:
-    nll: dict[str, float]
-    kl: dict[str, float]
-    top1: dict[str, float]
-    top1_last: dict[str, float]
-    n: int = 0
-    n_last: int = 0
+def replacement_logits(hm: Any, ts: TranscoderSet, ids: Tensor,
+                       sums: dict[int, M.ReconstructionSums] | None = None) -> dict[str, Tensor]:
+    """{clean, replaced, with_errors, zero}: logits [B, T, V] of the four variants (the whole logits: for tests
+    and small vocabularies; `replacement_metrics` forms them a vocabulary chunk at a time)."""
+    ids = ids.to(next(hm.model.parameters()).device)
+    return replacement_passes(hm, ts, ids, lambda: _logits(hm, ids), sums)
+
+
+def _batch_losses(hm: Any, ts: TranscoderSet, ids: Tensor, sums: dict[int, M.ReconstructionSums]
+                  ) -> dict[str, Tensor]:
+    """Per context [b] of one batch: NLL and KL(clean ‖ variant) summed over the T − 1 predictions, top-1
+    agreement with the clean pass (count over the predictions, and 0/1 at the last position)."""
+    from saescope.train import next_token as NT
+
+    b, T = ids.shape
+    V, head = NT.vocab_size(hm.model), NT.Unembed.of(hm.model)
+    tgt = torch.cat([ids[:, 1:], torch.zeros_like(ids[:, :1])], 1).flatten()  # [b·T]: the last has no target
+    clean: list[NT.Clean] = []
+
+    def run() -> Any:
+        logits = NT.run(hm.model, ids, head, last=True)
+        if not clean:
+            clean.append(NT.clean_stats(logits, V, tgt))
+            return clean[0]
+        return NT.variant_losses(logits, V, tgt, clean[0])
+
+    res = replacement_passes(hm, ts, ids, run, sums)
+    out: dict[str, Tensor] = {}
+    for k, r in res.items():
+        out[f"nll_{k}"] = r.nll.view(b, T)[:, :-1].double().sum(1).cpu()
+        if k != "clean":
+            same = (r.top1 == res["clean"].top1).view(b, T)
+            out[f"kl_{k}"] = r.kl.view(b, T)[:, :-1].double().sum(1).cpu()
+            out[f"top1_{k}"], out[f"top1_last_{k}"] = same[:, :-1].sum(1).cpu(), same[:, -1].cpu()
+    return out
 
 
 @torch.no_grad()
 def replacement_metrics(hm: Any, ts: TranscoderSet, contexts: Tensor, batch_size: int = 0) -> dict[str, Any]:
-    """CE loss (clean / replaced / with errors / zero-ablated), ΔCE, CE loss recovered, KL(clean ‖ variant) and
-    top-1 agreement with the model, over contexts [B, T] (module docstring); per layer (`per_layer`) and their
-    mean, the FVU and L0 of each transcoder on the clean MLP input and output. Memory: one batch's four logits
-    tensors, sized by evaluate.LOGITS_BUDGET."""
+    """CE loss (clean / replaced / with errors / zero-ablated), ΔCE and KL(clean ‖ variant) with their standard
+    errors over contexts, CE loss recovered and top-1 agreement with the model over contexts [B, T] (module
+    docstring); per layer (`per_layer`) and their mean, the FVU and L0 of each transcoder on the clean MLP input
+    and output. Memory: the clean pass's probabilities [V, tokens] of one batch, sized by evaluate.LOGITS_BUDGET;
+    every pass forms its logits a vocabulary chunk at a time (`next_token`)."""
     from saescope.train.evaluate import LOGITS_BUDGET
+    from saescope.train.next_token import vocab_size
 
     B, T = contexts.shape
-    V = hm.model.get_output_embeddings().weight.shape[0]
-    batch_size = batch_size or max(1, LOGITS_BUDGET // (4 * T * V * 4))
-    names = ("replaced", "with_errors", "zero")
-    s = _Sums({k: 0.0 for k in ("clean", *names)}, {k: 0.0 for k in names}, {k: 0.0 for k in names},
-              {k: 0.0 for k in names})
+    batch_size = batch_size or max(1, LOGITS_BUDGET // (T * vocab_size(hm.model) * 4))
+    device = next(hm.model.parameters()).device
+    per: dict[str, list[Tensor]] = {}
     layer_sums: dict[int, M.ReconstructionSums] = {}
     for b in range(0, B, batch_size):
-        ids = contexts[b:b + batch_size]
-        logits = replacement_logits(hm, ts, ids, layer_sums)
-        tgt = ids[:, 1:].to(logits["clean"].device).flatten()
-        lp = {k: v[:, :-1].flatten(0, 1).log_softmax(-1) for k, v in logits.items()}  # [b·(T−1), V]
-        top = {k: v.argmax(-1) for k, v in logits.items()}  # [b, T]
-        for k in ("clean", *names):
-            s.nll[k] += float(F.nll_loss(lp[k], tgt, reduction="sum"))
-        for k in names:
-            s.kl[k] += float(M.kl_from_logprobs(lp["clean"], lp[k]).sum())
-            s.top1[k] += float((top[k][:, :-1] == top["clean"][:, :-1]).sum())
-            s.top1_last[k] += float((top[k][:, -1] == top["clean"][:, -1]).sum())
-        s.n += tgt.numel()
-        s.n_last += ids.shape[0]
-    ce = {k: v / s.n for k, v in s.nll.items()}
-    out = {"ce_clean": ce["clean"], "ce_replaced": ce["replaced"], "ce_with_errors": ce["with_errors"],
-           "ce_zero_ablation": ce["zero"], "delta_ce": ce["replaced"] - ce["clean"],
-           "ce_loss_recovered": M.ce_loss_recovered(ce["clean"], ce["replaced"], ce["zero"])}
-    for k in names:
-        out[f"kl_{k}"] = s.kl[k] / s.n
-        out[f"top1_agreement_{k}"] = s.top1[k] / s.n
-        out[f"top1_agreement_last_{k}"] = s.top1_last[k] / s.n_last
+        for k, v in _batch_losses(hm, ts, contexts[b:b + batch_size].to(device), layer_sums).items():
+            per.setdefault(k, []).append(v)
+    c = {k: torch.cat(v).double() for k, v in per.items()}  # [B] per context
+    n = T - 1
+    ce = {k: float(c[f"nll_{k}"].mean()) / n for k in VARIANTS}
+    d_ce, d_ce_se = M.mean_and_se((c["nll_replaced"] - c["nll_clean"]) / n)
+    out: dict[str, Any] = {"delta_ce": d_ce, "delta_ce_se": d_ce_se}
+    for k in VARIANTS[1:]:
+        out[f"kl_{k}"], out[f"kl_{k}_se"] = M.mean_and_se(c[f"kl_{k}"] / n)
+    out |= {"ce_clean": ce["clean"], "ce_replaced": ce["replaced"], "ce_with_errors": ce["with_errors"],
+            "ce_zero_ablation": ce["zero"], "ce_loss_recovered": M.ce_loss_recovered(ce["clean"], ce["replaced"],
+                                                                                      ce["zero"])}
+    for k in VARIANTS[1:]:
+        out[f"top1_agreement_{k}"] = float(c[f"top1_{k}"].sum()) / (B * n)
+        out[f"top1_agreement_last_{k}"] = float(c[f"top1_last_{k}"].mean())
     per_layer = {l: layer_sums[l].result() for l in ts.layers}
     out["fvu"] = sum(r["fvu"] for r in per_layer.values()) / len(per_layer)  # mean over layers
     out["l0"] = sum(r["l0"] for r in per_layer.values()) / len(per_layer)
-    out.update(tokens=s.n, contexts=s.n_last)
+    out.update(tokens=B * n, contexts=B)
     out["per_layer"] = {str(l): {"fvu": r["fvu"], "l0": r["l0"]} for l, r in per_layer.items()}  # type: ignore[assignment]
     return out
 
