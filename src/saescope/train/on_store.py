@@ -219,8 +219,8 @@ def evaluate_many(cfgs: list[EvalConfig], hm: Any = None) -> list[dict[str, Any]
             if target_se and r["delta_ce_se"] >= target_se:
                 why = (f"the {max_seconds:g} s cap (--max_seconds) stopped it after {r['spliced_contexts']} of "
                        f"{len(ctx)} contexts" if r["spliced_contexts"] < len(ctx) else
-                       f"with all {len(ctx)} held-out contexts; hold out more shards (--holdout_shards) or raise "
-                       f"--contexts")
+                       f"with all {len(ctx)} {where} contexts; " + ("raise --contexts" if where == "corpus" else
+                       "use --spliced_from corpus, or hold out more shards (--holdout_shards)"))
                 log.warning("%s: ΔCE standard error %.3f nats is above --target_se %.3f: %s", cfgs[n].sae,
                             r["delta_ce_se"], target_se, why)
     return evs
@@ -228,8 +228,8 @@ def evaluate_many(cfgs: list[EvalConfig], hm: Any = None) -> list[dict[str, Any]
 
 def contexts_after_store(store: ActivationStore, n: int, tokenizer: Any) -> torch.Tensor:
     """Up to n contexts [n, T] of the store's corpus that come after the last one it holds (packed as the capture
-    packed them), so that no dictionary trained on the store saw them; [0, T] where the corpus ends there or the
-    store records none."""
+    packed them, so that no dictionary trained on the store saw them), drawn at random (SPREAD); [0, T] where the
+    corpus ends there or the store records none."""
     from saescope.corpus import CorpusConfig, iter_contexts
 
     src, T = store.manifest.get("source", {}), store.context_len
@@ -238,8 +238,16 @@ def contexts_after_store(store: ActivationStore, n: int, tokenizer: Any) -> torc
     corpus = CorpusConfig("wiki" if src.get("kind") == "wiki" else src["path"], src.get("text_field", "text"),
                           src.get("shuffle_docs", 0))
     skip = store.shards[-1]["contexts"][1] if store.shards else 0
-    rows = [c for _, c in zip(range(skip + n), iter_contexts(tokenizer, corpus.texts(), T))][skip:]
-    return torch.tensor(rows, dtype=torch.long).view(len(rows), T)
+    rest = [c for _, c in zip(range(skip + SPREAD * n), iter_contexts(tokenizer, corpus.texts(), T))][skip:]
+    pick = torch.randperm(len(rest), generator=torch.Generator().manual_seed(0))[:n].tolist()
+    return torch.tensor([rest[i] for i in pick], dtype=torch.long).view(len(pick), T)
+
+
+SPREAD = 32
+"""`contexts_after_store` draws its n contexts at random from the next SPREAD·n of the corpus, in random order:
+consecutive contexts share a document (the bundled Wikipedia sample's 106 articles are ~80 contexts of 65 tokens
+each), so n consecutive ones would measure a handful of articles, and their standard error over contexts would
+understate the spread between articles; any prefix of the draw (an SAE stops at its target SE) spans many."""
 
 
 def contexts_from_store(store: ActivationStore, shard_ids: list[int], n: int, bos: int | None) -> torch.Tensor:
