@@ -6,8 +6,8 @@
 Each variant is `saescope train --hookpoint resid_post.L --batch_size 256 --input_weights read_gain
 --holdout_shards H` plus its own options (a variant already trained in --out is reused); then every variant is
 spliced into the model on the same held-out contexts (one shared clean pass per batch, so the rows' differences
-are paired) and one table is printed: training seconds, ΔCE ± SE, KL, held-out FVU, contexts. docs/metrics.md
-has the table of the default run's store.
+are paired; `--spliced_from corpus`: the corpus's contexts after the store's, unseen articles) and one table is
+printed: training seconds, ΔCE ± SE, KL, held-out FVU, contexts. docs/metrics.md has the tables.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--hookpoint", default="resid_post.9")
     ap.add_argument("--holdout_shards", type=int, default=3, help="held out of training; spliced contexts come from them")
     ap.add_argument("--contexts", type=int, default=256)
+    ap.add_argument("--spliced_from", default="holdout", choices=("holdout", "corpus"),
+                    help="corpus: contexts of the store's corpus after the store's (unseen articles; `saescope run`)")
     ap.add_argument("variants", nargs="+", help="name=options for `saescope train`")
     a = ap.parse_args()
     from saescope.train.config import EvalConfig
@@ -44,7 +46,8 @@ def main() -> None:
             seconds[name] = time.perf_counter() - t0
     # target_se tiny and min_contexts 0: every variant is spliced on all the contexts (zero-ablation on 8 only)
     cfgs = [EvalConfig(sae=str(out / n), store=a.store, hookpoint=a.hookpoint, holdout_shards=a.holdout_shards,
-                       contexts=a.contexts, target_se=1e-9, min_contexts=0) for n in variants]
+                       contexts=a.contexts, target_se=1e-9, min_contexts=0, spliced_from=a.spliced_from)
+            for n in variants]
     evs = evaluate_many(cfgs)
     (out / "sweep.json").write_text(json.dumps(dict(zip(variants, evs)), indent=1))
     print("| variant | options | train s | ΔCE ± SE (nats) | KL | held-out FVU | contexts |")

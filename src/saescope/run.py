@@ -75,13 +75,15 @@ class RunConfig:
     """Architecture of residual-stream SAEs ('' = --train.arch): at the same mean L0 (k = 32) BatchTopK's ΔCE on
     resid_post.9 was 0.295 against TopK's 0.353 nats, and 0.271 with a third pass (docs/metrics.md)."""
     eval_contexts: int = 400
-    """Most contexts for each SAE's spliced ΔCE/KL, the corpus's contexts after the store's (`saescope eval
-    --spliced_from corpus`): each SAE stops once its ΔCE's standard error is below 0.01 nats (after 32 contexts;
-    `saescope eval --target_se`). The residual SAE needs ~200-300 (per-context SD 0.14-0.17 nats), the others 32."""
-    eval_seconds: float = 240.0
+    """Most contexts for each SAE's spliced ΔCE/KL, drawn from the corpus's contexts after the store's (`saescope
+    eval --spliced_from corpus`: unseen articles): each SAE stops once its ΔCE's standard error is below 0.01 nats
+    (after 32 contexts; `saescope eval --target_se`), or at --eval_seconds."""
+    eval_seconds: float = 60.0
     """Wall-time cap of the spliced evaluation once every SAE has its 32 contexts (`saescope eval --max_seconds`;
-    0 = none), a guard for slow machines: the standard errors then say what the cap cost. On a 2-core EPYC the
-    residual SAE reaches SE < 0.01 in about 2 minutes (docs/metrics.md)."""
+    0 = none). The MLP and attention SAEs reach SE < 0.01 within 32 contexts; the residual SAE needs ~340 (its
+    per-context SD across articles is 0.18 nats), 215 s of spliced passes on a 2-core EPYC, which the run's 15 minutes
+    do not have: it stops here and reports the standard error it reached (~0.02); `saescope eval --sae
+    runs/default/saes/resid_post --spliced_from corpus --contexts 400` takes it below 0.01 (docs/metrics.md)."""
     no_serve: bool = False
     """Do not serve the viewer at the end (it is only served when run from a terminal anyway)."""
 

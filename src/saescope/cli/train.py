@@ -16,7 +16,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         v = m[k]
         text = f"{v:.4f}" if isinstance(v, float) else str(v)
         if f"{k}_se" in m:  # the standard error over contexts
-            text += f" ± {m[k + '_se']:.4f} nats/token (SE over {m.get('spliced_contexts', '?')} contexts)"
+            where = f"{m['spliced_from']} " if "spliced_from" in m else ""  # corpus: unseen articles
+            text += f" ± {m[k + '_se']:.4f} nats/token (SE over {m.get('spliced_contexts', '?')} {where}contexts)"
         if k == "ce_loss_recovered" and not m.get("ce_loss_recovered_reliable", True):
             text += (f"  unreliable: zero-ablation adds only {m['ce_zero_ablation'] - m['ce_clean']:.3f} nats "
                      "(read delta_ce)")

@@ -45,9 +45,9 @@ def evaluate_batches(sae: BaseSAE, batches: Iterable[Tensor], device: str = "cpu
 
 
 LOGITS_BUDGET = 256 * 2**20
-"""Bytes of float32 [V, tokens] the spliced metrics hold per batch: the clean pass's probabilities (the batch is
-sized to fit: 4 contexts of 65 tokens with gemma's 262k vocabulary). The replacement metrics hold four logits
-tensors within it."""
+"""Bytes of float32 [V, tokens] the spliced and the replacement metrics hold per batch: the clean pass's
+probabilities (the batch is sized to fit: 4 contexts of 65 tokens with gemma's 262k vocabulary); every other pass
+forms its logits a vocabulary chunk at a time (`next_token`)."""
 
 ZERO_ABLATION_MIN_NATS = 0.5
 """CE loss recovered = (CE_zero − CE_sae)/(CE_zero − CE_clean) is reported as unreliable when zero-ablating the
