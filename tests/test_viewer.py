@@ -51,7 +51,7 @@ def test_the_dataset_list_shows_an_sae_s_added_loss_first(client):
     sae_row = next(d for d in client.get("/api/datasets").json() if d["unit_type"] == "sae_latents")
     assert "dictionary" not in sae_row  # no eval.json yet
     ev = {"fvu": 0.2, "l0": 4.0, "dead_fraction": 0.0, "delta_ce": 0.12, "delta_ce_se": 0.008, "kl_div": 0.1,
-          "kl_div_se": 0.004, "ce_clean": 3.0, "mse": 1.0}
+          "kl_div_se": 0.004, "ce_clean": 3.0, "mse": 1.0, "spliced_contexts": 64, "spliced_from": "corpus"}
     path = Path(sae_row["source"]) / "eval.json"
     path.write_text(json.dumps(ev))
     try:
@@ -59,6 +59,7 @@ def test_the_dataset_list_shows_an_sae_s_added_loss_first(client):
         got = next(d for d in rows if d["unit_type"] == "sae_latents")["dictionary"]
         assert list(got)[:4] == ["delta_ce", "delta_ce_se", "kl_div", "kl_div_se"] and got["fvu"] == 0.2
         assert "mse" not in got and all("dictionary" not in d for d in rows if d["unit_type"] != "sae_latents")
+        assert got["spliced_contexts"] == 64 and got["spliced_from"] == "corpus"  # what the ΔCE was measured on
         path.write_text("{broken")
         assert "dictionary" not in next(d for d in client.get("/api/datasets").json() if d.get("source"))
     finally:

@@ -95,6 +95,14 @@ def _formatter() -> type:
     return Formatter
 
 
+def worker_exit() -> None:
+    """A non-zero torchrun rank, whose work is done (rank 0 writes and reports): flush and leave without the
+    interpreter's teardown, where worker ranks intermittently aborted in native threads (SIGABRT, exit code -6)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def parse(cls: type, argv: Sequence[str], prog: str) -> Any:
     """argv → an instance of the config dataclass `cls` (field docstrings are the --help text; Literal fields
     list their choices and refuse others; options that collide between nested stages are prefixed, e.g.

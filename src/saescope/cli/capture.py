@@ -8,16 +8,12 @@ def main(argv: list[str]) -> int:
 
     from saescope.capture import run
     from saescope.capture.config import CaptureConfig
-    from saescope.cli import parse
+    from saescope.cli import parse, worker_exit
 
     cfg = parse(CaptureConfig, argv, "saescope capture")
     res = run(cfg)
     if int(os.environ.get("RANK", "0")) > 0:  # a torchrun worker: rank 0 has listed every shard and reports
-        import sys
-
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        worker_exit()
     if res.seed_format:
         from saescope.store.seed import seed_summary
 

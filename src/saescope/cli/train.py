@@ -28,18 +28,8 @@ def format_metrics(m: dict[str, Any]) -> str:
 ONLINE_FLAGS = ("--model", "--corpus", "--hookpoints", "--forward_contexts", "--online")
 
 
-def _worker_exit() -> None:
-    """A non-zero torchrun rank: rank 0 reports and has written everything (the ranks met at a barrier)."""
-    import os
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip the interpreter's teardown, where a worker rank intermittently aborted in native threads
-
-
 def train(argv: list[str]) -> int:
-    from saescope.cli import parse
+    from saescope.cli import parse, worker_exit
     from saescope.train.config import TrainConfig
     from saescope.train.run_train import run
 
@@ -48,7 +38,7 @@ def train(argv: list[str]) -> int:
     cfg = parse(TrainConfig, argv, "saescope train")
     res = run(cfg)
     if not res.main_rank:
-        _worker_exit()
+        worker_exit()
     if res.kind != "sae":
         for d in res.dictionaries:
             h = d.metrics
@@ -64,7 +54,7 @@ def train(argv: list[str]) -> int:
 
 def train_online(argv: list[str]) -> int:
     """`saescope train --model M --corpus C --hookpoints 'resid_post.*' --tokens N`: straight from the model."""
-    from saescope.cli import parse
+    from saescope.cli import parse, worker_exit
     from saescope.train.config import OnlineConfig
     from saescope.train.run_train import run
 
@@ -72,7 +62,7 @@ def train_online(argv: list[str]) -> int:
     cfg = parse(OnlineConfig, argv, "saescope train (online: --model/--corpus/--hookpoints)")
     res = run(cfg)
     if not res.main_rank:
-        _worker_exit()
+        worker_exit()
     for d in res.dictionaries:
         print(f"{d.name}: {d.steps} steps, {d.tokens:,} tokens, {d.tokens_per_s or 0:,.0f} tokens/s, "
               f"FVU {d.metrics.get('fvu', float('nan')):.3f} → {d.out}")

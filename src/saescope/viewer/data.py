@@ -268,7 +268,7 @@ def _load_summary(path: str, mtime: float) -> dict[str, Any] | None:
 
 
 DICTIONARY_KEYS = ("delta_ce", "delta_ce_se", "kl_div", "kl_div_se", "fvu", "l0", "dead_fraction", "ce_loss_recovered",
-                   "ce_loss_recovered_reliable", "spliced_contexts")
+                   "ce_loss_recovered_reliable", "spliced_contexts", "spliced_from")
 """What the dataset list shows of an SAE's eval.json, the loss it adds to the model first."""
 
 

@@ -202,7 +202,10 @@ function dictionaryText(ev) {
   if (!ev) return "";
   const f = (v, n) => (typeof v === "number" ? v.toFixed(n) : "?");
   const parts = [];
-  if (ev.delta_ce !== undefined) parts.push(`ΔCE ${f(ev.delta_ce, 3)} ± ${f(ev.delta_ce_se, 3)} nats`, `KL ${f(ev.kl_div, 3)}`);
+  // where the spliced contexts came from: the corpus after the store (unseen articles) or the store's held-out shard
+  const over = ev.spliced_contexts === undefined ? "" :
+    ` (${ev.spliced_contexts} ${ev.spliced_from === "corpus" ? "unseen-corpus" : "held-out"} contexts)`;
+  if (ev.delta_ce !== undefined) parts.push(`ΔCE ${f(ev.delta_ce, 3)} ± ${f(ev.delta_ce_se, 3)} nats${over}`, `KL ${f(ev.kl_div, 3)}`);
   if (ev.fvu !== undefined) parts.push(`FVU ${f(ev.fvu, 3)}`);
   if (ev.l0 !== undefined) parts.push(`L0 ${f(ev.l0, 1)}`);
   if (ev.dead_fraction !== undefined) parts.push(`dead ${f(100 * ev.dead_fraction, 1)} %`);
