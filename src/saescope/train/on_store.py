@@ -238,13 +238,15 @@ def contexts_after_store(store: ActivationStore, n: int, tokenizer: Any) -> torc
     corpus = CorpusConfig("wiki" if src.get("kind") == "wiki" else src["path"], src.get("text_field", "text"),
                           src.get("shuffle_docs", 0))
     skip = store.shards[-1]["contexts"][1] if store.shards else 0
-    rest = [c for _, c in zip(range(skip + SPREAD * n), iter_contexts(tokenizer, corpus.texts(), T))][skip:]
+    window = max(n, min(SPREAD * n, SPREAD_TOKENS // T))
+    rest = [c for _, c in zip(range(skip + window), iter_contexts(tokenizer, corpus.texts(), T))][skip:]
     pick = torch.randperm(len(rest), generator=torch.Generator().manual_seed(0))[:n].tolist()
     return torch.tensor([rest[i] for i in pick], dtype=torch.long).view(len(pick), T)
 
 
-SPREAD = 32
-"""`contexts_after_store` draws its n contexts at random from the next SPREAD·n of the corpus, in random order:
+SPREAD, SPREAD_TOKENS = 32, 1_000_000
+"""`contexts_after_store` draws its n contexts at random from the next SPREAD·n of the corpus (at most
+SPREAD_TOKENS tokens of it, and at least n contexts: tokenizing is the cost), in random order:
 consecutive contexts share a document (the bundled Wikipedia sample's 106 articles are ~80 contexts of 65 tokens
 each), so n consecutive ones would measure a handful of articles, and their standard error over contexts would
 understate the spread between articles; any prefix of the draw (an SAE stops at its target SE) spans many."""
