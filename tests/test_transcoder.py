@@ -424,11 +424,11 @@ def _random_model_transcoders(hm: HookedModel, kind: str, zero: bool) -> Transco
 @pytest.mark.parametrize("kind", ["skip", "clt"])
 def test_replacement_with_error_terms_reproduces_the_model(tiny, kind):
     from saescope.train import metrics as M
-    from saescope.train.replacement import replacement_logits, replacement_metrics
+    from saescope.train.replacement import replacement_metrics, replacement_passes
 
     ts = _model_transcoders(tiny, kind)
     ids = _ids(tiny, n=3, t=9)
-    lg = replacement_logits(tiny, ts, ids)
+    lg = replacement_passes(tiny, ts, ids, lambda: tiny.model(input_ids=ids).logits.float())  # whole logits [B, T, V]
     with torch.no_grad():
         torch.testing.assert_close(lg["clean"], tiny.model(ids).logits.float())
     torch.testing.assert_close(lg["with_errors"], lg["clean"], rtol=1e-4, atol=1e-4)

@@ -158,11 +158,14 @@ def collate(cfg: CollateConfig, hm: HookedModel | None = None) -> dict[str, Any]
     if world > 1:
         states, tokens, seen = merge_ranks(states, tokens, seen)
         if rank != 0:
+            dist.shutdown()  # waits for rank 0 to write: a rank leaving an open group can abort in gloo's teardown
             return {}
     if max(seen) == 0:
         raise SaescopeError(f"{cfg.store or 'corpus ' + repr(cfg.data.corpus)} gave no excerpts of {T} tokens")
     source_info = {"store": cfg.store} if cfg.store else cfg.data.describe()
-    return write_outputs(cfg, hm, groups, states, tokens, seen, elapsed, source_info)
+    manifest = write_outputs(cfg, hm, groups, states, tokens, seen, elapsed, source_info)
+    dist.shutdown()
+    return manifest
 
 
 Batch = tuple[Tensor, Tensor, dict[str, Tensor]]

@@ -27,10 +27,6 @@ from saescope.train import metrics as M
 log = logging.getLogger(__name__)
 
 
-def _logits(hm: Any, ids: Tensor) -> Tensor:
-    return hm.model(input_ids=ids, use_cache=False).logits.float()
-
-
 VARIANTS = ("clean", "replaced", "with_errors", "zero")
 
 
@@ -63,14 +59,6 @@ def replacement_passes(hm: Any, ts: TranscoderSet, ids: Tensor, run: Callable[[]
     with hm.replace_mlps(lambda l, x, out: torch.where(keep[..., None], out, torch.zeros_like(out)), ts.layers):
         zero = run()
     return dict(zip(VARIANTS, (clean, replaced, with_errors, zero)))
-
-
-def replacement_logits(hm: Any, ts: TranscoderSet, ids: Tensor,
-                       sums: dict[int, M.ReconstructionSums] | None = None) -> dict[str, Tensor]:
-    """{clean, replaced, with_errors, zero}: logits [B, T, V] of the four variants (the whole logits: for tests
-    and small vocabularies; `replacement_metrics` forms them a vocabulary chunk at a time)."""
-    ids = ids.to(next(hm.model.parameters()).device)
-    return replacement_passes(hm, ts, ids, lambda: _logits(hm, ids), sums)
 
 
 def _batch_losses(hm: Any, ts: TranscoderSet, ids: Tensor, sums: dict[int, M.ReconstructionSums]
