@@ -40,7 +40,7 @@ def main() -> None:
             tr._initialise(x)
         stats = tr.train_step(x)
         if step % args.every == 0 or step == steps:
-            dec = tr.opt.state[W]["x"] if isinstance(tr.opt, ScheduleFreeSignSGD) else W
+            dec = tr.opt.average(W) if isinstance(tr.opt, ScheduleFreeSignSGD) else W
             r = recovery(toy.features, dec.detach(), toy.probs)
             print(json.dumps({"step": step, "fvu": round(stats["fvu"], 3), "dead": round(stats["dead"], 3),
                               **{k: round(v, 3) for k, v in r.items()}}), flush=True)

@@ -148,12 +148,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--heldout", type=int, default=16_384)
     ap.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated, from {', '.join(ROWS)}")
+    ap.add_argument("--row", action="append", default=[], metavar="NAME=JSON",
+                    help='an extra row of TrainerConfig fields, e.g. \'mine={"arch": "topk", "lr": 2e-3}\' '
+                         '(repeatable; named in --rows or appended to them)')
     ap.add_argument("--wallclock", default="topk,matryoshka,matryoshka+all",
                     help="rows also run for the seconds sparsify's row took (at their own tokens/s)")
     ap.add_argument("--stream-mult", type=float, default=2.0, help="stream drawn = this × --tokens")
     ap.add_argument("--out", default="", help="also write the rows as JSON here")
     a = ap.parse_args(argv)
     rows = [r for r in a.rows.split(",") if r]
+    for spec in a.row:
+        name, _, js = spec.partition("=")
+        ROWS[name] = json.loads(js)
+        rows += [] if name in rows else [name]
     bad = [r for r in rows if r not in ROWS]
     if bad:
         ap.error(f"unknown rows {bad}; choose from {', '.join(ROWS)}")

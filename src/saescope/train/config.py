@@ -51,7 +51,7 @@ class TrainerConfig:
     """Learning rate; 0 = adam 1e-3·√(2^14 / F) for the TopK family (2e-4·√(2^14 / F) for jumprelu/standard),
     signum 5e-3·√(2^14 / F)."""
     momentum: float = 0.95
-    """signum: schedule-free interpolation β between the SGD iterate and its running average."""
+    """signum: schedule-free interpolation β between the SGD iterate and its running average (0 < β < 1)."""
     warmup_frac: float = 0.02
     """Fraction of steps with linear LR warm-up."""
     decay_frac: float = 0.2
@@ -145,6 +145,9 @@ class TrainerConfig:
         for name in ("k_anneal_frac", "warmup_frac", "decay_frac", "resample_until", "sparsity_warmup_frac",
                      "momentum"):
             validate.between(getattr(self, name), 0, 1, f"--{name}")
+        if self.optimizer == "signum" and not 0 < self.momentum < 1:
+            raise SaescopeError(f"--momentum {self.momentum}: signum needs 0 < momentum < 1 (its running average is "
+                                f"recovered from the parameters through it); use e.g. 0.95")
         validate.at_least(self.k_anneal_start, 1, "--k_anneal_start")
         validate.at_least(self.buffer_rows, 1, "--buffer_rows")
         validate.at_least(self.lista_iters, 1, "--lista_iters")

@@ -68,7 +68,7 @@ def resample_dead(sae: BaseSAE, opt: torch.optim.Optimizer, aliases: dict[str, T
             if not isinstance(st, Tensor) or st.shape != a.shape:
                 continue  # scalar step counters etc.
             view = st if rows_first else st.T
-            if key in ("z", "x"):
+            if key == "z":  # signum's SGD iterate; its average follows from it and the parameter
                 view[idx] = value
             elif key == "exp_avg_sq":  # a typical second moment, so the first steps are not lr/√(1−β2) jumps
                 view[idx] = view[alive].mean(0) if bool(alive.any()) else 0.0

@@ -33,7 +33,7 @@ from saescope.train.checkpoint import (
 )
 from saescope.train.config import TrainerConfig
 from saescope.train.memory import retain_freed_memory
-from saescope.train.optim import ScheduleFreeSignSGD, clip_grad_norm, contiguous_alias, make_optimizer, unit_rows_if
+from saescope.train.optim import ScheduleFreeSignSGD, clip_grad_norm, contiguous_alias, make_optimizer
 from saescope.train.precision import resolve_encoder_dtype
 from saescope.train.resample import resample_dead
 
@@ -186,9 +186,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)  # free the gradients now: their memory is reused by the next step
         self.sched.step()
         if sae.unit_norm_decoder:
-            sae.set_decoder_unit_norm()
-            if isinstance(self.opt, ScheduleFreeSignSGD):
-                self.opt.map_iterates(unit_rows_if(sae.W_dec))
+            sae.set_decoder_unit_norm()  # signum: this carries into the running average (train/optim.py)
         dist_utils.average_buffers(sae)
         fired = dist_utils.any_across_ranks(out.fired)
         n_global = x.shape[0] * dist_utils.world_size()
