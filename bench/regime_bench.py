@@ -57,7 +57,7 @@ def train_saescope(kw: dict[str, Any], width: int, k: int, data: torch.Tensor, s
 
     torch.manual_seed(0)
     if kw.get("lr", 0) < 0:  # a multiple of the default learning rate for this arch and width
-        kw = {**kw, "lr": -kw["lr"] * TrainerConfig(arch=kw.get("arch", "topk"), width=width).learning_rate()}
+        kw = {**kw, "lr": -kw["lr"] * TrainerConfig(arch=kw.get("arch", "topk"), width=width, batch_size=bs).learning_rate()}
     tr = Trainer(TrainerConfig(k=k, width=width, batch_size=bs, checkpoint_every=0, **kw), data.shape[1], steps)
     spent = 0.0
     for s in range(steps):

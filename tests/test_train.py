@@ -481,3 +481,19 @@ def test_auto_encoder_dtype_follows_the_measured_matmul_speed(monkeypatch):
     # the probe draws from its own generator: a Trainer seeds, then probes, then initialises (found when the first
     # Trainer of a process on an AVX512-BF16 CPU drew other weights than the next ones with the same seed)
     torch.testing.assert_close(torch.rand(4), want)
+
+
+def test_default_learning_rate_follows_the_square_root_batch_rule_for_adam_topk():
+    """TopK-family SAEs with Adam: 1e-3·√(2^14/F)·√(B/256); signum (sparsify's), jumprelu/standard and
+    transcoders ignore the batch."""
+    from saescope.train.config import TrainerConfig
+
+    lr = lambda **kw: TrainerConfig(**kw).learning_rate()  # noqa: E731
+    assert lr(width=2**14, batch_size=256) == pytest.approx(1e-3)
+    assert lr(width=2**14, batch_size=1024) == pytest.approx(2e-3)
+    assert lr(arch="batchtopk", width=4096, batch_size=1024) == pytest.approx(4e-3)
+    assert lr(arch="matryoshka", width=4096, batch_size=64) == pytest.approx(1e-3)
+    assert lr(optimizer="signum", width=2**14, batch_size=4096) == pytest.approx(5e-3)
+    assert lr(arch="jumprelu", width=2**14, batch_size=4096) == pytest.approx(2e-4)
+    assert lr(width=2**14, batch_size=4096, lr=3e-4) == 3e-4
+    assert lr(kind="transcoder", width=2**14, batch_size=1024) == pytest.approx(1e-3)

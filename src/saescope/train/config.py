@@ -13,6 +13,8 @@ from saescope.errors import SaescopeError
 
 Arch = Literal["topk", "batchtopk", "matryoshka", "matryoshka_batchtopk", "jumprelu", "standard", "relu"]
 
+LR_BATCH = 256
+"""The batch size at which the TopK family's default Adam learning rate is 1e-3·√(2^14 / F)."""
 
 
 @dataclass
@@ -48,8 +50,8 @@ class TrainerConfig:
     """adam (fused Adam, LR warm-up and final decay) or signum (sign-SGD with schedule-free averaging, no decay
     needed; the saved SAE is the averaged iterate)."""
     lr: float = 0.0
-    """Learning rate; 0 = adam 1e-3·√(2^14 / F) for the TopK family (2e-4·√(2^14 / F) for jumprelu/standard),
-    signum 5e-3·√(2^14 / F)."""
+    """Learning rate; 0 = adam 1e-3·√(2^14 / F)·√(batch / 256) for TopK-family SAEs (transcoders without the
+    batch factor; 2e-4·√(2^14 / F) for jumprelu/standard), signum 5e-3·√(2^14 / F)."""
     momentum: float = 0.95
     """signum: schedule-free interpolation β between the SGD iterate and its running average (0 < β < 1)."""
     warmup_frac: float = 0.02
@@ -172,8 +174,15 @@ class TrainerConfig:
         if self.lr:
             return self.lr
         topk_family = issubclass(sae_class(self.arch), TopKSAE)  # the issue-13 recipe was measured on these
-        base = 5e-3 if self.optimizer == "signum" else (1e-3 if topk_family else 2e-4)
-        return base / math.sqrt(self.width / 2**14)
+        if self.optimizer == "signum":
+            return 5e-3 / math.sqrt(self.width / 2**14)  # sparsify's
+        if not topk_family:
+            return 2e-4 / math.sqrt(self.width / 2**14)
+        # SAEs: Adam's square-root batch rule (Malladi et al. 2022), anchored where the run's 256-token batches sit
+        # at the edge of stability on gemma-3-270m (2x there adds loss; 4x diverges at 1,024): docs/training.md.
+        # Transcoders keep the rate they were measured at.
+        batch = math.sqrt(self.batch_size / LR_BATCH) if self.kind == "sae" else 1.0
+        return 1e-3 / math.sqrt(self.width / 2**14) * batch
 
 
 
