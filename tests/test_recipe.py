@@ -37,6 +37,29 @@ def test_lista_with_zero_step_is_the_linear_encoder():
     assert torch.allclose(lista.training_forward(x, ctx).x_hat, lin.training_forward(x, ctx).x_hat, atol=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_refined_pre_acts_are_what_the_lista_code_is_taken_from(arch):
+    """The pre-activations of the last LISTA step, from the naive loop: the code is their activation (the debugger
+    traces a latent through them); with no LISTA they are the linear pre-activations."""
+    sae, x = _sae(arch, 2), _x()
+    with torch.no_grad():
+        sae.lista_step.fill_(0.3)
+        if arch == "batchtopk":
+            sae.threshold.fill_(0.05)
+    act = sae._topk if arch == "topk" else sae._above_threshold
+    x_in = x - sae.b_dec
+    pre0 = x_in @ sae.W_enc + sae.b_enc
+    pre, f = pre0, act(pre0)
+    for _ in range(2):
+        pre = pre0 + 0.3 * ((x_in - f @ sae.W_dec) @ sae.W_enc)
+        f = act(pre)
+    torch.testing.assert_close(sae.refined_pre_acts(x), pre)
+    torch.testing.assert_close(sae.encode(x), f)
+    assert not torch.allclose(pre, pre0, atol=1e-3)  # the steps changed something
+    plain = _sae(arch, 0)
+    assert torch.equal(plain.refined_pre_acts(x), plain.pre_acts(x))
+
+
 def _dense_lista_loss(sae, x: torch.Tensor, k: int) -> torch.Tensor:
     """The naive reference: dense matrices and autograd through everything, TopK by a dense mask."""
     def topk(pre):

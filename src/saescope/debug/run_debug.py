@@ -56,7 +56,7 @@ def _activation_of(kind: str, key: tuple[Any, ...], saes: dict[str, BaseSAE], hm
         return lambda tr, _: (tr.head_in[L][0, t, h] @ hm.W_O(L)[h].to(tr.head_in[L].dtype)).norm()
     hp, i, t = key
     sae = saes[hp]
-    return lambda tr, _: sae.pre_acts(tr.sae_inputs[hp][0, t].float())[i]
+    return lambda tr, _: sae.refined_pre_acts(tr.sae_inputs[hp][0, t].float()[None])[0, i]  # LISTA: its last step
 
 
 @dataclass

@@ -162,18 +162,24 @@ class BaseSAE(nn.Module):
         """[N, d] → dense latent activations [N, F]."""
         raise NotImplementedError
 
-    def lista_refine(self, x: Tensor, pre: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
+    def refined_pre_acts(self, x: Tensor) -> Tensor:
+        """[N, d] → [N, F] the pre-activations the code is taken from: `pre_acts` for a linear encoder, those of
+        the last LISTA step otherwise (what a latent's activation is a function of, e.g. for upstream tracing)."""
+        return self.pre_acts(x)
+
+    def lista_refine(self, x: Tensor, pre: Tensor, act: Callable[[Tensor], Tensor], return_pre: bool = False) -> Tensor:
         """The code of pre-activations `pre` [N, F] under activation `act`, refined by the LISTA steps: each
         re-encodes x_in + η·r, r = x_in − f W_dec the residual of the current code f (x_in = x − b_dec), i.e.
-        pre_t = pre + η·r W_enc; without LISTA (or η = 0) it is act(pre). The training forward computes the same
-        with sparse kernels (topk.py)."""
-        f = act(pre)  # [N, F]
+        pre_t = pre + η·r W_enc; without LISTA (or η = 0) it is act(pre). `return_pre`: the last pre_t instead of
+        the code. The training forward computes the same with sparse kernels (topk.py)."""
         if self.cfg.lista_iters == 0:
-            return f
+            return pre if return_pre else act(pre)
+        f, pre_t = act(pre), pre  # [N, F] each
         x_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
         for _ in range(self.cfg.lista_iters):
-            f = act(pre + self.lista_step * ((x_in - f @ self.W_dec) @ self.W_enc))
-        return f
+            pre_t = pre + self.lista_step * ((x_in - f @ self.W_dec) @ self.W_enc)
+            f = act(pre_t)
+        return pre_t if return_pre else f
 
     def decode(self, f: Tensor) -> Tensor:
         """[N, F] → [N, d]."""

@@ -37,6 +37,9 @@ class BatchTopKSAE(TopKSAE):
     def encode(self, x: Tensor) -> Tensor:
         return self.lista_refine(x, self.pre_acts(x), self._above_threshold)
 
+    def refined_pre_acts(self, x: Tensor) -> Tensor:
+        return self.lista_refine(x, self.pre_acts(x), self._above_threshold, return_pre=True)
+
     def _above_threshold(self, pre: Tensor) -> Tensor:
         pre = pre.relu()
         return pre * (pre > self.threshold)

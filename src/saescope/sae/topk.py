@@ -22,6 +22,9 @@ class TopKSAE(BaseSAE):
     def encode(self, x: Tensor) -> Tensor:
         return self.lista_refine(x, self.pre_acts(x), self._topk)
 
+    def refined_pre_acts(self, x: Tensor) -> Tensor:
+        return self.lista_refine(x, self.pre_acts(x), self._topk, return_pre=True)
+
     def _topk(self, pre: Tensor) -> Tensor:
         vals, idx = pre.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
