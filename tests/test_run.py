@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
 from saescope.capture.config import CaptureOptions
 from saescope.collate.config import CollateOptions
 from saescope.config import ModelConfig
 from saescope.corpus import CorpusConfig
+from saescope.errors import SaescopeError
 from saescope.records import read_unit
 from saescope.run import RunConfig, run_pipeline
 from saescope.train.config import TrainerConfig, TranscoderRunOptions
@@ -175,3 +178,9 @@ def test_residual_saes_take_resid_epochs():
     assert p.trainer_for("resid_post.4").arch == "batchtopk" and p.trainer_for("mlp_out.4").arch == "topk"
     p.cfg = RunConfig(resid_arch="")
     assert p.trainer_for("resid_post.4").arch == p.cfg.train.arch == "topk"
+    # and --resid_encoder (LISTA by default; '' = --train.encoder, linear)
+    assert p.trainer_for("resid_post.4").encoder == "lista" and p.trainer_for("attn_out.4").encoder == "linear"
+    p.cfg = RunConfig(resid_encoder="")
+    assert p.trainer_for("resid_post.4").encoder == p.cfg.train.encoder == "linear"
+    with pytest.raises(SaescopeError, match="--resid_encoder"):
+        RunConfig(resid_encoder="ista")

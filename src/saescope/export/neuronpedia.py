@@ -186,6 +186,10 @@ def export_neuronpedia(cfg: NeuronpediaExportConfig) -> list[Path]:
     for d in entries:
         sae_dir = run / "saes" / d["name"]
         sae = load_sae(sae_dir)
+        if getattr(sae.cfg, "lista_iters", 0):
+            log.warning("%s has a LISTA encoder: its features, activations and explanations export as usual, but "
+                        "the SAE under sae/ loads in saescope only (SAELens has no LISTA encoder); `saescope run "
+                        "--resid_encoder linear` trains one it loads", sae_dir)
         hookpoint = (d.get("hookpoints") or [sae.cfg.metadata.get("hook_name", "")])[0]
         width = f"{sae.cfg.d_sae // 1024}k" if sae.cfg.d_sae % 1024 == 0 else str(sae.cfg.d_sae)
         source_set = cfg.source_set or re.sub(r"[^a-z0-9-]", "-", f"saescope-{d['name']}-{width}".lower())
