@@ -38,7 +38,7 @@ def test_lista_with_zero_step_is_the_linear_encoder():
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_refined_pre_acts_are_what_the_lista_code_is_taken_from(arch):
+def test_refined_pre_acts_are_what_the_lista_code_is_taken_from(arch, tmp_path):
     """The pre-activations of the last LISTA step, from the naive loop: the code is their activation (the debugger
     traces a latent through them); with no LISTA they are the linear pre-activations."""
     sae, x = _sae(arch, 2), _x()
@@ -46,7 +46,7 @@ def test_refined_pre_acts_are_what_the_lista_code_is_taken_from(arch):
         sae.lista_step.fill_(0.3)
         if arch == "batchtopk":
             sae.threshold.fill_(0.05)
-    act = sae._topk if arch == "topk" else sae._above_threshold
+    act = sae.activation
     x_in = x - sae.b_dec
     pre0 = x_in @ sae.W_enc + sae.b_enc
     pre, f = pre0, act(pre0)
@@ -58,6 +58,11 @@ def test_refined_pre_acts_are_what_the_lista_code_is_taken_from(arch):
     assert not torch.allclose(pre, pre0, atol=1e-3)  # the steps changed something
     plain = _sae(arch, 0)
     assert torch.equal(plain.refined_pre_acts(x), plain.pre_acts(x))
+    if arch == "batchtopk":  # saved as JumpReLU (what the debugger loads): the same refined pre-activations
+        sae.save(tmp_path / "s")
+        back = load_sae(tmp_path / "s")
+        assert type(back).__name__ == "JumpReLUSAE"
+        torch.testing.assert_close(back.refined_pre_acts(x), pre)
 
 
 def _dense_lista_loss(sae, x: torch.Tensor, k: int) -> torch.Tensor:

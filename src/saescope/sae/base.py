@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -158,27 +157,31 @@ class BaseSAE(nn.Module):
         x_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
         return x_in @ self.W_enc + self.b_enc
 
+    def activation(self, pre: Tensor) -> Tensor:
+        """[N, F] pre-activations → the code (the architecture's inference nonlinearity)."""
+        raise NotImplementedError
+
     def encode(self, x: Tensor) -> Tensor:
         """[N, d] → dense latent activations [N, F]."""
-        raise NotImplementedError
+        return self.lista_refine(x, self.pre_acts(x))
 
     def refined_pre_acts(self, x: Tensor) -> Tensor:
         """[N, d] → [N, F] the pre-activations the code is taken from: `pre_acts` for a linear encoder, those of
         the last LISTA step otherwise (what a latent's activation is a function of, e.g. for upstream tracing)."""
-        return self.pre_acts(x)
+        return self.lista_refine(x, self.pre_acts(x), return_pre=True)
 
-    def lista_refine(self, x: Tensor, pre: Tensor, act: Callable[[Tensor], Tensor], return_pre: bool = False) -> Tensor:
-        """The code of pre-activations `pre` [N, F] under activation `act`, refined by the LISTA steps: each
-        re-encodes x_in + η·r, r = x_in − f W_dec the residual of the current code f (x_in = x − b_dec), i.e.
-        pre_t = pre + η·r W_enc; without LISTA (or η = 0) it is act(pre). `return_pre`: the last pre_t instead of
-        the code. The training forward computes the same with sparse kernels (topk.py)."""
+    def lista_refine(self, x: Tensor, pre: Tensor, return_pre: bool = False) -> Tensor:
+        """The code of pre-activations `pre` [N, F], refined by the LISTA steps: each re-encodes x_in + η·r,
+        r = x_in − f W_dec the residual of the current code f (x_in = x − b_dec), i.e. pre_t = pre + η·r W_enc;
+        without LISTA (or η = 0) it is activation(pre). `return_pre`: the last pre_t instead of the code. The
+        training forward computes the same with sparse kernels (topk.py)."""
         if self.cfg.lista_iters == 0:
-            return pre if return_pre else act(pre)
-        f, pre_t = act(pre), pre  # [N, F] each
+            return pre if return_pre else self.activation(pre)
+        f, pre_t = self.activation(pre), pre  # [N, F] each
         x_in = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
         for _ in range(self.cfg.lista_iters):
             pre_t = pre + self.lista_step * ((x_in - f @ self.W_dec) @ self.W_enc)
-            f = act(pre_t)
+            f = self.activation(pre_t)
         return pre_t if return_pre else f
 
     def decode(self, f: Tensor) -> Tensor:

@@ -34,13 +34,7 @@ class BatchTopKSAE(TopKSAE):
             t = self.threshold
             self.threshold.copy_(lo if t == 0 else (1 - self.threshold_lr) * t + self.threshold_lr * lo)
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.lista_refine(x, self.pre_acts(x), self._above_threshold)
-
-    def refined_pre_acts(self, x: Tensor) -> Tensor:
-        return self.lista_refine(x, self.pre_acts(x), self._above_threshold, return_pre=True)
-
-    def _above_threshold(self, pre: Tensor) -> Tensor:
+    def activation(self, pre: Tensor) -> Tensor:
         pre = pre.relu()
         return pre * (pre > self.threshold)
 

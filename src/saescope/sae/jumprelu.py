@@ -59,9 +59,10 @@ class JumpReLUSAE(BaseSAE):
         # per step, far too slowly from the 0.01 init to useful thresholds at small step counts.
         self.threshold = nn.Parameter(torch.full((cfg.d_sae,), self.init_threshold))
 
-    def encode(self, x: Tensor) -> Tensor:
-        # LISTA only reaches here as a saved BatchTopK/Matryoshka (training a JumpReLU with it is refused)
-        return self.lista_refine(x, self.pre_acts(x), lambda z: z * (z > self.threshold.clamp_min(0.0)))
+    def activation(self, pre: Tensor) -> Tensor:
+        # LISTA (base.lista_refine) only reaches here as a saved BatchTopK/Matryoshka (training a JumpReLU with it
+        # is refused)
+        return pre * (pre > self.threshold.clamp_min(0.0))
 
     def training_forward(self, x: Tensor, ctx: TrainContext | None = None, y: Tensor | None = None) -> TrainOutput:
         ctx = ctx or TrainContext()

@@ -13,8 +13,8 @@ from saescope.sae.base import BaseSAE, TrainContext, TrainOutput
 class ReLUSAE(BaseSAE):
     architecture = "standard"
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.pre_acts(x).relu()
+    def activation(self, pre: Tensor) -> Tensor:
+        return pre.relu()
 
     def training_forward(self, x: Tensor, ctx: TrainContext | None = None, y: Tensor | None = None) -> TrainOutput:
         ctx = ctx or TrainContext()

@@ -19,13 +19,7 @@ class TopKSAE(BaseSAE):
     architecture = "topk"
     unit_norm_decoder = True
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.lista_refine(x, self.pre_acts(x), self._topk)
-
-    def refined_pre_acts(self, x: Tensor) -> Tensor:
-        return self.lista_refine(x, self.pre_acts(x), self._topk, return_pre=True)
-
-    def _topk(self, pre: Tensor) -> Tensor:
+    def activation(self, pre: Tensor) -> Tensor:
         vals, idx = pre.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
 
