@@ -213,3 +213,28 @@ def test_frequency_sorted_matryoshka_puts_frequent_latents_first():
         rate = (sae.encode(toy.sample(4096, g)) > 0).float().mean(0)  # [F] held-out firing rates
     assert rate[:8].mean() > 2 * rate[32:].mean()
     assert rate[:8].mean() > rate[8:16].mean() > rate[32:].mean()
+
+
+@pytest.mark.parametrize("lista", [0, 1, 2])
+def test_batchtopk_threshold_calibration_gives_mean_l0_k(lista, tmp_path):
+    """θ set on training rows gives encode's mean L0 = k there: exactly (to a tie) for the linear encoder, where θ
+    is the (k·N + 1)-th largest activation; to within a token's worth for LISTA, whose first step also reads θ.
+    The saved (JumpReLU) SAE keeps it."""
+    sae, x = _sae("batchtopk", lista, d=16, F=48, k=4), _x(512)
+    with torch.no_grad():
+        if lista:
+            sae.lista_step.fill_(0.4)
+        sae.threshold.fill_(0.001)  # a running estimate far too low: L0 far above k
+    assert (sae.encode(x) > 0).sum(1).float().mean() > 8
+    theta = sae.calibrate_threshold(x, 4)
+    l0 = float((sae.encode(x) > 0).sum(1).float().mean())
+    assert float(sae.threshold) == pytest.approx(theta)
+    if lista == 0:
+        assert l0 == 4.0
+        relu = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        assert int((relu > theta).sum()) == 4 * 512  # the naive count
+    else:
+        assert abs(l0 - 4) < 1 / 8
+    sae.save(tmp_path / "s")
+    back = load_sae(tmp_path / "s")
+    torch.testing.assert_close(back.encode(x), sae.encode(x))

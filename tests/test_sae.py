@@ -216,3 +216,28 @@ def test_saelens_loads_our_directories_with_identical_outputs(tmp_path):
         theirs = sae_lens.SAE.load_from_disk(str(tmp_path / arch), device="cpu")
         x = torch.randn(8, 16)
         torch.testing.assert_close(theirs(x), sae(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["gauss", "relu", "ties", "all_equal", "small"])
+def test_top_indices_equals_a_full_topk(case):
+    """The prefiltered top-n (kernels.top_indices) selects exactly the set a full topk selects: Gaussian and
+    ReLU'd values (mostly zeros), many exact ties (one value repeated), all equal, and a tensor too small to
+    prefilter."""
+    from saescope.sae.kernels import top_indices
+
+    g = torch.Generator().manual_seed(3)
+    M, n = (300, 40) if case == "small" else (1 << 16, 512)
+    v = torch.randn(M, generator=g)
+    if case == "relu":
+        v = v.relu()
+    elif case == "ties":
+        v = torch.randint(0, 50, (M,), generator=g).float()
+    elif case == "all_equal":
+        v = torch.ones(M)
+    got = top_indices(v, n)
+    assert got.numel() == n and got.unique().numel() == n
+    want = v.topk(n).values
+    # the same multiset of values (with ties, which of the tied entries is taken may differ)
+    torch.testing.assert_close(v[got].sort().values, want.sort().values, rtol=0, atol=0)
+    if case in ("gauss", "small"):
+        assert torch.equal(got.sort().values, v.topk(n).indices.sort().values)

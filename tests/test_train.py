@@ -461,6 +461,26 @@ def test_train_run_returns_what_it_wrote(tmp_path, capsys):
     assert f"SAE written to {tmp_path / 'cli'} ({d.steps} steps" in out and "held-out metrics:" in out
 
 
+def test_batchtopk_trained_on_a_store_infers_at_mean_l0_k(tmp_path):
+    """train_from_store calibrates a BatchTopK SAE's threshold on training rows (`calibration_rows`): the saved
+    SAE's mean L0 there is k, LISTA encoder included (its running estimate alone read 16 % high on gemma)."""
+    from saescope.sae import load_sae
+    from saescope.store import ActivationStore
+    from saescope.train.config import TrainConfig, TrainerConfig
+    from saescope.train.on_store import calibration_rows
+    from saescope.train.run_train import run
+
+    store = toy_store(tmp_path / "store", n_shards=3, rows=256)
+    tc = TrainerConfig(arch="batchtopk", encoder="lista", width=64, k=3, batch_size=64, checkpoint_every=0,
+                       buffer_rows=512)
+    run(TrainConfig(trainer=tc, store=str(store), out=str(tmp_path / "sae"), device="cpu"), progress=False)
+    sae = load_sae(tmp_path / "sae")
+    assert sae.cfg.lista_iters == 1 and float(sae.lista_step.detach()) != 0.0
+    rows = calibration_rows(ActivationStore(store), "resid_post.0", [0, 1])
+    assert rows.shape == (512, 32)
+    assert abs(float((sae.encode(rows) > 0).sum(1).float().mean()) - 3) < 0.05
+
+
 def test_auto_encoder_dtype_follows_the_measured_matmul_speed(monkeypatch):
     """`auto` picks bfloat16 on a CPU only when the probe measures it faster, whatever the CPU flags say."""
     import torch

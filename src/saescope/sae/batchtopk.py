@@ -38,6 +38,37 @@ class BatchTopKSAE(TopKSAE):
         pre = pre.relu()
         return pre * (pre > self.threshold)
 
+    @torch.no_grad()
+    def calibrate_threshold(self, x: Tensor, k: float, iters: int = 24) -> float:
+        """Sets θ so that `encode`'s mean L0 on the rows x [N, d] is k, and returns it. Training keeps exactly
+        k·N activations per batch, and θ is only a running estimate of the smallest kept one; with a LISTA
+        encoder the inference code also takes its first step through θ where training took the batch's top k·N,
+        and the estimate ran 16 % high in L0 (37.2 against k = 32 on gemma-3-270m's resid_post.9). Linear
+        encoder: θ is the (k·N + 1)-th largest activation, exactly; LISTA: bisection on log θ (L0 falls as θ
+        rises), to the θ whose L0 is nearest k."""
+        N = x.shape[0]
+        pre = self.pre_acts(x)  # [N, F]
+        if self.cfg.lista_iters == 0:
+            v = pre.relu().flatten()
+            n = min(round(k * N), v.numel() - 1)
+            theta = float(v.topk(n + 1).values[-1])
+        else:
+            def l0(t: float) -> float:
+                self.threshold.fill_(t)
+                return float((self.lista_refine(x, pre) > 0).sum()) / N
+
+            lo = hi = float(self.threshold) if float(self.threshold) > 0 else float(pre.relu().mean())
+            while l0(lo) < k and lo > 1e-12:
+                lo /= 2
+            while l0(hi) > k:
+                hi *= 2
+            for _ in range(iters):  # l0(lo) >= k >= l0(hi)
+                mid = (lo * hi) ** 0.5
+                lo, hi = (mid, hi) if l0(mid) >= k else (lo, mid)
+            theta = min((lo, hi), key=lambda t: abs(l0(t) - k))
+        self.threshold.fill_(theta)
+        return theta
+
     def inference_state(self) -> tuple[str, dict[str, Tensor], dict[str, Any]]:
         tensors = {k: v.detach() for k, v in self.state_dict().items() if k != "threshold"}
         tensors["threshold"] = self.threshold.detach().expand(self.cfg.d_sae).clone()

@@ -74,6 +74,24 @@ def topk_coo(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def batch_topk_coo(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top (k·N) entries of the whole batch (BatchTopK) → (rows, cols), rows sorted."""
     N, n_lat = pre.shape
-    flat = pre.flatten().topk(min(k * N, pre.numel()), sorted=False).indices
+    flat = top_indices(pre.flatten(), min(k * N, pre.numel()))
     flat = flat.sort().values  # row-major order ⇒ rows ascending
     return flat // n_lat, flat % n_lat
+
+
+def top_indices(flat: Tensor, n: int, stride: int = 16) -> Tensor:
+    """Indices of the n largest entries of flat [M] (unordered), exactly, without a top-n over all M: a strided
+    sample gives a bound that about 1.25 n entries clear; the top n of the entries ≥ bound are the top n of all
+    (every entry left out is below every candidate). Where fewer than n clear it, a full topk. On a CPU, n = 8,192
+    of M = 2^20 (BatchTopK, k = 32, 256 rows, F = 4,096) took 12.8 ms as one topk."""
+    M = flat.numel()
+    if n * 4 > M or M < 64 * stride:
+        return flat.topk(n, sorted=False).indices
+    sample = flat[::stride]  # [M / stride]
+    m = n / stride  # entries of the sample expected above the n-th largest
+    j = min(sample.numel(), int(1.25 * m + 3 * m**0.5) + 8)
+    bound = sample.topk(j, sorted=False).values.min()
+    cand = (flat >= bound).nonzero().squeeze(1)  # [≥ n with high probability]
+    if cand.numel() < n:
+        return flat.topk(n, sorted=False).indices
+    return cand[flat[cand].topk(n, sorted=False).indices]

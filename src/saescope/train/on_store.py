@@ -93,7 +93,7 @@ def train_from_store(cfg: TrainConfig, progress: bool = True, hm: Any = None) ->
     # dead as SAELens counts it: no firing in the trainer's last window of tokens (the held-out shard, a few
     # thousand tokens, leaves rare latents unfired: eval's dead_fraction says that instead)
     dead_train = {"dead_fraction_training": trainer.dead_fraction(), "dead_window_tokens": int(trainer.dead_window)}
-    sae = trainer.finalize()
+    sae = trainer.finalize(calibration_rows(store, hp, train_ids))
     batches.close()  # the shuffle buffer, now (a suspended generator would hold it until its frame is collected)
     del trainer, batches  # the optimizer state and the shuffle buffer
     release_freed_memory()
@@ -114,6 +114,13 @@ def train_from_store(cfg: TrainConfig, progress: bool = True, hm: Any = None) ->
     release_freed_memory()  # what evaluation freed (measured: 0.64 → 0.28 GB anonymous after training mlp_post_act)
     dist_utils.shutdown()
     return report
+
+
+def calibration_rows(store: ActivationStore, hp: str, shard_ids: list[int], n: int = 4096) -> torch.Tensor:
+    """Up to n training rows [n, d] for `Trainer.finalize`'s threshold calibration, from the first shards (a
+    quarter of the rows from each of four, so that more than one article is in it)."""
+    per = -(-n // min(4, len(shard_ids)))
+    return torch.cat([store.load_shard(hp, i)[:per] for i in shard_ids[:4]])[:n].float()
 
 
 def _model_of(store: ActivationStore, tc: Any, hp: str, device: str) -> Any:

@@ -291,8 +291,10 @@ class Trainer:
         """Latents that did not fire in the last `dead_window` tokens (the dead fraction SAELens reports)."""
         return float((self.since_fired >= self.dead_window).float().mean())
 
-    def finalize(self) -> BaseSAE:
-        """Averaged weights (signum), input scale folded into the weights: the returned SAE takes raw activations."""
+    def finalize(self, calibration: Tensor | None = None) -> BaseSAE:
+        """Averaged weights (signum), input scale folded into the weights: the returned SAE takes raw activations.
+        calibration [N, d]: raw training rows on which a BatchTopK SAE's inference threshold is set to give L0 = k
+        (`BatchTopKSAE.calibrate_threshold`)."""
         if isinstance(self.opt, ScheduleFreeSignSGD):
             self.opt.averaged()
             if self.sae.unit_norm_decoder:
@@ -301,6 +303,11 @@ class Trainer:
             self.sae.sorted_by_frequency()  # the saved prefixes are the levels trained
         self.sae.fold_input_scale(self.scale, self.scale_out)
         self.scale = self.scale_out = 1.0
+        if calibration is not None and hasattr(self.sae, "calibrate_threshold"):
+            before = float(self.sae.threshold)
+            theta = self.sae.calibrate_threshold(calibration.to(self.device, torch.float32), self.cfg.k)
+            log.info("inference threshold set to %.4g for L0 = %d on %d training rows (running estimate %.4g)",
+                     theta, self.cfg.k, len(calibration), before)
         return self.sae
 
 
