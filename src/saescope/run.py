@@ -82,12 +82,12 @@ class RunConfig:
     """Most contexts for each SAE's spliced ΔCE/KL, drawn from the corpus's contexts after the store's (`saescope
     eval --spliced_from corpus`: unseen articles): each SAE stops once its ΔCE's standard error is below 0.01 nats
     (after 32 contexts; `saescope eval --target_se`), or at --eval_seconds."""
-    eval_seconds: float = 60.0
+    eval_seconds: float = 150.0
     """Wall-time cap of the spliced evaluation once every SAE has its 32 contexts (`saescope eval --max_seconds`;
-    0 = none). The MLP and attention SAEs reach SE < 0.01 within 32 contexts; the residual SAE needs ~340 (its
-    per-context SD across articles is 0.18 nats), 215 s of spliced passes on a 2-core EPYC, which the run's 15 minutes
-    do not have: it stops here and reports the standard error it reached (~0.02); `saescope eval --sae
-    runs/default/saes/resid_post --spliced_from corpus --contexts 400` takes it below 0.01 (docs/metrics.md)."""
+    0 = none). The MLP and attention SAEs reach SE < 0.01 within 32 contexts; the residual SAE (per-context SD
+    ~0.14 nats across articles) needs ~200, about 140 s of spliced passes on a 2-core EPYC without AVX-512, paid
+    for by the faster BatchTopK selection (docs/metrics.md); the cap stops a slower machine, and the summary then
+    reports the standard error reached."""
     no_serve: bool = False
     """Do not serve the viewer at the end (it is only served when run from a terminal anyway)."""
 
