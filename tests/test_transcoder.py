@@ -460,6 +460,17 @@ def test_replacement_with_error_terms_reproduces_the_model(tiny, kind):
         l0 = float((ts.encode_layer(l, x[rows]) != 0).sum(-1).float().mean())
         assert m["per_layer"][str(l)]["l0"] == pytest.approx(l0, rel=1e-5)
     assert m["fvu"] == pytest.approx(sum(r["fvu"] for r in m["per_layer"].values()) / len(ts.layers))
+    # the with-errors and zero passes on the first batch only (check_contexts): the replaced numbers are those of
+    # every context, CE recovered is taken on the checked ones
+    m2 = replacement_metrics(tiny, ts, ids, batch_size=2, check_contexts=2)
+    assert (m2["contexts"], m2["contexts_checked"], m["contexts_checked"]) == (3, 2, 3)
+    assert m2["delta_ce"] == pytest.approx(m["delta_ce"]) and m2["kl_replaced"] == pytest.approx(m["kl_replaced"])
+    assert abs(m2["delta_ce_with_errors"]) < 1e-5 and m2["kl_with_errors"] < 1e-5
+
+    def first2(k: str) -> float:
+        return float(ce(lg[k][:2, :-1].flatten(0, 1), ids[:2, 1:].flatten()))
+    want = (first2("zero") - first2("replaced")) / (first2("zero") - first2("clean"))
+    assert m2["ce_loss_recovered"] == pytest.approx(want, rel=1e-3, abs=1e-3)  # a ratio
 
 
 def test_replacement_by_transcoders_that_write_nothing_is_zero_ablation(tiny_gpt2):

@@ -128,7 +128,8 @@ def replacement_headline(ev: dict[str, Any]) -> str:
     se = f" ± {ev['delta_ce_se']:.2f}" if "delta_ce_se" in ev else ""  # eval.json files before it had one
     return (f"mean FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, dead {ev['dead_fraction']:.1%}; every MLP replaced: "
             f"ΔCE {ev['delta_ce']:.2f}{se} nats, KL {ev['kl_replaced']:.2f}, top-1 agreement "
-            f"{ev['top1_agreement_replaced']:.0%}; with error terms: ΔCE {ev['ce_with_errors'] - ev['ce_clean']:.3f}, "
+            f"{ev['top1_agreement_replaced']:.0%}; with error terms: ΔCE "
+            f"{ev.get('delta_ce_with_errors', ev['ce_with_errors'] - ev['ce_clean']):.3f}, "
             f"KL {ev['kl_with_errors']:.3f}, top-1 {ev['top1_agreement_with_errors']:.0%}")
 
 

@@ -32,10 +32,11 @@ VARIANTS = ("clean", "replaced", "with_errors", "zero")
 
 @torch.no_grad()
 def replacement_passes(hm: Any, ts: TranscoderSet, ids: Tensor, run: Callable[[], Any],
-                       sums: dict[int, M.ReconstructionSums] | None = None) -> dict[str, Any]:
-    """{clean, replaced, with_errors, zero}: what run() returns inside each variant (module docstring), the clean
-    pass first. `sums` (layer → running sums) accumulates each transcoder's reconstruction of the clean MLP output,
-    BOS left out."""
+                       sums: dict[int, M.ReconstructionSums] | None = None,
+                       variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
+    """{clean, replaced, with_errors, zero} (those of `variants`; clean always): what run() returns inside each
+    variant (module docstring), the clean pass first. `sums` (layer → running sums) accumulates each transcoder's
+    reconstruction of the clean MLP output, BOS left out."""
     keep = ids == hm.tokenizer.bos_token_id  # [B, T]
     seen: dict[int, tuple[Tensor, Tensor]] = {}
 
@@ -52,17 +53,21 @@ def replacement_passes(hm: Any, ts: TranscoderSet, ids: Tensor, run: Callable[[]
         for l in ts.layers:
             x_in, out = seen[l][0][rows], seen[l][1][rows]  # [N, d_in], [N, d_out]
             sums.setdefault(l, M.ReconstructionSums()).add(out, pred[l][rows], ts.encode_layer(l, x_in))
-    with ts.replacement(hm, keep=keep):
-        replaced = run()
-    with ts.replacement(hm, errors=errors, keep=keep):
-        with_errors = run()
-    with hm.replace_mlps(lambda l, x, out: torch.where(keep[..., None], out, torch.zeros_like(out)), ts.layers):
-        zero = run()
-    return dict(zip(VARIANTS, (clean, replaced, with_errors, zero)))
+    res = {"clean": clean}
+    if "replaced" in variants:
+        with ts.replacement(hm, keep=keep):
+            res["replaced"] = run()
+    if "with_errors" in variants:
+        with ts.replacement(hm, errors=errors, keep=keep):
+            res["with_errors"] = run()
+    if "zero" in variants:
+        with hm.replace_mlps(lambda l, x, out: torch.where(keep[..., None], out, torch.zeros_like(out)), ts.layers):
+            res["zero"] = run()
+    return res
 
 
-def _batch_losses(hm: Any, ts: TranscoderSet, ids: Tensor, sums: dict[int, M.ReconstructionSums]
-                  ) -> dict[str, Tensor]:
+def _batch_losses(hm: Any, ts: TranscoderSet, ids: Tensor, sums: dict[int, M.ReconstructionSums],
+                  variants: tuple[str, ...] = VARIANTS) -> dict[str, Tensor]:
     """Per context [b] of one batch: NLL and KL(clean ‖ variant) summed over the T − 1 predictions, top-1
     agreement with the clean pass (count over the predictions, and 0/1 at the last position)."""
     from saescope.train import next_token as NT
@@ -79,7 +84,7 @@ def _batch_losses(hm: Any, ts: TranscoderSet, ids: Tensor, sums: dict[int, M.Rec
             return clean[0]
         return NT.variant_losses(logits, V, tgt, clean[0])
 
-    res = replacement_passes(hm, ts, ids, run, sums)
+    res = replacement_passes(hm, ts, ids, run, sums, variants)
     out: dict[str, Tensor] = {}
     for k, r in res.items():
         out[f"nll_{k}"] = r.nll.view(b, T)[:, :-1].double().sum(1).cpu()
@@ -90,13 +95,22 @@ def _batch_losses(hm: Any, ts: TranscoderSet, ids: Tensor, sums: dict[int, M.Rec
     return out
 
 
+CHECK_CONTEXTS = 8
+"""Contexts of the with-errors and zero-ablated passes: the first reproduces the model by construction (a check:
+ΔCE and KL 0 to float error), the second is read by CE recovered only, like the SAEs' zero-ablation
+(evaluate.ZERO_ABLATION_CONTEXTS); on all 32 they were half of the replacement evaluation's passes."""
+
+
 @torch.no_grad()
-def replacement_metrics(hm: Any, ts: TranscoderSet, contexts: Tensor, batch_size: int = 0) -> dict[str, Any]:
+def replacement_metrics(hm: Any, ts: TranscoderSet, contexts: Tensor, batch_size: int = 0,
+                        check_contexts: int = CHECK_CONTEXTS) -> dict[str, Any]:
     """CE loss (clean / replaced / with errors / zero-ablated), ΔCE and KL(clean ‖ variant) with their standard
     errors over contexts, CE loss recovered and top-1 agreement with the model over contexts [B, T] (module
     docstring); per layer (`per_layer`) and their mean, the FVU and L0 of each transcoder on the clean MLP input
-    and output. Memory: the clean pass's probabilities [V, tokens] of one batch, sized by evaluate.LOGITS_BUDGET;
-    every pass forms its logits a vocabulary chunk at a time (`next_token`)."""
+    and output. The with-errors and zero-ablated passes run on the first batches covering `check_contexts`
+    (0: all; `contexts_checked`), and CE recovered is taken on those contexts. Memory: the clean pass's
+    probabilities [V, tokens] of one batch, sized by evaluate.LOGITS_BUDGET; every pass forms its logits a
+    vocabulary chunk at a time (`next_token`)."""
     from saescope.train.evaluate import LOGITS_BUDGET
     from saescope.train.next_token import vocab_size
 
@@ -106,25 +120,29 @@ def replacement_metrics(hm: Any, ts: TranscoderSet, contexts: Tensor, batch_size
     per: dict[str, list[Tensor]] = {}
     layer_sums: dict[int, M.ReconstructionSums] = {}
     for b in range(0, B, batch_size):
-        for k, v in _batch_losses(hm, ts, contexts[b:b + batch_size].to(device), layer_sums).items():
+        variants = VARIANTS if not check_contexts or b < check_contexts else VARIANTS[:2]
+        for k, v in _batch_losses(hm, ts, contexts[b:b + batch_size].to(device), layer_sums, variants).items():
             per.setdefault(k, []).append(v)
-    c = {k: torch.cat(v).double() for k, v in per.items()}  # [B] per context
-    n = T - 1
+    c = {k: torch.cat(v).double() for k, v in per.items()}  # [B] per context ([checked] for with_errors, zero)
+    n, checked = T - 1, len(c["nll_zero"])
     ce = {k: float(c[f"nll_{k}"].mean()) / n for k in VARIANTS}
     d_ce, d_ce_se = M.mean_and_se((c["nll_replaced"] - c["nll_clean"]) / n)
     out: dict[str, Any] = {"delta_ce": d_ce, "delta_ce_se": d_ce_se}
+    out["delta_ce_with_errors"], out["delta_ce_with_errors_se"] = M.mean_and_se(
+        (c["nll_with_errors"] - c["nll_clean"][:checked]) / n)  # paired on the checked contexts
     for k in VARIANTS[1:]:
         out[f"kl_{k}"], out[f"kl_{k}_se"] = M.mean_and_se(c[f"kl_{k}"] / n)
+    first = {k: float(c[f"nll_{k}"][:checked].mean()) / n for k in ("clean", "replaced", "zero")}
     out |= {"ce_clean": ce["clean"], "ce_replaced": ce["replaced"], "ce_with_errors": ce["with_errors"],
-            "ce_zero_ablation": ce["zero"], "ce_loss_recovered": M.ce_loss_recovered(ce["clean"], ce["replaced"],
-                                                                                      ce["zero"])}
+            "ce_zero_ablation": ce["zero"],
+            "ce_loss_recovered": M.ce_loss_recovered(first["clean"], first["replaced"], first["zero"])}
     for k in VARIANTS[1:]:
-        out[f"top1_agreement_{k}"] = float(c[f"top1_{k}"].sum()) / (B * n)
+        out[f"top1_agreement_{k}"] = float(c[f"top1_{k}"].sum()) / (len(c[f"top1_{k}"]) * n)
         out[f"top1_agreement_last_{k}"] = float(c[f"top1_last_{k}"].mean())
     per_layer = {l: layer_sums[l].result() for l in ts.layers}
     out["fvu"] = sum(r["fvu"] for r in per_layer.values()) / len(per_layer)  # mean over layers
     out["l0"] = sum(r["l0"] for r in per_layer.values()) / len(per_layer)
-    out.update(tokens=B * n, contexts=B)
+    out.update(tokens=B * n, contexts=B, contexts_checked=checked)
     out["per_layer"] = {str(l): {"fvu": r["fvu"], "l0": r["l0"]} for l, r in per_layer.items()}  # type: ignore[assignment]
     return out
 
