@@ -299,7 +299,10 @@ def test_transcoder_training_resumes_exactly_and_learns(kind, arch, tmp_path):
     L = 2 if kind == "clt" else 1
     g = torch.Generator().manual_seed(0)
     rows = [_pairs(L, 8, 64, g) for _ in range(20)]
-    cfg = TrainerConfig(arch=arch, kind=kind, k=4, width=32, batch_size=64, checkpoint_every=10, lr=0.01)
+    # skip_init zeros: the least-squares start reads the first 64 batches of the stream, and this test hands the
+    # first trainer only 10 (a real stream is long enough; resuming then restores the fitted skip)
+    cfg = TrainerConfig(arch=arch, kind=kind, k=4, width=32, batch_size=64, checkpoint_every=10, lr=0.01,
+                        skip_init="zeros")
     full = Trainer(cfg, 8, 20, n_layers=L)
     untrained = Trainer(cfg, 8, 20, n_layers=L)
     full.fit(iter(rows), progress=False)
@@ -594,3 +597,34 @@ def test_cross_layer_transcoder_latents_are_collated_per_layer(tiny_dir, tmp_pat
     steer = client.post("/api/steer", json={"model": hm.name, "dataset": "transcoder_latents/myclt/1", "index": 3,
                                             "prompt": "the cat", "strength": 0.0, "tokens": 2})
     assert steer.status_code == 200 and steer.json()["steered"] == steer.json()["unsteered"], steer.text
+
+
+def test_skip_starts_as_the_least_squares_affine_map():
+    """Known answer: where the target is an affine map of the input (y = x A + c, plus a little noise), a skip
+    transcoder's skip starts at A and its decoder bias at c, in raw units once the training scale is folded in, from
+    Trainer.init_batches batches; `zeros` keeps W_skip at 0 and reads one batch; a CLT with skip gets one map per
+    layer."""
+    from saescope.sae.transcoder import CLTConfig, CrossLayerTranscoder
+    from saescope.train.trainer import INIT_ROWS, fit_skip
+
+    g = torch.Generator().manual_seed(0)
+    n, d, L = 2048, 8, 2
+    x = torch.randn(n, L, d, generator=g) * 3 + 1
+    A, c = torch.randn(L, d, d, generator=g), torch.randn(L, d, generator=g)
+    y = torch.einsum("nld,lde->nle", x, A) + c + 0.01 * torch.randn(n, L, d, generator=g)
+    cfg = TrainerConfig(arch="topk", kind="skip_transcoder", k=2, width=16, batch_size=256, checkpoint_every=0)
+    tr = Trainer(cfg, d, 10, d_out=d)
+    assert tr.init_batches == INIT_ROWS // 256
+    tr._initialise(x[:, 0], y[:, 0])
+    sae = tr.finalize()
+    torch.testing.assert_close(sae.W_skip.detach(), A[0], rtol=0.02, atol=0.01)  # the ridge shrinks by ~1 %
+    torch.testing.assert_close(sae.b_dec.detach(), c[0], rtol=0.02, atol=0.1)
+    plain = Trainer(TrainerConfig(arch="topk", kind="skip_transcoder", k=2, width=16, batch_size=256,
+                                  checkpoint_every=0, skip_init="zeros"), d, 10, d_out=d)
+    assert plain.init_batches == 1
+    plain._initialise(x[:256, 0], y[:256, 0])
+    assert not plain.sae.W_skip.detach().any()
+    clt = CrossLayerTranscoder(CLTConfig("topk", L, d, 16, d_out=d, k=2, skip=True))
+    fit_skip(clt, x, y)
+    torch.testing.assert_close(clt.W_skip.detach(), A, rtol=0.02, atol=0.01)
+    torch.testing.assert_close(clt.b_dec.detach(), c, rtol=0.02, atol=0.1)

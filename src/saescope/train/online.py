@@ -131,6 +131,14 @@ def fit_online(trainers: dict[str, Trainer], batches: Iterator[Tensor], widths: 
     tc = next(iter(trainers.values())).cfg
     step0 = step = next(iter(trainers.values())).step
     t0 = time.perf_counter()
+    batches = iter(batches)
+    if not all(tr.initialised for tr in trainers.values()):  # on the first batches (Trainer.init_batches)
+        head = list(itertools.islice(batches, max(tr.init_batches for tr in trainers.values())))
+        if head:
+            for tr, rows in zip(trainers.values(), torch.cat(head).split(widths, dim=1)):
+                if not tr.initialised:
+                    tr._initialise(*tr.split(dist.local_slice(rows).to(tr.device)))
+        batches = itertools.chain(head, batches)
     for b in batches:
         if step >= steps:
             break

@@ -10,6 +10,7 @@ last fire. Why this recipe: bench/train_bench.py and README ("SAE training").
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -123,6 +124,14 @@ class Trainer:
         self.history: list[dict[str, float]] = []
 
     # ---- init from the first batch -------------------------------------------------------------------------
+    @property
+    def init_batches(self) -> int:
+        """Batches `_initialise` reads (they are then trained on as usual): enough for INIT_ROWS rows where a skip
+        transcoder fits its skip by least squares (640 inputs on gemma-3-270m), one otherwise."""
+        if hasattr(self.sae, "W_skip") and self.cfg.skip_init == "lstsq":
+            return -(-INIT_ROWS // self.cfg.batch_size)
+        return 1
+
     def split(self, b: Tensor) -> tuple[Tensor, Tensor | None]:
         """A batch's rows → (input, target): an SAE's target is its input (None); a transcoder's rows are
         [mlp_in | mlp_out], a CLT's [mlp_in.0 … mlp_in.L−1 | mlp_out.0 … mlp_out.L−1] → [N, L, d] each."""
@@ -143,6 +152,8 @@ class Trainer:
                                  torch.stack([geometric_median(ys[:, l]) for l in range(ys.shape[1])]))
         elif self.cfg.b_dec_init == "mean":
             self.sae.b_dec.copy_(ys.mean(0))
+        if hasattr(self.sae, "W_skip") and self.cfg.skip_init == "lstsq":
+            fit_skip(self.sae, xs, ys)
         if self.cfg.arch == "jumprelu":
             # One threshold for all latents at which the first batch's L0 is k. From the fixed 0.01 start, θ moves by
             # about one learning rate per Adam step whatever the L0 coefficient, so short runs never got sparse
@@ -264,6 +275,12 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not (progress and dist_utils.is_main()),
                    desc=f"train {self.cfg.arch} F={self.cfg.width}")
         t0, tok0 = time.perf_counter(), self.tokens
+        batches = iter(batches)
+        if not self.initialised:
+            head = list(itertools.islice(batches, self.init_batches))
+            if head:
+                self._initialise(*self.split(dist_utils.local_slice(torch.cat(head))))
+            batches = itertools.chain(head, batches)
         for b in batches:
             if self.step >= self.total_steps:
                 break
@@ -309,6 +326,33 @@ class Trainer:
             log.info("inference threshold set to %.4g for L0 = %d on %d training rows (running estimate %.4g)",
                      theta, self.cfg.k, len(calibration), before)
         return self.sae
+
+
+INIT_ROWS = 4096
+"""Rows the least-squares skip fit reads (Trainer.init_batches)."""
+
+SKIP_RIDGE = 1e-2
+"""Ridge of the least-squares skip fit, relative to the mean eigenvalue of the inputs' covariance (with one
+4,096-row buffer for 640 inputs, held-out FVU was lower at 1e-2 than at 1e-3)."""
+
+
+@torch.no_grad()
+def fit_skip(sae: Any, x: Tensor, y: Tensor) -> None:
+    """W_skip, b_dec := the ridge least-squares affine map x → y (x [N, d], y [N, d_out]; a CLT's [N, L, ·], one
+    map per layer), in float64."""
+    if x.dim() == 2:
+        x, y, w, b = x[:, None], y[:, None], sae.W_skip[None], sae.b_dec[None]
+    else:
+        w, b = sae.W_skip, sae.b_dec  # [L, d, d_out], [L, d_out]
+    for l in range(x.shape[1]):
+        xl, yl = x[:, l].double(), y[:, l].double()  # [N, d], [N, d_out]
+        mx, my = xl.mean(0), yl.mean(0)
+        xc = xl - mx
+        g = xc.T @ xc  # [d, d]
+        g.diagonal().add_(SKIP_RIDGE * float(g.diagonal().mean()) + 1e-12)
+        wl = torch.linalg.solve(g, xc.T @ (yl - my))  # [d, d_out]
+        w[l].copy_(wl)
+        b[l].copy_(my - mx @ wl)
 
 
 def build_dictionary(cfg: TrainerConfig, d_in: int, d_out: int = 0, n_layers: int = 1,
