@@ -141,6 +141,12 @@ def test_run_cli_options_reach_every_stage():
     assert (cfg.train.width, cfg.train.k, cfg.train.batch_size, cfg.train.arch) == (512, 16, 512, "batchtopk")
     assert (cfg.capture.max_tokens, cfg.collate.max_tokens, cfg.data.corpus) == (1000, 300, "x.jsonl")
     assert (cfg.interp.explainer, cfg.view.port) == ("openai:m", 9000)
+    # the transcoders' recipe: LR 1e-3, no dead-latent restarts, a least-squares skip start; both settable
+    tr = cfg.transcoders.trainer()
+    assert (tr.lr, tr.resample_tokens, tr.skip_init, tr.tokens) == (1e-3, 0, "lstsq", 16_384)
+    cfg = parse(RunConfig, ["--transcoder_restarts", "--transcoder_lr", "0"], "saescope run")
+    tr = cfg.transcoders.trainer()
+    assert tr.resample_tokens == -1 and tr.learning_rate() == pytest.approx(1e-3 / (1024 / 2**14) ** 0.5)
 
 
 def test_every_command_help_prints(capsys):
