@@ -190,3 +190,16 @@ def test_residual_saes_take_resid_epochs():
     assert p.trainer_for("resid_post.4").encoder == p.cfg.train.encoder == "linear"
     with pytest.raises(SaescopeError, match="--resid_encoder"):
         RunConfig(resid_encoder="ista")
+
+
+def test_replacement_headline_reads_the_paired_with_errors_delta():
+    """The with-errors ΔCE is the paired one on the checked contexts; float noise around 0 reads 0.000, not -0.000."""
+    from saescope.run import replacement_headline
+
+    ev = {"fvu": 0.394, "l0": 16.7, "dead_fraction": 0.09, "delta_ce": 32.9, "delta_ce_se": 3.02, "kl_replaced": 33.1,
+          "top1_agreement_replaced": 0.097, "delta_ce_with_errors": -4e-5, "ce_with_errors": 3.471, "ce_clean": 3.476,
+          "kl_with_errors": 0.0, "top1_agreement_with_errors": 1.0}
+    line = replacement_headline(ev)
+    assert "ΔCE 32.90 ± 3.02 nats" in line and "with error terms: ΔCE 0.000, KL 0.000, top-1 100%" in line
+    del ev["delta_ce_with_errors"]  # an eval.json from before: the difference of the CEs
+    assert "with error terms: ΔCE -0.005" in replacement_headline(ev)

@@ -129,7 +129,7 @@ def replacement_headline(ev: dict[str, Any]) -> str:
     return (f"mean FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, dead {ev['dead_fraction']:.1%}; every MLP replaced: "
             f"ΔCE {ev['delta_ce']:.2f}{se} nats, KL {ev['kl_replaced']:.2f}, top-1 agreement "
             f"{ev['top1_agreement_replaced']:.0%}; with error terms: ΔCE "
-            f"{ev.get('delta_ce_with_errors', ev['ce_with_errors'] - ev['ce_clean']):.3f}, "
+            f"{round(ev.get('delta_ce_with_errors', ev['ce_with_errors'] - ev['ce_clean']), 3) + 0.0:.3f}, "
             f"KL {ev['kl_with_errors']:.3f}, top-1 {ev['top1_agreement_with_errors']:.0%}")
 
 
