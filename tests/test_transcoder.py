@@ -605,7 +605,7 @@ def test_skip_starts_as_the_least_squares_affine_map():
     Trainer.init_batches batches; `zeros` keeps W_skip at 0 and reads one batch; a CLT with skip gets one map per
     layer."""
     from saescope.sae.transcoder import CLTConfig, CrossLayerTranscoder
-    from saescope.train.trainer import INIT_ROWS, fit_skip
+    from saescope.train.initialise import INIT_ROWS, fit_skip
 
     g = torch.Generator().manual_seed(0)
     n, d, L = 2048, 8, 2

@@ -58,14 +58,18 @@ class BatchTopKSAE(TopKSAE):
                 return float((self.lista_refine(x, pre) > 0).sum()) / N
 
             lo = hi = float(self.threshold) if float(self.threshold) > 0 else float(pre.relu().mean())
-            while l0(lo) < k and lo > 1e-12:
+            l_lo = l_hi = l0(lo)
+            while l_lo < k and lo > 1e-12:
                 lo /= 2
-            while l0(hi) > k:
+                l_lo = l0(lo)
+            while l_hi > k:
                 hi *= 2
-            for _ in range(iters):  # l0(lo) >= k >= l0(hi)
+                l_hi = l0(hi)
+            for _ in range(iters):  # l_lo = l0(lo) >= k >= l0(hi) = l_hi
                 mid = (lo * hi) ** 0.5
-                lo, hi = (mid, hi) if l0(mid) >= k else (lo, mid)
-            theta = min((lo, hi), key=lambda t: abs(l0(t) - k))
+                l_mid = l0(mid)
+                lo, l_lo, hi, l_hi = (mid, l_mid, hi, l_hi) if l_mid >= k else (lo, l_lo, mid, l_mid)
+            theta = lo if abs(l_lo - k) <= abs(l_hi - k) else hi
         self.threshold.fill_(theta)
         return theta
 

@@ -331,7 +331,8 @@ class TranscoderRunOptions:
     transcoder_tokens: int = 16_384
     """Training tokens (each token trains every layer's transcoder). With the least-squares skip start, LR 1e-3 and
     no restarts, 16,384 tokens gave a mean FVU of 0.394 over gemma-3-270m's 18 layers where 24,576 with the SAE
-    recipe (skip from 0, LR 4e-3, dead latents restarted) gave 0.548, in two thirds of the time (docs/transcoders.md)."""
+    recipe (skip from 0, LR 4e-3, dead latents restarted) gave 0.548, in two thirds of the time
+    (docs/transcoders.md)."""
     transcoder_lr: float = 1e-3
     """Adam LR of the run's transcoders: at 4e-3 (the F = 1,024 default) their loss jumped 10-50x within 20 steps."""
     transcoder_restarts: bool = False

@@ -29,6 +29,7 @@ from saescope.errors import SaescopeError
 from saescope.io import write_json
 from saescope.store.iterate import ShuffleBuffer
 from saescope.train.config import OnlineConfig
+from saescope.train.initialise import peek
 from saescope.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,12 @@ def fit_online(trainers: dict[str, Trainer], batches: Iterator[Tensor], widths: 
     tc = next(iter(trainers.values())).cfg
     step0 = step = next(iter(trainers.values())).step
     t0 = time.perf_counter()
-    batches = iter(batches)
     if not all(tr.initialised for tr in trainers.values()):  # on the first batches (Trainer.init_batches)
-        head = list(itertools.islice(batches, max(tr.init_batches for tr in trainers.values())))
-        if head:
-            for tr, rows in zip(trainers.values(), torch.cat(head).split(widths, dim=1)):
+        head, batches = peek(iter(batches), max(tr.init_batches for tr in trainers.values()))
+        if head is not None:
+            for tr, rows in zip(trainers.values(), head.split(widths, dim=1)):
                 if not tr.initialised:
                     tr._initialise(*tr.split(dist.local_slice(rows).to(tr.device)))
-        batches = itertools.chain(head, batches)
     for b in batches:
         if step >= steps:
             break

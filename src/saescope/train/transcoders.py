@@ -89,9 +89,10 @@ def train_transcoders_from_store(cfg: Any, progress: bool = True) -> dict[str, A
     """`saescope train --kind transcoder|skip_transcoder|clt`: cfg is a TrainConfig; returns {name: report}."""
     from saescope.config import resolve_device
     from saescope.store import ActivationStore, shuffled_batches
-    from saescope.train.on_store import split_shards
+    from saescope.train.initialise import split_rows
     from saescope.train.memory import release_freed_memory
-    from saescope.train.trainer import Trainer, split_rows
+    from saescope.train.on_store import split_shards
+    from saescope.train.trainer import Trainer
 
     dist_utils.init_from_env()
     store = ActivationStore(cfg.store)
