@@ -48,7 +48,7 @@ PUBLISHED = {  # (arch, L0): (F1, MCC, uniqueness, VE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from benchlib.synthtrainers import EXTRA, TRAINERS
+    from benchlib.synthtrainers import EXTRA, TRAINERS, known
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true",
@@ -63,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--widths", default="", help="SAE widths (default 4096; tiny 128)")
     ap.add_argument("--l0s", default="", help="target L0s (default 25,20; tiny 6)")
     ap.add_argument("--trainers", default=",".join(TRAINERS),
-                    help=f"comma-separated, from {', '.join(TRAINERS + EXTRA)} (default: all but the last)")
+                    help=f"comma-separated, from {', '.join(TRAINERS + EXTRA)} (default: the first "
+                         f"{len(TRAINERS)}), or saescope-ARCH+INGREDIENT[+...] (ingredients: lista, kdecay, detach, "
+                         "term, freqsort)")
     ap.add_argument("--modes", default="samples,wallclock", help="samples (equal samples), wallclock (equal time)")
     ap.add_argument("--wallclock-s", type=float, default=0.0,
                     help="equal-wall-clock budget in seconds (0 = what saelens-batchtopk took for --samples)")
@@ -88,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.trainers = [t for t in a.trainers.split(",") if t]
     a.modes = [m for m in a.modes.split(",") if m]
     a.shard_size = a.shard_size or (8192 if a.tiny else 65_536)
-    bad = [t for t in a.trainers if t not in TRAINERS + EXTRA]
+    bad = [t for t in a.trainers if not known(t)]
     bad += [m for m in a.modes if m not in ("samples", "wallclock")]
     if bad:
         ap.error(f"unknown trainer/mode {', '.join(bad)}; trainers: {', '.join(TRAINERS + EXTRA)}")
@@ -130,6 +132,7 @@ def versions() -> str:
 
 def run_one(a: argparse.Namespace, ctx: dict[str, Any], name: str, width: int, l0: int, n: int) -> dict[str, Any]:
     """Train and score one SAE, or reuse its cached result (same world, trainer, width, L0, samples, eval)."""
+    from benchlib.synthdiag import diagnose
     from benchlib.synthtrainers import train
     from benchlib.synthworld import score
 
@@ -147,12 +150,17 @@ def run_one(a: argparse.Namespace, ctx: dict[str, Any], name: str, width: int, l
             return {}
         t0 = time.perf_counter()
         s = score(sae, ctx["world"], ctx["eval"], a.eval_samples, a.batch_size, a.device)
+        eval_s = time.perf_counter() - t0
+        d = diagnose(sae, ctx["world"], ctx["eval"], a.eval_samples, a.batch_size)
+        d.pop("per_latent")
         keep = ctx["results"] / key  # the SAE itself, for bench/synthsaebench_diag.py (SAELens layout)
         shutil.rmtree(keep, ignore_errors=True)
         (getattr(sae, "save_inference_model", None) or sae.save_model)(str(keep))
+        if getattr(sae, "saescope", None) is not None:  # a LISTA encoder: SAELens' copy lacks its step
+            sae.saescope.cpu().save(keep / "saescope")
     step_s = info.get("step_s", float("nan"))
     sps = a.batch_size / step_s if step_s == step_s and step_s > 0 else info["samples"] / max(info["wall_s"], 1e-9)
-    rec = {"trainer": name, "width": width, "l0_target": l0, **info, **s, "eval_s": time.perf_counter() - t0,
+    rec = {"trainer": name, "width": width, "l0_target": l0, **info, **s, "eval_s": eval_s, "diagnosis": d,
            "samples_per_s": sps, "saescope_rev": saescope_rev()}
     from saescope.io import write_json
 
@@ -184,6 +192,23 @@ def table(rows: list[dict[str, Any]], cache_samples: int) -> str:
             f"{r['samples'] / cache_samples:.2f} | {r['wall_s']:,.1f} | {r['samples_per_s']:,.0f} | {r['f1']:.3f} | "
             f"{r['mcc']:.3f} | {r['uniqueness']:.3f} | {r['ve']:.3f} | {r['l0']:.1f} | {r['dead']} | "
             f"{r['shrinkage']:.3f} |")
+    return "\n".join(lines)
+
+
+def why_table(rows: list[dict[str, Any]]) -> str:
+    """Each SAE's latents by mechanism (benchlib/synthdiag.py) and its true features found (a latent at F1 >= 0.5)
+    by firing band, on the held-out samples."""
+    head = ("| mode | trainer | samples | fine | dead | duplicate | absorbed | merged with siblings | merged, other "
+            "| found p >= 1e-2 | 1e-3 <= p < 1e-2 | p < 1e-3 |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        d = r.get("diagnosis")
+        if not d:
+            continue
+        b = list(d["found_by_band"].values())
+        lines.append(f"| {r['mode']} | {r['trainer']} | {r['samples']:,} | {d['fine']} | {d['dead']} | "
+                     f"{d['duplicate']} | {d['absorbed']} | {d['merged_siblings']} | {d['merged_other']} | "
+                     f"{b[0]} | {b[1]} | {b[2]} |")
     return "\n".join(lines)
 
 
@@ -238,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{cache_samples:,} samples, so passes > 1 re-reads it), scored on {n_eval:,} held-out samples by "
           f"sae_lens.synthetic.eval_sae_on_synthetic_data. Machine: {machine(a.device)}. {versions()}. "
           f"Bench wall time {time.perf_counter() - t_start:,.0f} s.\n")
-    md = table(rows, cache_samples)
+    md = table(rows, cache_samples) + "\n\nWhy they miss (latents with F1 < 0.5 by mechanism, benchlib/synthdiag.py; " \
+        "true features with a latent at F1 >= 0.5, by firing probability p):\n\n" + why_table(rows)
     print(md)
     stale = sorted({f"{r['trainer']} ({r.get('saescope_rev', '?')})" for r in rows
                     if r.get("saescope_rev") != saescope_rev()})

@@ -11,6 +11,22 @@ import argparse
 from pathlib import Path
 
 
+def load(path: Path):
+    """The kept SAE as SAELens sees it; one with a LISTA encoder from the saescope copy kept beside it (SAELens has
+    no LISTA step, so its copy alone is only the linear part)."""
+    from sae_lens import SAE
+
+    if (path / "saescope").is_dir():
+        import tempfile
+
+        from benchlib.synthworld import to_saelens
+
+        from saescope.sae.loading import load_sae
+
+        return to_saelens(load_sae(path / "saescope"), Path(tempfile.mkdtemp()) / "sae")
+    return SAE.load_from_disk(str(path), device="cpu")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("saes", nargs="+", help="SAE folders in the SAELens layout (synthsaebench.py keeps them)")
@@ -20,7 +36,7 @@ def main() -> None:
     ap.add_argument("--world", choices=("v2", "v1"), default="v2", help="the bench's --world")
     a = ap.parse_args()
     try:
-        from sae_lens import SAE
+        import sae_lens  # noqa: F401
     except ImportError:
         raise SystemExit("synthsaebench_diag needs sae-lens (bench-only): run it with .venv-synthsaebench/bin/python, "
                          "made by bash bench/synthsaebench_setup.sh --install-only") from None
@@ -35,7 +51,7 @@ def main() -> None:
            "features found p >= 1e-2 | 1e-3..1e-2 | < 1e-3 |"
     print(head + "\n|" + "---|" * (head.count("|") - 1))
     for path in a.saes:
-        d = diagnose(SAE.load_from_disk(path, device="cpu"), world, stream, a.eval_samples)
+        d = diagnose(load(Path(path)), world, stream, a.eval_samples)
         b = list(d["found_by_band"].values())
         print(f"| {Path(path).name} | {d['fine']} | {d['dead']} | {d['duplicate']} | {d['absorbed']} | "
               f"{d['merged_siblings']} | {d['merged_other']} | {b[0]} | {b[1]} | {b[2]} |", flush=True)

@@ -133,3 +133,23 @@ def test_lista_matryoshka_rows_train_on_the_world(world, tmp_path):
         sae, info = train(name, 64, 4, model, world_dir, stream, 2048, 256, "cpu", tmp_path / name)
         s = sw.score(sae, model, stream, 1024, 256)
         assert info["samples"] == 2048 and 0 < s["l0"] < 64 and s["ve"] > 0
+
+
+def test_ingredient_rows_switch_on_exactly_the_named_ingredients(world, tmp_path, monkeypatch):
+    """saescope-ARCH+ING rows: saescope's recipe for ARCH plus the named ingredients' TrainerConfig fields, nothing
+    else; unknown names are refused by `known`."""
+    from benchlib import synthtrainers as st
+    from benchlib.recipes import INGREDIENTS
+
+    assert st.known("saescope-topk+lista") and st.known("saescope-matryoshka+lista+detach+term+freqsort")
+    for bad in ("saescope-topk+nope", "sparsify-topk+lista", "saescope-topk+", "saescope-nope+lista"):
+        assert not st.known(bad), bad
+    seen = {}
+
+    def fake(arch, *args, recipe=None, **kw):
+        seen.update(arch=arch, recipe=recipe)
+        return None, {}
+    monkeypatch.setattr(st, "train_saescope", fake)
+    model, world_dir, stream = world
+    st.train("saescope-matryoshka+lista+term", 64, 4, model, world_dir, stream, 2048, 256, "cpu", tmp_path)
+    assert seen == {"arch": "matryoshka", "recipe": {**INGREDIENTS["lista"], **INGREDIENTS["term"]}}

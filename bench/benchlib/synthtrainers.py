@@ -10,6 +10,9 @@
   (equalised settings: the benchmark's LR 3e-4 is set for 200M samples).
 - saescope-lista-matryoshka: the LISTA-Matryoshka recipe with its published hyper-parameters, re-implemented with
   saescope's trainer options (benchlib/recipes.py); `-no-<ingredient>`: the same with one ingredient removed.
+- saescope-ARCH+ING[+ING...]: saescope's default recipe for ARCH with the named LISTA-Matryoshka ingredients
+  switched on (lista, kdecay, detach, term, freqsort; benchlib/recipes.py), at saescope's own LR and schedule: e.g.
+  saescope-topk+lista, saescope-matryoshka+lista+detach+term+freqsort.
 - sparsify-topk: sparsify's `SparseCoder` under sparsify's default optimiser (schedule-free SignSGD, momentum 0.95,
   LR 5e-3·√(2^14/F), b_dec = first-batch mean, unit-norm decoder, FVU loss, no AuxK), the loop of
   `sparsify.Trainer.fit` without the model hooks; scored at the schedule-free averaged weights.
@@ -31,6 +34,17 @@ TRAINERS = ["saescope-topk", "saescope-batchtopk", "saescope-matryoshka", "saesc
 EXTRA = ["saelens-batchtopk-eqlr",  # equalised settings, run when named in --trainers
          "saescope-lista-matryoshka",  # the re-implemented LISTA-Matryoshka recipe (benchlib/recipes.py) ...
          *[f"saescope-lista-matryoshka-no-{n}" for n in ("lista", "kdecay", "detach", "term", "freqsort")]]  # ablations
+
+
+def known(name: str) -> bool:
+    """Whether `name` is a trainer this bench runs: one of TRAINERS/EXTRA, or saescope-ARCH+ingredient[+...]."""
+    from benchlib.recipes import INGREDIENTS
+
+    if name in TRAINERS + EXTRA:
+        return True
+    base, *extra = name.split("+")
+    return base in TRAINERS + EXTRA and base.startswith("saescope-") and bool(extra) and all(
+        e in INGREDIENTS for e in extra)
 
 
 def _quiet() -> contextlib.AbstractContextManager:
@@ -57,7 +71,9 @@ def train_saescope(arch: str, width: int, l0: int, world: Any, stream: Any, n: i
     t0 = time.perf_counter()
     res = tr.fit(timed(hidden_batches(world, stream, steps * bs, bs, device), stamps), progress=False)
     wall = time.perf_counter() - t0
-    sae = tr.finalize()
+    # BatchTopK family: the inference threshold set for L0 = k on training rows, as `saescope train` does
+    calibration = next(hidden_batches(world, stream, 4096, 4096, device))  # [4096, d]
+    sae = tr.finalize(calibration)
     last = res.history[-1] if res.history else {}
     return to_saelens(sae, out, device), {"samples": res.tokens, "wall_s": wall, "step_s": median_step_s(stamps),
                                           "train_l0": last.get("l0"), **extra}
@@ -158,6 +174,12 @@ def train(name: str, width: int, l0: int, world: Any, world_dir: Path, stream: A
     """Train `name` for `n` samples of `stream`; (an SAE `eval_sae_on_synthetic_data` accepts, info)."""
     family, arch = name.split("-", 1)
     out.mkdir(parents=True, exist_ok=True)
+    if family == "saescope" and "+" in arch:
+        from benchlib.recipes import INGREDIENTS
+
+        arch, *extra = arch.split("+")
+        recipe = {k: v for e in extra for k, v in INGREDIENTS[e].items()}
+        return train_saescope(arch, width, l0, world, stream, n, bs, device, out / "sae", seed, recipe=recipe)
     if family == "saescope" and arch.startswith("lista-matryoshka"):
         from benchlib.recipes import PUBLISHED, without
 

@@ -262,7 +262,8 @@ def to_saelens(sae: Any, path: Path, device: str = "cpu") -> Any:
     def encode(x: Tensor) -> Tensor:
         with torch.no_grad():
             return ours.encode(x.float()).to(x.dtype)
-    out.encode = encode  # the saved copy (for the diagnosis) is the linear part only
+    out.encode = encode  # SAELens' saved copy is the linear part only: the bench keeps `saescope` beside it
+    object.__setattr__(out, "saescope", ours)  # not a submodule: SAELens' state dict stays its own
     return out
 
 
