@@ -130,6 +130,17 @@ def test_browser_graph_page(tiny_dir, tmp_path):
             page.wait_for_selector("#plot[data-drawn]")
             assert page.locator("#plot circle").count() == len(doc["nodes"])
             assert page.locator("#plot line").count() == len(doc["links"])
+            cx = dict(page.eval_on_selector_all(
+                "#plot circle", "cs => cs.map(c => [c.dataset.id + '|' + c.dataset.type, +c.getAttribute('cx')])"))
+            cells: dict = {}
+            for n in doc["nodes"]:
+                if n.get("influence") is not None:
+                    cells.setdefault((n["layer"], n["ctx_idx"]), []).append(n)
+            crowded = [ns for ns in cells.values() if len(ns) > 1]
+            assert crowded
+            for ns in crowded:  # within a cell the most influential (smallest cumulative influence) sits leftmost
+                xs = [cx[f"{n['node_id']}|{n['feature_type']}"] for n in sorted(ns, key=lambda n: n["influence"])]
+                assert xs == sorted(xs), xs
             strokes = set(page.eval_on_selector_all("#plot line", "ls => ls.map(l => l.getAttribute('stroke'))"))
             assert strokes <= {"#2166ac", "#b2182b"} and strokes
             page.hover(sel(node))

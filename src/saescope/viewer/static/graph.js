@@ -31,7 +31,8 @@ function layout(g, W, H) {
   for (const n of g.nodes) (cells[row(n) + ":" + n.ctx_idx] ||= []).push(n);
   const cw = (W - 60) / nPos, rh = (H - 70) / (nLayers + 2);
   for (const list of Object.values(cells)) {
-    list.sort((a, b) => Math.abs(b.influence || 0) - Math.abs(a.influence || 0));
+    // the most influential first (`influence` is the node's place in the cumulative influence: smaller = more)
+    list.sort((a, b) => (a.influence ?? Infinity) - (b.influence ?? Infinity));
     // a crowded cell (hundreds of features of one layer at one token) wraps into up to 3 staggered lines, and its
     // circles shrink with the spacing, so that fewer of them hide one another
     const lines = Math.min(3, Math.ceil(list.length * 6 / cw));
