@@ -3,6 +3,7 @@ one gets low scores. Runs where sae_lens is installed (the bench venv, bench/syn
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -153,3 +154,29 @@ def test_ingredient_rows_switch_on_exactly_the_named_ingredients(world, tmp_path
     model, world_dir, stream = world
     st.train("saescope-matryoshka+lista+term", 64, 4, model, world_dir, stream, 2048, 256, "cpu", tmp_path)
     assert seen == {"arch": "matryoshka", "recipe": {**INGREDIENTS["lista"], **INGREDIENTS["term"]}}
+
+
+def test_v2_built_on_v1s_dictionary_equals_v2_built_from_scratch(tmp_path):
+    """load_or_build_world reuses a cached world's feature dictionary when the dictionary's config fields agree:
+    v2 built after v1 is, tensor for tensor and sample for sample, the v2 built alone."""
+    from safetensors.torch import load_file
+
+    kw = dict(tiny=True, features=256, hidden_dim=64)
+    v1, v2 = sw.world_config(version="v1", **kw), sw.world_config(version="v2", **kw)
+    alone, alone_dir = sw.load_or_build_world(v2, tmp_path / "alone")
+    assert sw.dictionary_donor(v2, tmp_path / "alone") == alone_dir  # itself: the fields agree
+    _, v1_dir = sw.load_or_build_world(v1, tmp_path / "shared")
+    reused, reused_dir = sw.load_or_build_world(v2, tmp_path / "shared")
+    assert json.loads((reused_dir / "build.json").read_text())["dictionary_from"] == str(v1_dir)
+    files = sorted(p.name for p in alone_dir.glob("*.safetensors"))
+    assert files == ["synthetic_model.safetensors"], files
+    for f in files:
+        a, b = load_file(str(alone_dir / f)), load_file(str(reused_dir / f))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    assert (alone_dir / "hierarchy.json").read_text() == (reused_dir / "hierarchy.json").read_text()
+    torch.manual_seed(3)
+    x = alone.activation_generator.sample(512)
+    torch.manual_seed(3)
+    assert torch.equal(x, reused.activation_generator.sample(512))
+    other = sw.world_config(version="v2", tiny=True, features=256, hidden_dim=32)
+    assert sw.dictionary_donor(other, tmp_path / "shared") is None  # another d: built afresh

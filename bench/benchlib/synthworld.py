@@ -83,8 +83,32 @@ def cache_root(cache_dir: str | None = None) -> Path:
     return Path(cache_dir) if cache_dir else saescope_cache() / "synthsaebench"
 
 
+DICTIONARY_FIELDS = ("num_features", "hidden_dim", "bias", "orthogonalization", "dtype", "seed")
+"""The config fields SAELens' `FeatureDictionary` is built from (its own generator, seeded by `seed`): worlds that
+agree on them (v1 and v2) have the same feature vectors, whatever their firing statistics."""
+
+
+def dictionary_donor(cfg: Any, root: Path) -> Path | None:
+    """A cached world (built by this SAELens version) whose feature dictionary `cfg` would build again, or None."""
+    import sae_lens
+
+    want = {k: cfg.to_dict()[k] for k in DICTIONARY_FIELDS}
+    for c in sorted(root.glob("*/world/synthetic_model_config.json")):
+        build = c.parent / "build.json"
+        try:
+            same = {k: json.loads(c.read_text()).get(k) for k in DICTIONARY_FIELDS} == want
+            if same and json.loads(build.read_text()).get("sae_lens") == sae_lens.__version__:
+                return c.parent
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def load_or_build_world(cfg: Any, root: Path, device: str = "cpu") -> tuple[Any, Path]:
-    """The cached world for `cfg` (built and saved first if missing). Returns (SyntheticModel, world dir)."""
+    """The cached world for `cfg` (built and saved first if missing). Returns (SyntheticModel, world dir).
+    The feature dictionary (its orthogonalisation is ≈ 27 min of a 16k world's build on two cores) is taken from a
+    cached world that shares `DICTIONARY_FIELDS` where there is one: building v2 after v1 takes seconds."""
+    import sae_lens
     from sae_lens.synthetic import SyntheticModel
 
     world_dir = root / config_hash(cfg) / "world"
@@ -93,9 +117,14 @@ def load_or_build_world(cfg: Any, root: Path, device: str = "cpu") -> tuple[Any,
         tmp = world_dir.parent / f".world.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         t0 = time.perf_counter()
-        print(f"building world ({cfg.num_features} features, d={cfg.hidden_dim}) into {world_dir}", file=sys.stderr)
-        SyntheticModel(cfg, device=device).save(tmp)
-        (tmp / "build.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, "device": device}))
+        donor = dictionary_donor(cfg, root)
+        print(f"building world ({cfg.num_features} features, d={cfg.hidden_dim}) into {world_dir}"
+              + (f", its feature dictionary from {donor}" if donor else ""), file=sys.stderr)
+        fd = SyntheticModel.load_from_disk(donor, device=device).feature_dict if donor else None
+        SyntheticModel(cfg, feature_dict=fd, device=device).save(tmp)
+        (tmp / "build.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, "device": device,
+                                                    "sae_lens": sae_lens.__version__,
+                                                    "dictionary_from": str(donor) if donor else None}))
         try:
             os.replace(tmp, world_dir)
         except OSError:  # another process finished first: keep theirs
