@@ -73,7 +73,8 @@ def config_hash(cfg: Any) -> str:
     another world from the same config)."""
     import sae_lens
 
-    blob = json.dumps({"cfg": cfg.to_dict(), "sae_lens": sae_lens.__version__}, sort_keys=True)
+    blob = json.dumps({"cfg": cfg if isinstance(cfg, dict) else cfg.to_dict(), "sae_lens": sae_lens.__version__},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -89,18 +90,16 @@ agree on them (v1 and v2) have the same feature vectors, whatever their firing s
 
 
 def dictionary_donor(cfg: Any, root: Path) -> Path | None:
-    """A cached world (built by this SAELens version) whose feature dictionary `cfg` would build again, or None."""
-    import sae_lens
-
+    """A cached world, built by this SAELens version (its folder is named by `config_hash`, which includes the
+    version), whose feature dictionary `cfg` would build again; or None."""
     want = {k: cfg.to_dict()[k] for k in DICTIONARY_FIELDS}
     for c in sorted(root.glob("*/world/synthetic_model_config.json")):
-        build = c.parent / "build.json"
         try:
-            same = {k: json.loads(c.read_text()).get(k) for k in DICTIONARY_FIELDS} == want
-            if same and json.loads(build.read_text()).get("sae_lens") == sae_lens.__version__:
-                return c.parent
+            theirs = json.loads(c.read_text())
         except (OSError, ValueError):
             continue
+        if {k: theirs.get(k) for k in DICTIONARY_FIELDS} == want and c.parent.parent.name == config_hash(theirs):
+            return c.parent
     return None
 
 
@@ -108,7 +107,6 @@ def load_or_build_world(cfg: Any, root: Path, device: str = "cpu") -> tuple[Any,
     """The cached world for `cfg` (built and saved first if missing). Returns (SyntheticModel, world dir).
     The feature dictionary (its orthogonalisation is ≈ 27 min of a 16k world's build on two cores) is taken from a
     cached world that shares `DICTIONARY_FIELDS` where there is one: building v2 after v1 takes seconds."""
-    import sae_lens
     from sae_lens.synthetic import SyntheticModel
 
     world_dir = root / config_hash(cfg) / "world"
@@ -123,7 +121,6 @@ def load_or_build_world(cfg: Any, root: Path, device: str = "cpu") -> tuple[Any,
         fd = SyntheticModel.load_from_disk(donor, device=device).feature_dict if donor else None
         SyntheticModel(cfg, feature_dict=fd, device=device).save(tmp)
         (tmp / "build.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, "device": device,
-                                                    "sae_lens": sae_lens.__version__,
                                                     "dictionary_from": str(donor) if donor else None}))
         try:
             os.replace(tmp, world_dir)
