@@ -27,14 +27,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib.recipes import ALL_INGREDIENTS as ALL  # noqa: E402
-from benchlib.recipes import INGREDIENTS, PUBLISHED  # noqa: E402
+from benchlib.recipes import INGREDIENTS, OFF, PUBLISHED  # noqa: E402
 
 ROWS: dict[str, dict[str, Any] | None] = {
     "topk": dict(arch="topk"), "matryoshka": dict(arch="matryoshka"),
     **{f"matryoshka+{n}": dict(arch="matryoshka", **kw) for n, kw in INGREDIENTS.items()},
     "matryoshka+all": dict(arch="matryoshka", **ALL),
-    **{f"matryoshka+all-{n}": dict(arch="matryoshka", **{k: v for k, v in ALL.items() if k not in kw})
+    **{f"matryoshka+all-{n}": dict(arch="matryoshka", **{k: v for k, v in ALL.items() if k not in kw}, **OFF[n])
        for n, kw in INGREDIENTS.items()},
+    "matryoshka-nodetach": dict(arch="matryoshka", **OFF["detach"]),  # the default before 2026-12-08
     "topk+lista": dict(arch="topk", encoder="lista"),
     "topk-noanneal": dict(arch="topk", k_anneal_frac=0.0), "topk-signum": dict(arch="topk", optimizer="signum"),
     "topk-kanneal2q": dict(arch="topk", k_anneal_start=2.0, k_anneal_frac=0.25),

@@ -154,6 +154,25 @@ def test_ingredient_rows_switch_on_exactly_the_named_ingredients(world, tmp_path
     model, world_dir, stream = world
     st.train("saescope-matryoshka+lista+term", 64, 4, model, world_dir, stream, 2048, 256, "cpu", tmp_path)
     assert seen == {"arch": "matryoshka", "recipe": {**INGREDIENTS["lista"], **INGREDIENTS["term"]}}
+    st.train("saescope-matryoshka+nodetach", 64, 4, model, world_dir, stream, 2048, 256, "cpu", tmp_path)
+    assert seen == {"arch": "matryoshka", "recipe": {"matryoshka_detach": False}} and st.known("saescope-topk+nolista")
+
+
+def test_ablations_switch_the_ingredient_off_whatever_the_default():
+    """`without(n)` sets the ingredient's fields to their off values (the detach default is on), and keeps the rest
+    of the published recipe."""
+    from benchlib.recipes import INGREDIENTS, OFF, PUBLISHED, without
+
+    from saescope.train.config import TrainerConfig
+
+    for n in INGREDIENTS:
+        cfg = TrainerConfig(**{"k": 25, "width": 4096, **without(n)})
+        base = TrainerConfig(**{"k": 25, "width": 4096, **PUBLISHED})
+        on = INGREDIENTS[n]
+        assert all(getattr(base, f) == v for f, v in on.items())
+        assert any(getattr(cfg, f) != v for f, v in on.items()), n  # lista_iters=1 is also the default
+        assert all(getattr(cfg, f) == v for f, v in OFF[n].items())
+        assert cfg.lr == 3e-4 and cfg.matryoshka_widths == "128,512,2048"
 
 
 def test_v2_built_on_v1s_dictionary_equals_v2_built_from_scratch(tmp_path):

@@ -21,6 +21,15 @@ INGREDIENTS: dict[str, dict[str, Any]] = {
 }
 """Each ingredient as the TrainerConfig fields that switch it on (kdecay: the recipe's 60 → 25 over the run)."""
 
+OFF: dict[str, dict[str, Any]] = {
+    "lista": dict(encoder="linear"),
+    "kdecay": {},  # saescope's own k anneal (2k → k over the first quarter)
+    "detach": dict(matryoshka_detach=False),  # saescope's Matryoshka detaches by default: off is explicit
+    "term": dict(term_tilt=0.0),
+    "freqsort": dict(matryoshka_sort="index"),
+}
+"""Each ingredient switched off, whatever saescope's default for those fields is."""
+
 ALL_INGREDIENTS = {k: v for d in INGREDIENTS.values() for k, v in d.items()}
 
 PUBLISHED: dict[str, Any] = dict(arch="matryoshka", lr=3e-4, warmup_frac=0.0, decay_frac=0.0,
@@ -29,5 +38,5 @@ PUBLISHED: dict[str, Any] = dict(arch="matryoshka", lr=3e-4, warmup_frac=0.0, de
 
 
 def without(name: str) -> dict[str, Any]:
-    """The reference recipe with one ingredient removed (saescope's own setting of those fields instead)."""
-    return {k: v for k, v in PUBLISHED.items() if k not in INGREDIENTS[name]}
+    """The reference recipe with one ingredient removed (switched off: `OFF`)."""
+    return {**{k: v for k, v in PUBLISHED.items() if k not in INGREDIENTS[name]}, **OFF[name]}

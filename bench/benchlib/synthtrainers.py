@@ -11,8 +11,8 @@
 - saescope-lista-matryoshka: the LISTA-Matryoshka recipe with its published hyper-parameters, re-implemented with
   saescope's trainer options (benchlib/recipes.py); `-no-<ingredient>`: the same with one ingredient removed.
 - saescope-ARCH+ING[+ING...]: saescope's default recipe for ARCH with the named LISTA-Matryoshka ingredients
-  switched on (lista, kdecay, detach, term, freqsort; benchlib/recipes.py), at saescope's own LR and schedule: e.g.
-  saescope-topk+lista, saescope-matryoshka+lista+detach+term+freqsort.
+  switched on (lista, kdecay, detach, term, freqsort; benchlib/recipes.py), or off (nodetach, ...), at saescope's
+  own LR and schedule: e.g. saescope-topk+lista, saescope-matryoshka+nodetach (the default before 2026-12-08).
 - sparsify-topk: sparsify's `SparseCoder` under sparsify's default optimiser (schedule-free SignSGD, momentum 0.95,
   LR 5e-3·√(2^14/F), b_dec = first-batch mean, unit-norm decoder, FVU loss, no AuxK), the loop of
   `sparsify.Trainer.fit` without the model hooks; scored at the schedule-free averaged weights.
@@ -44,7 +44,7 @@ def known(name: str) -> bool:
         return True
     base, *extra = name.split("+")
     return base in TRAINERS + EXTRA and base.startswith("saescope-") and bool(extra) and all(
-        e in INGREDIENTS for e in extra)
+        e.removeprefix("no") in INGREDIENTS for e in extra)
 
 
 def _quiet() -> contextlib.AbstractContextManager:
@@ -175,10 +175,10 @@ def train(name: str, width: int, l0: int, world: Any, world_dir: Path, stream: A
     family, arch = name.split("-", 1)
     out.mkdir(parents=True, exist_ok=True)
     if family == "saescope" and "+" in arch:
-        from benchlib.recipes import INGREDIENTS
+        from benchlib.recipes import INGREDIENTS, OFF
 
         arch, *extra = arch.split("+")
-        recipe = {k: v for e in extra for k, v in INGREDIENTS[e].items()}
+        recipe = {k: v for e in extra for k, v in (OFF[e[2:]] if e.startswith("no") else INGREDIENTS[e]).items()}
         return train_saescope(arch, width, l0, world, stream, n, bs, device, out / "sae", seed, recipe=recipe)
     if family == "saescope" and arch.startswith("lista-matryoshka"):
         from benchlib.recipes import PUBLISHED, without

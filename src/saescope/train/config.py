@@ -90,9 +90,11 @@ class TrainerConfig:
     top-k slots en masse where one direction dominates; train/resample.py)."""
     matryoshka_widths: str = ""
     """Matryoshka: comma-separated nested prefix widths below --width ('' = F/16, F/8, F/4, F/2)."""
-    matryoshka_detach: bool = False
+    matryoshka_detach: bool = True
     """Matryoshka: an inner level's loss trains only its own group's latents (the levels inside it detached);
-    only the full-width loss reaches every latent."""
+    only the full-width loss reaches every latent (the default since 2026-12-08: more true features found on
+    SynthSAEBench and the regime generators; docs/benchmarks.md). --matryoshka_detach false: every level's loss
+    reaches every latent inside it."""
     matryoshka_sort: Literal["index", "frequency"] = "index"
     """Matryoshka: fill the levels with latents in index order, or in order of firing frequency (re-ranked every
     step; the saved SAE is permuted into that order)."""
