@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recompute", action="store_true", help="ignore cached results (world and samples are kept)")
+    ap.add_argument("--report", action="store_true",
+                    help="train nothing: print the cached results of the --trainers rows (all modes) for this world")
     a = ap.parse_args(argv)
     a.device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     gpu = a.device.startswith("cuda")
@@ -212,17 +214,35 @@ def why_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def report(a: argparse.Namespace, results: Path) -> None:
+    """The cached rows of `a.trainers` at this width/L0/batch/eval/seed: equal samples (--samples) first, then every
+    other budget of each trainer (the equal-wall-clock runs), as the bench prints them."""
+    recs = [json.loads(f.read_text()) for f in sorted(results.glob("*.json"))]
+    pick = [r for r in recs if r.get("width") in a.widths and r.get("l0_target") in a.l0s
+            and r.get("eval_samples") in (a.eval_samples, a.eval_samples - a.eval_samples % a.batch_size)]
+    rows = [{**r, "mode": "samples"} for t in a.trainers for r in pick if r["trainer"] == t and r["samples"] == a.samples]
+    rows += [{**r, "mode": f"wall-clock {a.wallclock_s:,.0f} s" if a.wallclock_s else "other budget"}
+             for t in a.trainers for r in pick if r["trainer"] == t and r["samples"] != a.samples]
+    if not rows:
+        sys.exit(f"no cached results for those rows under {results}")
+    print(table(rows, a.samples) + "\n\n" + why_table(rows))
+    revs = sorted({r.get("saescope_rev", "?") for r in rows})
+    print(f"\nsaescope revisions of these rows: {', '.join(revs)}; machine of this report: {machine(a.device)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         import sae_lens.synthetic  # noqa: F401
     except ImportError:
         sys.exit("synthsaebench needs sae-lens (a bench-only dependency): run bash bench/synthsaebench_setup.sh")
-    from benchlib.synthworld import bench_streams, cache_root, load_or_build_world, world_config
+    from benchlib.synthworld import bench_streams, cache_root, config_hash, load_or_build_world, world_config
 
     a = parse_args(argv)
     t_start = time.perf_counter()
     cfg = world_config(tiny=a.tiny, features=a.features, hidden_dim=a.hidden_dim, version=a.world)
     root = cache_root(a.cache_dir or None)
+    if a.report:
+        return report(a, root / config_hash(cfg) / "results")
     world, world_dir = load_or_build_world(cfg, root, a.device)
     base = world_dir.parent
     train_stream, eval_stream = bench_streams(world, world_dir, a.device, a.seed, a.shard_size, a.samples,

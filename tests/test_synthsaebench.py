@@ -199,3 +199,22 @@ def test_v2_built_on_v1s_dictionary_equals_v2_built_from_scratch(tmp_path):
     assert torch.equal(x, reused.activation_generator.sample(512))
     other = sw.world_config(version="v2", tiny=True, features=256, hidden_dim=32)
     assert sw.dictionary_donor(other, tmp_path / "shared") is None  # another d: built afresh
+
+
+def test_report_prints_the_cached_rows_without_training(tmp_path, capsys):
+    """--report reads the rows' JSON: equal samples first, then the other budgets of the same trainers."""
+    import synthsaebench as sb
+
+    base = dict(width=64, l0_target=4, eval_samples=1024, wall_s=1.0, samples_per_s=2048.0, f1=0.5, mcc=0.5,
+                uniqueness=1.0, ve=0.5, l0=4.0, dead=0, shrinkage=0.9, saescope_rev="abc",
+                diagnosis={"fine": 1, "dead": 0, "duplicate": 0, "absorbed": 0, "merged_siblings": 0,
+                           "merged_other": 0, "found_by_band": {"a": "1/2", "b": "0/1", "c": "0/0"}})
+    for t, n, f1 in (("saescope-topk", 4096, 0.5), ("saescope-topk", 8192, 0.75), ("sparsify-topk", 4096, 0.25)):
+        (tmp_path / f"{t}-{n}.json").write_text(json.dumps({**base, "trainer": t, "samples": n, "f1": f1}))
+    a = sb.parse_args(["--tiny", "--widths", "64", "--l0s", "4", "--samples", "4096", "--eval-samples", "1024",
+                       "--trainers", "saescope-topk,sparsify-topk", "--wallclock-s", "2", "--report"])
+    sb.report(a, tmp_path)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "0." in ln]
+    assert [(ln.split(" | ")[0], ln.split(" | ")[3]) for ln in lines[:3]] == [
+        ("| samples", "saescope-topk"), ("| samples", "sparsify-topk"), ("| wall-clock 2 s", "saescope-topk")]
+    assert "0.750" in lines[2] and "0.250" in lines[1]
