@@ -36,15 +36,21 @@ EXTRA = ["saelens-batchtopk-eqlr",  # equalised settings, run when named in --tr
          *[f"saescope-lista-matryoshka-no-{n}" for n in ("lista", "kdecay", "detach", "term", "freqsort")]]  # ablations
 
 
+def ingredient_row(name: str) -> tuple[str, dict[str, Any]] | None:
+    """saescope-ARCH+ING[+noING...] → (ARCH, the TrainerConfig fields those ingredients set), else None."""
+    from benchlib.recipes import INGREDIENTS, OFF
+
+    base, *extra = name.split("+")
+    if not (base in TRAINERS and base.startswith("saescope-") and extra
+            and all(e.removeprefix("no") in INGREDIENTS for e in extra)):
+        return None
+    return base.removeprefix("saescope-"), {k: v for e in extra for k, v in
+                                            (OFF[e[2:]] if e.startswith("no") else INGREDIENTS[e]).items()}
+
+
 def known(name: str) -> bool:
     """Whether `name` is a trainer this bench runs: one of TRAINERS/EXTRA, or saescope-ARCH+ingredient[+...]."""
-    from benchlib.recipes import INGREDIENTS
-
-    if name in TRAINERS + EXTRA:
-        return True
-    base, *extra = name.split("+")
-    return base in TRAINERS + EXTRA and base.startswith("saescope-") and bool(extra) and all(
-        e.removeprefix("no") in INGREDIENTS for e in extra)
+    return name in TRAINERS + EXTRA or ingredient_row(name) is not None
 
 
 def _quiet() -> contextlib.AbstractContextManager:
@@ -72,7 +78,8 @@ def train_saescope(arch: str, width: int, l0: int, world: Any, stream: Any, n: i
     res = tr.fit(timed(hidden_batches(world, stream, steps * bs, bs, device), stamps), progress=False)
     wall = time.perf_counter() - t0
     # BatchTopK family: the inference threshold set for L0 = k on training rows, as `saescope train` does
-    calibration = next(hidden_batches(world, stream, 4096, 4096, device))  # [4096, d]
+    calibration = next(hidden_batches(world, stream, 4096, 4096, device)) \
+        if hasattr(tr.sae, "calibrate_threshold") else None  # [4096, d]
     sae = tr.finalize(calibration)
     last = res.history[-1] if res.history else {}
     return to_saelens(sae, out, device), {"samples": res.tokens, "wall_s": wall, "step_s": median_step_s(stamps),
@@ -174,12 +181,9 @@ def train(name: str, width: int, l0: int, world: Any, world_dir: Path, stream: A
     """Train `name` for `n` samples of `stream`; (an SAE `eval_sae_on_synthetic_data` accepts, info)."""
     family, arch = name.split("-", 1)
     out.mkdir(parents=True, exist_ok=True)
-    if family == "saescope" and "+" in arch:
-        from benchlib.recipes import INGREDIENTS, OFF
-
-        arch, *extra = arch.split("+")
-        recipe = {k: v for e in extra for k, v in (OFF[e[2:]] if e.startswith("no") else INGREDIENTS[e]).items()}
-        return train_saescope(arch, width, l0, world, stream, n, bs, device, out / "sae", seed, recipe=recipe)
+    row = ingredient_row(name)
+    if row is not None:
+        return train_saescope(row[0], width, l0, world, stream, n, bs, device, out / "sae", seed, recipe=row[1])
     if family == "saescope" and arch.startswith("lista-matryoshka"):
         from benchlib.recipes import PUBLISHED, without
 
